@@ -59,7 +59,9 @@ class Preprocessing:
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
-            raise ValueError(f"unknown preprocessing fields {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown preprocessing fields {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**data)
 
     @classmethod

@@ -1,0 +1,45 @@
+"""adaptformer: AdaptFormer (Chen et al., NeurIPS 2022) for timm Vision Transformers.
+
+model = adaptformer.create_model("vit_base_patch16_224", num_classes=100, checkpoint="mae_pretrain.pth",
+                                 checkpoint_source="mae")
+print(adaptformer.parameter_report(model))   # 1,266,532 trainable
+adaptformer.save_adapter(model, "out/adapter")
+"""
+
+from .adapter import AdaptFormerConfig, AdaptMLP
+from .backbones import FAMILIES, adapt, adapter_modules
+from .factory import build_backbone, create_model
+from .methods import METHODS, ModelSpec, ParameterReport, apply_method, count_trainable, freeze, parameter_report
+from .preprocessing import Preprocessing
+from .pretrained import CONVERTERS, CheckpointError, load_pretrained, read_state_dict
+from .prompts import VPTConfig
+from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONVERTERS",
+    "FAMILIES",
+    "METHODS",
+    "AdaptFormerConfig",
+    "AdaptMLP",
+    "AdapterFileError",
+    "CheckpointError",
+    "ModelSpec",
+    "ParameterReport",
+    "Preprocessing",
+    "VPTConfig",
+    "adapt",
+    "adapter_modules",
+    "apply_method",
+    "build_backbone",
+    "count_trainable",
+    "create_model",
+    "freeze",
+    "load_adapter",
+    "load_pretrained",
+    "parameter_report",
+    "read_adapter_config",
+    "read_state_dict",
+    "save_adapter",
+]

@@ -1,0 +1,437 @@
+"""Image classification datasets of the AdaptFormer benchmarks, read from local files in their standard layouts.
+
+Kinds (see ``IMAGE_DATASETS``): ``cifar100`` / ``cifar10`` (the python pickle release), ``svhn`` (cropped digits,
+``*_32x32.mat``), ``food101``, ``imagefolder`` (``<root>/<split>/<class>/<image>``), ``digits`` (scikit-learn's
+bundled 8x8 handwritten digits, for offline runs on real data) and ``synthetic`` (seeded, class-coloured images).
+Nothing is ever downloaded.
+
+Every dataset returns ``(transform(image), label)`` and has ``classes`` (names, index = label), ``targets`` (one
+int label per sample, known without decoding images) and ``skipped`` (files left out by ``skip_bad_images``).
+The image handed to the transform is a PIL RGB image for file-based kinds and a uint8 ``(C, H, W)`` tensor for the
+others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100, SVHN
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.utils import check_integrity
+from torchvision.transforms.v2.functional import pil_to_tensor
+from tqdm import tqdm
+
+from adaptformer.data.splits import train_val_split_indices
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_DATASETS",
+    "ArrayImageDataset",
+    "ImageDatasetKind",
+    "ImageDecodeError",
+    "ImageFileDataset",
+    "SyntheticImageDataset",
+    "build_image_dataset",
+    "load_rgb",
+]
+
+Transform = Callable[[Any], Any]
+
+
+class ImageDecodeError(OSError):
+    """An image file could not be opened or decoded; the message names the file."""
+
+
+def _check_labels(targets: Sequence[int], num_classes: int, source: str) -> None:
+    bad = sorted({int(t) for t in targets if not 0 <= int(t) < num_classes})
+    if bad:
+        raise ValueError(f"labels {bad[:10]} in {source} are outside the allowed range 0..{num_classes - 1}")
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as uint8 ``(N, H, W, C)`` or ``(N, H, W)`` (grayscale), with int labels."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str], transform: Transform | None):
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(targets):
+            raise ValueError(
+                f"expected uint8 images (N, H, W[, C]) and N labels, got {images.shape} {images.dtype} "
+                f"and {len(targets)} labels"
+            )
+        _check_labels(targets, len(classes), "the label array")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+        self.transform = transform
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file to PIL RGB; any failure raises :class:`ImageDecodeError` naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot read image file {path}: {exc}") from exc
+
+
+def _decode_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded, or None. Decodes fully (``verify()`` misses truncated JPEGs); JPEGs are
+    decoded at reduced scale (``draft``), which still reads the whole entropy-coded stream but is cheap."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (1, 1))
+            image.load()
+    except Exception as exc:  # PIL raises many types for corrupt data
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class ImageFileDataset(Dataset):
+    """Images decoded from files on demand.
+
+    With ``skip_bad_images`` every file is decoded once at construction and the unreadable ones are dropped,
+    listed in ``skipped`` and reported in a warning; otherwise a bad file raises :class:`ImageDecodeError` when
+    its sample is read.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str | Path, int]],
+        classes: Sequence[str],
+        transform: Transform | None,
+        *,
+        skip_bad_images: bool = False,
+    ):
+        _check_labels([label for _, label in samples], len(classes), "the sample list")
+        self.samples = [(Path(path), int(label)) for path, label in samples]
+        self.skipped: list[str] = []
+        if skip_bad_images:
+            kept = []
+            for path, label in tqdm(self.samples, desc="checking images", unit="img", leave=False):
+                problem = _decode_problem(path)
+                if problem is None:
+                    kept.append((path, label))
+                else:
+                    self.skipped.append(str(path))
+                    log.debug("skipping %s: %s", path, problem)
+            if self.skipped:
+                log.warning(
+                    "skipped %d unreadable image(s) of %d, first: %s",
+                    len(self.skipped),
+                    len(self.samples),
+                    self.skipped[0],
+                )
+            self.samples = kept
+        self.targets = [label for _, label in self.samples]
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else pil_to_tensor(image)), label
+
+
+class SyntheticImageDataset(Dataset):
+    """Seeded images whose class sets the mean colour (plus pixel noise): learnable, tiny, no files.
+
+    Class colours depend only on ``seed``; samples depend on (seed, split, index), so train and test differ.
+    Labels cycle through the classes, so every class has the same number of samples (+-1).
+    """
+
+    def __init__(
+        self,
+        split: str,
+        transform: Transform | None,
+        *,
+        num_classes: int = 10,
+        num_samples: int = 200,
+        image_size: int = 32,
+        noise: float = 20.0,
+        seed: int = 0,
+    ):
+        if num_classes < 2 or num_samples < 1 or image_size < 1 or noise < 0:
+            raise ValueError(
+                f"need num_classes >= 2, num_samples >= 1, image_size >= 1, noise >= 0; got "
+                f"{num_classes}, {num_samples}, {image_size}, {noise}"
+            )
+        self.colours = np.random.default_rng(seed).uniform(0, 255, size=(num_classes, 3))
+        self.split_id = {"train": 0, "test": 1}[split]
+        self.seed, self.image_size, self.noise = seed, image_size, noise
+        self.targets = [i % num_classes for i in range(num_samples)]
+        self.classes = [f"class_{c}" for c in range(num_classes)]
+        self.transform = transform
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        label = self.targets[index]
+        rng = np.random.default_rng([self.seed, self.split_id, index])
+        pixels = self.colours[label] + rng.normal(0, self.noise, size=(self.image_size, self.image_size, 3))
+        image = torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8)).permute(2, 0, 1)  # (C, H, W)
+        return (self.transform(image) if self.transform else image), label
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Locating files: every miss says what was expected where.
+
+_LAYOUTS = {
+    "cifar100": "<root>/\n  cifar-100-python/\n    train\n    test\n    meta",
+    "cifar10": "<root>/\n  cifar-10-batches-py/\n    data_batch_1 ... data_batch_5\n    test_batch\n    batches.meta",
+    "svhn": "<root>/\n  train_32x32.mat\n  test_32x32.mat\n  extra_32x32.mat   (optional)",
+    "food101": "<root>/\n  food-101/\n    images/<class>/<id>.jpg\n    meta/classes.txt\n    meta/train.json\n"
+    "    meta/test.json",
+    "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional)\n  test/<class>/...",
+}
+
+
+def _require(path: Path, root: Path, kind: str, top: str | None = None) -> Path:
+    """Return ``path`` if it exists, else raise FileNotFoundError showing the expected layout of ``kind``."""
+    if path.exists():
+        return path
+    hint = ""
+    if top is not None and root.name == top:
+        hint = f"\nhint: root points inside {top!r}; pass its parent {root.parent}"
+    raise FileNotFoundError(
+        f"{kind} dataset: {path} not found (root: {root})\nexpected layout:\n{_LAYOUTS[kind]}{hint}"
+    )
+
+
+def _verify_md5(path: Path, md5: str, verify: bool) -> None:
+    if verify and not check_integrity(str(path), md5):
+        raise ValueError(
+            f"{path} does not match the official release (md5 {md5}); "
+            "pass verify_checksums=False to read a modified or re-packed copy"
+        )
+
+
+# Builders: build(root, split, transform, *, skip_bad_images, <kind options>) -> dataset. Their keyword options
+# are the ``kind_options`` that ``build_image_dataset`` accepts for the kind.
+
+
+def _read_cifar(release: type[CIFAR10], root: Path, split: str, verify_checksums: bool) -> tuple[Any, ...]:
+    """The CIFAR python release (file names and md5 sums are torchvision's). Pickles can run code when loaded:
+    only read files you trust, as with torchvision."""
+    kind = "cifar100" if release is CIFAR100 else "cifar10"
+    folder = _require(root / release.base_folder, root, kind, top=release.base_folder)
+    files = release.train_list if split == "train" else release.test_list
+    label_key = "fine_labels" if release is CIFAR100 else "labels"
+    images, labels = [], []
+    for name, md5 in files:
+        path = _require(folder / name, root, kind)
+        _verify_md5(path, md5, verify_checksums)
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{path}: expected 'data' of shape (N, 3072), got {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are (C, H, W) -> (N, H, W, C)
+        labels.extend(entry[label_key])
+    meta_path = _require(folder / release.meta["filename"], root, kind)
+    _verify_md5(meta_path, release.meta["md5"], verify_checksums)
+    with meta_path.open("rb") as f:
+        classes = pickle.load(f, encoding="latin1")[release.meta["key"]]
+    return np.concatenate(images), labels, classes
+
+
+def _build_cifar100(
+    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+) -> ArrayImageDataset:
+    return ArrayImageDataset(*_read_cifar(CIFAR100, root, split, verify_checksums), transform)
+
+
+def _build_cifar10(
+    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+) -> ArrayImageDataset:
+    return ArrayImageDataset(*_read_cifar(CIFAR10, root, split, verify_checksums), transform)
+
+
+def _build_svhn(
+    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+) -> ArrayImageDataset:
+    """SVHN cropped digits: X is (32, 32, 3, N) uint8, y is (N, 1) with labels 1..10, where 10 is the digit 0."""
+    _, filename, md5 = SVHN.split_list[split]
+    path = _require(root / filename, root, "svhn")
+    _verify_md5(path, md5, verify_checksums)
+    mat = scipy.io.loadmat(str(path), variable_names=["X", "y"])
+    images = np.asarray(mat["X"], dtype=np.uint8).transpose(3, 0, 1, 2)  # (H, W, C, N) -> (N, H, W, C)
+    raw = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
+    bad = sorted(set(raw[(raw < 1) | (raw > 10)].tolist()))
+    if bad:
+        raise ValueError(f"{path}: labels {bad[:10]} outside the allowed SVHN labels 1..10 (10 = digit 0)")
+    return ArrayImageDataset(images, raw % 10, [str(d) for d in range(10)], transform)
+
+
+def _build_food101(root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool) -> ImageFileDataset:
+    """Food-101: meta/<split>.json maps class -> ["class/id", ...]; images are images/<class/id>.jpg."""
+    base = _require(root / "food-101", root, "food101", top="food-101")
+    classes = _require(base / "meta" / "classes.txt", root, "food101").read_text().split()
+    images_dir = _require(base / "images", root, "food101")
+    listing = json.loads(_require(base / "meta" / f"{split}.json", root, "food101").read_text())
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(listing) - set(index))
+    if unknown:
+        raise ValueError(f"{split}.json lists classes {unknown[:5]} that are not in classes.txt (allowed: {classes})")
+    samples = [(images_dir / f"{entry}.jpg", index[name]) for name in classes for entry in listing.get(name, [])]
+    return ImageFileDataset(samples, classes, transform, skip_bad_images=skip_bad_images)
+
+
+def _build_imagefolder(
+    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool
+) -> ImageFileDataset:
+    """``<root>/<split>/<class>/<image>``; class indices come from ``train/`` (when present) so splits agree."""
+    split_dir = _require(root / split, root, "imagefolder")
+    class_dir = root / "train" if (root / "train").is_dir() else split_dir
+    classes, class_to_idx = find_classes(str(class_dir))
+    extra = sorted({p.name for p in split_dir.iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise ValueError(f"{split_dir} has class folders {extra} that {class_dir} lacks (allowed: {classes})")
+    samples = make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise FileNotFoundError(
+            f"imagefolder dataset: no images ({', '.join(IMG_EXTENSIONS)}) under {split_dir}\n"
+            f"expected layout:\n{_LAYOUTS['imagefolder']}"
+        )
+    return ImageFileDataset(samples, classes, transform, skip_bad_images=skip_bad_images)
+
+
+def _build_digits(
+    root: Path | None,
+    split: str,
+    transform: Transform | None,
+    *,
+    skip_bad_images: bool,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> ArrayImageDataset:
+    """scikit-learn's 1,797 8x8 digits (0..16 gray levels -> uint8); a seeded, stratified held-out test split."""
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8)
+    train_idx, test_idx = train_val_split_indices(digits.target.tolist(), test_fraction, seed)
+    chosen = train_idx if split == "train" else test_idx
+    return ArrayImageDataset(images[chosen], digits.target[chosen], [str(d) for d in range(10)], transform)
+
+
+def _build_synthetic(
+    root: Path | None,
+    split: str,
+    transform: Transform | None,
+    *,
+    skip_bad_images: bool,
+    num_classes: int = 10,
+    num_samples: int = 200,
+    image_size: int = 32,
+    noise: float = 20.0,
+    seed: int = 0,
+) -> SyntheticImageDataset:
+    return SyntheticImageDataset(
+        split,
+        transform,
+        num_classes=num_classes,
+        num_samples=num_samples,
+        image_size=image_size,
+        noise=noise,
+        seed=seed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry: adding a kind is one entry.
+
+
+@dataclass(frozen=True)
+class ImageDatasetKind:
+    """One dataset kind: its builder, the splits it has, and whether it reads files under a root."""
+
+    build: Callable[..., Dataset]
+    splits: tuple[str, ...]
+    needs_root: bool = True
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The ``kind_options`` the builder accepts."""
+        params = inspect.signature(self.build).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "skip_bad_images")
+
+
+IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
+    "cifar100": ImageDatasetKind(_build_cifar100, ("train", "test")),
+    "cifar10": ImageDatasetKind(_build_cifar10, ("train", "test")),
+    "svhn": ImageDatasetKind(_build_svhn, ("train", "test", "extra")),
+    "food101": ImageDatasetKind(_build_food101, ("train", "test")),
+    "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test")),
+    "digits": ImageDatasetKind(_build_digits, ("train", "test"), needs_root=False),
+    "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
+}
+
+
+def build_image_dataset(
+    kind: str,
+    root: str | Path | None,
+    split: str,
+    transform: Transform | None,
+    *,
+    skip_bad_images: bool = False,
+    **kind_options: Any,
+) -> Dataset:
+    """Build the ``split`` of dataset ``kind`` read from ``root`` (ignored by ``digits`` and ``synthetic``).
+
+    Args:
+        kind: a key of ``IMAGE_DATASETS``.
+        root: the folder holding the dataset in its standard layout (the error for a miss shows it).
+        split: "train" or "test" (plus "val" for imagefolder, "extra" for svhn).
+        transform: applied to each image (see the module docstring for its input); None returns uint8 tensors.
+        skip_bad_images: drop unreadable image files (counted in ``dataset.skipped``, with a warning) instead of
+            raising when they are read.
+        kind_options: per kind: ``verify_checksums`` (cifar*, svhn; md5 of the official files, default True),
+            ``test_fraction``/``seed`` (digits), ``num_classes``/``num_samples``/``image_size``/``noise``/``seed``
+            (synthetic).
+    """
+    if kind not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image dataset kind {kind!r}; allowed: {sorted(IMAGE_DATASETS)}")
+    spec = IMAGE_DATASETS[kind]
+    unknown = sorted(set(kind_options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for {kind!r}; allowed: {list(spec.options)}")
+    if split not in spec.splits:
+        raise ValueError(f"split {split!r} is not available for {kind!r}; allowed: {list(spec.splits)}")
+    path: Path | None = None
+    if spec.needs_root:
+        if root is None:
+            raise ValueError(f"{kind!r} needs a root folder; expected layout:\n{_LAYOUTS[kind]}")
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{kind} dataset: root folder {path} not found\nexpected layout:\n{_LAYOUTS[kind]}")
+    elif root is not None:
+        log.debug("%s ignores root %s", kind, root)
+    dataset = spec.build(path, split, transform, skip_bad_images=skip_bad_images, **kind_options)
+    log.info("%s %s: %d samples, %d classes", kind, split, len(dataset), len(dataset.classes))
+    return dataset

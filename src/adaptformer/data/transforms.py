@@ -1,0 +1,92 @@
+"""Image transforms of the AdaptFormer recipe (paper Table 5), built from a backbone's ``Preprocessing``.
+
+Train: RandomResizedCrop to the input size (the backbone's interpolation, bicubic for the MAE ViT-B) + horizontal
+flip. Eval: resize the short side to ``size / crop_pct`` (256 for 224 at crop_pct 0.875) + centre crop. Both end
+with :func:`normalize_transform`, the uint8 -> float -> mean/std step, which works on any tensor shaped
+``(..., C, H, W)`` so the video pipeline reuses it on ``(T, C, H, W)`` clips.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+
+from adaptformer.preprocessing import Preprocessing
+
+__all__ = ["ToRGBImage", "build_image_transform", "eval_resize_size", "normalize_transform"]
+
+
+class ToRGBImage:
+    """Turn a PIL image, a numpy ``(H, W[, C])`` uint8 array or a ``([C,] H, W)`` tensor into a 3-channel image.
+
+    Grayscale (one channel) is repeated to RGB; PIL images of any mode (L, P, RGBA, CMYK...) are converted by PIL.
+    Any other channel count is an error rather than a silent reinterpretation.
+    """
+
+    def __call__(self, image: Any) -> tv_tensors.Image:
+        if isinstance(image, Image.Image):
+            image = image.convert("RGB")
+        elif not isinstance(image, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(image).__name__}")
+        out = v2.functional.to_image(image)  # (C, H, W); 2-D inputs get C = 1
+        channels = out.shape[-3]
+        if channels == 1:
+            out = tv_tensors.wrap(out.expand(3, -1, -1).clone(), like=out)
+        elif channels != 3:
+            raise ValueError(f"expected an image with 1 or 3 channels, got shape {tuple(out.shape)}")
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def normalize_transform(pre: Preprocessing) -> v2.Compose:
+    """uint8 (or float in [0, 1]) tensor ``(..., C, H, W)`` -> float32 normalised by the backbone's mean/std.
+
+    Leading dimensions (e.g. the frames of a ``(T, C, H, W)`` clip) are kept; the result is a plain tensor.
+    """
+    return v2.Compose(
+        [
+            v2.ToDtype(torch.float32, scale=True),  # uint8 [0, 255] -> [0, 1]; floats are left as they are
+            v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
+            v2.ToPureTensor(),
+        ]
+    )
+
+
+def eval_resize_size(pre: Preprocessing) -> int | tuple[int, int]:
+    """Size of the evaluation resize: the short side for square inputs (224 / 0.875 = 256), else (H, W)."""
+    height, width = pre.image_size
+    if height == width:
+        return math.floor(height / pre.crop_pct)
+    return math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct)
+
+
+def build_image_transform(pre: Preprocessing, train: bool) -> Callable[[Any], torch.Tensor]:
+    """The paper's train (random crop + flip) or eval (resize + centre crop) transform, ending normalised.
+
+    Accepts PIL images, numpy ``(H, W[, C])`` uint8 arrays and ``([C,] H, W)`` uint8 tensors; returns a float32
+    ``(3, H, W)`` tensor with ``(H, W) = pre.image_size``.
+    """
+    if pre.input_size[0] != 3:
+        raise ValueError(f"image transforms produce RGB (3 channels), but input_size is {pre.input_size}")
+    interpolation = InterpolationMode(pre.interpolation)
+    size = list(pre.image_size)
+    if train:
+        geometry: list[Callable[[Any], Any]] = [
+            v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        geometry = [
+            v2.Resize(eval_resize_size(pre), interpolation=interpolation, antialias=True),
+            v2.CenterCrop(size),
+        ]
+    return v2.Compose([ToRGBImage(), *geometry, normalize_transform(pre)])

@@ -1,0 +1,152 @@
+"""Loading pre-trained backbone weights from local files, with exact key accounting.
+
+Two steps, each explicit: ``read_state_dict`` opens the container (.safetensors, or a torch pickle read with
+``weights_only=True``, optionally wrapped as ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}``); a
+converter chosen by name (``CONVERTERS``) turns that source's keys into the backbone's own. ``load_pretrained`` then
+loads and fails, listing the keys, unless the only missing keys belong to the new task head and nothing is left over.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
+
+from .heads import classifier_path
+
+logger = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("model", "module", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model; the message names the file and keys."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat name -> tensor mapping from a .safetensors file or a torch pickle (no arbitrary code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch (weights_only)"
+        raise CheckpointError(f"{path}: cannot be read as a {kind} checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    for key in WRAPPER_KEYS:
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: entries {bad[:10]} are not tensors; expected a state_dict, optionally under one of {WRAPPER_KEYS}"
+        )
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def convert_timm(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm checkpoints use the backbone's own names: nothing to rename."""
+    return dict(state_dict)
+
+
+def convert_mae(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """MAE (He et al.) pre-training/fine-tuning checkpoints: encoder keys are timm's; the decoder is dropped.
+
+    A backbone that pools by average (``fc_norm``, no final ``norm``) gets a fresh fc_norm, as in MAE's fine-tuning,
+    so the pre-training ``norm`` is dropped for it.
+    """
+    out = {k: v for k, v in state_dict.items() if not (k.startswith("decoder") or k == "mask_token")}
+    own = model.state_dict()
+    if "norm.weight" not in own and "fc_norm.weight" in own:
+        out = {k: v for k, v in out.items() if not k.startswith("norm.")}
+    return out
+
+
+Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+CONVERTERS: dict[str, Converter] = {"timm": convert_timm, "mae": convert_mae}
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What happened to each key: loaded, missing from the file, left over in the file, dropped on purpose."""
+
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+def _fit_pos_embed(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Resample a ViT absolute position table saved for another grid size (e.g. 224 -> 384 input)."""
+    own = getattr(model, "pos_embed", None)
+    theirs = state_dict.get("pos_embed")
+    if not isinstance(own, torch.Tensor) or theirs is None or theirs.shape == own.shape:
+        return
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    grid = model.patch_embed.grid_size
+    logger.info("resampling pos_embed %s -> %s", tuple(theirs.shape), tuple(own.shape))
+    state_dict["pos_embed"] = resample_abs_pos_embed(theirs, new_size=list(grid), num_prefix_tokens=prefix)
+
+
+def load_pretrained(model: nn.Module, path: str | Path, source: str = "timm", keep_head: bool = True) -> LoadReport:
+    """Load backbone weights from ``path`` (a ``source`` checkpoint) into a plain timm model, strictly.
+
+    Keys of the classifier are dropped (with a log line) when ``keep_head`` is False or their shape differs from the
+    model's head; only those may then be missing. Any other missing or unexpected key, or any other shape mismatch,
+    raises CheckpointError listing them.
+    """
+    if source not in CONVERTERS:
+        raise ValueError(f"unknown checkpoint source {source!r}; choose one of {sorted(CONVERTERS)}")
+    state_dict = CONVERTERS[source](read_state_dict(path), model)
+    own = model.state_dict()
+    head_prefix = classifier_path(model) + "."
+    head_keys = {k for k in own if k.startswith(head_prefix)}
+    _fit_pos_embed(state_dict, model)
+
+    dropped = [
+        f"{k} {tuple(state_dict[k].shape)}"
+        for k in sorted(state_dict)
+        if k.startswith(head_prefix) and (not keep_head or k not in own or state_dict[k].shape != own[k].shape)
+    ]
+    for entry in dropped:
+        del state_dict[entry.split(" ", 1)[0]]
+    if dropped:
+        logger.info("%s: dropped classifier keys %s (a new task head is trained)", path, ", ".join(dropped))
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise CheckpointError(f"{path}: shape mismatch for {len(mismatched)} keys: " + "; ".join(mismatched[:20]))
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = sorted(k for k in result.missing_keys if k not in head_keys)
+    unexpected = sorted(result.unexpected_keys)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} ({source} checkpoint) does not fit {type(model).__name__}: "
+            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''} ({len(missing)}), "
+            f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)}). "
+            "Only the task head may be missing; check the checkpoint source and the model name."
+        )
+    loaded = tuple(sorted(k for k in state_dict if k in own))
+    logger.info("%s: loaded %d tensors (%s checkpoint)", path, len(loaded), source)
+    return LoadReport(loaded, tuple(sorted(result.missing_keys)), (), tuple(d.split(" ", 1)[0] for d in dropped))

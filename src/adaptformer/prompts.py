@@ -1,0 +1,119 @@
+"""Visual Prompt Tuning (Jia et al., ECCV 2022), the paper's prompt baseline.
+
+N learnable tokens (xavier-uniform init) are prepended to the token sequence. VPT-deep gives every block its own
+prompts and strips them after the block, so the backbone's pooling (CLS token or mean) never sees them; VPT-shallow
+prepends once before the first block and strips after the last. As for adapters, the block's class is swapped for a
+subclass that only wraps ``forward``, so backbone parameter names stay unchanged; prompts live at
+``blocks.{i}.vpt.tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import Block
+
+
+@dataclass(frozen=True)
+class VPTConfig:
+    """Prompt tokens for the VPT baseline.
+
+    Args:
+        num_tokens: prompt tokens per prompted layer.
+        deep: True for VPT-deep (new prompts at every block), False for VPT-shallow (first block only).
+        dropout: dropout on the prompt tokens during training.
+    """
+
+    num_tokens: int = 1
+    deep: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens < 1:
+            raise ValueError(f"num_tokens must be a positive int, got {self.num_tokens!r}")
+        if not isinstance(self.deep, bool):
+            raise ValueError(f"deep must be true or false, got {self.deep!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VPTConfig fields {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+class PromptTokens(nn.Module):
+    """The prompts of one block: prepends ``num_tokens`` tokens and/or strips them again after the block."""
+
+    def __init__(self, dim: int, num_tokens: int, prepend: bool, strip: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.prepend = prepend
+        self.strip = strip
+        self.dropout = nn.Dropout(dropout)
+        if prepend:
+            self.tokens = nn.Parameter(torch.empty(1, num_tokens, dim))
+            nn.init.xavier_uniform_(self.tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prompts = self.dropout(self.tokens.expand(x.shape[0], -1, -1)).to(x.dtype)  # (B, N, D)
+        return torch.cat([prompts, x], dim=1)  # (B, N + T, D)
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, prepend={self.prepend}, strip={self.strip}"
+
+
+class PromptedViTBlock(Block):
+    """timm ``vision_transformer.Block`` that prepends its prompts before and/or strips them after itself."""
+
+    vpt: PromptTokens
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if self.vpt.prepend:
+            x = self.vpt(x)
+        if attn_mask is None and not is_causal:
+            x = super().forward(x)
+        else:
+            x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if self.vpt.strip:
+            x = x[:, self.vpt.num_tokens :]
+        return x
+
+
+def prompt_modules(model: nn.Module) -> list[PromptTokens]:
+    """The model's prompt modules, found by type."""
+    return [m for m in model.modules() if isinstance(m, PromptTokens)]
+
+
+def add_prompts(model: nn.Module, config: VPTConfig) -> nn.Module:
+    """Attach VPT prompts to a ViT-family model in place (TypeError for other block families)."""
+    blocks = [m for m in model.modules() if type(m) is Block]
+    if not blocks:
+        kinds = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
+        raise TypeError(f"VPT supports timm ViT blocks (vision_transformer.Block); {type(model).__name__} has {kinds}")
+    if prompt_modules(model):
+        raise ValueError(f"{type(model).__name__} already has prompts")
+    last = len(blocks) - 1
+    for i, block in enumerate(blocks):
+        prepend = config.deep or i == 0
+        strip = config.deep or i == last
+        if not (prepend or strip):
+            continue
+        dim = block.mlp.fc1.in_features
+        tokens = PromptTokens(dim, config.num_tokens, prepend, strip, config.dropout)
+        block.add_module("vpt", tokens.to(next(block.parameters()).device))
+        block.__class__ = PromptedViTBlock
+    return model
