@@ -43,7 +43,6 @@ __all__ = [
     "ImageDatasetKind",
     "ImageDecodeError",
     "ImageFileDataset",
-    "SyntheticImageDataset",
     "build_image_dataset",
     "load_rgb",
 ]
@@ -154,48 +153,6 @@ class ImageFileDataset(Dataset):
         path, label = self.samples[index]
         image = load_rgb(path)
         return (self.transform(image) if self.transform else pil_to_tensor(image)), label
-
-
-class SyntheticImageDataset(Dataset):
-    """Seeded images whose class sets the mean colour (plus pixel noise): learnable, tiny, no files.
-
-    Class colours depend only on ``seed``; samples depend on (seed, split, index), so train and test differ.
-    Labels cycle through the classes, so every class has the same number of samples (+-1).
-    """
-
-    def __init__(
-        self,
-        split: str,
-        transform: Transform | None,
-        *,
-        num_classes: int = 10,
-        num_samples: int = 200,
-        image_size: int = 32,
-        noise: float = 20.0,
-        seed: int = 0,
-    ):
-        if num_classes < 2 or num_samples < 1 or image_size < 1 or noise < 0:
-            raise ValueError(
-                f"need num_classes >= 2, num_samples >= 1, image_size >= 1, noise >= 0; got "
-                f"{num_classes}, {num_samples}, {image_size}, {noise}"
-            )
-        self.colours = np.random.default_rng(seed).uniform(0, 255, size=(num_classes, 3))
-        self.split_id = {"train": 0, "test": 1}[split]
-        self.seed, self.image_size, self.noise = seed, image_size, noise
-        self.targets = [i % num_classes for i in range(num_samples)]
-        self.classes = [f"class_{c}" for c in range(num_classes)]
-        self.transform = transform
-        self.skipped: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        label = self.targets[index]
-        rng = np.random.default_rng([self.seed, self.split_id, index])
-        pixels = self.colours[label] + rng.normal(0, self.noise, size=(self.image_size, self.image_size, 3))
-        image = torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8)).permute(2, 0, 1)  # (C, H, W)
-        return (self.transform(image) if self.transform else image), label
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,16 +308,23 @@ def _build_synthetic(
     image_size: int = 32,
     noise: float = 20.0,
     seed: int = 0,
-) -> SyntheticImageDataset:
-    return SyntheticImageDataset(
-        split,
-        transform,
-        num_classes=num_classes,
-        num_samples=num_samples,
-        image_size=image_size,
-        noise=noise,
-        seed=seed,
-    )
+) -> ArrayImageDataset:
+    """Seeded images whose class sets the mean colour, plus Gaussian pixel noise: learnable, tiny, no files.
+
+    Class colours depend only on ``seed``; the noise also on the split, so train and test are different samples.
+    Labels cycle through the classes, so classes are balanced (+-1).
+    """
+    if num_classes < 2 or num_samples < 1 or image_size < 1 or noise < 0:
+        raise ValueError(
+            "synthetic needs num_classes >= 2, num_samples >= 1, image_size >= 1, noise >= 0; got "
+            f"{num_classes}, {num_samples}, {image_size}, {noise}"
+        )
+    colours = np.random.default_rng(seed).uniform(0, 255, size=(num_classes, 3))
+    labels = np.arange(num_samples) % num_classes
+    rng = np.random.default_rng([seed, ("train", "test").index(split)])
+    pixels = colours[labels][:, None, None, :] + rng.normal(0, noise, size=(num_samples, image_size, image_size, 3))
+    images = np.clip(pixels, 0, 255).round().astype(np.uint8)  # (N, H, W, C)
+    return ArrayImageDataset(images, labels, [f"class_{c}" for c in range(num_classes)], transform)
 
 
 # ---------------------------------------------------------------------------------------------------------------

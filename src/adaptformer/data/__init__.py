@@ -1,0 +1,34 @@
+"""Data pipeline: image datasets in their standard local layouts, the paper's transforms, and validation splits.
+
+dataset = build_image_dataset("cifar100", "data/", "train", build_image_transform(pre, train=True))
+train, val = train_val_split(dataset, 0.1, seed=0, val_dataset=same_data_with_eval_transform)
+"""
+
+from .image import (
+    IMAGE_DATASETS,
+    ArrayImageDataset,
+    ImageDatasetKind,
+    ImageDecodeError,
+    ImageFileDataset,
+    build_image_dataset,
+    load_rgb,
+)
+from .splits import dataset_labels, train_val_split, train_val_split_indices
+from .transforms import ToRGBImage, build_image_transform, eval_resize_size, normalize_transform
+
+__all__ = [
+    "IMAGE_DATASETS",
+    "ArrayImageDataset",
+    "ImageDatasetKind",
+    "ImageDecodeError",
+    "ImageFileDataset",
+    "ToRGBImage",
+    "build_image_dataset",
+    "build_image_transform",
+    "dataset_labels",
+    "eval_resize_size",
+    "load_rgb",
+    "normalize_transform",
+    "train_val_split",
+    "train_val_split_indices",
+]
