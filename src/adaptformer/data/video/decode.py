@@ -221,7 +221,12 @@ def decode_clip(path: str | os.PathLike[str], indices: Sequence[int], info: Vide
                 raise VideoDecodeError(path, "the decoder produced no frames")
             if len(frames) < len(wanted):  # the stream ended early: repeat its last frame
                 end_of_stream = decoded
-                logger.warning("%s: expected %d frames, only %d decode", path, info.num_frames, decoded)
+                logger.warning(
+                    "%s: stream ends after %d frames (probe counted %d); later indices repeat the last frame",
+                    path,
+                    decoded,
+                    info.num_frames,
+                )
                 frames.update({i: last_frame for i in wanted if i not in frames})
     except _AV_ERRORS as err:
         raise VideoDecodeError(path, f"decoding failed ({err})") from err

@@ -1,0 +1,278 @@
+"""Video clip datasets: list files, class folders, and a dataset that glues sampling, decoding and transforms.
+
+An item is ``(clip, label, video_id)``: ``clip`` float32 ``(C, T, H, W)``, ``label`` the class index and
+``video_id`` the index of the video in ``entries``. Training yields one random clip per video. Testing yields one
+item per (video, view) for a :class:`TestViews` grid (paper: 4 temporal clips x 3 spatial crops), video-major; the
+logits of a video's views are averaged by :func:`aggregate_views`, which counts every video exactly once (the
+original code padded distributed evaluation with duplicates and scored undecodable videos as correct).
+
+Bad videos: by default any undecodable file raises :class:`VideoDecodeError` naming it. With
+``skip_bad_videos=True`` the constructor calls :meth:`VideoClipDataset.scan`, which probes every file up front
+(demux + decode of the first frame) and drops the ones that fail; they are listed in ``skipped_files``, counted in
+``skipped`` and reported in one warning. They are never predicted, so they never count as right or wrong. A file
+that passes the scan but fails later still raises: silently replacing a test item would bias the score.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+from adaptformer.data.video.decode import VideoDecodeError, VideoInfo, decode_clip, probe_video
+from adaptformer.data.video.sampling import SamplerConfig, TestViews, View, sample_indices
+from adaptformer.data.video.transforms import VideoTransform
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoClipDataset",
+    "VideoEntry",
+    "VideoPredictions",
+    "aggregate_views",
+    "find_class_folders",
+    "read_video_list",
+    "write_video_list",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One labelled video file."""
+
+    path: Path
+    label: int
+
+
+def read_video_list(
+    list_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, num_classes: int | None = None
+) -> list[VideoEntry]:
+    """Parse a VideoMAE list file: one ``path label`` line per clip, whitespace-separated, no header.
+
+    Runs of spaces or tabs and trailing whitespace are accepted, blank lines ignored. Relative paths are resolved
+    against ``data_dir`` (default: the list file's folder); paths cannot contain spaces. A line without exactly two
+    fields or with a non-integer label raises ValueError naming the file and line number; so does a label outside
+    ``[0, num_classes)`` (or negative, when ``num_classes`` is None).
+    """
+    list_file = Path(list_file)
+    base = Path(data_dir) if data_dir is not None else list_file.parent
+    entries = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{list_file}, line {number}"
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise ValueError(f"{where}: expected 'path label' (label an integer), got {line.strip()!r}")
+        label = int(fields[1])
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise ValueError(f"{where}: label {label} is outside {bound}")
+        entries.append(VideoEntry(base / fields[0], label))  # an absolute fields[0] replaces base
+    return entries
+
+
+def write_video_list(entries: Sequence[VideoEntry], list_file: str | os.PathLike[str]) -> Path:
+    """Write ``entries`` as a VideoMAE list file (``path label`` per line); returns the file's path."""
+    list_file = Path(list_file)
+    for entry in entries:
+        if any(c.isspace() for c in str(entry.path)):
+            raise ValueError(f"video path {entry.path} contains whitespace, which list files cannot hold")
+    list_file.parent.mkdir(parents=True, exist_ok=True)
+    list_file.write_text("".join(f"{e.path} {e.label}\n" for e in entries))
+    return list_file
+
+
+def find_class_folders(
+    root: str | os.PathLike[str], extensions: Sequence[str] = VIDEO_EXTENSIONS
+) -> tuple[list[VideoEntry], list[str]]:
+    """Videos laid out as ``<root>/<class_name>/<video>.<ext>``; labels follow the sorted class names.
+
+    Returns the entries (sorted by class, then file name) and the class names in label order. Extensions match
+    case-insensitively; class folders without videos still get a label. Raises FileNotFoundError if ``root`` has
+    no class folder or no video at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video root {root} is not a folder; expected <root>/<class_name>/<video>.mp4")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    suffixes = {e.lower() for e in extensions}
+    entries = [
+        VideoEntry(path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).iterdir())
+        if path.is_file() and path.suffix.lower() in suffixes
+    ]
+    if not entries:
+        raise FileNotFoundError(f"no videos ({', '.join(extensions)}) in class folders under {root}")
+    return entries, classes
+
+
+class VideoPredictions(NamedTuple):
+    """Per-video results of :func:`aggregate_views`, sorted by video id."""
+
+    logits: torch.Tensor  # (V, K) mean over the video's views
+    labels: torch.Tensor  # (V,)
+    video_ids: torch.Tensor  # (V,)
+
+
+def aggregate_views(
+    logits: torch.Tensor, labels: torch.Tensor, video_ids: torch.Tensor, view_ids: torch.Tensor | None = None
+) -> VideoPredictions:
+    """Average the logits ``(N, K)`` of all views of each video; every video is counted exactly once.
+
+    ``labels`` and ``video_ids`` are ``(N,)``. When ``view_ids`` ``(N,)`` is given, repeated (video, view) pairs
+    (e.g. samples a distributed sampler duplicated to even out shards) are dropped before averaging, so a padded
+    view does not weigh double. Raises ValueError if one video carries two different labels.
+    """
+    if logits.ndim != 2 or labels.shape != (logits.shape[0],) or video_ids.shape != (logits.shape[0],):
+        raise ValueError(
+            f"expected logits (N, K) and (N,) labels/ids, got {logits.shape}, {labels.shape}, {video_ids.shape}"
+        )
+    if view_ids is not None:
+        pairs = torch.stack([video_ids, view_ids.to(video_ids)], dim=1)  # (N, 2)
+        _, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(inverse)), reduce="amin")  # first of each pair
+        logits, labels, video_ids = logits[first], labels[first], video_ids[first]
+    unique_ids, inverse = torch.unique(video_ids, sorted=True, return_inverse=True)  # (V,), (N,)
+    num_videos = len(unique_ids)
+    sums = torch.zeros(num_videos, logits.shape[1], dtype=torch.float64).index_add_(0, inverse, logits.double())
+    counts = torch.bincount(inverse, minlength=num_videos).unsqueeze(1)  # (V, 1)
+    video_labels = torch.full((num_videos,), -1, dtype=labels.dtype).scatter_(0, inverse, labels)
+    if not torch.equal(video_labels[inverse], labels):
+        raise ValueError("a video has views with different labels")
+    return VideoPredictions((sums / counts).to(logits.dtype), video_labels, unique_ids)
+
+
+class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
+    """Clips of labelled videos: sampling -> decoding -> transforms.
+
+    Args:
+        entries: the videos and labels (from :func:`read_video_list` or :func:`find_class_folders`).
+        sampler: which frames make a clip.
+        transform: spatial transform and normalisation.
+        mode: "train" (one random clip per video per epoch) or "test" (every view of ``views``, deterministic).
+        views: the test view grid (ignored in training); ``TestViews(1, 1)`` for validation.
+        skip_bad_videos: probe every file now and drop the undecodable ones instead of raising later.
+        seed: training draws use ``torch.Generator`` seeded with ``(seed, epoch, index)`` when set (see
+            :meth:`set_epoch`), else torch's global RNG (which DataLoader seeds per worker).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[VideoEntry],
+        sampler: SamplerConfig,
+        transform: VideoTransform,
+        mode: Literal["train", "test"] = "train",
+        views: TestViews | None = None,
+        *,
+        skip_bad_videos: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        self.entries = list(entries)
+        self.sampler = sampler
+        self.transform = transform
+        self.mode = mode
+        self.views = views if views is not None else TestViews()
+        self.seed = seed
+        self.epoch = 0
+        self.skipped_files: list[tuple[Path, str]] = []
+        self._infos: OrderedDict[int, VideoInfo] = OrderedDict()  # small LRU: test views reuse one probe
+        if skip_bad_videos:
+            self.scan()
+
+    @property
+    def skipped(self) -> int:
+        """How many videos :meth:`scan` dropped as undecodable."""
+        return len(self.skipped_files)
+
+    @property
+    def views_per_video(self) -> int:
+        return 1 if self.mode == "train" else len(self.views)
+
+    def scan(self) -> int:
+        """Probe every video (demux + first frame) and drop the undecodable ones; returns how many were dropped."""
+        kept = []
+        for entry in self.entries:
+            try:
+                decode_clip(entry.path, [0])
+            except VideoDecodeError as err:
+                self.skipped_files.append((entry.path, err.reason))
+            else:
+                kept.append(entry)
+        dropped = len(self.entries) - len(kept)
+        if dropped:
+            examples = "; ".join(f"{p}: {r}" for p, r in self.skipped_files[-dropped:][:3])
+            logger.warning(
+                "skipped %d of %d videos that cannot be decoded (e.g. %s)", dropped, len(self.entries), examples
+            )
+        self.entries = kept
+        self._infos.clear()
+        return dropped
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the seeded training draws between epochs (only matters when ``seed`` is set)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.entries) * self.views_per_video
+
+    def view(self, index: int) -> tuple[int, View]:
+        """``(video_id, view)`` of item ``index``; training items use the centre view's counts (1 x 1)."""
+        video_id, view_index = divmod(index, self.views_per_video)
+        return video_id, (self.views[view_index] if self.mode == "test" else View(0, 0))
+
+    def _info(self, video_id: int) -> VideoInfo:
+        info = self._infos.get(video_id)
+        if info is None:
+            info = self._infos[video_id] = probe_video(self.entries[video_id].path)
+            if len(self._infos) > 64:
+                self._infos.popitem(last=False)
+        return info
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        video_id, view = self.view(index)
+        entry, train = self.entries[video_id], self.mode == "train"
+        generator = None
+        if train and self.seed is not None:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
+        info = self._info(video_id)
+        num_frames = info.num_frames
+        for _ in range(2):  # a second pass only when the stream turned out shorter than its packet count
+            indices = sample_indices(
+                self.sampler,
+                num_frames,
+                train=train,
+                generator=generator,
+                clip_index=view.clip,
+                num_clips=view.num_clips,
+            )
+            decoded = decode_clip(entry.path, indices, info)
+            if decoded.end_of_stream is None:
+                break
+            num_frames, info = (
+                decoded.end_of_stream,
+                VideoInfo(
+                    entry.path, decoded.end_of_stream, info.height, info.width, None, info.header_frames, "decoding"
+                ),
+            )
+            self._infos[video_id] = info
+        clip = self.transform(
+            decoded.frames, train=train, crop_index=view.crop, num_crops=view.num_crops, generator=generator
+        )
+        return clip, entry.label, video_id
