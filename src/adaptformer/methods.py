@@ -103,7 +103,8 @@ def apply_method(model: nn.Module, spec: ModelSpec) -> nn.Module:
         raise ValueError(f"{type(model).__name__} already has a method applied ({get_spec(model)}); build a new model")
     for name in spec.extra_trainable:
         model.get_submodule(name)  # fails early, naming the module, if it does not exist
-    set_head(model, spec.head, spec.num_classes)
+    # A backbone may ask for its own head init scale (the paper's video head uses 0.001) via `head_init_std`.
+    set_head(model, spec.head, spec.num_classes, init_std=getattr(model, "head_init_std", 0.01))
     if spec.method == "adaptformer":
         adapt(model, spec.adapter)
     elif spec.method == "vpt":
