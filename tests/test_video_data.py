@@ -293,11 +293,10 @@ def test_test_transform_three_crops_cut_left_centre_right():
 def test_flip_is_configurable(flip, can_flip):
     ramp = (torch.arange(W) * 3).to(torch.uint8).view(1, 1, W, 1).expand(2, H, W, 3)
     transform = VideoTransform(PRE, VideoTransformConfig(flip=flip))
-    flipped = [
-        bool((c := transform.train(ramp, torch.Generator().manual_seed(s)))[0, 0, 0, 0] > c[0, 0, 0, -1])
-        for s in range(20)
-    ]
+    clips = [transform.train(ramp, torch.Generator().manual_seed(s)) for s in range(20)]  # (C, T, H, W) each
+    flipped = [bool(clip[0, 0, 0, 0] > clip[0, 0, 0, -1]) for clip in clips]  # the ramp now decreases
     assert any(flipped) == can_flip
+    assert all(f == bool(c[0, -1, 0, 0] > c[0, -1, 0, -1]) for f, c in zip(flipped, clips, strict=True))  # all frames
 
 
 def test_normalisation_uses_the_preprocessing_mean_and_std():

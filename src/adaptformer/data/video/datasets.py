@@ -19,7 +19,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -241,38 +241,39 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
             info = self._infos[video_id] = probe_video(self.entries[video_id].path)
             if len(self._infos) > 64:
                 self._infos.popitem(last=False)
+        self._infos.move_to_end(video_id)
         return info
+
+    def _frames(self, video_id: int, view: View, generator: torch.Generator | None) -> torch.Tensor:
+        """Sample and decode the frames ``(T, H, W, C)`` of one clip."""
+        path = self.entries[video_id].path
+        info = self._info(video_id)
+        for _ in range(2):
+            indices = sample_indices(
+                self.sampler,
+                info.num_frames,
+                train=self.mode == "train",
+                generator=generator,
+                clip_index=view.clip,
+                num_clips=view.num_clips,
+            )
+            decoded = decode_clip(path, indices, info)
+            if decoded.end_of_stream is None:
+                break
+            # The stream held fewer frames than its packets promised: sample again from the true count.
+            info = replace(info, num_frames=decoded.end_of_stream, frame_pts=None, counted_by="decoding")
+            self._infos[video_id] = info
+        return decoded.frames
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         video_id, view = self.view(index)
-        entry, train = self.entries[video_id], self.mode == "train"
         generator = None
-        if train and self.seed is not None:
+        if self.mode == "train" and self.seed is not None:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
-        info = self._info(video_id)
-        num_frames = info.num_frames
-        for _ in range(2):  # a second pass only when the stream turned out shorter than its packet count
-            indices = sample_indices(
-                self.sampler,
-                num_frames,
-                train=train,
-                generator=generator,
-                clip_index=view.clip,
-                num_clips=view.num_clips,
-            )
-            decoded = decode_clip(entry.path, indices, info)
-            if decoded.end_of_stream is None:
-                break
-            num_frames, info = (
-                decoded.end_of_stream,
-                VideoInfo(
-                    entry.path, decoded.end_of_stream, info.height, info.width, None, info.header_frames, "decoding"
-                ),
-            )
-            self._infos[video_id] = info
+        frames = self._frames(video_id, view, generator)  # (T, H, W, C) uint8
         clip = self.transform(
-            decoded.frames, train=train, crop_index=view.crop, num_crops=view.num_crops, generator=generator
-        )
-        return clip, entry.label, video_id
+            frames, train=self.mode == "train", crop_index=view.crop, num_crops=view.num_crops, generator=generator
+        )  # (C, T, H, W) float32
+        return clip, self.entries[video_id].label, video_id

@@ -41,8 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Errors PyAV raises for unreadable input: FFmpegError covers InvalidDataError / EOFError; OSError missing files.
-_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, IndexError)
+# Errors PyAV raises on unreadable input: FFmpegError (InvalidDataError, EOFError, ...), OSError, ValueError.
+_AV_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 
 
 class VideoDecodeError(RuntimeError):

@@ -8,7 +8,8 @@ Something labels name left and right, and flipping would make them lie.
 
 Testing resizes the short side to ``test_short_side`` (default: the input's short side, 224) and takes a centre crop
 (one spatial view) or three crops along the long side (left/centre/right for landscape, top/centre/bottom for
-portrait), chosen by the view's crop index.
+portrait), chosen by the view's crop index. ``Preprocessing.crop_pct`` (the image recipe's resize to 256 before a
+224 crop) is not used: the video recipe resizes the short side to the input size itself.
 
 Every op runs on ``(T, C, H, W)`` tensors through torchvision.transforms.v2 functionals, which treat the leading dim
 as a batch, so one crop and one resize apply to all frames. Normalisation reuses the image pipeline's
