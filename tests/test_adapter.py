@@ -14,7 +14,14 @@ from adaptformer import AdaptFormerConfig, AdaptMLP
 def test_defaults_are_the_authors_code() -> None:
     c = AdaptFormerConfig()
     assert (c.bottleneck, c.scale, c.input, c.layernorm, c.dropout, c.init, c.form, c.layers) == (
-        64, 0.1, "residual", "none", 0.1, "lora", "parallel", None,
+        64,
+        0.1,
+        "residual",
+        "none",
+        0.1,
+        "lora",
+        "parallel",
+        None,
     )
 
 
@@ -50,8 +57,10 @@ def test_json_round_trip_and_unknown_fields() -> None:
         AdaptFormerConfig.from_dict({"bottle": 4})
 
 
-@pytest.mark.parametrize("bottleneck, width, stage, expected", [(64, 768, 0, 64), (1 / 12, 768, 0, 64),
-                                                                (1 / 12, 128, 0, 10), ((3, 5), 64, 1, 5)])
+@pytest.mark.parametrize(
+    "bottleneck, width, stage, expected",
+    [(64, 768, 0, 64), (1 / 12, 768, 0, 64), (1 / 12, 128, 0, 10), ((3, 5), 64, 1, 5)],
+)
 def test_bottleneck_per_block(bottleneck: object, width: int, stage: int, expected: int) -> None:
     assert AdaptFormerConfig(bottleneck=bottleneck).bottleneck_for(width, stage) == expected
 

@@ -9,10 +9,10 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tests.conftest import SWIN, VIT, tiny_kwargs
 
 from adaptformer import AdaptFormerConfig, adapt, adapter_modules, create_model
 from adaptformer.backbones import AdaptedSwinBlock, AdaptedViTBlock
-from tests.conftest import SWIN, VIT, tiny_kwargs
 
 VARIANTS = [
     {"form": "parallel", "input": "residual"},
@@ -89,9 +89,12 @@ def test_backbone_parameter_names_unchanged_and_adapter_prefixed() -> None:
     adapted = adapt(copy.deepcopy(plain), AdaptFormerConfig(layers=(0, 2)))
     new_keys = set(adapted.state_dict()) - set(plain.state_dict())
     assert set(plain.state_dict()) <= set(adapted.state_dict())
-    assert new_keys == {f"blocks.{i}.adaptmlp.{p}.{w}" for i in (0, 2) for p in ("down_proj", "up_proj")
-                        for w in ("weight", "bias")}
-    assert type(adapted.blocks[0]) is AdaptedViTBlock and type(adapted.blocks[1]) is timm.models.vision_transformer.Block
+    assert new_keys == {
+        f"blocks.{i}.adaptmlp.{p}.{w}" for i in (0, 2) for p in ("down_proj", "up_proj") for w in ("weight", "bias")
+    }
+    assert (
+        type(adapted.blocks[0]) is AdaptedViTBlock and type(adapted.blocks[1]) is timm.models.vision_transformer.Block
+    )
     # any checkpoint of the plain backbone loads into the adapted model as is
     result = adapted.load_state_dict(plain.state_dict(), strict=False)
     assert result.unexpected_keys == [] and set(result.missing_keys) == new_keys

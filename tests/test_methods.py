@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tests.conftest import SWIN, VIT, tiny_kwargs
 
 from adaptformer import AdaptFormerConfig, ModelSpec, VPTConfig, count_trainable, create_model, parameter_report
 from adaptformer.adapter import AdaptMLP
 from adaptformer.prompts import PromptTokens
-from tests.conftest import SWIN, VIT, tiny_kwargs
 
 
 @pytest.mark.slow

@@ -69,10 +69,15 @@ class Preprocessing:
         """Read the preprocessing from a timm model's pretrained configuration (defaults where it has none)."""
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         default = cls()
+        input_size = tuple(cfg.get("input_size", default.input_size))
+        # A model built with another img_size than its pretrained config (e.g. img_size=384) takes that size.
+        built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if isinstance(built, tuple | list) and len(built) == 2 and all(isinstance(v, int) for v in built):
+            input_size = (input_size[0], *built)
         return cls(
             mean=tuple(cfg.get("mean", default.mean)),
             std=tuple(cfg.get("std", default.std)),
-            input_size=tuple(cfg.get("input_size", default.input_size)),
+            input_size=input_size,
             interpolation=cfg.get("interpolation", default.interpolation) or default.interpolation,
             crop_pct=float(cfg.get("crop_pct", default.crop_pct) or default.crop_pct),
         )

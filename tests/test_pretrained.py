@@ -1,0 +1,133 @@
+"""Reading backbone checkpoints in the formats users have, with exact key accounting and clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from tests.conftest import VIT, tiny_kwargs
+
+from adaptformer import CheckpointError, create_model, read_state_dict
+from adaptformer.factory import build_backbone
+
+
+@pytest.fixture
+def source_model() -> torch.nn.Module:
+    return timm.create_model(VIT, num_classes=7, **tiny_kwargs(VIT))
+
+
+def _write(path: Path, state: dict, kind: str) -> Path:
+    if kind == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    elif kind == "mae":
+        torch.save({"model": state, "epoch": 3}, path)  # MAE wraps the weights, with other entries beside them
+    elif kind == "ddp":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, suffix",
+    [("plain", ".pth"), ("plain", ".bin"), ("safetensors", ".safetensors"), ("mae", ".pth"), ("ddp", ".pt")],
+)
+def test_formats_load_into_the_backbone(tmp_path: Path, source_model: torch.nn.Module, kind: str, suffix: str) -> None:
+    path = _write(tmp_path / f"ckpt{suffix}", source_model.state_dict(), kind)
+    model = create_model(VIT, 3, checkpoint=path, **tiny_kwargs(VIT))
+    for name, tensor in source_model.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_mae_pretraining_checkpoint_drops_decoder(tmp_path: Path, source_model: torch.nn.Module) -> None:
+    state = {k: v for k, v in source_model.state_dict().items() if not k.startswith("head.")}
+    state.update(
+        {
+            "mask_token": torch.zeros(1, 1, 16),
+            "decoder_embed.weight": torch.zeros(16, 32),
+            "decoder_blocks.0.norm1.weight": torch.ones(16),
+        }
+    )
+    path = _write(tmp_path / "mae_pretrain.pth", state, "mae")
+    with pytest.raises(CheckpointError, match="unexpected keys.*decoder_blocks.0.norm1.weight"):
+        create_model(VIT, 3, checkpoint=path, **tiny_kwargs(VIT))  # read as timm: the decoder is foreign
+    model = create_model(VIT, 3, checkpoint=path, checkpoint_source="mae", **tiny_kwargs(VIT))
+    assert torch.equal(model.blocks[0].attn.qkv.weight, source_model.blocks[0].attn.qkv.weight)
+
+
+def test_renamed_key_fails_naming_it(tmp_path: Path, source_model: torch.nn.Module) -> None:
+    state = source_model.state_dict()
+    state["blocks.1.mlp.fc9.weight"] = state.pop("blocks.1.mlp.fc1.weight")
+    path = _write(tmp_path / "renamed.pth", state, "plain")
+    with pytest.raises(CheckpointError, match=r"missing keys \['blocks.1.mlp.fc1.weight'\].*blocks.1.mlp.fc9.weight"):
+        create_model(VIT, 3, checkpoint=path, **tiny_kwargs(VIT))
+
+
+def test_wrong_head_size_is_dropped_with_a_log_line(
+    tmp_path: Path, source_model: torch.nn.Module, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _write(tmp_path / "ft.pth", source_model.state_dict(), "plain")  # a 7-class head
+    with caplog.at_level(logging.INFO, logger="adaptformer.pretrained"):
+        model = build_backbone(VIT, 3, checkpoint=path, keep_head=True, **tiny_kwargs(VIT))
+    assert "dropped classifier keys head.bias (7,), head.weight (7, 32)" in caplog.text
+    assert model.head.out_features == 3
+    same = build_backbone(VIT, 7, checkpoint=path, keep_head=True, **tiny_kwargs(VIT))
+    assert torch.equal(same.head.weight, source_model.head.weight)  # right size: kept for head="linear"
+
+
+def test_shape_mismatch_and_pos_embed_resampling(tmp_path: Path, source_model: torch.nn.Module) -> None:
+    path = _write(tmp_path / "p.pth", source_model.state_dict(), "plain")
+    bigger = create_model(VIT, 3, checkpoint=path, **tiny_kwargs(VIT, img_size=48))  # 4x4 grid -> 6x6
+    assert bigger.pos_embed.shape == (1, 1 + 36, 32)
+    assert torch.equal(bigger.pos_embed[:, 0], source_model.pos_embed[:, 0])  # cls position kept
+    wide = tiny_kwargs(VIT, embed_dim=48, num_heads=2)
+    with pytest.raises(CheckpointError, match=r"shape mismatch .*cls_token: file \(1, 1, 32\) vs model \(1, 1, 48\)"):
+        create_model(VIT, 3, checkpoint=path, **wide)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "cannot be read"),
+        (b"not a checkpoint at all", "cannot be read"),
+        (None, "cannot be read"),  # truncated real file
+    ],
+)
+def test_corrupt_files_name_the_file(
+    tmp_path: Path, source_model: torch.nn.Module, content: bytes | None, message: str
+) -> None:
+    for suffix in (".pth", ".safetensors"):
+        path = tmp_path / f"bad{suffix}"
+        if content is None:
+            _write(path, source_model.state_dict(), "safetensors" if suffix == ".safetensors" else "plain")
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=rf"{path.name}.*{message}"):
+            read_state_dict(path)
+
+
+def test_pickled_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "obj": Path("x")}, path)  # an arbitrary object, not a tensor dict
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_state_dict(path)
+
+
+def test_missing_file_and_unknown_source(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        read_state_dict(tmp_path / "nope.pth")
+    path = _write(tmp_path / "c.pth", {"w": torch.zeros(1)}, "plain")
+    with pytest.raises(ValueError, match="unknown checkpoint source 'jax'"):
+        create_model(VIT, 3, checkpoint=path, checkpoint_source="jax", **tiny_kwargs(VIT))
+
+
+def test_timm_pretrained_file_mechanism(tmp_path: Path, source_model: torch.nn.Module) -> None:
+    path = _write(tmp_path / "timm_weights.safetensors", source_model.state_dict(), "safetensors")
+    model = create_model(VIT, 3, checkpoint="timm", pretrained_cfg_overlay={"file": str(path)}, **tiny_kwargs(VIT))
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, source_model.blocks[1].mlp.fc2.weight)

@@ -1,0 +1,164 @@
+"""Adapter files: content, exact round trip, refusal of a different backbone, atomic writes, corrupt files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.conftest import SWIN, VIT, tiny_kwargs
+
+import adaptformer.saving as saving
+from adaptformer import (
+    AdapterFileError,
+    AdaptFormerConfig,
+    VPTConfig,
+    build_backbone,
+    create_model,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+)
+
+
+def _trained(name: str = VIT, method: str = "adaptformer", **kwargs: object) -> torch.nn.Module:
+    torch.manual_seed(1)
+    model = create_model(name, 5, method=method, **tiny_kwargs(name), **kwargs)
+    with torch.no_grad():  # pretend training moved the task tensors away from their init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    model.train()
+    model(torch.randn(8, 3, 32, 32))  # updates the paper head's BatchNorm running statistics
+    return model.eval()
+
+
+def _fresh_backbone(name: str = VIT) -> torch.nn.Module:
+    torch.manual_seed(1)  # the same "pre-trained" weights as _trained's backbone
+    return build_backbone(name, 5, **tiny_kwargs(name))
+
+
+CASES = [
+    (VIT, "adaptformer", {}),
+    (VIT, "adaptformer", {"adapter": AdaptFormerConfig(bottleneck=3, scale="learnable", layernorm="out", layers=(1,))}),
+    (VIT, "linear", {}),
+    (VIT, "vpt", {"vpt": VPTConfig(num_tokens=2)}),
+    (VIT, "adaptformer", {"head": "linear"}),
+    (SWIN, "adaptformer", {"adapter": AdaptFormerConfig(bottleneck=(2, 4))}),
+    (VIT, "full", {}),
+]
+
+
+@pytest.mark.parametrize("name, method, kwargs", CASES)
+def test_round_trip_reproduces_logits_exactly(tmp_path: Path, name: str, method: str, kwargs: dict) -> None:
+    model = _trained(name, method, **kwargs)
+    save_adapter(model, tmp_path / "adapter")
+    restored = load_adapter(_fresh_backbone(name), tmp_path / "adapter").eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))
+    assert restored.adaptformer_spec == model.adaptformer_spec
+
+
+def test_files_hold_only_task_tensors_and_describe_the_model(tmp_path: Path) -> None:
+    model = _trained()
+    save_adapter(model, tmp_path)
+    tensors = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert all(".adaptmlp." in k or k.startswith("head.") for k in tensors)
+    assert {k for k in tensors if k.startswith("head.")} == {
+        "head.0.running_mean",
+        "head.0.running_var",
+        "head.0.num_batches_tracked",
+        "head.1.weight",
+        "head.1.bias",
+    }
+    assert len([k for k in tensors if ".adaptmlp." in k]) == 3 * 4
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["method"] == "adaptformer" and config["backbone"] == VIT and config["num_classes"] == 5
+    assert config["adapter"]["bottleneck"] == 64 and config["head"] == "paper"
+    assert config["backbone_fingerprint"].startswith("sha256:")
+    assert config["preprocessing"]["input_size"] == [3, 32, 32]
+    assert config["num_parameters"] == sum(t.numel() for t in tensors.values())
+
+
+@pytest.mark.slow
+def test_vit_b_adapter_file_is_about_5_mb(tmp_path: Path) -> None:
+    save_adapter(create_model("vit_base_patch16_224", 100), tmp_path)
+    size = (tmp_path / "adapter_model.safetensors").stat().st_size
+    assert 4.5e6 < size < 5.5e6  # (1,189,632 + 76,900) fp32 params + BN stats
+
+
+def test_mismatched_backbone_is_refused_unless_overridden(tmp_path: Path) -> None:
+    save_adapter(_trained(), tmp_path)
+    torch.manual_seed(2)
+    other_weights = build_backbone(VIT, 5, **tiny_kwargs(VIT))
+    with pytest.raises(AdapterFileError, match="backbone weights differ.*fingerprint"):
+        load_adapter(other_weights, tmp_path)
+    load_adapter(other_weights, tmp_path, allow_backbone_mismatch=True)  # explicit override
+    with pytest.raises(AdapterFileError, match="trained on 'vit_tiny_patch16_224', the model is 'swin_tiny"):
+        load_adapter(build_backbone(SWIN, 5, **tiny_kwargs(SWIN)), tmp_path)
+
+
+def test_method_mismatch_is_refused(tmp_path: Path) -> None:
+    save_adapter(_trained(), tmp_path)
+    torch.manual_seed(1)
+    linear = create_model(VIT, 5, method="linear", **tiny_kwargs(VIT))
+    with pytest.raises(AdapterFileError, match="method differs"):
+        load_adapter(linear, tmp_path)
+    torch.manual_seed(1)
+    with pytest.raises(AdapterFileError, match="num_classes"):
+        load_adapter(create_model(VIT, 4, **tiny_kwargs(VIT)), tmp_path)
+
+
+def test_crash_mid_write_keeps_the_last_good_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _trained()
+    save_adapter(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(saving.os, "fsync", crash)
+    with torch.no_grad():
+        model.head[1].bias.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(model, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temp files left, old pair intact
+    load_adapter(_fresh_backbone(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "corrupt, error, message",
+    [
+        (lambda d: (d / "adapter_config.json").write_text("{not json"), AdapterFileError, "not valid JSON"),
+        (lambda d: (d / "adapter_config.json").unlink(), FileNotFoundError, "no adapter here"),
+        (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x00" * 10), AdapterFileError, "SHA-256 differs"),
+        (lambda d: _edit(d, colour="red"), AdapterFileError, r"unknown model spec fields \['colour'\]"),
+        (lambda d: _edit(d, adapter={"bottleneck": -4}), AdapterFileError, "bottleneck must be >= 1"),
+        (lambda d: _edit(d, format_version=7), AdapterFileError, "format_version 7"),
+        (lambda d: _edit(d, weights_sha256=None, drop_weights=True), AdapterFileError, "not a valid safetensors"),
+    ],
+)
+def test_corrupt_adapter_dirs_give_clear_errors(tmp_path: Path, corrupt, error: type, message: str) -> None:
+    save_adapter(_trained(), tmp_path)
+    corrupt(tmp_path)
+    with pytest.raises(error, match=message):
+        load_adapter(_fresh_backbone(), tmp_path)
+
+
+def _edit(directory: Path, drop_weights: bool = False, **changes: object) -> None:
+    path = directory / "adapter_config.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    if drop_weights:
+        del data["weights_sha256"]
+        (directory / "adapter_model.safetensors").write_bytes(b"garbage")
+    path.write_text(json.dumps(data))
+
+
+def test_read_adapter_config_returns_spec_and_preprocessing(tmp_path: Path) -> None:
+    save_adapter(_trained(), tmp_path)
+    spec, extras = read_adapter_config(tmp_path)
+    assert spec.method == "adaptformer" and extras["preprocessing"].input_size == (3, 32, 32)
