@@ -162,3 +162,14 @@ def test_read_adapter_config_returns_spec_and_preprocessing(tmp_path: Path) -> N
     save_adapter(_trained(), tmp_path)
     spec, extras = read_adapter_config(tmp_path)
     assert spec.method == "adaptformer" and extras["preprocessing"].input_size == (3, 32, 32)
+
+
+def test_remembered_fingerprint_survives_a_storage_cast(tmp_path: Path) -> None:
+    model = _trained()
+    fingerprint = saving.remember_fingerprint(model)
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)  # storage changes, the backbone it came from does not
+    assert saving.backbone_fingerprint(model) == fingerprint
+    save_adapter(model, tmp_path)
+    load_adapter(_fresh_backbone(), tmp_path)  # the fp32 original is accepted

@@ -30,6 +30,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "adaptformer-adapter"
 FORMAT_VERSION = 1
+FINGERPRINT_ATTR = "adaptformer_fingerprint"
 _FILE_FIELDS = {"format", "format_version", "backbone_fingerprint", "preprocessing", "weights_sha256", "num_parameters"}
 
 
@@ -51,8 +52,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remember_fingerprint(model: nn.Module) -> str | None:
+    """Compute the backbone fingerprint now and keep it on the model, for code that is about to change the frozen
+    tensors' storage without changing what they mean (e.g. keeping the frozen backbone in bf16 for speed)."""
+    setattr(model, FINGERPRINT_ATTR, None)
+    fingerprint = backbone_fingerprint(model)
+    setattr(model, FINGERPRINT_ATTR, fingerprint)
+    return fingerprint
+
+
 def backbone_fingerprint(model: nn.Module) -> str | None:
-    """SHA-256 over the names, dtypes, shapes and bytes of every frozen (non-task) tensor; None if there is none."""
+    """SHA-256 over the names, dtypes, shapes and bytes of every frozen (non-task) tensor; None if there is none.
+
+    A fingerprint remembered by ``remember_fingerprint`` is returned as it was.
+    """
+    remembered = getattr(model, FINGERPRINT_ATTR, None)
+    if remembered is not None:
+        return remembered
     task_keys = set(task_state_dict(model)) if get_spec(model) is not None else set()
     digest = hashlib.sha256()
     count = 0
