@@ -6,10 +6,12 @@ print(adaptformer.parameter_report(model))   # 1,266,532 trainable
 adaptformer.save_adapter(model, "out/adapter")
 """
 
+from . import convert_video as convert_video  # registers the video checkpoint converters in CONVERTERS
 from .adapter import AdaptFormerConfig, AdaptMLP
 from .backbones import FAMILIES, adapt, adapter_modules
 from .factory import build_backbone, create_model
 from .methods import METHODS, ModelSpec, ParameterReport, apply_method, count_trainable, freeze, parameter_report
+from .models import VideoVisionTransformer  # registers the video ViTs with timm
 from .preprocessing import Preprocessing
 from .pretrained import CONVERTERS, CheckpointError, load_pretrained, read_state_dict
 from .prompts import VPTConfig
@@ -29,6 +31,7 @@ __all__ = [
     "ParameterReport",
     "Preprocessing",
     "VPTConfig",
+    "VideoVisionTransformer",
     "adapt",
     "adapter_modules",
     "apply_method",

@@ -1,7 +1,8 @@
 """Loading pre-trained backbone weights from local files, with exact key accounting.
 
 Two steps, each explicit: ``read_state_dict`` opens the container (.safetensors, or a torch pickle read with
-``weights_only=True``, optionally wrapped as ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}``); a
+``weights_only=True``, optionally wrapped as ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}``; or a
+Hugging Face model directory holding ``model.safetensors`` or ``pytorch_model.bin``); a
 converter chosen by name (``CONVERTERS``) turns that source's keys into the backbone's own. ``load_pretrained`` then
 loads and fails, listing the keys, unless the only missing keys belong to the new task head and nothing is left over.
 """
@@ -27,6 +28,7 @@ from .heads import classifier_path
 logger = logging.getLogger(__name__)
 
 WRAPPER_KEYS = ("model", "module", "state_dict")
+HF_WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
 class CheckpointError(ValueError):
@@ -34,8 +36,11 @@ class CheckpointError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a flat name -> tensor mapping from a .safetensors file or a torch pickle (no arbitrary code runs)."""
+    """Read a flat name -> tensor mapping from a .safetensors file, a torch pickle (no arbitrary code runs), or a
+    Hugging Face model directory (``save_pretrained`` output: its single weights file)."""
     path = Path(path)
+    if path.is_dir():
+        path = _hf_weights_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -60,6 +65,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if obj and all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+def _hf_weights_file(directory: Path) -> Path:
+    for name in HF_WEIGHTS_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    sharded = sorted(p.name for p in directory.glob("*.index.json"))
+    detail = f"sharded checkpoints ({', '.join(sharded)}) are not supported" if sharded else "found neither"
+    raise CheckpointError(f"{directory}: a Hugging Face model directory needs one of {HF_WEIGHTS_NAMES}; {detail}")
 
 
 def convert_timm(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -110,8 +124,9 @@ def load_pretrained(model: nn.Module, path: str | Path, source: str = "timm", ke
     """Load backbone weights from ``path`` (a ``source`` checkpoint) into a plain timm model, strictly.
 
     Keys of the classifier are dropped (with a log line) when ``keep_head`` is False or their shape differs from the
-    model's head; only those may then be missing. Any other missing or unexpected key, or any other shape mismatch,
-    raises CheckpointError listing them.
+    model's head; only those, and the keys of modules the model declares new for a task (its ``task_modules``, e.g.
+    a video model's ``fc_norm``), may then be missing. Any other missing or unexpected key, or any other shape
+    mismatch, raises CheckpointError listing them.
     """
     if source not in CONVERTERS:
         raise ValueError(f"unknown checkpoint source {source!r}; choose one of {sorted(CONVERTERS)}")
@@ -119,6 +134,8 @@ def load_pretrained(model: nn.Module, path: str | Path, source: str = "timm", ke
     own = model.state_dict()
     head_prefix = classifier_path(model) + "."
     head_keys = {k for k in own if k.startswith(head_prefix)}
+    task_prefixes = tuple(f"{name}." for name in getattr(model, "task_modules", ()))
+    new_keys = head_keys | {k for k in own if task_prefixes and k.startswith(task_prefixes)}
     _fit_pos_embed(state_dict, model)
 
     dropped = [
@@ -138,14 +155,14 @@ def load_pretrained(model: nn.Module, path: str | Path, source: str = "timm", ke
     if mismatched:
         raise CheckpointError(f"{path}: shape mismatch for {len(mismatched)} keys: " + "; ".join(mismatched[:20]))
     result = model.load_state_dict(state_dict, strict=False)
-    missing = sorted(k for k in result.missing_keys if k not in head_keys)
+    missing = sorted(k for k in result.missing_keys if k not in new_keys)
     unexpected = sorted(result.unexpected_keys)
     if missing or unexpected:
         raise CheckpointError(
             f"{path} ({source} checkpoint) does not fit {type(model).__name__}: "
             f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''} ({len(missing)}), "
             f"unexpected keys {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)}). "
-            "Only the task head may be missing; check the checkpoint source and the model name."
+            "Only the task head (and task modules) may be missing; check the checkpoint source and the model name."
         )
     loaded = tuple(sorted(k for k in state_dict if k in own))
     logger.info("%s: loaded %d tensors (%s checkpoint)", path, len(loaded), source)
