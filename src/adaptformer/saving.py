@@ -197,3 +197,22 @@ def load_adapter(model: nn.Module, directory: str | Path, allow_backbone_mismatc
         raise AdapterFileError(f"{weights_path}: shape mismatch: {'; '.join(wrong[:20])}")
     model.load_state_dict(tensors, strict=False)
     return model
+
+
+def create_model_from_adapter(
+    directory: str | Path,
+    checkpoint: str | Path | None = None,
+    checkpoint_source: str = "timm",
+    allow_backbone_mismatch: bool = False,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Build the backbone named in ``directory``'s adapter config, load ``checkpoint`` into it, then the adapter.
+
+    ``checkpoint``/``checkpoint_source``/``timm_kwargs`` must describe the same backbone the adapter was trained on
+    (its fingerprint is checked); for method "full" the adapter holds every weight and no checkpoint is needed.
+    """
+    from .factory import build_backbone
+
+    spec, _ = read_adapter_config(directory)
+    backbone = build_backbone(spec.backbone, spec.num_classes, checkpoint, checkpoint_source, **timm_kwargs)
+    return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch)

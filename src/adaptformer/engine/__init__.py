@@ -1,0 +1,63 @@
+"""The training engine: configuration, optimizer and schedule, the epoch loop and evaluation, training state,
+data-parallel helpers and progress reporting. ``adaptformer.train.train`` wires them into a run.
+
+    cfg = TrainConfig(dataset="cifar100", data_dir="data/", model="vit_base_patch16_224.mae", ...)
+    stats = train_one_epoch(model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=0)
+    metrics = classification_metrics(evaluate(model, val_loader, precision, ctx))
+"""
+
+from .checkpointing import STATE_FILE, TrainingStateError, load_training_state, save_training_state
+from .config import TrainConfig, add_config_arguments, config_overrides
+from .data import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
+from .distributed import DistributedContext, init_distributed, wrap_model
+from .inference import TaskInfo, evaluate_split, load_trained_model, predict_images
+from .loop import (
+    EpochStats,
+    NonFiniteLossError,
+    Predictions,
+    StepInfo,
+    classification_metrics,
+    evaluate,
+    train_one_epoch,
+)
+from .optim import build_optimizer, param_groups, scaled_lr
+from .precision import Precision, resolve_precision
+from .progress import Progress
+from .schedule import WarmupCosine
+
+__all__ = [
+    "STATE_FILE",
+    "DistributedContext",
+    "EpochStats",
+    "NonFiniteLossError",
+    "Precision",
+    "Predictions",
+    "Progress",
+    "ShardSampler",
+    "StepInfo",
+    "TaskInfo",
+    "TrainBatchSampler",
+    "TrainConfig",
+    "TrainingStateError",
+    "WarmupCosine",
+    "add_config_arguments",
+    "build_optimizer",
+    "classification_metrics",
+    "config_overrides",
+    "eval_loader",
+    "evaluate",
+    "evaluate_split",
+    "init_distributed",
+    "load_image_split",
+    "load_trained_model",
+    "load_training_state",
+    "param_groups",
+    "predict_images",
+    "resolve_precision",
+    "save_training_state",
+    "scaled_lr",
+    "train_loader",
+    "train_one_epoch",
+    "with_transform",
+    "wrap_model",
+]

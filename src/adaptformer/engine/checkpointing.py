@@ -1,0 +1,72 @@
+"""Training state for ``--resume``: everything needed to continue a run exactly where it stopped.
+
+One file, ``<output_dir>/checkpoint.pt``, holding the task's tensors (the trainable modules with their buffers; the
+whole model only for full fine-tuning), optimizer, schedule, gradient scaler, every process's RNG states, the
+position in the run (epoch, optimizer steps done in it, total steps), the partial statistics of the current epoch and
+the best validation result so far. Data order needs no state of its own: it is a function of (seed, epoch), and the
+sampler skips the steps already done.
+
+The file is written to a temporary name and renamed into place, so a crash while writing leaves the previous state
+readable. It is read with ``torch.load(weights_only=True)``: plain values and tensors only, no pickled code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..methods import task_state_dict
+from ..saving import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "checkpoint.pt"
+FORMAT = "adaptformer-training-state"
+FORMAT_VERSION = 1
+
+
+class TrainingStateError(ValueError):
+    """A training-state file that cannot be read or does not fit the run being resumed."""
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` (see the module docstring for its keys) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    logger.debug("training state saved to %s (epoch %s, step %s)", path, state.get("epoch"), state.get("global_step"))
+    return path
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_training_state`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training state at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        raise TrainingStateError(f"{path}: cannot be read as a training state ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise TrainingStateError(f"{path}: not an adaptformer training state")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise TrainingStateError(f"{path}: format_version {state.get('format_version')!r}, this library reads 1")
+    return state
+
+
+def load_task_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Put saved task tensors back into ``model``; the key sets must match exactly (listed if they do not)."""
+    own = task_state_dict(model)
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise TrainingStateError(f"{source}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
+    model.load_state_dict(tensors, strict=False)

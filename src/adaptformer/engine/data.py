@@ -1,0 +1,180 @@
+"""From datasets to the loaders the engine runs on: per-sample seeded augmentation, world-size-independent batch
+order for training, and evaluation shards that count every sample exactly once.
+
+Training batches: each epoch is a seeded permutation of the training samples cut into optimizer steps of
+``batch_size * accum_steps * world_size`` samples; the step's samples are cut into ``accum_steps * world_size``
+micro-batches and process ``r`` runs micro-batches ``r * accum_steps ...``. A single process accumulating over 2
+micro-batches therefore sees exactly the same micro-batches as 2 processes without accumulation. Leftover samples
+that do not fill a step are dropped for that epoch (a different set each epoch).
+
+Evaluation: process ``r`` of ``W`` evaluates samples ``r, r + W, r + 2W, ...``; no padding, so after gathering every
+sample appears exactly once. Every batch is ``(inputs, labels, ids)``: ``ids`` is the sample index for images; a
+dataset whose items already carry an id (video clips carry their video's id) keeps it, so multi-view predictions can
+be averaged per video after gathering.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data import IMAGE_DATASETS, build_image_dataset
+from .rng import derive_seed, seeded
+
+logger = logging.getLogger(__name__)
+
+
+def load_image_split(
+    kind: str,
+    root: str | None,
+    split: str,
+    transform: Callable[[Any], Any] | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+    verify_checksums: bool = True,
+    skip_bad_images: bool = False,
+) -> Dataset:
+    """One split of an image dataset; ``verify_checksums`` is passed to the kinds that have official checksums."""
+    options = dict(options or {})
+    if kind in IMAGE_DATASETS and "verify_checksums" in IMAGE_DATASETS[kind].options:
+        options.setdefault("verify_checksums", verify_checksums)
+    return build_image_dataset(kind, root, split, transform, skip_bad_images=skip_bad_images, **options)
+
+
+def with_transform(dataset: Dataset, transform: Callable[[Any], Any] | None) -> Dataset:
+    """A shallow copy of ``dataset`` (sharing its samples) that applies ``transform``."""
+    if not hasattr(dataset, "transform"):
+        raise TypeError(f"{type(dataset).__name__} has no 'transform' attribute to set")
+    out = copy.copy(dataset)
+    out.transform = transform
+    return out
+
+
+class SeededSamples(Dataset):
+    """Training items keyed by ``(epoch, index)``; augmentation draws are seeded by ``(seed, epoch, index)``.
+
+    Returns ``(inputs, label, index)``.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, ...]:
+        epoch, index = key
+        with seeded(derive_seed(self.seed, epoch, index)):
+            inputs, label, *_ = self.dataset[index]
+        return inputs, label, index
+
+
+class Indexed(Dataset):
+    """Evaluation items as ``(inputs, label, id)``: the sample index, unless the item already carries an id."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        item = self.dataset[index]
+        return (item[0], item[1], item[2] if len(item) > 2 else index)
+
+
+class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This process's training micro-batches, as lists of ``(epoch, index)`` keys (see the module docstring).
+
+    Args:
+        num_samples: size of the training set.
+        batch_size: samples per micro-batch.
+        accum_steps: micro-batches per optimizer step on each process.
+        world_size: number of processes.
+        rank: this process.
+        seed: with the epoch, fixes the sample order.
+    """
+
+    def __init__(
+        self, num_samples: int, batch_size: int, accum_steps: int = 1, world_size: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.accum_steps = accum_steps
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.samples_per_step = batch_size * accum_steps * world_size
+        self.steps_per_epoch = num_samples // self.samples_per_step
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"the training split has {num_samples} samples, fewer than one optimizer step of "
+                f"{self.samples_per_step} (batch {batch_size} x accumulation {accum_steps} x {world_size} processes); "
+                "lower the batch size or the effective batch"
+            )
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch's order; skip its first ``start_step`` optimizer steps (already done before a resume)."""
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step must be in [0, {self.steps_per_epoch}], got {start_step}")
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accum_steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        b = self.batch_size
+        for step in range(self.start_step, self.steps_per_epoch):
+            chunk = order[step * self.samples_per_step : (step + 1) * self.samples_per_step]
+            for micro in range(self.rank * self.accum_steps, (self.rank + 1) * self.accum_steps):
+                yield [(self.epoch, i) for i in chunk[micro * b : (micro + 1) * b]]
+
+
+class ShardSampler(Sampler[int]):
+    """Samples ``rank, rank + world_size, ...``: disjoint shards that together cover every sample once."""
+
+    def __init__(self, num_samples: int, world_size: int = 1, rank: int = 0) -> None:
+        self.indices = range(rank, num_samples, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def _loader_kwargs(num_workers: int, device: torch.device) -> dict[str, Any]:
+    # A private generator: creating an iterator then draws its worker seed from it, not from the global RNG that
+    # dropout uses, so iterators created at different points (e.g. after a resume) do not shift dropout draws.
+    return {
+        "num_workers": num_workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": num_workers > 0,
+        "generator": torch.Generator().manual_seed(0),
+    }
+
+
+def train_loader(
+    dataset: Dataset, sampler: TrainBatchSampler, seed: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """The training loader: ``sampler``'s micro-batches of ``(inputs, labels, indices)``, seeded per sample."""
+    return DataLoader(SeededSamples(dataset, seed), batch_sampler=sampler, **_loader_kwargs(num_workers, device))
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, world_size: int = 1, rank: int = 0
+) -> DataLoader:
+    """An evaluation loader over this process's shard: batches of ``(inputs, labels, ids)``."""
+    sampler = ShardSampler(len(dataset), world_size, rank)  # type: ignore[arg-type]
+    return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=sampler, **_loader_kwargs(num_workers, device))

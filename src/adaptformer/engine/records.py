@@ -1,0 +1,83 @@
+"""What a run leaves behind besides weights: ``metrics.jsonl`` (one JSON object per epoch), ``test.json`` (the final,
+separately reported test evaluation) and, when asked for and installed, TensorBoard scalars.
+
+Only the main process writes. On resume, epochs that the restored training state has not finished are dropped from
+``metrics.jsonl`` so that re-running them does not duplicate lines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ..saving import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+TEST_FILE = "test.json"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n").encode())
+
+
+class MetricsLog:
+    """Append-only per-epoch records in ``<output_dir>/metrics.jsonl``, mirrored to TensorBoard if requested.
+
+    Args:
+        output_dir: the run's folder.
+        enabled: False on non-main processes (nothing is written).
+        tensorboard: also write scalars to ``<output_dir>/tensorboard`` (skipped with a warning if not installed).
+    """
+
+    def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
+        self.path = output_dir / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            if importlib.util.find_spec("tensorboard") is None:
+                logger.warning("TensorBoard was asked for but is not installed (pip install tensorboard); skipping it")
+            else:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """Drop records of epochs >= ``epoch`` (they will be run again after a resume)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [r for r in self.read() if r["epoch"] < epoch]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {k: _clean(v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key.replace("/", "_per_"), value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
