@@ -207,8 +207,8 @@ def classification_metrics(predictions: Predictions) -> dict[str, float | int]:
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, k)
     hits = top == labels[:, None]
     return {
-        "acc1": 100.0 * hits[:, 0].float().mean().item(),
-        "acc5": 100.0 * hits.any(dim=1).float().mean().item(),
+        "acc1": 100.0 * int(hits[:, 0].sum()) / n,
+        "acc5": 100.0 * int(hits.any(dim=1).sum()) / n,
         "loss": F.cross_entropy(logits, labels).item(),
         "n": n,
     }
