@@ -1,8 +1,18 @@
 """Backbones defined by adaptformer and registered with timm (``timm.create_model`` finds them by name).
 
 - ``video_vit_{small,base,large}_patch16_224``: the VideoMAE video ViT (:mod:`.video_vit`).
+- ``vit_shapes_patch4_32``: a tiny image ViT pre-trained here on procedural shapes (:mod:`.shapes_vit`).
 """
 
+from .shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE, vit_shapes_patch4_32
 from .video_vit import QVBiasAttention, TubeletEmbed, VideoVisionTransformer, sinusoid_position_table
 
-__all__ = ["QVBiasAttention", "TubeletEmbed", "VideoVisionTransformer", "sinusoid_position_table"]
+__all__ = [
+    "SHAPES_VIT_ARGS",
+    "SHAPES_VIT_FILE",
+    "QVBiasAttention",
+    "TubeletEmbed",
+    "VideoVisionTransformer",
+    "sinusoid_position_table",
+    "vit_shapes_patch4_32",
+]
