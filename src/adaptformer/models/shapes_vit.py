@@ -3,7 +3,7 @@ without downloading anything (pre-trained weights cannot be fetched on the machi
 
 ``vit_shapes_patch4_32``: width 192, depth 6, 3 heads, patch 4, 32x32 input, CLS token; about 2.7M parameters. Its
 weights ship with the package (``assets/vit_shapes_patch4_32.safetensors``, fp16) and were produced by
-``benchmarks/pretrain_shapes.py`` (command and SHA-256 in BENCHMARKS.md). Load them with timm's own mechanism:
+``scripts/pretrain_shapes.py`` (command and SHA-256 in BENCHMARKS.md). Load them with timm's own mechanism:
 
     adaptformer.create_model("vit_shapes_patch4_32", num_classes=10, checkpoint="timm")
 """
@@ -41,9 +41,7 @@ default_cfgs = generate_default_cfgs(
 def vit_shapes_patch4_32(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """The tiny ViT pre-trained on procedural shapes (64 shape/palette classes)."""
     if pretrained and not SHAPES_VIT_FILE.is_file():
-        raise FileNotFoundError(
-            f"the shipped weights are missing: {SHAPES_VIT_FILE}; run benchmarks/pretrain_shapes.py"
-        )
+        raise FileNotFoundError(f"the shipped weights are missing: {SHAPES_VIT_FILE}; run scripts/pretrain_shapes.py")
     return build_model_with_cfg(
         VisionTransformer,
         "vit_shapes_patch4_32",
