@@ -34,3 +34,12 @@ def test_palette_sets_the_foreground_colour() -> None:
 def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ProceduralShapes(**{"num_samples": 10, **kwargs})
+
+
+def test_registered_as_an_image_dataset_kind_with_distinct_splits() -> None:
+    from adaptformer.data import build_image_dataset
+
+    train = build_image_dataset("shapes", None, "train", None, num_samples=8, num_classes=4)
+    test = build_image_dataset("shapes", None, "test", None, num_samples=8, num_classes=4)
+    assert train.classes == test.classes and len(train) == 8
+    assert not torch.equal(train[0][0], test[0][0])

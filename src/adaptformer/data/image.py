@@ -331,6 +331,24 @@ def _build_synthetic(
 # The registry: adding a kind is one entry.
 
 
+def _build_shapes(
+    root: Path | None,
+    split: str,
+    transform: Transform | None,
+    *,
+    skip_bad_images: bool,
+    num_classes: int = 64,
+    num_samples: int = 6400,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Dataset:
+    """Procedural shapes (``data/shapes.py``), the tiny backbone's pre-training data; test uses another seed stream."""
+    from .shapes import ProceduralShapes
+
+    stream = 2 * seed + ("train", "test").index(split)
+    return ProceduralShapes(num_samples, num_classes, image_size, seed=stream, transform=transform)
+
+
 @dataclass(frozen=True)
 class ImageDatasetKind:
     """One dataset kind: its builder, the splits it has, and whether it reads files under a root."""
@@ -354,6 +372,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test")),
     "digits": ImageDatasetKind(_build_digits, ("train", "test"), needs_root=False),
     "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
+    "shapes": ImageDatasetKind(_build_shapes, ("train", "test"), needs_root=False),
 }
 
 
