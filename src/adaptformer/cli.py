@@ -93,7 +93,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         classes = [str(i) for i in range(model.num_classes)]
     check_classes(model.num_classes, classes, None, "the class-name list")
-    results = predict_images(model, args.images, args.top_k, args.precision, args.device)
+    precision = args.precision or (task.precision if task is not None else "auto")
+    results = predict_images(model, args.images, args.top_k, precision, args.device)
     for path, top in zip(args.images, results, strict=True):
         if args.json:
             print(json.dumps({"image": path, "top": [{"class": classes[i], "index": i, "prob": p} for i, p in top]}))

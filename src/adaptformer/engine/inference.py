@@ -20,7 +20,7 @@ from ..data import build_image_transform, load_rgb
 from ..preprocessing import Preprocessing
 from ..saving import atomic_write_bytes, create_model_from_adapter, read_adapter_config
 from .data import eval_loader, load_image_split
-from .distributed import DistributedContext
+from .distributed import DistributedContext, resolve_device
 from .loop import classification_metrics, evaluate
 from .precision import resolve_precision
 
@@ -147,12 +147,12 @@ def evaluate_split(
 
 @torch.no_grad()
 def predict_images(
-    model: nn.Module, paths: list[str | Path], top_k: int = 5, precision: str = "auto", device: str = "cpu"
+    model: nn.Module, paths: list[str | Path], top_k: int = 5, precision: str = "auto", device: str = "auto"
 ) -> list[list[tuple[int, float]]]:
     """Top-``top_k`` (class index, probability) for each image file, best first."""
     transform = build_image_transform(Preprocessing.from_model(model), train=False)
     batch = torch.stack([transform(load_rgb(p)) for p in paths])  # (N, 3, H, W)
-    target = torch.device(device)
+    target = resolve_device(device)
     with resolve_precision(precision, target).autocast():
         logits = model.to(target).eval()(batch.to(target))
     probs = logits.float().softmax(dim=1)

@@ -1,0 +1,160 @@
+"""The ``adaptformer`` command line end to end, on a miniature CIFAR-100 release written in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tests.conftest import VIT
+
+from adaptformer.cli import build_parser, main
+from adaptformer.factory import build_backbone
+
+TINY_JSON = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}'
+CLASSES = [f"fruit_{i}" for i in range(100)]
+USED = 4  # the miniature release only has images of the first 4 classes
+COLOURS = np.array([[220, 30, 30], [30, 200, 40], [40, 40, 220], [230, 220, 40]])
+
+
+def _images(labels: list[int], seed: int) -> np.ndarray:
+    """Class-coloured 32x32 images with noise: (N, 32, 32, 3) uint8."""
+    noise = np.random.default_rng(seed).normal(0, 25, size=(len(labels), 32, 32, 3))
+    return np.clip(COLOURS[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def write_cifar100(root: Path) -> Path:
+    """A miniature CIFAR-100 python release (64 train, 21 test images); checksums will not match the official."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, n, seed in (("train", 64, 1), ("test", 21, 2)):
+        labels = [i % USED for i in range(n)]
+        rows = _images(labels, seed).transpose(0, 3, 1, 2).reshape(n, -1)  # (N, H, W, C) -> (N, 3072) C-major
+        with (folder / split).open("wb") as f:
+            pickle.dump({"data": rows, "fine_labels": labels, "coarse_labels": [0] * n}, f)
+    with (folder / "meta").open("wb") as f:
+        pickle.dump({"fine_label_names": CLASSES, "coarse_label_names": ["x"]}, f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Data, a stand-in pre-trained backbone file, and one finished 1-epoch training run."""
+    root = tmp_path_factory.mktemp("cli")
+    data = write_cifar100(root / "data")
+    backbone = root / "backbone.safetensors"
+    torch.manual_seed(0)
+    save_file(build_backbone(VIT, 10, **json.loads(TINY_JSON)).state_dict(), str(backbone))
+    out = root / "run"
+    args = train_args(data, backbone, out)
+    assert main(args) == 0
+    return {"data": data, "backbone": backbone, "out": out, "root": root}
+
+
+def train_args(data: Path, backbone: Path, out: Path) -> list[str]:
+    return [
+        "train", "--model", VIT, "--model-kwargs", TINY_JSON, "--method", "adaptformer", "--bottleneck", "8",
+        "--dataset", "cifar100", "--data-dir", str(data), "--no-verify-checksums", "--epochs", "1",
+        "--warmup-epochs", "0", "--batch-size", "8", "--effective-batch", "16", "--blr", "4", "--val-split", "8",
+        "--checkpoint", str(backbone), "--checkpoint-source", "timm", "--output-dir", str(out), "--num-workers", "0",
+        "--precision", "fp32", "--seed", "1",
+    ]  # fmt: skip
+
+
+def test_train_writes_the_documented_outputs(setup: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    out = setup["out"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert set(record) >= {"epoch", "lr", "train_loss", "val_acc1", "val_acc5", "seconds", "images/s"}
+    assert record["epoch"] == 0 and record["lr"] > 0
+    assert {p.name for p in (out / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert json.loads((out / "adapter" / "task.json").read_text())["classes"] == CLASSES
+    test = json.loads((out / "test.json").read_text())
+    assert test["n"] == 21 and test["split"] == "test"
+
+
+def test_eval_reproduces_the_logged_test_accuracy(setup: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    args = ["eval", "--model", VIT, "--adapter", str(setup["out"] / "adapter"), "--dataset", "cifar100",
+            "--data-dir", str(setup["data"]), "--split", "test", "--no-verify-checksums"]  # fmt: skip
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = json.loads((setup["out"] / "test.json").read_text())
+    assert set(printed) == {"acc1", "acc5", "loss", "n"}
+    assert printed["n"] == 21
+    assert printed["acc1"] == logged["acc1"] and printed["acc5"] == logged["acc5"]
+    assert printed["loss"] == pytest.approx(logged["loss"], rel=1e-6)
+
+
+def test_config_file_repeats_the_run_exactly(setup: dict[str, Path]) -> None:
+    again = setup["root"] / "again"
+    assert main(["train", "--config", str(setup["out"] / "config.yaml"), "--output-dir", str(again)]) == 0
+    a = load_file(str(setup["out"] / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(again / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        json.loads((again / "test.json").read_text())["acc1"]
+        == json.loads((setup["out"] / "test.json").read_text())["acc1"]
+    )
+
+
+def test_predict_prints_class_names(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    paths = []
+    for label in range(USED):
+        path = tmp_path / f"img{label}.png"
+        Image.fromarray(_images([label], seed=10 + label)[0]).save(path)
+        paths.append(str(path))
+    capsys.readouterr()
+    assert main(["predict", "--adapter", str(setup["out"] / "adapter"), "--top-k", "3", "--json", *paths]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["image"] for r in rows] == paths
+    for row in rows:
+        assert len(row["top"]) == 3 and all(t["class"] == CLASSES[t["index"]] for t in row["top"])
+        assert sum(t["prob"] for t in row["top"]) <= 1.0 + 1e-6
+    assert main(["predict", "--adapter", str(setup["out"] / "adapter"), "--top-k", "1", paths[0]]) == 0
+    assert capsys.readouterr().out.startswith(f"{paths[0]}: fruit_")
+
+
+def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path], capsys) -> None:
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--dataset", "synthetic",
+            "--dataset-options", "{num_samples: 8, image_size: 32}"]  # fmt: skip
+    assert main(args) == 2
+    assert "head has 100 classes but synthetic test has 10" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_an_error_showing_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--dataset", "cifar100", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "root folder" in err and "cifar-100-python/" in err
+
+
+def test_train_help_shows_every_config_field_and_subcommands_are_wired() -> None:
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    text = train.format_help()
+    for flag in ("--recipe NAME|FILE", "--effective-batch", "--val-split", "--resume", "--stop-after-steps",
+                 "--no-verify-checksums", "--precision {auto,fp32,bf16,fp16}", "--model-kwargs"):  # fmt: skip
+        assert flag in text
+    for command in ("demo", "params", "eval", "predict", "recipes"):
+        assert parser.parse_args(_minimal(command)).func.__name__ == f"_cmd_{command}"
+
+
+def _minimal(command: str) -> list[str]:
+    return {"eval": ["eval", "--adapter", "x"], "predict": ["predict", "--adapter", "x", "a.png"]}.get(
+        command, [command]
+    )
+
+
+def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
+    assert main(["params", "--model", VIT, "--num-classes", "10", "--method", "linear"]) == 0
+    assert "trainable" in capsys.readouterr().out
+    assert main(["recipes"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert len(names) == 18 and "svhn_full" in names
