@@ -37,15 +37,16 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The global generators' states, as plain values and tensors (loadable with ``torch.load(weights_only=True)``)."""
-    np_state = np.random.get_state()
+    """The global generators' states as plain Python values (lists of ints), which pickle and gather across processes
+    safely and load with ``torch.load(weights_only=True)``."""
+    kind, keys, *rest = np.random.get_state()
     state: dict[str, Any] = {
         "python": _to_lists(random.getstate()),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
+        "numpy": [kind, keys.tolist(), *rest],
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -53,10 +54,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`capture_rng_state` returned."""
     random.setstate(_to_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def _to_lists(value: Any) -> Any:
