@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import itertools
 import json
@@ -40,9 +41,10 @@ from adaptformer.engine import (
     train_one_epoch,
 )
 from adaptformer.engine.data import SeededSamples, load_image_split, with_transform
+from adaptformer.engine.records import MetricsLog
 from adaptformer.factory import build_backbone
 from adaptformer.prompts import VPTConfig
-from adaptformer.train import train
+from adaptformer.train import build_model, train
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 CPU = DistributedContext()
@@ -233,6 +235,16 @@ def test_non_finite_loss_stops_before_the_update() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_gradient_clipping_bounds_the_first_update() -> None:
+    model = create_model(VIT, 4, adapter=AdaptFormerConfig(dropout=0.0, init="bert"), **TINY)
+    opt, sched, precision, scaler = _loop_parts(model, 1.0)
+    before = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4), torch.arange(4))]
+    train_one_epoch(model, batches, nn.CrossEntropyLoss(), opt, sched, precision, scaler, CPU, epoch=0, clip_grad=0.01)
+    after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    assert 0 < (after - before).norm() <= 1.0 * 0.01 + 1e-6  # SGD's first step moves lr x clipped gradient
+
+
 def test_classification_metrics() -> None:
     logits = torch.tensor(
         [[5.0, 1, 0, 0, 0, 0, 0, 0], [0, 5.0, 1, 0, 0, 0, 0, 0], [-1, 0.1, 0.2, 0.3, 0.4, 5, 1, 2]]
@@ -304,6 +316,25 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path: Path, ba
     state = load_training_state(tmp_path / "checkpoint.pt")
     assert state["global_step"] >= 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_fp16_run_saves_its_grad_scaler_and_drop_path_reaches_the_backbone(tmp_path: Path, backbone_file: Path) -> None:
+    cfg = tiny_config(tmp_path, backbone_file, precision="fp16", drop_path=0.2, stop_after_steps=1)
+    train(cfg)
+    scaler = load_training_state(tmp_path / "checkpoint.pt")["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    model = build_model(cfg, 10)
+    assert model.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
+
+
+def test_tensorboard_is_optional(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = MetricsLog(tmp_path, tensorboard=True)
+    log.append({"epoch": 0, "train_loss": float("nan")})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"epoch": 0, "train_loss": None}
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "not installed" in caplog.text and log.writer is None
+    else:
+        assert (tmp_path / "tensorboard").is_dir()
 
 
 def test_training_state_file_is_checked(tmp_path: Path) -> None:

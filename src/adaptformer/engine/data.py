@@ -160,7 +160,6 @@ def _loader_kwargs(num_workers: int, device: torch.device) -> dict[str, Any]:
     return {
         "num_workers": num_workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": num_workers > 0,
         "generator": torch.Generator().manual_seed(0),
     }
 
@@ -169,7 +168,8 @@ def train_loader(
     dataset: Dataset, sampler: TrainBatchSampler, seed: int, num_workers: int, device: torch.device
 ) -> DataLoader:
     """The training loader: ``sampler``'s micro-batches of ``(inputs, labels, indices)``, seeded per sample."""
-    return DataLoader(SeededSamples(dataset, seed), batch_sampler=sampler, **_loader_kwargs(num_workers, device))
+    kwargs = _loader_kwargs(num_workers, device)
+    return DataLoader(SeededSamples(dataset, seed), batch_sampler=sampler, persistent_workers=num_workers > 0, **kwargs)
 
 
 def eval_loader(
