@@ -104,6 +104,17 @@ def test_config_file_repeats_the_run_exactly(setup: dict[str, Path]) -> None:
     )
 
 
+def test_stopped_run_resumes_from_its_config_to_the_same_adapter(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "stopped"
+    args = train_args(setup["data"], setup["backbone"], out)
+    assert main([*args, "--stop-after-steps", "2"]) == 0
+    assert not (out / "test.json").exists() and (out / "checkpoint.pt").is_file()
+    assert main(["train", "--config", str(out / "config.yaml"), "--resume"]) == 0
+    a = load_file(str(setup["out"] / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_predict_prints_class_names(setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     paths = []
     for label in range(USED):

@@ -132,7 +132,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     resume_state = _read_resume_state(cfg, state_path)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(replace(cfg, resume=False).to_yaml())
+        (out / CONFIG_FILE).write_text(replace(cfg, resume=False, stop_after_steps=None).to_yaml())
     seed_everything(cfg.seed)
 
     # Data: the splits, untransformed until the model says which input size and normalisation it needs.

@@ -27,7 +27,7 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("best", "last")
 # Fields that steer how a run executes but not what it computes; a resumed run may change them.
-RUN_CONTROL_FIELDS = ("resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe")
+RUN_CONTROL_FIELDS = ("resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir")
 
 
 def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -99,7 +99,7 @@ class TrainConfig:
     weight_decay: float = _f(
         0.0, "weight decay (never applied to norms, biases, position embeddings, prompts)", "optimisation"
     )
-    clip_grad: float | None = _f(None, "clip the gradient norm to this value (default: no clipping)", "optimisation")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value; none: no clipping", "optimisation")
     precision: str = _f(
         "auto", "autocast dtype; auto: bf16 on CPU and bf16-capable GPUs, else fp16", "optimisation", PRECISIONS
     )
@@ -316,7 +316,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        kwargs["help"] = f"{f.metadata['help']} (default: {default})" if default != "" else f.metadata["help"]
+        shown = "none" if default is None else default
+        kwargs["help"] = f"{f.metadata['help']} (default: {shown})" if default != "" else f.metadata["help"]
         if hints[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.metadata["choices"]:
