@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .adapter import AdaptFormerConfig
@@ -300,9 +301,9 @@ def _save_selected(model: nn.Module, task: TaskInfo, out: Path, ctx: Distributed
 def _state_dict(
     cfg: TrainConfig,
     model: nn.Module,
-    optimizer: Any,
+    optimizer: torch.optim.Optimizer,
     scheduler: WarmupCosine,
-    scaler: Any,
+    scaler: torch.amp.GradScaler,
     pos: RunPosition,
     rng: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -325,9 +326,9 @@ def _state_dict(
 def _restore(
     state: dict[str, Any],
     model: nn.Module,
-    optimizer: Any,
+    optimizer: torch.optim.Optimizer,
     scheduler: WarmupCosine,
-    scaler: Any,
+    scaler: torch.amp.GradScaler,
     ctx: DistributedContext,
     source: Path,
 ) -> RunPosition:
