@@ -263,7 +263,10 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     load_adapter(model, out / ADAPTER_DIR)
     test = classification_metrics(evaluate(model, test_loader, precision, ctx))
     selected_epoch = pos.best_epoch if cfg.select == "best" else cfg.epochs - 1
-    report = {"split": "test", **test, "select": cfg.select, "epoch": selected_epoch, "val_acc1": pos.best_val_acc1}
+    selected_val = pos.best_val_acc1
+    if cfg.select == "last" and ctx.is_main:
+        selected_val = next((r.get("val_acc1") for r in metrics.read() if r["epoch"] == selected_epoch), None)
+    report = {"split": "test", **test, "select": cfg.select, "epoch": selected_epoch, "val_acc1": selected_val}
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.select, test)
