@@ -429,4 +429,4 @@ def test_train_val_split_uses_the_eval_transform_for_val(tmp_path: Path) -> None
 
 
 def test_every_registered_kind_is_covered() -> None:
-    assert set(IMAGE_DATASETS) == set(WRITERS) | {"digits", "synthetic"}
+    assert set(IMAGE_DATASETS) == set(WRITERS) | {"digits", "synthetic", "shapes"}  # shapes: tests/test_shapes.py
