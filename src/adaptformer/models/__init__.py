@@ -1,10 +1,10 @@
 """Backbones defined by adaptformer and registered with timm (``timm.create_model`` finds them by name).
 
 - ``video_vit_{small,base,large}_patch16_224``: the VideoMAE video ViT (:mod:`.video_vit`).
-- ``vit_shapes_patch4_32``: a tiny image ViT pre-trained here on procedural shapes (:mod:`.shapes_vit`).
+- ``vit_shapes_patch8_32``: a tiny image ViT pre-trained here on procedural shapes (:mod:`.shapes_vit`).
 """
 
-from .shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE, vit_shapes_patch4_32
+from .shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE, vit_shapes_patch8_32
 from .video_vit import QVBiasAttention, TubeletEmbed, VideoVisionTransformer, sinusoid_position_table
 
 __all__ = [
@@ -14,5 +14,5 @@ __all__ = [
     "TubeletEmbed",
     "VideoVisionTransformer",
     "sinusoid_position_table",
-    "vit_shapes_patch4_32",
+    "vit_shapes_patch8_32",
 ]
