@@ -16,6 +16,7 @@ from .preprocessing import Preprocessing
 from .pretrained import CONVERTERS, CheckpointError, load_pretrained, read_state_dict
 from .prompts import VPTConfig
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
+from .speed import SpeedConfig, apply_speed
 
 __version__ = "0.1.0"
 
@@ -30,11 +31,13 @@ __all__ = [
     "ModelSpec",
     "ParameterReport",
     "Preprocessing",
+    "SpeedConfig",
     "VPTConfig",
     "VideoVisionTransformer",
     "adapt",
     "adapter_modules",
     "apply_method",
+    "apply_speed",
     "build_backbone",
     "count_trainable",
     "create_model",

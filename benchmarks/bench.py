@@ -1,0 +1,232 @@
+"""Benchmark harness: training-step time, throughput, peak memory and inference latency of AdaptFormer and its
+baselines (full fine-tuning, linear probe, VPT-deep with 1 and 64 prompts) on one backbone, side by side.
+
+    python benchmarks/bench.py                      # ViT-B/16 at 224 and the video ViT-B (8 frames), batch 8
+    python benchmarks/bench.py --quick --json r.json --markdown   # tiny models, a few steps (CI)
+    python benchmarks/bench.py --options            # also: what each speed option (adaptformer.speed) measures
+
+For each backbone and precision (fp32, bf16 autocast) every method's model is built with ``create_model`` and
+``apply_speed(model, SpeedConfig(), device, precision)`` (the "auto" speed choices), then all cases are timed
+interleaved (see
+measure.py): a training step is zero_grad + forward + cross-entropy + backward + SGD(momentum 0.9) step; the
+"forward" case is the reference limit, the no-grad eval forward of the same backbone without adapters (its
+inference latency "without adapters"), and "forward+adapters" is the AdaptFormer model's no-grad eval forward.
+Weights are random (timing does not depend on them). Ratios are medians of per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cases import (
+    METHODS,
+    Backbone,
+    inference_case,
+    ratio_table,
+    summarize,
+    training_case,
+)
+from measure import load_average, machine_info, time_interleaved
+from options import run_options
+
+logger = logging.getLogger("bench")
+
+ADAPTFORMER = "adaptformer-64"
+FORWARD = "forward"
+FORWARD_ADAPTERS = "forward+adapters"
+TARGETS = (  # (name, numerator, denominator, quantity, limit) on bf16 ViT-B/16, batch 8, this CPU
+    ("AdaptFormer step <= 0.5x full fine-tuning step", ADAPTFORMER, "full", "time", 0.5),
+    ("AdaptFormer step <= 2.2x no-grad forward", ADAPTFORMER, FORWARD, "time", 2.2),
+    ("adapters add <= 5% to inference latency", FORWARD_ADAPTERS, FORWARD, "time", 1.05),
+    ("AdaptFormer peak memory <= 60% of full fine-tuning", ADAPTFORMER, "full", "memory", 0.6),
+)
+
+
+def full_backbones(batch: int, video_batch: int) -> list[Backbone]:
+    return [
+        Backbone("vit_base_patch16_224", (3, 224, 224), batch=batch),
+        Backbone("video_vit_base_patch16_224", (3, 8, 224, 224), {"num_frames": 8}, batch=video_batch),
+    ]
+
+
+def quick_backbones() -> list[Backbone]:
+    image = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
+    video = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    return [
+        Backbone("vit_tiny_patch16_224", (3, 32, 32), image, batch=4),
+        Backbone("video_vit_small_patch16_224", (3, 4, 32, 32), video, batch=2),
+    ]
+
+
+def video_available() -> str | None:
+    """None if the video ViT is registered with timm, else why not."""
+    try:
+        importlib.import_module("adaptformer.models")
+    except ImportError as e:
+        return f"adaptformer.models could not be imported ({e})"
+    return None
+
+
+def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """All methods and the two forwards of one backbone in one precision, timed interleaved."""
+    logger.info("building %s (%s, batch %d)", backbone.name, precision, backbone.batch)
+    cases = [training_case(label, backbone, method, precision, device) for label, method in METHODS.items()]
+    cases.append(inference_case(FORWARD, backbone, METHODS["linear"], precision, device))
+    cases.append(inference_case(FORWARD_ADAPTERS, backbone, METHODS[ADAPTFORMER], precision, device))
+    load_before = load_average()
+    time_interleaved(cases, args.rounds, args.warmup)
+    results = summarize(cases, backbone.batch, memory=not args.no_memory)
+    by_name = {c.name: c for c in cases}
+    pairs = [(ADAPTFORMER, "full"), (ADAPTFORMER, FORWARD), (FORWARD_ADAPTERS, FORWARD)]
+    pairs += [(m, "full") for m in METHODS if m not in ("full", ADAPTFORMER)]
+    return {
+        "backbone": backbone.name,
+        "kwargs": backbone.kwargs,
+        "batch": backbone.batch,
+        "input_shape": [backbone.batch, *backbone.sample_shape],
+        "precision": precision,
+        "speed": by_name[ADAPTFORMER].info["speed"],
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "load_average": {"before": load_before, "after": load_average()},
+        "results": results,
+        "ratios": ratio_table(by_name, results, pairs),
+    }
+
+
+def check_targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, a, b, quantity, limit in TARGETS:
+        value = suite["ratios"].get(f"{a}/{b}", {}).get(quantity)
+        rows.append({"target": name, "value": value, "limit": limit, "met": value is not None and value <= limit})
+    return rows
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables (one per backbone and precision), with machine, command and targets."""
+    m = report["machine"]
+    device = m["device"] + (f", {m['gpu']}" if "gpu" in m else "")
+    lines = [
+        f"Machine: {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, "
+        f"flags {' '.join(m['cpu_flags'])}), device {device}; torch {m['torch']}, timm {m['timm']}, "
+        f"Python {m['python']}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    lines += [f"Note: {note}" for note in report.get("notes", [])]
+    for suite in report["suites"]:
+        unit = "clips/s" if len(suite["input_shape"]) == 5 else "img/s"
+        load = suite["load_average"]
+        lines += [
+            "",
+            f"### {suite['backbone']}, {suite['precision']}, input {tuple(suite['input_shape'])}",
+            "",
+            f"Speed options (auto): `{json.dumps(suite['speed'])}`; {suite['rounds']} interleaved rounds after "
+            f"{suite['warmup']} warm-up steps; load average before/after {load['before']} / {load['after']}.",
+            "",
+            f"| case | trainable params | median step (s) | min (s) | {unit} | peak memory (MiB) | time vs full |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, r in suite["results"].items():
+            ratio = suite["ratios"].get(f"{name}/full", {}).get("time")
+            ratio_text = "1.00" if name == "full" else (f"{ratio:.2f}" if ratio is not None else "")
+            params = f"{r['trainable_params']:,}" if "trainable_params" in r else "(no grad)"
+            mem = f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "-"
+            lines.append(
+                f"| {name} | {params} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['samples_per_s']:.1f} | {mem} | "
+                f"{ratio_text} |"
+            )
+        lines += ["", "| ratio (median of per-round ratios) | time | peak memory |", "| --- | ---: | ---: |"]
+        for key in (f"{ADAPTFORMER}/full", f"{ADAPTFORMER}/{FORWARD}", f"{FORWARD_ADAPTERS}/{FORWARD}"):
+            r = suite["ratios"][key]
+            lines.append(f"| {key} | {r['time']:.3f} | {r['memory']:.3f} |" if "memory" in r else f"| {key} | ")
+        if suite["precision"] == "bf16":
+            lines += ["", "| target (bf16) | measured | met |", "| --- | ---: | :---: |"]
+            for t in check_targets(suite):
+                value = f"{t['value']:.3f}" if t["value"] is not None else "n/a"
+                lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'NO'} |")
+    for group in report.get("options", []):
+        lines += ["", f"### Option: {group['name']}", "", group["description"], ""]
+        lines += ["| case | median (s) | min (s) | peak memory (MiB) |", "| --- | ---: | ---: | ---: |"]
+        for name, r in group["results"].items():
+            mem = f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "-"
+            lines.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {mem} |")
+        for key, r in group["ratios"].items():
+            mem = f", memory {r['memory']:.3f}" if "memory" in r else ""
+            lines.append(f"\n{key}: time {r['time']:.3f}{mem}")
+        for key, value in group.get("extra", {}).items():
+            lines.append(f"\n{key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny models, 2 rounds (CI: checks that the harness works)")
+    p.add_argument("--json", type=Path, help="write the report as JSON to this file")
+    p.add_argument("--markdown", action="store_true", help="print the report as markdown tables")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated autocast precisions to measure")
+    p.add_argument("--batch", type=int, default=8, help="image batch size")
+    p.add_argument("--video-batch", type=int, default=8, help="video batch size (clips of 8 frames)")
+    p.add_argument("--no-video", action="store_true", help="skip the video ViT")
+    p.add_argument("--rounds", type=int, default=None, help="timed interleaved rounds (default 7, quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per case first (default 2, quick 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; quick: 1)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--options", action="store_true", help="also measure each speed option side by side")
+    p.add_argument("--compile", action="store_true", help="with --options: also measure torch.compile (slow)")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    device = torch.device(args.device)
+    # Tiny models gain nothing from a second thread, and on a busy machine OpenMP barriers make them crawl.
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    logging.getLogger("adaptformer").setLevel(logging.WARNING)
+    backbones = quick_backbones() if args.quick else full_backbones(args.batch, args.video_batch)
+    notes = []
+    missing = video_available()
+    if args.no_video or missing:
+        note = "video ViT skipped: " + ("--no-video" if args.no_video else missing)
+        print(note)
+        notes.append(note)
+        backbones = [b for b in backbones if not b.is_video]
+    command = "python benchmarks/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    report: dict[str, Any] = {"machine": machine_info(device), "command": command.strip(), "notes": notes}
+    report["suites"] = [
+        run_suite(b, precision, args, device) for b in backbones for precision in args.precisions.split(",")
+    ]
+    report["targets"] = [
+        {"backbone": s["backbone"], "rows": check_targets(s)} for s in report["suites"] if s["precision"] == "bf16"
+    ]
+    if args.options:
+        report["options"] = run_options(backbones[0], args, device)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        print(to_markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

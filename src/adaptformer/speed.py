@@ -1,0 +1,270 @@
+"""Speed and memory options for training an adapted model, applied in place after ``create_model``.
+
+AdaptFormer (Chen et al., NeurIPS 2022) trains a few adapters and the head beside a large frozen backbone. Frozen
+weights open doors that full fine-tuning does not have: they can be stored once in the autocast precision (no fp32
+master copy is needed, so autocast stops re-casting 86M weights every step), and blocks before the first trainable one
+need no autograd. :class:`SpeedConfig` names the options, :func:`resolve` turns its "auto" fields into choices for a
+device and autocast precision (the engine's choice, see :mod:`adaptformer.engine.precision`), and
+:func:`apply_speed` applies them:
+
+    frozen_dtype        storage dtype of frozen parameters; trainable ones (adapters, prompts, head) stay fp32
+    attention           timm's fused ``scaled_dot_product_attention`` or the explicit matmul-softmax path
+    frozen_prefix       run the blocks before the first trainable block under ``torch.no_grad()``
+    grad_checkpointing  recompute block activations in backward (timm's ``set_grad_checkpointing``)
+    compile             ``torch.compile`` the model in place (compile time is paid on the first steps)
+
+Every option keeps the model's function: fp32-storage options are exact, low-precision storage matches the plain
+autocast path within bf16/fp16 rounding (tests/test_speed.py). The "auto" choices come from measurements recorded in
+BENCHMARKS.md (``python benchmarks/bench.py``); the table ``AUTO_ATTENTION`` below is where they live.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .methods import get_spec, trainable_groups
+from .saving import remember_fingerprint
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTENTIONS = ("fused", "math")
+SWITCHES = ("on", "off")
+SPEED_ATTR = "adaptformer_speed"
+
+# Attention path chosen by "auto", per (device type, precision), from the side-by-side training-step measurements in
+# BENCHMARKS.md. On CPU the explicit matmul-softmax path was faster for the bf16 training step (PyTorch's CPU flash
+# attention backward is the slow part); on CUDA the fused kernels (flash / memory-efficient) are the fast path (not
+# measured here: no GPU was available; this follows PyTorch's and timm's defaults).
+AUTO_ATTENTION: dict[tuple[str, str], str] = {
+    ("cpu", "fp32"): "math",
+    ("cpu", "bf16"): "math",
+    ("cpu", "fp16"): "math",
+}
+DEFAULT_ATTENTION = "fused"
+
+
+def _help(text: str) -> Any:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """How to run a model fast; the string fields may be "auto" (resolved per device and precision by :func:`resolve`).
+
+    The autocast precision itself is the training engine's choice (``engine.precision``); it is passed to
+    :func:`apply_speed` alongside this config.
+    """
+
+    frozen_dtype: str = field(
+        default=AUTO, metadata=_help("storage dtype of frozen weights: fp32, bf16, fp16, or auto (= the precision)")
+    )
+    attention: str = field(
+        default=AUTO, metadata=_help("attention kernel: fused (SDPA), math (matmul-softmax), or auto (measured)")
+    )
+    frozen_prefix: str = field(
+        default=AUTO, metadata=_help("run blocks before the first trainable one without autograd: on, off, auto")
+    )
+    grad_checkpointing: bool = field(
+        default=False, metadata=_help("recompute block activations in backward: less memory, slower steps")
+    )
+    compile: bool = field(default=False, metadata=_help("torch.compile the model (slow first steps; measure first)"))
+
+    def __post_init__(self) -> None:
+        _check("frozen_dtype", self.frozen_dtype, (AUTO, *PRECISIONS))
+        _check("attention", self.attention, (AUTO, *ATTENTIONS))
+        _check("frozen_prefix", self.frozen_prefix, (AUTO, *SWITCHES))
+        for name in ("grad_checkpointing", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    @property
+    def resolved(self) -> bool:
+        """True when no field is "auto"."""
+        return AUTO not in (self.frozen_dtype, self.attention, self.frozen_prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeedConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SpeedConfig fields {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    @staticmethod
+    def help() -> dict[str, str]:
+        """One line of help per field, for command lines."""
+        return {f.name: f.metadata["help"] for f in fields(SpeedConfig)}
+
+
+def _check(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def resolve(config: SpeedConfig | None, device: torch.device | str, precision: str) -> SpeedConfig:
+    """``config`` with every "auto" replaced by the choice for ``device`` and the autocast ``precision``
+    ("fp32", "bf16" or "fp16"; see BENCHMARKS.md for the measurements behind the choices).
+
+    frozen_dtype: the autocast precision (frozen weights never need more).  attention: ``AUTO_ATTENTION`` by device
+    type and precision.  frozen_prefix: on when the model has such a prefix.
+    Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run.
+    """
+    config = config or SpeedConfig()
+    _check("precision", precision, PRECISIONS)
+    device = torch.device(device)
+    frozen_dtype = precision if config.frozen_dtype == AUTO else config.frozen_dtype
+    if frozen_dtype not in ("fp32", precision):
+        raise ValueError(
+            f"frozen weights stored in {frozen_dtype} need autocast in {frozen_dtype}; the precision is {precision}"
+        )
+    attention = config.attention
+    if attention == AUTO:
+        attention = AUTO_ATTENTION.get((device.type, precision), DEFAULT_ATTENTION)
+    frozen_prefix = "on" if config.frozen_prefix == AUTO else config.frozen_prefix
+    return replace(config, frozen_dtype=frozen_dtype, attention=attention, frozen_prefix=frozen_prefix)
+
+
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every frozen floating-point parameter in ``dtype``, once; returns how many parameters were cast.
+
+    The backbone fingerprint is remembered first, so adapters saved from this model still match the fp32 backbone
+    they were trained on. Trainable parameters (adapters, prompts, head) and all buffers (e.g. the head's BatchNorm
+    statistics) keep their dtype.
+    """
+    if get_spec(model) is not None:
+        remember_fingerprint(model)
+    count = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            count += 1
+    return count
+
+
+def set_attention(model: nn.Module, kind: str) -> int:
+    """Choose the attention kernel of every timm-style attention module (those with a ``fused_attn`` flag)."""
+    _check("attention", kind, ATTENTIONS)
+    modules = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    for m in modules:
+        m.fused_attn = kind == "fused"
+    return len(modules)
+
+
+class FrozenPrefixBlocks(nn.Sequential):
+    """A model's ``blocks`` sequence whose first ``frozen_prefix`` blocks run under ``torch.no_grad()``.
+
+    Installed by swapping the class of the existing ``nn.Sequential`` (parameter names do not change).
+    """
+
+    frozen_prefix: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            for block in self[: self.frozen_prefix]:
+                x = block(x)
+        for block in self[self.frozen_prefix :]:
+            x = block(x)
+        return x
+
+
+def frozen_prefix_length(model: nn.Module) -> int:
+    """How many leading ``model.blocks`` have no trainable parameter and get only frozen input; 0 if not a ViT-like
+    model with a ``blocks`` sequence, or if anything trainable feeds the blocks (e.g. a trainable patch embedding)."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        return 0
+    in_blocks = {id(p) for p in blocks.parameters()}
+    spec = get_spec(model)
+    after = {id(p) for _, m in trainable_groups(model)["head"] for p in m.parameters()} if spec else set()
+    if any(p.requires_grad and id(p) not in in_blocks and id(p) not in after for p in model.parameters()):
+        return 0
+    count = 0
+    for block in blocks:
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        count += 1
+    return count
+
+
+def set_frozen_prefix(model: nn.Module, enable: bool) -> int:
+    """Run the frozen leading blocks without autograd (or stop doing so); returns the number of blocks affected."""
+    blocks = getattr(model, "blocks", None)
+    n = frozen_prefix_length(model) if enable else 0
+    if isinstance(blocks, nn.Sequential):
+        if n:
+            blocks.__class__ = FrozenPrefixBlocks
+            blocks.frozen_prefix = n
+        elif isinstance(blocks, FrozenPrefixBlocks):
+            blocks.__class__ = nn.Sequential
+            del blocks.frozen_prefix
+    return n
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    """timm's activation checkpointing, refusing the re-entrant variant: with frozen inputs it would silently give the
+    first adapters no gradient."""
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise TypeError(f"{type(model).__name__} has no set_grad_checkpointing(); cannot checkpoint activations")
+    from timm.layers import use_reentrant_ckpt
+
+    if enable and use_reentrant_ckpt():
+        raise ValueError(
+            "timm is set to re-entrant checkpointing (TIMM_REENTRANT_CKPT); with a frozen backbone the first adapted "
+            "blocks would get no gradient. Unset it (timm.layers.set_reentrant_ckpt(False))."
+        )
+    model.set_grad_checkpointing(enable)
+
+
+def speed_config(model: nn.Module) -> SpeedConfig | None:
+    """The resolved SpeedConfig ``apply_speed`` applied to ``model``, or None."""
+    return getattr(model, SPEED_ATTR, None)
+
+
+def apply_speed(
+    model: nn.Module,
+    config: SpeedConfig | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    compile_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Move ``model`` to ``device`` and apply ``config``, resolved for the device and the autocast ``precision``
+    ("fp32", "bf16", "fp16"), in place; returns the model.
+
+    Run the model under autocast in ``precision`` afterwards, for training and evaluation alike: frozen weights stored
+    in bf16/fp16 need it. Call this once, after ``create_model`` / ``load_adapter`` have set up the method (freezing
+    decides what is "frozen") and before building the optimizer. ``compile_kwargs`` go to ``nn.Module.compile``.
+    """
+    if speed_config(model) is not None:
+        raise ValueError(f"apply_speed() was already applied to this model: {speed_config(model)}")
+    resolved = resolve(config, device, precision)
+    model.to(device)
+    cast = cast_frozen(model, DTYPES[resolved.frozen_dtype]) if resolved.frozen_dtype != "fp32" else 0
+    attention_modules = set_attention(model, resolved.attention)
+    prefix = set_frozen_prefix(model, resolved.frozen_prefix == "on")
+    if resolved.grad_checkpointing:
+        set_grad_checkpointing(model, True)
+    if resolved.compile:
+        model.compile(**(compile_kwargs or {}))
+    setattr(model, SPEED_ATTR, resolved)
+    logger.info(
+        "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules, %d blocks without autograd)",
+        resolved.to_dict(),
+        device,
+        precision,
+        cast,
+        resolved.frozen_dtype,
+        attention_modules,
+        prefix,
+    )
+    return model

@@ -1,0 +1,52 @@
+"""The benchmark harness runs end to end in its quick mode (tiny models, few steps) and reports sane numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"full", "linear", "vpt-1", "vpt-64", "adaptformer-64"}
+CASES = METHODS | {"forward", "forward+adapters"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json", str(out), "--markdown"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_report_has_every_method_and_precision(quick_run: tuple[dict, str]) -> None:
+    report, _ = quick_run
+    suites = report["suites"]
+    assert {(s["backbone"], s["precision"]) for s in suites} >= {("vit_tiny_patch16_224", p) for p in ("fp32", "bf16")}
+    for suite in suites:
+        assert set(suite["results"]) == CASES
+        for name, row in suite["results"].items():
+            assert all(_positive(row[k]) for k in ("median_s", "min_s", "samples_per_s", "peak_memory_mib")), name
+            assert row["min_s"] <= row["median_s"]
+            if name in METHODS:
+                assert row["kind"] == "train" and row["trainable_params"] > 0
+        assert suite["results"]["full"]["trainable_params"] > suite["results"]["adaptformer-64"]["trainable_params"]
+        for key in ("adaptformer-64/full", "adaptformer-64/forward", "forward+adapters/forward"):
+            assert _positive(suite["ratios"][key]["time"]) and _positive(suite["ratios"][key]["memory"])
+
+
+def test_report_describes_machine_command_and_targets(quick_run: tuple[dict, str]) -> None:
+    report, markdown = quick_run
+    assert report["command"].startswith("python benchmarks/bench.py --quick")
+    assert {"cpu", "cores", "torch", "timm", "device"} <= set(report["machine"])
+    assert [len(t["rows"]) for t in report["targets"]] and all(len(t["rows"]) == 4 for t in report["targets"])
+    assert "| adaptformer-64 |" in markdown and "AdaptFormer step <= 0.5x full fine-tuning step" in markdown

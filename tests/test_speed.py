@@ -1,0 +1,248 @@
+"""Speed options keep the model's function: each one against the plain path, on tiny models built by the factory."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import SWIN, VIT, tiny_kwargs
+
+import adaptformer.speed as speed
+from adaptformer import AdaptFormerConfig, VPTConfig, build_backbone, create_model, load_adapter, save_adapter
+from adaptformer.engine.precision import Precision
+from adaptformer.speed import SpeedConfig, apply_speed, frozen_prefix_length, resolve, speed_config
+
+BF16_TOL = {"atol": 5e-2, "rtol": 5e-2}  # bf16 keeps 8 bits of mantissa; a 3-block network stays well within this
+FP32_TOL = {"atol": 1e-5, "rtol": 1e-4}  # fp32, summation order may differ between kernels
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from more threads, and on a busy machine OpenMP barriers make them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(method: str = "adaptformer", name: str = VIT, **kwargs: object) -> torch.nn.Module:
+    """A tiny model whose trainable tensors are moved away from their init (so gradients reach everything)."""
+    torch.manual_seed(1)
+    adapter = kwargs.pop("adapter", AdaptFormerConfig(dropout=0.0)) if method == "adaptformer" else None
+    model = create_model(name, 5, method=method, adapter=adapter, **tiny_kwargs(name), **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.train()
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
+    """Logits and the trainable parameters' gradients of one forward/backward."""
+    torch.manual_seed(2)  # the same dropout / drop-path draws in both paths
+    model.zero_grad(set_to_none=True)
+    with Precision(precision, "cpu").autocast():
+        logits = model(x)
+    F.cross_entropy(logits.float(), torch.arange(x.shape[0]) % 5).backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach().float(), grads
+
+
+def _assert_same(a: tuple[torch.Tensor, dict], b: tuple[torch.Tensor, dict], tol: dict) -> None:
+    torch.testing.assert_close(a[0], b[0], **tol)
+    assert a[1].keys() == b[1].keys() and a[1]
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"frozen_dtype": "float16"}, "frozen_dtype"),
+        ({"attention": "flash"}, "attention"),
+        ({"frozen_prefix": True}, "frozen_prefix"),
+        ({"grad_checkpointing": "yes"}, "grad_checkpointing"),
+        ({"compile": 1}, "compile"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        SpeedConfig(**kwargs)
+
+
+def test_config_round_trips_and_documents_every_field() -> None:
+    config = SpeedConfig(frozen_dtype="bf16", attention="math", grad_checkpointing=True)
+    assert SpeedConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown SpeedConfig fields"):
+        SpeedConfig.from_dict({"turbo": True})
+    helps = SpeedConfig.help()
+    assert set(helps) == set(config.to_dict()) and all(h and "\n" not in h for h in helps.values())
+
+
+@pytest.mark.parametrize(
+    "precision, device, expected",
+    [
+        ("bf16", "cpu", {"frozen_dtype": "bf16", "attention": "math", "frozen_prefix": "on"}),
+        ("fp32", "cpu", {"frozen_dtype": "fp32", "attention": "math", "frozen_prefix": "on"}),
+        ("fp16", "cuda", {"frozen_dtype": "fp16", "attention": "fused", "frozen_prefix": "on"}),
+    ],
+)
+def test_auto_resolves_per_device_and_precision(precision: str, device: str, expected: dict) -> None:
+    resolved = resolve(SpeedConfig(), device, precision)
+    assert resolved.resolved
+    assert {k: getattr(resolved, k) for k in expected} == expected
+
+
+def test_low_precision_storage_needs_matching_autocast() -> None:
+    with pytest.raises(ValueError, match="need autocast in bf16"):
+        resolve(SpeedConfig(frozen_dtype="bf16"), "cpu", "fp32")
+    with pytest.raises(ValueError, match="need autocast in bf16"):
+        resolve(SpeedConfig(frozen_dtype="bf16"), "cpu", "fp16")
+    assert resolve(SpeedConfig(frozen_dtype="fp32"), "cpu", "bf16").frozen_dtype == "fp32"
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "linear", "vpt"])
+def test_bf16_storage_matches_the_autocast_path(method: str, images: torch.Tensor) -> None:
+    plain = _model(method)
+    fast = apply_speed(copy.deepcopy(plain), SpeedConfig(frozen_dtype="bf16", attention="math"), "cpu", "bf16")
+    for p in fast.parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16)
+    assert all(b.dtype == torch.float32 for b in fast.buffers() if b.is_floating_point())  # BatchNorm statistics
+    _assert_same(_step(fast, images, "bf16"), _step(plain, images, "bf16"), BF16_TOL)
+    head = fast.get_classifier()[0]
+    torch.testing.assert_close(head.running_mean, plain.get_classifier()[0].running_mean, **BF16_TOL)
+    torch.testing.assert_close(head.running_var, plain.get_classifier()[0].running_var, **BF16_TOL)
+    assert head.num_batches_tracked.item() == 1
+
+
+def test_training_with_a_bf16_backbone_reduces_the_loss(images: torch.Tensor) -> None:
+    model = apply_speed(_model(), SpeedConfig(), "cpu", "bf16")
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    labels = torch.arange(images.shape[0]) % 5
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad(set_to_none=True)
+        with Precision("bf16", "cpu").autocast():
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(
+        p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad
+    )
+
+
+def test_adapter_saved_from_a_bf16_backbone_loads_on_the_fp32_one(tmp_path: Path, images: torch.Tensor) -> None:
+    model = apply_speed(_model(), SpeedConfig(), "cpu", "bf16").eval()
+    save_adapter(model, tmp_path)
+    torch.manual_seed(1)  # _model's backbone weights
+    restored = load_adapter(build_backbone(VIT, 5, **tiny_kwargs(VIT)), tmp_path).eval()
+    with torch.no_grad(), Precision("bf16", "cpu").autocast():
+        torch.testing.assert_close(model(images).float(), restored(images).float(), **BF16_TOL)
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "full", "vpt"])
+def test_math_and_fused_attention_agree(method: str, images: torch.Tensor) -> None:
+    plain = _model(method)
+    fused = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused"), "cpu", "fp32")
+    math = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="math"), "cpu", "fp32")
+    flags = [m.fused_attn for m in math.modules() if hasattr(m, "fused_attn")]
+    assert len(flags) == 3 and not any(flags)
+    assert all(m.fused_attn for m in fused.modules() if hasattr(m, "fused_attn"))
+    _assert_same(_step(math, images), _step(fused, images), FP32_TOL)
+
+
+def test_video_attention_honours_the_switch() -> None:
+    pytest.importorskip("adaptformer.models")
+    kwargs = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    clips = torch.randn(2, 3, 4, 32, 32)
+    models = {}
+    for kind in ("fused", "math"):
+        torch.manual_seed(1)
+        model = create_model("video_vit_small_patch16_224", 5, adapter=AdaptFormerConfig(dropout=0.0), **kwargs)
+        models[kind] = apply_speed(model.train(), SpeedConfig(attention=kind), "cpu", "fp32")
+        assert [m.fused_attn for m in model.blocks.modules() if hasattr(m, "fused_attn")] == [kind == "fused"] * 2
+    _assert_same(_step(models["math"], clips), _step(models["fused"], clips), FP32_TOL)
+
+
+@pytest.mark.parametrize(
+    "method, kwargs, expected",
+    [
+        ("adaptformer", {"adapter": AdaptFormerConfig(layers=(2,))}, 2),
+        ("adaptformer", {"adapter": AdaptFormerConfig(layers=(1, 2))}, 1),
+        ("adaptformer", {}, 0),
+        ("linear", {}, 3),  # the linear probe's whole stack is frozen
+        ("vpt", {"vpt": VPTConfig(num_tokens=2)}, 0),
+        ("full", {}, 0),
+    ],
+)
+def test_frozen_prefix_length(method: str, kwargs: dict, expected: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(VIT, 5, method=method, **tiny_kwargs(VIT), **kwargs)
+    assert frozen_prefix_length(model) == expected
+
+
+def test_frozen_prefix_is_exact_and_keeps_names(images: torch.Tensor) -> None:
+    plain = _model(adapter=AdaptFormerConfig(dropout=0.0, layers=(2,)))
+    fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused", frozen_prefix="on"), "cpu", "fp32")
+    assert isinstance(fast.blocks, speed.FrozenPrefixBlocks) and fast.blocks.frozen_prefix == 2
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    _assert_same(_step(fast, images), _step(plain, images), {"atol": 0.0, "rtol": 0.0})
+
+
+def test_frozen_prefix_is_off_when_something_trainable_feeds_the_blocks() -> None:
+    model = _model(adapter=AdaptFormerConfig(layers=(2,)))
+    model.pos_embed.requires_grad_(True)
+    assert frozen_prefix_length(model) == 0
+
+
+@pytest.mark.parametrize(
+    "name, method, kwargs",
+    [
+        (VIT, "adaptformer", {}),
+        (VIT, "vpt", {"vpt": VPTConfig(num_tokens=2)}),
+        (VIT, "adaptformer", {"adapter": AdaptFormerConfig(dropout=0.0, layers=(2,))}),
+        (SWIN, "adaptformer", {"adapter": AdaptFormerConfig(dropout=0.0, bottleneck=(2, 4))}),
+    ],
+)
+def test_grad_checkpointing_gives_equal_gradients(name: str, method: str, kwargs: dict) -> None:
+    x = torch.randn(4, 3, 32, 32)
+    plain = _model(method, name, **kwargs)
+    fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused", grad_checkpointing=True), "cpu", "fp32")
+    result = _step(fast, x)
+    _assert_same(result, _step(plain, x), FP32_TOL)
+    first = next(n for n in result[1] if "adaptmlp.down_proj.weight" in n or "vpt.tokens" in n)
+    assert result[1][first].abs().sum() > 0  # the first adapted block still gets a gradient
+
+
+def test_grad_checkpointing_refuses_reentrant_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm.layers
+
+    monkeypatch.setattr(timm.layers, "use_reentrant_ckpt", lambda: True)
+    with pytest.raises(ValueError, match="re-entrant"):
+        apply_speed(_model(), SpeedConfig(grad_checkpointing=True), "cpu", "fp32")
+
+
+def test_compile_keeps_outputs_and_names(images: torch.Tensor) -> None:
+    plain = _model()
+    fast = apply_speed(
+        copy.deepcopy(plain),
+        SpeedConfig(attention="fused", compile=True),
+        "cpu",
+        "fp32",
+        compile_kwargs={"backend": "aot_eager"},
+    )
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    _assert_same(_step(fast, images), _step(plain, images), FP32_TOL)
+
+
+def test_apply_speed_records_the_resolved_config_once() -> None:
+    model = apply_speed(_model(), None, "cpu", "bf16")
+    assert speed_config(model) == resolve(SpeedConfig(), "cpu", "bf16")
+    with pytest.raises(ValueError, match="already applied"):
+        apply_speed(model, None, "cpu", "bf16")
