@@ -23,8 +23,8 @@ from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
 
 TRAIN_ARGS = [
     "train", "--model", "vit_shapes_patch8_32", "--method", "full", "--head", "linear", "--checkpoint", "none",
-    "--dataset", "shapes", "--dataset-options", "{num_samples: 16000, num_classes: 64}", "--val-split", "0.05",
-    "--epochs", "8", "--warmup-epochs", "1", "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001",
+    "--dataset", "shapes", "--dataset-options", "{num_samples: 8000, num_classes: 64}", "--val-split", "0.05",
+    "--epochs", "5", "--warmup-epochs", "1", "--batch-size", "128", "--optimizer", "adamw", "--lr", "0.001",
     "--weight-decay", "0.05", "--precision", "fp32", "--num-workers", "1", "--seed", "0",
 ]  # fmt: skip
 
