@@ -168,4 +168,4 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
     assert "trainable" in capsys.readouterr().out
     assert main(["recipes"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert len(names) == 18 and "svhn_full" in names
+    assert len(names) == 30 and "svhn_full" in names and "hmdb51_adaptformer64" in names  # 18 image + 12 video rows

@@ -27,7 +27,7 @@ ALL = [f"{d}_{m}" for d in DATASETS for m in METHODS]
 
 
 def test_every_table1_image_row_has_a_recipe() -> None:
-    assert recipe_names() == sorted(ALL)
+    assert [n for n in recipe_names() if n.split("_")[0] in DATASETS] == sorted(ALL)  # video rows: test_video_engine
 
 
 @pytest.mark.parametrize("name", ALL)

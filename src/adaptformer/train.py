@@ -8,11 +8,15 @@ What a run writes to ``output_dir`` (only the main process writes):
     adapter/        the selected adapter (``save_adapter``; full weights for method "full") + task.json (class names,
                     how the backbone was built)
     checkpoint.pt   the training state for ``--resume`` (every epoch, and every ``save_every_steps`` steps)
-    test.json       the test split, evaluated once at the end with the selected adapter
+    test.json       the test split, evaluated once at the end with the selected adapter (video datasets: multi-view
+                    acc1/acc5 over test_clips x test_crops views per video, plus single_view_acc1/acc5)
 
 Model selection uses only the validation split carved from the training data (seeded, ``val_split``): with
 ``select: best`` the adapter of the epoch with the best validation top-1 is kept (the earliest on ties), with
 ``select: last`` the final one. The test split never influences training or selection.
+
+Image and video datasets run through the same code: ``engine.datasets`` loads a split, builds it for the model
+(transforms from the backbone's preprocessing) and scores it; only those three steps know which kind of data it is.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import AdaptFormerConfig
-from .data import build_image_transform, train_val_split
+from .data import train_val_split
 from .engine.checkpointing import (
     STATE_FILE,
     TrainingStateError,
@@ -36,7 +40,8 @@ from .engine.checkpointing import (
     save_training_state,
 )
 from .engine.config import TrainConfig
-from .engine.data import TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
+from .engine.data import TrainBatchSampler, eval_loader, train_loader
+from .engine.datasets import DataSpec, load_split
 from .engine.distributed import DistributedContext, all_gather_objects, barrier, init_distributed, shutdown, wrap_model
 from .engine.inference import TaskInfo
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
@@ -48,7 +53,6 @@ from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_
 from .engine.schedule import WarmupCosine
 from .factory import create_model
 from .methods import parameter_report, task_state_dict
-from .preprocessing import Preprocessing
 from .prompts import VPTConfig
 from .saving import load_adapter, save_adapter
 
@@ -101,7 +105,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         logger.warning("no --checkpoint: the frozen backbone is randomly initialised")
     return create_model(
         cfg.model, num_classes, method=cfg.method, adapter=adapter, vpt=vpt, head=cfg.head, checkpoint=cfg.checkpoint,
-        checkpoint_source=cfg.checkpoint_source, drop_path_rate=cfg.drop_path, **cfg.model_kwargs,
+        checkpoint_source=cfg.checkpoint_source, drop_path_rate=cfg.drop_path, **cfg.backbone_kwargs(),
     )  # fmt: skip
 
 
@@ -136,14 +140,11 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         (out / CONFIG_FILE).write_text(replace(cfg, resume=False, stop_after_steps=None).to_yaml())
     seed_everything(cfg.seed)
 
-    # Data: the splits, untransformed until the model says which input size and normalisation it needs.
-    data_options = {"options": cfg.dataset_options, "verify_checksums": cfg.verify_checksums}
-    train_set = load_image_split(
-        cfg.dataset, cfg.data_dir, "train", skip_bad_images=cfg.skip_bad_images, **data_options
-    )
-    test_set = load_image_split(cfg.dataset, cfg.data_dir, "test", skip_bad_images=cfg.skip_bad_images, **data_options)
-    classes = list(train_set.classes)
-    if list(test_set.classes) != classes:
+    # Data: the splits (images or videos), untransformed until the model says which input it needs.
+    spec = DataSpec.from_config(cfg)
+    train_split, test_split = load_split(spec, "train"), load_split(spec, "test")
+    classes = train_split.classes
+    if test_split.classes != classes:
         raise ValueError(f"{cfg.dataset}: the train and test splits have different classes")
 
     # Model: backbone + pre-trained weights + method + head.
@@ -151,18 +152,11 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     if ctx.is_main:
         logger.info("%s, method %s:\n%s", cfg.model, cfg.method, parameter_report(model))
     seed_everything(derive_seed(cfg.seed, ctx.rank))  # same init on every process; own dropout draws per process
-    pre = Preprocessing.from_model(model)
-    train_tf, eval_tf = build_image_transform(pre, train=True), build_image_transform(pre, train=False)
-    if cfg.val_split:
-        train_part, val_part = train_val_split(
-            with_transform(train_set, train_tf),
-            cfg.val_split,
-            cfg.split_seed,
-            val_dataset=with_transform(train_set, eval_tf),
-        )
-    else:
-        train_part, val_part = with_transform(train_set, train_tf), None
-    test_part = with_transform(test_set, eval_tf)
+    train_part, val_part = train_split.build(model, "train"), None
+    if cfg.val_split:  # the same samples, deterministic single view, stratified by label
+        val_source = train_split.build(model, "eval")
+        train_part, val_part = train_val_split(train_part, cfg.val_split, cfg.split_seed, val_dataset=val_source)
+    test_part = test_split.build(model, "test")
 
     # Loaders: the same sample order for any number of processes at the same effective batch.
     accum = accumulation_steps(cfg, ctx.world_size)
@@ -203,8 +197,8 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
     metrics.keep_epochs_before(pos.epoch)
     task = TaskInfo(
-        classes, cfg.dataset, cfg.model_kwargs, _resolved_checkpoint(cfg.checkpoint), cfg.checkpoint_source,
-        precision.name, cfg.eval_batch_size,
+        classes, cfg.dataset, cfg.backbone_kwargs(), _resolved_checkpoint(cfg.checkpoint), cfg.checkpoint_source,
+        precision.name, cfg.eval_batch_size, cfg.dataset_options, spec.video_record(),
     )  # fmt: skip
 
     def save_state() -> None:
@@ -261,7 +255,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     # The test split, once, with the selected adapter as saved on disk.
     barrier(ctx)
     load_adapter(model, out / ADAPTER_DIR)
-    test = classification_metrics(evaluate(model, test_loader, precision, ctx))
+    test = test_split.score(evaluate(model, test_loader, precision, ctx), test_part)
     selected_epoch = pos.best_epoch if cfg.select == "best" else cfg.epochs - 1
     selected_val = pos.best_val_acc1
     if cfg.select == "last" and ctx.is_main:

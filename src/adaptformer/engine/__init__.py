@@ -1,5 +1,6 @@
 """The training engine: configuration, optimizer and schedule, the epoch loop and evaluation, training state,
-data-parallel helpers and progress reporting. ``adaptformer.train.train`` wires them into a run.
+data-parallel helpers and progress reporting. ``adaptformer.train.train`` wires them into a run. Image and video
+datasets reach it through one interface (:mod:`.datasets`: load a split, build it for the model, score it).
 
     cfg = TrainConfig(dataset="cifar100", data_dir="data/", model="vit_base_patch16_224.mae", ...)
     stats = train_one_epoch(model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=0)
@@ -9,6 +10,7 @@ data-parallel helpers and progress reporting. ``adaptformer.train.train`` wires 
 from .checkpointing import STATE_FILE, TrainingStateError, load_training_state, save_training_state
 from .config import TrainConfig, add_config_arguments, config_overrides
 from .data import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
+from .datasets import DataSpec, ImageSplit, VideoSettings, VideoSplit, load_split
 from .distributed import DistributedContext, init_distributed, wrap_model
 from .inference import TaskInfo, evaluate_split, load_trained_model, predict_images
 from .loop import (
@@ -18,6 +20,7 @@ from .loop import (
     StepInfo,
     classification_metrics,
     evaluate,
+    multi_view_metrics,
     train_one_epoch,
 )
 from .optim import build_optimizer, param_groups, scaled_lr
@@ -27,8 +30,10 @@ from .schedule import WarmupCosine
 
 __all__ = [
     "STATE_FILE",
+    "DataSpec",
     "DistributedContext",
     "EpochStats",
+    "ImageSplit",
     "NonFiniteLossError",
     "Precision",
     "Predictions",
@@ -39,6 +44,8 @@ __all__ = [
     "TrainBatchSampler",
     "TrainConfig",
     "TrainingStateError",
+    "VideoSettings",
+    "VideoSplit",
     "WarmupCosine",
     "add_config_arguments",
     "build_optimizer",
@@ -49,8 +56,10 @@ __all__ = [
     "evaluate_split",
     "init_distributed",
     "load_image_split",
+    "load_split",
     "load_trained_model",
     "load_training_state",
+    "multi_view_metrics",
     "param_groups",
     "predict_images",
     "resolve_precision",

@@ -19,6 +19,7 @@ import yaml
 
 from ..adapter import FORMS
 from ..data import IMAGE_DATASETS
+from ..data.video import STRATEGIES, VIDEO_DATASETS
 from ..heads import HEADS
 from ..methods import METHODS
 from ..pretrained import CONVERTERS
@@ -26,6 +27,12 @@ from ..pretrained import CONVERTERS
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("best", "last")
+DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
+# Video-only fields and their defaults: setting one for an image dataset is an error rather than silently ignored.
+VIDEO_FIELDS = {
+    "num_frames": None, "sampling": None, "sampling_stride": None, "flip": False, "test_clips": 4, "test_crops": 3,
+    "skip_bad_videos": False,
+}  # fmt: skip
 # Fields that steer how a run executes but not what it computes; a resumed run may change them.
 RUN_CONTROL_FIELDS = ("resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir")
 
@@ -70,16 +77,28 @@ class TrainConfig:
     vpt_deep: bool = _f(True, "VPT-deep (prompts at every block) or, with --no-vpt-deep, VPT-shallow", "model")
     drop_path: float = _f(0.0, "stochastic depth rate of the backbone's residual branches", "model")
     # data
-    dataset: str = _f("", "dataset kind (required)", "data", tuple(IMAGE_DATASETS))
+    dataset: str = _f("", "dataset kind (required); video kinds: " + ", ".join(VIDEO_DATASETS), "data", DATASET_KINDS)
     data_dir: str | None = _f(None, "folder holding the dataset in its standard layout", "data")
     dataset_options: dict[str, Any] = field(
         default_factory=dict, metadata=_meta("per-kind dataset options as YAML/JSON, e.g. '{num_samples: 64}'", "data")
     )
     verify_checksums: bool = _f(True, "check the md5 of CIFAR/SVHN files against the official release", "data")
     skip_bad_images: bool = _f(False, "drop unreadable image files (counted in the log) instead of failing", "data")
+    skip_bad_videos: bool = _f(
+        False, "probe every video first; drop undecodable ones (counted in the log and test.json), not fail", "data"
+    )
     val_split: int | float = _f(0.1, "validation carved from train: fraction, sample count, or 0 for none", "data")
     split_seed: int = _f(0, "seed of the train/validation split", "data")
     num_workers: int = _f(4, "data loading worker processes per device", "data")
+    # video
+    num_frames: int | None = _f(None, "frames per clip, passed to the video backbone (none: its default, 8)", "video")
+    sampling: str | None = _f(
+        None, "temporal sampling: segment (TSN; ssv2's default) or dense (strided; the others')", "video", STRATEGIES
+    )
+    sampling_stride: int | None = _f(None, "frames between sampled frames, dense sampling (none: kind's, 4)", "video")
+    flip: bool = _f(False, "random horizontal flip of training clips (paper: off; SSv2 names left/right)", "video")
+    test_clips: int = _f(4, "temporal clips per test video; their logits are averaged with the crops'", "video")
+    test_crops: int = _f(3, "spatial crops per test clip: 1 (centre) or 3 (along the long side)", "video")
     # optimisation
     epochs: int = _f(100, "training epochs", "optimisation")
     warmup_epochs: float = _f(20.0, "epochs of linear lr warmup from 0 (per iteration), then cosine", "optimisation")
@@ -133,8 +152,9 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("select", self.select, SELECTIONS)
         if not self.dataset:
-            raise ValueError(f"dataset is required (--dataset KIND, one of {sorted(IMAGE_DATASETS)})")
-        _choice("dataset", self.dataset, tuple(IMAGE_DATASETS))
+            raise ValueError(f"dataset is required (--dataset KIND, one of {sorted(DATASET_KINDS)})")
+        _choice("dataset", self.dataset, DATASET_KINDS)
+        self._validate_video()
         if isinstance(self.adapter_scale, str) and self.adapter_scale != "learnable":
             raise ValueError(f"adapter_scale must be a number or 'learnable', got {self.adapter_scale!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "vpt_tokens", "eval_every", "log_every"):
@@ -177,6 +197,29 @@ class TrainConfig:
             raise ValueError(f"val_split must be 0, a fraction in (0, 1) or a sample count >= 1, got {v!r}")
         if v == 0 and self.select == "best":
             raise ValueError("select 'best' needs a validation split; set val_split > 0 or select 'last'")
+
+    def _validate_video(self) -> None:
+        if self.dataset not in VIDEO_DATASETS:
+            changed = [name for name, default in VIDEO_FIELDS.items() if getattr(self, name) != default]
+            if changed:
+                raise ValueError(f"{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
+            return
+        if self.sampling is not None:
+            _choice("sampling", self.sampling, STRATEGIES)
+        for name in ("num_frames", "sampling_stride"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        _at_least("test_clips", self.test_clips, 1)
+        if self.test_crops not in (1, 3):
+            raise ValueError(f"test_crops must be 1 (centre) or 3 (along the long side), got {self.test_crops}")
+        given = self.model_kwargs.get("num_frames")
+        if self.num_frames is not None and given is not None and given != self.num_frames:
+            raise ValueError(f"num_frames {self.num_frames} contradicts model_kwargs num_frames {given}")
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """The timm kwargs of the backbone: ``model_kwargs``, plus ``num_frames`` when set."""
+        extra = {"num_frames": self.num_frames} if self.num_frames is not None else {}
+        return {**self.model_kwargs, **extra}
 
     # -- serialisation ------------------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Using a trained adapter: rebuild the model, evaluate it on a dataset split, classify image files.
 
 Training writes ``<adapter_dir>/task.json`` next to the adapter files: the class names (index = label) and how the
-backbone was built (timm kwargs, pre-trained checkpoint and its source), plus the evaluation batch size and
-precision, so ``adaptformer eval`` and ``predict`` need only the adapter folder and reproduce training's numbers.
+backbone was built (timm kwargs, pre-trained checkpoint and its source), plus the evaluation batch size, precision,
+dataset options and, for video, the clip sampling and test views, so ``adaptformer eval`` and ``predict`` need only
+the adapter folder and reproduce training's numbers.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch.nn as nn
 from ..data import build_image_transform, load_rgb
 from ..preprocessing import Preprocessing
 from ..saving import atomic_write_bytes, create_model_from_adapter, read_adapter_config
-from .data import eval_loader, load_image_split
+from .data import eval_loader
+from .datasets import DataSpec, clip_frames, load_split
 from .distributed import DistributedContext, resolve_device
-from .loop import classification_metrics, evaluate
+from .loop import evaluate
 from .precision import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class TaskInfo:
         checkpoint_source: the key layout of ``checkpoint``.
         precision: the autocast precision evaluation ran in.
         eval_batch_size: the batch size evaluation ran with.
+        dataset_options: the per-kind dataset options training used.
+        video: for video datasets, the clip sampling and test views (``VideoSettings`` fields, defaults resolved).
     """
 
     classes: list[str]
@@ -50,6 +54,8 @@ class TaskInfo:
     checkpoint_source: str = "timm"
     precision: str = "auto"
     eval_batch_size: int = 256
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    video: dict[str, Any] | None = None
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / TASK_FILE
@@ -120,29 +126,27 @@ def check_classes(num_outputs: int, classes: list[str], task: TaskInfo | None, w
 def evaluate_split(
     model: nn.Module,
     task: TaskInfo | None,
-    dataset: str,
-    data_dir: str | None,
+    spec: DataSpec,
     split: str,
     ctx: DistributedContext,
     *,
     batch_size: int | None = None,
     precision: str | None = None,
     num_workers: int = 0,
-    options: dict[str, Any] | None = None,
-    verify_checksums: bool = True,
-    skip_bad_images: bool = False,
-) -> dict[str, float | int]:
-    """acc1, acc5, loss and n of ``model`` on a dataset split, preprocessed as the backbone requires."""
-    transform = build_image_transform(Preprocessing.from_model(model), train=False)
-    data = load_image_split(
-        dataset, data_dir, split, transform, options=options, verify_checksums=verify_checksums,
-        skip_bad_images=skip_bad_images,
-    )  # fmt: skip
-    check_classes(model.num_classes, list(data.classes), task, f"{dataset} {split}")
+) -> dict[str, Any]:
+    """acc1, acc5, loss and n of ``model`` on a dataset split, preprocessed as the backbone requires.
+
+    Video datasets are tested on every view of every video: acc1/acc5/loss/n are multi-view (per video), with
+    single_view_acc1/acc5, views_per_video and the number of ``skipped`` undecodable videos next to them. Under
+    torchrun every view is predicted by exactly one process and every video is scored once.
+    """
+    data = load_split(spec, split)
+    check_classes(model.num_classes, data.classes, task, f"{spec.kind} {split}")
+    dataset = data.build(model, "test")
     batch_size = batch_size or (task.eval_batch_size if task else 256)
-    loader = eval_loader(data, batch_size, num_workers, ctx.device, ctx.world_size, ctx.rank)
+    loader = eval_loader(dataset, batch_size, num_workers, ctx.device, ctx.world_size, ctx.rank)
     chosen = resolve_precision(precision or (task.precision if task else "auto"), ctx.device)
-    return classification_metrics(evaluate(model.to(ctx.device), loader, chosen, ctx))
+    return data.score(evaluate(model.to(ctx.device), loader, chosen, ctx), dataset)
 
 
 @torch.no_grad()
@@ -150,6 +154,8 @@ def predict_images(
     model: nn.Module, paths: list[str | Path], top_k: int = 5, precision: str = "auto", device: str = "auto"
 ) -> list[list[tuple[int, float]]]:
     """Top-``top_k`` (class index, probability) for each image file, best first."""
+    if clip_frames(model) is not None:
+        raise ValueError("predict classifies image files, but this adapter's backbone takes video clips")
     transform = build_image_transform(Preprocessing.from_model(model), train=False)
     batch = torch.stack([transform(load_rgb(p)) for p in paths])  # (N, 3, H, W)
     target = resolve_device(device)

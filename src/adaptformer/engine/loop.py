@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.video import aggregate_views
 from .distributed import DistributedContext, all_reduce_sum, gather_variable
 from .precision import Precision
 from .progress import Progress
@@ -211,4 +212,27 @@ def classification_metrics(predictions: Predictions) -> dict[str, float | int]:
         "acc5": 100.0 * int(hits.any(dim=1).sum()) / n,
         "loss": F.cross_entropy(logits, labels).item(),
         "n": n,
+    }
+
+
+def multi_view_metrics(predictions: Predictions, views_per_video: int) -> dict[str, float | int]:
+    """Multi-view testing: the logits of each video's views are averaged into one prediction per video.
+
+    ``predictions`` holds one row per view, ``ids`` the video of each. Returns ``acc1``, ``acc5``, ``loss`` and ``n``
+    over videos (multi-view, the paper's test numbers), ``single_view_acc1`` / ``single_view_acc5`` over the views
+    scored one by one, and ``views_per_video``. Every video must have exactly ``views_per_video`` predictions, so a
+    video duplicated (e.g. by a padding distributed sampler) or half-evaluated is an error, not a silent reweighting.
+    """
+    _, counts = torch.unique(predictions.ids, return_counts=True)
+    if not bool((counts == views_per_video).all()):
+        wrong = sorted(set(counts.tolist()) - {views_per_video})
+        raise RuntimeError(f"expected {views_per_video} predictions per video, some videos have {wrong}")
+    single = classification_metrics(predictions)
+    videos = aggregate_views(predictions.logits, predictions.labels, predictions.ids)
+    multi = classification_metrics(Predictions(videos.logits, videos.labels, videos.video_ids))
+    return {
+        **multi,
+        "single_view_acc1": single["acc1"],
+        "single_view_acc5": single["acc5"],
+        "views_per_video": views_per_video,
     }

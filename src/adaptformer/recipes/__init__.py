@@ -1,6 +1,7 @@
-"""The paper's training recipes as YAML files: every image row of Table 1 (CIFAR-100, SVHN, Food-101 x full /
-linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings. A recipe is a partial ``TrainConfig``: command-line flags
-override it, and the fields it leaves out keep their defaults.
+"""The paper's training recipes as YAML files: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2,
+HMDB51; each x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column. The first comment
+line of each says what it reproduces. A recipe is a partial ``TrainConfig``: command-line flags override it, and the
+fields it leaves out keep their defaults.
 
     load_recipe("cifar100_adaptformer64")      # by name
     load_recipe("my_runs/food_custom.yaml")    # or any YAML file (e.g. a run's config.yaml)

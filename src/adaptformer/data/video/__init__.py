@@ -5,7 +5,8 @@
 3. :mod:`.transforms`: multi-scale crop / short-side resize + crops, normalisation, ``(C, T, H, W)`` float output.
 
 :mod:`.datasets` glues them (list files, class folders, multi-view test, view aggregation), :mod:`.prepare` writes
-list files from the official SSv2 and HMDB51 releases, and :mod:`.synthetic` makes motion-labelled clips offline.
+list files from the official SSv2 and HMDB51 releases, :mod:`.synthetic` makes motion-labelled clips offline, and
+:mod:`.kinds` names the dataset kinds the engine and command line select (``VIDEO_DATASETS``).
 """
 
 from adaptformer.data.video.datasets import (
@@ -16,6 +17,7 @@ from adaptformer.data.video.datasets import (
     aggregate_views,
     find_class_folders,
     read_video_list,
+    scan_videos,
     write_video_list,
 )
 from adaptformer.data.video.decode import (
@@ -27,8 +29,17 @@ from adaptformer.data.video.decode import (
     probe_video,
     read_frames,
 )
+from adaptformer.data.video.kinds import (
+    VIDEO_DATASETS,
+    SyntheticVideos,
+    VideoDatasetKind,
+    VideoFiles,
+    VideoSource,
+    load_video_split,
+)
 from adaptformer.data.video.prepare import PreparedLists, prepare_hmdb51, prepare_ssv2
 from adaptformer.data.video.sampling import (
+    STRATEGIES,
     SamplerConfig,
     TestViews,
     View,
@@ -46,17 +57,23 @@ from adaptformer.data.video.transforms import (
 
 __all__ = [
     "MOTIONS",
+    "STRATEGIES",
+    "VIDEO_DATASETS",
     "VIDEO_EXTENSIONS",
     "DecodedClip",
     "PreparedLists",
     "SamplerConfig",
     "SyntheticMotionDataset",
+    "SyntheticVideos",
     "TestViews",
     "VideoClipDataset",
+    "VideoDatasetKind",
     "VideoDecodeError",
     "VideoEntry",
+    "VideoFiles",
     "VideoInfo",
     "VideoPredictions",
+    "VideoSource",
     "VideoTransform",
     "VideoTransformConfig",
     "View",
@@ -65,6 +82,7 @@ __all__ = [
     "decode_clip",
     "dense_indices",
     "find_class_folders",
+    "load_video_split",
     "multi_scale_crop_params",
     "prepare_hmdb51",
     "prepare_ssv2",
@@ -72,6 +90,7 @@ __all__ = [
     "read_frames",
     "read_video_list",
     "sample_indices",
+    "scan_videos",
     "segment_indices",
     "spatial_crop_params",
     "write_video_list",

@@ -38,6 +38,7 @@ __all__ = [
     "aggregate_views",
     "find_class_folders",
     "read_video_list",
+    "scan_videos",
     "write_video_list",
 ]
 
@@ -116,6 +117,23 @@ def find_class_folders(
     if not entries:
         raise FileNotFoundError(f"no videos ({', '.join(extensions)}) in class folders under {root}")
     return entries, classes
+
+
+def scan_videos(entries: Sequence[VideoEntry]) -> tuple[list[VideoEntry], list[tuple[Path, str]]]:
+    """Probe every video (demux + decode of the first frame): the decodable entries, and ``(path, reason)`` of the
+    others, which are reported in one warning."""
+    kept, skipped = [], []
+    for entry in entries:
+        try:
+            decode_clip(entry.path, [0])
+        except VideoDecodeError as err:
+            skipped.append((entry.path, err.reason))
+        else:
+            kept.append(entry)
+    if skipped:
+        examples = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        logger.warning("skipped %d of %d videos that cannot be decoded (e.g. %s)", len(skipped), len(entries), examples)
+    return kept, skipped
 
 
 class VideoPredictions(NamedTuple):
@@ -203,25 +221,17 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
     def views_per_video(self) -> int:
         return 1 if self.mode == "train" else len(self.views)
 
+    @property
+    def targets(self) -> list[int]:
+        """The label of every item (known without decoding): one per video in training, one per view in testing."""
+        return [entry.label for entry in self.entries for _ in range(self.views_per_video)]
+
     def scan(self) -> int:
         """Probe every video (demux + first frame) and drop the undecodable ones; returns how many were dropped."""
-        kept = []
-        for entry in self.entries:
-            try:
-                decode_clip(entry.path, [0])
-            except VideoDecodeError as err:
-                self.skipped_files.append((entry.path, err.reason))
-            else:
-                kept.append(entry)
-        dropped = len(self.entries) - len(kept)
-        if dropped:
-            examples = "; ".join(f"{p}: {r}" for p, r in self.skipped_files[-dropped:][:3])
-            logger.warning(
-                "skipped %d of %d videos that cannot be decoded (e.g. %s)", dropped, len(self.entries), examples
-            )
-        self.entries = kept
+        self.entries, skipped = scan_videos(self.entries)
+        self.skipped_files.extend(skipped)
         self._infos.clear()
-        return dropped
+        return len(skipped)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the seeded training draws between epochs (only matters when ``seed`` is set)."""

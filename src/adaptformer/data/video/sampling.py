@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "STRATEGIES",
     "SamplerConfig",
     "TestViews",
     "View",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 Strategy = Literal["segment", "dense"]
+STRATEGIES: tuple[Strategy, ...] = ("segment", "dense")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class SamplerConfig:
     stride: int = 4
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("segment", "dense"):
+        if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be 'segment' or 'dense', got {self.strategy!r}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")

@@ -81,6 +81,11 @@ class SyntheticMotionDataset(Dataset[tuple[torch.Tensor, int, int]]):
     def __len__(self) -> int:
         return self.num_samples
 
+    @property
+    def targets(self) -> list[int]:
+        """The label of every item (``i % num_classes``), for stratified splits."""
+        return [i % self.num_classes for i in range(self.num_samples)]
+
     def frames(self, index: int) -> torch.Tensor:
         """The uint8 RGB frames ``(T, H, W, C)`` of item ``index``, before any transform."""
         if not 0 <= index < self.num_samples:

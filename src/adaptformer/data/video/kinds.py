@@ -1,0 +1,248 @@
+"""Video dataset kinds selectable by name (``adaptformer train --dataset KIND``), as ``IMAGE_DATASETS`` is for images.
+
+Kinds (see ``VIDEO_DATASETS``):
+
+- ``videolist``: VideoMAE list files ``<root>/{train,val,test}.txt`` (or ``.csv``), one ``path label`` line per
+  video. Class names come from ``<root>/classes.txt`` (line ``i`` names label ``i``, as the preparers write it), else
+  from the ``num_classes`` option, else from the train list (largest label + 1). Dense sampling, stride 4.
+- ``ssv2``: the list layout as ``adaptformer prepare ssv2`` writes it; segment (TSN) sampling, as the paper.
+- ``hmdb51``: the list layout as ``adaptformer prepare hmdb51`` writes it; dense sampling with stride 4.
+- ``videofolder``: ``<root>/<split>/<class>/<video>``; class names from ``<root>/train``. Dense, stride 4.
+- ``synthetic-video``: :class:`SyntheticMotionDataset` (the class is the direction of motion), no files.
+
+No kind flips clips by default (paper Table 5, video column; SSv2 labels name left and right).
+
+Loading a split resolves it to a *source*: its classes and videos are known (and, with ``skip_bad_videos``, every file
+has been probed once), but the clip length and the transform wait for the backbone: ``source.dataset(sampler,
+transform, mode, views)`` then builds the dataset, as often as needed (training, validation, multi-view test).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from torch.utils.data import Dataset
+
+from adaptformer.data.video.datasets import (
+    VideoClipDataset,
+    VideoEntry,
+    find_class_folders,
+    read_video_list,
+    scan_videos,
+)
+from adaptformer.data.video.sampling import SamplerConfig, Strategy, TestViews
+from adaptformer.data.video.synthetic import MOTIONS, SyntheticMotionDataset
+from adaptformer.data.video.transforms import VideoTransform
+
+__all__ = ["VIDEO_DATASETS", "SyntheticVideos", "VideoDatasetKind", "VideoFiles", "VideoSource", "load_video_split"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["train", "test"]
+
+_LIST_LAYOUT = (
+    "<root>/\n  train.txt        '<path> <label>' per line (or train.csv); paths absolute or relative to <root>\n"
+    "  val.txt          (optional)\n  test.txt\n  classes.txt      (optional) one class name per line, line i = label i"
+)
+_LAYOUTS = {
+    "videolist": _LIST_LAYOUT,
+    "ssv2": _LIST_LAYOUT + "\n(write it with: adaptformer prepare ssv2 --root SSV2_RELEASE --out <root>)",
+    "hmdb51": _LIST_LAYOUT + "\n(write it with: adaptformer prepare hmdb51 --root HMDB51 --out <root> --split 1)",
+    "videofolder": "<root>/\n  train/<class>/<video>.mp4|avi|webm|mkv\n  val/<class>/...   (optional)\n"
+    "  test/<class>/...",
+}
+
+
+class VideoSource(Protocol):
+    """One split of a video dataset whose samples are known but whose clip length and transform are not yet."""
+
+    classes: list[str]
+    skipped_files: list[tuple[Path, str]]
+
+    def dataset(self, sampler: SamplerConfig, transform: VideoTransform, mode: Mode, views: TestViews) -> Dataset:
+        """The split's items ``(clip (C, T, H, W), label, video_id)`` for this sampler, transform and mode."""
+        ...
+
+
+@dataclass(frozen=True)
+class VideoFiles:
+    """Video files with labels; ``skipped_files`` lists those left out as undecodable (``(path, reason)``)."""
+
+    entries: list[VideoEntry]
+    classes: list[str]
+    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def dataset(self, sampler: SamplerConfig, transform: VideoTransform, mode: Mode, views: TestViews) -> Dataset:
+        return VideoClipDataset(self.entries, sampler, transform, mode, views)
+
+
+@dataclass(frozen=True)
+class SyntheticVideos:
+    """Parameters of a :class:`SyntheticMotionDataset` split; its clips are rendered at the backbone's frame count
+    and input size, one deterministic view per clip (the sampler's strategy, the views and ``mode`` do not apply)."""
+
+    num_samples: int
+    num_classes: int
+    noise_std: float
+    seed: int
+    size: tuple[int, int] | None = None
+    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return [name for name, _ in MOTIONS[: self.num_classes]]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def dataset(self, sampler: SamplerConfig, transform: VideoTransform, mode: Mode, views: TestViews) -> Dataset:
+        return SyntheticMotionDataset(
+            self.num_samples, self.num_classes, sampler.num_frames, transform.pre, self.size, self.noise_std, self.seed
+        )
+
+
+# Builders: build(root, split, *, <kind options>) -> source. Their keyword options are what ``load_video_split``
+# accepts for the kind.
+
+
+def _list_file(root: Path, split: str, kind: str) -> Path:
+    for suffix in (".txt", ".csv"):
+        if (root / f"{split}{suffix}").is_file():
+            return root / f"{split}{suffix}"
+    raise FileNotFoundError(f"{kind} dataset: no {split}.txt (or .csv) in {root}\nexpected layout:\n{_LAYOUTS[kind]}")
+
+
+def _list_classes(root: Path, kind: str, num_classes: int | None) -> list[str]:
+    """classes.txt, else ``num_classes`` numbered classes, else as many as the train list's largest label + 1."""
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes {num_classes} contradicts the {len(names)} names in {names_file}")
+        return names
+    if num_classes is None:
+        labels = [entry.label for entry in read_video_list(_list_file(root, "train", kind))]
+        num_classes = max(labels) + 1
+        logger.info("%s: no classes.txt; %d classes from the largest label of the train list", root, num_classes)
+    return [str(i) for i in range(num_classes)]
+
+
+def _build_list(
+    root: Path, split: str, *, kind: str, num_classes: int | None = None, video_root: str | None = None
+) -> VideoFiles:
+    """List files; relative video paths are resolved against ``video_root`` (default: ``root``)."""
+    classes = _list_classes(root, kind, num_classes)
+    base = Path(video_root).expanduser() if video_root is not None else root
+    return VideoFiles(read_video_list(_list_file(root, split, kind), base, num_classes=len(classes)), classes)
+
+
+def _build_videofolder(root: Path, split: str) -> VideoFiles:
+    """``<root>/<split>/<class>/<video>``; labels follow the sorted class folders of ``<root>/train``."""
+    split_dir = root / split
+    if not split_dir.is_dir():
+        layout = _LAYOUTS["videofolder"]
+        raise FileNotFoundError(f"videofolder dataset: {split_dir} not found\nexpected layout:\n{layout}")
+    entries, names = find_class_folders(split_dir)
+    train_dir = root / "train"
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else names
+    extra = sorted(set(names) - set(classes))
+    if extra:
+        raise ValueError(f"{split_dir} has class folders {extra} that {train_dir} lacks (allowed: {classes})")
+    index = {name: i for i, name in enumerate(classes)}
+    return VideoFiles([VideoEntry(e.path, index[names[e.label]]) for e in entries], classes)
+
+
+def _build_synthetic(
+    root: Path | None,
+    split: str,
+    *,
+    num_samples: int = 128,
+    num_classes: int = 4,
+    noise_std: float = 8.0,
+    seed: int = 0,
+    size: list[int] | None = None,
+) -> SyntheticVideos:
+    """Seeded motion clips; train and test draw from different seed streams of ``seed``."""
+    stream = 2 * seed + ("train", "test").index(split)
+    frame_size = (int(size[0]), int(size[1])) if size is not None else None
+    return SyntheticVideos(num_samples, num_classes, float(noise_std), stream, frame_size)
+
+
+@dataclass(frozen=True)
+class VideoDatasetKind:
+    """One video dataset kind: its builder, splits, whether it reads files, and its default temporal sampling."""
+
+    build: Callable[..., VideoFiles | SyntheticVideos]
+    splits: tuple[str, ...]
+    needs_root: bool = True
+    sampling: Strategy = "dense"
+    stride: int = 4
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The options the builder accepts (``--dataset-options``)."""
+        params = inspect.signature(self.build).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def _lists(kind: str) -> Callable[..., VideoFiles]:
+    def build(root: Path, split: str, *, num_classes: int | None = None, video_root: str | None = None) -> VideoFiles:
+        return _build_list(root, split, kind=kind, num_classes=num_classes, video_root=video_root)
+
+    build.__doc__ = _build_list.__doc__
+    return build
+
+
+_SPLITS = ("train", "val", "test")
+VIDEO_DATASETS: dict[str, VideoDatasetKind] = {
+    "videolist": VideoDatasetKind(_lists("videolist"), _SPLITS),
+    "ssv2": VideoDatasetKind(_lists("ssv2"), _SPLITS, sampling="segment"),
+    "hmdb51": VideoDatasetKind(_lists("hmdb51"), _SPLITS, sampling="dense", stride=4),
+    "videofolder": VideoDatasetKind(_build_videofolder, _SPLITS),
+    "synthetic-video": VideoDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
+}
+
+
+def load_video_split(
+    kind: str, root: str | Path | None, split: str, *, skip_bad_videos: bool = False, **options: Any
+) -> VideoFiles | SyntheticVideos:
+    """The ``split`` of video dataset ``kind`` under ``root`` (see the module docstring).
+
+    Args:
+        kind: a key of ``VIDEO_DATASETS``.
+        root: the folder holding the dataset (ignored by ``synthetic-video``).
+        split: "train", "val" or "test".
+        skip_bad_videos: probe every file now and leave the undecodable ones out (listed in ``skipped_files``, with
+            a warning); otherwise a bad file raises ``VideoDecodeError`` naming it when it is read.
+        options: per kind: ``num_classes``/``video_root`` (list kinds); ``num_samples``/``num_classes``/
+            ``noise_std``/``seed``/``size`` (synthetic-video).
+    """
+    if kind not in VIDEO_DATASETS:
+        raise ValueError(f"unknown video dataset kind {kind!r}; allowed: {sorted(VIDEO_DATASETS)}")
+    spec = VIDEO_DATASETS[kind]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for {kind!r}; allowed: {list(spec.options)}")
+    if split not in spec.splits:
+        raise ValueError(f"split {split!r} is not available for {kind!r}; allowed: {list(spec.splits)}")
+    path: Path | None = None
+    if spec.needs_root:
+        if root is None:
+            raise ValueError(f"{kind!r} needs --data-dir; expected layout:\n{_LAYOUTS[kind]}")
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{kind} dataset: folder {path} not found\nexpected layout:\n{_LAYOUTS[kind]}")
+    source = spec.build(path, split, **options)
+    if skip_bad_videos and isinstance(source, VideoFiles):
+        kept, skipped = scan_videos(source.entries)
+        source = replace(source, entries=kept, skipped_files=skipped)
+    logger.info("%s %s: %d videos, %d classes", kind, split, len(source), len(source.classes))
+    return source

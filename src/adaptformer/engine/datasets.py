@@ -1,0 +1,186 @@
+"""The data of a run, image or video behind one interface: load a split (its samples and classes), apply the backbone's
+preprocessing once the model exists, and score predictions as the data requires.
+
+    spec = DataSpec.from_config(cfg)
+    train = load_split(spec, "train")                # classes known, nothing decoded or transformed yet
+    model = build_model(cfg, len(train.classes))
+    train_set = train.build(model, "train")          # augmented
+    val_set = train.build(model, "eval")             # deterministic, one view per sample (same samples, same order)
+    test = load_split(spec, "test")
+    test_set = test.build(model, "test")             # images: as "eval"; videos: test_clips x test_crops views each
+    metrics = test.score(evaluate(model, eval_loader(test_set, ...), ...), test_set)
+
+Images and videos differ in exactly three places: how a split is read (``IMAGE_DATASETS`` / ``VIDEO_DATASETS``),
+which transform turns a sample into the model's input (both from the backbone's :class:`Preprocessing`, never from a
+file name; for clips the frame count comes from the backbone too), and how a test split is scored: a video's views
+have their logits averaged into one prediction per video (multi-view top-1/top-5, ``n`` = videos), reported next to
+the single-view top-1/top-5 (every view scored alone, averaged over all views).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from ..data import build_image_transform
+from ..data.video import (
+    STRATEGIES,
+    VIDEO_DATASETS,
+    SamplerConfig,
+    SyntheticVideos,
+    TestViews,
+    VideoFiles,
+    VideoTransform,
+    VideoTransformConfig,
+    load_video_split,
+)
+from ..preprocessing import Preprocessing
+from .config import DATASET_KINDS, TrainConfig
+from .data import load_image_split, with_transform
+from .loop import Predictions, classification_metrics, multi_view_metrics
+
+Purpose = Literal["train", "eval", "test"]
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How clips are cut from videos (the frame count is the backbone's).
+
+    Args:
+        sampling: "segment" (TSN, SSv2) or "dense"; None: the dataset kind's default.
+        stride: frames between sampled frames for dense sampling; None: the kind's default (4).
+        flip: random horizontal flip of training clips (off in the paper's video recipe).
+        test_clips: temporal clips per test video.
+        test_crops: spatial crops per test clip (1 = centre, 3 = along the long side).
+    """
+
+    sampling: str | None = None
+    stride: int | None = None
+    flip: bool = False
+    test_clips: int = 4
+    test_crops: int = 3
+
+    def __post_init__(self) -> None:
+        if self.sampling is not None and self.sampling not in STRATEGIES:
+            raise ValueError(f"sampling must be one of {list(STRATEGIES)}, got {self.sampling!r}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"sampling stride must be >= 1, got {self.stride}")
+        TestViews(self.test_clips, self.test_crops)  # validates the view grid
+
+    def resolved(self, kind: str) -> VideoSettings:
+        """These settings with the defaults of dataset ``kind`` filled in."""
+        spec = VIDEO_DATASETS[kind]
+        return replace(self, sampling=self.sampling or spec.sampling, stride=self.stride or spec.stride)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset a run or an evaluation reads, and how.
+
+    Args:
+        kind: a key of ``IMAGE_DATASETS`` or ``VIDEO_DATASETS``.
+        root: the folder holding it (None for the built-in kinds).
+        options: per-kind options (``--dataset-options``).
+        verify_checksums: check official md5 sums (CIFAR, SVHN).
+        skip_bad: leave unreadable images / undecodable videos out (counted) instead of failing.
+        video: clip sampling and test views (video kinds only).
+    """
+
+    kind: str
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    verify_checksums: bool = True
+    skip_bad: bool = False
+    video: VideoSettings = field(default_factory=VideoSettings)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ValueError(f"unknown dataset kind {self.kind!r}; allowed: {sorted(DATASET_KINDS)}")
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind in VIDEO_DATASETS
+
+    def video_record(self) -> dict[str, Any] | None:
+        """The video settings with the kind's defaults filled in, as recorded in task.json; None for images."""
+        return self.video.resolved(self.kind).to_dict() if self.is_video else None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> DataSpec:
+        video = cfg.dataset in VIDEO_DATASETS
+        settings = VideoSettings(cfg.sampling, cfg.sampling_stride, cfg.flip, cfg.test_clips, cfg.test_crops)
+        return cls(
+            cfg.dataset, cfg.data_dir, dict(cfg.dataset_options), cfg.verify_checksums,
+            cfg.skip_bad_videos if video else cfg.skip_bad_images, settings,
+        )  # fmt: skip
+
+
+def clip_frames(model: nn.Module) -> int | None:
+    """Frames per clip a video backbone takes (its configuration records them); None for image backbones."""
+    frames = (getattr(model, "pretrained_cfg", None) or {}).get("num_frames")
+    return int(frames) if frames is not None else None
+
+
+class ImageSplit:
+    """One split of an image dataset; its transform follows the model it is built for."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.classes: list[str] = list(dataset.classes)  # type: ignore[attr-defined]
+        self.skipped = len(getattr(dataset, "skipped", []))
+
+    def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
+        """The samples with the paper's train (random crop + flip) or eval (resize + centre crop) transform."""
+        if clip_frames(model) is not None:
+            raise ValueError("this is an image dataset but the backbone takes video clips; choose a video dataset kind")
+        transform = build_image_transform(Preprocessing.from_model(model), train=purpose == "train")
+        return with_transform(self.dataset, transform)
+
+    def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
+        """acc1, acc5, loss and n (see :func:`classification_metrics`)."""
+        return classification_metrics(predictions)
+
+
+class VideoSplit:
+    """One split of a video dataset; clip length, input size and normalisation follow the model it is built for."""
+
+    def __init__(self, source: VideoFiles | SyntheticVideos, settings: VideoSettings) -> None:
+        self.source = source
+        self.settings = settings
+        self.classes: list[str] = list(source.classes)
+        self.skipped = len(source.skipped_files)
+
+    def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
+        """Training clips (random, augmented), or deterministic views: one per video ("eval"), the grid ("test")."""
+        frames = clip_frames(model)
+        if frames is None:
+            raise ValueError("this is a video dataset but the backbone takes images; choose a video_vit_* model")
+        s = self.settings
+        sampler = SamplerConfig(s.sampling, frames, s.stride)  # type: ignore[arg-type]
+        transform = VideoTransform(Preprocessing.from_model(model), VideoTransformConfig(flip=s.flip))
+        views = TestViews(s.test_clips, s.test_crops) if purpose == "test" else TestViews(1, 1)
+        return self.source.dataset(sampler, transform, "train" if purpose == "train" else "test", views)
+
+    def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
+        """Multi-view metrics over ``dataset``'s views per video (see :func:`multi_view_metrics`) and the number of
+        videos left out as undecodable (never predicted, so neither right nor wrong)."""
+        views = int(getattr(dataset, "views_per_video", 1))
+        return {**multi_view_metrics(predictions, views), "skipped": self.skipped}
+
+
+def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
+    """The ``split`` of ``spec``'s dataset, untransformed until :meth:`build` is given the model."""
+    if spec.is_video:
+        source = load_video_split(spec.kind, spec.root, split, skip_bad_videos=spec.skip_bad, **spec.options)
+        return VideoSplit(source, spec.video.resolved(spec.kind))
+    dataset = load_image_split(
+        spec.kind, spec.root, split, options=spec.options, verify_checksums=spec.verify_checksums,
+        skip_bad_images=spec.skip_bad,
+    )  # fmt: skip
+    return ImageSplit(dataset)
