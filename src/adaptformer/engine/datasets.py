@@ -30,9 +30,8 @@ from ..data.video import (
     STRATEGIES,
     VIDEO_DATASETS,
     SamplerConfig,
-    SyntheticVideos,
     TestViews,
-    VideoFiles,
+    VideoSource,
     VideoTransform,
     VideoTransformConfig,
     load_video_split,
@@ -150,7 +149,7 @@ class ImageSplit:
 class VideoSplit:
     """One split of a video dataset; clip length, input size and normalisation follow the model it is built for."""
 
-    def __init__(self, source: VideoFiles | SyntheticVideos, settings: VideoSettings) -> None:
+    def __init__(self, source: VideoSource, settings: VideoSettings) -> None:
         self.source = source
         self.settings = settings
         self.classes: list[str] = list(source.classes)

@@ -64,6 +64,10 @@ class VideoSource(Protocol):
     classes: list[str]
     skipped_files: list[tuple[Path, str]]
 
+    def __len__(self) -> int:
+        """Number of videos."""
+        ...
+
     def dataset(self, sampler: SamplerConfig, transform: VideoTransform, mode: Mode, views: TestViews) -> Dataset:
         """The split's items ``(clip (C, T, H, W), label, video_id)`` for this sampler, transform and mode."""
         ...
@@ -213,7 +217,7 @@ VIDEO_DATASETS: dict[str, VideoDatasetKind] = {
 
 def load_video_split(
     kind: str, root: str | Path | None, split: str, *, skip_bad_videos: bool = False, **options: Any
-) -> VideoFiles | SyntheticVideos:
+) -> VideoSource:
     """The ``split`` of video dataset ``kind`` under ``root`` (see the module docstring).
 
     Args:
