@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -271,7 +272,17 @@ SYNTHETIC_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2
                     "tubelet_size": 4}  # fmt: skip
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """A tiny model runs about as fast on one thread; on cores shared with other jobs, two threads can be 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_adaptformer_learns_the_synthetic_motion_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """4 directions (chance 25%); a frozen random tiny video ViT, AdaptFormer-64 + head trained for 600 steps.
 
