@@ -1,0 +1,121 @@
+"""The study's report: a markdown table (task x method, mean +/- std test top-1 and trainable parameters) and the
+accuracy-versus-trainable-parameters plot of the AdaptFormer paper's Figure 1 (log x, one panel per task)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+FAMILY_STYLE = {  # family: (label, colour, marker)
+    "linear": ("linear probe", "tab:gray", "s"),
+    "vpt": ("VPT-deep (tokens)", "tab:blue", "o"),
+    "adaptformer": ("AdaptFormer (bottleneck)", "tab:red", "*"),
+    "full": ("full fine-tuning", "black", "D"),
+}
+
+
+def _methods_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in rows))
+
+
+def format_table(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
+    """A markdown table: one row per method, per task its trainable parameters and test top-1 mean +/- std."""
+    cells = {(r["task"], r["method"]): r for r in rows}
+    header = ["method"] + [f"{t} {col}" for t in tasks for col in ("params", "top-1 (%)")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in _methods_in_order(rows):
+        entries = [method]
+        for task in tasks:
+            row = cells.get((task, method))
+            if row is None:
+                entries += ["", ""]
+                continue
+            entries += [f"{row['trainable_params']:,}", f"{row['mean_acc1']:.2f} ± {row['std_acc1']:.2f}"]
+        lines.append("| " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def ranking(rows: Sequence[dict[str, Any]], task: str) -> str:
+    """Methods of ``task`` from best to worst mean test top-1, e.g. ``full 97.1 > adaptformer-64 96.8 > ...``."""
+    ranked = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["mean_acc1"])
+    return " > ".join(f"{r['method']} {r['mean_acc1']:.1f}" for r in ranked)
+
+
+def write_markdown(path: Path, record: dict[str, Any], plot_name: str) -> None:
+    """results.md: the command, the time it took, the table, the rankings, the recipe of each task and the plot."""
+    rows, settings, env = record["summary"], record["settings"], record["machine"]
+    tasks = settings["tasks"]
+    seeds = ", ".join(map(str, settings["seeds"]))
+    minutes, seconds = divmod(round(record["seconds"]), 60)
+    load = ", ".join(f"{x:.1f}" for x in env["load_average_at_start"])
+    lines = [
+        "# AdaptFormer, miniature reproduction",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Wall time: {minutes} min {seconds:02d} s for {len(record['runs'])} training runs, {settings['jobs']} at a "
+        f"time, on {env['cores']} CPU cores ({env['cpu']}; load average at start {load}); "
+        f"Python {env['python']}, torch {env['torch']}, timm {env['timm']}.",
+        "",
+        f"Test top-1 (%) of the adapter selected by validation top-1 (10% of the training split), mean ± sample "
+        f"standard deviation over seeds {seeds}; params = trainable parameters (head included).",
+        "",
+        format_table(rows, tasks),
+        "",
+        "Ranking by mean test top-1:",
+        "",
+        *[f"- {task}: {ranking(rows, task)}" for task in tasks],
+        "",
+        "Tasks (every method of a task uses the same recipe):",
+        "",
+    ]
+    for task in tasks:
+        info = record["tasks"][task]
+        config = info["config"]
+        keys = ["epochs", "warmup_epochs", "batch_size", "optimizer", "lr" if config.get("lr") else "blr", "precision"]
+        recipe = ", ".join(f"{k} {config[k]}" for k in keys)
+        if config.get("dataset_options"):
+            recipe += f", dataset_options {config['dataset_options']}"
+        if info["full_lr_scale"] != 1.0:
+            recipe += f"; full fine-tuning at {info['full_lr_scale']:g}x that learning rate (as the paper on SVHN/Food)"
+        lines.append(f"- {task}: {info['description']}; {recipe}; checkpoint {config['checkpoint']} "
+                     f"({config['checkpoint_source']}).")  # fmt: skip
+    lines += ["", f"![accuracy versus trainable parameters]({plot_name})", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot_accuracy_vs_params(path: Path, rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> None:
+    """Test top-1 (mean, std as error bars) versus trainable parameters (log x), one panel per task (paper Fig. 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        task_rows = [r for r in rows if r["task"] == task]
+        for family, (label, colour, marker) in FAMILY_STYLE.items():
+            points = sorted((r for r in task_rows if r["family"] == family), key=lambda r: r["trainable_params"])
+            if not points:
+                continue
+            xs = [r["trainable_params"] for r in points]
+            ys = [r["mean_acc1"] for r in points]
+            errors = [r["std_acc1"] for r in points]
+            size = 12 if marker == "*" else 7
+            ax.errorbar(xs, ys, yerr=errors, color=colour, marker=marker, markersize=size, capsize=3, label=label,
+                        linestyle="-" if len(points) > 1 else "none")  # fmt: skip
+            for r in points:
+                if r["size"] is not None:
+                    ax.annotate(str(r["size"]), (r["trainable_params"], r["mean_acc1"]), textcoords="offset points",
+                                xytext=(4, -11), fontsize=8, color=colour)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log scale)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(task)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("AdaptFormer miniature reproduction: accuracy vs trainable parameters (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
