@@ -354,7 +354,7 @@ def run_study(settings: StudySettings) -> StudyReport:
         "command": settings.command(), "settings": asdict(settings), "seconds": round(seconds, 1), "machine": env,
         "tasks": {
             n: {"description": tasks[n].description, "config": _task_record(cells, n),
-                "full_lr_scale": tasks[n].full_lr_scale}
+                "full_lr_scale": tasks[n].full_lr_scale, "num_classes": tasks[n].num_classes}
             for n in settings.tasks
         },
         "summary": rows, "runs": runs,
@@ -362,7 +362,8 @@ def run_study(settings: StudySettings) -> StudyReport:
     files = {"json": out / RESULTS_JSON, "markdown": out / RESULTS_MD, "plot": out / PLOT_FILE}
     files["json"].write_text(json.dumps(record, indent=1) + "\n")
     write_markdown(files["markdown"], record, PLOT_FILE)
-    plot_accuracy_vs_params(files["plot"], rows, settings.tasks)
+    chance = {n: 100.0 / tasks[n].num_classes for n in settings.tasks}
+    plot_accuracy_vs_params(files["plot"], rows, settings.tasks, chance)
     logger.info("study done in %.1f min: %s", seconds / 60, ", ".join(str(p) for p in files.values()))
     return StudyReport(settings, runs, rows, seconds, files)
 

@@ -85,8 +85,11 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str) -> None:
     path.write_text("\n".join(lines))
 
 
-def plot_accuracy_vs_params(path: Path, rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> None:
-    """Test top-1 (mean, std as error bars) versus trainable parameters (log x), one panel per task (paper Fig. 1)."""
+def plot_accuracy_vs_params(
+    path: Path, rows: Sequence[dict[str, Any]], tasks: Sequence[str], chance: dict[str, float] | None = None
+) -> None:
+    """Test top-1 (mean, std as error bars) versus trainable parameters (log x), one panel per task (paper Fig. 1);
+    ``chance`` (top-1 % of a uniform guess per task) is drawn as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,12 +112,14 @@ def plot_accuracy_vs_params(path: Path, rows: Sequence[dict[str, Any]], tasks: S
                 if r["size"] is not None:
                     ax.annotate(str(r["size"]), (r["trainable_params"], r["mean_acc1"]), textcoords="offset points",
                                 xytext=(4, -11), fontsize=8, color=colour)  # fmt: skip
+        if chance and task in chance:
+            ax.axhline(chance[task], color="tab:gray", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(task)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle("AdaptFormer miniature reproduction: accuracy vs trainable parameters (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

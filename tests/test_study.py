@@ -1,0 +1,115 @@
+"""The miniature reproduction (``adaptformer study``) and the demo built on it, end to end in their quick setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adaptformer.cli import main
+from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
+from adaptformer.study import METHODS, StudySettings, build_cells, summarise
+from adaptformer.study_report import format_table, ranking
+
+QUICK_METHODS = ("linear", "vpt-1", "adaptformer-4", "full")
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "expected"),
+    [
+        ("linear", None, {"method": "linear"}),
+        ("vpt", 16, {"method": "vpt", "vpt_tokens": 16, "vpt_deep": True}),
+        ("adaptformer", 64, {"method": "adaptformer", "bottleneck": 64}),
+        ("full", None, {"method": "full"}),
+    ],
+)
+def test_method_overrides(family: str, size: int | None, expected: dict) -> None:
+    name = family if size is None else f"{family}-{size}"
+    assert METHODS[name].overrides() == expected
+
+
+def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
+    settings = StudySettings(seeds=(0, 1, 2), runs_dir="r")
+    cells = build_cells(settings)
+    assert len(cells) == 2 * 10 * 3
+    assert len({c.config["output_dir"] for c in cells}) == len(cells)
+    for task in settings.tasks:
+        task_cells = [c for c in cells if c.task == task]
+        ignored = {"method", "vpt_tokens", "vpt_deep", "bottleneck", "seed", "output_dir", "lr", "blr"}
+        shared = [{k: v for k, v in c.config.items() if k not in ignored} for c in task_cells]
+        assert all(s == shared[0] for s in shared)  # the same recipe for every method and seed
+    digits = {c.method: c.config for c in cells if c.task == "digits" and c.seed == 0}
+    assert digits["full"]["blr"] == pytest.approx(0.1 * digits["linear"]["blr"])  # the paper's 0.1x for full
+    motion = next(c.config for c in cells if c.task == "motion")
+    assert motion["checkpoint_source"] == "inflate-image" and motion["model_kwargs"]["embed_dim"] == 128
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"methods": ("lora",)}, "unknown methods"),
+        ({"tasks": ("cifar",)}, "unknown tasks"),
+        ({"seeds": ()}, "at least one"),
+        ({"epochs": 0}, "epochs"),
+    ],
+)
+def test_settings_are_validated(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StudySettings(**kwargs)
+
+
+def test_summary_mean_std_and_ranking() -> None:
+    runs = [
+        {"task": "t", "method": m, "family": m, "size": None, "seed": s, "trainable_params": p, "test_acc1": a,
+         "seconds": 1.0}
+        for m, p, accs in (("linear", 10, (50.0, 60.0)), ("full", 1000, (90.0, 94.0)))
+        for s, a in enumerate(accs)
+    ]  # fmt: skip
+    rows = summarise(runs)
+    assert [(r["method"], r["mean_acc1"]) for r in rows] == [("linear", 55.0), ("full", 92.0)]
+    assert rows[1]["std_acc1"] == pytest.approx(2.8284, abs=1e-3)  # sample std over seeds
+    assert ranking(rows, "t") == "full 92.0 > linear 55.0"
+    assert "| full | 1,000 | 92.00 ± 2.83 |" in format_table(rows, ["t"])
+
+
+def _random_init_flag() -> list[str]:
+    return [] if SHAPES_VIT_FILE.is_file() else ["--random-init"]
+
+
+def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    argv = ["study", "--quick", "--seeds", "0,1", "--methods", ",".join(QUICK_METHODS), "--output-dir", str(out),
+            "--runs-dir", str(tmp_path / "runs"), *_random_init_flag()]  # fmt: skip
+    assert main(argv) == 0
+
+    record = json.loads((out / "results.json").read_text())
+    assert len(record["runs"]) == 2 * len(QUICK_METHODS) * 2
+    assert {(r["task"], r["method"]) for r in record["runs"]} == {
+        (t, m) for t in ("digits", "motion") for m in QUICK_METHODS
+    }
+    assert all(0.0 <= r["test_acc1"] <= 100.0 for r in record["runs"])
+    params = {(r["task"], r["method"]): r["trainable_params"] for r in record["summary"]}
+    assert params["digits", "linear"] == 128 * 10 + 10  # the paper's head: (d + 1) x classes
+    assert params["digits", "linear"] < params["digits", "vpt-1"] < params["digits", "adaptformer-4"]
+    assert params["digits", "adaptformer-4"] < params["digits", "full"]
+    assert record["command"].startswith("adaptformer study") and record["seconds"] > 0
+
+    markdown = (out / "results.md").read_text()
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [line.split(" | ")[0][2:] for line in table_rows] == list(QUICK_METHODS)
+    assert "Wall time:" in markdown and "accuracy_vs_params.png" in markdown
+    assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| adaptformer-4 |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not SHAPES_VIT_FILE.is_file(), reason="the shipped shapes ViT weights are not built yet")
+def test_demo_quick_prints_table_params_plot_and_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for method in ("linear", "adaptformer-16", "full"):
+        assert f"| {method} |" in printed
+        assert f"trainable parameters, {method:>15}:" in printed
+    assert f"plot:    {tmp_path / 'accuracy_vs_params.png'}" in printed
+    adapter = tmp_path / "digits" / "adaptformer-16" / "seed0" / "adapter" / "adapter_model.safetensors"
+    assert adapter.is_file() and f"adapter: {adapter}" in printed
