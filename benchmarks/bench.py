@@ -1,16 +1,15 @@
 """Benchmark harness: training-step time, throughput, peak memory and inference latency of AdaptFormer and its
 baselines (full fine-tuning, linear probe, VPT-deep with 1 and 64 prompts) on one backbone, side by side.
 
-    python benchmarks/bench.py                      # ViT-B/16 at 224 and the video ViT-B (8 frames), batch 8
+    python benchmarks/bench.py --only image --options   # ViT-B/16 at 224, batch 8; plus each speed option
+    python benchmarks/bench.py --only video             # the video ViT-B, 8 frames at 224, batch 8
     python benchmarks/bench.py --quick --json r.json --markdown   # tiny models, a few steps (CI)
-    python benchmarks/bench.py --options            # also: what each speed option (adaptformer.speed) measures
 
 For each backbone and precision (fp32, bf16 autocast) every method's model is built with ``create_model`` and
 ``apply_speed(model, SpeedConfig(), device, precision)`` (the "auto" speed choices), then all cases are timed
-interleaved (see
-measure.py): a training step is zero_grad + forward + cross-entropy + backward + SGD(momentum 0.9) step; the
-"forward" case is the reference limit, the no-grad eval forward of the same backbone without adapters (its
-inference latency "without adapters"), and "forward+adapters" is the AdaptFormer model's no-grad eval forward.
+interleaved (see measure.py). A training step is zero_grad + forward + cross-entropy + backward + SGD (momentum 0.9)
+step. The "forward" case is the reference limit: the no-grad eval forward of the same backbone without adapters, which
+is also the inference latency "without adapters"; "forward+adapters" is the AdaptFormer model's no-grad eval forward.
 Weights are random (timing does not depend on them). Ratios are medians of per-round ratios.
 """
 
@@ -85,7 +84,8 @@ def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, devi
     cases.append(inference_case(FORWARD, backbone, METHODS["linear"], precision, device))
     cases.append(inference_case(FORWARD_ADAPTERS, backbone, METHODS[ADAPTFORMER], precision, device))
     load_before = load_average()
-    time_interleaved(cases, args.rounds, args.warmup)
+    rounds, warmup = (args.video_rounds, min(args.warmup, 1)) if backbone.is_video else (args.rounds, args.warmup)
+    time_interleaved(cases, rounds, warmup)
     results = summarize(cases, backbone.batch, memory=not args.no_memory)
     by_name = {c.name: c for c in cases}
     pairs = [(ADAPTFORMER, "full"), (ADAPTFORMER, FORWARD), (FORWARD_ADAPTERS, FORWARD)]
@@ -97,8 +97,8 @@ def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, devi
         "input_shape": [backbone.batch, *backbone.sample_shape],
         "precision": precision,
         "speed": by_name[ADAPTFORMER].info["speed"],
-        "rounds": args.rounds,
-        "warmup": args.warmup,
+        "rounds": rounds,
+        "warmup": warmup,
         "load_average": {"before": load_before, "after": load_average()},
         "results": results,
         "ratios": ratio_table(by_name, results, pairs),
@@ -180,8 +180,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated autocast precisions to measure")
     p.add_argument("--batch", type=int, default=8, help="image batch size")
     p.add_argument("--video-batch", type=int, default=8, help="video batch size (clips of 8 frames)")
-    p.add_argument("--no-video", action="store_true", help="skip the video ViT")
+    p.add_argument("--only", choices=("image", "video"), help="measure only the image or only the video backbone")
     p.add_argument("--rounds", type=int, default=None, help="timed interleaved rounds (default 7, quick 2)")
+    p.add_argument("--video-rounds", type=int, default=None, help="rounds for the video ViT (default 3, quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per case first (default 2, quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; quick: 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -189,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="with --options: also measure torch.compile (slow)")
     args = p.parse_args(argv)
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
+    args.video_rounds = args.video_rounds if args.video_rounds is not None else (2 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     return args
 
@@ -205,11 +207,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backbones = quick_backbones() if args.quick else full_backbones(args.batch, args.video_batch)
     notes = []
     missing = video_available()
-    if args.no_video or missing:
-        note = "video ViT skipped: " + ("--no-video" if args.no_video else missing)
+    if missing and args.only != "image":
+        note = f"video ViT skipped: {missing}"
         print(note)
         notes.append(note)
+    if missing or args.only == "image":
         backbones = [b for b in backbones if not b.is_video]
+    elif args.only == "video":
+        backbones = [b for b in backbones if b.is_video]
     command = "python benchmarks/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {"machine": machine_info(device), "command": command.strip(), "notes": notes}
     report["suites"] = [

@@ -17,6 +17,7 @@ from adaptformer.engine.precision import Precision
 from adaptformer.speed import SpeedConfig, apply_speed, frozen_prefix_length, resolve, speed_config
 
 BF16_TOL = {"atol": 5e-2, "rtol": 5e-2}  # bf16 keeps 8 bits of mantissa; a 3-block network stays well within this
+VIDEO_KWARGS = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 FP32_TOL = {"atol": 1e-5, "rtol": 1e-4}  # fp32, summation order may differ between kernels
 
 
@@ -84,17 +85,34 @@ def test_config_round_trips_and_documents_every_field() -> None:
 
 
 @pytest.mark.parametrize(
-    "precision, device, expected",
+    "precision, device, tokens, attention",
     [
-        ("bf16", "cpu", {"frozen_dtype": "bf16", "attention": "math", "frozen_prefix": "on"}),
-        ("fp32", "cpu", {"frozen_dtype": "fp32", "attention": "math", "frozen_prefix": "on"}),
-        ("fp16", "cuda", {"frozen_dtype": "fp16", "attention": "fused", "frozen_prefix": "on"}),
+        ("bf16", "cpu", 197, "math"),  # ViT-B/16 at 224: math measured faster on CPU in bf16
+        ("bf16", "cpu", 784, "fused"),  # the video ViT-B: fused measured faster
+        ("bf16", "cpu", None, "fused"),
+        ("fp32", "cpu", 197, "fused"),
+        ("fp16", "cuda", 197, "fused"),
     ],
 )
-def test_auto_resolves_per_device_and_precision(precision: str, device: str, expected: dict) -> None:
-    resolved = resolve(SpeedConfig(), device, precision)
+def test_auto_resolves_per_device_precision_and_length(
+    precision: str, device: str, tokens: int | None, attention: str
+) -> None:
+    resolved = resolve(SpeedConfig(), device, precision, tokens)
     assert resolved.resolved
-    assert {k: getattr(resolved, k) for k in expected} == expected
+    assert (resolved.frozen_dtype, resolved.attention, resolved.frozen_prefix) == (precision, attention, "on")
+
+
+@pytest.mark.parametrize(
+    "name, method, kwargs, tokens",
+    [
+        (VIT, "adaptformer", tiny_kwargs(VIT), 16 + 1),
+        (VIT, "vpt", {"vpt": VPTConfig(num_tokens=2), **tiny_kwargs(VIT)}, 16 + 1 + 2),
+        (SWIN, "adaptformer", tiny_kwargs(SWIN), 4 * 4),
+        ("video_vit_small_patch16_224", "adaptformer", VIDEO_KWARGS, 2 * 4 * 4),
+    ],
+)
+def test_attention_tokens(name: str, method: str, kwargs: dict, tokens: int) -> None:
+    assert speed.attention_tokens(create_model(name, 5, method=method, **kwargs)) == tokens
 
 
 def test_low_precision_storage_needs_matching_autocast() -> None:
@@ -105,9 +123,17 @@ def test_low_precision_storage_needs_matching_autocast() -> None:
     assert resolve(SpeedConfig(frozen_dtype="fp32"), "cpu", "bf16").frozen_dtype == "fp32"
 
 
-@pytest.mark.parametrize("method", ["adaptformer", "linear", "vpt"])
-def test_bf16_storage_matches_the_autocast_path(method: str, images: torch.Tensor) -> None:
-    plain = _model(method)
+@pytest.mark.parametrize(
+    "name, method, kwargs",
+    [
+        (VIT, "adaptformer", {}),
+        (VIT, "linear", {}),
+        (VIT, "vpt", {"vpt": VPTConfig(num_tokens=2)}),
+        (SWIN, "adaptformer", {"adapter": AdaptFormerConfig(dropout=0.0, bottleneck=(2, 4))}),
+    ],
+)
+def test_bf16_storage_matches_the_autocast_path(name: str, method: str, kwargs: dict, images: torch.Tensor) -> None:
+    plain = _model(method, name, **kwargs)
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(frozen_dtype="bf16", attention="math"), "cpu", "bf16")
     for p in fast.parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16)
@@ -158,8 +184,7 @@ def test_math_and_fused_attention_agree(method: str, images: torch.Tensor) -> No
 
 
 def test_video_attention_honours_the_switch() -> None:
-    pytest.importorskip("adaptformer.models")
-    kwargs = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    kwargs = VIDEO_KWARGS
     clips = torch.randn(2, 3, 4, 32, 32)
     models = {}
     for kind in ("fused", "math"):
@@ -243,6 +268,6 @@ def test_compile_keeps_outputs_and_names(images: torch.Tensor) -> None:
 
 def test_apply_speed_records_the_resolved_config_once() -> None:
     model = apply_speed(_model(), None, "cpu", "bf16")
-    assert speed_config(model) == resolve(SpeedConfig(), "cpu", "bf16")
+    assert speed_config(model) == resolve(SpeedConfig(), "cpu", "bf16", tokens=17)
     with pytest.raises(ValueError, match="already applied"):
         apply_speed(model, None, "cpu", "bf16")

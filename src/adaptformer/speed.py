@@ -15,7 +15,7 @@ device and autocast precision (the engine's choice, see :mod:`adaptformer.engine
 
 Every option keeps the model's function: fp32-storage options are exact, low-precision storage matches the plain
 autocast path within bf16/fp16 rounding (tests/test_speed.py). The "auto" choices come from measurements recorded in
-BENCHMARKS.md (``python benchmarks/bench.py``); the table ``AUTO_ATTENTION`` below is where they live.
+BENCHMARKS.md (``python benchmarks/bench.py``); ``MATH_ATTENTION_MAX_TOKENS`` below is where they live.
 """
 
 from __future__ import annotations
@@ -39,16 +39,14 @@ ATTENTIONS = ("fused", "math")
 SWITCHES = ("on", "off")
 SPEED_ATTR = "adaptformer_speed"
 
-# Attention path chosen by "auto", per (device type, precision), from the side-by-side training-step measurements in
-# BENCHMARKS.md. On CPU the explicit matmul-softmax path was faster for the bf16 training step (PyTorch's CPU flash
-# attention backward is the slow part); on CUDA the fused kernels (flash / memory-efficient) are the fast path (not
-# measured here: no GPU was available; this follows PyTorch's and timm's defaults).
-AUTO_ATTENTION: dict[tuple[str, str], str] = {
-    ("cpu", "fp32"): "math",
-    ("cpu", "bf16"): "math",
-    ("cpu", "fp16"): "math",
-}
-DEFAULT_ATTENTION = "fused"
+# "auto" attention, from the side-by-side measurements in BENCHMARKS.md: the longest token sequence (per attention
+# call) for which the explicit matmul-softmax path beat timm's fused scaled_dot_product_attention, per (device type,
+# precision); longer sequences, and every pair not listed, get the fused kernel. On this CPU in bf16 the math path was
+# ~1.2-1.3x faster for training steps at 197-325 tokens (the CPU flash-attention backward is the slow part) and no
+# slower for no-grad forwards, while from 485 tokens on (e.g. the video ViT's 784) the fused kernel won both. In fp32
+# the two were even at 197 tokens and fused won above. On CUDA the fused kernels are the fast path (not measured here:
+# no GPU was available; PyTorch's and timm's default).
+MATH_ATTENTION_MAX_TOKENS: dict[tuple[str, str], int] = {("cpu", "bf16"): 400}
 
 
 def _help(text: str) -> Any:
@@ -112,12 +110,15 @@ def _check(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def resolve(config: SpeedConfig | None, device: torch.device | str, precision: str) -> SpeedConfig:
-    """``config`` with every "auto" replaced by the choice for ``device`` and the autocast ``precision``
-    ("fp32", "bf16" or "fp16"; see BENCHMARKS.md for the measurements behind the choices).
+def resolve(
+    config: SpeedConfig | None, device: torch.device | str, precision: str, tokens: int | None = None
+) -> SpeedConfig:
+    """``config`` with every "auto" replaced by the choice for ``device``, the autocast ``precision`` ("fp32", "bf16"
+    or "fp16") and the attention sequence length ``tokens`` (see BENCHMARKS.md for the measurements behind them).
 
-    frozen_dtype: the autocast precision (frozen weights never need more).  attention: ``AUTO_ATTENTION`` by device
-    type and precision.  frozen_prefix: on when the model has such a prefix.
+    frozen_dtype: the autocast precision (frozen weights never need more).  attention: math for sequences up to
+    ``MATH_ATTENTION_MAX_TOKENS[(device type, precision)]`` tokens, else fused (also when ``tokens`` is unknown).
+    frozen_prefix: on (it is exact and never measured slower).
     Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run.
     """
     config = config or SpeedConfig()
@@ -130,7 +131,8 @@ def resolve(config: SpeedConfig | None, device: torch.device | str, precision: s
         )
     attention = config.attention
     if attention == AUTO:
-        attention = AUTO_ATTENTION.get((device.type, precision), DEFAULT_ATTENTION)
+        limit = MATH_ATTENTION_MAX_TOKENS.get((device.type, precision), 0)
+        attention = "math" if tokens is not None and tokens <= limit else "fused"
     frozen_prefix = "on" if config.frozen_prefix == AUTO else config.frozen_prefix
     return replace(config, frozen_dtype=frozen_dtype, attention=attention, frozen_prefix=frozen_prefix)
 
@@ -142,14 +144,29 @@ def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
     they were trained on. Trainable parameters (adapters, prompts, head) and all buffers (e.g. the head's BatchNorm
     statistics) keep their dtype.
     """
-    if get_spec(model) is not None:
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point() and p.dtype != dtype]
+    if frozen and get_spec(model) is not None:
         remember_fingerprint(model)
-    count = 0
-    for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
-            p.data = p.data.to(dtype)
-            count += 1
-    return count
+    for p in frozen:
+        p.data = p.data.to(dtype)
+    return len(frozen)
+
+
+def attention_tokens(model: nn.Module) -> int | None:
+    """The sequence length one attention call sees: patches + prefix tokens (+ VPT prompts) for a ViT, the window
+    area for Swin; None if it cannot be told from the model."""
+    from timm.models.swin_transformer import WindowAttention
+
+    from .prompts import prompt_modules
+
+    windows = [m.window_area for m in model.modules() if isinstance(m, WindowAttention)]
+    if windows:
+        return max(windows)
+    patches = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+    if not isinstance(patches, int):
+        return None
+    prompts = max((m.num_tokens for m in prompt_modules(model)), default=0)
+    return patches + int(getattr(model, "num_prefix_tokens", 0)) + prompts
 
 
 def set_attention(model: nn.Module, kind: str) -> int:
@@ -247,7 +264,8 @@ def apply_speed(
     """
     if speed_config(model) is not None:
         raise ValueError(f"apply_speed() was already applied to this model: {speed_config(model)}")
-    resolved = resolve(config, device, precision)
+    tokens = attention_tokens(model)
+    resolved = resolve(config, device, precision, tokens)
     model.to(device)
     cast = cast_frozen(model, DTYPES[resolved.frozen_dtype]) if resolved.frozen_dtype != "fp32" else 0
     attention_modules = set_attention(model, resolved.attention)
@@ -258,13 +276,15 @@ def apply_speed(
         model.compile(**(compile_kwargs or {}))
     setattr(model, SPEED_ATTR, resolved)
     logger.info(
-        "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules, %d blocks without autograd)",
+        "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules at %s tokens, %d blocks without "
+        "autograd)",
         resolved.to_dict(),
         device,
         precision,
         cast,
         resolved.frozen_dtype,
         attention_modules,
+        tokens,
         prefix,
     )
     return model
