@@ -35,6 +35,8 @@ from tqdm import tqdm
 
 from adaptformer.data.splits import train_val_split_indices
 
+from .kinds import resolve_request
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -398,22 +400,9 @@ def build_image_dataset(
             ``test_fraction``/``seed`` (digits), ``num_classes``/``num_samples``/``image_size``/``noise``/``seed``
             (synthetic).
     """
-    if kind not in IMAGE_DATASETS:
-        raise ValueError(f"unknown image dataset kind {kind!r}; allowed: {sorted(IMAGE_DATASETS)}")
+    path = resolve_request(kind, IMAGE_DATASETS, root, split, kind_options, _LAYOUTS, what="image dataset")
     spec = IMAGE_DATASETS[kind]
-    unknown = sorted(set(kind_options) - set(spec.options))
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for {kind!r}; allowed: {list(spec.options)}")
-    if split not in spec.splits:
-        raise ValueError(f"split {split!r} is not available for {kind!r}; allowed: {list(spec.splits)}")
-    path: Path | None = None
-    if spec.needs_root:
-        if root is None:
-            raise ValueError(f"{kind!r} needs a root folder; expected layout:\n{_LAYOUTS[kind]}")
-        path = Path(root).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{kind} dataset: root folder {path} not found\nexpected layout:\n{_LAYOUTS[kind]}")
-    elif root is not None:
+    if path is None and root is not None:
         log.debug("%s ignores root %s", kind, root)
     dataset = spec.build(path, split, transform, skip_bad_images=skip_bad_images, **kind_options)
     log.info("%s %s: %d samples, %d classes", kind, split, len(dataset), len(dataset.classes))

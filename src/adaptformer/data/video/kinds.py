@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 from torch.utils.data import Dataset
 
+from adaptformer.data.kinds import resolve_request
 from adaptformer.data.video.datasets import (
     VideoClipDataset,
     VideoEntry,
@@ -229,21 +230,8 @@ def load_video_split(
         options: per kind: ``num_classes``/``video_root`` (list kinds); ``num_samples``/``num_classes``/
             ``noise_std``/``seed``/``size`` (synthetic-video).
     """
-    if kind not in VIDEO_DATASETS:
-        raise ValueError(f"unknown video dataset kind {kind!r}; allowed: {sorted(VIDEO_DATASETS)}")
+    path = resolve_request(kind, VIDEO_DATASETS, root, split, options, _LAYOUTS, what="video dataset")
     spec = VIDEO_DATASETS[kind]
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for {kind!r}; allowed: {list(spec.options)}")
-    if split not in spec.splits:
-        raise ValueError(f"split {split!r} is not available for {kind!r}; allowed: {list(spec.splits)}")
-    path: Path | None = None
-    if spec.needs_root:
-        if root is None:
-            raise ValueError(f"{kind!r} needs --data-dir; expected layout:\n{_LAYOUTS[kind]}")
-        path = Path(root).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{kind} dataset: folder {path} not found\nexpected layout:\n{_LAYOUTS[kind]}")
     source = spec.build(path, split, **options)
     if skip_bad_videos and isinstance(source, VideoFiles):
         kept, skipped = scan_videos(source.entries)
