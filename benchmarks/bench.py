@@ -19,8 +19,10 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from cases import (
     METHODS,
     Backbone,
     inference_case,
+    late_adapters,
     ratio_table,
     summarize,
     training_case,
@@ -80,7 +83,9 @@ def video_available() -> str | None:
 def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """All methods and the two forwards of one backbone in one precision, timed interleaved."""
     logger.info("building %s (%s, batch %d)", backbone.name, precision, backbone.batch)
-    cases = [training_case(label, backbone, method, precision, device) for label, method in METHODS.items()]
+    late, late_method = late_adapters(backbone.depth)
+    methods = {**METHODS, late: late_method}
+    cases = [training_case(label, backbone, method, precision, device) for label, method in methods.items()]
     cases.append(inference_case(FORWARD, backbone, METHODS["linear"], precision, device))
     cases.append(inference_case(FORWARD_ADAPTERS, backbone, METHODS[ADAPTFORMER], precision, device))
     load_before = load_average()
@@ -89,7 +94,7 @@ def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, devi
     results = summarize(cases, backbone.batch, memory=not args.no_memory)
     by_name = {c.name: c for c in cases}
     pairs = [(ADAPTFORMER, "full"), (ADAPTFORMER, FORWARD), (FORWARD_ADAPTERS, FORWARD)]
-    pairs += [(m, "full") for m in METHODS if m not in ("full", ADAPTFORMER)]
+    pairs += [(m, "full") for m in methods if m not in ("full", ADAPTFORMER)] + [(late, FORWARD)]
     return {
         "backbone": backbone.name,
         "kwargs": backbone.kwargs,
@@ -149,9 +154,9 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{ratio_text} |"
             )
         lines += ["", "| ratio (median of per-round ratios) | time | peak memory |", "| --- | ---: | ---: |"]
-        for key in (f"{ADAPTFORMER}/full", f"{ADAPTFORMER}/{FORWARD}", f"{FORWARD_ADAPTERS}/{FORWARD}"):
-            r = suite["ratios"][key]
-            lines.append(f"| {key} | {r['time']:.3f} | {r['memory']:.3f} |" if "memory" in r else f"| {key} | ")
+        for key, r in suite["ratios"].items():
+            memory = f"{r['memory']:.3f}" if "memory" in r else "-"
+            lines.append(f"| {key} | {r['time']:.3f} | {memory} |")
         if suite["precision"] == "bf16":
             lines += ["", "| target (bf16) | measured | met |", "| --- | ---: | :---: |"]
             for t in check_targets(suite):
@@ -204,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(threads)
     logging.getLogger("adaptformer").setLevel(logging.WARNING)
+    if args.compile:  # a fresh inductor cache, so the reported compile time is a cold compile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
     backbones = quick_backbones() if args.quick else full_backbones(args.batch, args.video_batch)
     notes = []
     missing = video_available()

@@ -25,6 +25,13 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def late_adapters(depth: int) -> tuple[str, dict[str, Any]]:
+    """AdaptFormer-64 in the second half of the blocks only (the paper's "layers 7-12" ablation for depth 12)."""
+    layers = tuple(range(depth // 2, depth))
+    label = f"adaptformer-64, blocks {layers[0] + 1}-{depth}"
+    return label, {"method": "adaptformer", "adapter": AdaptFormerConfig(bottleneck=64, layers=layers)}
+
+
 @dataclass(frozen=True)
 class Backbone:
     """A model name with its timm kwargs and per-sample input shape."""
@@ -38,6 +45,10 @@ class Backbone:
     @property
     def is_video(self) -> bool:
         return len(self.sample_shape) == 4
+
+    @property
+    def depth(self) -> int:
+        return int(self.kwargs.get("depth", 12))
 
 
 def _speed(model: torch.nn.Module) -> dict[str, Any]:

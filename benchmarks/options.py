@@ -12,10 +12,9 @@ import time
 from typing import Any
 
 import torch
-from cases import METHODS, Backbone, inference_case, ratio_table, summarize, training_case
+from cases import METHODS, Backbone, inference_case, late_adapters, ratio_table, summarize, training_case
 from measure import Case, time_interleaved
 
-from adaptformer import AdaptFormerConfig
 from adaptformer.speed import SpeedConfig
 
 logger = logging.getLogger("bench.options")
@@ -45,15 +44,6 @@ def _group(
     }
 
 
-def _late_layers(backbone: Backbone) -> dict[str, Any]:
-    """The paper's "layers 7-12 only" ablation: the first half of the blocks carry no adapter."""
-    depth = backbone.kwargs.get("depth", 12)
-    return {
-        "method": "adaptformer",
-        "adapter": AdaptFormerConfig(bottleneck=64, layers=tuple(range(depth // 2, depth))),
-    }
-
-
 def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     """Measure every speed option on ``backbone`` (bf16 autocast unless noted); returns one dict per option."""
     groups = []
@@ -72,24 +62,23 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
     description = "bf16 autocast; frozen weights stored in fp32 (autocast re-casts them every step) or once in bf16."
     groups.append(_group("frozen_dtype", description, cases, pairs, args, backbone.batch, memory=True))
 
-    for precision in ("bf16", "fp32"):
-        cases, pairs = [], []
-        for label, method, build in (
-            ("adaptformer", AF, training_case),
-            ("full", FULL, training_case),
-            ("forward", LINEAR, inference_case),
-        ):
-            for attention in ("fused", "math"):
-                cases.append(
-                    build(
-                        f"{label}, {attention}", backbone, method, precision, device, SpeedConfig(attention=attention)
-                    )
-                )
-            pairs.append((f"{label}, fused", f"{label}, math"))
-        description = f"{precision}: timm's fused scaled_dot_product_attention vs the explicit matmul-softmax path."
-        groups.append(_group(f"attention ({precision})", description, cases, pairs, args, backbone.batch, memory=False))
+    cases, pairs = [], []
+    for label, method, build in (
+        ("adaptformer", AF, training_case),
+        ("full", FULL, training_case),
+        ("forward", LINEAR, inference_case),
+    ):
+        for attention in ("fused", "math"):
+            cases.append(
+                build(f"{label}, {attention}", backbone, method, "bf16", device, SpeedConfig(attention=attention))
+            )
+        pairs.append((f"{label}, fused", f"{label}, math"))
+    description = "bf16: timm's fused scaled_dot_product_attention vs the explicit matmul-softmax path."
+    groups.append(_group("attention", description, cases, pairs, args, backbone.batch, memory=False))
+    if not args.quick:
+        groups += [_attention_length_group(backbone, precision, args, device) for precision in ("bf16", "fp32")]
 
-    late = _late_layers(backbone)
+    _, late = late_adapters(backbone.depth)
     cases = [
         training_case("adaptformer late layers, prefix off", backbone, late, "bf16", device, off),
         training_case(
@@ -117,18 +106,44 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
     return groups
 
 
-def _compile_group(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    eager = training_case("adaptformer, eager", backbone, AF, "bf16", device)
-    compiled = training_case("adaptformer, compiled", backbone, AF, "bf16", device, SpeedConfig(compile=True))
-    start = time.perf_counter()
-    compiled.run()  # the first step compiles the forward and backward graphs
-    first_step = time.perf_counter() - start
+def _attention_length_group(
+    backbone: Backbone, precision: str, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    """Fused vs math attention as the sequence grows: a 3-block cut of the backbone at growing input sizes."""
+    cases, pairs = [], []
+    for size in (224, 288, 352, 448):
+        tokens = (size // 16) ** 2 + 1
+        cut = Backbone(
+            backbone.name, (3, size, size), {**backbone.kwargs, "img_size": size, "depth": 3}, backbone.batch
+        )
+        for label, method, build in (("adaptformer", AF, training_case), ("forward", LINEAR, inference_case)):
+            for attention in ("fused", "math"):
+                speed = SpeedConfig(attention=attention)
+                cases.append(build(f"{tokens} tokens, {label}, {attention}", cut, method, precision, device, speed))
+            pairs.append((f"{tokens} tokens, {label}, fused", f"{tokens} tokens, {label}, math"))
     description = (
-        "bf16; torch.compile (inductor, default mode) of the AdaptFormer model vs eager; the compile cost is in the "
-        "first step's time."
+        f"{precision}: fused vs math attention at 197, 325, 485 and 785 tokens (input 224-448 px), on the first 3 "
+        "blocks of the backbone (attention's share of a block does not depend on the depth)."
     )
-    group = _group(
-        "compile", description, [eager, compiled], [(compiled.name, eager.name)], args, backbone.batch, False
-    )
-    group["extra"] = {"first compiled step (s, includes compilation)": round(first_step, 1)}
+    return _group(f"attention vs sequence length ({precision})", description, cases, pairs, args, backbone.batch, False)
+
+
+def _compile_group(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Eager vs ``torch.compile`` for the AdaptFormer and full training steps and the no-grad forward (bf16)."""
+    cases, pairs, extra = [], [], {}
+    for label, method, build in (
+        ("adaptformer", AF, training_case),
+        ("full", FULL, training_case),
+        ("forward", LINEAR, inference_case),
+    ):
+        eager = build(f"{label}, eager", backbone, method, "bf16", device)
+        compiled = build(f"{label}, compiled", backbone, method, "bf16", device, SpeedConfig(compile=True))
+        start = time.perf_counter()
+        compiled.run()  # the first call compiles (forward and, for training, backward graphs)
+        extra[f"{label}: first compiled step (s, includes compilation)"] = round(time.perf_counter() - start, 1)
+        cases += [eager, compiled]
+        pairs.append((compiled.name, eager.name))
+    description = "bf16; torch.compile (inductor, default mode) vs eager; the compile cost is in the first step's time."
+    group = _group("compile", description, cases, pairs, args, backbone.batch, memory=False)
+    group["extra"] = extra
     return group
