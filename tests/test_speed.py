@@ -87,7 +87,7 @@ def test_config_round_trips_and_documents_every_field() -> None:
 @pytest.mark.parametrize(
     "precision, device, tokens, attention",
     [
-        ("bf16", "cpu", 197, "math"),  # ViT-B/16 at 224: math measured faster on CPU in bf16
+        ("bf16", "cpu", 197, "split"),  # ViT-B/16 at 224 on CPU: math faster to train, fused to infer
         ("bf16", "cpu", 784, "fused"),  # the video ViT-B: fused measured faster
         ("bf16", "cpu", None, "fused"),
         ("fp32", "cpu", 197, "fused"),
@@ -183,6 +183,25 @@ def test_math_and_fused_attention_agree(method: str, images: torch.Tensor) -> No
     _assert_same(_step(math, images), _step(fused, images), FP32_TOL)
 
 
+def test_split_attention_trains_with_math_and_infers_fused(images: torch.Tensor) -> None:
+    plain = _model()
+    split = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="split"), "cpu", "fp32")
+    math = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="math"), "cpu", "fp32")
+    attention = [m for m in split.modules() if hasattr(m, "fused_attn")]
+    _assert_same(_step(split, images), _step(math, images), {"atol": 0.0, "rtol": 0.0})
+    assert not any(m.fused_attn for m in attention)
+    with torch.no_grad():
+        out = split.eval()(images)
+    assert all(m.fused_attn for m in attention)
+    speed.set_attention(math, "fused")  # the same weights and BatchNorm statistics, on the fused path
+    with torch.no_grad():
+        torch.testing.assert_close(out, math.eval()(images), atol=0.0, rtol=0.0)
+    speed.set_attention(split, "math")  # switching again removes the hook
+    with torch.no_grad():
+        split(images)
+    assert not any(m.fused_attn for m in attention)
+
+
 def test_video_attention_honours_the_switch() -> None:
     kwargs = VIDEO_KWARGS
     clips = torch.randn(2, 3, 4, 32, 32)
@@ -235,10 +254,12 @@ def test_frozen_prefix_is_off_when_something_trainable_feeds_the_blocks() -> Non
         (SWIN, "adaptformer", {"adapter": AdaptFormerConfig(dropout=0.0, bottleneck=(2, 4))}),
     ],
 )
-def test_grad_checkpointing_gives_equal_gradients(name: str, method: str, kwargs: dict) -> None:
+@pytest.mark.parametrize("attention", ["fused", "split"])
+def test_grad_checkpointing_gives_equal_gradients(name: str, method: str, kwargs: dict, attention: str) -> None:
     x = torch.randn(4, 3, 32, 32)
     plain = _model(method, name, **kwargs)
-    fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused", grad_checkpointing=True), "cpu", "fp32")
+    speed.set_attention(plain, "math" if attention == "split" else "fused")  # what the training step runs
+    fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention=attention, grad_checkpointing=True), "cpu", "fp32")
     result = _step(fast, x)
     _assert_same(result, _step(plain, x), FP32_TOL)
     first = next(n for n in result[1] if "adaptmlp.down_proj.weight" in n or "vpt.tokens" in n)
@@ -253,17 +274,15 @@ def test_grad_checkpointing_refuses_reentrant_mode(monkeypatch: pytest.MonkeyPat
         apply_speed(_model(), SpeedConfig(grad_checkpointing=True), "cpu", "fp32")
 
 
-def test_compile_keeps_outputs_and_names(images: torch.Tensor) -> None:
+@pytest.mark.parametrize("attention", ["fused", "split"])
+def test_compile_keeps_outputs_and_names(attention: str, images: torch.Tensor) -> None:
     plain = _model()
-    fast = apply_speed(
-        copy.deepcopy(plain),
-        SpeedConfig(attention="fused", compile=True),
-        "cpu",
-        "fp32",
-        compile_kwargs={"backend": "aot_eager"},
-    )
+    config = SpeedConfig(attention=attention, compile=True)
+    fast = apply_speed(copy.deepcopy(plain), config, "cpu", "fp32", compile_kwargs={"backend": "aot_eager"})
     assert list(fast.state_dict()) == list(plain.state_dict())
     _assert_same(_step(fast, images), _step(plain, images), FP32_TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(images), plain.eval()(images), **FP32_TOL)
 
 
 def test_apply_speed_records_the_resolved_config_once() -> None:

@@ -35,16 +35,18 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ATTENTIONS = ("fused", "math")
+ATTENTIONS = ("fused", "math", "split")
 SWITCHES = ("on", "off")
 SPEED_ATTR = "adaptformer_speed"
+_HOOK_ATTR = "_adaptformer_attention_hook"
 
 # "auto" attention, from the side-by-side measurements in BENCHMARKS.md: the longest token sequence (per attention
-# call) for which the explicit matmul-softmax path beat timm's fused scaled_dot_product_attention, per (device type,
-# precision); longer sequences, and every pair not listed, get the fused kernel. On this CPU in bf16 the math path was
-# ~1.2-1.3x faster for training steps at 197-325 tokens (the CPU flash-attention backward is the slow part) and no
-# slower for no-grad forwards, while from 485 tokens on (e.g. the video ViT's 784) the fused kernel won both. In fp32
-# the two were even at 197 tokens and fused won above. On CUDA the fused kernels are the fast path (not measured here:
+# call) for which the explicit matmul-softmax path beat timm's fused scaled_dot_product_attention in training steps, per
+# (device type, precision). Up to it "auto" is "split" (math while autograd records, fused for no-grad forwards, which
+# were ~5% faster fused at 197 tokens); above it, and for every pair not listed, "fused". On this CPU in bf16 the math
+# path made training steps ~1.2-1.35x faster at 197-325 tokens (the CPU flash-attention backward is the slow part);
+# at 485 tokens the two were within noise and at 785 (the video ViT) the fused kernel was ~1.45x faster. In fp32 the
+# two were even up to 325 tokens and fused won above. On CUDA the fused kernels are the fast path (not measured here:
 # no GPU was available; PyTorch's and timm's default).
 MATH_ATTENTION_MAX_TOKENS: dict[tuple[str, str], int] = {("cpu", "bf16"): 400}
 
@@ -65,7 +67,8 @@ class SpeedConfig:
         default=AUTO, metadata=_help("storage dtype of frozen weights: fp32, bf16, fp16, or auto (= the precision)")
     )
     attention: str = field(
-        default=AUTO, metadata=_help("attention kernel: fused (SDPA), math (matmul-softmax), or auto (measured)")
+        default=AUTO,
+        metadata=_help("attention: fused (SDPA), math (matmul-softmax), split (math with autograd, else fused), auto"),
     )
     frozen_prefix: str = field(
         default=AUTO, metadata=_help("run blocks before the first trainable one without autograd: on, off, auto")
@@ -116,8 +119,9 @@ def resolve(
     """``config`` with every "auto" replaced by the choice for ``device``, the autocast ``precision`` ("fp32", "bf16"
     or "fp16") and the attention sequence length ``tokens`` (see BENCHMARKS.md for the measurements behind them).
 
-    frozen_dtype: the autocast precision (frozen weights never need more).  attention: math for sequences up to
-    ``MATH_ATTENTION_MAX_TOKENS[(device type, precision)]`` tokens, else fused (also when ``tokens`` is unknown).
+    frozen_dtype: the autocast precision (frozen weights never need more).  attention: split (math while autograd
+    records) for sequences up to ``MATH_ATTENTION_MAX_TOKENS[(device type, precision)]`` tokens, else fused (also when
+    ``tokens`` is unknown).
     frozen_prefix: on (it is exact and never measured slower).
     Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run.
     """
@@ -132,7 +136,7 @@ def resolve(
     attention = config.attention
     if attention == AUTO:
         limit = MATH_ATTENTION_MAX_TOKENS.get((device.type, precision), 0)
-        attention = "math" if tokens is not None and tokens <= limit else "fused"
+        attention = "split" if tokens is not None and tokens <= limit else "fused"
     frozen_prefix = "on" if config.frozen_prefix == AUTO else config.frozen_prefix
     return replace(config, frozen_dtype=frozen_dtype, attention=attention, frozen_prefix=frozen_prefix)
 
@@ -169,12 +173,24 @@ def attention_tokens(model: nn.Module) -> int | None:
     return patches + int(getattr(model, "num_prefix_tokens", 0)) + prompts
 
 
+def _split_attention(module: nn.Module, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of "split" attention: the math path while autograd records, the fused kernel otherwise."""
+    module.fused_attn = not torch.is_grad_enabled()
+
+
 def set_attention(model: nn.Module, kind: str) -> int:
-    """Choose the attention kernel of every timm-style attention module (those with a ``fused_attn`` flag)."""
+    """Choose the attention kernel of every timm-style attention module (those with a ``fused_attn`` flag):
+    "fused", "math", or "split" (math while autograd records, e.g. training steps; fused for no-grad forwards).
+    Returns the number of attention modules."""
     _check("attention", kind, ATTENTIONS)
     modules = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
     for m in modules:
+        handle = m.__dict__.pop(_HOOK_ATTR, None)
+        if handle is not None:
+            handle.remove()
         m.fused_attn = kind == "fused"
+        if kind == "split":
+            setattr(m, _HOOK_ATTR, m.register_forward_pre_hook(_split_attention))
     return len(modules)
 
 
