@@ -192,7 +192,11 @@ def adapted_ffn(
     Additions are ordered so that a zero adapter output leaves the result bit-identical to ``x + drop_path(ffn(...))``.
     """
     normed = norm(x)
-    h = drop_path(ffn(normed))
+    return adapted_sum(x, normed, drop_path(ffn(normed)), adapter)
+
+
+def adapted_sum(x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor, adapter: AdaptMLP) -> torch.Tensor:
+    """The end of :func:`adapted_ffn` given ``normed = norm(x)`` and the (drop-path'ed) feed-forward output ``h``."""
     if adapter.form == "sequential":
         return x + (h + adapter(h))
     a = adapter(normed if adapter.input == "normed" else x)

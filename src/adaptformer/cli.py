@@ -83,6 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine.distributed import init_distributed, shutdown
     from .engine.inference import evaluate_split, load_trained_model
+    from .speed import SpeedConfig
 
     ctx = init_distributed(args.device)
     try:
@@ -91,7 +92,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
         metrics = evaluate_split(
             model, task, _eval_data_spec(args, task), args.split, ctx, batch_size=args.batch_size,
-            precision=args.precision, num_workers=args.num_workers,
+            precision=args.precision, num_workers=args.num_workers, speed=SpeedConfig(),
         )  # fmt: skip
     finally:
         shutdown(ctx)

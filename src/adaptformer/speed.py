@@ -10,6 +10,8 @@ device and autocast precision (the engine's choice, see :mod:`adaptformer.engine
     frozen_dtype        storage dtype of frozen parameters; trainable ones (adapters, prompts, head) stay fp32
     attention           timm's fused ``scaled_dot_product_attention`` or the explicit matmul-softmax path
     frozen_prefix       run the blocks before the first trainable block under ``torch.no_grad()``
+    frozen_backward     run frozen attention/MLP halves of adapted ViT blocks through the hand-written backward of
+                        :mod:`adaptformer.frozen_backward` (one-copy head layout, pre-packed bf16 weights on CPU)
     grad_checkpointing  recompute block activations in backward (timm's ``set_grad_checkpointing``)
     compile             ``torch.compile`` the model in place (compile time is paid on the first steps)
 
@@ -49,6 +51,9 @@ _HOOK_ATTR = "_adaptformer_attention_hook"
 # two were even up to 325 tokens and fused won above. On CUDA the fused kernels are the fast path (not measured here:
 # no GPU was available; PyTorch's and timm's default).
 MATH_ATTENTION_MAX_TOKENS: dict[tuple[str, str], int] = {("cpu", "bf16"): 400}
+# "auto" frozen_backward is on where it was measured faster (BENCHMARKS.md, option group "frozen_backward"), with the
+# frozen weights stored in the compute dtype; its attention half only runs where "auto" attention is not "fused".
+FROZEN_BACKWARD_DEVICES: frozenset[tuple[str, str]] = frozenset({("cpu", "bf16")})
 
 
 def _help(text: str) -> Any:
@@ -73,6 +78,10 @@ class SpeedConfig:
     frozen_prefix: str = field(
         default=AUTO, metadata=_help("run blocks before the first trainable one without autograd: on, off, auto")
     )
+    frozen_backward: str = field(
+        default=AUTO,
+        metadata=_help("hand-written backward for frozen halves of adapted ViT blocks (faster, exact): on, off, auto"),
+    )
     grad_checkpointing: bool = field(
         default=False, metadata=_help("recompute block activations in backward: less memory, slower steps")
     )
@@ -82,6 +91,7 @@ class SpeedConfig:
         _check("frozen_dtype", self.frozen_dtype, (AUTO, *PRECISIONS))
         _check("attention", self.attention, (AUTO, *ATTENTIONS))
         _check("frozen_prefix", self.frozen_prefix, (AUTO, *SWITCHES))
+        _check("frozen_backward", self.frozen_backward, (AUTO, *SWITCHES))
         for name in ("grad_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -89,7 +99,7 @@ class SpeedConfig:
     @property
     def resolved(self) -> bool:
         """True when no field is "auto"."""
-        return AUTO not in (self.frozen_dtype, self.attention, self.frozen_prefix)
+        return AUTO not in (self.frozen_dtype, self.attention, self.frozen_prefix, self.frozen_backward)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +133,8 @@ def resolve(
     records) for sequences up to ``MATH_ATTENTION_MAX_TOKENS[(device type, precision)]`` tokens, else fused (also when
     ``tokens`` is unknown).
     frozen_prefix: on (it is exact and never measured slower).
+    frozen_backward: on for the (device type, precision) pairs in ``FROZEN_BACKWARD_DEVICES`` when frozen weights are
+    stored in the precision (no autocast casts), else off.
     Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run.
     """
     config = config or SpeedConfig()
@@ -138,7 +150,17 @@ def resolve(
         limit = MATH_ATTENTION_MAX_TOKENS.get((device.type, precision), 0)
         attention = "split" if tokens is not None and tokens <= limit else "fused"
     frozen_prefix = "on" if config.frozen_prefix == AUTO else config.frozen_prefix
-    return replace(config, frozen_dtype=frozen_dtype, attention=attention, frozen_prefix=frozen_prefix)
+    frozen_backward = config.frozen_backward
+    if frozen_backward == AUTO:
+        measured = (device.type, precision) in FROZEN_BACKWARD_DEVICES and frozen_dtype == precision
+        frozen_backward = "on" if measured else "off"
+    return replace(
+        config,
+        frozen_dtype=frozen_dtype,
+        attention=attention,
+        frozen_prefix=frozen_prefix,
+        frozen_backward=frozen_backward,
+    )
 
 
 def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
@@ -244,6 +266,19 @@ def set_frozen_prefix(model: nn.Module, enable: bool) -> int:
     return n
 
 
+def set_frozen_backward(model: nn.Module, enable: bool, attention: bool) -> int:
+    """Let adapted ViT blocks run their frozen MLP half (and their attention half too if ``attention``) through
+    :mod:`adaptformer.frozen_backward` while autograd records; returns the number of blocks that will. Each block still
+    checks per call that the fast path computes its exact function and falls back to its own forward otherwise."""
+    from .backbones import AdaptedViTBlock
+
+    blocks = [m for m in model.modules() if isinstance(m, AdaptedViTBlock)]
+    for block in blocks:
+        block.frozen_backward_mlp = enable
+        block.frozen_backward_attention = enable and attention
+    return len(blocks) if enable else 0
+
+
 def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
     """timm's activation checkpointing, refusing the re-entrant variant: with frozen inputs it would silently give the
     first adapters no gradient."""
@@ -286,6 +321,7 @@ def apply_speed(
     cast = cast_frozen(model, DTYPES[resolved.frozen_dtype]) if resolved.frozen_dtype != "fp32" else 0
     attention_modules = set_attention(model, resolved.attention)
     prefix = set_frozen_prefix(model, resolved.frozen_prefix == "on")
+    manual = set_frozen_backward(model, resolved.frozen_backward == "on", resolved.attention != "fused")
     if resolved.grad_checkpointing:
         set_grad_checkpointing(model, True)
     if resolved.compile:
@@ -293,7 +329,7 @@ def apply_speed(
     setattr(model, SPEED_ATTR, resolved)
     logger.info(
         "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules at %s tokens, %d blocks without "
-        "autograd)",
+        "autograd, %d blocks with the hand-written frozen backward)",
         resolved.to_dict(),
         device,
         precision,
@@ -302,5 +338,6 @@ def apply_speed(
         attention_modules,
         tokens,
         prefix,
+        manual,
     )
     return model

@@ -55,6 +55,7 @@ from .factory import create_model
 from .methods import parameter_report, task_state_dict
 from .prompts import VPTConfig
 from .saving import load_adapter, save_adapter
+from .speed import apply_speed
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,9 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     if test_split.classes != classes:
         raise ValueError(f"{cfg.dataset}: the train and test splits have different classes")
 
-    # Model: backbone + pre-trained weights + method + head.
-    model = build_model(cfg, len(classes)).to(ctx.device)
+    # Model: backbone + pre-trained weights + method + head, then the speed options for the device and precision.
+    precision = resolve_precision(cfg.precision, ctx.device)
+    model = apply_speed(build_model(cfg, len(classes)), cfg.speed(), ctx.device, precision.name)
     if ctx.is_main:
         logger.info("%s, method %s:\n%s", cfg.model, cfg.method, parameter_report(model))
     seed_everything(derive_seed(cfg.seed, ctx.rank))  # same init on every process; own dropout draws per process
@@ -178,7 +180,6 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, tuple(cfg.betas))
     steps = sampler.steps_per_epoch
     scheduler = WarmupCosine(optimizer, lr, round(cfg.warmup_epochs * steps), cfg.epochs * steps, cfg.min_lr)
-    precision = resolve_precision(cfg.precision, ctx.device)
     scaler = precision.grad_scaler()
     criterion = nn.CrossEntropyLoss()
     ddp_model = wrap_model(model, ctx)

@@ -23,6 +23,8 @@ from ..data.video import STRATEGIES, VIDEO_DATASETS
 from ..heads import HEADS
 from ..methods import METHODS
 from ..pretrained import CONVERTERS
+from ..speed import ATTENTIONS, AUTO, SWITCHES, SpeedConfig
+from ..speed import PRECISIONS as STORAGE_DTYPES
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -34,7 +36,11 @@ VIDEO_FIELDS = {
     "skip_bad_videos": False,
 }  # fmt: skip
 # Fields that steer how a run executes but not what it computes; a resumed run may change them.
-RUN_CONTROL_FIELDS = ("resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir")
+RUN_CONTROL_FIELDS = (
+    "resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir",
+    "grad_checkpointing", "compile",
+)  # fmt: skip
+SPEED_HELP = SpeedConfig.help()
 
 
 def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -124,6 +130,13 @@ class TrainConfig:
     )
     device: str = _f("auto", "device: auto (cuda if available), cpu, cuda, cuda:1, ...", "optimisation")
     seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout", "optimisation")
+    # speed (adaptformer.speed.SpeedConfig; "auto" = the measured choice for the device and precision)
+    frozen_dtype: str = _f(AUTO, SPEED_HELP["frozen_dtype"], "speed", (AUTO, *STORAGE_DTYPES))
+    attention: str = _f(AUTO, SPEED_HELP["attention"], "speed", (AUTO, *ATTENTIONS))
+    frozen_prefix: str = _f(AUTO, SPEED_HELP["frozen_prefix"], "speed", (AUTO, *SWITCHES))
+    frozen_backward: str = _f(AUTO, SPEED_HELP["frozen_backward"], "speed", (AUTO, *SWITCHES))
+    grad_checkpointing: bool = _f(False, SPEED_HELP["grad_checkpointing"], "speed")
+    compile: bool = _f(False, SPEED_HELP["compile"], "speed")
     # output
     output_dir: str = _f("output", "where metrics.jsonl, config.yaml, adapter/ and the training state go", "output")
     select: str = _f("best", "adapter to keep and test: best (validation top-1) or last epoch", "output", SELECTIONS)
@@ -155,6 +168,7 @@ class TrainConfig:
             raise ValueError(f"dataset is required (--dataset KIND, one of {sorted(DATASET_KINDS)})")
         _choice("dataset", self.dataset, DATASET_KINDS)
         self._validate_video()
+        self.speed()
         if isinstance(self.adapter_scale, str) and self.adapter_scale != "learnable":
             raise ValueError(f"adapter_scale must be a number or 'learnable', got {self.adapter_scale!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "vpt_tokens", "eval_every", "log_every"):
@@ -215,6 +229,10 @@ class TrainConfig:
         given = self.model_kwargs.get("num_frames")
         if self.num_frames is not None and given is not None and given != self.num_frames:
             raise ValueError(f"num_frames {self.num_frames} contradicts model_kwargs num_frames {given}")
+
+    def speed(self) -> SpeedConfig:
+        """The speed options as a :class:`~adaptformer.speed.SpeedConfig` (validated)."""
+        return SpeedConfig(**{f.name: getattr(self, f.name) for f in fields(SpeedConfig)})
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """The timm kwargs of the backbone: ``model_kwargs``, plus ``num_frames`` when set."""

@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..data import build_image_transform, load_rgb
 from ..preprocessing import Preprocessing
 from ..saving import atomic_write_bytes, create_model_from_adapter, read_adapter_config
+from ..speed import SpeedConfig, apply_speed
 from .data import eval_loader
 from .datasets import DataSpec, clip_frames, load_split
 from .distributed import DistributedContext, resolve_device
@@ -133,12 +134,14 @@ def evaluate_split(
     batch_size: int | None = None,
     precision: str | None = None,
     num_workers: int = 0,
+    speed: SpeedConfig | None = None,
 ) -> dict[str, Any]:
     """acc1, acc5, loss and n of ``model`` on a dataset split, preprocessed as the backbone requires.
 
     Video datasets are tested on every view of every video: acc1/acc5/loss/n are multi-view (per video), with
     single_view_acc1/acc5, views_per_video and the number of ``skipped`` undecodable videos next to them. Under
-    torchrun every view is predicted by exactly one process and every video is scored once.
+    torchrun every view is predicted by exactly one process and every video is scored once. ``speed``, if given, is
+    applied to ``model`` in place first (:func:`adaptformer.speed.apply_speed`, e.g. frozen weights stored in bf16).
     """
     data = load_split(spec, split)
     check_classes(model.num_classes, data.classes, task, f"{spec.kind} {split}")
@@ -146,6 +149,8 @@ def evaluate_split(
     batch_size = batch_size or (task.eval_batch_size if task else 256)
     loader = eval_loader(dataset, batch_size, num_workers, ctx.device, ctx.world_size, ctx.rank)
     chosen = resolve_precision(precision or (task.precision if task else "auto"), ctx.device)
+    if speed is not None:
+        apply_speed(model, speed, ctx.device, chosen.name)
     return data.score(evaluate(model.to(ctx.device), loader, chosen, ctx), dataset)
 
 
