@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import adaptformer
+from adaptformer.frozen_backward import packed_weights
 
 
 @dataclass
@@ -77,6 +78,7 @@ def model_tensors(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     yield from model.parameters()
     yield from model.buffers()
     yield from (p.grad for p in model.parameters() if p.grad is not None)
+    yield from packed_weights(model)  # oneDNN copies of frozen weights (adaptformer.frozen_backward)
     if optimizer is not None:
         for state in optimizer.state.values():
             yield from (v for v in state.values() if torch.is_tensor(v))
@@ -86,6 +88,9 @@ def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind ``tensors``."""
     seen: dict[int, int] = {}
     for t in tensors:
+        if t.is_mkldnn:  # opaque oneDNN tensor: no storage to inspect
+            seen[id(t)] = t.numel() * t.element_size()
+            continue
         storage = t.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())

@@ -69,14 +69,27 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         ("forward", LINEAR, inference_case),
     ):
         for attention in ("fused", "math"):
-            cases.append(
-                build(f"{label}, {attention}", backbone, method, "bf16", device, SpeedConfig(attention=attention))
-            )
+            cases.append(build(f"{label}, {attention}", backbone, method, "bf16", device, plain_attention(attention)))
         pairs.append((f"{label}, fused", f"{label}, math"))
-    description = "bf16: timm's fused scaled_dot_product_attention vs the explicit matmul-softmax path."
+    description = (
+        "bf16: timm's fused scaled_dot_product_attention vs the explicit matmul-softmax path (both through the "
+        "plain autograd path, frozen_backward off)."
+    )
     groups.append(_group("attention", description, cases, pairs, args, backbone.batch, memory=False))
     if not args.quick:
         groups += [_attention_length_group(backbone, precision, args, device) for precision in ("bf16", "fp32")]
+
+    cases, pairs = [], []
+    for label, method in (("adaptformer", AF), late_adapters(backbone.depth)):
+        for switch in ("off", "on"):
+            config = SpeedConfig(frozen_backward=switch)
+            cases.append(training_case(f"{label}, frozen_backward {switch}", backbone, method, "bf16", device, config))
+        pairs.append((f"{label}, frozen_backward on", f"{label}, frozen_backward off"))
+    description = (
+        "bf16, auto attention; the frozen attention/MLP halves of adapted blocks through plain autograd (off) or the "
+        "hand-written backward of adaptformer.frozen_backward (on: one-copy head layout, pre-packed bf16 weights)."
+    )
+    groups.append(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
 
     _, late = late_adapters(backbone.depth)
     cases = [
@@ -106,6 +119,11 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
     return groups
 
 
+def plain_attention(kind: str) -> SpeedConfig:
+    """``kind`` attention through the plain autograd path (the hand-written frozen backward has its own attention)."""
+    return SpeedConfig(attention=kind, frozen_backward="off")
+
+
 def _attention_length_group(
     backbone: Backbone, precision: str, args: argparse.Namespace, device: torch.device
 ) -> dict[str, Any]:
@@ -123,7 +141,7 @@ def _attention_length_group(
             pairs.append((f"{tokens} tokens, {label}, fused", f"{tokens} tokens, {label}, math"))
     description = (
         f"{precision}: fused vs math attention at 197, 325, 485 and 785 tokens (input 224-448 px), on the first 3 "
-        "blocks of the backbone (attention's share of a block does not depend on the depth)."
+        "blocks of the backbone (attention's share of a block does not depend on the depth); frozen_backward auto."
     )
     return _group(f"attention vs sequence length ({precision})", description, cases, pairs, args, backbone.batch, False)
 

@@ -4,17 +4,24 @@ AdaptFormer trains adapters beside a frozen backbone, so in every block the atte
 ``proj(attention(norm1(x)))`` and the MLP half ``fc2(gelu(fc1(norm2(x))))`` have no trainable weight: their backward
 only has to carry the gradient to their input. Plain autograd handles that correctly but pays for generality: timm's
 math attention copies q, k and v apart and scales q in a separate pass, the backward of ``unbind`` concatenates the
-three gradients, and each saved tensor is kept in the layout its op happened to produce. The two
-``torch.autograd.Function`` s here compute the same function with the same ATen kernels (layer norm, GEMMs, softmax,
-GELU and their backward kernels) but lay the data out once for what follows: q (pre-scaled, as timm does), k and v
-are written by one strided copy into one ``(3, B * heads, N, head_dim)`` buffer, and their gradients are written
-straight into one buffer of the same layout, so the whole attention backward needs one copy in and one copy out.
+three gradients, and every GEMM re-packs its weight into oneDNN's blocked layout on every call. The two
+``torch.autograd.Function`` s here compute the same function with the same ATen/oneDNN kernels (layer norm, GEMMs,
+softmax, GELU and their backward kernels), but:
 
-They engage only where they give the same function as the module (``supports``): a timm-style block whose norms are
-``LayerNorm``, whose attention has no q/k norm, no output norm, no gate and no active dropout, whose MLP is ``Linear ->
-exact GELU -> Linear`` without active dropout, every parameter frozen and stored in the dtype the block computes in
-(the input's dtype: bf16/fp16 frozen storage under autocast, or fp32 without autocast). Anything else falls back to the
-module's own forward. Gradients match autograd's within rounding (tests/test_frozen_backward.py).
+- q (pre-scaled, rounded exactly as timm's math path does), k and v are written by one strided copy into one
+  ``(3, B * heads, N, head_dim)`` buffer, and their gradients straight into one buffer of the same layout, so the
+  attention backward needs one copy in and one copy out;
+- on CPU in bf16 every frozen weight and its transpose (for the input gradient) are packed for oneDNN once and kept
+  while the weight's storage and version counter are unchanged (an in-place change re-packs). That costs memory: two
+  packed copies of each frozen linear weight (about 2 x 170 MB for ViT-B in bf16), see :func:`packed_weights`.
+
+Measured on the project's CPU (ViT-B/16, bf16, batch 8; BENCHMARKS.md, option group "frozen_backward"): ~5-9% off the
+AdaptFormer training step. They engage only where they give the same function as the module (``supports_*``): a
+timm-style block whose norms are ``LayerNorm``, whose attention has no q/k norm, no output norm, no gate and no active
+dropout, whose MLP is ``Linear -> exact GELU -> Linear`` without active dropout, every parameter frozen and stored in
+the dtype the block computes in (the input's dtype: bf16/fp16 frozen storage under autocast, or fp32 without
+autocast), and only while autograd records a graph that needs the input's gradient. Anything else falls back to the
+module's own forward. Logits and gradients match plain autograd's within rounding (tests/test_frozen_backward.py).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["frozen_attention", "frozen_mlp", "supports_attention", "supports_mlp"]
+__all__ = ["frozen_attention", "frozen_mlp", "packed_weights", "supports_attention", "supports_mlp"]
 
 
 def _inactive(dropout: nn.Module | None, training: bool) -> bool:
@@ -92,28 +99,56 @@ def supports_mlp(norm: nn.Module, mlp: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-# id(frozen weight) -> (version, data pointer, rows, packed weight); entries leave with their weight
-_PACKED: dict[int, tuple[int, int, int, torch.Tensor]] = {}
+# (id(frozen weight), transposed) -> (version, data pointer, rows, packed weight); entries leave with their weight
+_PACKED: dict[tuple[int, bool], tuple[int, int, int, torch.Tensor]] = {}
 
 
 def _packable(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+    """oneDNN runs bf16 GEMMs with pre-packed weights on this CPU (AVX-512 bf16 or AMX)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def _packed(weight: torch.Tensor, rows: int, transposed: bool) -> torch.Tensor:
+    """``weight`` (or its transpose) in oneDNN's blocked layout for GEMMs of ``rows`` rows, packed once and packed
+    again only when the weight's storage, its version counter (in-place changes) or ``rows`` change."""
+    key = (id(weight), transposed)
+    state = (weight._version, weight.data_ptr(), rows)
+    hit = _PACKED.get(key)
+    if hit is None:
+        weakref.finalize(weight, _PACKED.pop, key, None)
+    if hit is None or hit[:3] != state:
+        source = weight.detach().t().contiguous() if transposed else weight.detach()
+        hit = (*state, torch.ops.mkldnn._reorder_linear_weight(source, rows))
+        _PACKED[key] = hit
+    return hit[3]
+
+
+def packed_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The pre-packed copies (oneDNN opaque tensors) held for ``module``'s parameters: memory that training with the
+    hand-written backward keeps beside the weights (each counts ``numel() * element_size()`` bytes)."""
+    ids = {id(p) for p in module.parameters()}
+    return [hit[3] for (key, _), hit in _PACKED.items() if key in ids]
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for 2-D ``x``; on CPU in bf16 with the frozen weight pre-packed once into oneDNN's
-    blocked layout (kept while the weight's storage and version are unchanged; ~10-15% faster GEMMs, one packed copy
-    of each frozen weight in memory)."""
+    """``F.linear(x, weight, bias)`` for 2-D ``x``; on CPU in bf16 through the pre-packed weight (~10-15% faster GEMMs
+    than packing on every call, for one packed copy of each frozen weight in memory)."""
     if not _packable(x):
         return F.linear(x, weight, bias)
-    hit = _PACKED.get(id(weight))
-    key = (weight._version, weight.data_ptr(), x.shape[0])
-    if hit is None:
-        weakref.finalize(weight, _PACKED.pop, id(weight), None)
-    if hit is None or hit[:3] != key:
-        hit = (*key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), x.shape[0]))
-        _PACKED[id(weight)] = hit
-    return torch.ops.mkldnn._linear_pointwise(x, hit[3], bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, _packed(weight, x.shape[0], False), bias, "none", [], "")
+
+
+def _linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight``, the gradient of ``F.linear``'s input, via the pre-packed transpose like :func:`_linear`."""
+    grad = grad.to(weight.dtype)
+    if not _packable(grad):
+        return torch.mm(grad, weight)
+    return torch.ops.mkldnn._linear_pointwise(grad, _packed(weight, grad.shape[0], True), None, "none", [], "")
 
 
 def _qkv_bias(attn: nn.Module) -> torch.Tensor | None:
@@ -164,7 +199,7 @@ class _FrozenAttention(torch.autograd.Function):
         rows, mean, rstd, norm_weight, norm_bias, qkv_weight, proj_weight, qkv_heads, probs = ctx.saved_tensors
         b, n, c, heads, head_dim = ctx.shape
         bh = b * heads
-        grad_out = torch.mm(grad.reshape(b * n, -1).to(proj_weight.dtype), proj_weight)
+        grad_out = _linear_input_grad(grad.reshape(b * n, -1), proj_weight)
         grad_out = grad_out.view(b, n, heads, head_dim).transpose(1, 2).reshape(bh, n, head_dim)
         q, k, v = qkv_heads.view(3, bh, n, head_dim).unbind(0)
         grad_heads = torch.empty_like(qkv_heads)
@@ -176,7 +211,7 @@ class _FrozenAttention(torch.autograd.Function):
         grad_q.mul_(ctx.scale)
         torch.bmm(grad_scores.transpose(1, 2), q, out=grad_k)
         grad_qkv = grad_heads.permute(1, 3, 0, 2, 4).reshape(b * n, 3 * heads * head_dim)
-        grad_normed = torch.mm(grad_qkv, qkv_weight)
+        grad_normed = _linear_input_grad(grad_qkv, qkv_weight)
         grad_x = torch.ops.aten.native_layer_norm_backward(
             grad_normed, rows, (c,), mean, rstd, norm_weight, norm_bias, (True, False, False)
         )[0]
@@ -212,12 +247,11 @@ class _FrozenMlp(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         rows, mean, rstd, norm_weight, norm_bias, fc1_weight, fc2_weight, hidden = ctx.saved_tensors
         b, n, c = grad.shape[0], grad.shape[1], rows.shape[1]
-        grad_act = torch.mm(grad.reshape(b * n, -1).to(fc2_weight.dtype), fc2_weight)
+        grad_act = _linear_input_grad(grad.reshape(b * n, -1), fc2_weight)
         grad_hidden = torch.ops.aten.gelu_backward(grad_act, hidden)
-        if grad_normed is None:
-            grad_rows = torch.mm(grad_hidden, fc1_weight)
-        else:
-            grad_rows = torch.addmm(grad_normed.reshape(b * n, c).to(grad_hidden.dtype), grad_hidden, fc1_weight)
+        grad_rows = _linear_input_grad(grad_hidden, fc1_weight)
+        if grad_normed is not None:
+            grad_rows += grad_normed.reshape(b * n, c)
         grad_x = torch.ops.aten.native_layer_norm_backward(
             grad_rows, rows, (c,), mean, rstd, norm_weight, norm_bias, (True, False, False)
         )[0]
