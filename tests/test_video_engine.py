@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.test_video_data import write_video
+from tests.video_files import write_video
 
 from adaptformer.cli import main
 from adaptformer.data import train_val_split
