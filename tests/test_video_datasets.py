@@ -4,11 +4,13 @@ on tiny real video files (see ``tests/video_files.py``)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from tests.video_files import PRE, H, W, bad_video, clip_ids
 
+import adaptformer.data.video.datasets as video_datasets
 from adaptformer.data.video import (
     SamplerConfig,
     TestViews,
@@ -18,9 +20,13 @@ from adaptformer.data.video import (
     VideoInfo,
     VideoTransform,
     aggregate_views,
+    decode_clip,
     find_class_folders,
+    probe_video,
     read_video_list,
+    sample_indices,
 )
+from adaptformer.engine.data import eval_loader
 
 
 def test_read_video_list_is_tolerant(tmp_path):
@@ -116,3 +122,43 @@ def test_aggregate_views_averages_each_video_once():
     assert torch.allclose(deduped.logits[0], torch.tensor([2.5, 1.0]))
     with pytest.raises(ValueError, match="different labels"):
         aggregate_views(logits, torch.tensor([1, 0, 0, 1, 0, 0]), video_ids)
+
+
+def _decoded_per_view(dataset: VideoClipDataset, index: int) -> torch.Tensor:
+    """Test view ``index`` as it was made before clips were shared: its own decode, its own resize and crop."""
+    video_id, view = dataset.view(index)
+    path = dataset.entries[video_id].path
+    info = probe_video(path)
+    frames = decode_clip(
+        path,
+        sample_indices(dataset.sampler, info.num_frames, train=False, clip_index=view.clip, num_clips=view.num_clips),
+        info,
+    ).frames
+    return dataset.transform.test(frames, view.crop, view.num_crops)
+
+
+@pytest.mark.parametrize(("batch_size", "world_size", "batch_views"), [(4, 1, 3), (7, 2, 6), (1, 1, 3)])
+def test_test_views_decode_each_clip_once_and_stay_identical(videos, monkeypatch, batch_size, world_size, batch_views):
+    entries = [VideoEntry(videos["long"], 1), VideoEntry(videos["mkv"], 0), VideoEntry(videos["avi"], 2)]
+    dataset = VideoClipDataset(entries, SamplerConfig("dense", 4, 4), VideoTransform(PRE), "test", TestViews(2, 3))
+    expected = [_decoded_per_view(dataset, i) for i in range(len(dataset))]
+    decoded: list[str] = []
+
+    def counting_decode(path, indices, info=None):
+        decoded.append(Path(path).name)
+        return decode_clip(path, indices, info)
+
+    monkeypatch.setattr(video_datasets, "decode_clip", counting_decode)
+    got = {}
+    for rank in range(world_size):
+        loader = eval_loader(dataset, batch_size, 0, torch.device("cpu"), world_size, rank)
+        for indices, (clips, labels, ids) in zip(loader.batch_sampler, loader, strict=True):
+            assert len(indices) <= batch_views and len(indices) % 3 == 0  # whole clips: all 3 crops together
+            for index, clip, label, video_id in zip(indices, clips, labels, ids, strict=True):
+                assert (int(label), int(video_id)) == (entries[index // 6].label, index // 6)
+                got[index] = clip
+    assert sorted(got) == list(range(18))
+    assert all(torch.equal(got[i], expected[i]) for i in range(18))  # bit for bit the per-view result
+    assert sorted(decoded) == sorted(["long.mp4"] * 2 + ["clip.mkv"] * 2 + ["clip.avi"] * 2)  # 6 clips, 18 views
+    decoded.clear()
+    assert torch.equal(dataset[4][0], expected[4]) and len(decoded) == 1  # a single item still works alone
