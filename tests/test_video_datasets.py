@@ -4,6 +4,7 @@ on tiny real video files (see ``tests/video_files.py``)."""
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,25 @@ def test_test_views_decode_each_clip_once_and_stay_identical(videos, monkeypatch
     assert sorted(decoded) == sorted(["long.mp4"] * 2 + ["clip.mkv"] * 2 + ["clip.avi"] * 2)  # 6 clips, 18 views
     decoded.clear()
     assert torch.equal(dataset[4][0], expected[4]) and len(decoded) == 1  # a single item still works alone
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_decode_error_in_a_loader_worker_reaches_the_caller_as_itself(videos, tmp_path, num_workers):
+    corrupt = bad_video("corrupt", tmp_path, videos["mp4"])
+    entries = [VideoEntry(videos["mp4"], 0), VideoEntry(corrupt, 1)]
+    dataset = VideoClipDataset(entries, SamplerConfig("dense", 4, 4), VideoTransform(PRE), "test", TestViews(1, 1))
+    with pytest.raises(VideoDecodeError) as err:
+        list(eval_loader(dataset, 1, num_workers, torch.device("cpu")))
+    assert (err.value.path, err.value.reason.split(" (")[0]) == (corrupt, "cannot open container")
+    assert str(err.value).startswith(f"cannot decode video {corrupt}: cannot open container")
+
+
+def test_video_decode_error_survives_pickling_and_rebuilding_from_its_text(tmp_path):
+    error = VideoDecodeError(tmp_path / "a b.mp4", "decoding failed (Invalid data: x)")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is VideoDecodeError and str(again) == str(error)
+    assert (again.path, again.reason) == (error.path, error.reason)
+    rebuilt = VideoDecodeError(f"Caught VideoDecodeError in DataLoader worker process 0.\nTraceback ...\n{error}\n")
+    assert (rebuilt.path, rebuilt.reason) == (error.path, error.reason)
+    with pytest.raises(ValueError, match="needs \\(path, reason\\)"):
+        VideoDecodeError("some other text")

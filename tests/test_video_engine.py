@@ -148,8 +148,9 @@ def test_bad_videos_fail_naming_the_file_or_are_skipped_and_counted(
     (bad_root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data-dir", str(bad_root), "--test-clips", "1",
             "--test-crops", "1"]  # fmt: skip
-    code, _, err = run_cli(args, capsys)
-    assert code == 2 and "corrupt.mp4" in err
+    for workers in ("0", "1"):  # a worker process's error reaches the user as itself, naming the file
+        code, _, err = run_cli([*args, "--num-workers", workers], capsys)
+        assert code == 2 and f"error: cannot decode video {tmp_path / 'corrupt.mp4'}: cannot open" in err, workers
     code, printed, _ = run_cli([*args, "--skip-bad-videos"], capsys)
     assert code == 0 and printed is not None
     assert printed["n"] == NUM_TEST and printed["skipped"] == 2  # never predicted: neither right nor wrong
