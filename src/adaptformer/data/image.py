@@ -6,7 +6,8 @@ bundled 8x8 handwritten digits, for offline runs on real data) and ``synthetic``
 Nothing is ever downloaded.
 
 Every dataset returns ``(transform(image), label)`` and has ``classes`` (names, index = label), ``targets`` (one
-int label per sample, known without decoding images) and ``skipped`` (files left out by ``skip_bad_images``).
+int label per sample, known without decoding images) and ``skipped`` (files left out by ``skip_bad_images``, which
+only the kinds with one file per image take: ``food101``, ``imagefolder``).
 The image handed to the transform is a PIL RGB image for file-based kinds and a uint8 ``(C, H, W)`` tensor for the
 others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
 """
@@ -190,8 +191,8 @@ def _verify_md5(path: Path, md5: str, verify: bool) -> None:
         )
 
 
-# Builders: build(root, split, transform, *, skip_bad_images, <kind options>) -> dataset. Their keyword options
-# are the ``kind_options`` that ``build_image_dataset`` accepts for the kind.
+# Builders: build(root, split, transform, *, <kind options>) -> dataset; those that read one file per image also take
+# ``skip_bad_images``. Their other keyword options are the ``kind_options`` that ``build_image_dataset`` accepts.
 
 
 def _read_cifar(release: type[CIFAR10], root: Path, split: str, verify_checksums: bool) -> tuple[Any, ...]:
@@ -220,19 +221,19 @@ def _read_cifar(release: type[CIFAR10], root: Path, split: str, verify_checksums
 
 
 def _build_cifar100(
-    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+    root: Path, split: str, transform: Transform | None, *, verify_checksums: bool = True
 ) -> ArrayImageDataset:
     return ArrayImageDataset(*_read_cifar(CIFAR100, root, split, verify_checksums), transform)
 
 
 def _build_cifar10(
-    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+    root: Path, split: str, transform: Transform | None, *, verify_checksums: bool = True
 ) -> ArrayImageDataset:
     return ArrayImageDataset(*_read_cifar(CIFAR10, root, split, verify_checksums), transform)
 
 
 def _build_svhn(
-    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+    root: Path, split: str, transform: Transform | None, *, verify_checksums: bool = True
 ) -> ArrayImageDataset:
     """SVHN cropped digits: X is (32, 32, 3, N) uint8, y is (N, 1) with labels 1..10, where 10 is the digit 0."""
     _, filename, md5 = SVHN.split_list[split]
@@ -285,7 +286,6 @@ def _build_digits(
     split: str,
     transform: Transform | None,
     *,
-    skip_bad_images: bool,
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> ArrayImageDataset:
@@ -304,7 +304,6 @@ def _build_synthetic(
     split: str,
     transform: Transform | None,
     *,
-    skip_bad_images: bool,
     num_classes: int = 10,
     num_samples: int = 200,
     image_size: int = 32,
@@ -338,7 +337,6 @@ def _build_shapes(
     split: str,
     transform: Transform | None,
     *,
-    skip_bad_images: bool,
     num_classes: int = 64,
     num_samples: int = 6400,
     image_size: int = 32,
@@ -364,6 +362,11 @@ class ImageDatasetKind:
         """The ``kind_options`` the builder accepts."""
         params = inspect.signature(self.build).parameters.values()
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "skip_bad_images")
+
+    @property
+    def reads_image_files(self) -> bool:
+        """Whether every image is its own file (the kinds whose unreadable files ``skip_bad_images`` can drop)."""
+        return "skip_bad_images" in inspect.signature(self.build).parameters
 
 
 IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
@@ -394,8 +397,9 @@ def build_image_dataset(
         root: the folder holding the dataset in its standard layout (the error for a miss shows it).
         split: "train" or "test" (plus "val" for imagefolder, "extra" for svhn).
         transform: applied to each image (see the module docstring for its input); None returns uint8 tensors.
-        skip_bad_images: drop unreadable image files (counted in ``dataset.skipped``, with a warning) instead of
-            raising when they are read.
+        skip_bad_images: decode every image file now and drop the unreadable ones (listed in ``dataset.skipped``,
+            with a warning) instead of raising when they are read. Only for kinds with one file per image
+            (``food101``, ``imagefolder``); for the others it is a ValueError, as nothing could be skipped.
         kind_options: per kind: ``verify_checksums`` (cifar*, svhn; md5 of the official files, default True),
             ``test_fraction``/``seed`` (digits), ``num_classes``/``num_samples``/``image_size``/``noise``/``seed``
             (synthetic).
@@ -404,6 +408,14 @@ def build_image_dataset(
     spec = IMAGE_DATASETS[kind]
     if path is None and root is not None:
         log.debug("%s ignores root %s", kind, root)
-    dataset = spec.build(path, split, transform, skip_bad_images=skip_bad_images, **kind_options)
+    if spec.reads_image_files:
+        kind_options = {**kind_options, "skip_bad_images": skip_bad_images}
+    elif skip_bad_images:
+        files = [name for name, other in IMAGE_DATASETS.items() if other.reads_image_files]
+        raise ValueError(
+            f"skip_bad_images applies to kinds with one file per image ({', '.join(files)}); {kind!r} has no "
+            "image files that could be skipped"
+        )
+    dataset = spec.build(path, split, transform, **kind_options)
     log.info("%s %s: %d samples, %d classes", kind, split, len(dataset), len(dataset.classes))
     return dataset
