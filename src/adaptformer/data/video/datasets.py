@@ -299,14 +299,14 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
         for position, index in enumerate(indices):
             video_id, view = self.view(index)
             by_clip.setdefault((video_id, view.clip), []).append(position)
-        items: list[tuple[torch.Tensor, int, int]] = [None] * len(indices)  # type: ignore[list-item]  # all filled
+        items: dict[int, tuple[torch.Tensor, int, int]] = {}
         for (video_id, _), positions in by_clip.items():
             views = [self.view(indices[p])[1] for p in positions]
             frames = self._frames(video_id, views[0], None)  # (T, H, W, C) uint8, shared by the clip's crops
             crops = self.transform.test_crops(frames, [v.crop for v in views], views[0].num_crops)  # (C, T, H, W)
             for position, crop in zip(positions, crops, strict=True):
                 items[position] = (crop, self.entries[video_id].label, video_id)
-        return items
+        return [items[position] for position in range(len(indices))]
 
     def _train_item(self, index: int) -> tuple[torch.Tensor, int, int]:
         generator = None
