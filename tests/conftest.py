@@ -1,11 +1,14 @@
-"""Tiny timm backbones shared by the tests (width 32-64, depth 2-4), built through the public factory."""
+"""Shared by the tests: tiny timm backbones (width 32-64, depth 2-4, built through the public factory) and a set of
+tiny real video files (``tests/video_files.py``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tests.video_files import CODECS, write_video
 
 VIT = "vit_tiny_patch16_224"
 SWIN = "swin_tiny_patch4_window7_224"
@@ -28,3 +31,16 @@ def images() -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One 24-frame clip per codec (keyed by suffix), a 32-frame "long" mp4, a variable-frame-rate "vfr" mp4 and a
+    5-frame "short" mp4."""
+    root = tmp_path_factory.mktemp("videos")
+    out = {suffix: write_video(root / f"clip.{suffix}") for suffix in CODECS}
+    out["long"] = write_video(root / "long.mp4", num_frames=32)
+    vfr = [0, 10, 20, 100, 110, 400, 410, 420, 1000, 1003, 1006, 2000] + [2100 + 100 * i for i in range(12)]
+    out["vfr"] = write_video(root / "vfr.mp4", pts=vfr)
+    out["short"] = write_video(root / "short.mp4", num_frames=5)
+    return out

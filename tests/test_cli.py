@@ -86,8 +86,8 @@ def test_eval_reproduces_the_logged_test_accuracy(setup: dict[str, Path], capsys
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     logged = json.loads((setup["out"] / "test.json").read_text())
-    assert set(printed) == {"acc1", "acc5", "loss", "n"}
-    assert printed["n"] == 21
+    assert set(printed) == {"acc1", "acc5", "loss", "n", "skipped"}
+    assert printed["n"] == 21 and printed["skipped"] == 0
     assert printed["acc1"] == logged["acc1"] and printed["acc5"] == logged["acc5"]
     assert printed["loss"] == pytest.approx(logged["loss"], rel=1e-6)
 
@@ -137,6 +137,23 @@ def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path],
             "--dataset-options", "{num_samples: 8, image_size: 32}"]  # fmt: skip
     assert main(args) == 2
     assert "head has 100 classes but synthetic test has 10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "match"),
+    [
+        (
+            "--skip-bad-videos",
+            "--skip-bad-videos does not apply to 'cifar100', an image dataset; use",
+        ),
+        ("--skip-bad-images", "skip_bad_images applies to kinds with one file per image (food101, imagefolder)"),
+    ],
+)
+def test_eval_skip_flags_never_pass_silently(setup: dict[str, Path], capsys, flag: str, match: str) -> None:
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--dataset", "cifar100",
+            "--data-dir", str(setup["data"]), "--no-verify-checksums", flag]  # fmt: skip
+    assert main(args) == 2
+    assert match in capsys.readouterr().err
 
 
 def test_missing_dataset_is_an_error_showing_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

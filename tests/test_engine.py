@@ -184,6 +184,13 @@ def test_shards_cover_each_sample_exactly_once() -> None:
     assert sorted(i for s in shards for i in s) == list(range(11))
 
 
+def test_grouped_shards_keep_each_group_whole_on_one_process() -> None:
+    shards = [list(ShardSampler(15, world_size=2, rank=r, group=3)) for r in range(2)]
+    assert shards == [[0, 1, 2, 6, 7, 8, 12, 13, 14], [3, 4, 5, 9, 10, 11]]
+    with pytest.raises(ValueError, match="cannot be cut into groups of 3"):
+        ShardSampler(10, group=3)
+
+
 def test_augmentation_is_seeded_per_epoch_and_sample() -> None:
     from adaptformer.data import build_image_transform
     from adaptformer.preprocessing import Preprocessing

@@ -4,6 +4,7 @@ torchrun), bad videos, the preparer CLI, and the paper's video recipes. Tiny rea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tests.test_video_data import write_video
+from tests.video_files import write_video
 
 from adaptformer.cli import main
 from adaptformer.data import train_val_split
+from adaptformer.data.video import VIDEO_DATASETS, VideoDecodeError
 from adaptformer.engine import Predictions, TrainConfig, scaled_lr
 from adaptformer.engine.datasets import DataSpec, VideoSettings, load_split
 from adaptformer.engine.loop import multi_view_metrics
@@ -148,8 +150,9 @@ def test_bad_videos_fail_naming_the_file_or_are_skipped_and_counted(
     (bad_root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data-dir", str(bad_root), "--test-clips", "1",
             "--test-crops", "1"]  # fmt: skip
-    code, _, err = run_cli(args, capsys)
-    assert code == 2 and "corrupt.mp4" in err
+    for workers in ("0", "1"):  # a worker process's error reaches the user as itself, naming the file
+        code, _, err = run_cli([*args, "--num-workers", workers], capsys)
+        assert code == 2 and f"error: cannot decode video {tmp_path / 'corrupt.mp4'}: cannot open" in err, workers
     code, printed, _ = run_cli([*args, "--skip-bad-videos"], capsys)
     assert code == 0 and printed is not None
     assert printed["n"] == NUM_TEST and printed["skipped"] == 2  # never predicted: neither right nor wrong
@@ -193,6 +196,55 @@ def test_kinds_choose_their_sampling_and_image_and_video_do_not_mix() -> None:
     split = load_split(DataSpec("synthetic-video", options={"num_samples": 4}), "test")
     with pytest.raises(ValueError, match="backbone takes images"):
         split.build(image_model, "test")
+
+
+def _one_bad_video_per_split(root: Path, kind: str) -> Path:
+    """Every split of a ``kind`` dataset under ``root``: two good clips and one corrupt file; returns the latter."""
+    good = [write_video(root / f"good{i}.mp4", num_frames=6, size=(24, 32)) for i in range(2)]
+    corrupt = root / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 8)
+    for split in ("train", "val", "test"):
+        files = [*good, corrupt]
+        if kind == "videofolder":
+            for label, path in enumerate(files):
+                (root / split / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+                (root / split / CLASSES[label] / path.name).write_bytes(path.read_bytes())
+        else:
+            (root / f"{split}.txt").write_text("".join(f"{path} {label}\n" for label, path in enumerate(files)))
+    return corrupt
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+@pytest.mark.parametrize("kind", ["videolist", "ssv2", "videofolder"])
+def test_skip_bad_videos_drops_and_counts_undecodable_files_in_every_split(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, split: str
+) -> None:
+    _one_bad_video_per_split(tmp_path, kind)
+    model = create_model(VIDEO, len(CLASSES), **TINY)
+    strict = load_split(DataSpec.from_config(TrainConfig(dataset=kind, data_dir=str(tmp_path))), split)
+    with pytest.raises(VideoDecodeError, match=r"corrupt\.mp4: cannot open"):
+        [strict.build(model, "train")[i] for i in range(3)]
+    config = TrainConfig(dataset=kind, data_dir=str(tmp_path), skip_bad_videos=True)
+    with caplog.at_level(logging.WARNING):
+        lenient = load_split(DataSpec.from_config(config), split)
+    assert lenient.skipped == 1 and len(lenient.source) == 2 and "skipped 1 of 3 videos" in caplog.text
+    assert [item[1] for item in lenient.build(model, "train")] == [0, 1]  # the good clips still train
+
+
+def test_skip_flags_name_the_right_one_and_only_apply_where_files_can_be_skipped(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    for kind in VIDEO_DATASETS:  # the image flag is never silently ignored for video
+        with pytest.raises(ValueError, match=f"{kind!r} is a video dataset: use skip_bad_videos"):
+            TrainConfig(dataset=kind, skip_bad_images=True)
+    with pytest.raises(ValueError, match=r"\['skip_bad_videos'\] apply to video datasets only"):
+        TrainConfig(dataset="imagefolder", skip_bad_videos=True)
+    with pytest.raises(ValueError, match="'synthetic-video' has none to skip"):
+        load_split(DataSpec("synthetic-video", skip_bad=True), "train")
+    code, _, err = run_cli(["eval", "--adapter", str(setup["out"] / "adapter"), "--skip-bad-images"], capsys)
+    assert (
+        code == 2 and "--skip-bad-images does not apply to 'videolist', a video dataset; use --skip-bad-videos" in err
+    )
 
 
 def test_videofolder_labels_follow_the_train_class_folders(tmp_path: Path) -> None:

@@ -116,7 +116,12 @@ def _eval_data_spec(args: argparse.Namespace, task: TaskInfo | None) -> DataSpec
     flags = {"sampling": args.sampling, "stride": args.sampling_stride, "test_clips": args.test_clips,
              "test_crops": args.test_crops}  # fmt: skip
     video = replace(video, **{k: v for k, v in flags.items() if v is not None})
-    skip_bad = args.skip_bad_videos if kind in VIDEO_DATASETS else args.skip_bad_images
+    is_video = kind in VIDEO_DATASETS
+    misplaced = args.skip_bad_images if is_video else args.skip_bad_videos
+    if misplaced:
+        given, wanted, what = ("images", "videos", "a video") if is_video else ("videos", "images", "an image")
+        raise ValueError(f"--skip-bad-{given} does not apply to {kind!r}, {what} dataset; use --skip-bad-{wanted}")
+    skip_bad = args.skip_bad_videos if is_video else args.skip_bad_images
     return DataSpec(kind, args.data_dir, options, args.verify_checksums, skip_bad, video)
 
 
@@ -251,9 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--verify-checksums", action=argparse.BooleanOptionalAction, default=True, help="check CIFAR/SVHN md5 sums"
     )
-    evaluate.add_argument("--skip-bad-images", action="store_true", help="drop unreadable images (counted in the log)")
     evaluate.add_argument(
-        "--skip-bad-videos", action="store_true", help="probe every video; drop undecodable ones (reported as skipped)"
+        "--skip-bad-images",
+        action="store_true",
+        help="image kinds with files: drop unreadable ones (counted)",
+    )
+    evaluate.add_argument(
+        "--skip-bad-videos",
+        action="store_true",
+        help="video kinds with files: drop undecodable ones (counted)",
     )
     video = evaluate.add_argument_group(
         "video", "multi-view testing: prints multi-view acc1/acc5 (logits averaged per video; n = videos) and "

@@ -89,9 +89,11 @@ class TrainConfig:
         default_factory=dict, metadata=_meta("per-kind dataset options as YAML/JSON, e.g. '{num_samples: 64}'", "data")
     )
     verify_checksums: bool = _f(True, "check the md5 of CIFAR/SVHN files against the official release", "data")
-    skip_bad_images: bool = _f(False, "drop unreadable image files (counted in the log) instead of failing", "data")
+    skip_bad_images: bool = _f(
+        False, "image kinds with one file per image: drop unreadable ones (counted in log and test.json)", "data"
+    )
     skip_bad_videos: bool = _f(
-        False, "probe every video first; drop undecodable ones (counted in the log and test.json), not fail", "data"
+        False, "video kinds with files: probe every video, drop undecodable ones (counted in log and test.json)", "data"
     )
     val_split: int | float = _f(0.1, "validation carved from train: fraction, sample count, or 0 for none", "data")
     split_seed: int = _f(0, "seed of the train/validation split", "data")
@@ -218,6 +220,11 @@ class TrainConfig:
             if changed:
                 raise ValueError(f"{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
             return
+        if self.skip_bad_images:
+            raise ValueError(
+                f"skip_bad_images applies to image datasets; {self.dataset!r} is a video dataset: use skip_bad_videos "
+                "(--skip-bad-videos), which probes every video and drops the undecodable ones (counted)"
+            )
         if self.sampling is not None:
             _choice("sampling", self.sampling, STRATEGIES)
         for name in ("num_frames", "sampling_stride"):

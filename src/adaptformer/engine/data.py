@@ -8,9 +8,11 @@ micro-batches therefore sees exactly the same micro-batches as 2 processes witho
 that do not fill a step are dropped for that epoch (a different set each epoch).
 
 Evaluation: process ``r`` of ``W`` evaluates samples ``r, r + W, r + 2W, ...``; no padding, so after gathering every
-sample appears exactly once. Every batch is ``(inputs, labels, ids)``: ``ids`` is the sample index for images; a
-dataset whose items already carry an id (video clips carry their video's id) keeps it, so multi-view predictions can
-be averaged per video after gathering.
+sample appears exactly once. A dataset whose consecutive items are cut from one decoded clip (``views_per_clip`` > 1:
+the spatial crops of a test video clip) is sharded and batched in whole groups of them, and a batch is fetched at
+once (``__getitems__``), so each clip is decoded once. Every batch is ``(inputs, labels, ids)``: ``ids`` is the
+sample index for images; a dataset whose items already carry an id (video clips carry their video's id) keeps it, so
+multi-view predictions can be averaged per video after gathering.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from ..data import IMAGE_DATASETS, build_image_dataset
 from .rng import derive_seed, seeded
@@ -85,8 +87,13 @@ class Indexed(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        item = self.dataset[index]
-        return (item[0], item[1], item[2] if len(item) > 2 else index)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, ...]]:
+        """A batch of items, fetched together when the dataset can (video test views share their clip's decode)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
+        return [(item[0], item[1], item[2] if len(item) > 2 else i) for i, item in zip(indices, items, strict=True)]
 
 
 class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -142,10 +149,17 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class ShardSampler(Sampler[int]):
-    """Samples ``rank, rank + world_size, ...``: disjoint shards that together cover every sample once."""
+    """Samples ``rank, rank + world_size, ...``: disjoint shards that together cover every sample once.
 
-    def __init__(self, num_samples: int, world_size: int = 1, rank: int = 0) -> None:
-        self.indices = range(rank, num_samples, world_size)
+    With ``group`` > 1 the unit is a group of ``group`` consecutive samples: groups ``rank, rank + world_size, ...``,
+    each whole, in order.
+    """
+
+    def __init__(self, num_samples: int, world_size: int = 1, rank: int = 0, group: int = 1) -> None:
+        if group < 1 or num_samples % group:
+            raise ValueError(f"{num_samples} samples cannot be cut into groups of {group}")
+        starts = range(rank * group, num_samples, world_size * group)
+        self.indices = [start + k for start in starts for k in range(group)]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -175,6 +189,12 @@ def train_loader(
 def eval_loader(
     dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, world_size: int = 1, rank: int = 0
 ) -> DataLoader:
-    """An evaluation loader over this process's shard: batches of ``(inputs, labels, ids)``."""
-    sampler = ShardSampler(len(dataset), world_size, rank)  # type: ignore[arg-type]
-    return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=sampler, **_loader_kwargs(num_workers, device))
+    """An evaluation loader over this process's shard: batches of ``(inputs, labels, ids)``.
+
+    Batches hold whole groups of the dataset's ``views_per_clip`` items (see the module docstring): ``batch_size``
+    rounded down to a multiple of it, and at least one group.
+    """
+    group = int(getattr(dataset, "views_per_clip", 1))
+    sampler = ShardSampler(len(dataset), world_size, rank, group)  # type: ignore[arg-type]
+    batches = BatchSampler(sampler, max(group, batch_size - batch_size % group), drop_last=False)
+    return DataLoader(Indexed(dataset), batch_sampler=batches, **_loader_kwargs(num_workers, device))

@@ -142,8 +142,9 @@ class ImageSplit:
         return with_transform(self.dataset, transform)
 
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
-        """acc1, acc5, loss and n (see :func:`classification_metrics`)."""
-        return classification_metrics(predictions)
+        """acc1, acc5, loss and n (see :func:`classification_metrics`), and the number of unreadable image files
+        left out (never predicted)."""
+        return {**classification_metrics(predictions), "skipped": self.skipped}
 
 
 class VideoSplit:

@@ -4,7 +4,10 @@ An item is ``(clip, label, video_id)``: ``clip`` float32 ``(C, T, H, W)``, ``lab
 ``video_id`` the index of the video in ``entries``. Training yields one random clip per video. Testing yields one
 item per (video, view) for a :class:`TestViews` grid (paper: 4 temporal clips x 3 spatial crops), video-major; the
 logits of a video's views are averaged by :func:`aggregate_views`, which counts every video exactly once (the
-original code padded distributed evaluation with duplicates and scored undecodable videos as correct).
+original code padded distributed evaluation with duplicates and scored undecodable videos as correct). The spatial
+crops of one temporal clip are consecutive items; fetched together (``__getitems__``, as DataLoader fetches a
+batch), they are cut from one decode of the clip, and the engine's evaluation loader never splits them across
+batches or processes (``views_per_clip``), so every test clip is decoded once.
 
 Bad videos: by default any undecodable file raises :class:`VideoDecodeError` naming it. With
 ``skip_bad_videos=True`` the constructor calls :meth:`VideoClipDataset.scan`, which probes every file up front
@@ -222,6 +225,12 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
         return 1 if self.mode == "train" else len(self.views)
 
     @property
+    def views_per_clip(self) -> int:
+        """Consecutive items cut from one decoded clip (the spatial crops of a test clip); a loader that keeps
+        them in one batch (the engine's evaluation loader does) decodes every clip once."""
+        return self.views.num_crops if self.mode == "test" else 1
+
+    @property
     def targets(self) -> list[int]:
         """The label of every item (known without decoding): one per video in training, one per view in testing."""
         return [entry.label for entry in self.entries for _ in range(self.views_per_video)]
@@ -276,14 +285,32 @@ class VideoClipDataset(Dataset[tuple[torch.Tensor, int, int]]):
         return decoded.frames
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        video_id, view = self.view(index)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int, int]]:
+        """The items at ``indices`` (DataLoader fetches a whole batch through this): in testing, the views of one
+        temporal clip are all cut from one decode and one resize of it."""
+        for index in indices:
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} items")
+        if self.mode == "train":
+            return [self._train_item(index) for index in indices]
+        by_clip: dict[tuple[int, int], list[int]] = {}  # (video_id, temporal clip) -> positions in indices
+        for position, index in enumerate(indices):
+            video_id, view = self.view(index)
+            by_clip.setdefault((video_id, view.clip), []).append(position)
+        items: dict[int, tuple[torch.Tensor, int, int]] = {}
+        for (video_id, _), positions in by_clip.items():
+            views = [self.view(indices[p])[1] for p in positions]
+            frames = self._frames(video_id, views[0], None)  # (T, H, W, C) uint8, shared by the clip's crops
+            crops = self.transform.test_crops(frames, [v.crop for v in views], views[0].num_crops)  # (C, T, H, W)
+            for position, crop in zip(positions, crops, strict=True):
+                items[position] = (crop, self.entries[video_id].label, video_id)
+        return [items[position] for position in range(len(indices))]
+
+    def _train_item(self, index: int) -> tuple[torch.Tensor, int, int]:
         generator = None
-        if self.mode == "train" and self.seed is not None:
+        if self.seed is not None:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & (2**63 - 1))
-        frames = self._frames(video_id, view, generator)  # (T, H, W, C) uint8
-        clip = self.transform(
-            frames, train=self.mode == "train", crop_index=view.crop, num_crops=view.num_crops, generator=generator
-        )  # (C, T, H, W) float32
-        return clip, self.entries[video_id].label, video_id
+        frames = self._frames(index, View(0, 0), generator)  # (T, H, W, C) uint8
+        return self.transform.train(frames, generator), self.entries[index].label, index  # (C, T, H, W) float32

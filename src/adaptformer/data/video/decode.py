@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +46,31 @@ logger = logging.getLogger(__name__)
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 
 
-class VideoDecodeError(RuntimeError):
-    """A video file could not be read: it is missing, corrupt, truncated, empty or has no frames."""
+_MESSAGE = re.compile(r"cannot decode video (.+?): (.*)")  # what VideoDecodeError says; one line
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+
+class VideoDecodeError(RuntimeError):
+    """A video file could not be read: it is missing, corrupt, truncated, empty or has no frames.
+
+    ``VideoDecodeError(path, reason)``. The one-argument form ``VideoDecodeError(text)`` rebuilds the error from a
+    text that holds its message, e.g. the traceback with which torch's DataLoader re-raises an error of a worker
+    process (it calls the exception type with that text); ``path`` and ``reason`` are read back from the last
+    "cannot decode video PATH: REASON" line (a path containing ": " would be cut at its first one). Pickling keeps
+    both fields.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        if reason is None:
+            found = _MESSAGE.findall(str(path))
+            if not found:
+                raise ValueError(f"VideoDecodeError needs (path, reason) or a text with its message, got {path!r}")
+            path, reason = found[-1]
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"cannot decode video {self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[type[VideoDecodeError], tuple[Path, str]]:
+        return type(self), (self.path, self.reason)
 
 
 @dataclass(frozen=True)

@@ -226,14 +226,17 @@ def load_video_split(
         root: the folder holding the dataset (ignored by ``synthetic-video``).
         split: "train", "val" or "test".
         skip_bad_videos: probe every file now and leave the undecodable ones out (listed in ``skipped_files``, with
-            a warning); otherwise a bad file raises ``VideoDecodeError`` naming it when it is read.
+            a warning); otherwise a bad file raises ``VideoDecodeError`` naming it when it is read. A ValueError for
+            ``synthetic-video``, which has no files that could be skipped.
         options: per kind: ``num_classes``/``video_root`` (list kinds); ``num_samples``/``num_classes``/
             ``noise_std``/``seed``/``size`` (synthetic-video).
     """
     path = resolve_request(kind, VIDEO_DATASETS, root, split, options, _LAYOUTS, what="video dataset")
     spec = VIDEO_DATASETS[kind]
     source = spec.build(path, split, **options)
-    if skip_bad_videos and isinstance(source, VideoFiles):
+    if skip_bad_videos:
+        if not isinstance(source, VideoFiles):
+            raise ValueError(f"skip_bad_videos applies to kinds that read video files; {kind!r} has none to skip")
         kept, skipped = scan_videos(source.entries)
         source = replace(source, entries=kept, skipped_files=skipped)
     logger.info("%s %s: %d videos, %d classes", kind, split, len(source), len(source.classes))

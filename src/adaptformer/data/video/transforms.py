@@ -8,8 +8,9 @@ Something labels name left and right, and flipping would make them lie.
 
 Testing resizes the short side to ``test_short_side`` (default: the input's short side, 224) and takes a centre crop
 (one spatial view) or three crops along the long side (left/centre/right for landscape, top/centre/bottom for
-portrait), chosen by the view's crop index. ``Preprocessing.crop_pct`` (the image recipe's resize to 256 before a
-224 crop) is not used: the video recipe resizes the short side to the input size itself.
+portrait), chosen by the view's crop index; the crops of one clip share one resize (:meth:`VideoTransform.test_crops`).
+``Preprocessing.crop_pct`` (the image recipe's resize to 256 before a 224 crop) is not used: the video recipe resizes
+the short side to the input size itself.
 
 Every op runs on ``(T, C, H, W)`` tensors through torchvision.transforms.v2 functionals, which treat the leading dim
 as a batch, so one crop and one resize apply to all frames. Normalisation reuses the image pipeline's
@@ -18,6 +19,7 @@ as a batch, so one crop and one resize apply to all frames. Normalisation reuses
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -169,9 +171,15 @@ class VideoTransform:
 
     def test(self, frames: torch.Tensor, crop_index: int = 0, num_crops: int = 1) -> torch.Tensor:
         """Short-side resize, then crop ``crop_index`` of ``num_crops`` (see :func:`spatial_crop_params`)."""
+        return self.test_crops(frames, [crop_index], num_crops)[0]
+
+    def test_crops(self, frames: torch.Tensor, crop_indices: Sequence[int], num_crops: int) -> list[torch.Tensor]:
+        """The test crops ``crop_indices`` of ``num_crops`` of one clip, in that order: the clip is resized once and
+        every crop is cut from the resized clip, so each equals ``test(frames, index, num_crops)``."""
         video = self.resize_short_side(self._to_tchw(frames))  # (T, C, H', W')
-        box = spatial_crop_params(video.shape[-2], video.shape[-1], *self.size, crop_index, num_crops)
-        return self._finish(F.crop(video, *box))
+        height, width = video.shape[-2:]
+        boxes = [spatial_crop_params(height, width, *self.size, index, num_crops) for index in crop_indices]
+        return [self._finish(F.crop(video, *box)) for box in boxes]
 
     def __call__(
         self,

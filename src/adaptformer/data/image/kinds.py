@@ -1,14 +1,12 @@
-"""Image classification datasets of the AdaptFormer benchmarks, read from local files in their standard layouts.
+"""Image dataset kinds selectable by name (``adaptformer train --dataset KIND``), read from local files in their
+standard layouts; nothing is ever downloaded.
 
 Kinds (see ``IMAGE_DATASETS``): ``cifar100`` / ``cifar10`` (the python pickle release), ``svhn`` (cropped digits,
 ``*_32x32.mat``), ``food101``, ``imagefolder`` (``<root>/<split>/<class>/<image>``), ``digits`` (scikit-learn's
-bundled 8x8 handwritten digits, for offline runs on real data) and ``synthetic`` (seeded, class-coloured images).
-Nothing is ever downloaded.
-
-Every dataset returns ``(transform(image), label)`` and has ``classes`` (names, index = label), ``targets`` (one
-int label per sample, known without decoding images) and ``skipped`` (files left out by ``skip_bad_images``).
-The image handed to the transform is a PIL RGB image for file-based kinds and a uint8 ``(C, H, W)`` tensor for the
-others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
+bundled 8x8 handwritten digits, for offline runs on real data), ``synthetic`` (seeded, class-coloured images) and
+``shapes`` (procedural shapes). ``skip_bad_images`` is taken only by the kinds with one file per image (``food101``,
+``imagefolder``). The image handed to the transform is a PIL RGB image for file-based kinds and a uint8
+``(C, H, W)`` tensor for the others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
 """
 
 from __future__ import annotations
@@ -17,144 +15,25 @@ import inspect
 import json
 import logging
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.io
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.datasets.utils import check_integrity
-from torchvision.transforms.v2.functional import pil_to_tensor
-from tqdm import tqdm
 
+from adaptformer.data.image.datasets import ArrayImageDataset, ImageFileDataset, Transform
+from adaptformer.data.kinds import resolve_request
 from adaptformer.data.splits import train_val_split_indices
-
-from .kinds import resolve_request
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "IMAGE_DATASETS",
-    "ArrayImageDataset",
-    "ImageDatasetKind",
-    "ImageDecodeError",
-    "ImageFileDataset",
-    "build_image_dataset",
-    "load_rgb",
-]
-
-Transform = Callable[[Any], Any]
-
-
-class ImageDecodeError(OSError):
-    """An image file could not be opened or decoded; the message names the file."""
-
-
-def _check_labels(targets: Sequence[int], num_classes: int, source: str) -> None:
-    bad = sorted({int(t) for t in targets if not 0 <= int(t) < num_classes})
-    if bad:
-        raise ValueError(f"labels {bad[:10]} in {source} are outside the allowed range 0..{num_classes - 1}")
-
-
-class ArrayImageDataset(Dataset):
-    """Images held in memory as uint8 ``(N, H, W, C)`` or ``(N, H, W)`` (grayscale), with int labels."""
-
-    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str], transform: Transform | None):
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(targets):
-            raise ValueError(
-                f"expected uint8 images (N, H, W[, C]) and N labels, got {images.shape} {images.dtype} "
-                f"and {len(targets)} labels"
-            )
-        _check_labels(targets, len(classes), "the label array")
-        self.images = images
-        self.targets = [int(t) for t in targets]
-        self.classes = list(classes)
-        self.transform = transform
-        self.skipped: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
-        image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
-        return (self.transform(image) if self.transform else image), self.targets[index]
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file to PIL RGB; any failure raises :class:`ImageDecodeError` naming the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot read image file {path}: {exc}") from exc
-
-
-def _decode_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be decoded, or None. Decodes fully (``verify()`` misses truncated JPEGs); JPEGs are
-    decoded at reduced scale (``draft``), which still reads the whole entropy-coded stream but is cheap."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (1, 1))
-            image.load()
-    except Exception as exc:  # PIL raises many types for corrupt data
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-class ImageFileDataset(Dataset):
-    """Images decoded from files on demand.
-
-    With ``skip_bad_images`` every file is decoded once at construction and the unreadable ones are dropped,
-    listed in ``skipped`` and reported in a warning; otherwise a bad file raises :class:`ImageDecodeError` when
-    its sample is read.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[tuple[str | Path, int]],
-        classes: Sequence[str],
-        transform: Transform | None,
-        *,
-        skip_bad_images: bool = False,
-    ):
-        _check_labels([label for _, label in samples], len(classes), "the sample list")
-        self.samples = [(Path(path), int(label)) for path, label in samples]
-        self.skipped: list[str] = []
-        if skip_bad_images:
-            kept = []
-            for path, label in tqdm(self.samples, desc="checking images", unit="img", leave=False):
-                problem = _decode_problem(path)
-                if problem is None:
-                    kept.append((path, label))
-                else:
-                    self.skipped.append(str(path))
-                    log.debug("skipping %s: %s", path, problem)
-            if self.skipped:
-                log.warning(
-                    "skipped %d unreadable image(s) of %d, first: %s",
-                    len(self.skipped),
-                    len(self.samples),
-                    self.skipped[0],
-                )
-            self.samples = kept
-        self.targets = [label for _, label in self.samples]
-        self.classes = list(classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = load_rgb(path)
-        return (self.transform(image) if self.transform else pil_to_tensor(image)), label
+__all__ = ["IMAGE_DATASETS", "ImageDatasetKind", "build_image_dataset"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,8 +69,8 @@ def _verify_md5(path: Path, md5: str, verify: bool) -> None:
         )
 
 
-# Builders: build(root, split, transform, *, skip_bad_images, <kind options>) -> dataset. Their keyword options
-# are the ``kind_options`` that ``build_image_dataset`` accepts for the kind.
+# Builders: build(root, split, transform, *, <kind options>) -> dataset; those that read one file per image also take
+# ``skip_bad_images``. Their other keyword options are the ``kind_options`` that ``build_image_dataset`` accepts.
 
 
 def _read_cifar(release: type[CIFAR10], root: Path, split: str, verify_checksums: bool) -> tuple[Any, ...]:
@@ -220,19 +99,19 @@ def _read_cifar(release: type[CIFAR10], root: Path, split: str, verify_checksums
 
 
 def _build_cifar100(
-    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+    root: Path, split: str, transform: Transform | None, *, verify_checksums: bool = True
 ) -> ArrayImageDataset:
     return ArrayImageDataset(*_read_cifar(CIFAR100, root, split, verify_checksums), transform)
 
 
 def _build_cifar10(
-    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+    root: Path, split: str, transform: Transform | None, *, verify_checksums: bool = True
 ) -> ArrayImageDataset:
     return ArrayImageDataset(*_read_cifar(CIFAR10, root, split, verify_checksums), transform)
 
 
 def _build_svhn(
-    root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool, verify_checksums: bool = True
+    root: Path, split: str, transform: Transform | None, *, verify_checksums: bool = True
 ) -> ArrayImageDataset:
     """SVHN cropped digits: X is (32, 32, 3, N) uint8, y is (N, 1) with labels 1..10, where 10 is the digit 0."""
     _, filename, md5 = SVHN.split_list[split]
@@ -285,7 +164,6 @@ def _build_digits(
     split: str,
     transform: Transform | None,
     *,
-    skip_bad_images: bool,
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> ArrayImageDataset:
@@ -304,7 +182,6 @@ def _build_synthetic(
     split: str,
     transform: Transform | None,
     *,
-    skip_bad_images: bool,
     num_classes: int = 10,
     num_samples: int = 200,
     image_size: int = 32,
@@ -338,14 +215,13 @@ def _build_shapes(
     split: str,
     transform: Transform | None,
     *,
-    skip_bad_images: bool,
     num_classes: int = 64,
     num_samples: int = 6400,
     image_size: int = 32,
     seed: int = 0,
 ) -> Dataset:
     """Procedural shapes (``data/shapes.py``), the tiny backbone's pre-training data; test uses another seed stream."""
-    from .shapes import ProceduralShapes
+    from adaptformer.data.shapes import ProceduralShapes
 
     stream = 2 * seed + ("train", "test").index(split)
     return ProceduralShapes(num_samples, num_classes, image_size, seed=stream, transform=transform)
@@ -364,6 +240,11 @@ class ImageDatasetKind:
         """The ``kind_options`` the builder accepts."""
         params = inspect.signature(self.build).parameters.values()
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "skip_bad_images")
+
+    @property
+    def reads_image_files(self) -> bool:
+        """Whether every image is its own file (the kinds whose unreadable files ``skip_bad_images`` can drop)."""
+        return "skip_bad_images" in inspect.signature(self.build).parameters
 
 
 IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
@@ -394,8 +275,9 @@ def build_image_dataset(
         root: the folder holding the dataset in its standard layout (the error for a miss shows it).
         split: "train" or "test" (plus "val" for imagefolder, "extra" for svhn).
         transform: applied to each image (see the module docstring for its input); None returns uint8 tensors.
-        skip_bad_images: drop unreadable image files (counted in ``dataset.skipped``, with a warning) instead of
-            raising when they are read.
+        skip_bad_images: decode every image file now and drop the unreadable ones (listed in ``dataset.skipped``,
+            with a warning) instead of raising when they are read. Only for kinds with one file per image
+            (``food101``, ``imagefolder``); for the others it is a ValueError, as nothing could be skipped.
         kind_options: per kind: ``verify_checksums`` (cifar*, svhn; md5 of the official files, default True),
             ``test_fraction``/``seed`` (digits), ``num_classes``/``num_samples``/``image_size``/``noise``/``seed``
             (synthetic).
@@ -404,6 +286,14 @@ def build_image_dataset(
     spec = IMAGE_DATASETS[kind]
     if path is None and root is not None:
         log.debug("%s ignores root %s", kind, root)
-    dataset = spec.build(path, split, transform, skip_bad_images=skip_bad_images, **kind_options)
+    if spec.reads_image_files:
+        kind_options = {**kind_options, "skip_bad_images": skip_bad_images}
+    elif skip_bad_images:
+        files = [name for name, other in IMAGE_DATASETS.items() if other.reads_image_files]
+        raise ValueError(
+            f"skip_bad_images applies to kinds with one file per image ({', '.join(files)}); {kind!r} has no "
+            "image files that could be skipped"
+        )
+    dataset = spec.build(path, split, transform, **kind_options)
     log.info("%s %s: %d samples, %d classes", kind, split, len(dataset), len(dataset.classes))
     return dataset

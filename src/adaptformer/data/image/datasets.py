@@ -1,0 +1,130 @@
+"""The two ways an image dataset holds its samples: decoded arrays in memory, or one file per image read on demand.
+
+Both return ``(transform(image), label)`` and have ``classes`` (names, index = label), ``targets`` (one int label per
+sample, known without decoding images) and ``skipped`` (files left out as unreadable; always empty for arrays).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2.functional import pil_to_tensor
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ArrayImageDataset", "ImageDecodeError", "ImageFileDataset", "Transform", "load_rgb"]
+
+Transform = Callable[[Any], Any]
+
+
+class ImageDecodeError(OSError):
+    """An image file could not be opened or decoded; the message names the file."""
+
+
+def _check_labels(targets: Sequence[int], num_classes: int, source: str) -> None:
+    bad = sorted({int(t) for t in targets if not 0 <= int(t) < num_classes})
+    if bad:
+        raise ValueError(f"labels {bad[:10]} in {source} are outside the allowed range 0..{num_classes - 1}")
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as uint8 ``(N, H, W, C)`` or ``(N, H, W)`` (grayscale), with int labels."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str], transform: Transform | None):
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(targets):
+            raise ValueError(
+                f"expected uint8 images (N, H, W[, C]) and N labels, got {images.shape} {images.dtype} "
+                f"and {len(targets)} labels"
+            )
+        _check_labels(targets, len(classes), "the label array")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+        self.transform = transform
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file to PIL RGB; any failure raises :class:`ImageDecodeError` naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot read image file {path}: {exc}") from exc
+
+
+def _decode_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded, or None. Decodes fully (``verify()`` misses truncated JPEGs); JPEGs are
+    decoded at reduced scale (``draft``), which still reads the whole entropy-coded stream but is cheap."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (1, 1))
+            image.load()
+    except Exception as exc:  # PIL raises many types for corrupt data
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class ImageFileDataset(Dataset):
+    """Images decoded from files on demand.
+
+    With ``skip_bad_images`` every file is decoded once at construction and the unreadable ones are dropped,
+    listed in ``skipped`` and reported in a warning; otherwise a bad file raises :class:`ImageDecodeError` when
+    its sample is read.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str | Path, int]],
+        classes: Sequence[str],
+        transform: Transform | None,
+        *,
+        skip_bad_images: bool = False,
+    ):
+        _check_labels([label for _, label in samples], len(classes), "the sample list")
+        self.samples = [(Path(path), int(label)) for path, label in samples]
+        self.skipped: list[str] = []
+        if skip_bad_images:
+            kept = []
+            for path, label in tqdm(self.samples, desc="checking images", unit="img", leave=False):
+                problem = _decode_problem(path)
+                if problem is None:
+                    kept.append((path, label))
+                else:
+                    self.skipped.append(str(path))
+                    log.debug("skipping %s: %s", path, problem)
+            if self.skipped:
+                log.warning(
+                    "skipped %d unreadable image(s) of %d, first: %s",
+                    len(self.skipped),
+                    len(self.samples),
+                    self.skipped[0],
+                )
+            self.samples = kept
+        self.targets = [label for _, label in self.samples]
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else pil_to_tensor(image)), label
