@@ -49,17 +49,35 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
     groups = []
     off = SpeedConfig(frozen_prefix="off")
 
-    fp32_store = SpeedConfig(frozen_dtype="fp32")
+    plain = SpeedConfig(frozen_dtype="fp32", attention="fused", frozen_prefix="off", frozen_backward="off")
+    cases = [
+        training_case("adaptformer, plain", backbone, AF, "bf16", device, plain),
+        training_case("adaptformer, auto", backbone, AF, "bf16", device),
+        training_case("full, plain", backbone, FULL, "bf16", device, plain),
+        training_case("full, auto", backbone, FULL, "bf16", device),
+    ]
+    pairs = [("adaptformer, auto", "adaptformer, plain"), ("full, auto", "full, plain")]
+    description = (
+        "bf16; every option off (fp32 weights re-cast by autocast, timm's fused attention, plain autograd: a "
+        "straightforward implementation) vs the auto choices."
+    )
+    groups.append(_group("all options: plain vs auto", description, cases, pairs, args, backbone.batch, memory=True))
+
+    fp32_store = SpeedConfig(frozen_dtype="fp32", frozen_backward="off")
+    bf16_store = SpeedConfig(frozen_backward="off")
     cases = [
         training_case("adaptformer, frozen fp32", backbone, AF, "bf16", device, fp32_store),
-        training_case("adaptformer, frozen bf16", backbone, AF, "bf16", device),
+        training_case("adaptformer, frozen bf16", backbone, AF, "bf16", device, bf16_store),
         training_case("linear, frozen fp32", backbone, LINEAR, "bf16", device, fp32_store),
-        training_case("linear, frozen bf16", backbone, LINEAR, "bf16", device),
+        training_case("linear, frozen bf16", backbone, LINEAR, "bf16", device, bf16_store),
         inference_case("forward, frozen fp32", backbone, LINEAR, "bf16", device, fp32_store),
-        inference_case("forward, frozen bf16", backbone, LINEAR, "bf16", device),
+        inference_case("forward, frozen bf16", backbone, LINEAR, "bf16", device, bf16_store),
     ]
     pairs = [(f"{m}, frozen bf16", f"{m}, frozen fp32") for m in ("adaptformer", "linear", "forward")]
-    description = "bf16 autocast; frozen weights stored in fp32 (autocast re-casts them every step) or once in bf16."
+    description = (
+        "bf16 autocast, frozen_backward off; frozen weights stored in fp32 (autocast re-casts them every step) or "
+        "once in bf16."
+    )
     groups.append(_group("frozen_dtype", description, cases, pairs, args, backbone.batch, memory=True))
 
     cases, pairs = [], []

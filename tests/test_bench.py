@@ -54,3 +54,29 @@ def test_report_describes_machine_command_and_targets(quick_run: tuple[dict, str
     assert {"cpu", "cores", "torch", "timm", "device"} <= set(report["machine"])
     assert [len(t["rows"]) for t in report["targets"]] and all(len(t["rows"]) == 4 for t in report["targets"])
     assert "| adaptformer-64 |" in markdown and "AdaptFormer step <= 0.5x full fine-tuning step" in markdown
+
+
+def test_speed_option_groups_run() -> None:
+    """--options measures every speed option side by side (quick: tiny models), so the groups cannot rot either."""
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench.py"),
+        "--quick",
+        "--only",
+        "image",
+        "--options",
+        "--markdown",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for group in ("all options: plain vs auto", "frozen_dtype", "attention", "frozen_backward", "frozen_prefix"):
+        assert f"### Option: {group}" in done.stdout, group
+
+
+def test_gemm_floor_script_runs() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--quick"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert _positive(report["adaptformer/full"]) and report["adaptformer/full"] < 1.5
+    assert set(report["median_s"]) == {"adaptformer GEMMs", "full GEMMs"}
