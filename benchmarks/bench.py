@@ -230,11 +230,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["targets"] = [
         {"backbone": s["backbone"], "rows": check_targets(s)} for s in report["suites"] if s["precision"] == "bf16"
     ]
+
+    def save() -> None:  # after the suites and after every option group, so a failure late in a long run loses little
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    save()
     if args.options:
-        report["options"] = run_options(backbones[0], args, device)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        report["options"] = []
+        run_options(backbones[0], args, device, report["options"], save)
     if args.markdown:
         print(to_markdown(report))
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,9 +45,20 @@ def _group(
     }
 
 
-def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Measure every speed option on ``backbone`` (bf16 autocast unless noted); returns one dict per option."""
-    groups = []
+def run_options(
+    backbone: Backbone,
+    args: argparse.Namespace,
+    device: torch.device,
+    into: list[dict[str, Any]],
+    save: Callable[[], None] = lambda: None,
+) -> list[dict[str, Any]]:
+    """Measure every speed option on ``backbone`` (bf16 autocast unless noted); appends one dict per option to
+    ``into``, calling ``save`` after each, and returns ``into``."""
+
+    def add(group: dict[str, Any]) -> None:
+        into.append(group)
+        save()
+
     off = SpeedConfig(frozen_prefix="off")
 
     plain = SpeedConfig(frozen_dtype="fp32", attention="fused", frozen_prefix="off", frozen_backward="off")
@@ -61,7 +73,7 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         "bf16; every option off (fp32 weights re-cast by autocast, timm's fused attention, plain autograd: a "
         "straightforward implementation) vs the auto choices."
     )
-    groups.append(_group("all options: plain vs auto", description, cases, pairs, args, backbone.batch, memory=True))
+    add(_group("all options: plain vs auto", description, cases, pairs, args, backbone.batch, memory=True))
 
     fp32_store = SpeedConfig(frozen_dtype="fp32", frozen_backward="off")
     bf16_store = SpeedConfig(frozen_backward="off")
@@ -78,7 +90,7 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         "bf16 autocast, frozen_backward off; frozen weights stored in fp32 (autocast re-casts them every step) or "
         "once in bf16."
     )
-    groups.append(_group("frozen_dtype", description, cases, pairs, args, backbone.batch, memory=True))
+    add(_group("frozen_dtype", description, cases, pairs, args, backbone.batch, memory=True))
 
     cases, pairs = [], []
     for label, method, build in (
@@ -93,9 +105,10 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         "bf16: timm's fused scaled_dot_product_attention vs the explicit matmul-softmax path (both through the "
         "plain autograd path, frozen_backward off)."
     )
-    groups.append(_group("attention", description, cases, pairs, args, backbone.batch, memory=False))
+    add(_group("attention", description, cases, pairs, args, backbone.batch, memory=False))
     if not args.quick:
-        groups += [_attention_length_group(backbone, precision, args, device) for precision in ("bf16", "fp32")]
+        for precision in ("bf16", "fp32"):
+            add(_attention_length_group(backbone, precision, args, device))
 
     cases, pairs = [], []
     for label, method in (("adaptformer", AF), late_adapters(backbone.depth)):
@@ -107,7 +120,7 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         "bf16, auto attention; the frozen attention/MLP halves of adapted blocks through plain autograd (off) or the "
         "hand-written backward of adaptformer.frozen_backward (on: one-copy head layout, pre-packed bf16 weights)."
     )
-    groups.append(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
+    add(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
 
     _, late = late_adapters(backbone.depth)
     cases = [
@@ -121,7 +134,7 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         "there anyway: frozen weights, input without grad) or explicitly under torch.no_grad()."
     )
     pairs = [(cases[1].name, cases[0].name)]
-    groups.append(_group("frozen_prefix", description, cases, pairs, args, backbone.batch, memory=True))
+    add(_group("frozen_prefix", description, cases, pairs, args, backbone.batch, memory=True))
 
     cases, pairs = [], []
     for label, method in (("adaptformer", AF), ("full", FULL)):
@@ -130,11 +143,11 @@ def run_options(backbone: Backbone, args: argparse.Namespace, device: torch.devi
         cases.append(training_case(f"{label}, checkpointed", backbone, method, "bf16", device, checkpointed))
         pairs.append((f"{label}, checkpointed", label))
     description = "bf16; timm's per-block activation checkpointing (non-reentrant) on or off."
-    groups.append(_group("grad_checkpointing", description, cases, pairs, args, backbone.batch, memory=True))
+    add(_group("grad_checkpointing", description, cases, pairs, args, backbone.batch, memory=True))
 
     if args.compile:
-        groups.append(_compile_group(backbone, args, device))
-    return groups
+        add(_compile_group(backbone, args, device))
+    return into
 
 
 def plain_attention(kind: str) -> SpeedConfig:

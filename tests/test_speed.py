@@ -285,6 +285,15 @@ def test_compile_keeps_outputs_and_names(attention: str, images: torch.Tensor) -
         torch.testing.assert_close(fast.eval()(images), plain.eval()(images), **FP32_TOL)
 
 
+def test_compiled_model_with_frozen_backward_on_takes_the_plain_path(images: torch.Tensor) -> None:
+    """The hand-written backward is eager-only: compiled blocks fall back to their plain path (bf16, packed weights)."""
+    plain = apply_speed(_model(), SpeedConfig(frozen_backward="off"), "cpu", "bf16")
+    config = SpeedConfig(frozen_backward="on", compile=True)
+    fast = apply_speed(_model(), config, "cpu", "bf16", compile_kwargs={"backend": "aot_eager"})
+    assert resolve(SpeedConfig(compile=True), "cpu", "bf16").frozen_backward == "off"
+    _assert_same(_step(fast, images, "bf16"), _step(plain, images, "bf16"), BF16_TOL)
+
+
 def test_apply_speed_records_the_resolved_config_once() -> None:
     model = apply_speed(_model(), None, "cpu", "bf16")
     assert speed_config(model) == resolve(SpeedConfig(), "cpu", "bf16", tokens=17)

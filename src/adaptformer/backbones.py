@@ -32,7 +32,8 @@ class AdaptedViTBlock(Block):
     frozen_backward_mlp: bool = False
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        recording = torch.is_grad_enabled() and x.requires_grad
+        # the hand-written backward is eager-only: under torch.compile the compiler fuses the plain path itself
+        recording = torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling()
         plain = attn_mask is None and not is_causal
         if recording and plain and self.frozen_backward_attention and supports_attention(self.norm1, self.attn, x):
             attn = frozen_attention(self.norm1, self.attn, x)

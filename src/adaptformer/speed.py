@@ -134,7 +134,8 @@ def resolve(
     ``tokens`` is unknown).
     frozen_prefix: on (it is exact and never measured slower).
     frozen_backward: on for the (device type, precision) pairs in ``FROZEN_BACKWARD_DEVICES`` when frozen weights are
-    stored in the precision (no autocast casts), else off.
+    stored in the precision (no autocast casts) and the model is not compiled (the compiler fuses its own kernels; a
+    compiled block always takes its plain path), else off.
     Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run.
     """
     config = config or SpeedConfig()
@@ -153,7 +154,7 @@ def resolve(
     frozen_backward = config.frozen_backward
     if frozen_backward == AUTO:
         measured = (device.type, precision) in FROZEN_BACKWARD_DEVICES and frozen_dtype == precision
-        frozen_backward = "on" if measured else "off"
+        frozen_backward = "on" if measured and not config.compile else "off"
     return replace(
         config,
         frozen_dtype=frozen_dtype,
