@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from adaptformer.cli import main
+from adaptformer.engine import TrainConfig
+from adaptformer.engine.datasets import DataSpec
 from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
 from adaptformer.study import METHODS, StudySettings, build_cells, summarise
 from adaptformer.study_report import format_table, ranking
@@ -41,6 +43,9 @@ def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
         assert all(s == shared[0] for s in shared)  # the same recipe for every method and seed
     digits = {c.method: c.config for c in cells if c.task == "digits" and c.seed == 0}
     assert digits["full"]["blr"] == pytest.approx(0.1 * digits["linear"]["blr"])  # the paper's 0.1x for full
+    # digits are neither mirror-symmetric nor big enough for the paper's 8% crops
+    augment = DataSpec.from_config(TrainConfig.from_dict(digits["adaptformer-16"])).image
+    assert augment.flip is False and augment.crop_scale[0] >= 0.5
     motion = next(c.config for c in cells if c.task == "motion")
     assert motion["checkpoint_source"] == "inflate-image" and motion["model_kwargs"]["embed_dim"] == 128
 

@@ -75,6 +75,7 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str) -> None:
         config = info["config"]
         keys = ["epochs", "warmup_epochs", "batch_size", "optimizer", "lr" if config.get("lr") else "blr", "precision"]
         recipe = ", ".join(f"{k} {config[k]}" for k in keys)
+        recipe += "".join(f", {k} {config[k]}" for k in ("crop_scale", "flip") if config.get(k) is not None)
         if config.get("dataset_options"):
             recipe += f", dataset_options {config['dataset_options']}"
         if info["full_lr_scale"] != 1.0:

@@ -14,11 +14,20 @@ from .image import (
     load_rgb,
 )
 from .splits import dataset_labels, train_val_split, train_val_split_indices
-from .transforms import ToRGBImage, build_image_transform, eval_resize_size, normalize_transform
+from .transforms import (
+    PAPER_CROP_SCALE,
+    ImageAugment,
+    ToRGBImage,
+    build_image_transform,
+    eval_resize_size,
+    normalize_transform,
+)
 
 __all__ = [
     "IMAGE_DATASETS",
+    "PAPER_CROP_SCALE",
     "ArrayImageDataset",
+    "ImageAugment",
     "ImageDatasetKind",
     "ImageDecodeError",
     "ImageFileDataset",

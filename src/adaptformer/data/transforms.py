@@ -1,15 +1,18 @@
 """Image transforms of the AdaptFormer recipe (paper Table 5), built from a backbone's ``Preprocessing``.
 
 Train: RandomResizedCrop to the input size (the backbone's interpolation, bicubic for the MAE ViT-B) + horizontal
-flip. Eval: resize the short side to ``size / crop_pct`` (256 for 224 at crop_pct 0.875) + centre crop. Both end
-with :func:`normalize_transform`, the uint8 -> float -> mean/std step, which works on any tensor shaped
-``(..., C, H, W)`` so the video pipeline reuses it on ``(T, C, H, W)`` clips.
+flip; :class:`ImageAugment` holds the crop's area range (paper: 8%-100%) and whether to flip, since neither suits
+every task (an 8x8 digit cropped to 8% of its area is a blob; a mirrored digit is another symbol). Eval: resize the
+short side to ``size / crop_pct`` (256 for 224 at crop_pct 0.875) + centre crop. Both end with
+:func:`normalize_transform`, the uint8 -> float -> mean/std step, which works on any tensor shaped ``(..., C, H, W)``
+so the video pipeline reuses it on ``(T, C, H, W)`` clips.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,44 @@ from torchvision.transforms import InterpolationMode, v2
 
 from adaptformer.preprocessing import Preprocessing
 
-__all__ = ["ToRGBImage", "build_image_transform", "eval_resize_size", "normalize_transform"]
+__all__ = [
+    "PAPER_CROP_SCALE",
+    "ImageAugment",
+    "ToRGBImage",
+    "build_image_transform",
+    "eval_resize_size",
+    "normalize_transform",
+]
+
+PAPER_CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's area range in the paper's (MAE's) image recipe
+
+
+@dataclass(frozen=True)
+class ImageAugment:
+    """The random geometry of training images.
+
+    Args:
+        crop_scale: (min, max) fraction of the image's area that RandomResizedCrop keeps, 0 < min <= max <= 1.
+        flip: random horizontal flip (probability 0.5).
+    """
+
+    crop_scale: tuple[float, float] = PAPER_CROP_SCALE
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        scale = self.crop_scale
+        if not (
+            isinstance(scale, (tuple, list))
+            and len(scale) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+        ):
+            raise ValueError(f"crop_scale must be two numbers [min, max], got {scale!r}")
+        low, high = (float(v) for v in scale)
+        if not (0.0 < low <= high <= 1.0):
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {list(scale)!r}")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"flip must be true or false, got {self.flip!r}")
+        object.__setattr__(self, "crop_scale", (low, high))
 
 
 class ToRGBImage:
@@ -69,8 +109,11 @@ def eval_resize_size(pre: Preprocessing) -> int | tuple[int, int]:
     return math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct)
 
 
-def build_image_transform(pre: Preprocessing, train: bool) -> Callable[[Any], torch.Tensor]:
-    """The paper's train (random crop + flip) or eval (resize + centre crop) transform, ending normalised.
+def build_image_transform(
+    pre: Preprocessing, train: bool, augment: ImageAugment | None = None
+) -> Callable[[Any], torch.Tensor]:
+    """The train (random crop [+ flip], ``augment``; default: the paper's) or eval (resize + centre crop) transform,
+    ending normalised.
 
     Accepts PIL images, numpy ``(H, W[, C])`` uint8 arrays and ``([C,] H, W)`` uint8 tensors; returns a float32
     ``(3, H, W)`` tensor with ``(H, W) = pre.image_size``.
@@ -80,9 +123,10 @@ def build_image_transform(pre: Preprocessing, train: bool) -> Callable[[Any], to
     interpolation = InterpolationMode(pre.interpolation)
     size = list(pre.image_size)
     if train:
+        augment = augment or ImageAugment()
         geometry: list[Callable[[Any], Any]] = [
-            v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(size, scale=augment.crop_scale, interpolation=interpolation, antialias=True),
+            *([v2.RandomHorizontalFlip()] if augment.flip else []),
         ]
     else:
         geometry = [

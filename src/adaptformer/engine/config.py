@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..adapter import FORMS
-from ..data import IMAGE_DATASETS
+from ..data import IMAGE_DATASETS, PAPER_CROP_SCALE, ImageAugment
 from ..data.video import STRATEGIES, VIDEO_DATASETS
 from ..heads import HEADS
 from ..methods import METHODS
@@ -32,9 +32,11 @@ SELECTIONS = ("best", "last")
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
 # Video-only fields and their defaults: setting one for an image dataset is an error rather than silently ignored.
 VIDEO_FIELDS = {
-    "num_frames": None, "sampling": None, "sampling_stride": None, "flip": False, "test_clips": 4, "test_crops": 3,
+    "num_frames": None, "sampling": None, "sampling_stride": None, "test_clips": 4, "test_crops": 3,
     "skip_bad_videos": False,
 }  # fmt: skip
+# Image-only fields and their defaults, likewise an error when changed for a video dataset.
+IMAGE_FIELDS = {"crop_scale": list(PAPER_CROP_SCALE)}
 # Fields that steer how a run executes but not what it computes; a resumed run may change them.
 RUN_CONTROL_FIELDS = (
     "resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir",
@@ -98,13 +100,20 @@ class TrainConfig:
     val_split: int | float = _f(0.1, "validation carved from train: fraction, sample count, or 0 for none", "data")
     split_seed: int = _f(0, "seed of the train/validation split", "data")
     num_workers: int = _f(4, "data loading worker processes per device", "data")
+    # augmentation
+    crop_scale: list[float] = field(
+        default_factory=lambda: list(PAPER_CROP_SCALE),
+        metadata=_meta("[min, max] area fraction RandomResizedCrop keeps of a training image", "augmentation"),
+    )
+    flip: bool | None = _f(
+        None, "random horizontal flip of training inputs; none: the paper's (images on, video off)", "augmentation"
+    )
     # video
     num_frames: int | None = _f(None, "frames per clip, passed to the video backbone (none: its default, 8)", "video")
     sampling: str | None = _f(
         None, "temporal sampling: segment (TSN; ssv2's default) or dense (strided; the others')", "video", STRATEGIES
     )
     sampling_stride: int | None = _f(None, "frames between sampled frames, dense sampling (none: kind's, 4)", "video")
-    flip: bool = _f(False, "random horizontal flip of training clips (paper: off; SSv2 names left/right)", "video")
     test_clips: int = _f(4, "temporal clips per test video; their logits are averaged with the crops'", "video")
     test_crops: int = _f(3, "spatial crops per test clip: 1 (centre) or 3 (along the long side)", "video")
     # optimisation
@@ -219,11 +228,18 @@ class TrainConfig:
             changed = [name for name, default in VIDEO_FIELDS.items() if getattr(self, name) != default]
             if changed:
                 raise ValueError(f"{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
+            self.image_augment()  # validates crop_scale
             return
         if self.skip_bad_images:
             raise ValueError(
                 f"skip_bad_images applies to image datasets; {self.dataset!r} is a video dataset: use skip_bad_videos "
                 "(--skip-bad-videos), which probes every video and drops the undecodable ones (counted)"
+            )
+        changed = [name for name, default in IMAGE_FIELDS.items() if getattr(self, name) != default]
+        if changed:
+            raise ValueError(
+                f"{changed} apply to image datasets only; {self.dataset!r} is a video dataset (its training crops are "
+                "the multi-scale crop of the paper's video recipe)"
             )
         if self.sampling is not None:
             _choice("sampling", self.sampling, STRATEGIES)
@@ -240,6 +256,14 @@ class TrainConfig:
     def speed(self) -> SpeedConfig:
         """The speed options as a :class:`~adaptformer.speed.SpeedConfig` (validated)."""
         return SpeedConfig(**{f.name: getattr(self, f.name) for f in fields(SpeedConfig)})
+
+    def flips(self) -> bool:
+        """Whether training inputs are flipped: ``flip``, or the paper's default for the modality (video: off)."""
+        return self.flip if self.flip is not None else self.dataset not in VIDEO_DATASETS
+
+    def image_augment(self) -> ImageAugment:
+        """The random geometry of training images (image datasets)."""
+        return ImageAugment(tuple(self.crop_scale), self.flips())  # type: ignore[arg-type]  # checks the length
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """The timm kwargs of the backbone: ``model_kwargs``, plus ``num_frames`` when set."""
@@ -386,7 +410,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         shown = "none" if default is None else default
         kwargs["help"] = f"{f.metadata['help']} (default: {shown})" if default != "" else f.metadata["help"]
-        if hints[f.name] is bool:
+        if hints[f.name] in (bool, bool | None):  # --flag / --no-flag; absent: the file's value or the default
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]

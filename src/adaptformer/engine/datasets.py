@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..data import build_image_transform
+from ..data import ImageAugment, build_image_transform
 from ..data.video import (
     STRATEGIES,
     VIDEO_DATASETS,
@@ -89,6 +89,7 @@ class DataSpec:
         verify_checksums: check official md5 sums (CIFAR, SVHN).
         skip_bad: leave unreadable images / undecodable videos out (counted) instead of failing.
         video: clip sampling and test views (video kinds only).
+        image: random crop range and flip of training images (image kinds only).
     """
 
     kind: str
@@ -97,6 +98,7 @@ class DataSpec:
     verify_checksums: bool = True
     skip_bad: bool = False
     video: VideoSettings = field(default_factory=VideoSettings)
+    image: ImageAugment = field(default_factory=ImageAugment)
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
@@ -113,10 +115,11 @@ class DataSpec:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> DataSpec:
         video = cfg.dataset in VIDEO_DATASETS
-        settings = VideoSettings(cfg.sampling, cfg.sampling_stride, cfg.flip, cfg.test_clips, cfg.test_crops)
+        settings = VideoSettings(cfg.sampling, cfg.sampling_stride, cfg.flips(), cfg.test_clips, cfg.test_crops)
         return cls(
             cfg.dataset, cfg.data_dir, dict(cfg.dataset_options), cfg.verify_checksums,
             cfg.skip_bad_videos if video else cfg.skip_bad_images, settings,
+            ImageAugment() if video else cfg.image_augment(),
         )  # fmt: skip
 
 
@@ -129,16 +132,17 @@ def clip_frames(model: nn.Module) -> int | None:
 class ImageSplit:
     """One split of an image dataset; its transform follows the model it is built for."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, augment: ImageAugment | None = None) -> None:
         self.dataset = dataset
+        self.augment = augment or ImageAugment()
         self.classes: list[str] = list(dataset.classes)  # type: ignore[attr-defined]
         self.skipped = len(getattr(dataset, "skipped", []))
 
     def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
-        """The samples with the paper's train (random crop + flip) or eval (resize + centre crop) transform."""
+        """The samples with the train (random crop [+ flip], ``augment``) or eval (resize + centre crop) transform."""
         if clip_frames(model) is not None:
             raise ValueError("this is an image dataset but the backbone takes video clips; choose a video dataset kind")
-        transform = build_image_transform(Preprocessing.from_model(model), train=purpose == "train")
+        transform = build_image_transform(Preprocessing.from_model(model), purpose == "train", self.augment)
         return with_transform(self.dataset, transform)
 
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
@@ -183,4 +187,4 @@ def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
         spec.kind, spec.root, split, options=spec.options, verify_checksums=spec.verify_checksums,
         skip_bad_images=spec.skip_bad,
     )  # fmt: skip
-    return ImageSplit(dataset)
+    return ImageSplit(dataset, spec.image)

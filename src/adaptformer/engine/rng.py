@@ -30,9 +30,13 @@ def derive_seed(*keys: int) -> int:
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's CPU generator seeded to ``seed``, restoring the outer state afterwards."""
+    """Run the block with torch's CPU generator seeded to ``seed``, restoring the outer state afterwards.
+
+    Only the CPU generator: ``torch.manual_seed`` would also queue seeding every CUDA device, which costs ~20% of
+    data loading when called per sample on a CUDA build. Augmentation draws from the CPU generator only.
+    """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         yield
 
 
