@@ -173,6 +173,9 @@ def test_packed_weights_follow_in_place_changes() -> None:
             model.blocks[1].mlp.fc1.weight.mul_(-1.5)
             model.blocks[2].attn.qkv.weight.mul_(0.5)
     _assert_same(_step(manual, x, "bf16"), _step(plain, x, "bf16"), BF16_TOL)
+    for model in (manual, plain):  # a new storage whose version counter starts again at 0
+        model.blocks[1].mlp.fc2.weight.data = model.blocks[1].mlp.fc2.weight.data * -1.0
+    _assert_same(_step(manual, x, "bf16"), _step(plain, x, "bf16"), BF16_TOL)
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     state["blocks.1.mlp.fc2.weight"].mul_(2.0)
     manual.load_state_dict(state)

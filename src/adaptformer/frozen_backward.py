@@ -99,8 +99,10 @@ def supports_mlp(norm: nn.Module, mlp: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-# (id(frozen weight), transposed) -> (version, data pointer, rows, packed weight); entries leave with their weight
-_PACKED: dict[tuple[int, bool], tuple[int, int, int, torch.Tensor]] = {}
+# (id(frozen weight), transposed) -> (source, version, rows, packed weight); entries leave with their weight. The
+# source is a detached view of the weight: it keeps the packed storage alive, so a different storage can never reuse
+# its address, and it shares the weight's version counter, which in-place changes (load_state_dict, p.mul_) bump.
+_PACKED: dict[tuple[int, bool], tuple[torch.Tensor, int, int, torch.Tensor]] = {}
 
 
 def _packable(x: torch.Tensor) -> bool:
@@ -117,13 +119,14 @@ def _packed(weight: torch.Tensor, rows: int, transposed: bool) -> torch.Tensor:
     """``weight`` (or its transpose) in oneDNN's blocked layout for GEMMs of ``rows`` rows, packed once and packed
     again only when the weight's storage, its version counter (in-place changes) or ``rows`` change."""
     key = (id(weight), transposed)
-    state = (weight._version, weight.data_ptr(), rows)
     hit = _PACKED.get(key)
     if hit is None:
         weakref.finalize(weight, _PACKED.pop, key, None)
-    if hit is None or hit[:3] != state:
-        source = weight.detach().t().contiguous() if transposed else weight.detach()
-        hit = (*state, torch.ops.mkldnn._reorder_linear_weight(source, rows))
+    fresh = hit is not None and hit[0].data_ptr() == weight.data_ptr() and hit[1:3] == (weight._version, rows)
+    if not fresh:
+        source = weight.detach()
+        packed = torch.ops.mkldnn._reorder_linear_weight(source.t().contiguous() if transposed else source, rows)
+        hit = (source, weight._version, rows, packed)
         _PACKED[key] = hit
     return hit[3]
 
