@@ -8,12 +8,11 @@ from unittest import mock
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tests.conftest import VIT, tiny_kwargs
+from tests.training_step import Step, assert_same_step, train_step
 
 import adaptformer.backbones as backbones
 from adaptformer import AdaptFormerConfig, create_model
-from adaptformer.engine.precision import Precision
 from adaptformer.speed import SpeedConfig, apply_speed, resolve
 
 VIDEO = "video_vit_small_patch16_224"
@@ -50,22 +49,8 @@ def _inputs(name: str = VIT) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
 
 
-def _step(model: torch.nn.Module, x: torch.Tensor, precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    torch.manual_seed(2)
-    model.zero_grad(set_to_none=True)
-    with Precision(precision, "cpu").autocast():
-        logits = model(x)
-    F.cross_entropy(logits.float(), torch.arange(x.shape[0]) % 5).backward()
-    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return logits.detach().float(), grads
-
-
-def _assert_same(a: tuple[torch.Tensor, dict], b: tuple[torch.Tensor, dict], tol: dict) -> None:
-    torch.testing.assert_close(a[0], b[0], **tol)
-    assert a[1].keys() == b[1].keys() and a[1]
-    for name in a[1]:
-        assert a[1][name].abs().sum() > 0, f"{name} got no gradient"
-        torch.testing.assert_close(a[1][name], b[1][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+def _same(a: Step, b: Step, tol: dict) -> None:
+    assert_same_step(a, b, tol, every_gradient_nonzero=True)
 
 
 class _Spy:
@@ -102,14 +87,14 @@ class _Spy:
 @pytest.mark.parametrize("precision, tol", [("fp32", FP32_TOL), ("bf16", BF16_TOL)])
 def test_manual_backward_matches_autograd(name: str, precision: str, tol: dict) -> None:
     x = _inputs(name)
-    plain = _step(_model(name, precision, manual=False), x, precision)
+    plain = train_step(_model(name, precision, manual=False), x, precision)
     model = _model(name, precision, manual=True)
     with _Spy() as spy:
-        manual = _step(model, x, precision)
+        manual = train_step(model, x, precision)
     depth = len(model.blocks)
     # block 0's attention input carries no gradient (frozen patch embedding), so it keeps its plain path
     assert (spy.attention, spy.mlp) == (depth - 1, depth - 1)
-    _assert_same(manual, plain, tol)
+    _same(manual, plain, tol)
 
 
 def test_the_input_gradient_matches_too() -> None:
@@ -125,11 +110,11 @@ def test_the_input_gradient_matches_too() -> None:
 
 def test_drop_path_and_layer_scale_stay_outside_and_work() -> None:
     x = _inputs()
-    plain = _step(_model(manual=False, drop_path_rate=0.3), x, "fp32")
+    plain = train_step(_model(manual=False, drop_path_rate=0.3), x, "fp32")
     with _Spy() as spy:
-        manual = _step(_model(manual=True, drop_path_rate=0.3), x, "fp32")
+        manual = train_step(_model(manual=True, drop_path_rate=0.3), x, "fp32")
     assert spy.mlp > 0
-    _assert_same(manual, plain, FP32_TOL)
+    _same(manual, plain, FP32_TOL)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +128,7 @@ def test_drop_path_and_layer_scale_stay_outside_and_work() -> None:
 def test_falls_back_where_it_would_change_the_function(kwargs: dict, engaged: tuple[int, int]) -> None:
     model = _model(**kwargs)
     with _Spy() as spy:
-        _step(model, _inputs(), "fp32")
+        train_step(model, _inputs(), "fp32")
     assert (spy.attention, spy.mlp) == engaged
 
 
@@ -159,7 +144,7 @@ def test_no_manual_path_without_autograd_or_with_mixed_precision() -> None:
         "bf16",
     )
     with _Spy() as spy:  # fp32 weights under bf16 autocast: the plain path does the casting
-        _step(fp32_stored, _inputs(), "bf16")
+        train_step(fp32_stored, _inputs(), "bf16")
     assert (spy.attention, spy.mlp) == (0, 0)
 
 
@@ -167,20 +152,20 @@ def test_packed_weights_follow_in_place_changes() -> None:
     """bf16 weights are pre-packed for oneDNN once; changing a frozen weight in place must not leave a stale copy."""
     x = _inputs()
     manual, plain = _model(precision="bf16", manual=True), _model(precision="bf16", manual=False)
-    _step(manual, x, "bf16")  # packs
+    train_step(manual, x, "bf16")  # packs
     with torch.no_grad():
         for model in (manual, plain):
             model.blocks[1].mlp.fc1.weight.mul_(-1.5)
             model.blocks[2].attn.qkv.weight.mul_(0.5)
-    _assert_same(_step(manual, x, "bf16"), _step(plain, x, "bf16"), BF16_TOL)
+    _same(train_step(manual, x, "bf16"), train_step(plain, x, "bf16"), BF16_TOL)
     for model in (manual, plain):  # a new storage whose version counter starts again at 0
         model.blocks[1].mlp.fc2.weight.data = model.blocks[1].mlp.fc2.weight.data * -1.0
-    _assert_same(_step(manual, x, "bf16"), _step(plain, x, "bf16"), BF16_TOL)
+    _same(train_step(manual, x, "bf16"), train_step(plain, x, "bf16"), BF16_TOL)
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     state["blocks.1.mlp.fc2.weight"].mul_(2.0)
     manual.load_state_dict(state)
     plain.load_state_dict(state)
-    _assert_same(_step(manual, x, "bf16"), _step(plain, x, "bf16"), BF16_TOL)
+    _same(train_step(manual, x, "bf16"), train_step(plain, x, "bf16"), BF16_TOL)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tests.conftest import SWIN, VIT, tiny_kwargs
+from tests.training_step import assert_same_step, train_step
 
 import adaptformer.speed as speed
 from adaptformer import AdaptFormerConfig, VPTConfig, build_backbone, create_model, load_adapter, save_adapter
@@ -40,24 +41,6 @@ def _model(method: str = "adaptformer", name: str = VIT, **kwargs: object) -> to
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
     return model.train()
-
-
-def _step(model: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
-    """Logits and the trainable parameters' gradients of one forward/backward."""
-    torch.manual_seed(2)  # the same dropout / drop-path draws in both paths
-    model.zero_grad(set_to_none=True)
-    with Precision(precision, "cpu").autocast():
-        logits = model(x)
-    F.cross_entropy(logits.float(), torch.arange(x.shape[0]) % 5).backward()
-    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return logits.detach().float(), grads
-
-
-def _assert_same(a: tuple[torch.Tensor, dict], b: tuple[torch.Tensor, dict], tol: dict) -> None:
-    torch.testing.assert_close(a[0], b[0], **tol)
-    assert a[1].keys() == b[1].keys() and a[1]
-    for name in a[1]:
-        torch.testing.assert_close(a[1][name], b[1][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.mark.parametrize(
@@ -138,7 +121,7 @@ def test_bf16_storage_matches_the_autocast_path(name: str, method: str, kwargs: 
     for p in fast.parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16)
     assert all(b.dtype == torch.float32 for b in fast.buffers() if b.is_floating_point())  # BatchNorm statistics
-    _assert_same(_step(fast, images, "bf16"), _step(plain, images, "bf16"), BF16_TOL)
+    assert_same_step(train_step(fast, images, "bf16"), train_step(plain, images, "bf16"), BF16_TOL)
     head = fast.get_classifier()[0]
     torch.testing.assert_close(head.running_mean, plain.get_classifier()[0].running_mean, **BF16_TOL)
     torch.testing.assert_close(head.running_var, plain.get_classifier()[0].running_var, **BF16_TOL)
@@ -180,7 +163,7 @@ def test_math_and_fused_attention_agree(method: str, images: torch.Tensor) -> No
     flags = [m.fused_attn for m in math.modules() if hasattr(m, "fused_attn")]
     assert len(flags) == 3 and not any(flags)
     assert all(m.fused_attn for m in fused.modules() if hasattr(m, "fused_attn"))
-    _assert_same(_step(math, images), _step(fused, images), FP32_TOL)
+    assert_same_step(train_step(math, images), train_step(fused, images), FP32_TOL)
 
 
 def test_split_attention_trains_with_math_and_infers_fused(images: torch.Tensor) -> None:
@@ -188,7 +171,7 @@ def test_split_attention_trains_with_math_and_infers_fused(images: torch.Tensor)
     split = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="split"), "cpu", "fp32")
     math = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="math"), "cpu", "fp32")
     attention = [m for m in split.modules() if hasattr(m, "fused_attn")]
-    _assert_same(_step(split, images), _step(math, images), {"atol": 0.0, "rtol": 0.0})
+    assert_same_step(train_step(split, images), train_step(math, images), {"atol": 0.0, "rtol": 0.0})
     assert not any(m.fused_attn for m in attention)
     with torch.no_grad():
         out = split.eval()(images)
@@ -211,7 +194,7 @@ def test_video_attention_honours_the_switch() -> None:
         model = create_model("video_vit_small_patch16_224", 5, adapter=AdaptFormerConfig(dropout=0.0), **kwargs)
         models[kind] = apply_speed(model.train(), SpeedConfig(attention=kind), "cpu", "fp32")
         assert [m.fused_attn for m in model.blocks.modules() if hasattr(m, "fused_attn")] == [kind == "fused"] * 2
-    _assert_same(_step(models["math"], clips), _step(models["fused"], clips), FP32_TOL)
+    assert_same_step(train_step(models["math"], clips), train_step(models["fused"], clips), FP32_TOL)
 
 
 @pytest.mark.parametrize(
@@ -236,7 +219,7 @@ def test_frozen_prefix_is_exact_and_keeps_names(images: torch.Tensor) -> None:
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused", frozen_prefix="on"), "cpu", "fp32")
     assert isinstance(fast.blocks, speed.FrozenPrefixBlocks) and fast.blocks.frozen_prefix == 2
     assert list(fast.state_dict()) == list(plain.state_dict())
-    _assert_same(_step(fast, images), _step(plain, images), {"atol": 0.0, "rtol": 0.0})
+    assert_same_step(train_step(fast, images), train_step(plain, images), {"atol": 0.0, "rtol": 0.0})
 
 
 def test_frozen_prefix_is_off_when_something_trainable_feeds_the_blocks() -> None:
@@ -260,8 +243,8 @@ def test_grad_checkpointing_gives_equal_gradients(name: str, method: str, kwargs
     plain = _model(method, name, **kwargs)
     speed.set_attention(plain, "math" if attention == "split" else "fused")  # what the training step runs
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention=attention, grad_checkpointing=True), "cpu", "fp32")
-    result = _step(fast, x)
-    _assert_same(result, _step(plain, x), FP32_TOL)
+    result = train_step(fast, x)
+    assert_same_step(result, train_step(plain, x), FP32_TOL)
     first = next(n for n in result[1] if "adaptmlp.down_proj.weight" in n or "vpt.tokens" in n)
     assert result[1][first].abs().sum() > 0  # the first adapted block still gets a gradient
 
@@ -280,7 +263,7 @@ def test_compile_keeps_outputs_and_names(attention: str, images: torch.Tensor) -
     config = SpeedConfig(attention=attention, compile=True)
     fast = apply_speed(copy.deepcopy(plain), config, "cpu", "fp32", compile_kwargs={"backend": "aot_eager"})
     assert list(fast.state_dict()) == list(plain.state_dict())
-    _assert_same(_step(fast, images), _step(plain, images), FP32_TOL)
+    assert_same_step(train_step(fast, images), train_step(plain, images), FP32_TOL)
     with torch.no_grad():
         torch.testing.assert_close(fast.eval()(images), plain.eval()(images), **FP32_TOL)
 
@@ -291,7 +274,7 @@ def test_compiled_model_with_frozen_backward_on_takes_the_plain_path(images: tor
     config = SpeedConfig(frozen_backward="on", compile=True)
     fast = apply_speed(_model(), config, "cpu", "bf16", compile_kwargs={"backend": "aot_eager"})
     assert resolve(SpeedConfig(compile=True), "cpu", "bf16").frozen_backward == "off"
-    _assert_same(_step(fast, images, "bf16"), _step(plain, images, "bf16"), BF16_TOL)
+    assert_same_step(train_step(fast, images, "bf16"), train_step(plain, images, "bf16"), BF16_TOL)
 
 
 def test_apply_speed_records_the_resolved_config_once() -> None:

@@ -1,0 +1,31 @@
+"""One seeded forward/backward of a model and a comparison of two of them: shared by the speed-option tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adaptformer.engine.precision import Precision
+
+Step = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> Step:
+    """Logits and the trainable parameters' gradients of one forward/backward (5 classes)."""
+    torch.manual_seed(2)  # the same dropout / drop-path draws in both paths
+    model.zero_grad(set_to_none=True)
+    with Precision(precision, "cpu").autocast():
+        logits = model(x)
+    F.cross_entropy(logits.float(), torch.arange(x.shape[0]) % 5).backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach().float(), grads
+
+
+def assert_same_step(a: Step, b: Step, tol: dict, every_gradient_nonzero: bool = False) -> None:
+    """Equal logits and equal gradients (same parameter names), within ``tol``."""
+    torch.testing.assert_close(a[0], b[0], **tol)
+    assert a[1].keys() == b[1].keys() and a[1]
+    for name in a[1]:
+        if every_gradient_nonzero:
+            assert a[1][name].abs().sum() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(a[1][name], b[1][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
