@@ -3,6 +3,7 @@ tiny real video files (``tests/video_files.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,12 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["vfr"] = write_video(root / "vfr.mp4", pts=vfr)
     out["short"] = write_video(root / "short.mp4", num_frames=5)
     return out
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from more threads, and on a busy machine OpenMP barriers make them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@ logits and gradients, engaged exactly where it computes the module's function, n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from unittest import mock
 
 import pytest
@@ -21,12 +20,7 @@ FP32_TOL = {"atol": 1e-5, "rtol": 1e-4}
 BF16_TOL = {"atol": 2e-2, "rtol": 2e-2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name: str = VIT, precision: str = "fp32", manual: bool = True, **kwargs: object) -> torch.nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,7 @@ VIDEO_KWARGS = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 3
 FP32_TOL = {"atol": 1e-5, "rtol": 1e-4}  # fp32, summation order may differ between kernels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from more threads, and on a busy machine OpenMP barriers make them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(method: str = "adaptformer", name: str = VIT, **kwargs: object) -> torch.nn.Module:

@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -322,15 +321,6 @@ def test_video_recipes_build_the_paper_parameter_counts(name: str, classes: int,
 
 SYNTHETIC_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_frames": 4,
                     "tubelet_size": 4}  # fmt: skip
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """A tiny model runs about as fast on one thread; on cores shared with other jobs, two threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

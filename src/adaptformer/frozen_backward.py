@@ -162,6 +162,28 @@ def _qkv_bias(attn: nn.Module) -> torch.Tensor | None:
     return attn.qkv.bias
 
 
+def _layer_norm_rows(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` as rows ``(B * N, C)``, their layer norm, and the mean / rstd its backward needs."""
+    rows = x.reshape(-1, x.shape[-1])
+    normed, mean, rstd = torch.native_layer_norm(rows, (rows.shape[1],), weight, bias, eps)
+    return rows, normed, mean, rstd
+
+
+def _layer_norm_input_grad(
+    grad: torch.Tensor,
+    rows: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """The gradient of :func:`_layer_norm_rows`'s input only (frozen affine parameters)."""
+    mask = (True, False, False)
+    return torch.ops.aten.native_layer_norm_backward(grad, rows, (rows.shape[1],), mean, rstd, weight, bias, mask)[0]
+
+
 class _FrozenAttention(torch.autograd.Function):
     """``proj(softmax(q k^T * scale) v)`` with ``q, k, v = qkv(layer_norm(x))``; gradient to ``x`` only."""
 
@@ -181,8 +203,7 @@ class _FrozenAttention(torch.autograd.Function):
     ) -> torch.Tensor:
         b, n, c = x.shape
         head_dim = qkv_weight.shape[0] // (3 * heads)
-        rows = x.reshape(b * n, c)
-        normed, mean, rstd = torch.native_layer_norm(rows, (c,), norm_weight, norm_bias, eps)
+        rows, normed, mean, rstd = _layer_norm_rows(x, norm_weight, norm_bias, eps)
         qkv = _linear(normed, qkv_weight, qkv_bias).view(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         # one strided pass lays q (scaled, exactly as timm's math path rounds it), k and v out per head
         qkv_heads = torch.empty((3, b, heads, n, head_dim), dtype=x.dtype, device=x.device)
@@ -215,9 +236,7 @@ class _FrozenAttention(torch.autograd.Function):
         torch.bmm(grad_scores.transpose(1, 2), q, out=grad_k)
         grad_qkv = grad_heads.permute(1, 3, 0, 2, 4).reshape(b * n, 3 * heads * head_dim)
         grad_normed = _linear_input_grad(grad_qkv, qkv_weight)
-        grad_x = torch.ops.aten.native_layer_norm_backward(
-            grad_normed, rows, (c,), mean, rstd, norm_weight, norm_bias, (True, False, False)
-        )[0]
+        grad_x = _layer_norm_input_grad(grad_normed, rows, mean, rstd, norm_weight, norm_bias)
         return grad_x.view(b, n, c), None, None, None, None, None, None, None, None, None
 
 
@@ -237,8 +256,7 @@ class _FrozenMlp(torch.autograd.Function):
         fc2_bias: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, c = x.shape
-        rows = x.reshape(b * n, c)
-        normed, mean, rstd = torch.native_layer_norm(rows, (c,), norm_weight, norm_bias, eps)
+        rows, normed, mean, rstd = _layer_norm_rows(x, norm_weight, norm_bias, eps)
         hidden = _linear(normed, fc1_weight, fc1_bias)
         y = _linear(F.gelu(hidden), fc2_weight, fc2_bias)
         ctx.save_for_backward(rows, mean, rstd, norm_weight, norm_bias, fc1_weight, fc2_weight, hidden)
@@ -255,9 +273,7 @@ class _FrozenMlp(torch.autograd.Function):
         grad_rows = _linear_input_grad(grad_hidden, fc1_weight)
         if grad_normed is not None:
             grad_rows += grad_normed.reshape(b * n, c)
-        grad_x = torch.ops.aten.native_layer_norm_backward(
-            grad_rows, rows, (c,), mean, rstd, norm_weight, norm_bias, (True, False, False)
-        )[0]
+        grad_x = _layer_norm_input_grad(grad_rows, rows, mean, rstd, norm_weight, norm_bias)
         return grad_x.view(b, n, c), None, None, None, None, None, None, None
 
 
