@@ -13,7 +13,10 @@ device and autocast precision (the engine's choice, see :mod:`adaptformer.engine
     frozen_backward     run frozen attention/MLP halves of adapted ViT blocks through the hand-written backward of
                         :mod:`adaptformer.frozen_backward` (one-copy head layout, pre-packed bf16 weights on CPU)
     grad_checkpointing  recompute block activations in backward (timm's ``set_grad_checkpointing``)
+    class_token_tail    compute the last block for the class token only when the head reads only it (timm ViTs with
+                        ``global_pool="token"``; :mod:`adaptformer.class_token_tail`)
     compile             ``torch.compile`` the model in place (compile time is paid on the first steps)
+    allocator           keep freed host memory in glibc malloc for reuse (process-wide; :mod:`adaptformer.allocator`)
 
 Every option keeps the model's function: fp32-storage options are exact, low-precision storage matches the plain
 autocast path within bf16/fp16 rounding (tests/test_speed.py). The "auto" choices come from measurements recorded in
@@ -29,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .allocator import allocator_tunable, tune_allocator
+from .class_token_tail import class_token_forward, class_token_tail_reason
 from .methods import get_spec, trainable_groups
 from .saving import remember_fingerprint
 
@@ -39,8 +44,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ATTENTIONS = ("fused", "math", "split")
 SWITCHES = ("on", "off")
+ALLOCATORS = ("tuned", "default")
 SPEED_ATTR = "adaptformer_speed"
 _HOOK_ATTR = "_adaptformer_attention_hook"
+_TAIL_HOOKS_ATTR = "_adaptformer_tail_hooks"
 
 # "auto" attention, from the side-by-side measurements in BENCHMARKS.md: the longest token sequence (per attention
 # call) for which the explicit matmul-softmax path beat timm's fused scaled_dot_product_attention in training steps, per
@@ -82,16 +89,28 @@ class SpeedConfig:
         default=AUTO,
         metadata=_help("hand-written backward for frozen halves of adapted ViT blocks (faster, exact): on, off, auto"),
     )
+    class_token_tail: str = field(
+        default=AUTO,
+        metadata=_help("last block for the class token only when the head reads only it (exact): on, off, auto"),
+    )
     grad_checkpointing: bool = field(
         default=False, metadata=_help("recompute block activations in backward: less memory, slower steps")
     )
     compile: bool = field(default=False, metadata=_help("torch.compile the model (slow first steps; measure first)"))
+    allocator: str = field(
+        default=AUTO,
+        metadata=_help(
+            "host malloc: tuned (keep freed memory for reuse, process-wide), default, or auto (tuned on CPU)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check("frozen_dtype", self.frozen_dtype, (AUTO, *PRECISIONS))
         _check("attention", self.attention, (AUTO, *ATTENTIONS))
         _check("frozen_prefix", self.frozen_prefix, (AUTO, *SWITCHES))
         _check("frozen_backward", self.frozen_backward, (AUTO, *SWITCHES))
+        _check("allocator", self.allocator, (AUTO, *ALLOCATORS))
+        _check("class_token_tail", self.class_token_tail, (AUTO, *SWITCHES))
         for name in ("grad_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -99,7 +118,8 @@ class SpeedConfig:
     @property
     def resolved(self) -> bool:
         """True when no field is "auto"."""
-        return AUTO not in (self.frozen_dtype, self.attention, self.frozen_prefix, self.frozen_backward)
+        switches = (self.frozen_dtype, self.attention, self.frozen_prefix, self.frozen_backward, self.class_token_tail)
+        return AUTO not in (*switches, self.allocator)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +156,12 @@ def resolve(
     frozen_backward: on for the (device type, precision) pairs in ``FROZEN_BACKWARD_DEVICES`` when frozen weights are
     stored in the precision (no autocast casts) and the model is not compiled (the compiler fuses its own kernels; a
     compiled block always takes its plain path), else off.
-    Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run.
+    class_token_tail: on unless compiled (a model whose head reads more than the class token keeps its full last
+    block: :func:`apply_speed` turns "auto" off for it).
+    allocator: tuned on the CPU where glibc can be tuned (host allocations are the step's own memory there; measured
+    in BENCHMARKS.md), else default.
+    Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run, and for a tuned
+    allocator where the C library is not glibc.
     """
     config = config or SpeedConfig()
     _check("precision", precision, PRECISIONS)
@@ -155,12 +180,22 @@ def resolve(
     if frozen_backward == AUTO:
         measured = (device.type, precision) in FROZEN_BACKWARD_DEVICES and frozen_dtype == precision
         frozen_backward = "on" if measured and not config.compile else "off"
+    class_token_tail = config.class_token_tail
+    if class_token_tail == AUTO:
+        class_token_tail = "off" if config.compile else "on"
+    allocator = config.allocator
+    if allocator == AUTO:
+        allocator = "tuned" if device.type == "cpu" and allocator_tunable() else "default"
+    elif allocator == "tuned" and not allocator_tunable():
+        raise ValueError("allocator 'tuned' needs Linux with glibc (mallopt); use 'default' or 'auto' here")
     return replace(
         config,
         frozen_dtype=frozen_dtype,
         attention=attention,
         frozen_prefix=frozen_prefix,
         frozen_backward=frozen_backward,
+        class_token_tail=class_token_tail,
+        allocator=allocator,
     )
 
 
@@ -196,9 +231,20 @@ def attention_tokens(model: nn.Module) -> int | None:
     return patches + int(getattr(model, "num_prefix_tokens", 0)) + prompts
 
 
+def _records(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether autograd records ``module``'s call on ``x``: grad mode, and ``x`` or a parameter needs a gradient."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
 def _split_attention(module: nn.Module, args: tuple[Any, ...]) -> None:
-    """Forward pre-hook of "split" attention: the math path while autograd records, the fused kernel otherwise."""
-    module.fused_attn = not torch.is_grad_enabled()
+    """Forward pre-hook of "split" attention: the math path while autograd records, the fused kernel otherwise
+    (no-grad forwards, and blocks whose input and weights need no gradient, like the first of a frozen backbone)."""
+    module.fused_attn = not _records(module, args[0])
+
+
+def _fused_now(attn: nn.Module, x: torch.Tensor) -> bool:
+    """The kernel ``attn(x)`` would use now: its ``fused_attn`` flag, or the "split" choice if it has that hook."""
+    return not _records(attn, x) if _HOOK_ATTR in attn.__dict__ else bool(attn.fused_attn)
 
 
 def set_attention(model: nn.Module, kind: str) -> int:
@@ -217,21 +263,41 @@ def set_attention(model: nn.Module, kind: str) -> int:
     return len(modules)
 
 
-class FrozenPrefixBlocks(nn.Sequential):
-    """A model's ``blocks`` sequence whose first ``frozen_prefix`` blocks run under ``torch.no_grad()``.
+class FastBlocks(nn.Sequential):
+    """A model's ``blocks`` sequence with two speed options: its first ``frozen_prefix`` blocks run under
+    ``torch.no_grad()``, and with ``class_token_tail`` the last block computes the class token only while the model's
+    own ``forward`` runs (``tail_armed``, set by hooks on the model; see :mod:`adaptformer.class_token_tail`).
 
     Installed by swapping the class of the existing ``nn.Sequential`` (parameter names do not change).
     """
 
     frozen_prefix: int = 0
+    class_token_tail: bool = False
+    tail_armed: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tail = self.class_token_tail and self.tail_armed
+        body = len(self) - 1 if tail else len(self)
+        prefix = min(self.frozen_prefix, body)
         with torch.no_grad():
-            for block in self[: self.frozen_prefix]:
+            for block in self[:prefix]:
                 x = block(x)
-        for block in self[self.frozen_prefix :]:
+        for block in self[prefix:body]:
             x = block(x)
+        if tail:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_prefix < len(self)):
+                x = class_token_forward(self[-1], x, _fused_now(self[-1].attn, x))
         return x
+
+
+def _install_blocks(model: nn.Module) -> FastBlocks | None:
+    """``model.blocks`` as :class:`FastBlocks` (class swapped in place), or None if it has no blocks sequence."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        return None
+    if not isinstance(blocks, FastBlocks):
+        blocks.__class__ = FastBlocks
+    return blocks
 
 
 def frozen_prefix_length(model: nn.Module) -> int:
@@ -255,16 +321,39 @@ def frozen_prefix_length(model: nn.Module) -> int:
 
 def set_frozen_prefix(model: nn.Module, enable: bool) -> int:
     """Run the frozen leading blocks without autograd (or stop doing so); returns the number of blocks affected."""
-    blocks = getattr(model, "blocks", None)
     n = frozen_prefix_length(model) if enable else 0
-    if isinstance(blocks, nn.Sequential):
-        if n:
-            blocks.__class__ = FrozenPrefixBlocks
-            blocks.frozen_prefix = n
-        elif isinstance(blocks, FrozenPrefixBlocks):
-            blocks.__class__ = nn.Sequential
-            del blocks.frozen_prefix
+    blocks = _install_blocks(model) if n else getattr(model, "blocks", None)
+    if isinstance(blocks, FastBlocks):
+        blocks.frozen_prefix = n
     return n
+
+
+def _arm_tail(model: nn.Module, args: tuple[Any, ...]) -> None:
+    model.blocks.tail_armed = True
+
+
+def _disarm_tail(model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    model.blocks.tail_armed = False
+
+
+def set_class_token_tail(model: nn.Module, enable: bool) -> str | None:
+    """Let the last block compute the class token only during ``model.forward`` (or stop); returns None when done,
+    else why the model does not allow it (then nothing changes). See :mod:`adaptformer.class_token_tail`."""
+    for handle in model.__dict__.pop(_TAIL_HOOKS_ATTR, ()):
+        handle.remove()
+    if isinstance(getattr(model, "blocks", None), FastBlocks):
+        model.blocks.class_token_tail = model.blocks.tail_armed = False
+    if not enable:
+        return None
+    reason = class_token_tail_reason(model)
+    if reason is not None:
+        return reason
+    blocks = _install_blocks(model)
+    assert blocks is not None  # class_token_tail_reason checked it
+    blocks.class_token_tail = True
+    hooks = (model.register_forward_pre_hook(_arm_tail), model.register_forward_hook(_disarm_tail, always_call=True))
+    setattr(model, _TAIL_HOOKS_ATTR, hooks)
+    return None
 
 
 def set_frozen_backward(model: nn.Module, enable: bool, attention: bool) -> int:
@@ -318,10 +407,18 @@ def apply_speed(
         raise ValueError(f"apply_speed() was already applied to this model: {speed_config(model)}")
     tokens = attention_tokens(model)
     resolved = resolve(config, device, precision, tokens)
+    tail_reason = class_token_tail_reason(model) if resolved.class_token_tail == "on" else None
+    if tail_reason is not None:
+        if config is not None and config.class_token_tail == "on":
+            raise ValueError(f"class_token_tail 'on' does not apply to this model: {tail_reason}")
+        resolved = replace(resolved, class_token_tail="off")
+    if resolved.allocator == "tuned":
+        tune_allocator()
     model.to(device)
     cast = cast_frozen(model, DTYPES[resolved.frozen_dtype]) if resolved.frozen_dtype != "fp32" else 0
     attention_modules = set_attention(model, resolved.attention)
     prefix = set_frozen_prefix(model, resolved.frozen_prefix == "on")
+    set_class_token_tail(model, resolved.class_token_tail == "on")
     manual = set_frozen_backward(model, resolved.frozen_backward == "on", resolved.attention != "fused")
     if resolved.grad_checkpointing:
         set_grad_checkpointing(model, True)
@@ -330,7 +427,7 @@ def apply_speed(
     setattr(model, SPEED_ATTR, resolved)
     logger.info(
         "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules at %s tokens, %d blocks without "
-        "autograd, %d blocks with the hand-written frozen backward)",
+        "autograd, %d blocks with the hand-written frozen backward, class-token tail %s)",
         resolved.to_dict(),
         device,
         precision,
@@ -340,5 +437,6 @@ def apply_speed(
         tokens,
         prefix,
         manual,
+        resolved.class_token_tail,
     )
     return model

@@ -23,7 +23,7 @@ from ..data.video import STRATEGIES, VIDEO_DATASETS
 from ..heads import HEADS
 from ..methods import METHODS
 from ..pretrained import CONVERTERS
-from ..speed import ATTENTIONS, AUTO, SWITCHES, SpeedConfig
+from ..speed import ALLOCATORS, ATTENTIONS, AUTO, SWITCHES, SpeedConfig
 from ..speed import PRECISIONS as STORAGE_DTYPES
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -40,7 +40,7 @@ IMAGE_FIELDS = {"crop_scale": list(PAPER_CROP_SCALE)}
 # Fields that steer how a run executes but not what it computes; a resumed run may change them.
 RUN_CONTROL_FIELDS = (
     "resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir",
-    "grad_checkpointing", "compile",
+    "grad_checkpointing", "compile", "allocator",
 )  # fmt: skip
 SPEED_HELP = SpeedConfig.help()
 
@@ -146,8 +146,10 @@ class TrainConfig:
     attention: str = _f(AUTO, SPEED_HELP["attention"], "speed", (AUTO, *ATTENTIONS))
     frozen_prefix: str = _f(AUTO, SPEED_HELP["frozen_prefix"], "speed", (AUTO, *SWITCHES))
     frozen_backward: str = _f(AUTO, SPEED_HELP["frozen_backward"], "speed", (AUTO, *SWITCHES))
+    class_token_tail: str = _f(AUTO, SPEED_HELP["class_token_tail"], "speed", (AUTO, *SWITCHES))
     grad_checkpointing: bool = _f(False, SPEED_HELP["grad_checkpointing"], "speed")
     compile: bool = _f(False, SPEED_HELP["compile"], "speed")
+    allocator: str = _f(AUTO, SPEED_HELP["allocator"], "speed", (AUTO, *ALLOCATORS))
     # output
     output_dir: str = _f("output", "where metrics.jsonl, config.yaml, adapter/ and the training state go", "output")
     select: str = _f("best", "adapter to keep and test: best (validation top-1) or last epoch", "output", SELECTIONS)
