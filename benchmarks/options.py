@@ -61,7 +61,9 @@ def run_options(
 
     off = SpeedConfig(frozen_prefix="off")
 
-    plain = SpeedConfig(frozen_dtype="fp32", attention="fused", frozen_prefix="off", frozen_backward="off")
+    plain = SpeedConfig(
+        frozen_dtype="fp32", attention="fused", frozen_prefix="off", frozen_backward="off", class_token_tail="off"
+    )
     cases = [
         training_case("adaptformer, plain", backbone, AF, "bf16", device, plain),
         training_case("adaptformer, auto", backbone, AF, "bf16", device),
@@ -121,6 +123,22 @@ def run_options(
         "hand-written backward of adaptformer.frozen_backward (on: one-copy head layout, pre-packed bf16 weights)."
     )
     add(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
+
+    cases, pairs = [], []
+    for label, method in (("adaptformer", AF), ("full", FULL), ("linear", LINEAR)):
+        for switch in ("off", "on"):
+            config = SpeedConfig(class_token_tail=switch)
+            cases.append(training_case(f"{label}, tail {switch}", backbone, method, "bf16", device, config))
+        pairs.append((f"{label}, tail on", f"{label}, tail off"))
+    for switch in ("off", "on"):
+        config = SpeedConfig(class_token_tail=switch)
+        cases.append(inference_case(f"forward, tail {switch}", backbone, LINEAR, "bf16", device, config))
+    pairs.append(("forward, tail on", "forward, tail off"))
+    description = (
+        "bf16, auto options; the last block computed for every token (off) or for the class token only, which is "
+        "all the token-pooling head reads (on: adaptformer.class_token_tail). Training steps and the no-grad forward."
+    )
+    add(_group("class_token_tail", description, cases, pairs, args, backbone.batch, memory=True))
 
     _, late = late_adapters(backbone.depth)
     cases = [

@@ -69,8 +69,21 @@ def test_speed_option_groups_run() -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    for group in ("all options: plain vs auto", "frozen_dtype", "attention", "frozen_backward", "frozen_prefix"):
+    groups = ("all options: plain vs auto", "frozen_dtype", "attention", "frozen_backward", "class_token_tail")
+    for group in (*groups, "frozen_prefix", "grad_checkpointing"):
         assert f"### Option: {group}" in done.stdout, group
+
+
+def test_allocator_comparison_runs(tmp_path: Path) -> None:
+    """benchmarks/allocator.py runs bench.py in child processes per allocator setting (quick: one pair)."""
+    out = tmp_path / "allocator.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "allocator.py"), "--quick", "--json", str(out), "--markdown"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| adaptformer-64 |" in done.stdout and "| adaptformer-64/full |" in done.stdout
+    result = json.loads(out.read_text())["result"]
+    assert all(_positive(r["tuned/default"]) for r in result["cases"].values())
+    assert set(result["ratios"]) == set(result["max_rss_mib"]) == {"default", "tuned"}
 
 
 def test_gemm_floor_script_runs() -> None:
