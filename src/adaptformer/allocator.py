@@ -3,17 +3,20 @@
 PyTorch's CPU tensors come straight from ``malloc``/``free``: there is no caching allocator on the host as there is
 on CUDA. A training step allocates and frees activations, gradients and casts of several MB each, and glibc serves
 big requests with fresh ``mmap`` pages (above its mmap threshold) and returns freed memory at the top of the heap to
-the OS (above its trim threshold). Every step then page-faults and zero-fills the same memory again: measured on this
-project's CPU, a bare bf16 GEMM writing a 9.7 MB result took 6.9 ms with glibc's defaults and 3.3 ms with the
-settings below (``benchmarks/allocator.py`` measures whole training steps: BENCHMARKS.md).
+the OS (above its trim threshold), so the same memory can be page-faulted and zero-filled again and again. glibc
+adapts both thresholds upwards as large blocks are freed, which is why the effect depends on the process's history.
 
 :func:`tune_allocator` raises both thresholds with ``mallopt`` so that freed memory is kept and reused: requests up to
 32 MiB (glibc's largest mmap threshold on 64-bit) come from the heap, and up to 1 GiB of free memory at the top of the
 heap is kept instead of being returned. Resident memory then stays near the process's peak instead of shrinking
 between steps; peak memory itself does not grow. The setting is process-wide (forked DataLoader workers inherit it)
-and cannot be undone for the rest of the process. It is what ``SpeedConfig(allocator="tuned")`` applies; "auto"
-applies it on Linux with glibc when the model runs on the CPU. Intel's PyTorch CPU guide gets the same effect by
-preloading jemalloc or tcmalloc, which a library cannot do from inside a running process.
+and cannot be undone for the rest of the process. ``SpeedConfig(allocator="tuned")`` applies it; Intel's PyTorch CPU
+guide gets a similar effect by preloading jemalloc or tcmalloc, which a library cannot do inside a running process.
+
+Measured on this project's CPU: a lone bf16 GEMM writing a 9.7 MB result in a fresh process took 6.9 ms with glibc's
+defaults and 3.3 ms tuned; but whole ViT-B training steps in the benchmark harness (``benchmarks/allocator.py``,
+child processes per setting, BENCHMARKS.md) were not faster tuned (within the machine's noise, AdaptFormer steps
+~5-8% slower). So "auto" leaves the allocator alone; "tuned" is an option to measure on one's own machine.
 """
 
 from __future__ import annotations

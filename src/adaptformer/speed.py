@@ -158,8 +158,8 @@ def resolve(
     compiled block always takes its plain path), else off.
     class_token_tail: on unless compiled (a model whose head reads more than the class token keeps its full last
     block: :func:`apply_speed` turns "auto" off for it).
-    allocator: tuned on the CPU where glibc can be tuned (host allocations are the step's own memory there; measured
-    in BENCHMARKS.md), else default.
+    allocator: default (whole training steps measured no faster tuned, though single GEMMs were: see
+    :mod:`adaptformer.allocator`).
     Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run, and for a tuned
     allocator where the C library is not glibc.
     """
@@ -185,7 +185,7 @@ def resolve(
         class_token_tail = "off" if config.compile else "on"
     allocator = config.allocator
     if allocator == AUTO:
-        allocator = "tuned" if device.type == "cpu" and allocator_tunable() else "default"
+        allocator = "default"
     elif allocator == "tuned" and not allocator_tunable():
         raise ValueError("allocator 'tuned' needs Linux with glibc (mallopt); use 'default' or 'auto' here")
     return replace(
