@@ -1,7 +1,8 @@
 """Measuring primitives for the benchmark harness: interleaved timing, peak tensor memory, machine description.
 
-Timing is interleaved: every round runs each case once, in the same order, so a burst of load from other processes
-lands on all cases of that round rather than on one case; ratios are computed per round and their median reported.
+Timing is interleaved: every round runs each case once (the order rotating by one case per round), so a burst of load
+from other processes lands on all cases of that round rather than on one case; ratios are computed per round and their
+median reported.
 
 Peak memory is the peak of live PyTorch tensor memory during one step: on CUDA ``torch.cuda.max_memory_allocated``;
 on CPU, the bytes of every live parameter, buffer, gradient and optimizer state before the step plus the highest
@@ -58,13 +59,16 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(cases: list[Case], rounds: int, warmup: int) -> None:
-    """Run ``warmup`` untimed steps of each case, then ``rounds`` rounds in which every case runs once, timed."""
+    """Run ``warmup`` untimed steps of each case, then ``rounds`` rounds in which every case runs once, timed. The
+    order rotates by one case per round, so no case always runs right after the same other case (what a step leaves
+    behind, e.g. the heap's state after a memory-hungry step, measurably changes the next step's time on CPU)."""
     for case in cases:
         for _ in range(warmup):
             case.run()
         sync(case.device)
-    for _ in range(rounds):
-        for case in cases:
+    for r in range(rounds):
+        shift = r % len(cases)
+        for case in cases[shift:] + cases[:shift]:
             case.timed()
 
 
