@@ -13,7 +13,7 @@ from tests.test_speed import BF16_TOL, FP32_TOL, VIDEO_KWARGS, _model
 from tests.training_step import assert_same_step, train_step
 
 from adaptformer import VPTConfig, create_model
-from adaptformer.speed import FastBlocks, SpeedConfig, apply_speed, speed_config
+from adaptformer.speed import FastBlocks, SpeedConfig, apply_speed, resolve, speed_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,10 +87,11 @@ def test_auto_stays_off_where_the_head_reads_more_and_on_is_refused(name: str, k
     assert speed_config(apply_speed(model, SpeedConfig(), "cpu", "bf16")).class_token_tail == "off"
 
 
-def test_auto_is_on_for_a_class_token_head_and_off_when_compiled() -> None:
+def test_auto_is_on_for_a_class_token_head_and_off_when_compiled_or_checkpointed() -> None:
     assert speed_config(apply_speed(_model(), SpeedConfig(), "cpu", "fp32")).class_token_tail == "on"
     off = apply_speed(_model(), OFF, "cpu", "fp32")
     assert speed_config(off).class_token_tail == "off" and not getattr(off.blocks, "class_token_tail", False)
-    from adaptformer.speed import resolve
-
     assert resolve(SpeedConfig(compile=True), "cpu", "fp32").class_token_tail == "off"
+    assert resolve(SpeedConfig(grad_checkpointing=True), "cpu", "fp32").class_token_tail == "off"
+    with pytest.raises(ValueError, match="grad_checkpointing"):
+        resolve(SpeedConfig(class_token_tail="on", grad_checkpointing=True), "cpu", "fp32")

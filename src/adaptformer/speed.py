@@ -156,12 +156,13 @@ def resolve(
     frozen_backward: on for the (device type, precision) pairs in ``FROZEN_BACKWARD_DEVICES`` when frozen weights are
     stored in the precision (no autocast casts) and the model is not compiled (the compiler fuses its own kernels; a
     compiled block always takes its plain path), else off.
-    class_token_tail: on unless compiled (a model whose head reads more than the class token keeps its full last
-    block: :func:`apply_speed` turns "auto" off for it).
+    class_token_tail: on unless compiled or checkpointed (timm's checkpointed forward runs the blocks one by one, so
+    the tail could not engage; a model whose head reads more than the class token keeps its full last block:
+    :func:`apply_speed` turns "auto" off for it).
     allocator: default (whole training steps measured no faster tuned, though single GEMMs were: see
     :mod:`adaptformer.allocator`).
-    Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run, and for a tuned
-    allocator where the C library is not glibc.
+    Raises ValueError for a low-precision frozen_dtype that the autocast precision cannot run, for class_token_tail
+    "on" with grad_checkpointing, and for a tuned allocator where the C library is not glibc.
     """
     config = config or SpeedConfig()
     _check("precision", precision, PRECISIONS)
@@ -182,7 +183,9 @@ def resolve(
         frozen_backward = "on" if measured and not config.compile else "off"
     class_token_tail = config.class_token_tail
     if class_token_tail == AUTO:
-        class_token_tail = "off" if config.compile else "on"
+        class_token_tail = "off" if config.compile or config.grad_checkpointing else "on"
+    elif class_token_tail == "on" and config.grad_checkpointing:
+        raise ValueError("class_token_tail 'on' cannot run with grad_checkpointing (timm checkpoints block by block)")
     allocator = config.allocator
     if allocator == AUTO:
         allocator = "default"
