@@ -113,14 +113,15 @@ def run_options(
             add(_attention_length_group(backbone, precision, args, device))
 
     cases, pairs = [], []
-    for label, method in (("adaptformer", AF), late_adapters(backbone.depth)):
+    for label, method in (("adaptformer", AF), late_adapters(backbone.depth), ("vpt-64", METHODS["vpt-64"])):
         for switch in ("off", "on"):
             config = SpeedConfig(frozen_backward=switch)
             cases.append(training_case(f"{label}, frozen_backward {switch}", backbone, method, "bf16", device, config))
         pairs.append((f"{label}, frozen_backward on", f"{label}, frozen_backward off"))
     description = (
-        "bf16, auto attention; the frozen attention/MLP halves of adapted blocks through plain autograd (off) or the "
-        "hand-written backward of adaptformer.frozen_backward (on: one-copy head layout, pre-packed bf16 weights)."
+        "bf16, auto attention; the frozen attention/MLP halves of adapted (or VPT-prompted) blocks through plain "
+        "autograd (off) or the hand-written backward of adaptformer.frozen_backward (on: one-copy head layout, "
+        "pre-packed bf16 weights)."
     )
     add(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
 

@@ -10,8 +10,8 @@ import torch
 from tests.conftest import VIT, tiny_kwargs
 from tests.training_step import Step, assert_same_step, train_step
 
-import adaptformer.backbones as backbones
-from adaptformer import AdaptFormerConfig, create_model
+import adaptformer.frozen_backward as frozen_backward
+from adaptformer import AdaptFormerConfig, VPTConfig, create_model
 from adaptformer.speed import SpeedConfig, apply_speed, resolve
 
 VIDEO = "video_vit_small_patch16_224"
@@ -55,7 +55,7 @@ class _Spy:
         self.attention = self.mlp = 0
 
     def __enter__(self) -> _Spy:
-        attention, mlp = backbones.frozen_attention, backbones.frozen_mlp
+        attention, mlp = frozen_backward.frozen_attention, frozen_backward.frozen_mlp
 
         def count_attention(*args: object) -> torch.Tensor:
             self.attention += 1
@@ -66,8 +66,8 @@ class _Spy:
             return mlp(*args)  # type: ignore[arg-type]
 
         self._patches = [
-            mock.patch.object(backbones, "frozen_attention", count_attention),
-            mock.patch.object(backbones, "frozen_mlp", count_mlp),
+            mock.patch.object(frozen_backward, "frozen_attention", count_attention),
+            mock.patch.object(frozen_backward, "frozen_mlp", count_mlp),
         ]
         for p in self._patches:
             p.start()
@@ -89,6 +89,31 @@ def test_manual_backward_matches_autograd(name: str, precision: str, tol: dict) 
     depth = len(model.blocks)
     # block 0's attention input carries no gradient (frozen patch embedding), so it keeps its plain path
     assert (spy.attention, spy.mlp) == (depth - 1, depth - 1)
+    _same(manual, plain, tol)
+
+
+@pytest.mark.parametrize("precision, tol", [("fp32", FP32_TOL), ("bf16", BF16_TOL)])
+def test_vpt_deep_blocks_use_it_too(precision: str, tol: dict) -> None:
+    """VPT-deep trains prompts in every block: the frozen halves around them take the same fast path."""
+
+    def vpt(manual: bool) -> torch.nn.Module:
+        torch.manual_seed(1)
+        config = VPTConfig(num_tokens=2, deep=True, dropout=0.0)
+        model = create_model(VIT, 5, method="vpt", vpt=config, **tiny_kwargs(VIT))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn_like(p))
+        speed = SpeedConfig(frozen_backward="on" if manual else "off", attention="math")
+        return apply_speed(model.train(), speed, "cpu", precision)
+
+    x = _inputs()
+    plain = train_step(vpt(False), x, precision)
+    model = vpt(True)
+    with _Spy() as spy:
+        manual = train_step(model, x, precision)
+    depth = len(model.blocks)
+    assert (spy.attention, spy.mlp) == (depth, depth)  # block 0's input holds trainable prompts: it records too
     _same(manual, plain, tol)
 
 

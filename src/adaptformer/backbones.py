@@ -20,7 +20,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerSt
 from timm.models.vision_transformer import Block
 
 from .adapter import AdaptFormerConfig, AdaptMLP, adapted_ffn, adapted_sum
-from .frozen_backward import frozen_attention, frozen_mlp, supports_attention, supports_mlp
+from .frozen_backward import block_attention, block_mlp
 
 
 class AdaptedViTBlock(Block):
@@ -32,20 +32,10 @@ class AdaptedViTBlock(Block):
     frozen_backward_mlp: bool = False
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        # the hand-written backward is eager-only: under torch.compile the compiler fuses the plain path itself
-        recording = torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling()
-        plain = attn_mask is None and not is_causal
-        if recording and plain and self.frozen_backward_attention and supports_attention(self.norm1, self.attn, x):
-            attn = frozen_attention(self.norm1, self.attn, x)
-        elif plain:
-            attn = self.attn(self.norm1(x))
-        else:
-            attn = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
-        x = x + self.drop_path1(self.ls1(attn))
-        if recording and self.frozen_backward_mlp and supports_mlp(self.norm2, self.mlp, x):
-            h, normed = frozen_mlp(self.norm2, self.mlp, x)
-            return adapted_sum(x, normed, self.drop_path2(self.ls2(h)), self.adaptmlp)
-        return adapted_ffn(x, self.norm2, lambda y: self.ls2(self.mlp(y)), self.drop_path2, self.adaptmlp)
+        # the frozen halves go through adaptformer.frozen_backward where set_frozen_backward allowed it
+        x = x + self.drop_path1(self.ls1(block_attention(self, x, attn_mask, is_causal)))
+        h, normed = block_mlp(self, x)
+        return adapted_sum(x, normed, self.drop_path2(self.ls2(h)), self.adaptmlp)
 
 
 class AdaptedSwinBlock(SwinTransformerBlock):

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from .frozen_backward import block_attention, block_mlp
+
 
 @dataclass(frozen=True)
 class VPTConfig:
@@ -80,14 +82,16 @@ class PromptedViTBlock(Block):
     """timm ``vision_transformer.Block`` that prepends its prompts before and/or strips them after itself."""
 
     vpt: PromptTokens
+    # set by adaptformer.speed.set_frozen_backward: run the frozen halves through adaptformer.frozen_backward
+    frozen_backward_attention: bool = False
+    frozen_backward_mlp: bool = False
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if self.vpt.prepend:
             x = self.vpt(x)
-        if attn_mask is None and not is_causal:
-            x = super().forward(x)
-        else:
-            x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        # timm's Block.forward, with the frozen halves through adaptformer.frozen_backward where allowed
+        x = x + self.drop_path1(self.ls1(block_attention(self, x, attn_mask, is_causal)))
+        x = x + self.drop_path2(self.ls2(block_mlp(self, x)[0]))
         if self.vpt.strip:
             x = x[:, self.vpt.num_tokens :]
         return x

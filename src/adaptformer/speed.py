@@ -10,8 +10,8 @@ device and autocast precision (the engine's choice, see :mod:`adaptformer.engine
     frozen_dtype        storage dtype of frozen parameters; trainable ones (adapters, prompts, head) stay fp32
     attention           timm's fused ``scaled_dot_product_attention`` or the explicit matmul-softmax path
     frozen_prefix       run the blocks before the first trainable block under ``torch.no_grad()``
-    frozen_backward     run frozen attention/MLP halves of adapted ViT blocks through the hand-written backward of
-                        :mod:`adaptformer.frozen_backward` (one-copy head layout, pre-packed bf16 weights on CPU)
+    frozen_backward     run frozen attention/MLP halves of adapted or VPT-prompted ViT blocks through the hand-written
+                        backward of :mod:`adaptformer.frozen_backward` (one-copy head layout, pre-packed bf16 weights)
     grad_checkpointing  recompute block activations in backward (timm's ``set_grad_checkpointing``)
     class_token_tail    compute the last block for the class token only when the head reads only it (timm ViTs with
                         ``global_pool="token"``; :mod:`adaptformer.class_token_tail`)
@@ -87,7 +87,7 @@ class SpeedConfig:
     )
     frozen_backward: str = field(
         default=AUTO,
-        metadata=_help("hand-written backward for frozen halves of adapted ViT blocks (faster, exact): on, off, auto"),
+        metadata=_help("hand-written backward for frozen halves of adapted/VPT ViT blocks (exact): on, off, auto"),
     )
     class_token_tail: str = field(
         default=AUTO,
@@ -360,12 +360,14 @@ def set_class_token_tail(model: nn.Module, enable: bool) -> str | None:
 
 
 def set_frozen_backward(model: nn.Module, enable: bool, attention: bool) -> int:
-    """Let adapted ViT blocks run their frozen MLP half (and their attention half too if ``attention``) through
-    :mod:`adaptformer.frozen_backward` while autograd records; returns the number of blocks that will. Each block still
-    checks per call that the fast path computes its exact function and falls back to its own forward otherwise."""
+    """Let adapted and VPT-prompted ViT blocks run their frozen MLP half (and their attention half too if
+    ``attention``) through :mod:`adaptformer.frozen_backward` while autograd records; returns the number of blocks that
+    will. Each block still checks per call that the fast path computes its exact function and falls back to its own
+    forward otherwise."""
     from .backbones import AdaptedViTBlock
+    from .prompts import PromptedViTBlock
 
-    blocks = [m for m in model.modules() if isinstance(m, AdaptedViTBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, AdaptedViTBlock | PromptedViTBlock)]
     for block in blocks:
         block.frozen_backward_mlp = enable
         block.frozen_backward_attention = enable and attention
