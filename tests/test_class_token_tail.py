@@ -27,10 +27,19 @@ def _last_mlp_rows(model: torch.nn.Module) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("method", ["adaptformer", "full", "linear"])
+METHODS = {
+    "adaptformer": {},
+    "full": {},
+    "linear": {},
+    "vpt-deep": {"vpt": VPTConfig(num_tokens=2, deep=True, dropout=0.1)},  # prompt dropout: the same draws either way
+    "vpt-shallow": {"vpt": VPTConfig(num_tokens=3, deep=False)},
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("attention", ["math", "fused"])
 def test_same_logits_and_gradients_as_the_full_last_block(method: str, attention: str, images: torch.Tensor) -> None:
-    plain = _model(method)
+    plain = _model(method.split("-")[0], **METHODS[method])
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(class_token_tail="on", attention=attention), "cpu", "fp32")
     reference = apply_speed(plain, SpeedConfig(class_token_tail="off", attention=attention), "cpu", "fp32")
     rows = _last_mlp_rows(fast)
@@ -72,7 +81,7 @@ def test_a_failing_forward_leaves_the_tail_disarmed(images: torch.Tensor) -> Non
     "name, kwargs, reason",
     [
         (VIT, {"global_pool": "avg"}, "pools 'avg'"),
-        (VIT, {"method": "vpt", "vpt": VPTConfig(num_tokens=2)}, "VPT prompts"),
+        (VIT, {"global_pool": "max"}, "pools 'max'"),
         ("video_vit_small_patch16_224", VIDEO_KWARGS, "not a timm VisionTransformer"),
     ],
 )

@@ -104,7 +104,7 @@ def test_vpt_deep_blocks_use_it_too(precision: str, tol: dict) -> None:
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(0.1 * torch.randn_like(p))
-        speed = SpeedConfig(frozen_backward="on" if manual else "off", attention="math")
+        speed = SpeedConfig(frozen_backward="on" if manual else "off", attention="math", class_token_tail="off")
         return apply_speed(model.train(), speed, "cpu", precision)
 
     x = _inputs()

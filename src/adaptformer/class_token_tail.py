@@ -3,9 +3,10 @@
 A timm ViT with ``global_pool="token"`` (the paper's image setting: the head reads the class token after the final
 norm) uses one row of its last block's output. Everything in a pre-norm block works token by token except the mixing
 inside attention, so that row needs the layer norm and the key/value projection of every token, and the query, the
-attention, the output projection, the MLP (and the adapter) of the class token alone: 2 of the block's 12 d^2
-multiply-adds per token instead of 12, in the forward and in the backward. For ViT-B/16 at 224 that removes about
-1/15 of the model's matrix products, in training (every method) and in inference.
+attention, the output projection, the MLP (and the adapter) of the class token alone (for VPT, the class token sits
+after the prompts until the last block strips them): 2 of the block's 12 d^2 multiply-adds per token instead of 12,
+in the forward and in the backward. For ViT-B/16 at 224 that removes about 1/15 of the model's matrix products, in
+training (every method) and in inference.
 
 The result is the same function: the same operations on the same rows. Only the query/key/value GEMMs are split into
 two products of other shapes, which may round differently in the last bit (tests/test_class_token_tail.py compares
@@ -30,7 +31,7 @@ def class_token_tail_reason(model: nn.Module) -> str | None:
     from timm.models.vision_transformer import Block, VisionTransformer
 
     from .backbones import AdaptedViTBlock
-    from .prompts import prompt_modules
+    from .prompts import PromptedViTBlock
 
     if not isinstance(model, VisionTransformer):
         return f"{type(model).__name__} is not a timm VisionTransformer"
@@ -40,26 +41,26 @@ def class_token_tail_reason(model: nn.Module) -> str | None:
         )
     if getattr(model, "cls_token", None) is None:
         return "it has no class token"
-    if prompt_modules(model):
-        return "it has VPT prompts"
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         return "it has no blocks sequence"
     last = blocks[-1]
-    if type(last) not in (Block, AdaptedViTBlock):
+    if type(last) not in (Block, AdaptedViTBlock, PromptedViTBlock):
         return f"its last block is {type(last).__name__}, not timm's Block"
+    if isinstance(last, PromptedViTBlock) and not last.vpt.strip:
+        return "its last block keeps VPT prompts in its output"
     if type(last.attn) is not Attention or last.attn.gate is not None:
         return f"its last attention is {type(last.attn).__name__}{' with a gate' if last.attn.gate is not None else ''}"
     return None
 
 
-def _class_token_attention(attn: nn.Module, normed: torch.Tensor, fused: bool) -> torch.Tensor:
-    """timm ``Attention.forward`` for the first (class token) query only: ``(B, N, C) -> (B, 1, C_out)``."""
+def _class_token_attention(attn: nn.Module, normed: torch.Tensor, row: int, fused: bool) -> torch.Tensor:
+    """timm ``Attention.forward`` for the query of token ``row`` only: ``(B, N, C) -> (B, 1, C_out)``."""
     b, n, _ = normed.shape
     heads, head_dim = attn.num_heads, attn.head_dim
     width = heads * head_dim
     weight, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(normed[:, :1], weight[:width], None if bias is None else bias[:width])
+    q = F.linear(normed[:, row : row + 1], weight[:width], None if bias is None else bias[:width])
     kv = F.linear(normed, weight[width:], None if bias is None else bias[width:])
     q = q.reshape(b, 1, heads, head_dim).transpose(1, 2)
     k, v = kv.reshape(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -73,13 +74,19 @@ def _class_token_attention(attn: nn.Module, normed: torch.Tensor, fused: bool) -
 
 
 def class_token_forward(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
-    """``block(x)[:, :1]`` for a timm ``Block`` or an adapted one, computing only what the class token needs;
-    ``fused`` picks the attention kernel (the one the block's attention would use now)."""
+    """``block(x)[:, :1]`` for a timm ``Block``, an adapted one or a VPT-prompted one (which first prepends its
+    prompts if it does, and whose output starts after them), computing only what the class token needs; ``fused``
+    picks the attention kernel (the one the block's attention would use now)."""
     from .adapter import adapted_ffn
     from .backbones import AdaptedViTBlock
+    from .prompts import PromptedViTBlock
 
-    attended = _class_token_attention(block.attn, block.norm1(x), fused)
-    x = x[:, :1] + block.drop_path1(block.ls1(attended))
+    row = 0
+    if isinstance(block, PromptedViTBlock):
+        x = block.vpt(x) if block.vpt.prepend else x
+        row = block.vpt.num_tokens  # prompts sit before the class token until this block strips them
+    attended = _class_token_attention(block.attn, block.norm1(x), row, fused)
+    x = x[:, row : row + 1] + block.drop_path1(block.ls1(attended))
     if isinstance(block, AdaptedViTBlock):
         return adapted_ffn(x, block.norm2, lambda y: block.ls2(block.mlp(y)), block.drop_path2, block.adaptmlp)
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
