@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 from tests.conftest import VIT, tiny_kwargs
-from tests.training_step import Step, assert_same_step, train_step
+from tests.training_step import Step, assert_same_step, move_trainable, train_step
 
 import adaptformer.frozen_backward as frozen_backward
 from adaptformer import AdaptFormerConfig, VPTConfig, create_model
@@ -23,16 +23,16 @@ BF16_TOL = {"atol": 2e-2, "rtol": 2e-2}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(name: str = VIT, precision: str = "fp32", manual: bool = True, **kwargs: object) -> torch.nn.Module:
-    """A tiny adapted model with non-zero adapters, sped up for ``precision`` with the manual backward on or off."""
+def _model(
+    name: str = VIT, precision: str = "fp32", manual: bool = True, method: str = "adaptformer", **kwargs: object
+) -> torch.nn.Module:
+    """A tiny model (adapted by default, with non-zero adapters) whose trainable tensors left their init, sped up for
+    ``precision`` with the manual backward on or off."""
     torch.manual_seed(1)
     model_kwargs = VIDEO_KWARGS if name == VIDEO else tiny_kwargs(VIT)
-    adapter = AdaptFormerConfig(dropout=0.0, **kwargs.pop("adapter", {}))  # type: ignore[arg-type]
-    model = create_model(name, 5, method="adaptformer", adapter=adapter, **model_kwargs, **kwargs)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    if method == "adaptformer":
+        kwargs["adapter"] = AdaptFormerConfig(dropout=0.0, **kwargs.pop("adapter", {}))  # type: ignore[arg-type]
+    model = move_trainable(create_model(name, 5, method=method, **model_kwargs, **kwargs))
     # the attention half runs manually where "auto" attention is not fused: force math for the comparison; every
     # block computes all tokens (the class-token tail has its own tests)
     config = SpeedConfig(frozen_backward="on" if manual else "off", attention="math", class_token_tail="off")
@@ -96,20 +96,10 @@ def test_manual_backward_matches_autograd(name: str, precision: str, tol: dict) 
 def test_vpt_deep_blocks_use_it_too(precision: str, tol: dict) -> None:
     """VPT-deep trains prompts in every block: the frozen halves around them take the same fast path."""
 
-    def vpt(manual: bool) -> torch.nn.Module:
-        torch.manual_seed(1)
-        config = VPTConfig(num_tokens=2, deep=True, dropout=0.0)
-        model = create_model(VIT, 5, method="vpt", vpt=config, **tiny_kwargs(VIT))
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.add_(0.1 * torch.randn_like(p))
-        speed = SpeedConfig(frozen_backward="on" if manual else "off", attention="math", class_token_tail="off")
-        return apply_speed(model.train(), speed, "cpu", precision)
-
+    vpt = {"method": "vpt", "vpt": VPTConfig(num_tokens=2, deep=True, dropout=0.0)}
     x = _inputs()
-    plain = train_step(vpt(False), x, precision)
-    model = vpt(True)
+    plain = train_step(_model(precision=precision, manual=False, **vpt), x, precision)
+    model = _model(precision=precision, manual=True, **vpt)
     with _Spy() as spy:
         manual = train_step(model, x, precision)
     depth = len(model.blocks)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
+from tests.training_step import move_trainable
 
 import adaptformer.saving as saving
 from adaptformer import (
@@ -26,10 +27,7 @@ from adaptformer import (
 def _trained(name: str = VIT, method: str = "adaptformer", **kwargs: object) -> torch.nn.Module:
     torch.manual_seed(1)
     model = create_model(name, 5, method=method, **tiny_kwargs(name), **kwargs)
-    with torch.no_grad():  # pretend training moved the task tensors away from their init
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    move_trainable(model)  # pretend training moved the task tensors away from their init
     model.train()
     model(torch.randn(8, 3, 32, 32))  # updates the paper head's BatchNorm running statistics
     return model.eval()

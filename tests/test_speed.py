@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tests.conftest import SWIN, VIT, tiny_kwargs
-from tests.training_step import assert_same_step, train_step
+from tests.training_step import assert_same_step, move_trainable, train_step
 
 import adaptformer.speed as speed
 from adaptformer import AdaptFormerConfig, VPTConfig, build_backbone, create_model, load_adapter, save_adapter
@@ -29,10 +29,7 @@ def _model(method: str = "adaptformer", name: str = VIT, **kwargs: object) -> to
     torch.manual_seed(1)
     adapter = kwargs.pop("adapter", AdaptFormerConfig(dropout=0.0)) if method == "adaptformer" else None
     model = create_model(name, 5, method=method, adapter=adapter, **tiny_kwargs(name), **kwargs)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn_like(p))
+    move_trainable(model)
     return model.train()
 
 

@@ -1,4 +1,5 @@
-"""One seeded forward/backward of a model and a comparison of two of them: shared by the speed-option tests."""
+"""One seeded forward/backward of a model, a comparison of two of them, and moving trainable tensors off their init:
+shared by the speed-option and saving tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ import torch.nn.functional as F
 from adaptformer.engine.precision import Precision
 
 Step = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def move_trainable(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
+    """Move every trainable tensor away from its init (as training would), so gradients reach everything and a
+    zero-initialised adapter or head does not hide a difference; returns the model."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+    return model
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> Step:

@@ -21,18 +21,18 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from .adapter import adapted_ffn
+from .backbones import AdaptedViTBlock
+from .prompts import PromptedViTBlock
 
 __all__ = ["class_token_forward", "class_token_tail_reason"]
 
 
 def class_token_tail_reason(model: nn.Module) -> str | None:
     """None when ``model``'s last block may run for the class token only; else why it may not."""
-    from timm.layers.attention import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-
-    from .backbones import AdaptedViTBlock
-    from .prompts import PromptedViTBlock
-
     if not isinstance(model, VisionTransformer):
         return f"{type(model).__name__} is not a timm VisionTransformer"
     if getattr(model, "attn_pool", None) is not None or model.global_pool != "token":
@@ -77,10 +77,6 @@ def class_token_forward(block: nn.Module, x: torch.Tensor, fused: bool) -> torch
     """``block(x)[:, :1]`` for a timm ``Block``, an adapted one or a VPT-prompted one (which first prepends its
     prompts if it does, and whose output starts after them), computing only what the class token needs; ``fused``
     picks the attention kernel (the one the block's attention would use now)."""
-    from .adapter import adapted_ffn
-    from .backbones import AdaptedViTBlock
-    from .prompts import PromptedViTBlock
-
     row = 0
     if isinstance(block, PromptedViTBlock):
         x = block.vpt(x) if block.vpt.prepend else x
