@@ -11,7 +11,7 @@ from adaptformer.cli import main
 from adaptformer.engine import TrainConfig
 from adaptformer.engine.datasets import DataSpec
 from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
-from adaptformer.study import METHODS, StudySettings, build_cells, summarise
+from adaptformer.study import METHODS, StudySettings, build_cells, portable_path, summarise
 from adaptformer.study_report import format_table, ranking
 
 QUICK_METHODS = ("linear", "vpt-1", "adaptformer-4", "full")
@@ -106,6 +106,13 @@ def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.C
     assert "Wall time:" in markdown and "accuracy_vs_params.png" in markdown
     assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| adaptformer-4 |" in capsys.readouterr().out
+
+
+def test_reports_show_shipped_files_portably(tmp_path: Path) -> None:
+    # the motion task's checkpoint is the shipped shapes ViT: the report must not carry this checkout's absolute path
+    assert portable_path(str(SHAPES_VIT_FILE)) == "<adaptformer>/assets/vit_shapes_patch8_32.safetensors"
+    elsewhere = str(tmp_path / "weights.safetensors")
+    assert portable_path(elsewhere) == elsewhere
 
 
 @pytest.mark.skipif(not SHAPES_VIT_FILE.is_file(), reason="the shipped shapes ViT weights are not built yet")

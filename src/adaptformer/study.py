@@ -381,4 +381,17 @@ def _task_record(cells: Sequence[Cell], task: str) -> dict[str, Any]:
     """The TrainConfig fields shared by every run of ``task`` (method, seed and output folder left out)."""
     config = next(c.config for c in cells if c.task == task)
     per_run = {"method", "vpt_tokens", "vpt_deep", "bottleneck", "seed", "output_dir"}
-    return {k: v for k, v in config.items() if k not in per_run}
+    record = {k: v for k, v in config.items() if k not in per_run}
+    if record.get("checkpoint"):
+        record["checkpoint"] = portable_path(record["checkpoint"])
+    return record
+
+
+def portable_path(path: str) -> str:
+    """``path`` as a report shows it: files shipped inside the package as ``<adaptformer>/...`` (the same on every
+    install, unlike the absolute path of this checkout); anything else unchanged."""
+    package = Path(__file__).resolve().parent
+    try:
+        return f"<adaptformer>/{Path(path).resolve().relative_to(package).as_posix()}"
+    except ValueError:
+        return path
