@@ -10,7 +10,10 @@ For each backbone and precision (fp32, bf16 autocast) every method's model is bu
 interleaved (see measure.py). A training step is zero_grad + forward + cross-entropy + backward + SGD (momentum 0.9)
 step. The "forward" case is the reference limit: the no-grad eval forward of the same backbone without adapters, which
 is also the inference latency "without adapters"; "forward+adapters" is the AdaptFormer model's no-grad eval forward.
-Weights are random (timing does not depend on them). Ratios are medians of per-round ratios.
+Weights are random (timing does not depend on them). Ratios are medians of per-round ratios. With ``--repeat N``
+each suite is measured N times (fresh models, N separate interleaved groups): on a shared machine a whole group can
+run slow, so the report then gives, per ratio, the median over the N groups and their range, and checks the targets
+against that median.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -111,12 +115,52 @@ def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, devi
     }
 
 
+def merge_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One suite from N measurements of it: per case the median of the groups' medians (min: the overall minimum,
+    memory: the largest peak); per ratio the median over the groups, with their range and every group's value."""
+    if len(repeats) == 1:
+        return repeats[0]
+    merged = {**repeats[0], "repeats": len(repeats)}
+    merged["load_average"] = {
+        "before": repeats[0]["load_average"]["before"],
+        "after": repeats[-1]["load_average"]["after"],
+    }
+    merged["results"] = {}
+    for name, first in repeats[0]["results"].items():
+        rows = [r["results"][name] for r in repeats]
+        median = statistics.median(r["median_s"] for r in rows)
+        row = {**first, "median_s": median, "min_s": min(r["min_s"] for r in rows)}
+        row["samples_per_s"] = first["samples_per_s"] * first["median_s"] / median
+        if "peak_memory_mib" in first:
+            row["peak_memory_mib"] = max(r["peak_memory_mib"] for r in rows)
+        merged["results"][name] = row
+    merged["ratios"] = {}
+    for key, first in repeats[0]["ratios"].items():
+        entry: dict[str, Any] = {}
+        for quantity in first:
+            values = [r["ratios"][key][quantity] for r in repeats]
+            entry[quantity] = statistics.median(values)
+            entry[f"{quantity}_per_repeat"] = values
+        merged["ratios"][key] = entry
+    return merged
+
+
 def check_targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, a, b, quantity, limit in TARGETS:
-        value = suite["ratios"].get(f"{a}/{b}", {}).get(quantity)
-        rows.append({"target": name, "value": value, "limit": limit, "met": value is not None and value <= limit})
+        ratio = suite["ratios"].get(f"{a}/{b}", {})
+        value = ratio.get(quantity)
+        row = {"target": name, "value": value, "limit": limit, "met": value is not None and value <= limit}
+        if f"{quantity}_per_repeat" in ratio:
+            row["per_repeat"] = ratio[f"{quantity}_per_repeat"]
+        rows.append(row)
     return rows
+
+
+def _spread(ratio: dict[str, Any], quantity: str) -> str:
+    """`` (a-b)``: the range over repeats, when the suite was repeated."""
+    values = ratio.get(f"{quantity}_per_repeat")
+    return f" ({min(values):.3f}-{max(values):.3f})" if values else ""
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -135,12 +179,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     for suite in report["suites"]:
         unit = "clips/s" if len(suite["input_shape"]) == 5 else "img/s"
         load = suite["load_average"]
+        repeats = suite.get("repeats", 1)
+        measured = f"{suite['rounds']} interleaved rounds after {suite['warmup']} warm-up steps"
+        if repeats > 1:
+            measured = f"{repeats} groups of {measured}; times: median of the groups' medians"
         lines += [
             "",
             f"### {suite['backbone']}, {suite['precision']}, input {tuple(suite['input_shape'])}",
             "",
-            f"Speed options (auto): `{json.dumps(suite['speed'])}`; {suite['rounds']} interleaved rounds after "
-            f"{suite['warmup']} warm-up steps; load average before/after {load['before']} / {load['after']}.",
+            f"Speed options (auto): `{json.dumps(suite['speed'])}`; {measured}; load average before/after "
+            f"{load['before']} / {load['after']}.",
             "",
             f"| case | trainable params | median step (s) | min (s) | {unit} | peak memory (MiB) | time vs full |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -154,14 +202,17 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {params} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['samples_per_s']:.1f} | {mem} | "
                 f"{ratio_text} |"
             )
-        lines += ["", "| ratio (median of per-round ratios) | time | peak memory |", "| --- | ---: | ---: |"]
+        kind = "median of per-round ratios" + (f"; median (range) over {repeats} groups" if repeats > 1 else "")
+        lines += ["", f"| ratio ({kind}) | time | peak memory |", "| --- | ---: | ---: |"]
         for key, r in suite["ratios"].items():
-            memory = f"{r['memory']:.3f}" if "memory" in r else "-"
-            lines.append(f"| {key} | {r['time']:.3f} | {memory} |")
+            memory = f"{r['memory']:.3f}{_spread(r, 'memory')}" if "memory" in r else "-"
+            lines.append(f"| {key} | {r['time']:.3f}{_spread(r, 'time')} | {memory} |")
         if suite["precision"] == "bf16":
             lines += ["", "| target (bf16) | measured | met |", "| --- | ---: | :---: |"]
             for t in check_targets(suite):
                 value = f"{t['value']:.3f}" if t["value"] is not None else "n/a"
+                if "per_repeat" in t:
+                    value += " (" + ", ".join(f"{v:.3f}" for v in t["per_repeat"]) + ")"
                 lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'NO'} |")
     for group in report.get("options", []):
         lines += ["", f"### Option: {group['name']}", "", group["description"], ""]
@@ -192,6 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per case first (default 2, quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; quick: 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="measure each suite this many times (separate groups); report medians"
+    )
     p.add_argument("--options", action="store_true", help="also measure each speed option side by side")
     p.add_argument("--compile", action="store_true", help="with --options: also measure torch.compile (slow)")
     p.add_argument(
@@ -204,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
     args.video_rounds = args.video_rounds if args.video_rounds is not None else (2 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if args.repeat < 1:
+        p.error(f"--repeat must be >= 1, got {args.repeat}")
     return args
 
 
@@ -233,7 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python benchmarks/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {"machine": machine_info(device), "command": command.strip(), "notes": notes}
     report["suites"] = [
-        run_suite(b, precision, args, device) for b in backbones for precision in args.precisions.split(",")
+        merge_repeats([run_suite(b, precision, args, device) for _ in range(args.repeat)])
+        for b in backbones
+        for precision in args.precisions.split(",")
     ]
     report["targets"] = [
         {"backbone": s["backbone"], "rows": check_targets(s)} for s in report["suites"] if s["precision"] == "bf16"

@@ -93,3 +93,23 @@ def test_gemm_floor_script_runs() -> None:
     report = json.loads(done.stdout)
     assert _positive(report["adaptformer/full"]) and report["adaptformer/full"] < 1.5
     assert set(report["median_s"]) == {"adaptformer GEMMs", "full GEMMs"}
+
+
+def test_repeat_reports_the_median_over_groups(tmp_path: Path) -> None:
+    """--repeat N measures each suite N times and reports, per ratio and target, the median over the N groups."""
+    out = tmp_path / "repeat.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "image"]
+    command += ["--precisions", "bf16", "--repeat", "3", "--json", str(out), "--markdown"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (suite,) = json.loads(out.read_text())["suites"]
+    assert suite["repeats"] == 3
+    for key, ratio in suite["ratios"].items():
+        values = ratio["time_per_repeat"]
+        assert len(values) == 3 and all(map(_positive, values)), key
+        assert ratio["time"] == sorted(values)[1], key
+    (targets,) = json.loads(out.read_text())["targets"]
+    first = targets["rows"][0]
+    assert first["value"] == sorted(first["per_repeat"])[1]
+    assert first["met"] == (first["value"] <= first["limit"])
+    assert "over 3 groups" in done.stdout and "3 groups of 2 interleaved rounds" in done.stdout
