@@ -3,7 +3,8 @@
 A ViT block's training step is dominated by its matrix products. Full fine-tuning needs three per linear layer
 (forward, input gradient, weight gradient); a frozen layer under AdaptFormer needs two (no weight gradient); attention's
 batched products (two forward, four backward) are needed by both. Timing exactly those products for one ViT-B/16 block
-at batch 8 (1,576 tokens), interleaved, gives the ratio the two steps would have if nothing but GEMMs cost time:
+at batch 8 (1,576 tokens), interleaved, gives the ratio the two steps would have if nothing but GEMMs cost time, and
+likewise the AdaptFormer step against the no-grad forward (its linear and two attention products):
 
     .venv/bin/python benchmarks/floor.py [--precision bf16] [--rounds 15]
 
@@ -25,7 +26,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 def block_products(
     dim: int = 768, tokens: int = 1576, heads: int = 12, seq: int = 197, dtype: torch.dtype = torch.bfloat16
 ) -> tuple[Callable[[], None], ...]:
-    """The (forward, input-gradient, weight-gradient, attention) products of one pre-norm ViT block as closures."""
+    """The (forward, input-gradient, weight-gradient, attention forward, attention backward) products of one pre-norm
+    ViT block as closures."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -48,15 +50,17 @@ def block_products(
         for x, _, dy in data:
             dy.t() @ x
 
-    def attention() -> None:  # forward: q k^T, p v; backward: dp = do v^T, dv = p^T do, dq = ds k, dk = ds^T q
+    def attention_forward() -> None:  # q k^T, p v
         torch.bmm(q, q.transpose(1, 2))
         torch.bmm(probs, q)
+
+    def attention_backward() -> None:  # dp = do v^T, dv = p^T do, dq = ds k, dk = ds^T q
         torch.bmm(q, q.transpose(1, 2))
         torch.bmm(probs.transpose(1, 2), q)
         torch.bmm(probs, q)
         torch.bmm(probs.transpose(1, 2), q)
 
-    return forward, input_grad, weight_grad, attention
+    return forward, input_grad, weight_grad, attention_forward, attention_backward
 
 
 def main() -> None:
@@ -67,22 +71,29 @@ def main() -> None:
     args = parser.parse_args()
     shape = {"dim": 64, "tokens": 2 * 17, "heads": 2, "seq": 17} if args.quick else {}
     rounds = 2 if args.quick else args.rounds
-    forward, input_grad, weight_grad, attention = block_products(**shape, dtype=DTYPES[args.precision])
+    forward, input_grad, weight_grad, attention_forward, attention_backward = block_products(
+        **shape, dtype=DTYPES[args.precision]
+    )
     cpu = torch.device("cpu")
 
     def adaptformer() -> None:
-        forward(), input_grad(), attention()
+        forward(), input_grad(), attention_forward(), attention_backward()
 
     def full() -> None:
-        forward(), input_grad(), weight_grad(), attention()
+        forward(), input_grad(), weight_grad(), attention_forward(), attention_backward()
+
+    def no_grad_forward() -> None:
+        forward(), attention_forward()
 
     cases = [Case("adaptformer GEMMs", adaptformer, cpu), Case("full GEMMs", full, cpu)]
+    cases.append(Case("forward GEMMs", no_grad_forward, cpu))
     time_interleaved(cases, rounds, warmup=1 if args.quick else 3)
     report = {
         "precision": args.precision,
         "block": shape or {"dim": 768, "tokens": 1576, "heads": 12, "seq": 197},
         "median_s": {c.name: sorted(c.times)[len(c.times) // 2] for c in cases},
         "adaptformer/full": median_ratio(cases[0], cases[1]),
+        "adaptformer/forward": median_ratio(cases[0], cases[2]),
         "machine": machine_info(cpu),
     }
     print(json.dumps(report, indent=1))

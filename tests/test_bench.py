@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"full", "linear", "vpt-1", "vpt-64", "adaptformer-64"}
@@ -92,7 +93,8 @@ def test_gemm_floor_script_runs() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert _positive(report["adaptformer/full"]) and report["adaptformer/full"] < 1.5
-    assert set(report["median_s"]) == {"adaptformer GEMMs", "full GEMMs"}
+    assert _positive(report["adaptformer/forward"]) and report["adaptformer/forward"] > 1.0
+    assert set(report["median_s"]) == {"adaptformer GEMMs", "full GEMMs", "forward GEMMs"}
 
 
 def test_repeat_reports_the_median_over_groups(tmp_path: Path) -> None:
@@ -113,3 +115,18 @@ def test_repeat_reports_the_median_over_groups(tmp_path: Path) -> None:
     assert first["value"] == sorted(first["per_repeat"])[1]
     assert first["met"] == (first["value"] <= first["limit"])
     assert "over 3 groups" in done.stdout and "3 groups of 2 interleaved rounds" in done.stdout
+
+
+@pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="oneDNN bf16 is not available on this CPU",
+)
+def test_eval_block_study_runs_and_matches_timm() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "eval_block.py"), "--model", "vit_tiny_patch16_224"]
+    done = subprocess.run([*command, "--rounds", "2", "--batch", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocks = json.loads(done.stdout)["blocks"]
+    assert len(blocks) == 3 and all(_positive(b["median_ms"]) for b in blocks.values())
+    # the re-implementations compute timm's block (to bf16 rounding: outputs of order 1-10)
+    assert blocks["timm block"]["max_abs_deviation"] == 0.0
+    assert all(b["max_abs_deviation"] < 0.1 for b in blocks.values())

@@ -119,7 +119,8 @@ VIDEO_KWARGS: dict[str, Any] = {
 # 50% / 80% / 100% of the area gave validation top-1 61.8 / 67.4 / 71.5 (linear), 60.4 / 70.8 / 76.4
 # (AdaptFormer-16) and 86.1 / 90.3 / 90.3 (full) at 8 epochs; 16 epochs then beat 8 (linear 75.0, AdaptFormer-16
 # 83.3). Motion: no SGD setting (blr 0.03-1.0) lifted any method above chance within the budget; AdamW at 3e-4 was
-# the one setting where one did (full); at 3e-3 the frozen-backbone methods' training loss still stayed near ln 4.
+# the one setting where one did (full); at 3e-3 (10 epochs) the frozen-backbone methods' training loss stayed near ln 4.
+# Why the frozen-backbone methods stay at chance: scripts/motion_controls.py (reports/study/motion_controls.md).
 DIGITS_CONFIG: dict[str, Any] = {
     **_RECIPE, "model": "vit_shapes_patch8_32", "dataset": "digits", "epochs": 16, "warmup_epochs": 1,
     "batch_size": 64, "optimizer": "sgd", "blr": 1.0, "crop_scale": [1.0, 1.0], "flip": False,
