@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,21 @@ def test_demo_quick_prints_table_params_plot_and_adapter(tmp_path: Path, capsys:
     assert f"plot:    {tmp_path / 'accuracy_vs_params.png'}" in printed
     adapter = tmp_path / "digits" / "adaptformer-16" / "seed0" / "adapter" / "adapter_model.safetensors"
     assert adapter.is_file() and f"adapter: {adapter}" in printed
+
+
+@pytest.mark.skipif(not SHAPES_VIT_FILE.is_file(), reason="the shipped shapes ViT weights are not built yet")
+def test_motion_controls_script_runs(tmp_path: Path) -> None:
+    """scripts/motion_controls.py (quick: 32 clips, 1 epoch) writes its table, and its one non-library control really
+    freezes the tubelet embedding (trainable parameters drop by exactly the embedding's)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "controls.md"
+    command = [sys.executable, str(root / "scripts" / "motion_controls.py"), "--quick", "--output", str(out)]
+    done = subprocess.run([*command, "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")][1:]  # no header
+    rows = {cells[0][2:]: cells for cells in table}
+    assert len(rows) == 7
+    params = {label: int(cells[4].replace(",", "")) for label, cells in rows.items()}
+    width, patch, tubelet = 128, 8, 2  # the study's video ViT (VIDEO_KWARGS)
+    embedding = width * 3 * tubelet * patch * patch + width
+    assert params["full"] - params["full, tubelet embedding frozen"] == embedding
