@@ -78,6 +78,8 @@ def test_summary_mean_std_and_ranking() -> None:
     assert rows[1]["std_acc1"] == pytest.approx(2.8284, abs=1e-3)  # sample std over seeds
     assert ranking(rows, "t") == "full 92.0 > linear 55.0"
     assert "| full | 1,000 | 92.00 ± 2.83 |" in format_table(rows, ["t"])
+    single = summarise([r for r in runs if r["seed"] == 0])  # one seed: no standard deviation to report
+    assert single[1]["std_acc1"] is None and "| full | 1,000 | 90.00 |" in format_table(single, ["t"])
 
 
 def _random_init_flag() -> list[str]:

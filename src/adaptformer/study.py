@@ -301,7 +301,8 @@ def _logged(run: dict[str, Any], done: int, total: int) -> dict[str, Any]:
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation of test top-1 over seeds, per (task, method), in run order."""
+    """Mean and sample standard deviation of test top-1 over seeds, per (task, method), in run order (the standard
+    deviation is None for a single seed: it is undefined there, not zero)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["task"], run["method"]), []).append(run)
@@ -311,7 +312,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "task": task, "method": method, "family": members[0]["family"], "size": members[0]["size"],
             "trainable_params": members[0]["trainable_params"], "seeds": [r["seed"] for r in members],
-            "mean_acc1": statistics.fmean(accs), "std_acc1": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "mean_acc1": statistics.fmean(accs), "std_acc1": statistics.stdev(accs) if len(accs) > 1 else None,
             "seconds": sum(r["seconds"] for r in members),
         })  # fmt: skip
     return rows

@@ -31,7 +31,8 @@ def format_table(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
             if row is None:
                 entries += ["", ""]
                 continue
-            entries += [f"{row['trainable_params']:,}", f"{row['mean_acc1']:.2f} ± {row['std_acc1']:.2f}"]
+            spread = f" ± {row['std_acc1']:.2f}" if row["std_acc1"] is not None else ""
+            entries += [f"{row['trainable_params']:,}", f"{row['mean_acc1']:.2f}{spread}"]
         lines.append("| " + " | ".join(entries) + " |")
     return "\n".join(lines)
 
@@ -58,8 +59,13 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str) -> None:
         f"time, on {env['cores']} CPU cores ({env['cpu']}; load average at start {load}); "
         f"Python {env['python']}, torch {env['torch']}, timm {env['timm']}.",
         "",
-        f"Test top-1 (%) of the adapter selected by validation top-1 (10% of the training split), mean ± sample "
-        f"standard deviation over seeds {seeds}; params = trainable parameters (head included).",
+        "Test top-1 (%) of the adapter selected by validation top-1 (10% of the training split), "
+        + (
+            f"mean ± sample standard deviation over seeds {seeds}"
+            if len(settings["seeds"]) > 1
+            else f"seed {seeds} (one seed: no standard deviation)"
+        )
+        + "; params = trainable parameters (head included).",
         "",
         format_table(rows, tasks),
         "",
@@ -105,7 +111,7 @@ def plot_accuracy_vs_params(
                 continue
             xs = [r["trainable_params"] for r in points]
             ys = [r["mean_acc1"] for r in points]
-            errors = [r["std_acc1"] for r in points]
+            errors = [r["std_acc1"] or 0.0 for r in points]  # one seed: no error bar
             size = 12 if marker == "*" else 7
             ax.errorbar(xs, ys, yerr=errors, color=colour, marker=marker, markersize=size, capsize=3, label=label,
                         linestyle="-" if len(points) > 1 else "none")  # fmt: skip
