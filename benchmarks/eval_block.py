@@ -87,9 +87,8 @@ def main() -> None:
         }
         for name, t in times.items()
     }
-    print(
-        json.dumps({"batch": args.batch, "rounds": args.rounds, "torch": torch.__version__, "blocks": report}, indent=1)
-    )
+    setting = {"model": args.model, "batch": args.batch, "tokens": tokens, "rounds": args.rounds}
+    print(json.dumps({**setting, "torch": torch.__version__, "blocks": report}, indent=1))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import torch
 import adaptformer.train as train_module
 from adaptformer.study import VIDEO_KWARGS, StudySettings, build_cells, machine, run_cell
 
+# --quick (CI: the script runs): a few clips, one epoch each
+QUICK = {"dataset_options": {"num_samples": 32, "num_classes": 4}, "epochs": 1, "warmup_epochs": 0, "batch_size": 8}
 MORE = {"dataset_options": {"num_samples": 4096, "num_classes": 4}, "epochs": 2, "warmup_epochs": 0}
 CONTROLS: tuple[tuple[str, str, dict[str, Any], bool], ...] = (  # (label, study method, overrides, freeze embedding)
     ("linear", "linear", {**MORE, "lr": 1e-3}, False),
@@ -53,10 +55,6 @@ def _freezing_patch_embed(build: Any) -> Any:
         return model
 
     return build_model
-
-
-# --quick (CI: the script runs): a few clips, one epoch each
-QUICK = {"dataset_options": {"num_samples": 32, "num_classes": 4}, "epochs": 1, "warmup_epochs": 0, "batch_size": 8}
 
 
 def run_control(

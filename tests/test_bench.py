@@ -125,7 +125,9 @@ def test_eval_block_study_runs_and_matches_timm() -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "eval_block.py"), "--model", "vit_tiny_patch16_224"]
     done = subprocess.run([*command, "--rounds", "2", "--batch", "2"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    blocks = json.loads(done.stdout)["blocks"]
+    report = json.loads(done.stdout)
+    assert (report["model"], report["batch"], report["tokens"]) == ("vit_tiny_patch16_224", 2, 197)
+    blocks = report["blocks"]
     assert len(blocks) == 3 and all(_positive(b["median_ms"]) for b in blocks.values())
     # the re-implementations compute timm's block (to bf16 rounding: outputs of order 1-10)
     assert blocks["timm block"]["max_abs_deviation"] == 0.0
