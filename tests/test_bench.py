@@ -132,3 +132,13 @@ def test_eval_block_study_runs_and_matches_timm() -> None:
     # the re-implementations compute timm's block (to bf16 rounding: outputs of order 1-10)
     assert blocks["timm block"]["max_abs_deviation"] == 0.0
     assert all(b["max_abs_deviation"] < 0.1 for b in blocks.values())
+
+
+def test_profile_step_script_runs() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--quick", "--steps", "1", "--top", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["case"].startswith("adaptformer-64 training step") and _positive(report["ms_per_step"])
+    shares = [op["share"] for op in report["operators"].values()]
+    assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0
