@@ -130,7 +130,7 @@ def merge_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [r["results"][name] for r in repeats]
         median = statistics.median(r["median_s"] for r in rows)
         row = {**first, "median_s": median, "min_s": min(r["min_s"] for r in rows)}
-        row["samples_per_s"] = first["samples_per_s"] * first["median_s"] / median
+        row["samples_per_s"] = merged["batch"] / median
         if "peak_memory_mib" in first:
             row["peak_memory_mib"] = max(r["peak_memory_mib"] for r in rows)
         merged["results"][name] = row
