@@ -331,7 +331,13 @@ def differences(report: dict[str, Any]) -> list[str]:
             if params["before"] != params["after"]:
                 notes.append(f"{name} ({suite['precision']}): trainable parameters differ: {params}")
             if speed["before"] != speed["after"]:
-                notes.append(f"{name} ({suite['precision']}): auto speed choices differ: {speed}")
+                before, after = speed["before"] or {}, speed["after"] or {}
+                changed = [
+                    f"{key} {before.get(key, '(absent)')} -> {after.get(key, '(absent)')}"
+                    for key in sorted(set(before) | set(after))
+                    if before.get(key, "(absent)") != after.get(key, "(absent)")
+                ]
+                notes.append(f"{name} ({suite['precision']}): auto speed choices before -> after: {', '.join(changed)}")
     return notes
 
 
