@@ -35,7 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import (
-    ALLOCATOR,
     METHODS,
     Backbone,
     inference_case,
@@ -248,12 +247,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--options", action="store_true", help="also measure each speed option side by side")
     p.add_argument("--compile", action="store_true", help="with --options: also measure torch.compile (slow)")
-    p.add_argument(
-        "--allocator",
-        default="auto",
-        choices=("auto", "tuned", "default"),
-        help="SpeedConfig.allocator for every case: process-wide, so one per run (benchmarks/allocator.py compares)",
-    )
     args = p.parse_args(argv)
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
     args.video_rounds = args.video_rounds if args.video_rounds is not None else (2 if args.quick else 3)
@@ -267,7 +260,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     device = torch.device(args.device)
-    ALLOCATOR["setting"] = args.allocator
     # Tiny models gain nothing from a second thread, and on a busy machine OpenMP barriers make them crawl.
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
     if threads is not None:

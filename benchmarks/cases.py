@@ -4,7 +4,7 @@ public factory (``create_model`` + ``apply_speed``), and how their timings becom
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,19 +12,16 @@ import torch.nn.functional as F
 from measure import Case, median_ratio, model_tensors, peak_memory
 
 from adaptformer import AdaptFormerConfig, VPTConfig, count_trainable, create_model
-from adaptformer.engine.precision import Precision
+from adaptformer.precision import Precision
 from adaptformer.speed import SpeedConfig, apply_speed, speed_config
 
 MiB = 2**20
-# The host allocator setting is process-wide (adaptformer.allocator), so one run uses one setting for every case:
-# bench.py sets this from --allocator, and it overrides each case's SpeedConfig.allocator.
-ALLOCATOR = {"setting": "auto"}
 METHODS: dict[str, dict[str, Any]] = {
     "full": {"method": "full"},
     "linear": {"method": "linear"},
-    "vpt-1": {"method": "vpt", "vpt": VPTConfig(num_tokens=1, deep=True)},
-    "vpt-64": {"method": "vpt", "vpt": VPTConfig(num_tokens=64, deep=True)},
-    "adaptformer-64": {"method": "adaptformer", "adapter": AdaptFormerConfig(bottleneck=64)},
+    "vpt-1": {"method": VPTConfig(num_tokens=1, deep=True)},
+    "vpt-64": {"method": VPTConfig(num_tokens=64, deep=True)},
+    "adaptformer-64": {"method": AdaptFormerConfig(bottleneck=64)},
 }
 
 
@@ -32,7 +29,7 @@ def late_adapters(depth: int) -> tuple[str, dict[str, Any]]:
     """AdaptFormer-64 in the second half of the blocks only (the paper's "layers 7-12" ablation for depth 12)."""
     layers = tuple(range(depth // 2, depth))
     label = f"adaptformer-64, blocks {layers[0] + 1}-{depth}"
-    return label, {"method": "adaptformer", "adapter": AdaptFormerConfig(bottleneck=64, layers=layers)}
+    return label, {"method": AdaptFormerConfig(bottleneck=64, layers=layers)}
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,6 @@ def _speed(model: torch.nn.Module) -> dict[str, Any]:
     return config.to_dict() if config is not None else {}
 
 
-def _with_allocator(speed: SpeedConfig | None) -> SpeedConfig:
-    return replace(speed or SpeedConfig(), allocator=ALLOCATOR["setting"])
-
-
 def batch_for(backbone: Backbone, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(backbone.batch, *backbone.sample_shape, generator=g)
@@ -80,7 +73,7 @@ def training_case(
 ) -> Case:
     """One SGD training step of ``method`` on ``backbone`` with the ``speed`` options, as a Case."""
     model = create_model(backbone.name, backbone.num_classes, **method, **backbone.kwargs)
-    apply_speed(model, _with_allocator(speed), device, precision)
+    apply_speed(model, speed or SpeedConfig(), device, precision)
     autocast = Precision(precision, device.type).autocast
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
@@ -113,7 +106,7 @@ def inference_case(
 ) -> Case:
     """One no-grad eval forward of ``method``'s model, as a Case."""
     model = create_model(backbone.name, backbone.num_classes, **method, **backbone.kwargs)
-    apply_speed(model, _with_allocator(speed), device, precision)
+    apply_speed(model, speed or SpeedConfig(), device, precision)
     autocast = Precision(precision, device.type).autocast
     model.eval()
     x, _ = batch_for(backbone, device)

@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import adaptformer
-from adaptformer.frozen_backward import packed_weights
+from adaptformer.speed.frozen_backward import packed_weights
 
 
 @dataclass
@@ -82,7 +82,7 @@ def model_tensors(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     yield from model.parameters()
     yield from model.buffers()
     yield from (p.grad for p in model.parameters() if p.grad is not None)
-    yield from packed_weights(model)  # oneDNN copies of frozen weights (adaptformer.frozen_backward)
+    yield from packed_weights(model)  # oneDNN copies of frozen weights (adaptformer.speed.frozen_backward)
     if optimizer is not None:
         for state in optimizer.state.values():
             yield from (v for v in state.values() if torch.is_tensor(v))

@@ -120,7 +120,7 @@ def run_options(
         pairs.append((f"{label}, frozen_backward on", f"{label}, frozen_backward off"))
     description = (
         "bf16, auto attention; the frozen attention/MLP halves of adapted (or VPT-prompted) blocks through plain "
-        "autograd (off) or the hand-written backward of adaptformer.frozen_backward (on: one-copy head layout, "
+        "autograd (off) or the hand-written backward of adaptformer.speed.frozen_backward (on: one-copy head layout, "
         "pre-packed bf16 weights)."
     )
     add(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
@@ -137,7 +137,8 @@ def run_options(
     pairs.append(("forward, tail on", "forward, tail off"))
     description = (
         "bf16, auto options; the last block computed for every token (off) or for the class token only, which is "
-        "all the token-pooling head reads (on: adaptformer.class_token_tail). Training steps and the no-grad forward."
+        "all the token-pooling head reads (on: adaptformer.speed.class_token_tail). Training steps and the no-grad "
+        "forward."
     )
     add(_group("class_token_tail", description, cases, pairs, args, backbone.batch, memory=True))
 

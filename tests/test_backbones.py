@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tests.conftest import SWIN, VIT, tiny_kwargs
 
-from adaptformer import AdaptFormerConfig, adapt, adapter_modules, create_model
-from adaptformer.backbones import AdaptedSwinBlock, AdaptedViTBlock
+from adaptformer import AdaptFormerConfig, UnsupportedModelError, create_model
+from adaptformer.methods import adapter_modules
+from adaptformer.methods.adaptformer import AdaptedSwinBlock, AdaptedViTBlock, attach
 
 VARIANTS = [
     {"form": "parallel", "input": "residual"},
@@ -33,7 +34,7 @@ BACKBONES = [
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_identity_at_init_is_bit_exact(name: str, extra: dict, variant: dict, images: torch.Tensor) -> None:
     plain = timm.create_model(name, num_classes=5, **tiny_kwargs(name, **extra)).eval()
-    adapted = adapt(copy.deepcopy(plain), AdaptFormerConfig(**variant)).eval()
+    adapted = attach(copy.deepcopy(plain), AdaptFormerConfig(**variant)).eval()
     assert len(adapter_modules(adapted)) > 0
     with torch.no_grad():
         assert torch.equal(adapted(images), plain(images))
@@ -48,7 +49,7 @@ def _perturb(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_vit_block_matches_reference_formula(variant: dict) -> None:
-    model = adapt(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), AdaptFormerConfig(**variant)).eval()
+    model = attach(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), AdaptFormerConfig(**variant)).eval()
     _perturb(model)
     block = model.blocks[1]
     a = block.adaptmlp
@@ -73,7 +74,7 @@ def test_vit_block_matches_reference_formula(variant: dict) -> None:
 
 
 def test_swin_block_matches_reference_formula() -> None:
-    model = adapt(timm.create_model(SWIN, num_classes=5, **tiny_kwargs(SWIN)), AdaptFormerConfig()).eval()
+    model = attach(timm.create_model(SWIN, num_classes=5, **tiny_kwargs(SWIN)), AdaptFormerConfig()).eval()
     _perturb(model)
     block = model.layers[1].blocks[1]
     a = block.adaptmlp
@@ -86,7 +87,7 @@ def test_swin_block_matches_reference_formula() -> None:
 
 def test_backbone_parameter_names_unchanged_and_adapter_prefixed() -> None:
     plain = timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT))
-    adapted = adapt(copy.deepcopy(plain), AdaptFormerConfig(layers=(0, 2)))
+    adapted = attach(copy.deepcopy(plain), AdaptFormerConfig(layers=(0, 2)))
     new_keys = set(adapted.state_dict()) - set(plain.state_dict())
     assert set(plain.state_dict()) <= set(adapted.state_dict())
     assert new_keys == {
@@ -101,10 +102,10 @@ def test_backbone_parameter_names_unchanged_and_adapter_prefixed() -> None:
 
 
 def test_swin_per_stage_bottleneck() -> None:
-    model = adapt(timm.create_model(SWIN, num_classes=5, **tiny_kwargs(SWIN)), AdaptFormerConfig(bottleneck=(3, 7)))
+    model = attach(timm.create_model(SWIN, num_classes=5, **tiny_kwargs(SWIN)), AdaptFormerConfig(bottleneck=(3, 7)))
     widths = [(type(b), b.adaptmlp.down_proj.out_features) for s in model.layers for b in s.blocks]
     assert widths == [(AdaptedSwinBlock, 3)] * 2 + [(AdaptedSwinBlock, 7)] * 2
-    ratio = adapt(timm.create_model(SWIN, num_classes=5, **tiny_kwargs(SWIN)), AdaptFormerConfig(bottleneck=1 / 12))
+    ratio = attach(timm.create_model(SWIN, num_classes=5, **tiny_kwargs(SWIN)), AdaptFormerConfig(bottleneck=1 / 12))
     assert [b.adaptmlp.down_proj.out_features for s in ratio.layers for b in s.blocks] == [2, 2, 5, 5]  # dim // 12
 
 
@@ -117,19 +118,21 @@ def test_swin_per_stage_bottleneck() -> None:
 )
 def test_layers_and_stages_validated_against_model(config: AdaptFormerConfig, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        adapt(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), config)
+        attach(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), config)
 
 
 def test_unsupported_model_type_error_names_blocks_and_families() -> None:
     resnet = timm.create_model("resnet18", num_classes=5)
-    with pytest.raises(TypeError, match=r"ResNet with blocks: BasicBlock; supported: vit .*Block\), swin"):
-        adapt(resnet)
+    with pytest.raises(
+        UnsupportedModelError, match=r"ResNet has blocks: BasicBlock; supported here: vit .*Block\), swin"
+    ):
+        attach(resnet, AdaptFormerConfig())
 
 
 def test_adapting_twice_is_refused() -> None:
-    model = adapt(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)))
+    model = attach(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), AdaptFormerConfig())
     with pytest.raises(ValueError, match="already has AdaptMLP"):
-        adapt(model)
+        attach(model, AdaptFormerConfig())
 
 
 def test_adapted_model_deepcopies_and_pickles(tmp_path) -> None:

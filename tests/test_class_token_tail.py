@@ -1,4 +1,4 @@
-"""The class-token tail (adaptformer.class_token_tail): the last block computed for the class token only gives the
+"""The class-token tail (adaptformer.speed.class_token_tail): the last block computed for the class token only gives the
 same logits and gradients as the full block, only inside ``model.forward``, and only where the head reads nothing but
 the class token."""
 
@@ -28,18 +28,18 @@ def _last_mlp_rows(model: torch.nn.Module) -> list[int]:
 
 
 METHODS = {
-    "adaptformer": {},
-    "full": {},
-    "linear": {},
-    "vpt-deep": {"vpt": VPTConfig(num_tokens=2, deep=True, dropout=0.1)},  # prompt dropout: the same draws either way
-    "vpt-shallow": {"vpt": VPTConfig(num_tokens=3, deep=False)},
+    "adaptformer": "adaptformer",
+    "full": "full",
+    "linear": "linear",
+    "vpt-deep": VPTConfig(num_tokens=2, deep=True, dropout=0.1),  # prompt dropout: the same draws either way
+    "vpt-shallow": VPTConfig(num_tokens=3, deep=False),
 }
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("attention", ["math", "fused"])
 def test_same_logits_and_gradients_as_the_full_last_block(method: str, attention: str, images: torch.Tensor) -> None:
-    plain = _model(method.split("-")[0], **METHODS[method])
+    plain = _model(METHODS[method])
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(class_token_tail="on", attention=attention), "cpu", "fp32")
     reference = apply_speed(plain, SpeedConfig(class_token_tail="off", attention=attention), "cpu", "fp32")
     rows = _last_mlp_rows(fast)

@@ -18,7 +18,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from tests.conftest import VIT
 
-from adaptformer import AdaptFormerConfig, create_model
+from adaptformer import AdaptFormerConfig, VPTConfig, create_model
 from adaptformer.engine import (
     DistributedContext,
     NonFiniteLossError,
@@ -43,7 +43,6 @@ from adaptformer.engine import (
 from adaptformer.engine.data import SeededSamples, load_image_split, with_transform
 from adaptformer.engine.records import MetricsLog
 from adaptformer.factory import build_backbone
-from adaptformer.prompts import VPTConfig
 from adaptformer.train import build_model, train
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -124,8 +123,7 @@ def test_lr_scaling_rule() -> None:
 
 @pytest.mark.parametrize("method", ["full", "vpt"])
 def test_no_weight_decay_for_norms_biases_embeddings_and_prompts(method: str) -> None:
-    vpt = VPTConfig(num_tokens=2) if method == "vpt" else None
-    model = create_model(VIT, 5, method=method, vpt=vpt, **TINY)
+    model = create_model(VIT, 5, method=VPTConfig(num_tokens=2) if method == "vpt" else method, **TINY)
     decay, no_decay = param_groups(model, weight_decay=0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     undecayed = {names[id(p)] for p in no_decay["params"]}
@@ -218,7 +216,7 @@ def test_gradient_accumulation_matches_one_large_batch() -> None:
     results = []
     for accum in (1, 2):
         torch.manual_seed(0)
-        model = create_model(VIT, 4, head="linear", adapter=AdaptFormerConfig(dropout=0.0, init="bert"), **TINY)
+        model = create_model(VIT, 4, head="linear", method=AdaptFormerConfig(dropout=0.0, init="bert"), **TINY)
         opt, sched, precision, scaler = _loop_parts(model, 0.5)
         size = 8 // accum
         batches = [(x[i : i + size], y[i : i + size], torch.arange(size)) for i in range(0, 8, size)]
@@ -243,7 +241,7 @@ def test_non_finite_loss_stops_before_the_update() -> None:
 
 
 def test_gradient_clipping_bounds_the_first_update() -> None:
-    model = create_model(VIT, 4, adapter=AdaptFormerConfig(dropout=0.0, init="bert"), **TINY)
+    model = create_model(VIT, 4, method=AdaptFormerConfig(dropout=0.0, init="bert"), **TINY)
     opt, sched, precision, scaler = _loop_parts(model, 1.0)
     before = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
     batches = [(torch.randn(4, 3, 32, 32), torch.arange(4), torch.arange(4))]

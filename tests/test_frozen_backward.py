@@ -1,4 +1,4 @@
-"""The hand-written backward of frozen ViT block halves (adaptformer.frozen_backward) against plain autograd: same
+"""The hand-written backward of frozen ViT block halves (adaptformer.speed.frozen_backward) against plain autograd: same
 logits and gradients, engaged exactly where it computes the module's function, never with stale packed weights."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import torch
 from tests.conftest import VIT, tiny_kwargs
 from tests.training_step import Step, assert_same_step, move_trainable, train_step
 
-import adaptformer.frozen_backward as frozen_backward
+import adaptformer.speed.frozen_blocks as frozen_blocks
 from adaptformer import AdaptFormerConfig, VPTConfig, create_model
 from adaptformer.speed import SpeedConfig, apply_speed, resolve
+from adaptformer.speed.frozen_blocks import FrozenBackwardAdaptedViTBlock
 
 VIDEO = "video_vit_small_patch16_224"
 VIDEO_KWARGS = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -24,14 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(
-    name: str = VIT, precision: str = "fp32", manual: bool = True, method: str = "adaptformer", **kwargs: object
+    name: str = VIT, precision: str = "fp32", manual: bool = True, method: object = "adaptformer", **kwargs: object
 ) -> torch.nn.Module:
     """A tiny model (adapted by default, with non-zero adapters) whose trainable tensors left their init, sped up for
     ``precision`` with the manual backward on or off."""
     torch.manual_seed(1)
     model_kwargs = VIDEO_KWARGS if name == VIDEO else tiny_kwargs(VIT)
     if method == "adaptformer":
-        kwargs["adapter"] = AdaptFormerConfig(dropout=0.0, **kwargs.pop("adapter", {}))  # type: ignore[arg-type]
+        method = AdaptFormerConfig(dropout=0.0)
     model = move_trainable(create_model(name, 5, method=method, **model_kwargs, **kwargs))
     # the attention half runs manually where "auto" attention is not fused: force math for the comparison; every
     # block computes all tokens (the class-token tail has its own tests)
@@ -55,7 +56,7 @@ class _Spy:
         self.attention = self.mlp = 0
 
     def __enter__(self) -> _Spy:
-        attention, mlp = frozen_backward.frozen_attention, frozen_backward.frozen_mlp
+        attention, mlp = frozen_blocks.frozen_attention, frozen_blocks.frozen_mlp
 
         def count_attention(*args: object) -> torch.Tensor:
             self.attention += 1
@@ -66,8 +67,8 @@ class _Spy:
             return mlp(*args)  # type: ignore[arg-type]
 
         self._patches = [
-            mock.patch.object(frozen_backward, "frozen_attention", count_attention),
-            mock.patch.object(frozen_backward, "frozen_mlp", count_mlp),
+            mock.patch.object(frozen_blocks, "frozen_attention", count_attention),
+            mock.patch.object(frozen_blocks, "frozen_mlp", count_mlp),
         ]
         for p in self._patches:
             p.start()
@@ -96,7 +97,7 @@ def test_manual_backward_matches_autograd(name: str, precision: str, tol: dict) 
 def test_vpt_deep_blocks_use_it_too(precision: str, tol: dict) -> None:
     """VPT-deep trains prompts in every block: the frozen halves around them take the same fast path."""
 
-    vpt = {"method": "vpt", "vpt": VPTConfig(num_tokens=2, deep=True, dropout=0.0)}
+    vpt = {"method": VPTConfig(num_tokens=2, deep=True, dropout=0.0)}
     x = _inputs()
     plain = train_step(_model(precision=precision, manual=False, **vpt), x, precision)
     model = _model(precision=precision, manual=True, **vpt)
@@ -194,13 +195,13 @@ def test_auto_resolution(device: str, precision: str, config: SpeedConfig, expec
 
 def test_apply_speed_sets_the_blocks() -> None:
     on = _model(precision="bf16")
-    assert all(b.frozen_backward_mlp and b.frozen_backward_attention for b in on.blocks)
+    assert all(isinstance(b, FrozenBackwardAdaptedViTBlock) and b.frozen_attention for b in on.blocks)
     fused = apply_speed(
         create_model(VIT, 5, method="adaptformer", **tiny_kwargs(VIT)),
         SpeedConfig(frozen_backward="on", attention="fused"),
         "cpu",
         "bf16",
     )
-    assert all(b.frozen_backward_mlp and not b.frozen_backward_attention for b in fused.blocks)
+    assert all(isinstance(b, FrozenBackwardAdaptedViTBlock) and not b.frozen_attention for b in fused.blocks)
     with pytest.raises(ValueError, match="frozen_backward"):
         SpeedConfig(frozen_backward="yes")

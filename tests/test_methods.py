@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from tests.conftest import SWIN, VIT, tiny_kwargs
 
 from adaptformer import AdaptFormerConfig, ModelSpec, VPTConfig, count_trainable, create_model, parameter_report
-from adaptformer.adapter import AdaptMLP
-from adaptformer.prompts import PromptTokens
+from adaptformer.methods import AdaptMLP, PromptTokens
 
 
 @pytest.mark.slow
@@ -22,11 +21,13 @@ from adaptformer.prompts import PromptTokens
         ("adaptformer", 101, {}, 1_267_301),
         ("linear", 100, {}, 76_900),
         ("vpt", 100, {}, 86_116),  # 76,900 + 9,216 prompts
-        ("adaptformer", 100, {"adapter": AdaptFormerConfig(bottleneck=1)}, 76_900 + 12 * (768 + 1 + 768 + 768)),
+        (AdaptFormerConfig(bottleneck=1), 100, {}, 76_900 + 12 * (768 + 1 + 768 + 768)),
         ("full", 100, {}, 85_798_656 + 76_900),
     ],
 )
-def test_paper_parameter_counts_vit_b16(method: str, classes: int, kwargs: dict, expected: int) -> None:
+def test_paper_parameter_counts_vit_b16(
+    method: str | AdaptFormerConfig, classes: int, kwargs: dict, expected: int
+) -> None:
     model = create_model("vit_base_patch16_224", classes, method=method, **kwargs)
     assert count_trainable(model) == expected
     report = parameter_report(model)
@@ -35,7 +36,7 @@ def test_paper_parameter_counts_vit_b16(method: str, classes: int, kwargs: dict,
     assert groups["backbone"]["total"] == 85_798_656 and groups["head"]["total"] == 769 * classes
 
 
-def _tiny(method: str, **kwargs: object) -> nn.Module:
+def _tiny(method: str | AdaptFormerConfig | VPTConfig, **kwargs: object) -> nn.Module:
     return create_model(VIT, 5, method=method, **tiny_kwargs(VIT), **kwargs)
 
 
@@ -66,7 +67,7 @@ def test_full_trains_everything() -> None:
 
 @pytest.mark.parametrize("method", ["adaptformer", "linear", "vpt"])
 def test_one_step_changes_only_task_parameters(method: str, images: torch.Tensor) -> None:
-    model = _tiny(method, **({"adapter": AdaptFormerConfig(dropout=0.0)} if method == "adaptformer" else {}))
+    model = _tiny(AdaptFormerConfig(dropout=0.0) if method == "adaptformer" else method)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
@@ -106,7 +107,7 @@ def test_report_groups_sum_to_totals() -> None:
 
 @pytest.mark.parametrize("deep, counts", [(True, [1, 1, 1]), (False, [1, 0, 0])])
 def test_vpt_deep_and_shallow(deep: bool, counts: list[int], images: torch.Tensor) -> None:
-    model = _tiny("vpt", vpt=VPTConfig(num_tokens=2, deep=deep)).eval()
+    model = _tiny(VPTConfig(num_tokens=2, deep=deep)).eval()
     assert [int(hasattr(b.vpt, "tokens")) if hasattr(b, "vpt") else 0 for b in model.blocks] == counts
     seen = []
     model.norm.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
@@ -117,10 +118,10 @@ def test_vpt_deep_and_shallow(deep: bool, counts: list[int], images: torch.Tenso
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "lora"}, "method must be one of"),
+        ({"method": "lora"}, r"unknown method 'lora'; registered methods: \['adaptformer', 'linear', 'full', 'vpt'\]"),
         ({"head": "mlp"}, "head must be one of"),
         ({"num_classes": 0}, "num_classes"),
-        ({"method": "linear", "adapter": AdaptFormerConfig()}, "applies to 'adaptformer'"),
+        ({"method": "linear", "method_config": AdaptFormerConfig()}, "method 'linear' takes a LinearConfig"),
     ],
 )
 def test_spec_validation(kwargs: dict, message: str) -> None:
@@ -129,7 +130,7 @@ def test_spec_validation(kwargs: dict, message: str) -> None:
 
 
 def test_spec_round_trip_rejects_unknown_fields() -> None:
-    spec = ModelSpec(VIT, "vpt", 3, vpt=VPTConfig(num_tokens=4, deep=False))
+    spec = ModelSpec(VIT, "vpt", VPTConfig(num_tokens=4, deep=False), num_classes=3)
     assert ModelSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ValueError, match=r"unknown model spec fields \['colour'\]"):
         ModelSpec.from_dict({**spec.to_dict(), "colour": 1})

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 from tests.conftest import VIT, tiny_kwargs
 
-from adaptformer import CheckpointError, create_model, read_state_dict
+from adaptformer import CheckpointError, create_model
 from adaptformer.factory import build_backbone
+from adaptformer.pretrained import read_state_dict
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 
 from adaptformer.data import eval_resize_size
 from adaptformer.engine import TrainConfig, scaled_lr
-from adaptformer.methods import count_trainable
+from adaptformer.model import count_trainable
 from adaptformer.preprocessing import Preprocessing
 from adaptformer.recipes import load_recipe, recipe_names, recipe_path
 from adaptformer.train import build_model

@@ -40,11 +40,11 @@ def _fresh_backbone(name: str = VIT) -> torch.nn.Module:
 
 CASES = [
     (VIT, "adaptformer", {}),
-    (VIT, "adaptformer", {"adapter": AdaptFormerConfig(bottleneck=3, scale="learnable", layernorm="out", layers=(1,))}),
+    (VIT, AdaptFormerConfig(bottleneck=3, scale="learnable", layernorm="out", layers=(1,)), {}),
     (VIT, "linear", {}),
-    (VIT, "vpt", {"vpt": VPTConfig(num_tokens=2)}),
+    (VIT, VPTConfig(num_tokens=2), {}),
     (VIT, "adaptformer", {"head": "linear"}),
-    (SWIN, "adaptformer", {"adapter": AdaptFormerConfig(bottleneck=(2, 4))}),
+    (SWIN, AdaptFormerConfig(bottleneck=(2, 4)), {}),
     (VIT, "full", {}),
 ]
 
@@ -75,7 +75,7 @@ def test_files_hold_only_task_tensors_and_describe_the_model(tmp_path: Path) -> 
     assert len([k for k in tensors if ".adaptmlp." in k]) == 3 * 4
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["method"] == "adaptformer" and config["backbone"] == VIT and config["num_classes"] == 5
-    assert config["adapter"]["bottleneck"] == 64 and config["head"] == "paper"
+    assert config["method_config"]["bottleneck"] == 64 and config["head"] == "paper"
     assert config["backbone_fingerprint"].startswith("sha256:")
     assert config["preprocessing"]["input_size"] == [3, 32, 32]
     assert config["num_parameters"] == sum(t.numel() for t in tensors.values())
@@ -134,7 +134,7 @@ def test_crash_mid_write_keeps_the_last_good_adapter(tmp_path: Path, monkeypatch
         (lambda d: (d / "adapter_config.json").unlink(), FileNotFoundError, "no adapter here"),
         (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x00" * 10), AdapterFileError, "SHA-256 differs"),
         (lambda d: _edit(d, colour="red"), AdapterFileError, r"unknown model spec fields \['colour'\]"),
-        (lambda d: _edit(d, adapter={"bottleneck": -4}), AdapterFileError, "bottleneck must be >= 1"),
+        (lambda d: _edit(d, method_config={"bottleneck": -4}), AdapterFileError, "bottleneck must be >= 1"),
         (lambda d: _edit(d, format_version=7), AdapterFileError, "format_version 7"),
         (lambda d: _edit(d, weights_sha256=None, drop_weights=True), AdapterFileError, "not a valid safetensors"),
     ],

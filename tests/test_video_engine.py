@@ -22,7 +22,7 @@ from adaptformer.engine import Predictions, TrainConfig, scaled_lr
 from adaptformer.engine.datasets import DataSpec, VideoSettings, load_split
 from adaptformer.engine.loop import multi_view_metrics
 from adaptformer.factory import build_backbone, create_model
-from adaptformer.methods import count_trainable
+from adaptformer.model import count_trainable
 from adaptformer.recipes import load_recipe, recipe_names
 from adaptformer.train import build_model
 

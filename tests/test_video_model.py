@@ -21,12 +21,9 @@ from timm.models.vision_transformer import Attention, Block
 from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
 from adaptformer import (
-    CONVERTERS,
     AdaptFormerConfig,
     CheckpointError,
     Preprocessing,
-    adapt,
-    adapter_modules,
     count_trainable,
     create_model,
     load_adapter,
@@ -34,7 +31,10 @@ from adaptformer import (
     save_adapter,
 )
 from adaptformer.convert_video import convert_hf_videomae
+from adaptformer.methods import adapter_modules
+from adaptformer.methods.adaptformer import attach
 from adaptformer.models import QVBiasAttention, VideoVisionTransformer, sinusoid_position_table
+from adaptformer.pretrained import CONVERTERS
 
 VIDEO = "video_vit_base_patch16_224"
 TINY: dict[str, Any] = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}
@@ -143,7 +143,7 @@ def test_preprocessing_follows_the_built_model() -> None:
 @pytest.mark.parametrize("variant", [{}, {"form": "sequential"}, {"input": "normed", "dropout": 0.0}])
 def test_identity_at_init_is_bit_exact(variant: dict, clips: torch.Tensor) -> None:
     plain = timm.create_model(VIDEO, num_classes=5, **tiny()).eval()
-    adapted = adapt(copy.deepcopy(plain), AdaptFormerConfig(**variant)).eval()
+    adapted = attach(copy.deepcopy(plain), AdaptFormerConfig(**variant)).eval()
     assert len(adapter_modules(adapted)) == 2
     with torch.no_grad():
         assert torch.equal(adapted(clips), plain(clips))

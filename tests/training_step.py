@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adaptformer.engine.precision import Precision
+from adaptformer.precision import Precision
 
 Step = tuple[torch.Tensor, dict[str, torch.Tensor]]
 

@@ -1,51 +1,64 @@
-"""adaptformer: AdaptFormer (Chen et al., NeurIPS 2022) for timm Vision Transformers.
+"""adaptformer: AdaptFormer (Chen et al., NeurIPS 2022) and its baselines for timm Vision Transformers.
 
-model = adaptformer.create_model("vit_base_patch16_224", num_classes=100, checkpoint="mae_pretrain.pth",
-                                 checkpoint_source="mae")
-print(adaptformer.parameter_report(model))   # 1,266,532 trainable
-adaptformer.save_adapter(model, "out/adapter")
+    import adaptformer as af
+    model = af.create_model("vit_base_patch16_224", num_classes=100, method=af.AdaptFormerConfig(bottleneck=64),
+                            checkpoint="mae_pretrain.pth", checkpoint_source="mae")
+    print(af.parameter_report(model))   # 1,266,532 trainable
+    af.save_adapter(model, "out/adapter")
+
+The names below are the public API; everything else is reachable through its module.
 """
 
-from . import convert_video as convert_video  # registers the video checkpoint converters in CONVERTERS
-from .adapter import AdaptFormerConfig, AdaptMLP
-from .backbones import FAMILIES, adapt, adapter_modules
+from . import convert_video as convert_video  # registers the video checkpoint converters (made explicit later)
+from .errors import UnsupportedModelError
 from .factory import build_backbone, create_model
-from .methods import METHODS, ModelSpec, ParameterReport, apply_method, count_trainable, freeze, parameter_report
+from .methods import (
+    AdaptFormerConfig,
+    FullConfig,
+    LinearConfig,
+    Method,
+    MethodConfig,
+    VPTConfig,
+    get_method,
+    method_names,
+    register_method,
+)
+from .model import ModelSpec, ParameterReport, adapt, apply_method, count_trainable, parameter_report
 from .models import VideoVisionTransformer  # registers the video ViTs with timm
 from .preprocessing import Preprocessing
-from .pretrained import CONVERTERS, CheckpointError, load_pretrained, read_state_dict
-from .prompts import VPTConfig
+from .pretrained import CheckpointError, load_pretrained
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .speed import SpeedConfig, apply_speed
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "CONVERTERS",
-    "FAMILIES",
-    "METHODS",
     "AdaptFormerConfig",
-    "AdaptMLP",
     "AdapterFileError",
     "CheckpointError",
+    "FullConfig",
+    "LinearConfig",
+    "Method",
+    "MethodConfig",
     "ModelSpec",
     "ParameterReport",
     "Preprocessing",
     "SpeedConfig",
+    "UnsupportedModelError",
     "VPTConfig",
     "VideoVisionTransformer",
     "adapt",
-    "adapter_modules",
     "apply_method",
     "apply_speed",
     "build_backbone",
     "count_trainable",
     "create_model",
-    "freeze",
+    "get_method",
     "load_adapter",
     "load_pretrained",
+    "method_names",
     "parameter_report",
     "read_adapter_config",
-    "read_state_dict",
+    "register_method",
     "save_adapter",
 ]

@@ -51,14 +51,16 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from .adapter import AdaptFormerConfig
     from .factory import create_model
-    from .methods import parameter_report
-    from .prompts import VPTConfig
+    from .methods import AdaptFormerConfig, VPTConfig
+    from .model import parameter_report
 
-    adapter = AdaptFormerConfig(bottleneck=args.bottleneck) if args.method == "adaptformer" else None
-    vpt = VPTConfig(num_tokens=args.vpt_tokens, deep=not args.vpt_shallow) if args.method == "vpt" else None
-    model = create_model(args.model, args.num_classes, method=args.method, adapter=adapter, vpt=vpt, head=args.head)
+    method: Any = args.method
+    if args.method == "adaptformer":
+        method = AdaptFormerConfig(bottleneck=args.bottleneck)
+    elif args.method == "vpt":
+        method = VPTConfig(num_tokens=args.vpt_tokens, deep=not args.vpt_shallow)
+    model = create_model(args.model, args.num_classes, method=method, head=args.head)
     print(parameter_report(model))
     return 0
 

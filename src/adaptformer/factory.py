@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch.nn as nn
 
-from .adapter import AdaptFormerConfig
-from .methods import ModelSpec, apply_method
+from .methods import MethodConfig
+from .model import ModelSpec, apply_method
 from .pretrained import load_pretrained
-from .prompts import VPTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ def build_backbone(
 def create_model(
     name: str,
     num_classes: int,
-    method: str = "adaptformer",
-    adapter: AdaptFormerConfig | None = None,
-    vpt: VPTConfig | None = None,
+    method: str | MethodConfig = "adaptformer",
     head: str = "paper",
     checkpoint: str | Path | None = None,
     checkpoint_source: str = "timm",
@@ -66,15 +64,20 @@ def create_model(
         name: a timm model name, e.g. "vit_base_patch16_224" or "vit_base_patch16_224.mae" (the pretrained tag sets
             the input normalisation), or an adaptformer-registered one.
         num_classes: classes of the task.
-        method: "adaptformer", "linear" (head only), "full" (everything) or "vpt".
-        adapter: AdaptMLP settings for method "adaptformer" (default: the authors' AdaptFormer-64).
-        vpt: prompt settings for method "vpt" (default: VPT-deep with 1 token).
+        method: a method config, e.g. ``AdaptFormerConfig(bottleneck=64)`` or ``VPTConfig(num_tokens=4)``, or a
+            registered method name for its defaults ("adaptformer", "linear", "full", "vpt", ...).
         head: "paper" (BatchNorm1d without affine + Linear, the paper's) or "linear".
         checkpoint: None (random init), a local weights file, or "timm" for timm's pretrained mechanism.
         checkpoint_source: how to read the file's keys: one of ``pretrained.CONVERTERS`` ("timm", "mae", ...).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. drop_path_rate, global_pool, img_size).
     """
+    stale = sorted({"adapter", "vpt"} & set(timm_kwargs))
+    if stale:
+        raise TypeError(
+            f"create_model() takes the method's config as method=..., e.g. method=AdaptFormerConfig(...) or "
+            f"method=VPTConfig(...), not {stale} (adaptformer 0.1's keywords)"
+        )
+    spec = ModelSpec.for_method(name, method, num_classes=num_classes, head=head)  # checked before the slow build
     model = build_backbone(name, num_classes, checkpoint, checkpoint_source, keep_head=head == "linear", **timm_kwargs)
-    extra = tuple(getattr(model, "task_modules", ()))
-    spec = ModelSpec(name, method, num_classes, head, adapter, vpt, extra)
+    spec = replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ())))
     return apply_method(model, spec)

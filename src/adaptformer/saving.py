@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .methods import ModelSpec, apply_method, get_spec, task_state_dict
+from .model import ModelSpec, apply_method, get_spec, task_state_dict
 from .preprocessing import Preprocessing
 
 CONFIG_NAME = "adapter_config.json"

@@ -238,7 +238,7 @@ def build_cells(settings: StudySettings) -> list[Cell]:
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Train one cell with :func:`adaptformer.train.train`; its test top-1, validation top-1, size and time."""
     from .engine.config import TrainConfig
-    from .methods import count_trainable
+    from .model import count_trainable
     from .train import build_model, train
 
     cfg = TrainConfig.from_dict(cell.config)

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapter import AdaptFormerConfig
 from .data import train_val_split
 from .engine.checkpointing import (
     STATE_FILE,
@@ -46,14 +45,14 @@ from .engine.distributed import DistributedContext, all_gather_objects, barrier,
 from .engine.inference import TaskInfo
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
-from .engine.precision import resolve_precision
 from .engine.progress import Progress
 from .engine.records import TEST_FILE, MetricsLog, write_json
 from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .engine.schedule import WarmupCosine
 from .factory import create_model
-from .methods import parameter_report, task_state_dict
-from .prompts import VPTConfig
+from .methods import AdaptFormerConfig, VPTConfig
+from .model import parameter_report, task_state_dict
+from .precision import resolve_precision
 from .saving import load_adapter, save_adapter
 from .speed import apply_speed
 
@@ -92,20 +91,20 @@ class _StopRequested(Exception):
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The backbone with its pre-trained weights, the task head and the adaptation method of ``cfg``."""
-    adapter = vpt = None
+    method: str | AdaptFormerConfig | VPTConfig = cfg.method
     if cfg.method == "adaptformer":
         bottleneck = tuple(cfg.bottleneck) if isinstance(cfg.bottleneck, list) else cfg.bottleneck
         layers = tuple(cfg.adapter_layers) if cfg.adapter_layers is not None else None
-        adapter = AdaptFormerConfig(
+        method = AdaptFormerConfig(
             bottleneck=bottleneck, scale=cfg.adapter_scale, dropout=cfg.adapter_dropout, form=cfg.adapter_form,
             layers=layers,
         )  # fmt: skip
     elif cfg.method == "vpt":
-        vpt = VPTConfig(num_tokens=cfg.vpt_tokens, deep=cfg.vpt_deep)
+        method = VPTConfig(num_tokens=cfg.vpt_tokens, deep=cfg.vpt_deep)
     if cfg.checkpoint is None and cfg.method != "full":
         logger.warning("no --checkpoint: the frozen backbone is randomly initialised")
     return create_model(
-        cfg.model, num_classes, method=cfg.method, adapter=adapter, vpt=vpt, head=cfg.head, checkpoint=cfg.checkpoint,
+        cfg.model, num_classes, method=method, head=cfg.head, checkpoint=cfg.checkpoint,
         checkpoint_source=cfg.checkpoint_source, drop_path_rate=cfg.drop_path, **cfg.backbone_kwargs(),
     )  # fmt: skip
 

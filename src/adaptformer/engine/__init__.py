@@ -7,6 +7,7 @@ datasets reach it through one interface (:mod:`.datasets`: load a split, build i
     metrics = classification_metrics(evaluate(model, val_loader, precision, ctx))
 """
 
+from ..precision import Precision, resolve_precision
 from .checkpointing import STATE_FILE, TrainingStateError, load_training_state, save_training_state
 from .config import TrainConfig, add_config_arguments, config_overrides
 from .data import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
@@ -24,7 +25,6 @@ from .loop import (
     train_one_epoch,
 )
 from .optim import build_optimizer, param_groups, scaled_lr
-from .precision import Precision, resolve_precision
 from .progress import Progress
 from .schedule import WarmupCosine
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..methods import task_state_dict
+from ..model import task_state_dict
 from ..saving import atomic_write_bytes
 
 logger = logging.getLogger(__name__)

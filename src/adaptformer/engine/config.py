@@ -17,14 +17,14 @@ from typing import Any
 
 import yaml
 
-from ..adapter import FORMS
 from ..data import IMAGE_DATASETS, PAPER_CROP_SCALE, ImageAugment
 from ..data.video import STRATEGIES, VIDEO_DATASETS
 from ..heads import HEADS
-from ..methods import METHODS
+from ..methods import method_names
+from ..methods.adaptformer import FORMS
+from ..precision import PRECISIONS as STORAGE_DTYPES
 from ..pretrained import CONVERTERS
-from ..speed import ALLOCATORS, ATTENTIONS, AUTO, SWITCHES, SpeedConfig
-from ..speed import PRECISIONS as STORAGE_DTYPES
+from ..speed import ATTENTIONS, AUTO, SWITCHES, SpeedConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -40,9 +40,17 @@ IMAGE_FIELDS = {"crop_scale": list(PAPER_CROP_SCALE)}
 # Fields that steer how a run executes but not what it computes; a resumed run may change them.
 RUN_CONTROL_FIELDS = (
     "resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir",
-    "grad_checkpointing", "compile", "allocator",
+    "grad_checkpointing", "compile",
 )  # fmt: skip
-SPEED_HELP = SpeedConfig.help()
+SPEED_HELP = {
+    "frozen_dtype": "storage dtype of frozen weights: fp32, bf16, fp16, or auto (= the precision)",
+    "attention": "attention: fused (SDPA), math (matmul-softmax), split (math with autograd, else fused), auto",
+    "frozen_prefix": "run blocks before the first trainable one without autograd: on, off, auto",
+    "frozen_backward": "hand-written backward for frozen halves of adapted/VPT ViT blocks (exact): on, off, auto",
+    "class_token_tail": "last block for the class token only when the head reads only it (exact): on, off, auto",
+    "grad_checkpointing": "recompute block activations in backward: less memory, slower steps",
+    "compile": "torch.compile the model (slow first steps; measure first)",
+}
 
 
 def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -66,7 +74,7 @@ class TrainConfig:
         default_factory=dict,
         metadata=_meta("extra timm.create_model kwargs as YAML/JSON, e.g. '{img_size: 32}'", "model"),
     )
-    method: str = _f("adaptformer", "adaptation method", "model", METHODS)
+    method: str = _f("adaptformer", "adaptation method", "model", method_names())
     head: str = _f("paper", "task head: paper (BatchNorm1d without affine + Linear, MAE's) or linear", "model", HEADS)
     checkpoint: str | None = _f(
         None, "pre-trained backbone weights: a local file, 'timm' (timm's own), or none", "model"
@@ -149,7 +157,6 @@ class TrainConfig:
     class_token_tail: str = _f(AUTO, SPEED_HELP["class_token_tail"], "speed", (AUTO, *SWITCHES))
     grad_checkpointing: bool = _f(False, SPEED_HELP["grad_checkpointing"], "speed")
     compile: bool = _f(False, SPEED_HELP["compile"], "speed")
-    allocator: str = _f(AUTO, SPEED_HELP["allocator"], "speed", (AUTO, *ALLOCATORS))
     # output
     output_dir: str = _f("output", "where metrics.jsonl, config.yaml, adapter/ and the training state go", "output")
     select: str = _f("best", "adapter to keep and test: best (validation top-1) or last epoch", "output", SELECTIONS)
@@ -170,7 +177,7 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method, method_names())
         _choice("head", self.head, HEADS)
         _choice("checkpoint_source", self.checkpoint_source, tuple(CONVERTERS))
         _choice("adapter_form", self.adapter_form, FORMS)

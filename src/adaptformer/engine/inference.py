@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..data import build_image_transform, load_rgb
+from ..precision import resolve_precision
 from ..preprocessing import Preprocessing
 from ..saving import atomic_write_bytes, create_model_from_adapter, read_adapter_config
 from ..speed import SpeedConfig, apply_speed
@@ -25,7 +26,6 @@ from .data import eval_loader
 from .datasets import DataSpec, clip_frames, load_split
 from .distributed import DistributedContext, resolve_device
 from .loop import evaluate
-from .precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 

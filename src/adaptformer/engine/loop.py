@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.video import aggregate_views
+from ..precision import Precision
 from .distributed import DistributedContext, all_reduce_sum, gather_variable
-from .precision import Precision
 from .progress import Progress
 from .schedule import WarmupCosine
 

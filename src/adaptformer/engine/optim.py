@@ -2,7 +2,7 @@
 
 Weight decay is never applied to parameters that should not shrink towards zero: 1-D tensors (norm weights, biases,
 a learnable adapter scale), the model's own ``no_weight_decay()`` names (timm: position embeddings, class token) and
-VPT prompt tokens (found by module type, not by name).
+the parameters of a method registered with ``weight_decay=False`` (VPT's prompt tokens; found by module type).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..prompts import prompt_modules
+from ..model import get_spec, method_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,14 @@ def scaled_lr(blr: float, effective_batch: int) -> float:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Trainable parameters in two groups, with and without weight decay (empty groups are left out)."""
     skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    prompt_ids = {id(p) for m in prompt_modules(model) for p in m.parameters()}
+    spec = get_spec(model)
+    no_decay_method = spec is not None and not spec.registered.weight_decay
+    exempt = {id(p) for p in method_parameters(model)} if no_decay_method else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name in skip_names or id(param) in prompt_ids:
+        if param.ndim <= 1 or name in skip_names or id(param) in exempt:
             no_decay.append(param)
         else:
             decay.append(param)

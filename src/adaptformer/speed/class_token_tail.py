@@ -18,15 +18,16 @@ gets it: ``forward_features`` still returns every token (``adaptformer.speed`` a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .adapter import adapted_ffn
-from .backbones import AdaptedViTBlock
-from .prompts import PromptedViTBlock
+from ..methods.adaptformer import AdaptedViTBlock
+from ..methods.vpt import PromptedViTBlock
 
 __all__ = ["class_token_forward", "class_token_tail_reason"]
 
@@ -45,8 +46,8 @@ def class_token_tail_reason(model: nn.Module) -> str | None:
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         return "it has no blocks sequence"
     last = blocks[-1]
-    if type(last) not in (Block, AdaptedViTBlock, PromptedViTBlock):
-        return f"its last block is {type(last).__name__}, not timm's Block"
+    if _tail_of(last) is None:
+        return f"its last block is {type(last).__name__}, which has no class-token tail (see {__name__})"
     if isinstance(last, PromptedViTBlock) and not last.vpt.strip:
         return "its last block keeps VPT prompts in its output"
     if type(last.attn) is not Attention or last.attn.gate is not None:
@@ -73,16 +74,44 @@ def _class_token_attention(attn: nn.Module, normed: torch.Tensor, row: int, fuse
     return attn.proj_drop(attn.proj(out))
 
 
-def class_token_forward(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
-    """``block(x)[:, :1]`` for a timm ``Block``, an adapted one or a VPT-prompted one (which first prepends its
-    prompts if it does, and whose output starts after them), computing only what the class token needs; ``fused``
-    picks the attention kernel (the one the block's attention would use now)."""
-    row = 0
-    if isinstance(block, PromptedViTBlock):
-        x = block.vpt(x) if block.vpt.prepend else x
-        row = block.vpt.num_tokens  # prompts sit before the class token until this block strips them
+def _plain_tail(block: nn.Module, x: torch.Tensor, fused: bool, row: int = 0) -> torch.Tensor:
+    """timm ``Block.forward`` for the token at ``row`` only: ``(B, N, C) -> (B, 1, C)``."""
     attended = _class_token_attention(block.attn, block.norm1(x), row, fused)
     x = x[:, row : row + 1] + block.drop_path1(block.ls1(attended))
-    if isinstance(block, AdaptedViTBlock):
-        return adapted_ffn(x, block.norm2, lambda y: block.ls2(block.mlp(y)), block.drop_path2, block.adaptmlp)
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+def _adapted_tail(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``AdaptedViTBlock.forward`` for the class token only."""
+    attended = _class_token_attention(block.attn, block.norm1(x), 0, fused)
+    x = x[:, :1] + block.drop_path1(block.ls1(attended))
+    normed = block.norm2(x)
+    return block.adaptmlp.add(x, normed, block.drop_path2(block.ls2(block.mlp(normed))))
+
+
+def _prompted_tail(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``PromptedViTBlock.forward`` for the class token only (it sits after the prompts until this block strips
+    them)."""
+    x = block.vpt(x) if block.vpt.prepend else x
+    return _plain_tail(block, x, fused, row=block.vpt.num_tokens)
+
+
+# block class -> its forward for the class token only; a subclass (e.g. a speed option's) uses its base's entry
+TAILS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor, bool], torch.Tensor]] = {
+    Block: _plain_tail,
+    AdaptedViTBlock: _adapted_tail,
+    PromptedViTBlock: _prompted_tail,
+}
+
+
+def _tail_of(block: nn.Module) -> Callable[[nn.Module, torch.Tensor, bool], torch.Tensor] | None:
+    return next((TAILS[cls] for cls in type(block).__mro__ if cls in TAILS), None)
+
+
+def class_token_forward(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``block(x)[:, :1]`` for the block classes in ``TAILS``, computing only what the class token needs; ``fused``
+    picks the attention kernel (the one the block's attention would use now)."""
+    tail = _tail_of(block)
+    if tail is None:
+        raise ValueError(f"{type(block).__name__} has no class-token tail")
+    return tail(block, x, fused)

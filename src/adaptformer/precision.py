@@ -1,7 +1,8 @@
 """Mixed precision: which autocast dtype to run in, and the gradient scaler that fp16 needs.
 
 ``auto`` picks bf16 on CPUs (fast with AMX/AVX512-BF16, and no scaler needed) and on GPUs that support it, else fp16
-(the paper trained in fp16 autocast), where a ``GradScaler`` guards against gradient underflow.
+(the paper trained in fp16 autocast), where a ``GradScaler`` guards against gradient underflow. ``PRECISIONS`` and
+``DTYPES`` are the one list of precisions the training engine, the speed options and the command line accept.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .validation import check_choice
+
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = tuple(DTYPES)
+AUTO = "auto"
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,7 @@ class Precision:
     device_type: str
 
     def __post_init__(self) -> None:
-        if self.name not in DTYPES:
-            raise ValueError(f"precision must be one of {list(DTYPES)}, got {self.name!r}")
+        check_choice("precision", self.name, PRECISIONS)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -50,7 +55,8 @@ class Precision:
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """Turn "auto" into a concrete choice for ``device``; other names are taken as they are."""
-    if name == "auto":
+    check_choice("precision", name, PRECISION_CHOICES)
+    if name == AUTO:
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         elif device.type == "cpu":

@@ -2,31 +2,30 @@
 
 N learnable tokens (xavier-uniform init) are prepended to the token sequence. VPT-deep gives every block its own
 prompts and strips them after the block, so the backbone's pooling (CLS token or mean) never sees them; VPT-shallow
-prepends once before the first block and strips after the last. As for adapters, the block's class is swapped for a
-subclass that only wraps ``forward``, so backbone parameter names stay unchanged; prompts live at
-``blocks.{i}.vpt.tokens``.
+prepends once before the first block and strips after the last. The three roles: :class:`VPTConfig`, :func:`attach`
+(a ``vpt`` module in each prompted block, whose class becomes :class:`PromptedViTBlock`; prompts live at
+``blocks.{i}.vpt.tokens``, backbone names unchanged) and :func:`prompt_modules` (what trains, found by type).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .frozen_backward import block_attention, block_mlp
+from ..errors import UnsupportedModelError
+from .registry import Method, MethodConfig
 
 
 @dataclass(frozen=True)
-class VPTConfig:
+class VPTConfig(MethodConfig):
     """Prompt tokens for the VPT baseline.
 
     Args:
         num_tokens: prompt tokens per prompted layer.
-        deep: True for VPT-deep (new prompts at every block), False for VPT-shallow (first block only).
+        deep: true for VPT-deep (new prompts at every block), false for VPT-shallow (first block only).
         dropout: dropout on the prompt tokens during training.
     """
 
@@ -41,20 +40,6 @@ class VPTConfig:
             raise ValueError(f"deep must be true or false, got {self.deep!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VPTConfig fields {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
 
 
 class PromptTokens(nn.Module):
@@ -71,8 +56,8 @@ class PromptTokens(nn.Module):
             nn.init.xavier_uniform_(self.tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prompts = self.dropout(self.tokens.expand(x.shape[0], -1, -1)).to(x.dtype)  # (B, N, D)
-        return torch.cat([prompts, x], dim=1)  # (B, N + T, D)
+        prompts = self.dropout(self.tokens.expand(x.shape[0], -1, -1)).to(x.dtype)  # (B, P, D)
+        return torch.cat([prompts, x], dim=1)  # (B, P + N, D)
 
     def extra_repr(self) -> str:
         return f"num_tokens={self.num_tokens}, prepend={self.prepend}, strip={self.strip}"
@@ -82,32 +67,29 @@ class PromptedViTBlock(Block):
     """timm ``vision_transformer.Block`` that prepends its prompts before and/or strips them after itself."""
 
     vpt: PromptTokens
-    # set by adaptformer.speed.set_frozen_backward: run the frozen halves through adaptformer.frozen_backward
-    frozen_backward_attention: bool = False
-    frozen_backward_mlp: bool = False
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if self.vpt.prepend:
-            x = self.vpt(x)
-        # timm's Block.forward, with the frozen halves through adaptformer.frozen_backward where allowed
-        x = x + self.drop_path1(self.ls1(block_attention(self, x, attn_mask, is_causal)))
-        x = x + self.drop_path2(self.ls2(block_mlp(self, x)[0]))
+            x = self.vpt(x)  # (B, P + N, D)
+        x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if self.vpt.strip:
-            x = x[:, self.vpt.num_tokens :]
+            x = x[:, self.vpt.num_tokens :]  # (B, N, D)
         return x
 
 
-def prompt_modules(model: nn.Module) -> list[PromptTokens]:
+def prompt_modules(model: nn.Module) -> list[nn.Module]:
     """The model's prompt modules, found by type."""
     return [m for m in model.modules() if isinstance(m, PromptTokens)]
 
 
-def add_prompts(model: nn.Module, config: VPTConfig) -> nn.Module:
-    """Attach VPT prompts to a ViT-family model in place (TypeError for other block families)."""
+def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
+    """Attach VPT prompts to a ViT-family model in place (UnsupportedModelError for other block families)."""
     blocks = [m for m in model.modules() if type(m) is Block]
     if not blocks:
         kinds = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
-        raise TypeError(f"VPT supports timm ViT blocks (vision_transformer.Block); {type(model).__name__} has {kinds}")
+        raise UnsupportedModelError(
+            f"VPT supports timm ViT blocks (vision_transformer.Block); {type(model).__name__} has {kinds}"
+        )
     if prompt_modules(model):
         raise ValueError(f"{type(model).__name__} already has prompts")
     last = len(blocks) - 1
@@ -121,3 +103,14 @@ def add_prompts(model: nn.Module, config: VPTConfig) -> nn.Module:
         block.add_module("vpt", tokens.to(next(block.parameters()).device))
         block.__class__ = PromptedViTBlock
     return model
+
+
+METHOD = Method(
+    name="vpt",
+    config=VPTConfig,
+    attach=attach,
+    modules=prompt_modules,
+    summary="visual prompt tuning: learnable tokens prepended at every block (deep) or the first (Jia et al., 2022)",
+    group="prompts",
+    weight_decay=False,
+)

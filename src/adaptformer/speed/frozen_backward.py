@@ -16,12 +16,11 @@ softmax, GELU and their backward kernels), but:
   packed copies of each frozen linear weight (about 2 x 170 MB for ViT-B in bf16), see :func:`packed_weights`.
 
 Measured on the project's CPU (ViT-B/16, bf16, batch 8; BENCHMARKS.md, option group "frozen_backward"): 6-18% off
-the AdaptFormer training step over three runs. :func:`block_attention` and :func:`block_mlp` route a block's halves
-here; adapted blocks (``adaptformer.backbones``) and VPT-prompted blocks (``adaptformer.prompts``) use them. They
-engage only where they give the same function as the module (``supports_*``): a
-timm-style block whose norms are ``LayerNorm``, whose attention has no q/k norm, no output norm, no gate and no active
-dropout, whose MLP is ``Linear -> exact GELU -> Linear`` without active dropout, every parameter frozen and stored in
-the dtype the block computes in (the input's dtype: bf16/fp16 frozen storage under autocast, or fp32 without
+the AdaptFormer training step over three runs. :mod:`.frozen_blocks` installs block forwards that route an adapted or
+VPT-prompted block's frozen halves here. They engage only where they give the same function as the module
+(``supports_*``): a timm-style block whose norms are ``LayerNorm``, whose attention has no q/k norm, no output norm,
+no gate and no active dropout, whose MLP is ``Linear -> exact GELU -> Linear`` without active dropout, every parameter
+frozen and stored in the dtype the block computes in (the input's dtype: bf16/fp16 frozen storage under autocast, or fp32 without
 autocast), and only while autograd records a graph that needs the input's gradient. Anything else falls back to the
 module's own forward. Logits and gradients match plain autograd's within rounding (tests/test_frozen_backward.py).
 """
@@ -36,11 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "block_attention",
-    "block_mlp",
     "frozen_attention",
     "frozen_mlp",
     "packed_weights",
+    "recording",
     "supports_attention",
     "supports_mlp",
 ]
@@ -312,35 +310,7 @@ def frozen_mlp(norm: nn.LayerNorm, mlp: nn.Module, x: torch.Tensor) -> tuple[tor
         )
 
 
-def _recording(x: torch.Tensor) -> bool:
+def recording(x: torch.Tensor) -> bool:
     """Autograd records a graph that needs ``x``'s gradient; the hand-written backward is eager-only (under
     torch.compile the compiler fuses the plain path itself)."""
     return torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling()
-
-
-def block_attention(
-    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-) -> torch.Tensor:
-    """``block.attn(block.norm1(x))`` of a timm-style ViT block: through :func:`frozen_attention` when the block's
-    ``frozen_backward_attention`` flag is set (``adaptformer.speed.set_frozen_backward``), autograd records and
-    :func:`supports_attention` holds; through the block's own modules otherwise."""
-    plain = attn_mask is None and not is_causal
-    if (
-        plain
-        and getattr(block, "frozen_backward_attention", False)
-        and _recording(x)
-        and supports_attention(block.norm1, block.attn, x)
-    ):
-        return frozen_attention(block.norm1, block.attn, x)
-    if plain:
-        return block.attn(block.norm1(x))
-    return block.attn(block.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
-
-
-def block_mlp(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(block.mlp(block.norm2(x)), block.norm2(x))``: through :func:`frozen_mlp` when the block's
-    ``frozen_backward_mlp`` flag is set, autograd records and :func:`supports_mlp` holds."""
-    if getattr(block, "frozen_backward_mlp", False) and _recording(x) and supports_mlp(block.norm2, block.mlp, x):
-        return frozen_mlp(block.norm2, block.mlp, x)
-    normed = block.norm2(x)
-    return block.mlp(normed), normed

@@ -1,0 +1,251 @@
+"""AdaptFormer (Chen et al., NeurIPS 2022, arXiv 2205.13535): AdaptMLP bottlenecks beside each block's frozen MLP.
+
+A trainable down-projection, ReLU, dropout and up-projection, scaled by ``s``, runs beside the frozen MLP of a
+transformer block. The defaults reproduce the authors' released code (which they state is the reference, not the
+paper figure): the adapter reads the residual stream x' itself (no LayerNorm on its input), ``s = 0.1`` is fixed,
+dropout 0.1, and the "lora" initialisation makes the up-projection output exactly zero, so an adapted model computes
+exactly the frozen backbone's function at initialisation.
+
+    parallel:   x = x' + DropPath(MLP(LN(x'))) + s * A(x')        (A(LN(x')) with input="normed", the paper's Eq. 3)
+    sequential: h = DropPath(MLP(LN(x')));  x = x' + (h + s * A(h))
+
+The three roles: :class:`AdaptFormerConfig` (what), :func:`attach` (an ``adaptmlp`` module in each chosen block, whose
+class becomes the adapted subclass below; backbone names unchanged, adapters under ``blocks.N.adaptmlp.``, the
+authors' naming) and :func:`adapter_modules` (what trains, found by type).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.vision_transformer import Block
+
+from ..errors import UnsupportedModelError
+from ..families import family_blocks
+from ..validation import check_choice
+from .registry import Method, MethodConfig
+
+SCALE_LEARNABLE = "learnable"
+INPUTS = ("residual", "normed")
+LAYERNORMS = ("none", "in", "out")
+INITS = ("lora", "bert")
+FORMS = ("parallel", "sequential")
+
+
+@dataclass(frozen=True)
+class AdaptFormerConfig(MethodConfig):
+    """AdaptMLP modules beside each block's MLP (defaults: the authors' code, AdaptFormer-64).
+
+    Args:
+        bottleneck: hidden width d^ of every adapter (int), a fraction of each block's width (float in (0, 1), e.g.
+            1/12 as the authors suggest for Swin; floored like dim // 12), or one int per stage of a hierarchical
+            backbone (list, e.g. [10, 21, 42, 85] for Swin-B).
+        scale: the fixed output scale s (number), or "learnable" for a trainable scalar initialised to 1.0.
+        input: what the parallel adapter reads: residual (the block's residual stream x', authors' code) or normed
+            (LN(x'), the paper's Eq. 3).
+        layernorm: an adapter-owned LayerNorm: none, in (before the down projection) or out (after scaling).
+        dropout: dropout probability after the adapter's ReLU (paper: 0.1 for images, 0.0 for video).
+        init: lora (kaiming-uniform down, zero up and biases: exact identity at init) or bert (normal std 0.02
+            weights: NOT function-preserving at init).
+        form: parallel (beside the MLP) or sequential (applied to the MLP branch's output).
+        layers: indices of the blocks that get an adapter, in forward order over all blocks; null for all.
+    """
+
+    bottleneck: int | float | tuple[int, ...] = 64
+    scale: float | Literal["learnable"] = 0.1
+    input: Literal["residual", "normed"] = "residual"
+    layernorm: Literal["none", "in", "out"] = "none"
+    dropout: float = 0.1
+    init: Literal["lora", "bert"] = "lora"
+    form: Literal["parallel", "sequential"] = "parallel"
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        b = self.bottleneck
+        if isinstance(b, list | tuple):
+            object.__setattr__(self, "bottleneck", tuple(b))
+            if not b or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in b):
+                raise ValueError(f"bottleneck per stage must be a non-empty list of positive ints, got {b!r}")
+        elif isinstance(b, bool) or not isinstance(b, int | float):
+            raise ValueError(f"bottleneck must be an int, a float ratio or a list of ints per stage, got {b!r}")
+        elif isinstance(b, int) and b < 1:
+            raise ValueError(f"bottleneck must be >= 1, got {b}")
+        elif isinstance(b, float) and not 0.0 < b < 1.0:
+            raise ValueError(f"bottleneck as a ratio of the block width must be in (0, 1), got {b}")
+        s = self.scale
+        if isinstance(s, str):
+            if s != SCALE_LEARNABLE:
+                raise ValueError(f"scale must be a number or {SCALE_LEARNABLE!r}, got {s!r}")
+        elif isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s):
+            raise ValueError(f"scale must be a finite number or {SCALE_LEARNABLE!r}, got {s!r}")
+        else:
+            object.__setattr__(self, "scale", float(s))
+        check_choice("input", self.input, INPUTS)
+        check_choice("layernorm", self.layernorm, LAYERNORMS)
+        check_choice("init", self.init, INITS)
+        check_choice("form", self.form, FORMS)
+        if self.form == "sequential" and self.input != "residual":
+            raise ValueError(
+                'input="normed" applies to the parallel form only: the sequential adapter reads the MLP branch output'
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+                raise ValueError(
+                    f"layers must be a non-empty list of block indices >= 0 (or null for all), got {layers}"
+                )
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"layers has duplicate block indices: {layers}")
+            object.__setattr__(self, "layers", tuple(sorted(layers)))
+
+    def bottleneck_for(self, width: int, stage: int) -> int:
+        """The hidden width of the adapter of a block of ``width`` channels in ``stage``."""
+        b = self.bottleneck
+        if isinstance(b, tuple):
+            if stage >= len(b):
+                raise ValueError(f"bottleneck gives {len(b)} stage widths {b}, but the backbone has a stage {stage}")
+            return b[stage]
+        if isinstance(b, float):
+            return max(1, int(width * b + 1e-6))
+        return b
+
+
+class AdaptMLP(nn.Module):
+    """The AdaptFormer bottleneck: ``s * up(dropout(relu(down(x))))``, with optional LayerNorm in or out.
+
+    ``forward`` returns only the adapter's contribution; :meth:`add` puts it into a block's feed-forward half.
+    """
+
+    def __init__(self, dim: int, bottleneck: int, config: AdaptFormerConfig) -> None:
+        super().__init__()
+        self.form = config.form
+        self.input = config.input
+        self.layernorm = config.layernorm
+        self.norm = nn.LayerNorm(dim) if config.layernorm != "none" else nn.Identity()
+        self.down_proj = nn.Linear(dim, bottleneck)
+        self.act = nn.ReLU()
+        self.dropout = nn.Dropout(config.dropout)
+        self.up_proj = nn.Linear(bottleneck, dim)
+        if config.scale == SCALE_LEARNABLE:
+            self.scale: nn.Parameter | float = nn.Parameter(torch.ones(1))
+        else:
+            self.scale = float(config.scale)
+        self.reset_parameters(config.init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "lora") -> None:
+        if init == "lora":
+            nn.init.kaiming_uniform_(self.down_proj.weight, a=math.sqrt(5))
+            nn.init.zeros_(self.up_proj.weight)
+        else:  # "bert"
+            nn.init.normal_(self.down_proj.weight, std=0.02)
+            nn.init.normal_(self.up_proj.weight, std=0.02)
+        nn.init.zeros_(self.down_proj.bias)
+        nn.init.zeros_(self.up_proj.bias)
+        if isinstance(self.scale, nn.Parameter):
+            self.scale.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layernorm == "in":
+            x = self.norm(x)
+        out = self.up_proj(self.dropout(self.act(self.down_proj(x)))) * self.scale
+        if self.layernorm == "out":
+            out = self.norm(out)
+        return out
+
+    def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The feed-forward half's output given the residual stream ``x`` (x'), ``normed = norm2(x)`` and the
+        (drop-path'ed) MLP branch ``h``. Ordered so that a zero adapter output gives exactly ``x + h``."""
+        if self.form == "sequential":
+            return x + (h + self(h))
+        return x + h + self(normed if self.input == "normed" else x)
+
+    def extra_repr(self) -> str:
+        scale = "learnable" if isinstance(self.scale, nn.Parameter) else self.scale
+        return f"form={self.form}, input={self.input}, scale={scale}"
+
+
+class AdaptedViTBlock(Block):
+    """timm ``vision_transformer.Block`` with an AdaptMLP beside its MLP (``self.adaptmlp``)."""
+
+    adaptmlp: AdaptMLP
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        normed = self.norm2(x)
+        return self.adaptmlp.add(x, normed, self.drop_path2(self.ls2(self.mlp(normed))))
+
+
+class AdaptedSwinBlock(SwinTransformerBlock):
+    """timm ``SwinTransformerBlock`` with an AdaptMLP beside its MLP (``self.adaptmlp``)."""
+
+    adaptmlp: AdaptMLP
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        x = x.reshape(B, -1, C)  # (B, H*W, C)
+        normed = self.norm2(x)
+        x = self.adaptmlp.add(x, normed, self.drop_path2(self.mlp(normed)))
+        return x.reshape(B, H, W, C)
+
+
+# family name -> (the family's block class, its adapted subclass)
+ADAPTED_BLOCKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "vit": (Block, AdaptedViTBlock),
+    "swin": (SwinTransformerBlock, AdaptedSwinBlock),
+}
+
+
+def adapter_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's AdaptMLP modules, found by type."""
+    return [m for m in model.modules() if isinstance(m, AdaptMLP)]
+
+
+def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
+    """Attach AdaptMLP modules to ``model``'s blocks in place and return it (freezing is not done here).
+
+    Raises UnsupportedModelError for a backbone family without an adapted block, ValueError when ``layers`` names
+    blocks the model does not have, the per-stage bottleneck list does not match, or the model already has adapters.
+    """
+    if adapter_modules(model):
+        raise ValueError(f"{type(model).__name__} already has AdaptMLP modules; attach them only once")
+    family, blocks = family_blocks(model, tuple(ADAPTED_BLOCKS))
+    plain, adapted = ADAPTED_BLOCKS[family.name]
+    wanted = range(len(blocks)) if config.layers is None else config.layers
+    missing = [i for i in wanted if i >= len(blocks)]
+    if missing:
+        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
+    num_stages = blocks[-1][0] + 1
+    if isinstance(config.bottleneck, tuple) and len(config.bottleneck) != num_stages:
+        raise ValueError(
+            f"bottleneck lists {len(config.bottleneck)} stage widths, the backbone has {num_stages} stages"
+        )
+    for index in wanted:
+        stage, block = blocks[index]
+        if type(block) is not plain:
+            raise UnsupportedModelError(f"block {index} is {type(block).__name__}, a subclass of {plain.__name__}")
+        width = family.width(block)
+        adapter = AdaptMLP(width, config.bottleneck_for(width, stage), config)
+        # Adapters stay fp32 even over a low-precision backbone: they are the trained weights.
+        block.add_module("adaptmlp", adapter.to(device=next(block.parameters()).device))
+        block.__class__ = adapted
+    return model
+
+
+METHOD = Method(
+    name="adaptformer",
+    config=AdaptFormerConfig,
+    attach=attach,
+    modules=adapter_modules,
+    summary="AdaptMLP bottleneck adapters beside every block's MLP (Chen et al., NeurIPS 2022)",
+    group="adapters",
+)

@@ -1,0 +1,133 @@
+"""The method registry: one table that maps a method's name to what it is (PEFT's ``register_peft_method`` idea).
+
+A method has three roles, each in its own module of this package:
+
+    config     a frozen dataclass (a :class:`MethodConfig`) that says WHAT: every knob, validated on construction;
+    attach     adds the method's modules to a backbone in place, WHERE they go (backbone names never change);
+    modules    finds those modules again by structure (module type), so WHAT TRAINS never depends on key names.
+
+Everything else (freezing, the parameter report, saving adapters, optimizer groups, the command line, recipes, the
+study) reads :func:`get_method` / :func:`method_names` and never names a method. A method defined outside the package
+becomes known everywhere with one :func:`register_method` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch.nn as nn
+
+from ..validation import from_mapping, to_plain
+
+C = TypeVar("C", bound="MethodConfig")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base class of every method's configuration (a frozen dataclass; subclasses validate in ``__post_init__``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        return from_mapping(cls, data)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One adaptation method.
+
+    Args:
+        name: the registry key, e.g. "adaptformer" (what the command line, recipes and adapter files say).
+        config: its config class; ``config()`` must be a valid default.
+        attach: ``attach(model, config)`` adds the method's modules to ``model`` in place (raises
+            ``UnsupportedModelError`` for backbones it cannot adapt).
+        modules: ``modules(model)`` returns the modules ``attach`` added, found by type.
+        summary: one line for listings and help texts.
+        group: the name of its row in the parameter report ("adapters", "prompts", ...).
+        trains_backbone: True if every backbone parameter trains too (full fine-tuning).
+        weight_decay: whether its matrices take weight decay (VPT's prompt tokens do not; biases and norms never do).
+    """
+
+    name: str
+    config: type[MethodConfig]
+    attach: Callable[[nn.Module, Any], Any]
+    modules: Callable[[nn.Module], list[nn.Module]]
+    summary: str = ""
+    group: str = "method"
+    trains_backbone: bool = False
+    weight_decay: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"a method name is letters, digits, '-' and '_', got {self.name!r}")
+        if not (isinstance(self.config, type) and issubclass(self.config, MethodConfig)):
+            raise ValueError(f"method {self.name!r}: config must be a MethodConfig subclass, got {self.config!r}")
+
+
+def _builtin_methods() -> tuple[Method, ...]:
+    from . import adaptformer, full, linear, vpt
+
+    return (adaptformer.METHOD, linear.METHOD, full.METHOD, vpt.METHOD)
+
+
+_methods: dict[str, Method] = {}
+
+
+def _table() -> dict[str, Method]:
+    if not _methods:
+        _methods.update({m.name: m for m in _builtin_methods()})
+    return _methods
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` known to the whole library (CLI, configs, adapter files, ...); returns it. A name or config
+    class that is already registered is an error."""
+    table = _table()
+    if method.name in table:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    if any(m.config is method.config for m in table.values()):
+        raise ValueError(f"{method.config.__name__} is already the config of another method")
+    table[method.name] = method
+    return method
+
+
+def unregister_method(name: str) -> None:
+    """Forget a method registered with :func:`register_method` (built-in methods stay)."""
+    if name in {m.name for m in _builtin_methods()}:
+        raise ValueError(f"{name!r} is a built-in method")
+    _table().pop(name, None)
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered method names, built-in ones first."""
+    return tuple(_table())
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``; ValueError listing the known names otherwise."""
+    table = _table()
+    if name not in table:
+        raise ValueError(f"unknown method {name!r}; registered methods: {list(table)}")
+    return table[name]
+
+
+def method_of(config: MethodConfig) -> Method:
+    """The registered method whose config class is ``type(config)``."""
+    for method in _table().values():
+        if type(config) is method.config:
+            return method
+    raise ValueError(f"{type(config).__name__} is not the config of a registered method; register_method() it first")
+
+
+def resolve_method(method: str | MethodConfig) -> tuple[Method, MethodConfig]:
+    """A method name (its default config) or a config object, as (method, config)."""
+    if isinstance(method, MethodConfig):
+        return method_of(method), method
+    if isinstance(method, str):
+        found = get_method(method)
+        return found, found.config()
+    raise ValueError(f"method must be a method name or a MethodConfig, got {method!r}")

@@ -1,0 +1,237 @@
+"""An adapted model: a backbone, a task head and one adaptation method, frozen by the method's rule.
+
+Freezing is decided by the registered method (:mod:`adaptformer.methods`) over modules found by structure (the
+method's modules by type, the head by timm's ``get_classifier()``), never by which keys a checkpoint happened to lack.
+``ModelSpec`` records what was applied; it is stored on the model and written into the adapter file, so a saved
+adapter can be re-applied to a fresh backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch.nn as nn
+
+from .heads import HEADS, classifier_path, set_head
+from .methods import Method, MethodConfig, get_method, method_of, resolve_method
+from .validation import check_choice, from_mapping
+
+SPEC_ATTR = "adaptformer_spec"
+HEAD_GROUP = "head"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What was done to a backbone: enough to rebuild the same trainable structure on a fresh copy of it.
+
+    Args:
+        backbone: the timm model name (with pretrained tag, if any) the adapter was trained on.
+        method: a registered method name (``adaptformer.methods.method_names()``).
+        method_config: that method's config (None: its defaults).
+        num_classes: classes of the task head.
+        head: "paper" (BatchNorm1d without affine + Linear) or "linear".
+        extra_trainable: further module names that are new for the task and train with the head (e.g. a video
+            model's ``fc_norm``).
+    """
+
+    backbone: str
+    method: str = "adaptformer"
+    method_config: MethodConfig | None = None
+    num_classes: int = 1000
+    head: str = "paper"
+    extra_trainable: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        method = get_method(self.method)
+        if self.method_config is None:
+            object.__setattr__(self, "method_config", method.config())
+        elif type(self.method_config) is not method.config:
+            raise ValueError(
+                f"method {self.method!r} takes a {method.config.__name__}, got {type(self.method_config).__name__}"
+            )
+        check_choice("head", self.head, HEADS)
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
+        object.__setattr__(self, "extra_trainable", tuple(self.extra_trainable))
+
+    @classmethod
+    def for_method(cls, backbone: str, method: str | MethodConfig, **kwargs: Any) -> ModelSpec:
+        """A spec from a method name (default config) or a method config object."""
+        found, config = resolve_method(method)
+        return cls(backbone, found.name, config, **kwargs)
+
+    @property
+    def registered(self) -> Method:
+        """The registered :class:`~adaptformer.methods.Method`."""
+        return get_method(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        assert self.method_config is not None  # set in __post_init__
+        return {
+            "backbone": self.backbone,
+            "method": self.method,
+            "method_config": self.method_config.to_dict(),
+            "num_classes": self.num_classes,
+            "head": self.head,
+            "extra_trainable": list(self.extra_trainable),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Read :meth:`to_dict`'s form, or 0.1's (``adapter`` / ``vpt`` sections beside the method name)."""
+        data = dict(data)
+        if "adapter" in data or "vpt" in data:  # adaptformer 0.1: one optional section per built-in method
+            sections = {"adapter": data.pop("adapter", None), "vpt": data.pop("vpt", None)}
+            given = [v for v in sections.values() if v is not None]
+            data.setdefault("method_config", given[0] if given else None)
+        method = get_method(data.get("method", "adaptformer"))
+        if data.get("method_config") is not None:
+            data["method_config"] = method.config.from_dict(data["method_config"])
+        return from_mapping(cls, data, "model spec")
+
+
+def get_spec(model: nn.Module) -> ModelSpec | None:
+    return getattr(model, SPEC_ATTR, None)
+
+
+def apply_method(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Give ``model`` the task head and method of ``spec`` in place, freeze by the method's rule, return it."""
+    if get_spec(model) is not None:
+        raise ValueError(f"{type(model).__name__} already has a method applied ({get_spec(model)}); build a new model")
+    for name in spec.extra_trainable:
+        model.get_submodule(name)  # fails early, naming the module, if it does not exist
+    # A backbone may ask for its own head init scale (the paper's video head uses 0.001) via `head_init_std`.
+    set_head(model, spec.head, spec.num_classes, init_std=getattr(model, "head_init_std", 0.01))
+    spec.registered.attach(model, spec.method_config)
+    setattr(model, SPEC_ATTR, spec)
+    freeze(model)
+    return model
+
+
+def adapt(
+    model: nn.Module, method: str | MethodConfig = "adaptformer", num_classes: int | None = None, head: str = "paper"
+) -> nn.Module:
+    """Apply ``method`` (a config, or a registered name for its defaults) with a new ``head`` for ``num_classes``
+    (default: the model's own count) to a timm model you built yourself, in place; freeze by the method's rule."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture") or type(model).__name__
+    classes = num_classes if num_classes is not None else int(getattr(model, "num_classes", 0))
+    spec = ModelSpec.for_method(name, method, num_classes=classes, head=head)
+    return apply_method(model, replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ()))))
+
+
+def _require_spec(model: nn.Module) -> ModelSpec:
+    spec = get_spec(model)
+    if spec is None:
+        raise ValueError("the model has no method applied; build it with create_model() or apply_method()")
+    return spec
+
+
+def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
+    """The task-specific modules, as (dotted name, module), by group: the method's (e.g. "adapters") and "head"."""
+    spec = _require_spec(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    head_names = [classifier_path(model), *spec.extra_trainable]
+    groups = {HEAD_GROUP: [(n, model.get_submodule(n)) for n in head_names]}
+    method_modules = spec.registered.modules(model)
+    if method_modules:
+        groups = {spec.registered.group: [(names[id(m)], m) for m in method_modules], **groups}
+    return groups
+
+
+def method_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the modules the model's method added (adapters, prompts, ...)."""
+    return [p for m in _require_spec(model).registered.modules(model) for p in m.parameters()]
+
+
+def freeze(model: nn.Module) -> None:
+    """Set ``requires_grad`` by the rule of the model's method: everything for a method that trains the backbone,
+    else only the method's modules and the head."""
+    spec = _require_spec(model)
+    trains_all = spec.registered.trains_backbone
+    for p in model.parameters():
+        p.requires_grad_(trains_all)
+    if trains_all:
+        return
+    for modules in trainable_groups(model).values():
+        for _, module in modules:
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+
+def task_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The tensors that make the task: everything when the backbone trains, else the trainable groups' tensors
+    (with their buffers, e.g. the head's BatchNorm statistics)."""
+    spec = _require_spec(model)
+    if spec.registered.trains_backbone:
+        return model.state_dict()
+    state: dict[str, Any] = {}
+    for modules in trainable_groups(model).values():
+        for name, module in modules:
+            state.update(module.state_dict(prefix=f"{name}."))
+    return state
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters with ``requires_grad`` (the paper's "trainable parameters")."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Trainable and total parameter counts per group (the method's, head, backbone)."""
+
+    rows: tuple[tuple[str, int, int], ...]
+
+    @property
+    def trainable(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    @property
+    def total(self) -> int:
+        return sum(r[2] for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        groups = {name: {"trainable": t, "total": n} for name, t, n in self.rows}
+        return {"groups": groups, "trainable": self.trainable, "total": self.total}
+
+    def format(self) -> str:
+        lines = [f"{'group':<10} {'trainable':>14} {'total':>14}"]
+        lines += [f"{name:<10} {t:>14,} {n:>14,}" for name, t, n in self.rows]
+        pct = 100.0 * self.trainable / max(self.total, 1)
+        lines.append(f"{'all':<10} {self.trainable:>14,} {self.total:>14,}  ({pct:.2f}% trainable)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    """Count parameters per group; every parameter is counted exactly once."""
+    seen: set[int] = set()
+    rows = []
+    groups = trainable_groups(model) if get_spec(model) is not None else {}
+    for group, modules in groups.items():
+        params = [p for _, m in modules for p in m.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        rows.append((group, sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)))
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    rows.append(("backbone", sum(p.numel() for p in rest if p.requires_grad), sum(p.numel() for p in rest)))
+    return ParameterReport(tuple(rows))
+
+
+__all__ = [
+    "ModelSpec",
+    "ParameterReport",
+    "adapt",
+    "apply_method",
+    "count_trainable",
+    "freeze",
+    "get_spec",
+    "method_of",
+    "method_parameters",
+    "parameter_report",
+    "task_state_dict",
+    "trainable_groups",
+]

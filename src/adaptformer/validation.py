@@ -1,0 +1,45 @@
+"""Small helpers shared by the library's frozen dataclass configs: choice checks and strict (de)serialisation.
+
+Every config (method configs, ``Preprocessing``, ``SpeedConfig``, ``ModelSpec``) is a dataclass validated in its
+``__post_init__`` with ``ValueError``; :func:`from_mapping` is the one strict reader that turns a JSON/YAML mapping
+into one, naming unknown keys, and :func:`to_plain` the one writer (tuples become lists, so JSON and YAML agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
+    """ValueError naming ``name`` unless ``value`` is one of ``choices``."""
+    allowed = list(choices)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def from_mapping(cls: type[T], data: Any, what: str | None = None) -> T:
+    """``cls(**data)`` for a dataclass ``cls``, refusing non-mappings and unknown keys with a message that lists the
+    known ones (``what`` names the thing being read, default the class name)."""
+    what = what or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a mapping of fields, got {type(data).__name__}: {data!r}")
+    known = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; expected some of {sorted(known)}")
+    return cls(**data)
+
+
+def to_plain(obj: Any) -> Any:
+    """A dataclass (or nested lists/tuples/dicts of them) as JSON/YAML-ready plain data; tuples become lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
