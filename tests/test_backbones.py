@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tests.conftest import SWIN, VIT, tiny_kwargs
 
-from adaptformer import AdaptFormerConfig, adapt, adapter_modules, create_model
+from adaptformer import AdaptFormerConfig, UnsupportedModelError, adapt, adapter_modules, create_model
 from adaptformer.backbones import AdaptedSwinBlock, AdaptedViTBlock
 
 VARIANTS = [
@@ -120,10 +120,11 @@ def test_layers_and_stages_validated_against_model(config: AdaptFormerConfig, me
         adapt(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), config)
 
 
-def test_unsupported_model_type_error_names_blocks_and_families() -> None:
+def test_unsupported_model_error_names_blocks_and_families() -> None:
     resnet = timm.create_model("resnet18", num_classes=5)
-    with pytest.raises(TypeError, match=r"ResNet with blocks: BasicBlock; supported: vit .*Block\), swin"):
+    with pytest.raises(UnsupportedModelError, match=r"ResNet with blocks: BasicBlock; supported: vit .*Block\), swin"):
         adapt(resnet)
+    assert issubclass(UnsupportedModelError, TypeError)  # code that caught the TypeError of 0.1 still does
 
 
 def test_adapting_twice_is_refused() -> None:

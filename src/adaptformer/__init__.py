@@ -9,6 +9,7 @@ adaptformer.save_adapter(model, "out/adapter")
 from . import convert_video as convert_video  # registers the video checkpoint converters in CONVERTERS
 from .adapter import AdaptFormerConfig, AdaptMLP
 from .backbones import FAMILIES, adapt, adapter_modules
+from .errors import UnsupportedModelError
 from .factory import build_backbone, create_model
 from .methods import METHODS, ModelSpec, ParameterReport, apply_method, count_trainable, freeze, parameter_report
 from .models import VideoVisionTransformer  # registers the video ViTs with timm
@@ -32,6 +33,7 @@ __all__ = [
     "ParameterReport",
     "Preprocessing",
     "SpeedConfig",
+    "UnsupportedModelError",
     "VPTConfig",
     "VideoVisionTransformer",
     "adapt",

@@ -20,6 +20,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerSt
 from timm.models.vision_transformer import Block
 
 from .adapter import AdaptFormerConfig, AdaptMLP, adapted_ffn, adapted_sum
+from .errors import UnsupportedModelError
 from .frozen_backward import block_attention, block_mlp
 
 
@@ -85,14 +86,16 @@ FAMILIES: tuple[BlockFamily, ...] = (
 
 
 def find_family(model: nn.Module) -> BlockFamily:
-    """The family whose blocks the model is built of; a TypeError naming its block types otherwise."""
+    """The family whose blocks the model is built of; an UnsupportedModelError naming its block types otherwise."""
     for family in FAMILIES:
         if any(isinstance(m, family.block_type) for m in model.modules()):
             return family
     block_types = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
     found = ", ".join(block_types) if block_types else f"no transformer blocks in {type(model).__name__}"
     supported = ", ".join(f"{f.name} ({f.block_type.__module__}.{f.block_type.__name__})" for f in FAMILIES)
-    raise TypeError(f"cannot attach adapters to {type(model).__name__} with blocks: {found}; supported: {supported}")
+    raise UnsupportedModelError(
+        f"cannot attach adapters to {type(model).__name__} with blocks: {found}; supported: {supported}"
+    )
 
 
 def adapter_modules(model: nn.Module) -> list[AdaptMLP]:
@@ -104,8 +107,8 @@ def adapt(model: nn.Module, config: AdaptFormerConfig | None = None) -> nn.Modul
     """Attach AdaptMLP modules to ``model``'s blocks in place and return it.
 
     Only attaching happens here; freezing is decided by :func:`adaptformer.methods.apply_method` (or
-    :func:`adaptformer.create_model`). Raises TypeError for an unsupported backbone and ValueError when ``layers``
-    names blocks the model does not have or the model already carries adapters.
+    :func:`adaptformer.create_model`). Raises UnsupportedModelError (a TypeError) for an unsupported backbone and
+    ValueError when ``layers`` names blocks the model does not have or the model already carries adapters.
     """
     config = config or AdaptFormerConfig()
     if adapter_modules(model):
@@ -124,7 +127,9 @@ def adapt(model: nn.Module, config: AdaptFormerConfig | None = None) -> nn.Modul
     for index in wanted:
         stage, block = blocks[index]
         if type(block) is not family.block_type:
-            raise TypeError(f"block {index} is {type(block).__name__}, a subclass of {family.block_type.__name__}")
+            raise UnsupportedModelError(
+                f"block {index} is {type(block).__name__}, a subclass of {family.block_type.__name__}"
+            )
         width = family.width(block)
         adapter = AdaptMLP(width, config.bottleneck_for(width, stage), config)
         # Adapters stay fp32 even over a low-precision backbone: they are the trained weights.

@@ -20,6 +20,7 @@ import yaml
 
 from .data import ImageDecodeError
 from .data.video import STRATEGIES, VIDEO_DATASETS, VideoDecodeError
+from .errors import UnsupportedModelError
 
 if TYPE_CHECKING:
     from .engine.datasets import DataSpec
@@ -341,6 +342,17 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# What main() reports as "error: ..." with exit code 2: mistakes in the input, named by the library. Anything else, a
+# TypeError from a bug say, keeps its traceback.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    UnsupportedModelError,
+    ImageDecodeError,
+    VideoDecodeError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .engine.loop import NonFiniteLossError
 
@@ -354,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, TypeError, ImageDecodeError, VideoDecodeError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

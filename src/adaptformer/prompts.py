@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from .errors import UnsupportedModelError
 from .frozen_backward import block_attention, block_mlp
 
 
@@ -103,11 +104,13 @@ def prompt_modules(model: nn.Module) -> list[PromptTokens]:
 
 
 def add_prompts(model: nn.Module, config: VPTConfig) -> nn.Module:
-    """Attach VPT prompts to a ViT-family model in place (TypeError for other block families)."""
+    """Attach VPT prompts to a ViT-family model in place (UnsupportedModelError for other block families)."""
     blocks = [m for m in model.modules() if type(m) is Block]
     if not blocks:
         kinds = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
-        raise TypeError(f"VPT supports timm ViT blocks (vision_transformer.Block); {type(model).__name__} has {kinds}")
+        raise UnsupportedModelError(
+            f"VPT supports timm ViT blocks (vision_transformer.Block); {type(model).__name__} has {kinds}"
+        )
     if prompt_modules(model):
         raise ValueError(f"{type(model).__name__} already has prompts")
     last = len(blocks) - 1

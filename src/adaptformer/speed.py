@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from .allocator import allocator_tunable, tune_allocator
 from .class_token_tail import class_token_forward, class_token_tail_reason
+from .errors import UnsupportedModelError
 from .methods import get_spec, trainable_groups
 from .saving import remember_fingerprint
 
@@ -379,7 +380,9 @@ def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
     """timm's activation checkpointing, refusing the re-entrant variant: with frozen inputs it would silently give the
     first adapters no gradient."""
     if not hasattr(model, "set_grad_checkpointing"):
-        raise TypeError(f"{type(model).__name__} has no set_grad_checkpointing(); cannot checkpoint activations")
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no set_grad_checkpointing(); cannot checkpoint activations"
+        )
     from timm.layers import use_reentrant_ckpt
 
     if enable and use_reentrant_ckpt():
