@@ -6,15 +6,14 @@ print(adaptformer.parameter_report(model))   # 1,266,532 trainable
 adaptformer.save_adapter(model, "out/adapter")
 """
 
-from . import convert_video as convert_video  # registers the video checkpoint converters in CONVERTERS
 from .adapter import AdaptFormerConfig, AdaptMLP
 from .backbones import FAMILIES, adapt, adapter_modules
-from .errors import UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError
 from .factory import build_backbone, create_model
 from .methods import METHODS, ModelSpec, ParameterReport, apply_method, count_trainable, freeze, parameter_report
 from .models import VideoVisionTransformer  # registers the video ViTs with timm
 from .preprocessing import Preprocessing
-from .pretrained import CONVERTERS, CheckpointError, load_pretrained, read_state_dict
+from .pretrained import CONVERTERS, load_pretrained, read_state_dict, register_converter
 from .prompts import VPTConfig
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .speed import SpeedConfig, apply_speed
@@ -49,5 +48,6 @@ __all__ = [
     "parameter_report",
     "read_adapter_config",
     "read_state_dict",
+    "register_converter",
     "save_adapter",
 ]

@@ -1,8 +1,8 @@
 """The library's own exceptions: the user-facing errors that the command line reports as ``error: ...`` (exit 2).
 
-Each subclasses the built-in exception it refines, so ``except TypeError`` written against earlier versions still
-catches it, while the command line can catch exactly these and let a plain ``TypeError`` from a bug surface with its
-traceback.
+Each subclasses the built-in exception it refines, so ``except TypeError`` (or ``ValueError``) written against
+earlier versions still catches it, while the command line can catch exactly these and let a plain ``TypeError`` from a
+bug surface with its traceback.
 """
 
 from __future__ import annotations
@@ -11,3 +11,7 @@ from __future__ import annotations
 class UnsupportedModelError(TypeError):
     """A model the library cannot work with (no supported block family, no classifier, no activation checkpointing);
     the message names what the model has and what is supported."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model; the message names the file and keys."""
