@@ -20,7 +20,7 @@ import yaml
 
 from .data import ImageDecodeError
 from .data.video import STRATEGIES, VIDEO_DATASETS, VideoDecodeError
-from .errors import UnsupportedModelError
+from .errors import MissingDependencyError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from .engine.datasets import DataSpec
@@ -30,15 +30,14 @@ CHOICE_METHODS = ["adaptformer", "linear", "full", "vpt"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .study import run_demo  # research code, kept out of the library: imported only by this command
 
     run_demo(output_dir=args.output_dir, epochs=args.epochs, jobs=args.jobs, quick=args.quick)
     return 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import StudySettings, run_study
-    from .study_report import format_table
+    from .study import StudySettings, format_table, run_study
 
     settings = StudySettings(
         tasks=tuple(args.tasks), methods=tuple(args.methods), seeds=tuple(int(s) for s in args.seeds),
@@ -348,6 +347,7 @@ USER_ERRORS = (
     ValueError,
     FileNotFoundError,
     UnsupportedModelError,
+    MissingDependencyError,
     ImageDecodeError,
     VideoDecodeError,
 )

@@ -1,8 +1,8 @@
 """The library's own exceptions: the user-facing errors that the command line reports as ``error: ...`` (exit 2).
 
-Each subclasses the built-in exception it refines, so ``except TypeError`` (or ``ValueError``) written against
-earlier versions still catches it, while the command line can catch exactly these and let a plain ``TypeError`` from a
-bug surface with its traceback.
+Each subclasses the built-in exception it refines, so ``except TypeError`` (or ``ImportError``, ``ValueError``)
+written against earlier versions still catches it, while the command line can catch exactly these and let a plain
+``TypeError`` from a bug surface with its traceback.
 """
 
 from __future__ import annotations
@@ -15,3 +15,7 @@ class UnsupportedModelError(TypeError):
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit the model; the message names the file and keys."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency that a feature needs is not installed; the message names the extra to install."""
