@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import adaptformer.train as train_module
-from adaptformer.study import VIDEO_KWARGS, StudySettings, build_cells, machine, run_cell
+from adaptformer.study.run import VIDEO_KWARGS, StudySettings, build_cells, machine, run_cell
 
 # --quick (CI: the script runs): a few clips, one epoch each
 QUICK = {"dataset_options": {"num_samples": 32, "num_classes": 4}, "epochs": 1, "warmup_epochs": 0, "batch_size": 8}

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tests.conftest import VIT
 
+import adaptformer.factory
 from adaptformer.cli import build_parser, main
 from adaptformer.factory import build_backbone
 
@@ -186,3 +187,33 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
     assert main(["recipes"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert len(names) == 30 and "svhn_full" in names and "hmdb51_adaptformer64" in names  # 18 image + 12 video rows
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("adaptformer", "error: cannot attach adapters to ResNet with blocks: BasicBlock; supported: vit"),
+        ("vpt", "error: VPT supports timm ViT blocks (vision_transformer.Block); ResNet has ['BasicBlock']"),
+    ],
+)
+def test_unsupported_backbone_is_a_user_error(method: str, message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["params", "--model", "resnet18", "--num-classes", "10", "--method", method]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_model_kwargs_the_model_does_not_take_are_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    kwargs = TINY_JSON.replace("}", ', "colour": "red"}')
+    args = ["train", "--dataset", "synthetic", "--model", VIT, "--model-kwargs", kwargs, "--output-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: model kwargs ['colour', " in err and f"do not fit '{VIT}'" in err
+    assert "unexpected keyword argument 'colour'" in err
+
+
+def test_a_type_error_from_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug, not the user's mistake")
+
+    monkeypatch.setattr(adaptformer.factory, "create_model", broken)  # what `params` calls
+    with pytest.raises(TypeError, match="a bug, not the user's mistake"):
+        main(["params", "--model", VIT, "--num-classes", "10"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 from tests.conftest import VIT, tiny_kwargs
 
-from adaptformer import CheckpointError, create_model
+from adaptformer import CheckpointError, create_model, register_converter
+from adaptformer import pretrained as pretrained_module
 from adaptformer.factory import build_backbone
 from adaptformer.pretrained import read_state_dict
 
@@ -132,3 +135,31 @@ def test_timm_pretrained_file_mechanism(tmp_path: Path, source_model: torch.nn.M
     path = _write(tmp_path / "timm_weights.safetensors", source_model.state_dict(), "safetensors")
     model = create_model(VIT, 3, checkpoint="timm", pretrained_cfg_overlay={"file": str(path)}, **tiny_kwargs(VIT))
     assert torch.equal(model.blocks[1].mlp.fc2.weight, source_model.blocks[1].mlp.fc2.weight)
+
+
+def test_one_converter_table_lists_every_source() -> None:
+    """pretrained.py's table names every source itself: no import side effect elsewhere (convert_video only defines
+    the video functions, it does not even see the table), so nothing but pretrained needs importing."""
+    code = (
+        "import sys; from adaptformer.pretrained import CONVERTERS; print(sorted(CONVERTERS)); "
+        "print(hasattr(sys.modules['adaptformer.convert_video'], 'CONVERTERS'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sources, video_module_sees_table = done.stdout.splitlines()
+    assert sources == str(["hf-videomae", "inflate-image", "mae", "timm", "videomae"])
+    assert video_module_sees_table == "False"
+
+
+def test_register_converter(tmp_path: Path, source_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pretrained_module, "CONVERTERS", dict(pretrained_module.CONVERTERS))  # left as it was after
+
+    def strip_prefix(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+
+    register_converter("prefixed", strip_prefix)
+    path = _write(tmp_path / "c.pth", {f"backbone.{k}": v for k, v in source_model.state_dict().items()}, "plain")
+    model = create_model(VIT, 3, checkpoint=path, checkpoint_source="prefixed", **tiny_kwargs(VIT))
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, source_model.blocks[1].mlp.fc2.weight)
+    with pytest.raises(ValueError, match="checkpoint source 'mae' already has a converter"):
+        register_converter("mae", strip_prefix)

@@ -12,9 +12,18 @@ import pytest
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig
 from adaptformer.engine.datasets import DataSpec
+from adaptformer.errors import MissingDependencyError
 from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
-from adaptformer.study import METHODS, StudySettings, build_cells, portable_path, summarise
-from adaptformer.study_report import format_table, ranking
+from adaptformer.study import (
+    METHODS,
+    StudySettings,
+    build_cells,
+    format_table,
+    plot_accuracy_vs_params,
+    ranking,
+    summarise,
+)
+from adaptformer.study.run import portable_path
 
 QUICK_METHODS = ("linear", "vpt-1", "adaptformer-4", "full")
 
@@ -117,6 +126,40 @@ def test_reports_show_shipped_files_portably(tmp_path: Path) -> None:
     assert portable_path(str(SHAPES_VIT_FILE)) == "<adaptformer>/assets/vit_shapes_patch8_32.safetensors"
     elsewhere = str(tmp_path / "weights.safetensors")
     assert portable_path(elsewhere) == elsewhere
+
+
+def test_the_library_never_imports_the_study_or_matplotlib() -> None:
+    """The study sits apart from the library: importing the package, the training entry point and the command line
+    leaves it (and matplotlib, its optional plotting dependency) unloaded; building the parser, which shows the
+    study's defaults in its help, still leaves matplotlib out."""
+    code = (
+        "import sys; import adaptformer, adaptformer.train, adaptformer.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('adaptformer.study', 'matplotlib')))); "
+        "adaptformer.cli.build_parser(); print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_plot_without_matplotlib_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when it is not installed
+    rows = [{"task": "t", "method": "full", "family": "full", "size": None, "trainable_params": 10, "mean_acc1": 50.0,
+             "std_acc1": None}]  # fmt: skip
+    with pytest.raises(MissingDependencyError, match=r"matplotlib.*pip install 'adaptformer\[demo\]'"):
+        plot_accuracy_vs_params(tmp_path / "plot.png", rows, ["t"])
+    assert not (tmp_path / "plot.png").exists()
+
+
+@pytest.mark.parametrize("command", ["study", "demo"])
+def test_commands_without_matplotlib_stop_before_training(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([command, "--quick", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pip install 'adaptformer[demo]'" in err and "bash setup.sh demo" in err
+    assert not (tmp_path / "out").exists()  # no run was started
 
 
 @pytest.mark.skipif(not SHAPES_VIT_FILE.is_file(), reason="the shipped shapes ViT weights are not built yet")

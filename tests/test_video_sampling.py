@@ -12,6 +12,7 @@ from adaptformer.data.video import (
     sample_indices,
     segment_indices,
 )
+from adaptformer.data.video.draws import randint
 
 
 @pytest.mark.parametrize(
@@ -75,3 +76,11 @@ def test_test_views_enumerate_clip_major():
     views = list(TestViews(4, 3))
     assert [(v.clip, v.crop) for v in views] == [(c, s) for c in range(4) for s in range(3)]
     assert len(TestViews(4, 3)) == 12 and all((v.num_clips, v.num_crops) == (4, 3) for v in views)
+
+
+def test_shared_draw_covers_both_ends_and_repeats_with_its_generator() -> None:
+    """The one random draw of the sampling and transform stages: [0, high] with both ends included, seeded."""
+    draws = {randint(2, torch.Generator().manual_seed(s)) for s in range(60)}
+    assert draws == {0, 1, 2}
+    assert randint(0, None) == 0
+    assert randint(1000, torch.Generator().manual_seed(3)) == randint(1000, torch.Generator().manual_seed(3))

@@ -9,8 +9,7 @@
 The names below are the public API; everything else is reachable through its module.
 """
 
-from . import convert_video as convert_video  # registers the video checkpoint converters (made explicit later)
-from .errors import UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError
 from .factory import build_backbone, create_model
 from .methods import (
     AdaptFormerConfig,
@@ -26,7 +25,7 @@ from .methods import (
 from .model import ModelSpec, ParameterReport, adapt, apply_method, count_trainable, parameter_report
 from .models import VideoVisionTransformer  # registers the video ViTs with timm
 from .preprocessing import Preprocessing
-from .pretrained import CheckpointError, load_pretrained
+from .pretrained import load_pretrained, register_converter
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .speed import SpeedConfig, apply_speed
 
@@ -59,6 +58,7 @@ __all__ = [
     "method_names",
     "parameter_report",
     "read_adapter_config",
+    "register_converter",
     "register_method",
     "save_adapter",
 ]

@@ -20,6 +20,7 @@ import yaml
 
 from .data import ImageDecodeError
 from .data.video import STRATEGIES, VIDEO_DATASETS, VideoDecodeError
+from .errors import MissingDependencyError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from .engine.datasets import DataSpec
@@ -29,15 +30,14 @@ CHOICE_METHODS = ["adaptformer", "linear", "full", "vpt"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .study import run_demo  # research code, kept out of the library: imported only by this command
 
     run_demo(output_dir=args.output_dir, epochs=args.epochs, jobs=args.jobs, quick=args.quick)
     return 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import StudySettings, run_study
-    from .study_report import format_table
+    from .study import StudySettings, format_table, run_study
 
     settings = StudySettings(
         tasks=tuple(args.tasks), methods=tuple(args.methods), seeds=tuple(int(s) for s in args.seeds),
@@ -343,6 +343,18 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# What main() reports as "error: ..." with exit code 2: mistakes in the input, named by the library. Anything else, a
+# TypeError from a bug say, keeps its traceback.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    UnsupportedModelError,
+    MissingDependencyError,
+    ImageDecodeError,
+    VideoDecodeError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .engine.loop import NonFiniteLossError
 
@@ -356,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, TypeError, ImageDecodeError, VideoDecodeError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

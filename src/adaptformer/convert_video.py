@@ -1,6 +1,6 @@
 """Checkpoint converters for the video ViT (:mod:`adaptformer.models.video_vit`), one pure function per source.
 
-Each is ``fn(state_dict, model) -> state_dict`` and is registered in :data:`adaptformer.pretrained.CONVERTERS`:
+Each is ``fn(state_dict, model) -> state_dict`` and is listed by name in :data:`adaptformer.pretrained.CONVERTERS`:
 
     "videomae"       official VideoMAE .pth files (MCG-NJU/VideoMAE): pre-training (``encoder.`` + decoder) and
                      fine-tuning checkpoints. Names are already ours; the decoder side is dropped.
@@ -21,7 +21,7 @@ import re
 import torch
 import torch.nn as nn
 
-from .pretrained import CONVERTERS, CheckpointError
+from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -160,12 +160,3 @@ def convert_image_to_video(state_dict: StateDict, model: nn.Module) -> StateDict
             continue
         renamed[key] = value
     return renamed
-
-
-CONVERTERS.update(
-    {
-        "videomae": convert_videomae,
-        "hf-videomae": convert_hf_videomae,
-        "inflate-image": convert_image_to_video,
-    }
-)

@@ -1,12 +1,22 @@
-"""The library's error types. Each names the file, key, value or module at fault and what was expected.
+"""The library's own exceptions: the user-facing errors that the command line reports as ``error: ...`` (exit 2).
 
-- :class:`UnsupportedModelError` (a ``TypeError``): a backbone or block a method or option cannot work with.
-- ``CheckpointError`` (:mod:`adaptformer.pretrained`), ``AdapterFileError`` (:mod:`adaptformer.saving`) and
-  ``TrainingStateError`` (:mod:`adaptformer.engine.checkpointing`) are ``ValueError`` s for bad files.
+Each subclasses the built-in exception it refines, so ``except TypeError`` (or ``ImportError``, ``ValueError``)
+written against earlier versions still catches it, while the command line can catch exactly these and let a plain
+``TypeError`` from a bug surface with its traceback. ``AdapterFileError`` (:mod:`adaptformer.saving`) and
+``TrainingStateError`` (:mod:`adaptformer.engine.checkpointing`) are ``ValueError`` s for bad files of their kind.
 """
 
 from __future__ import annotations
 
 
 class UnsupportedModelError(TypeError):
-    """A model (or one of its blocks) that a method, head or speed option does not support."""
+    """A model the library cannot work with (no supported block family for a method, no classifier, no activation
+    checkpointing); the message names what the model has and what is supported."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model; the message names the file and keys."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency that a feature needs is not installed; the message names the extra to install."""

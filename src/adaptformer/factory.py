@@ -39,6 +39,10 @@ def build_backbone(
         if "Unknown model" in str(e):
             raise ValueError(f"unknown model {name!r}: not a timm or adaptformer model name") from e
         raise
+    except TypeError as e:  # a keyword the model's constructor does not take: the caller's kwargs, not a bug here
+        if not timm_kwargs:
+            raise
+        raise ValueError(f"model kwargs {sorted(timm_kwargs)} do not fit {name!r}: {e}") from e
     except OSError as e:  # no network and nothing cached
         raise FileNotFoundError(
             f"timm could not fetch pretrained weights for {name!r} ({e}); pass a local file as checkpoint, or "

@@ -51,9 +51,9 @@ FAMILIES: tuple[BlockFamily, ...] = (
 )
 
 
-def find_family(model: nn.Module, supported: tuple[str, ...] | None = None) -> BlockFamily:
+def find_family(model: nn.Module, supported: tuple[str, ...] | None = None, what: str = "a method") -> BlockFamily:
     """The family whose blocks ``model`` is built of (among ``supported`` names, default all); an
-    :class:`UnsupportedModelError` naming its block types otherwise."""
+    :class:`UnsupportedModelError` naming its block types and ``what`` could not be attached otherwise."""
     candidates = [f for f in FAMILIES if supported is None or f.name in supported]
     for family in candidates:
         if any(isinstance(m, family.block_type) for m in model.modules()):
@@ -61,10 +61,14 @@ def find_family(model: nn.Module, supported: tuple[str, ...] | None = None) -> B
     block_types = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
     found = ", ".join(block_types) if block_types else f"no transformer blocks in {type(model).__name__}"
     names = ", ".join(f"{f.name} ({f.block_type.__module__}.{f.block_type.__name__})" for f in candidates)
-    raise UnsupportedModelError(f"{type(model).__name__} has blocks: {found}; supported here: {names}")
+    raise UnsupportedModelError(
+        f"cannot attach {what} to {type(model).__name__} with blocks: {found}; supported: {names}"
+    )
 
 
-def family_blocks(model: nn.Module, supported: tuple[str, ...] | None = None) -> tuple[BlockFamily, list]:
+def family_blocks(
+    model: nn.Module, supported: tuple[str, ...] | None = None, what: str = "a method"
+) -> tuple[BlockFamily, list[tuple[int, nn.Module]]]:
     """``model``'s family and its blocks as ``(stage, block)`` pairs in forward order."""
-    family = find_family(model, supported)
+    family = find_family(model, supported, what)
     return family, list(family.blocks(model))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from .errors import UnsupportedModelError
+
 HEADS = ("paper", "linear")
 
 
@@ -28,7 +30,9 @@ def classifier_path(model: nn.Module) -> str:
     for name, module in model.named_modules():
         if module is classifier and name:
             return name
-    raise TypeError(f"{type(model).__name__}.get_classifier() returned a module that is not inside the model")
+    raise UnsupportedModelError(
+        f"{type(model).__name__}.get_classifier() returned a module that is not inside the model"
+    )
 
 
 def classifier_in_features(model: nn.Module) -> int:

@@ -2,9 +2,10 @@
 
 Two steps, each explicit: ``read_state_dict`` opens the container (.safetensors, or a torch pickle read with
 ``weights_only=True``, optionally wrapped as ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}``; or a
-Hugging Face model directory holding ``model.safetensors`` or ``pytorch_model.bin``); a
-converter chosen by name (``CONVERTERS``) turns that source's keys into the backbone's own. ``load_pretrained`` then
-loads and fails, listing the keys, unless the only missing keys belong to the new task head and nothing is left over.
+Hugging Face model directory holding ``model.safetensors`` or ``pytorch_model.bin``); a converter chosen by name from
+the one table of sources (``CONVERTERS``: timm, MAE, and the video ones of :mod:`adaptformer.convert_video`;
+``register_converter`` adds one) turns that source's keys into the backbone's own. ``load_pretrained`` then loads and
+fails, listing the keys, unless the only missing keys belong to the new task head and nothing is left over.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 
+from .convert_video import convert_hf_videomae, convert_image_to_video, convert_videomae
+from .errors import CheckpointError
 from .heads import classifier_path
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_KEYS = ("model", "module", "state_dict")
 HF_WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or does not fit the model; the message names the file and keys."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -95,7 +94,23 @@ def convert_mae(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[s
 
 
 Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
-CONVERTERS: dict[str, Converter] = {"timm": convert_timm, "mae": convert_mae}
+
+# Every checkpoint source by name (``load_pretrained(source=...)``, ``--checkpoint-source``): one pure function each.
+CONVERTERS: dict[str, Converter] = {
+    "timm": convert_timm,
+    "mae": convert_mae,
+    "videomae": convert_videomae,
+    "hf-videomae": convert_hf_videomae,
+    "inflate-image": convert_image_to_video,
+}
+
+
+def register_converter(name: str, fn: Converter) -> None:
+    """Make ``fn`` (``state_dict, model -> state_dict``, renaming and reshaping only) the converter of checkpoint
+    source ``name``; a ValueError if that name is taken."""
+    if name in CONVERTERS:
+        raise ValueError(f"checkpoint source {name!r} already has a converter ({CONVERTERS[name].__qualname__})")
+    CONVERTERS[name] = fn
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
     """
     if adapter_modules(model):
         raise ValueError(f"{type(model).__name__} already has AdaptMLP modules; attach them only once")
-    family, blocks = family_blocks(model, tuple(ADAPTED_BLOCKS))
+    family, blocks = family_blocks(model, tuple(ADAPTED_BLOCKS), what="adapters")
     plain, adapted = ADAPTED_BLOCKS[family.name]
     wanted = range(len(blocks)) if config.layers is None else config.layers
     missing = [i for i in wanted if i >= len(blocks)]

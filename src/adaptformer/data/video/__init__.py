@@ -6,7 +6,8 @@
 
 :mod:`.datasets` glues them (list files, class folders, multi-view test, view aggregation), :mod:`.prepare` writes
 list files from the official SSv2 and HMDB51 releases, :mod:`.synthetic` makes motion-labelled clips offline, and
-:mod:`.kinds` names the dataset kinds the engine and command line select (``VIDEO_DATASETS``).
+:mod:`.kinds` names the dataset kinds the engine and command line select (``VIDEO_DATASETS``). Stages 1 and 3 draw
+their random choices with :func:`.draws.randint`.
 """
 
 from adaptformer.data.video.datasets import (

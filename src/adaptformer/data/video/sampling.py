@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from adaptformer.data.video.draws import randint
+
 __all__ = [
     "STRATEGIES",
     "SamplerConfig",
@@ -110,11 +112,6 @@ def _check(num_video_frames: int, clip_index: int, num_clips: int) -> None:
         raise ValueError(f"clip_index {clip_index} out of range for num_clips {num_clips}")
 
 
-def _randint(high: int, generator: torch.Generator | None) -> int:
-    """Uniform integer in [0, high]."""
-    return int(torch.randint(high + 1, (1,), generator=generator).item())
-
-
 def segment_indices(
     num_video_frames: int,
     num_frames: int,
@@ -140,7 +137,7 @@ def segment_indices(
         if train:
             start = int(k * length)
             end = max(int((k + 1) * length) - 1, start)  # inclusive; a sub-frame segment still has one frame
-            index = start + _randint(end - start, generator)
+            index = start + randint(end - start, generator)
         else:
             index = int(length * (k + (clip_index + 0.5) / num_clips))
         indices.append(min(index, last))
@@ -166,7 +163,7 @@ def dense_indices(
     _check(num_video_frames, clip_index, num_clips)
     max_start = max(num_video_frames - num_frames * stride, 0)
     if train:
-        start = _randint(max_start, generator)
+        start = randint(max_start, generator)
     elif num_clips == 1:
         start = max_start // 2
     else:

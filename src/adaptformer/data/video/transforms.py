@@ -27,6 +27,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from adaptformer.data.transforms import normalize_transform
+from adaptformer.data.video.draws import randint
 from adaptformer.preprocessing import Preprocessing
 
 __all__ = [
@@ -67,11 +68,6 @@ class VideoTransformConfig:
             raise ValueError(f"test_short_side must be >= 1, got {self.test_short_side}")
 
 
-def _randint(high: int, generator: torch.Generator | None) -> int:
-    """Uniform integer in [0, high]."""
-    return int(torch.randint(high + 1, (1,), generator=generator).item())
-
-
 def multi_scale_crop_params(
     height: int,
     width: int,
@@ -90,13 +86,13 @@ def multi_scale_crop_params(
     short = min(height, width)
     sides = [max(1, int(short * s)) for s in scales]
     pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= max_distort]
-    crop_h, crop_w = pairs[_randint(len(pairs) - 1, generator)]
+    crop_h, crop_w = pairs[randint(len(pairs) - 1, generator)]
     free_h, free_w = height - crop_h, width - crop_w
     if fixed_offsets:
         offsets = [(0, 0), (0, free_w), (free_h, 0), (free_h, free_w), (free_h // 2, free_w // 2)]
-        top, left = offsets[_randint(len(offsets) - 1, generator)]
+        top, left = offsets[randint(len(offsets) - 1, generator)]
     else:
-        top, left = _randint(free_h, generator), _randint(free_w, generator)
+        top, left = randint(free_h, generator), randint(free_w, generator)
     return top, left, crop_h, crop_w
 
 

@@ -1,11 +1,19 @@
 """The study's report: a markdown table (task x method, mean +/- std test top-1 and trainable parameters) and the
-accuracy-versus-trainable-parameters plot of the AdaptFormer paper's Figure 1 (log x, one panel per task)."""
+accuracy-versus-trainable-parameters plot of the AdaptFormer paper's Figure 1 (log x, one panel per task).
+
+The plot needs matplotlib, an optional dependency (the ``demo`` extra); it is imported only when a plot is drawn.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+from ..errors import MissingDependencyError
+
+INSTALL_HINT = "pip install 'adaptformer[demo]' (or, in a checkout, bash setup.sh demo)"
 
 FAMILY_STYLE = {  # family: (label, colour, marker)
     "linear": ("linear probe", "tab:gray", "s"),
@@ -92,14 +100,23 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str) -> None:
     path.write_text("\n".join(lines))
 
 
+def require_matplotlib() -> ModuleType:
+    """The matplotlib module; a MissingDependencyError naming the fix when it is not installed."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"the study's plot needs matplotlib, an optional dependency that is not installed: {INSTALL_HINT}"
+        ) from e
+    return matplotlib
+
+
 def plot_accuracy_vs_params(
     path: Path, rows: Sequence[dict[str, Any]], tasks: Sequence[str], chance: dict[str, float] | None = None
 ) -> None:
     """Test top-1 (mean, std as error bars) versus trainable parameters (log x), one panel per task (paper Fig. 1);
     ``chance`` (top-1 % of a uniform guess per task) is drawn as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require_matplotlib().use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)

@@ -1,7 +1,7 @@
 """The main job (``adaptformer demo``): AdaptFormer versus a linear probe versus full fine-tuning on real data, in a few
 CPU minutes and without downloads.
 
-It is a subset of the miniature reproduction (:mod:`adaptformer.study`): the tiny ViT pre-trained here on procedural
+It is a subset of the miniature reproduction (:mod:`adaptformer.study.run`): the tiny ViT pre-trained here on procedural
 shapes (``vit_shapes_patch8_32``) is adapted to scikit-learn's handwritten digits by the three methods, each through
 the same ``train()`` as ``adaptformer train``, with the validation split for model selection and the held-out test
 split for the reported top-1. It prints the table with the trainable-parameter counts and where the plot and the
@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .saving import WEIGHTS_NAME
-from .study import StudyReport, StudySettings, run_study
-from .study_report import format_table, ranking
+from ..saving import WEIGHTS_NAME
+from .report import format_table, ranking
+from .run import StudyReport, StudySettings, run_study
 
 logger = logging.getLogger(__name__)
 

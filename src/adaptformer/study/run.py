@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from .models.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
+from ..models.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
+from .report import plot_accuracy_vs_params, require_matplotlib, write_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +238,9 @@ def build_cells(settings: StudySettings) -> list[Cell]:
 
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Train one cell with :func:`adaptformer.train.train`; its test top-1, validation top-1, size and time."""
-    from .engine.config import TrainConfig
-    from .model import count_trainable
-    from .train import build_model, train
+    from ..engine.config import TrainConfig
+    from ..model import count_trainable
+    from ..train import build_model, train
 
     cfg = TrainConfig.from_dict(cell.config)
     logging.disable(logging.WARNING)  # the count does not need the weights; train() warns about them itself
@@ -340,9 +341,10 @@ class StudyReport:
 
 
 def run_study(settings: StudySettings) -> StudyReport:
-    """Run every cell of ``settings`` and write results.json, results.md and the plot to ``settings.output_dir``."""
-    from .study_report import plot_accuracy_vs_params, write_markdown
+    """Run every cell of ``settings`` and write results.json, results.md and the plot to ``settings.output_dir``.
 
+    Fails before training, naming the fix, when matplotlib (the ``demo`` extra) is not installed."""
+    require_matplotlib()
     tasks = default_tasks(settings.pretrained)
     for name in settings.tasks:
         checkpoint = tasks[name].checkpoint
@@ -392,7 +394,7 @@ def _task_record(cells: Sequence[Cell], task: str) -> dict[str, Any]:
 def portable_path(path: str) -> str:
     """``path`` as a report shows it: files shipped inside the package as ``<adaptformer>/...`` (the same on every
     install, unlike the absolute path of this checkout); anything else unchanged."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the adaptformer package (this file is adaptformer/study/run.py)
     try:
         return f"<adaptformer>/{Path(path).resolve().relative_to(package).as_posix()}"
     except ValueError:

@@ -1,0 +1,47 @@
+"""Research code that exercises the library, apart from it: the miniature reproduction of AdaptFormer's claims
+(``adaptformer study``) and the demo built on it (``adaptformer demo``).
+
+- :mod:`.run`: the methods, tasks and recipes of the comparison, and :func:`run_study`, which trains every
+  (task, method, seed) cell through :func:`adaptformer.train.train` and writes the report;
+- :mod:`.report`: the markdown table and the accuracy-versus-trainable-parameters plot (the paper's Figure 1);
+- :mod:`.demo`: :func:`run_demo`, three methods on the digits task.
+
+The library never imports this package (only the command line does, inside its ``study`` and ``demo`` commands).
+The plot needs matplotlib, the optional ``demo`` extra: ``pip install 'adaptformer[demo]'``.
+"""
+
+from .demo import DEMO_METHODS, run_demo
+from .report import format_table, plot_accuracy_vs_params, ranking, write_markdown
+from .run import (
+    METHODS,
+    Cell,
+    Method,
+    StudyReport,
+    StudySettings,
+    Task,
+    build_cells,
+    default_tasks,
+    run_cell,
+    run_study,
+    summarise,
+)
+
+__all__ = [
+    "DEMO_METHODS",
+    "METHODS",
+    "Cell",
+    "Method",
+    "StudyReport",
+    "StudySettings",
+    "Task",
+    "build_cells",
+    "default_tasks",
+    "format_table",
+    "plot_accuracy_vs_params",
+    "ranking",
+    "run_cell",
+    "run_demo",
+    "run_study",
+    "summarise",
+    "write_markdown",
+]
