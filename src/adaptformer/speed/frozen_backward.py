@@ -22,7 +22,8 @@ VPT-prompted block's frozen halves here. They engage only where they give the sa
 no gate and no active dropout, whose MLP is ``Linear -> exact GELU -> Linear`` without active dropout, every parameter
 frozen and stored in the dtype the block computes in (the input's dtype: bf16/fp16 frozen storage under autocast, or
 fp32 without autocast), and only while autograd records a graph that needs the input's gradient. Anything else falls
-back to the module's own forward. Logits and gradients match plain autograd's within rounding (tests/test_frozen_backward.py).
+back to the module's own forward. Logits and gradients match plain autograd's within rounding
+(tests/test_frozen_backward.py).
 """
 
 from __future__ import annotations
