@@ -30,19 +30,27 @@ from typing import Any
 import torch
 
 import adaptformer.train as train_module
+from adaptformer.engine.config import merge_config
 from adaptformer.study.run import VIDEO_KWARGS, StudySettings, build_cells, machine, run_cell
 
+# Overrides of the study's motion configuration (nested TrainConfig data, merged with merge_config).
 # --quick (CI: the script runs): a few clips, one epoch each
-QUICK = {"dataset_options": {"num_samples": 32, "num_classes": 4}, "epochs": 1, "warmup_epochs": 0, "batch_size": 8}
-MORE = {"dataset_options": {"num_samples": 4096, "num_classes": 4}, "epochs": 2, "warmup_epochs": 0}
+QUICK = {
+    "data": {"options": {"num_samples": 32, "num_classes": 4}},
+    "optim": {"epochs": 1, "warmup_epochs": 0, "batch_size": 8},
+}
+MORE = {"data": {"options": {"num_samples": 4096, "num_classes": 4}}, "optim": {"epochs": 2, "warmup_epochs": 0}}
+MORE_LR = merge_config(MORE, {"optim": {"lr": 1e-3}})
+ONE_FRAME = {"model": {"kwargs": {**VIDEO_KWARGS, "tubelet_size": 1}}}  # tubelets of 1 frame
+LONG = {"optim": {"epochs": 30, "warmup_epochs": 0, "lr": 3e-3}}  # the study's 512 clips, 30 epochs
 CONTROLS: tuple[tuple[str, str, dict[str, Any], bool], ...] = (  # (label, study method, overrides, freeze embedding)
-    ("linear", "linear", {**MORE, "lr": 1e-3}, False),
-    ("adaptformer-64", "adaptformer-64", {**MORE, "lr": 1e-3}, False),
+    ("linear", "linear", MORE_LR, False),
+    ("adaptformer-64", "adaptformer-64", MORE_LR, False),
     ("full", "full", MORE, False),
     ("full, tubelet embedding frozen", "full", MORE, True),
-    ("adaptformer-64, tubelets of 1 frame", "adaptformer-64", {**MORE, "lr": 1e-3, "tubelet_size": 1}, False),
-    ("full, tubelets of 1 frame", "full", {**MORE, "tubelet_size": 1}, False),
-    ("adaptformer-64, 512 clips x 30 epochs", "adaptformer-64", {"epochs": 30, "warmup_epochs": 0, "lr": 3e-3}, False),
+    ("adaptformer-64, tubelets of 1 frame", "adaptformer-64", merge_config(MORE_LR, ONE_FRAME), False),
+    ("full, tubelets of 1 frame", "full", merge_config(MORE, ONE_FRAME), False),
+    ("adaptformer-64, 512 clips x 30 epochs", "adaptformer-64", LONG, False),
 )
 
 
@@ -61,12 +69,9 @@ def run_control(
     label: str, method: str, overrides: dict[str, Any], freeze: bool, runs_dir: Path, quick: bool = False
 ) -> dict[str, Any]:
     cell = build_cells(StudySettings(tasks=("motion",), methods=(method,), seeds=(0,), runs_dir=str(runs_dir)))[0]
-    overrides = {**overrides, **(QUICK if quick else {})}
-    config = {**cell.config, "output_dir": str(runs_dir / label.replace(", ", "_").replace(" ", "-"))}
-    tubelet = overrides.pop("tubelet_size", None)
-    if tubelet is not None:
-        config["model_kwargs"] = {**VIDEO_KWARGS, "tubelet_size": tubelet}
-    config.update(overrides)
+    out = runs_dir / label.replace(", ", "_").replace(" ", "-")
+    config = merge_config(cell.config, merge_config(overrides, QUICK if quick else {}))
+    config = merge_config(config, {"run": {"output_dir": str(out)}})
     build = train_module.build_model
     if freeze:
         train_module.build_model = _freezing_patch_embed(build)
@@ -76,8 +81,8 @@ def run_control(
         train_module.build_model = build
     epochs = [json.loads(line) for line in (Path(result["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     last = [e for e in epochs if "train_loss" in e][-1]
-    clips = config["dataset_options"]["num_samples"]
-    return {"label": label, "lr": config["lr"], "clips": clips, "train_loss": last["train_loss"], **result}
+    clips = config["data"]["options"]["num_samples"]
+    return {"label": label, "lr": config["optim"]["lr"], "clips": clips, "train_loss": last["train_loss"], **result}
 
 
 def main() -> None:

@@ -13,52 +13,129 @@ from adaptformer.cli import main
 from adaptformer.engine import TrainConfig
 from adaptformer.engine.datasets import DataSpec
 from adaptformer.errors import MissingDependencyError
+from adaptformer.methods import get_method, method_names
 from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
 from adaptformer.study import (
     METHODS,
+    Method,
     StudySettings,
     build_cells,
     format_table,
     plot_accuracy_vs_params,
     ranking,
     summarise,
+    write_markdown,
 )
-from adaptformer.study.run import portable_path
+from adaptformer.study.run import PLOT_FILE, portable_path, task_records
 
+ROOT = Path(__file__).resolve().parents[1]
 QUICK_METHODS = ("linear", "vpt-1", "adaptformer-4", "full")
+# Effective configurations of a few cells as the flat 0.1 study code built them (see "about" in the file).
+EXPECTED_CONFIGS = Path(__file__).parent / "data" / "study_effective_configs.json"
 
 
 @pytest.mark.parametrize(
-    ("family", "size", "expected"),
+    ("name", "expected"),
     [
-        ("linear", None, {"method": "linear"}),
-        ("vpt", 16, {"method": "vpt", "vpt_tokens": 16, "vpt_deep": True}),
-        ("adaptformer", 64, {"method": "adaptformer", "bottleneck": 64}),
-        ("full", None, {"method": "full"}),
+        ("linear", {"name": "linear"}),
+        ("vpt-16", {"name": "vpt", "num_tokens": 16, "deep": True}),
+        ("adaptformer-64", {"name": "adaptformer", "bottleneck": 64}),
+        ("full", {"name": "full"}),
     ],
 )
-def test_method_overrides(family: str, size: int | None, expected: dict) -> None:
-    name = family if size is None else f"{family}-{size}"
-    assert METHODS[name].overrides() == expected
+def test_method_points_are_method_configs_of_registered_families(name: str, expected: dict) -> None:
+    method = METHODS[name]
+    assert method.method_config() == expected
+    assert method.overrides() == {"model": {"method": expected}}
+    fields = {k: v for k, v in expected.items() if k != "name"}
+    get_method(method.family).config(**fields)  # a valid config of its family
+
+
+def test_study_methods_come_from_the_registry() -> None:
+    assert {m.family for m in METHODS.values()} <= set(method_names())
+    with pytest.raises(ValueError, match="unknown method 'lora'"):
+        Method("lora-8", "lora", 8, (("rank", 8),))
+    with pytest.raises(ValueError, match="unknown .*fields.*num_tokens"):  # a field of another family
+        Method("adaptformer-8", "adaptformer", 8, (("num_tokens", 8),))
+
+
+def _effective(config: dict) -> dict:
+    effective = TrainConfig.from_dict(config).to_dict()
+    if effective["model"]["checkpoint"]:
+        effective["model"]["checkpoint"] = portable_path(effective["model"]["checkpoint"])
+    return effective
+
+
+def test_cells_keep_the_effective_configuration_of_the_reported_study() -> None:
+    """Every field of these cells' configurations is what the study code that produced reports/study/ (adaptformer
+    0.1, flat configurations) ran with."""
+    expected = json.loads(EXPECTED_CONFIGS.read_text())["cells"]
+    settings = {
+        "default": StudySettings(),
+        "quick": StudySettings(quick=True),
+        "random": StudySettings(pretrained=False),
+    }
+    cells = {
+        f"{label}/{c.task}/{c.method}/seed{c.seed}": c.config for label, s in settings.items() for c in build_cells(s)
+    }
+    assert {"default/digits/adaptformer-16/seed0", "default/motion/vpt-4/seed0"} <= set(expected)
+    for key, config in expected.items():
+        assert _effective(cells[key]) == config, key
 
 
 def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
     settings = StudySettings(seeds=(0, 1, 2), runs_dir="r")
     cells = build_cells(settings)
     assert len(cells) == 2 * 10 * 3
-    assert len({c.config["output_dir"] for c in cells}) == len(cells)
+    assert len({c.config["run"]["output_dir"] for c in cells}) == len(cells)
     for task in settings.tasks:
         task_cells = [c for c in cells if c.task == task]
-        ignored = {"method", "vpt_tokens", "vpt_deep", "bottleneck", "seed", "output_dir", "lr", "blr"}
-        shared = [{k: v for k, v in c.config.items() if k not in ignored} for c in task_cells]
+        shared = []
+        for cell in task_cells:
+            config = TrainConfig.from_dict(cell.config).to_dict()
+            del config["model"]["method"], config["run"]["seed"], config["run"]["output_dir"]
+            del config["optim"]["lr"], config["optim"]["blr"]
+            shared.append(config)
         assert all(s == shared[0] for s in shared)  # the same recipe for every method and seed
     digits = {c.method: c.config for c in cells if c.task == "digits" and c.seed == 0}
-    assert digits["full"]["blr"] == pytest.approx(0.1 * digits["linear"]["blr"])  # the paper's 0.1x for full
+    assert digits["full"]["optim"]["blr"] == pytest.approx(0.1 * digits["linear"]["optim"]["blr"])  # paper's 0.1x
     # digits are neither mirror-symmetric nor big enough for the paper's 8% crops
     augment = DataSpec.from_config(TrainConfig.from_dict(digits["adaptformer-16"])).image
     assert augment.flip is False and augment.crop_scale[0] >= 0.5
-    motion = next(c.config for c in cells if c.task == "motion")
-    assert motion["checkpoint_source"] == "inflate-image" and motion["model_kwargs"]["embed_dim"] == 128
+    motion = {c.method: c.config for c in cells if c.task == "motion" and c.seed == 0}
+    assert motion["linear"]["model"]["checkpoint_source"] == "inflate-image"
+    assert motion["linear"]["model"]["kwargs"]["embed_dim"] == 128
+    # the task's method settings reach that family only: no adapter dropout on motion (the paper's video setting)
+    methods = {name: TrainConfig.from_dict(config).model.method for name, config in motion.items()}
+    assert all(methods[f"adaptformer-{n}"].dropout == 0.0 for n in (1, 4, 16, 64))
+    assert methods["adaptformer-16"].bottleneck == 16 and methods["vpt-4"].num_tokens == 4
+    assert TrainConfig.from_dict(digits["adaptformer-16"]).model.method.dropout == 0.1  # digits keeps the default
+
+
+def test_full_lr_scale_applies_to_lr_or_blr() -> None:
+    cells = build_cells(StudySettings(methods=("linear", "full"), seeds=(0,)))
+    optim = {(c.task, c.method): c.config["optim"] for c in cells}
+    assert optim["digits", "full"]["blr"] == pytest.approx(0.1) and optim["digits", "linear"]["blr"] == 1.0
+    assert "lr" not in optim["digits", "full"]
+    assert optim["motion", "full"]["lr"] == optim["motion", "linear"]["lr"] == 3e-4  # motion: scale 1
+
+
+def test_report_recipe_lines_carry_what_the_committed_report_shows(tmp_path: Path) -> None:
+    """results.md rendered from today's task records and the committed study's runs is the committed results.md, but
+    for the wording of the motion recipe (0.1's dataset_options is data.options; its adapter dropout is now shown)."""
+    committed = ROOT / "reports" / "study"
+    record = json.loads((committed / "results.json").read_text())
+    settings = StudySettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["settings"].items()})
+    record["tasks"] = task_records(settings)
+    write_markdown(tmp_path / "results.md", record, PLOT_FILE)
+
+    def normalised(text: str) -> str:
+        return text.replace("dataset_options", "data.options").replace("; adaptformer runs with dropout 0.0", "")
+
+    assert normalised((tmp_path / "results.md").read_text()) == normalised((committed / "results.md").read_text())
+    motion = record["tasks"]["motion"]
+    assert motion["config"]["optim"]["lr"] == 3e-4 and motion["method_settings"] == {"adaptformer": {"dropout": 0.0}}
+    assert "; adaptformer runs with dropout 0.0;" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -178,9 +255,8 @@ def test_demo_quick_prints_table_params_plot_and_adapter(tmp_path: Path, capsys:
 def test_motion_controls_script_runs(tmp_path: Path) -> None:
     """scripts/motion_controls.py (quick: 32 clips, 1 epoch) writes its table, and its one non-library control really
     freezes the tubelet embedding (trainable parameters drop by exactly the embedding's)."""
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "controls.md"
-    command = [sys.executable, str(root / "scripts" / "motion_controls.py"), "--quick", "--output", str(out)]
+    command = [sys.executable, str(ROOT / "scripts" / "motion_controls.py"), "--quick", "--output", str(out)]
     done = subprocess.run([*command, "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ")][1:]  # no header

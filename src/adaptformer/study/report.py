@@ -15,7 +15,7 @@ from ..errors import MissingDependencyError
 
 INSTALL_HINT = "pip install 'adaptformer[demo]' (or, in a checkout, bash setup.sh demo)"
 
-FAMILY_STYLE = {  # family: (label, colour, marker)
+FAMILY_STYLE = {  # family: (label, colour, marker); other families are drawn as (name, the next colour, "o")
     "linear": ("linear probe", "tab:gray", "s"),
     "vpt": ("VPT-deep (tokens)", "tab:blue", "o"),
     "adaptformer": ("AdaptFormer (bottleneck)", "tab:red", "*"),
@@ -84,20 +84,27 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str) -> None:
         "Tasks (every method of a task uses the same recipe):",
         "",
     ]
-    for task in tasks:
-        info = record["tasks"][task]
-        config = info["config"]
-        keys = ["epochs", "warmup_epochs", "batch_size", "optimizer", "lr" if config.get("lr") else "blr", "precision"]
-        recipe = ", ".join(f"{k} {config[k]}" for k in keys)
-        recipe += "".join(f", {k} {config[k]}" for k in ("crop_scale", "flip") if config.get(k) is not None)
-        if config.get("dataset_options"):
-            recipe += f", dataset_options {config['dataset_options']}"
-        if info["full_lr_scale"] != 1.0:
-            recipe += f"; full fine-tuning at {info['full_lr_scale']:g}x that learning rate (as the paper on SVHN/Food)"
-        lines.append(f"- {task}: {info['description']}; {recipe}; checkpoint {config['checkpoint']} "
-                     f"({config['checkpoint_source']}).")  # fmt: skip
+    lines += [f"- {task}: {recipe_line(record['tasks'][task])}." for task in tasks]
     lines += ["", f"![accuracy versus trainable parameters]({plot_name})", ""]
     path.write_text("\n".join(lines))
+
+
+def recipe_line(info: dict[str, Any]) -> str:
+    """A task's description and recipe as the report shows them, from its record: ``config`` (nested configuration
+    data shared by every run of the task), ``method_settings`` (per method family) and ``full_lr_scale``."""
+    config = info["config"]
+    model, data, optim = config.get("model", {}), config.get("data", {}), config.get("optim", {})
+    keys = ["epochs", "warmup_epochs", "batch_size", "optimizer", "lr" if optim.get("lr") else "blr", "precision"]
+    recipe = ", ".join(f"{k} {optim[k]}" for k in keys if k in optim)
+    recipe += "".join(f", {k} {data[k]}" for k in ("crop_scale", "flip") if data.get(k) is not None)
+    if data.get("options"):
+        recipe += f", data.options {data['options']}"
+    for family, settings in info.get("method_settings", {}).items():
+        recipe += f"; {family} runs with " + ", ".join(f"{k} {v}" for k, v in settings.items())
+    if info["full_lr_scale"] != 1.0:
+        recipe += f"; full fine-tuning at {info['full_lr_scale']:g}x that learning rate (as the paper on SVHN/Food)"
+    checkpoint = f"checkpoint {model.get('checkpoint')} ({model.get('checkpoint_source', 'timm')})"
+    return f"{info['description']}; {recipe}; {checkpoint}"
 
 
 def require_matplotlib() -> ModuleType:
@@ -122,7 +129,8 @@ def plot_accuracy_vs_params(
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         task_rows = [r for r in rows if r["task"] == task]
-        for family, (label, colour, marker) in FAMILY_STYLE.items():
+        for family in dict.fromkeys([*FAMILY_STYLE, *(r["family"] for r in task_rows)]):
+            label, colour, marker = FAMILY_STYLE.get(family, (family, None, "o"))
             points = sorted((r for r in task_rows if r["family"] == family), key=lambda r: r["trainable_params"])
             if not points:
                 continue

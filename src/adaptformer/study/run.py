@@ -21,6 +21,7 @@ other cores are busy). fp32, because it measured faster than bf16 autocast for m
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -36,6 +37,8 @@ from typing import Any
 
 import torch
 
+from ..engine.config import OptimConfig, merge_config
+from ..methods import get_method
 from ..models.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
 from .report import plot_accuracy_vs_params, require_matplotlib, write_markdown
 
@@ -48,27 +51,39 @@ PLOT_FILE = "accuracy_vs_params.png"
 
 @dataclass(frozen=True)
 class Method:
-    """One point of the comparison: a method family and its size (prompt tokens or bottleneck width)."""
+    """One point of the comparison: a registered method family (:func:`adaptformer.methods.get_method`), its size
+    for the plot (prompt tokens or bottleneck width; None for a family without one) and the fields of the family's
+    config that select this point (``("num_tokens", 16), ("deep", True)``); the others keep the config's defaults.
+    The family and the fields are checked against the registry on construction."""
 
     name: str
-    family: str  # linear, vpt, adaptformer, full
+    family: str
     size: int | None = None
+    fields: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        get_method(self.family).config.from_dict(dict(self.fields))  # a registered family, fields of its config
+
+    def method_config(self) -> dict[str, Any]:
+        """This point's method config as plain data, e.g. ``{"name": "vpt", "num_tokens": 16, "deep": True}``."""
+        return {"name": self.family, **dict(self.fields)}
 
     def overrides(self) -> dict[str, Any]:
-        """The TrainConfig fields that select this method."""
-        if self.family == "vpt":
-            return {"method": "vpt", "vpt_tokens": self.size, "vpt_deep": True}
-        if self.family == "adaptformer":
-            return {"method": "adaptformer", "bottleneck": self.size}
-        return {"method": self.family}
+        """The nested configuration that selects this point: ``{"model": {"method": ...}}``."""
+        return {"model": {"method": self.method_config()}}
+
+
+def _sized(family: str, field_name: str, sizes: Sequence[int], **fixed: Any) -> tuple[Method, ...]:
+    """``family-N`` for every N in ``sizes``: the family's ``field_name`` set to N (and ``fixed`` set as given)."""
+    return tuple(Method(f"{family}-{n}", family, n, ((field_name, n), *fixed.items())) for n in sizes)
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("linear", "linear"),
-        *(Method(f"vpt-{n}", "vpt", n) for n in (1, 4, 16, 64)),
-        *(Method(f"adaptformer-{n}", "adaptformer", n) for n in (1, 4, 16, 64)),
+        *_sized("vpt", "num_tokens", (1, 4, 16, 64), deep=True),  # VPT-deep, the paper's baseline
+        *_sized("adaptformer", "bottleneck", (1, 4, 16, 64)),
         Method("full", "full"),
     )
 }
@@ -78,9 +93,12 @@ METHODS: dict[str, Method] = {
 class Task:
     """A dataset, the backbone adapted to it and the recipe, identical for every method (as in the paper).
 
-    ``config`` holds TrainConfig fields; ``quick`` replaces some of them for ``--quick``. ``checkpoint`` is the
-    pre-trained weights (None: random initialisation). ``full_lr_scale`` multiplies the learning rate of full
-    fine-tuning only, as the paper did for SVHN and Food-101 (0.1x, "unstable otherwise").
+    ``config`` is nested TrainConfig data (model, data, optim and run sections, no method); ``quick`` is merged over
+    it for ``--quick`` (:func:`adaptformer.engine.config.merge_config`). ``checkpoint`` is the pre-trained weights
+    (None: random initialisation). ``method_settings`` maps a method family to fields of its config that this task
+    sets (they apply to that family's runs only; a point's own fields, such as its size, win). ``full_lr_scale``
+    multiplies the learning rate (``optim.lr``, else ``optim.blr``) of the methods that train the backbone (full
+    fine-tuning) only, as the paper did for SVHN and Food-101 (0.1x, "unstable otherwise").
     """
 
     name: str
@@ -91,14 +109,23 @@ class Task:
     checkpoint: str | None
     checkpoint_source: str = "timm"
     full_lr_scale: float = 1.0
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for family, settings in self.method_settings.items():
+            get_method(family).config.from_dict(settings)  # a registered family, fields of its config
+
+    def method_config(self, method: Method) -> dict[str, Any]:
+        """The method config of ``method``'s runs on this task: the task's settings for the family, then the point's."""
+        return {"name": method.family, **self.method_settings.get(method.family, {}), **dict(method.fields)}
 
 
 _RECIPE: dict[str, Any] = {
     # Paper Table 5 (no weight decay, linear warmup then cosine per iteration, momentum 0.9 for SGD), shortened to fit
     # the 20-minute budget on 2 CPU cores; fp32 (faster than bf16 autocast for these tiny models on CPU).
-    "momentum": 0.9, "weight_decay": 0.0, "precision": "fp32", "device": "cpu",
-    "num_workers": 0, "val_split": 0.1, "split_seed": 0, "select": "best", "eval_batch_size": 512,
-    "log_every": 10_000,
+    "data": {"num_workers": 0, "val_split": 0.1, "split_seed": 0},
+    "optim": {"momentum": 0.9, "weight_decay": 0.0, "precision": "fp32", "eval_batch_size": 512},
+    "run": {"device": "cpu", "select": "best", "log_every": 10_000},
 }  # fmt: skip
 
 # The video ViT built to match the shapes ViT, so the image weights inflate into it one to one.
@@ -111,7 +138,7 @@ VIDEO_KWARGS: dict[str, Any] = {
 }  # fmt: skip
 
 
-# Per task: the dataset, the backbone and the recipe (TrainConfig fields), and what --quick changes in them. The
+# Per task: the dataset, the backbone and the recipe (nested TrainConfig data), and what --quick changes in them. The
 # recipes were picked on the validation split of seed-0 pilots (never the test split). Digits: SGD with blr 1.0 beat
 # 0.1, 0.5 and 2.0 for the frozen-backbone methods (their zero-initialised adapters barely move at the paper's 0.1 in
 # ~200 steps; pilots with the earlier backbone); full fine-tuning diverged or degraded at blr >= 0.3, hence the
@@ -122,18 +149,21 @@ VIDEO_KWARGS: dict[str, Any] = {
 # 83.3). Motion: no SGD setting (blr 0.03-1.0) lifted any method above chance within the budget; AdamW at 3e-4 was
 # the one setting where one did (full); at 3e-3 (10 epochs) the frozen-backbone methods' training loss stayed near ln 4.
 # Why the frozen-backbone methods stay at chance: scripts/motion_controls.py (reports/study/motion_controls.md).
-DIGITS_CONFIG: dict[str, Any] = {
-    **_RECIPE, "model": "vit_shapes_patch8_32", "dataset": "digits", "epochs": 16, "warmup_epochs": 1,
-    "batch_size": 64, "optimizer": "sgd", "blr": 1.0, "crop_scale": [1.0, 1.0], "flip": False,
-}  # fmt: skip
-DIGITS_QUICK: dict[str, Any] = {"epochs": 1, "warmup_epochs": 0, "dataset_options": {"test_fraction": 0.8}}
-MOTION_CONFIG: dict[str, Any] = {
-    **_RECIPE, "model": "video_vit_small_patch16_224", "model_kwargs": VIDEO_KWARGS, "dataset": "synthetic-video",
-    "dataset_options": {"num_samples": 512, "num_classes": 4}, "adapter_dropout": 0.0, "test_clips": 1,
-    "test_crops": 1, "epochs": 10, "warmup_epochs": 1, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4,
-}  # fmt: skip
+DIGITS_CONFIG: dict[str, Any] = merge_config(_RECIPE, {
+    "model": {"backbone": "vit_shapes_patch8_32"},
+    "data": {"dataset": "digits", "crop_scale": [1.0, 1.0], "flip": False},
+    "optim": {"epochs": 16, "warmup_epochs": 1, "batch_size": 64, "optimizer": "sgd", "blr": 1.0},
+})  # fmt: skip
+DIGITS_QUICK: dict[str, Any] = {"data": {"options": {"test_fraction": 0.8}}, "optim": {"epochs": 1, "warmup_epochs": 0}}
+MOTION_CONFIG: dict[str, Any] = merge_config(_RECIPE, {
+    "model": {"backbone": "video_vit_small_patch16_224", "kwargs": VIDEO_KWARGS},
+    "data": {"dataset": "synthetic-video", "options": {"num_samples": 512, "num_classes": 4},
+             "video": {"test_clips": 1, "test_crops": 1}},
+    "optim": {"epochs": 10, "warmup_epochs": 1, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4},
+})  # fmt: skip
+MOTION_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"adaptformer": {"dropout": 0.0}}  # the paper's for video
 MOTION_QUICK: dict[str, Any] = {
-    "epochs": 1, "warmup_epochs": 0, "dataset_options": {"num_samples": 64, "num_classes": 4},
+    "data": {"options": {"num_samples": 64, "num_classes": 4}}, "optim": {"epochs": 1, "warmup_epochs": 0},
 }  # fmt: skip
 
 
@@ -158,6 +188,7 @@ def default_tasks(pretrained: bool = True) -> dict[str, Task]:
         MOTION_QUICK,
         str(SHAPES_VIT_FILE) if pretrained else None,
         "inflate-image",
+        method_settings=MOTION_METHOD_SETTINGS,
     )
     return {t.name: t for t in (digits, motion)}
 
@@ -204,7 +235,7 @@ class StudySettings:
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run: a task, a method, a seed, and the TrainConfig fields that describe it."""
+    """One training run: a task, a method, a seed, and its configuration (nested TrainConfig data)."""
 
     task: str
     method: str
@@ -213,26 +244,35 @@ class Cell:
     config: dict[str, Any] = field(repr=False)
 
 
+def task_recipe(task: Task, settings: StudySettings) -> dict[str, Any]:
+    """The configuration every run of ``task`` shares under ``settings`` (nested; no method, seed or output folder):
+    the task's recipe, its ``quick`` part for ``--quick``, the epochs of ``settings`` and the checkpoint."""
+    base = merge_config(task.config, task.quick) if settings.quick else task.config
+    if settings.epochs is not None:
+        warmup = min(base["optim"]["warmup_epochs"], settings.epochs)
+        base = merge_config(base, {"optim": {"epochs": settings.epochs, "warmup_epochs": warmup}})
+    base = merge_config(base, {"model": {"checkpoint": task.checkpoint, "checkpoint_source": task.checkpoint_source}})
+    return copy.deepcopy(base)
+
+
 def build_cells(settings: StudySettings) -> list[Cell]:
     """Every (task, method, seed) run of ``settings``, in report order."""
     tasks = default_tasks(settings.pretrained)
     cells = []
     for task_name in settings.tasks:
         task = tasks[task_name]
-        base = {**task.config, **(task.quick if settings.quick else {})}
-        if settings.epochs is not None:
-            base["epochs"] = settings.epochs
-            base["warmup_epochs"] = min(base["warmup_epochs"], settings.epochs)
-        base.update({"checkpoint": task.checkpoint, "checkpoint_source": task.checkpoint_source})
+        base = task_recipe(task, settings)
         for method_name in settings.methods:
-            method = {**METHODS[method_name].overrides()}
-            if method["method"] == "full" and task.full_lr_scale != 1.0:
-                key = "lr" if base.get("lr") is not None else "blr"
-                method[key] = base[key] * task.full_lr_scale
+            method = METHODS[method_name]
+            update: dict[str, Any] = {"model": {"method": task.method_config(method)}}
+            if get_method(method.family).trains_backbone and task.full_lr_scale != 1.0:
+                optim = base["optim"]
+                key = "lr" if optim.get("lr") is not None else "blr"
+                update["optim"] = {key: optim.get(key, OptimConfig.blr) * task.full_lr_scale}
             for seed in settings.seeds:
                 out = Path(settings.runs_dir) / task_name / method_name / f"seed{seed}"
-                config = {**base, **method, "seed": seed, "output_dir": str(out)}
-                cells.append(Cell(task_name, method_name, seed, task.num_classes, config))
+                config = merge_config(base, {**update, "run": {"seed": seed, "output_dir": str(out)}})
+                cells.append(Cell(task_name, method_name, seed, task.num_classes, copy.deepcopy(config)))
     return cells
 
 
@@ -243,9 +283,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from ..train import build_model, train
 
     cfg = TrainConfig.from_dict(cell.config)
-    logging.disable(logging.WARNING)  # the count does not need the weights; train() warns about them itself
+    weightless = replace(cfg, model=replace(cfg.model, checkpoint=None))  # the count does not need the weights
+    logging.disable(logging.WARNING)  # train() warns about a missing checkpoint itself
     try:
-        trainable = count_trainable(build_model(replace(cfg, checkpoint=None), cell.num_classes))
+        trainable = count_trainable(build_model(weightless, cell.num_classes))
     finally:
         logging.disable(logging.NOTSET)
     started = time.perf_counter()
@@ -257,7 +298,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         "task": cell.task, "method": cell.method, "family": METHODS[cell.method].family,
         "size": METHODS[cell.method].size, "seed": cell.seed, "trainable_params": trainable,
         "test_acc1": float(result.test["acc1"]), "test_acc5": float(result.test["acc5"]),
-        "val_acc1": result.best_val_acc1, "selected_epoch": result.best_epoch, "epochs": cfg.epochs,
+        "val_acc1": result.best_val_acc1, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
         "seconds": round(seconds, 2), "output_dir": str(result.output_dir),
     }  # fmt: skip
 
@@ -269,9 +310,8 @@ def _init_worker() -> None:
 
 def _cost(cell: Cell) -> float:
     """A rough relative cost, to start the slowest runs first so the pool finishes together."""
-    method = METHODS[cell.method]
-    tokens = {"vpt": method.size or 0}.get(method.family, 0)
-    return cell.config["epochs"] * (1.0 + tokens / 16) * (2.0 if cell.task == "motion" else 1.0)
+    tokens = cell.config["model"]["method"].get("num_tokens", 0)  # prompt tokens lengthen every block's sequence
+    return cell.config["optim"]["epochs"] * (1.0 + tokens / 16) * (2.0 if cell.task == "motion" else 1.0)
 
 
 def run_cells(cells: Sequence[Cell], jobs: int) -> list[dict[str, Any]]:
@@ -365,12 +405,7 @@ def run_study(settings: StudySettings) -> StudyReport:
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "command": settings.command(), "settings": asdict(settings), "seconds": round(seconds, 1), "machine": env,
-        "tasks": {
-            n: {"description": tasks[n].description, "config": _task_record(cells, n),
-                "full_lr_scale": tasks[n].full_lr_scale, "num_classes": tasks[n].num_classes}
-            for n in settings.tasks
-        },
-        "summary": rows, "runs": runs,
+        "tasks": task_records(settings), "summary": rows, "runs": runs,
     }  # fmt: skip
     files = {"json": out / RESULTS_JSON, "markdown": out / RESULTS_MD, "plot": out / PLOT_FILE}
     files["json"].write_text(json.dumps(record, indent=1) + "\n")
@@ -381,14 +416,21 @@ def run_study(settings: StudySettings) -> StudyReport:
     return StudyReport(settings, runs, rows, seconds, files)
 
 
-def _task_record(cells: Sequence[Cell], task: str) -> dict[str, Any]:
-    """The TrainConfig fields shared by every run of ``task`` (method, seed and output folder left out)."""
-    config = next(c.config for c in cells if c.task == task)
-    per_run = {"method", "vpt_tokens", "vpt_deep", "bottleneck", "seed", "output_dir"}
-    record = {k: v for k, v in config.items() if k not in per_run}
-    if record.get("checkpoint"):
-        record["checkpoint"] = portable_path(record["checkpoint"])
-    return record
+def task_records(settings: StudySettings) -> dict[str, dict[str, Any]]:
+    """What the report records of each task: its description, the configuration shared by all its runs (nested; no
+    method, seed or output folder; the checkpoint as :func:`portable_path` shows it), its method settings, its lr
+    scale for full fine-tuning and its number of classes."""
+    tasks, records = default_tasks(settings.pretrained), {}
+    for name in settings.tasks:
+        task = tasks[name]
+        config = task_recipe(task, settings)
+        if config["model"].get("checkpoint"):
+            config["model"]["checkpoint"] = portable_path(config["model"]["checkpoint"])
+        records[name] = {
+            "description": task.description, "config": config, "method_settings": copy.deepcopy(task.method_settings),
+            "full_lr_scale": task.full_lr_scale, "num_classes": task.num_classes,
+        }  # fmt: skip
+    return records
 
 
 def portable_path(path: str) -> str:
