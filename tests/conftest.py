@@ -54,3 +54,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def nested(**flat: Any) -> dict[str, Any]:
+    """Configuration fields given by their flat (0.1) names, placed in the 0.2 nesting by the library's own table:
+    ``nested(epochs=2, bottleneck=8)`` -> ``{"optim": {"epochs": 2}, "model": {"method": {"bottleneck": 8}}}``."""
+    from adaptformer.engine.config_v01 import V01_KEYS, V01_METHOD_KEYS
+
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key == "method":
+            place = "model.method.name"
+        elif key in V01_METHOD_KEYS:
+            place = f"model.method.{V01_METHOD_KEYS[key][1]}"
+        else:
+            place = V01_KEYS[key]
+        *parents, leaf = place.split(".")
+        tree = out
+        for part in parents:
+            tree = tree.setdefault(part, {})
+        tree[leaf] = value
+    return out
+
+
+def changed(cfg: Any, **flat: Any) -> Any:
+    """``cfg`` (a TrainConfig) with fields changed, given by their flat names (see :func:`nested`)."""
+    from adaptformer.engine.config import merge_config
+
+    return type(cfg).from_dict(merge_config(cfg.to_dict(), nested(**flat)))

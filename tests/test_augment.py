@@ -3,13 +3,12 @@ the per-sample seeding that makes every draw reproducible."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
 from adaptformer.data import PAPER_CROP_SCALE, ImageAugment, build_image_transform
-from adaptformer.engine import TrainConfig, add_config_arguments, config_overrides
+from adaptformer.engine import DataConfig, TrainConfig
+from adaptformer.engine.config_parser import parse_cli
 from adaptformer.engine.datasets import DataSpec, load_split
 from adaptformer.engine.rng import seeded
 from adaptformer.preprocessing import Preprocessing
@@ -87,22 +86,26 @@ def test_augment_rejects_bad_values(kwargs: dict, message: str) -> None:
 # -- TrainConfig and the data of a run ----------------------------------------------------------------------------
 
 
+def _data(**data: object) -> TrainConfig:
+    return TrainConfig.from_dict({"data": {"dataset": "synthetic", **data}})
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"crop_scale": [0.9, 0.2]}, r"crop_scale must satisfy 0 < min <= max <= 1, got \[0.9, 0.2\]"),
         ({"crop_scale": [-0.1, 1.0]}, "crop_scale must satisfy"),
         ({"crop_scale": [0.5, 1.5]}, "crop_scale must satisfy"),
-        ({"crop_scale": [0.2, 0.5, 1.0]}, r"crop_scale must be two numbers \[min, max\]"),
-        ({"crop_scale": 0.5}, "crop_scale must be of type list"),
-        ({"crop_scale": ["a", "b"]}, "crop_scale must be of type list"),
-        ({"flip": "no"}, "flip must be of type bool | none"),
-        ({"dataset": "synthetic-video", "crop_scale": [0.5, 1.0]}, r"\['crop_scale'\] apply to image datasets only"),
+        ({"crop_scale": [0.2, 0.5, 1.0]}, r'Parser key "data.crop_scale"'),
+        ({"crop_scale": 0.5}, r'Parser key "data.crop_scale"'),
+        ({"crop_scale": ["a", "b"]}, r'Parser key "data.crop_scale"'),
+        ({"flip": 3}, r'Parser key "data.flip"'),
+        ({"dataset": "synthetic-video", "crop_scale": [0.5, 1.0]}, r"data.crop_scale applies to image datasets only"),
     ],
 )
 def test_config_rejects_bad_augmentation(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{"dataset": "synthetic", **changes})
+        _data(**changes)
 
 
 @pytest.mark.parametrize(
@@ -115,14 +118,13 @@ def test_config_rejects_bad_augmentation(changes: dict, message: str) -> None:
     ],
 )
 def test_flip_default_is_the_papers_for_the_modality(dataset: str, flip: bool | None, expected: bool) -> None:
-    spec = DataSpec.from_config(TrainConfig(dataset=dataset, flip=flip))
+    spec = DataSpec.from_config(TrainConfig(data=DataConfig(dataset=dataset, flip=flip)))
     assert (spec.video.flip if spec.is_video else spec.image.flip) is expected
 
 
 def test_config_fields_reach_the_training_transform() -> None:
-    cfg = TrainConfig(dataset="synthetic", dataset_options={"num_samples": 4, "image_size": 16},
-                      crop_scale=[1, 1], flip=False)  # fmt: skip
-    assert cfg.crop_scale == [1.0, 1.0] and DataSpec.from_config(cfg).image == ImageAugment((1.0, 1.0), False)
+    cfg = _data(options={"num_samples": 4, "image_size": 16}, crop_scale=[1, 1], flip=False)
+    assert cfg.data.crop_scale == (1.0, 1.0) and DataSpec.from_config(cfg).image == ImageAugment((1.0, 1.0), False)
     split = load_split(DataSpec.from_config(cfg), "train")
     model = torch.nn.Identity()
     model.pretrained_cfg = {"input_size": (3, 16, 16), "mean": (0.0,) * 3, "std": (1.0,) * 3, "crop_pct": 1.0}
@@ -133,14 +135,9 @@ def test_config_fields_reach_the_training_transform() -> None:
 
 
 def test_cli_flags_and_yaml_round_trip(tmp_path) -> None:
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
-    assert config_overrides(parser.parse_args(["--crop-scale", "[0.5, 1]", "--no-flip"])) == {
-        "crop_scale": [0.5, 1],
-        "flip": False,
-    }
-    assert config_overrides(parser.parse_args([])) == {}  # flip unset: the paper's default for the modality
-    cfg = TrainConfig(dataset="digits", crop_scale=[0.5, 1], flip=False)
+    cfg = parse_cli(["--data.dataset", "digits", "--data.crop_scale", "[0.5, 1]", "--data.flip", "false"])
+    assert cfg.data.crop_scale == (0.5, 1.0) and cfg.data.flip is False
+    assert parse_cli(["--data.dataset", "digits"]).data.flip is None  # unset: the paper's default for the modality
     (tmp_path / "c.yaml").write_text(cfg.to_yaml())
     assert TrainConfig.from_yaml(tmp_path / "c.yaml") == cfg
 

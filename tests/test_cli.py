@@ -59,11 +59,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def train_args(data: Path, backbone: Path, out: Path) -> list[str]:
     return [
-        "train", "--model", VIT, "--model-kwargs", TINY_JSON, "--method", "adaptformer", "--bottleneck", "8",
-        "--dataset", "cifar100", "--data-dir", str(data), "--no-verify-checksums", "--epochs", "1",
-        "--warmup-epochs", "0", "--batch-size", "8", "--effective-batch", "16", "--blr", "4", "--val-split", "8",
-        "--checkpoint", str(backbone), "--checkpoint-source", "timm", "--output-dir", str(out), "--num-workers", "0",
-        "--precision", "fp32", "--seed", "1",
+        "train", "--model.backbone", VIT, "--model.kwargs", TINY_JSON, "--model.method", "adaptformer",
+        "--model.method.bottleneck", "8", "--data.dataset", "cifar100", "--data.data_dir", str(data),
+        "--data.verify_checksums", "false", "--optim.epochs", "1", "--optim.warmup_epochs", "0",
+        "--optim.batch_size", "8", "--optim.effective_batch", "16", "--optim.blr", "4", "--data.val_split", "8",
+        "--model.checkpoint", str(backbone), "--model.checkpoint_source", "timm", "--run.output_dir", str(out),
+        "--data.num_workers", "0", "--optim.precision", "fp32", "--run.seed", "1",
     ]  # fmt: skip
 
 
@@ -75,7 +76,7 @@ def test_train_writes_the_documented_outputs(setup: dict[str, Path], capsys: pyt
     assert set(record) >= {"epoch", "lr", "train_loss", "val_acc1", "val_acc5", "seconds", "images/s"}
     assert record["epoch"] == 0 and record["lr"] > 0
     assert {p.name for p in (out / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
-    assert json.loads((out / "adapter" / "task.json").read_text())["classes"] == CLASSES
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["classes"] == CLASSES
     test = json.loads((out / "test.json").read_text())
     assert test["n"] == 21 and test["split"] == "test"
 
@@ -95,7 +96,7 @@ def test_eval_reproduces_the_logged_test_accuracy(setup: dict[str, Path], capsys
 
 def test_config_file_repeats_the_run_exactly(setup: dict[str, Path]) -> None:
     again = setup["root"] / "again"
-    assert main(["train", "--config", str(setup["out"] / "config.yaml"), "--output-dir", str(again)]) == 0
+    assert main(["train", "--config", str(setup["out"] / "config.yaml"), "--run.output_dir", str(again)]) == 0
     a = load_file(str(setup["out"] / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(again / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -108,9 +109,9 @@ def test_config_file_repeats_the_run_exactly(setup: dict[str, Path]) -> None:
 def test_stopped_run_resumes_from_its_config_to_the_same_adapter(setup: dict[str, Path]) -> None:
     out = setup["root"] / "stopped"
     args = train_args(setup["data"], setup["backbone"], out)
-    assert main([*args, "--stop-after-steps", "2"]) == 0
+    assert main([*args, "--run.stop_after_steps", "2"]) == 0
     assert not (out / "test.json").exists() and (out / "checkpoint.pt").is_file()
-    assert main(["train", "--config", str(out / "config.yaml"), "--resume"]) == 0
+    assert main(["train", "--config", str(out / "config.yaml"), "--run.resume", "true"]) == 0
     a = load_file(str(setup["out"] / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -158,20 +159,28 @@ def test_eval_skip_flags_never_pass_silently(setup: dict[str, Path], capsys, fla
 
 
 def test_missing_dataset_is_an_error_showing_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = ["train", "--dataset", "cifar100", "--data-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)]
+    args = ["train", "--data.dataset", "cifar100", "--data.data_dir", str(tmp_path / "nowhere"),
+            "--run.output_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "root folder" in err and "cifar-100-python/" in err
 
 
-def test_train_help_shows_every_config_field_and_subcommands_are_wired() -> None:
-    parser = build_parser()
-    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
-    text = train.format_help()
-    for flag in ("--recipe NAME|FILE", "--effective-batch", "--val-split", "--resume", "--stop-after-steps",
-                 "--no-verify-checksums", "--precision {auto,fp32,bf16,fp16}", "--model-kwargs"):  # fmt: skip
+def test_train_help_shows_every_config_field_and_subcommands_are_wired(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    flags = ("--recipe NAME|FILE", "--config FILE", "--optim.effective_batch", "--data.val_split", "--run.resume",
+             "--run.stop_after_steps", "--data.verify_checksums", "--model.kwargs", "--model.method METHOD",
+             "--optim.precision {auto,fp32,bf16,fp16}", "--speed.frozen_backward")  # fmt: skip
+    for flag in flags:
         assert flag in text
-    for command in ("demo", "params", "eval", "predict", "recipes"):
+    with pytest.raises(SystemExit):
+        main(["train", "--model.method.help", "vpt"])
+    assert "--model.method.num_tokens" in capsys.readouterr().out  # every knob of a method, with its help
+    parser = build_parser()
+    for command in ("demo", "eval", "predict", "recipes"):
         assert parser.parse_args(_minimal(command)).func.__name__ == f"_cmd_{command}"
 
 
@@ -182,8 +191,10 @@ def _minimal(command: str) -> list[str]:
 
 
 def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
-    assert main(["params", "--model", VIT, "--num-classes", "10", "--method", "linear"]) == 0
+    assert main(["params", "--model.backbone", VIT, "--num-classes", "10", "--model.method", "linear"]) == 0
     assert "trainable" in capsys.readouterr().out
+    assert main(["params", "--recipe", "cifar100_adaptformer64", "--num-classes", "100"]) == 0
+    assert "1,266,532" in capsys.readouterr().out  # paper: AdaptFormer-64 on CIFAR-100
     assert main(["recipes"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert len(names) == 30 and "svhn_full" in names and "hmdb51_adaptformer64" in names  # 18 image + 12 video rows
@@ -197,13 +208,14 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
     ],
 )
 def test_unsupported_backbone_is_a_user_error(method: str, message: str, capsys: pytest.CaptureFixture) -> None:
-    assert main(["params", "--model", "resnet18", "--num-classes", "10", "--method", method]) == 2
+    assert main(["params", "--model.backbone", "resnet18", "--num-classes", "10", "--model.method", method]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_model_kwargs_the_model_does_not_take_are_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     kwargs = TINY_JSON.replace("}", ', "colour": "red"}')
-    args = ["train", "--dataset", "synthetic", "--model", VIT, "--model-kwargs", kwargs, "--output-dir", str(tmp_path)]
+    args = ["train", "--data.dataset", "synthetic", "--model.backbone", VIT, "--model.kwargs", kwargs,
+            "--run.output_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "error: model kwargs ['colour', " in err and f"do not fit '{VIT}'" in err
@@ -216,4 +228,4 @@ def test_a_type_error_from_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(adaptformer.factory, "create_model", broken)  # what `params` calls
     with pytest.raises(TypeError, match="a bug, not the user's mistake"):
-        main(["params", "--model", VIT, "--num-classes", "10"])
+        main(["params", "--model.backbone", VIT, "--num-classes", "10"])

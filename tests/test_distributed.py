@@ -27,11 +27,12 @@ TEST_SIZE = 51  # odd: a padding sampler would have to duplicate a sample for tw
 
 def _args(backbone: Path, out: Path, batch_size: int) -> list[str]:
     return [
-        "train", "--model", VIT, "--model-kwargs", TINY_JSON, "--checkpoint", str(backbone), "--dataset", "synthetic",
-        "--dataset-options", f"{{num_samples: {TEST_SIZE}, image_size: 32}}", "--val-split", "11",
-        "--epochs", "2", "--warmup-epochs", "1", "--batch-size", str(batch_size), "--effective-batch", "8",
-        "--blr", "8", "--adapter-dropout", "0", "--head", "linear", "--precision", "fp32", "--num-workers", "0",
-        "--select", "last", "--output-dir", str(out),
+        "train", "--model.backbone", VIT, "--model.kwargs", TINY_JSON, "--model.checkpoint", str(backbone),
+        "--data.dataset", "synthetic", "--data.options", f"{{num_samples: {TEST_SIZE}, image_size: 32}}",
+        "--data.val_split", "11", "--optim.epochs", "2", "--optim.warmup_epochs", "1", "--optim.batch_size",
+        str(batch_size), "--optim.effective_batch", "8", "--optim.blr", "8", "--model.method.dropout", "0",
+        "--model.head", "linear", "--optim.precision", "fp32", "--data.num_workers", "0", "--run.select", "last",
+        "--run.output_dir", str(out),
     ]  # fmt: skip
 
 

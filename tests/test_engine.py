@@ -2,37 +2,38 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import itertools
 import json
 import logging
 import math
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from tests.conftest import VIT
+from tests.conftest import VIT, changed, nested
 
 from adaptformer import AdaptFormerConfig, VPTConfig, create_model
 from adaptformer.engine import (
+    DataConfig,
     DistributedContext,
+    ModelConfig,
     NonFiniteLossError,
+    OptimConfig,
     Predictions,
     Progress,
+    RunConfig,
     ShardSampler,
     TrainBatchSampler,
     TrainConfig,
     TrainingStateError,
     WarmupCosine,
-    add_config_arguments,
     build_optimizer,
     classification_metrics,
-    config_overrides,
     load_training_state,
     param_groups,
     resolve_precision,
@@ -40,9 +41,12 @@ from adaptformer.engine import (
     scaled_lr,
     train_one_epoch,
 )
+from adaptformer.engine.config import merge_config
+from adaptformer.engine.config_parser import parse_cli, train_parser
 from adaptformer.engine.data import SeededSamples, load_image_split, with_transform
 from adaptformer.engine.records import MetricsLog
 from adaptformer.factory import build_backbone
+from adaptformer.saving import read_adapter_config
 from adaptformer.train import build_model, train
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -59,12 +63,16 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
-    base = TrainConfig(
-        model=VIT, model_kwargs=TINY, checkpoint=str(backbone), dataset="synthetic",
-        dataset_options={"num_samples": 48, "image_size": 16}, epochs=2, warmup_epochs=1, batch_size=8,
-        effective_batch=16, blr=2.0, val_split=0.25, num_workers=0, precision="fp32", output_dir=str(out),
-    )  # fmt: skip
-    return replace(base, **changes)
+    """A tiny run; ``changes`` by their flat names (tests.conftest.nested)."""
+    base = TrainConfig.from_dict({
+        "model": {"backbone": VIT, "kwargs": TINY, "checkpoint": str(backbone)},
+        "data": {"dataset": "synthetic", "options": {"num_samples": 48, "image_size": 16}, "val_split": 0.25,
+                 "num_workers": 0},
+        "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8, "effective_batch": 16, "blr": 2.0,
+                  "precision": "fp32"},
+        "run": {"output_dir": str(out)},
+    })  # fmt: skip
+    return changed(base, **changes)
 
 
 # -- configuration ------------------------------------------------------------------------------------------------
@@ -73,44 +81,56 @@ def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"method": "lora"}, "method must be one of"),
-        ({"epochs": "3"}, "epochs must be of type int"),
-        ({"epochs": 0}, "epochs must be >= 1"),
-        ({"lr": -1.0}, "lr must be a positive number"),
-        ({"val_split": 1.5}, "val_split must be"),
-        ({"val_split": 0}, "select 'best' needs a validation split"),
-        ({"effective_batch": 100, "batch_size": 64}, "multiple of batch_size"),
-        ({"warmup_epochs": 5.0, "epochs": 2}, "must not exceed epochs"),
-        ({"dataset": ""}, "dataset is required"),
-        ({"betas": [0.9]}, "betas must be two numbers"),
-        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"method": "lora"}, r"unknown method 'lora'; registered methods: \['adaptformer'"),
+        ({"epochs": "3x"}, r'Parser key "optim.epochs":\s+Expected a <class .int.>. Got value: 3x'),
+        ({"epochs": 0}, "optim.epochs must be >= 1"),
+        ({"lr": -1.0}, "optim.lr must be a positive number"),
+        ({"val_split": 1.5}, "data.val_split must be"),
+        ({"val_split": 0}, "run.select 'best' needs a validation split"),
+        ({"effective_batch": 100, "batch_size": 64}, "multiple of optim.batch_size"),
+        ({"warmup_epochs": 5.0, "epochs": 2}, "must not exceed optim.epochs"),
+        ({"dataset": ""}, "data.dataset is required"),
+        ({"betas": [0.9]}, 'Parser key "optim.betas"'),
+        ({"momentum": 1.0}, r"optim.momentum must be in \[0, 1\)"),
+        ({"bottleneck": 0}, "bottleneck must be >= 1"),
+        ({"vpt_tokens": 4}, r"unknown AdaptFormerConfig fields \['num_tokens'\]"),
     ],
 )
 def test_config_rejects_bad_values(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{"dataset": "synthetic", **changes})
+        TrainConfig.from_dict(merge_config(nested(dataset="synthetic"), nested(**changes)))
 
 
 def test_config_yaml_round_trip_keeps_types(tmp_path: Path) -> None:
-    cfg = TrainConfig(dataset="synthetic", lr=1e-3, val_split=100, bottleneck=[4, 8], model_kwargs={"img_size": 32})
+    cfg = TrainConfig.from_dict(
+        nested(dataset="synthetic", lr=1e-3, val_split=100, bottleneck=[4, 8], model_kwargs={"img_size": 32})
+    )
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
     again = TrainConfig.from_yaml(path)
     assert again == cfg
-    assert isinstance(again.val_split, int) and isinstance(again.lr, float)
-    with pytest.raises(ValueError, match="unknown configuration keys"):
-        TrainConfig.from_dict({"dataset": "synthetic", "learning_rate": 0.1})
+    assert isinstance(again.data.val_split, int) and isinstance(again.optim.lr, float)
+    assert again.model.method == AdaptFormerConfig(bottleneck=(4, 8))
+    with pytest.raises(ValueError, match="Group 'optim' does not accept option 'learning_rate'"):
+        TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "optim": {"learning_rate": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown configuration sections \['training'\]"):
+        TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "training": {}})
 
 
-def test_cli_flags_are_typed_and_only_given_flags_override() -> None:
-    parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
-    args = parser.parse_args(
-        ["--lr", "1e-3", "--model-kwargs", "{img_size: 32}", "--checkpoint", "none", "--no-verify-checksums"]
-    )
-    assert config_overrides(args) == {"lr": 1e-3, "model_kwargs": {"img_size": 32}, "checkpoint": None,
-                                      "verify_checksums": False}  # fmt: skip
-    assert "--warmup-epochs" in parser.format_help() and "linear lr warmup" in parser.format_help()
+def test_cli_flags_are_typed_and_every_field_has_help() -> None:
+    cfg = parse_cli(
+        ["--data.dataset", "synthetic", "--optim.lr", "1e-3", "--model.kwargs", "{img_size: 32}",
+         "--model.checkpoint", "null", "--data.verify_checksums", "false"]
+    )  # fmt: skip
+    assert (cfg.optim.lr, cfg.model.kwargs, cfg.model.checkpoint) == (1e-3, {"img_size": 32}, None)
+    assert cfg.data.verify_checksums is False and cfg.optim.epochs == 100  # the rest keeps its defaults
+    text = train_parser().format_help()
+    assert "--optim.warmup_epochs" in text and "linear lr warmup" in text
+    for section in (ModelConfig, DataConfig, OptimConfig, RunConfig):
+        for f in fields(section):
+            assert f"{f.name}: " in (section.__doc__ or ""), f"{section.__name__}.{f.name} has no help line"
+    with pytest.raises(ValueError, match="--bottleneck is adaptformer 0.1's flag; it is now --model.method.bottleneck"):
+        parse_cli(["--data.dataset", "synthetic", "--bottleneck", "8"])
 
 
 # -- optimizer, schedule, precision -------------------------------------------------------------------------------
@@ -283,17 +303,20 @@ def test_run_writes_metrics_config_adapter_and_test(tmp_path: Path, backbone_fil
     assert json.loads((tmp_path / "test.json").read_text())["acc1"] == result.test["acc1"]
     assert TrainConfig.from_yaml(tmp_path / "config.yaml") == tiny_config(tmp_path, backbone_file, epochs=3)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert json.loads((tmp_path / "adapter" / "task.json").read_text())["classes"][0] == "class_0"
+    info = read_adapter_config(tmp_path / "adapter")
+    assert info.classes[0] == "class_0" and info.training.dataset == "synthetic"
+    assert info.source.kwargs["img_size"] == 32
+    assert not (tmp_path / "adapter" / "task.json").exists()  # one description of the adapter
 
 
 def test_resume_after_a_stop_matches_an_uninterrupted_run_bit_for_bit(tmp_path: Path, backbone_file: Path) -> None:
     cfg = tiny_config(tmp_path / "a", backbone_file, select="last", adapter_dropout=0.1)  # dropout: RNG must resume
     full = train(cfg)
-    stopped = train(replace(cfg, output_dir=str(tmp_path / "b"), stop_after_steps=3))  # mid-epoch 1 (2 per epoch)
+    stopped = train(changed(cfg, output_dir=str(tmp_path / "b"), stop_after_steps=3))  # mid-epoch 1 (2 per epoch)
     assert stopped.stopped_early and stopped.test is None
     state = load_training_state(tmp_path / "b" / "checkpoint.pt")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 3)
-    resumed = train(replace(cfg, output_dir=str(tmp_path / "b"), resume=True))
+    resumed = train(changed(cfg, output_dir=str(tmp_path / "b"), resume=True))
     a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -310,8 +333,8 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run_bit_for_bit(tmp_path: 
 def test_resume_refuses_a_different_configuration(tmp_path: Path, backbone_file: Path) -> None:
     cfg = tiny_config(tmp_path, backbone_file, epochs=1, stop_after_steps=1)
     train(cfg)
-    with pytest.raises(TrainingStateError, match="blr"):
-        train(replace(cfg, blr=0.5, resume=True, stop_after_steps=None))
+    with pytest.raises(TrainingStateError, match="optim.blr"):
+        train(changed(cfg, blr=0.5, resume=True, stop_after_steps=None))
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_state(tmp_path: Path, backbone_file: Path) -> None:

@@ -1,7 +1,9 @@
-"""The shipped recipes: one per image row of paper Table 1, all on the Table 5 settings, with the paper's counts."""
+"""The shipped recipes: every row of paper Table 1 on the Table 5 settings, with the paper's counts; all 30 resolve to
+exactly the effective configuration adaptformer 0.1's recipe files gave."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,11 +11,13 @@ import torch
 
 from adaptformer.data import eval_resize_size
 from adaptformer.engine import TrainConfig, scaled_lr
+from adaptformer.engine.config_parser import parse_cli
 from adaptformer.model import count_trainable
 from adaptformer.preprocessing import Preprocessing
-from adaptformer.recipes import load_recipe, recipe_names, recipe_path
+from adaptformer.recipes import load_recipe, recipe_config, recipe_names, recipe_summary, recipe_text
 from adaptformer.train import build_model
 
+V01_RECIPES = Path(__file__).parent / "data" / "v0_1" / "recipes_v0_1.json"
 DATASETS = {"cifar100": 100, "svhn": 10, "food101": 101}
 METHODS = {
     "full": ("full", None),
@@ -24,10 +28,20 @@ METHODS = {
     "adaptformer64": ("adaptformer", 64),
 }
 ALL = [f"{d}_{m}" for d in DATASETS for m in METHODS]
+V01 = json.loads(V01_RECIPES.read_text())
 
 
 def test_every_table1_image_row_has_a_recipe() -> None:
     assert [n for n in recipe_names() if n.split("_")[0] in DATASETS] == sorted(ALL)  # video rows: test_video_engine
+    assert len(recipe_names()) == 30
+
+
+@pytest.mark.parametrize("name", sorted(V01))
+def test_every_v01_recipe_resolves_to_the_same_configuration(name: str) -> None:
+    """0.1 shipped 30 recipe files; 0.2 derives them from one table. The effective configurations are equal."""
+    old = TrainConfig.from_dict(V01[name])  # 0.1's flat effective config, read through the 0.1 upgrade
+    new = TrainConfig.from_dict(recipe_config(name))
+    assert new.to_dict() == old.to_dict()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -35,17 +49,19 @@ def test_recipe_follows_table5(name: str) -> None:
     cfg = TrainConfig.from_dict(load_recipe(name))
     dataset, method_key = name.split("_")
     method, bottleneck = METHODS[method_key]
-    assert (cfg.dataset, cfg.method) == (dataset, method)
+    m, o = cfg.model, cfg.optim
+    assert (cfg.data.dataset, m.method_name) == (dataset, method)
     if bottleneck is not None:
-        assert cfg.bottleneck == bottleneck and cfg.adapter_scale == 0.1 and cfg.adapter_dropout == 0.1
+        assert (m.method.bottleneck, m.method.scale, m.method.dropout) == (bottleneck, 0.1, 0.1)
     if method == "vpt":
-        assert cfg.vpt_tokens == 1 and cfg.vpt_deep
-    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay) == ("sgd", 0.9, 0.0)
-    assert (cfg.effective_batch, cfg.epochs, cfg.warmup_epochs, cfg.min_lr) == (1024, 100, 20.0, 0.0)
-    assert cfg.clip_grad is None and cfg.lr is None and cfg.head == "paper"
-    assert (cfg.model, cfg.checkpoint_source) == ("vit_base_patch16_224.mae", "mae")
+        assert m.method.num_tokens == 1 and m.method.deep
+    assert (o.optimizer, o.momentum, o.weight_decay) == ("sgd", 0.9, 0.0)
+    assert (o.effective_batch, o.epochs, o.warmup_epochs, o.min_lr) == (1024, 100, 20.0, 0.0)
+    assert o.clip_grad is None and o.lr is None and m.head == "paper"
+    assert (m.backbone, m.checkpoint_source) == ("vit_base_patch16_224.mae", "mae")
     low = method == "full" and dataset in ("svhn", "food101")  # 0.1x lr: unstable otherwise (paper)
-    assert scaled_lr(cfg.blr, cfg.effective_batch) == pytest.approx(0.04 if low else 0.4)
+    assert scaled_lr(o.blr, o.effective_batch) == pytest.approx(0.04 if low else 0.4)
+    assert "paper Table 1 reports" in recipe_summary(name) and cfg.run.recipe == name
 
 
 @pytest.mark.parametrize(
@@ -62,7 +78,7 @@ def test_recipe_follows_table5(name: str) -> None:
 def test_recipe_builds_the_paper_parameter_count(name: str, trainable: int) -> None:
     cfg = TrainConfig.from_dict(load_recipe(name))
     with torch.device("meta"):  # shapes only: counts without allocating ViT-B weights
-        model = build_model(cfg, DATASETS[cfg.dataset])
+        model = build_model(cfg, DATASETS[cfg.data.dataset])
     assert count_trainable(model) == trainable
 
 
@@ -75,10 +91,10 @@ def test_recipe_evaluates_at_resize_256_crop_224() -> None:
 
 def test_recipes_are_found_by_name_or_path_and_flags_override(tmp_path: Path) -> None:
     own = tmp_path / "mine.yaml"
-    own.write_text(recipe_path("svhn_vpt").read_text() + "vpt_tokens: 8\n")
-    assert load_recipe(own)["vpt_tokens"] == 8
-    cfg = TrainConfig.from_dict({**load_recipe("svhn_vpt"), "batch_size": 32})
-    assert cfg.batch_size == 32 and cfg.effective_batch == 1024
+    own.write_text(recipe_text("svhn_vpt").replace("num_tokens: 1", "num_tokens: 8"))  # the text is a valid file
+    assert load_recipe(own)["model"]["method"]["num_tokens"] == 8
+    cfg = parse_cli(["--optim.batch_size", "32"], [("recipe", load_recipe("svhn_vpt")), ("file", load_recipe(own))])
+    assert cfg.optim.batch_size == 32 and cfg.optim.effective_batch == 1024 and cfg.model.method.num_tokens == 8
     with pytest.raises(ValueError, match="unknown recipe 'cifar10_lora'.*cifar100_adaptformer64"):
         load_recipe("cifar10_lora")
     with pytest.raises(FileNotFoundError, match="recipe file not found"):

@@ -133,7 +133,7 @@ def test_crash_mid_write_keeps_the_last_good_adapter(tmp_path: Path, monkeypatch
         (lambda d: (d / "adapter_config.json").write_text("{not json"), AdapterFileError, "not valid JSON"),
         (lambda d: (d / "adapter_config.json").unlink(), FileNotFoundError, "no adapter here"),
         (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x00" * 10), AdapterFileError, "SHA-256 differs"),
-        (lambda d: _edit(d, colour="red"), AdapterFileError, r"unknown model spec fields \['colour'\]"),
+        (lambda d: _edit(d, colour="red"), AdapterFileError, r"unknown fields \['colour'\]"),
         (lambda d: _edit(d, method_config={"bottleneck": -4}), AdapterFileError, "bottleneck must be >= 1"),
         (lambda d: _edit(d, format_version=7), AdapterFileError, "format_version 7"),
         (lambda d: _edit(d, weights_sha256=None, drop_weights=True), AdapterFileError, "not a valid safetensors"),
@@ -158,7 +158,8 @@ def _edit(directory: Path, drop_weights: bool = False, **changes: object) -> Non
 
 def test_read_adapter_config_returns_spec_and_preprocessing(tmp_path: Path) -> None:
     save_adapter(_trained(), tmp_path)
-    spec, extras = read_adapter_config(tmp_path)
+    info = read_adapter_config(tmp_path)
+    spec, extras = info.spec, {"preprocessing": info.preprocessing}
     assert spec.method == "adaptformer" and extras["preprocessing"].input_size == (3, 32, 32)
 
 

@@ -18,7 +18,7 @@ from tests.video_files import write_video
 from adaptformer.cli import main
 from adaptformer.data import train_val_split
 from adaptformer.data.video import VIDEO_DATASETS, VideoDecodeError
-from adaptformer.engine import Predictions, TrainConfig, scaled_lr
+from adaptformer.engine import DataConfig, Predictions, TrainConfig, VideoConfig, scaled_lr
 from adaptformer.engine.datasets import DataSpec, VideoSettings, load_split
 from adaptformer.engine.loop import multi_view_metrics
 from adaptformer.factory import build_backbone, create_model
@@ -68,10 +68,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_file(build_backbone(VIDEO, len(CLASSES), **TINY).state_dict(), str(backbone))
     out = root / "run"
     args = [
-        "train", "--model", VIDEO, "--model-kwargs", json.dumps(TINY), "--checkpoint", str(backbone),
-        "--dataset", "videolist", "--data-dir", str(data), "--bottleneck", "8", "--adapter-dropout", "0",
-        "--epochs", "2", "--warmup-epochs", "0", "--batch-size", "3", "--val-split", "3", "--blr", "1",
-        "--precision", "fp32", "--num-workers", "0", "--output-dir", str(out),
+        "train", "--model.backbone", VIDEO, "--model.kwargs", json.dumps(TINY), "--model.checkpoint", str(backbone),
+        "--data.dataset", "videolist", "--data.data_dir", str(data), "--model.method.bottleneck", "8",
+        "--model.method.dropout", "0", "--optim.epochs", "2", "--optim.warmup_epochs", "0", "--optim.batch_size", "3",
+        "--data.val_split", "3", "--optim.blr", "1", "--optim.precision", "fp32", "--data.num_workers", "0",
+        "--run.output_dir", str(out),
     ]  # fmt: skip
     assert main(args) == 0
     return {"root": root, "data": data, "backbone": backbone, "out": out}
@@ -84,9 +85,10 @@ def test_train_reports_multi_and_single_view_test_accuracy(setup: dict[str, Path
     assert {"acc1", "acc5", "single_view_acc1", "single_view_acc5"} <= set(test)
     records = [json.loads(x) for x in (setup["out"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1] and all("val_acc1" in r for r in records)
-    task = json.loads((setup["out"] / "adapter" / "task.json").read_text())
-    assert task["dataset"] == "videolist" and task["classes"] == CLASSES
-    assert task["video"] == {"sampling": "dense", "stride": 4, "flip": False, "test_clips": 4, "test_crops": 3}
+    task = json.loads((setup["out"] / "adapter" / "adapter_config.json").read_text())
+    assert task["training"]["dataset"] == "videolist" and task["classes"] == CLASSES
+    video = task["training"]["video"]
+    assert video == {"sampling": "dense", "stride": 4, "flip": False, "test_clips": 4, "test_crops": 3}
 
 
 def test_eval_from_the_adapter_folder_reproduces_the_test_numbers(
@@ -187,10 +189,10 @@ def test_kinds_choose_their_sampling_and_image_and_video_do_not_mix() -> None:
     assert VideoSettings().resolved("ssv2") == VideoSettings(sampling="segment", stride=4)
     assert VideoSettings().resolved("hmdb51") == VideoSettings(sampling="dense", stride=4)
     assert VideoSettings(stride=2).resolved("videolist").stride == 2
-    with pytest.raises(ValueError, match=r"\['num_frames'\] apply to video datasets only"):
-        TrainConfig(dataset="cifar100", num_frames=8)
+    with pytest.raises(ValueError, match=r"\['video.num_frames'\] apply to video datasets only"):
+        DataConfig(dataset="cifar100", video=VideoConfig(num_frames=8))
     with pytest.raises(ValueError, match="test_crops must be 1"):
-        TrainConfig(dataset="ssv2", test_crops=2)
+        TrainConfig.from_dict({"data": {"dataset": "ssv2", "video": {"test_crops": 2}}})
     image_model = create_model("vit_tiny_patch16_224", 4, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     split = load_split(DataSpec("synthetic-video", options={"num_samples": 4}), "test")
     with pytest.raises(ValueError, match="backbone takes images"):
@@ -220,10 +222,10 @@ def test_skip_bad_videos_drops_and_counts_undecodable_files_in_every_split(
 ) -> None:
     _one_bad_video_per_split(tmp_path, kind)
     model = create_model(VIDEO, len(CLASSES), **TINY)
-    strict = load_split(DataSpec.from_config(TrainConfig(dataset=kind, data_dir=str(tmp_path))), split)
+    strict = load_split(DataSpec.from_config(TrainConfig(data=DataConfig(dataset=kind, data_dir=str(tmp_path)))), split)
     with pytest.raises(VideoDecodeError, match=r"corrupt\.mp4: cannot open"):
         [strict.build(model, "train")[i] for i in range(3)]
-    config = TrainConfig(dataset=kind, data_dir=str(tmp_path), skip_bad_videos=True)
+    config = TrainConfig(data=DataConfig(dataset=kind, data_dir=str(tmp_path), skip_bad_videos=True))
     with caplog.at_level(logging.WARNING):
         lenient = load_split(DataSpec.from_config(config), split)
     assert lenient.skipped == 1 and len(lenient.source) == 2 and "skipped 1 of 3 videos" in caplog.text
@@ -234,10 +236,10 @@ def test_skip_flags_name_the_right_one_and_only_apply_where_files_can_be_skipped
     setup: dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
     for kind in VIDEO_DATASETS:  # the image flag is never silently ignored for video
-        with pytest.raises(ValueError, match=f"{kind!r} is a video dataset: use skip_bad_videos"):
-            TrainConfig(dataset=kind, skip_bad_images=True)
+        with pytest.raises(ValueError, match=f"{kind!r} is a video dataset: use data.skip_bad_videos"):
+            DataConfig(dataset=kind, skip_bad_images=True)
     with pytest.raises(ValueError, match=r"\['skip_bad_videos'\] apply to video datasets only"):
-        TrainConfig(dataset="imagefolder", skip_bad_videos=True)
+        DataConfig(dataset="imagefolder", skip_bad_videos=True)
     with pytest.raises(ValueError, match="'synthetic-video' has none to skip"):
         load_split(DataSpec("synthetic-video", skip_bad=True), "train")
     code, _, err = run_cli(["eval", "--adapter", str(setup["out"] / "adapter"), "--skip-bad-images"], capsys)
@@ -297,13 +299,14 @@ def test_video_recipes_follow_table5(name: str) -> None:
     cfg = TrainConfig.from_dict(load_recipe(name))
     dataset, row = name.split("_")
     method, bottleneck = VIDEO_ROWS[row]
-    assert (cfg.dataset, cfg.method, cfg.model) == (dataset, method, "video_vit_base_patch16_224")
-    assert cfg.checkpoint_source == "videomae" and cfg.head == "paper" and cfg.num_frames == 8
+    m, o, v = cfg.model, cfg.optim, cfg.data.video
+    assert (cfg.data.dataset, m.method_name, m.backbone) == (dataset, method, "video_vit_base_patch16_224")
+    assert m.checkpoint_source == "videomae" and m.head == "paper" and v.num_frames == 8
     if bottleneck is not None:
-        assert (cfg.bottleneck, cfg.adapter_scale, cfg.adapter_dropout) == (bottleneck, 0.1, 0.0)
-    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.effective_batch) == ("sgd", 0.9, 0.0, 1024)
-    assert (cfg.epochs, cfg.warmup_epochs) == (90, 10.0) and scaled_lr(cfg.blr, 1024) == pytest.approx(0.4)
-    assert (cfg.test_clips, cfg.test_crops, cfg.flip) == (4, 3, False)
+        assert (m.method.bottleneck, m.method.scale, m.method.dropout) == (bottleneck, 0.1, 0.0)
+    assert (o.optimizer, o.momentum, o.weight_decay, o.effective_batch) == ("sgd", 0.9, 0.0, 1024)
+    assert (o.epochs, o.warmup_epochs) == (90, 10.0) and scaled_lr(o.blr, 1024) == pytest.approx(0.4)
+    assert (v.test_clips, v.test_crops, cfg.data.flip) == (4, 3, False)
     sampling = DataSpec.from_config(cfg).video.resolved(dataset)
     assert (sampling.sampling, sampling.stride) == (("segment", 4) if dataset == "ssv2" else ("dense", 4))
 
@@ -336,11 +339,12 @@ def test_adaptformer_learns_the_synthetic_motion_task(tmp_path: Path, capsys: py
     save_file(build_backbone(VIDEO, 4, **SYNTHETIC_KWARGS).state_dict(), str(backbone))
     out = tmp_path / "run"
     args = [
-        "train", "--model", VIDEO, "--model-kwargs", json.dumps(SYNTHETIC_KWARGS), "--checkpoint", str(backbone),
-        "--dataset", "synthetic-video", "--dataset-options", "{num_samples: 2048, num_classes: 4}",
-        "--bottleneck", "64", "--adapter-dropout", "0", "--optimizer", "adamw", "--lr", "3e-3", "--epochs", "10",
-        "--warmup-epochs", "1", "--batch-size", "32", "--val-split", "128", "--eval-every", "5",
-        "--precision", "fp32", "--num-workers", "0", "--output-dir", str(out),
+        "train", "--model.backbone", VIDEO, "--model.kwargs", json.dumps(SYNTHETIC_KWARGS), "--model.checkpoint",
+        str(backbone), "--data.dataset", "synthetic-video", "--data.options", "{num_samples: 2048, num_classes: 4}",
+        "--model.method.bottleneck", "64", "--model.method.dropout", "0", "--optim.optimizer", "adamw",
+        "--optim.lr", "3e-3", "--optim.epochs", "10", "--optim.warmup_epochs", "1", "--optim.batch_size", "32",
+        "--data.val_split", "128", "--run.eval_every", "5", "--optim.precision", "fp32", "--data.num_workers", "0",
+        "--run.output_dir", str(out),
     ]  # fmt: skip
     code, summary, _ = run_cli(args, capsys)
     assert code == 0 and summary is not None

@@ -1,7 +1,10 @@
-"""The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``.
+"""The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
+``study``.
 
-Flags are turned into typed objects here, at the edge (``TrainConfig`` for training), and nothing below this module
-sees an argparse namespace.
+Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
+``params`` read the nested :class:`~adaptformer.engine.config.TrainConfig` through jsonargparse
+(:mod:`adaptformer.engine.config_parser`: ``--optim.epochs 5``, ``--model.method vpt``); ``eval`` and ``predict``
+live in :mod:`adaptformer.cli_adapter`.
 """
 
 from __future__ import annotations
@@ -12,21 +15,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
-
+from .cli_adapter import add_adapter_commands
 from .data import ImageDecodeError
-from .data.video import STRATEGIES, VIDEO_DATASETS, VideoDecodeError
+from .data.video import VideoDecodeError
 from .errors import MissingDependencyError, UnsupportedModelError
-
-if TYPE_CHECKING:
-    from .engine.datasets import DataSpec
-    from .engine.inference import TaskInfo
-
-CHOICE_METHODS = ["adaptformer", "linear", "full", "vpt"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -50,81 +45,48 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The recipe and the config file given, as layers under the flags (later ones win)."""
+    from .engine.config import read_yaml_mapping
+    from .engine.config_parser import ConfigError
+    from .recipes import load_recipe
+
+    layers = []
+    if args.recipe is not None:
+        recipe = load_recipe(args.recipe)
+        layers.append((f"recipe {args.recipe}", recipe))
+        if args.recipe.replace("_", "").isalnum():  # a shipped name: recorded in the run's config
+            layers.append(("--recipe", {"run": {"recipe": args.recipe}}))
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise ConfigError(f"--config {args.config}: no such file")
+        layers.append((args.config, read_yaml_mapping(args.config)))
+    return layers
+
+
 def _cmd_params(args: argparse.Namespace) -> int:
+    from .engine.config_parser import parse_cli
     from .factory import create_model
-    from .methods import AdaptFormerConfig, VPTConfig
     from .model import parameter_report
 
-    method: Any = args.method
-    if args.method == "adaptformer":
-        method = AdaptFormerConfig(bottleneck=args.bottleneck)
-    elif args.method == "vpt":
-        method = VPTConfig(num_tokens=args.vpt_tokens, deep=not args.vpt_shallow)
-    model = create_model(args.model, args.num_classes, method=method, head=args.head)
+    # the model section of the same flags, recipes and files `train` takes; the dataset does not matter here
+    cfg = parse_cli(["--data.dataset", "synthetic", *args.flags], _config_layers(args))
+    m = cfg.model
+    model = create_model(m.backbone, args.num_classes, method=m.method, head=m.head, **cfg.backbone_kwargs())
     print(parameter_report(model))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine.config import TrainConfig, config_overrides
-    from .recipes import load_recipe
+    from .engine.config_parser import parse_cli
     from .train import train
 
-    values: dict[str, Any] = {}
-    if args.recipe is not None:
-        values = load_recipe(args.recipe)
-        values["recipe"] = args.recipe
-    cfg = TrainConfig.from_dict({**values, **config_overrides(args)})
+    cfg = parse_cli(args.flags, _config_layers(args))
     result = train(cfg)
     if result.is_main:
         summary = {"output_dir": str(result.output_dir), "stopped_early": result.stopped_early, "test": result.test}
         print(json.dumps(summary))
     return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.distributed import init_distributed, shutdown
-    from .engine.inference import evaluate_split, load_trained_model
-    from .speed import SpeedConfig
-
-    ctx = init_distributed(args.device)
-    try:
-        model, task = load_trained_model(
-            args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs, model_name=args.model
-        )
-        metrics = evaluate_split(
-            model, task, _eval_data_spec(args, task), args.split, ctx, batch_size=args.batch_size,
-            precision=args.precision, num_workers=args.num_workers, speed=SpeedConfig(),
-        )  # fmt: skip
-    finally:
-        shutdown(ctx)
-    if ctx.is_main:
-        print(json.dumps(metrics))
-    return 0
-
-
-def _eval_data_spec(args: argparse.Namespace, task: TaskInfo | None) -> DataSpec:
-    """The data to evaluate on: the flags given, else what training recorded in task.json (same dataset kind)."""
-    from .engine.datasets import DataSpec, VideoSettings
-
-    kind = args.dataset or (task.dataset if task else None)
-    if kind is None:
-        raise ValueError("--dataset is required (the adapter folder does not record one)")
-    recorded = task if task is not None and task.dataset == kind else None
-    options = (
-        args.dataset_options if args.dataset_options is not None else (recorded.dataset_options if recorded else {})
-    )
-    video = VideoSettings(**recorded.video) if recorded is not None and recorded.video else VideoSettings()
-    flags = {"sampling": args.sampling, "stride": args.sampling_stride, "test_clips": args.test_clips,
-             "test_crops": args.test_crops}  # fmt: skip
-    video = replace(video, **{k: v for k, v in flags.items() if v is not None})
-    is_video = kind in VIDEO_DATASETS
-    misplaced = args.skip_bad_images if is_video else args.skip_bad_videos
-    if misplaced:
-        given, wanted, what = ("images", "videos", "a video") if is_video else ("videos", "images", "an image")
-        raise ValueError(f"--skip-bad-{given} does not apply to {kind!r}, {what} dataset; use --skip-bad-{wanted}")
-    skip_bad = args.skip_bad_videos if is_video else args.skip_bad_images
-    return DataSpec(kind, args.data_dir, options, args.verify_checksums, skip_bad, video)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -142,60 +104,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.inference import check_classes, load_trained_model, predict_images, read_class_names
-
-    model, task = load_trained_model(args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs)
-    if args.class_names is not None:
-        classes = read_class_names(args.class_names)
-    elif task is not None:
-        classes = task.classes
-    else:
-        classes = [str(i) for i in range(model.num_classes)]
-    check_classes(model.num_classes, classes, None, "the class-name list")
-    precision = args.precision or (task.precision if task is not None else "auto")
-    results = predict_images(model, args.images, args.top_k, precision, args.device)
-    for path, top in zip(args.images, results, strict=True):
-        if args.json:
-            print(json.dumps({"image": path, "top": [{"class": classes[i], "index": i, "prob": p} for i, p in top]}))
-        else:
-            print(f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for i, p in top))
-    return 0
-
-
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from .recipes import recipe_names, recipe_path, recipe_summary
+    from .recipes import recipe_names, recipe_summary, recipe_text
 
     if args.show:
-        print(recipe_path(args.show).read_text(), end="")
+        print(recipe_text(args.show), end="")
         return 0
     for name in recipe_names():
         print(f"{name:<24} {recipe_summary(name)}")
     return 0
-
-
-def _yaml_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"not valid YAML/JSON: {e}") from e
-
-
-def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
-    parser.add_argument(
-        "--checkpoint", default=None, help="pre-trained backbone weights (default: the one recorded in task.json)"
-    )
-    parser.add_argument(
-        "--checkpoint-source", default=None, help="key layout of --checkpoint (default: recorded in task.json)"
-    )
-    parser.add_argument(
-        "--model-kwargs", type=_yaml_value, default=None, help="timm kwargs (default: recorded in task.json)"
-    )
-    parser.add_argument(
-        "--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="autocast (default: as trained)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
 
 def _add_prepare_parser(sub: Any) -> None:
@@ -222,69 +139,28 @@ def _add_prepare_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .engine.config import DATASET_KINDS, add_config_arguments
-
     parser = argparse.ArgumentParser(prog="adaptformer", description="AdaptFormer for timm Vision Transformers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    config_help = (
+        "Flags are the fields of the nested configuration (model, data, optim, speed, run): --optim.epochs 5, "
+        "--model.method vpt --model.method.num_tokens 4, ... They override --config, which overrides --recipe, which "
+        "overrides the defaults. `adaptformer train --help` lists every flag; --model.method.help NAME those of a "
+        "method."
+    )
     train = sub.add_parser(
         "train",
         help="fine-tune a backbone with a method on a dataset",
-        description="Train; flags override the recipe/config file, which overrides the defaults. Writes "
-        "OUT/config.yaml, OUT/metrics.jsonl, OUT/adapter/, OUT/checkpoint.pt and OUT/test.json. "
-        "Multi-process: torchrun --nproc_per_node N -m adaptformer.cli train ...",
+        description="Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/adapter/, OUT/checkpoint.pt and "
+        "OUT/test.json (OUT = --run.output_dir). Multi-process: torchrun --nproc_per_node N -m adaptformer.cli "
+        "train ... " + config_help,
+        add_help=False,
     )
-    train.add_argument(
-        "--recipe", "--config", dest="recipe", default=None, metavar="NAME|FILE",
-        help="a shipped recipe name (see `adaptformer recipes`) or a YAML config file, e.g. OUT/config.yaml",
-    )  # fmt: skip
-    add_config_arguments(train, skip=("recipe",))
+    _add_layer_arguments(train)
     train.set_defaults(func=_cmd_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a trained adapter on a dataset split; prints one JSON line")
-    _add_adapter_arguments(evaluate)
-    evaluate.add_argument("--model", default=None, help="backbone name; checked against the adapter's")
-    evaluate.add_argument(
-        "--dataset", default=None, choices=sorted(DATASET_KINDS), help="dataset kind (default: recorded in task.json)"
-    )
-    evaluate.add_argument("--data-dir", default=None, help="folder holding the dataset in its standard layout")
-    evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="batch size (default: as in training)")
-    evaluate.add_argument("--num-workers", type=int, default=0, help="data loading workers (default: 0)")
-    evaluate.add_argument(
-        "--dataset-options", type=_yaml_value, default=None, help="per-kind dataset options as YAML/JSON"
-    )
-    evaluate.add_argument(
-        "--verify-checksums", action=argparse.BooleanOptionalAction, default=True, help="check CIFAR/SVHN md5 sums"
-    )
-    evaluate.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="image kinds with files: drop unreadable ones (counted)",
-    )
-    evaluate.add_argument(
-        "--skip-bad-videos",
-        action="store_true",
-        help="video kinds with files: drop undecodable ones (counted)",
-    )
-    video = evaluate.add_argument_group(
-        "video", "multi-view testing: prints multi-view acc1/acc5 (logits averaged per video; n = videos) and "
-        "single_view_acc1/acc5. Defaults: as recorded in task.json, else the dataset kind's and 4 x 3 views.",
-    )  # fmt: skip
-    video.add_argument("--sampling", default=None, choices=STRATEGIES, help="temporal sampling: segment or dense")
-    video.add_argument("--sampling-stride", type=int, default=None, help="frames between sampled frames (dense)")
-    video.add_argument("--test-clips", type=int, default=None, help="temporal clips per video")
-    video.add_argument("--test-crops", type=int, default=None, choices=[1, 3], help="spatial crops per clip")
-    evaluate.set_defaults(func=_cmd_eval)
-
-    predict = sub.add_parser("predict", help="classify image files with a trained adapter; prints top-k classes")
-    _add_adapter_arguments(predict)
-    predict.add_argument("--class-names", default=None, help="class names file (default: from task.json)")
-    predict.add_argument("--top-k", type=int, default=5, help="classes to print per image (default: 5)")
-    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
-    predict.add_argument("images", nargs="+", help="image files")
-    predict.set_defaults(func=_cmd_predict)
+    add_adapter_commands(sub)
 
     _add_prepare_parser(sub)
 
@@ -292,14 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.add_argument("--show", default=None, metavar="NAME", help="print one recipe")
     recipes.set_defaults(func=_cmd_recipes)
 
-    params = sub.add_parser("params", help="print the trainable-parameter report of a model and method")
-    params.add_argument("--model", default="vit_base_patch16_224", help="timm model name")
-    params.add_argument("--num-classes", type=int, default=100, help="classes of the task head")
-    params.add_argument("--method", default="adaptformer", choices=CHOICE_METHODS, help="adaptation method")
-    params.add_argument("--bottleneck", type=int, default=64, help="AdaptMLP hidden width")
-    params.add_argument("--vpt-tokens", type=int, default=1, help="VPT prompt tokens per layer")
-    params.add_argument("--vpt-shallow", action="store_true", help="VPT-shallow instead of VPT-deep")
-    params.add_argument("--head", default="paper", choices=["paper", "linear"], help="task head")
+    params = sub.add_parser(
+        "params",
+        help="print the trainable-parameter report of the model that the same flags would train",
+        description="The trainable-parameter report of the model section of the given flags/recipe/config, e.g. "
+        "adaptformer params --model.method adaptformer --model.method.bottleneck 64 --num-classes 100. " + config_help,
+        add_help=False,
+    )
+    _add_layer_arguments(params)
     params.set_defaults(func=_cmd_params)
 
     demo = sub.add_parser(
@@ -339,6 +215,35 @@ def _add_study_parser(sub: Any) -> None:
     study.set_defaults(func=_cmd_study)
 
 
+def _add_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``train`` / ``params`` besides the configuration flags (which jsonargparse reads; see
+    :func:`_config_command`); declared here for the help text."""
+    recipe = "a shipped recipe (see `adaptformer recipes`) or a YAML file: the first layer"
+    parser.add_argument("--recipe", default=None, metavar="NAME|FILE", help=recipe)
+    config = "a YAML configuration, e.g. a run's OUT/config.yaml, over the recipe"
+    parser.add_argument("--config", default=None, metavar="FILE", help=config)
+
+
+def _config_command(command: str, argv: list[str]) -> argparse.Namespace:
+    """``train`` / ``params``: their own options (``--recipe``, ``--config``, ``--num-classes``) taken out of
+    ``argv``, the rest left in ``flags`` for jsonargparse; ``-h`` prints both parts of the help and exits."""
+    from .engine.config_parser import train_parser
+
+    parser = argparse.ArgumentParser(prog=f"adaptformer {command}", add_help=False)
+    _add_layer_arguments(parser)
+    if command == "params":
+        parser.add_argument("--num-classes", type=int, default=100, help="classes of the task head (default: 100)")
+    args, flags = parser.parse_known_args(argv)
+    if any(flag in ("-h", "--help") for flag in flags):
+        parser.print_help()
+        print()
+        train_parser().print_help()
+        raise SystemExit(0)
+    args.flags = flags
+    args.func = _cmd_train if command == "train" else _cmd_params
+    return args
+
+
 def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -346,7 +251,7 @@ def _comma_list(text: str) -> list[str]:
 # What main() reports as "error: ..." with exit code 2: mistakes in the input, named by the library. Anything else, a
 # TypeError from a bug say, keeps its traceback.
 USER_ERRORS = (
-    ValueError,
+    ValueError,  # the library's file/config errors (CheckpointError, AdapterFileError, ConfigError, ...) among them
     FileNotFoundError,
     UnsupportedModelError,
     MissingDependencyError,
@@ -358,7 +263,14 @@ USER_ERRORS = (
 def main(argv: Sequence[str] | None = None) -> int:
     from .engine.loop import NonFiniteLossError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:1])
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in ("train", "params"):  # nested configuration flags: read by jsonargparse, not argparse
+        args = _config_command(command, argv[argv.index(command) + 1 :])
+        args.verbose = verbose
+    else:
+        args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the other processes only warn
         level = logging.WARNING

@@ -1,13 +1,19 @@
-"""``create_model``: a timm backbone, its pre-trained weights, a task head and an adaptation method, in one call."""
+"""``create_model``: a timm backbone, its pre-trained weights, a task head and an adaptation method, in one call.
+
+Every backbone built here carries its :class:`BackboneSource` (``model.adaptformer_source``): the timm kwargs, the
+checkpoint, and for a backbone with no checkpoint the seed its random initialisation came from, so that a saved
+adapter says how to build its frozen backbone again.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 import torch.nn as nn
 
 from .methods import MethodConfig
@@ -17,6 +23,29 @@ from .pretrained import load_pretrained
 logger = logging.getLogger(__name__)
 
 TIMM_PRETRAINED = "timm"
+SOURCE_ATTR = "adaptformer_source"
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """How a backbone was built: enough to build the same frozen weights again.
+
+    Args:
+        kwargs: the ``timm.create_model`` kwargs besides the name and the class count.
+        checkpoint: the pre-trained weights: a file (absolute path when it existed), "timm", or None.
+        checkpoint_source: the key layout of ``checkpoint``.
+        init_seed: with no checkpoint, the seed of torch's generator when the backbone was initialised (None: not
+            seeded here, so it cannot be built again).
+    """
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_source: str = "timm"
+    init_seed: int | None = None
+
+
+def get_source(model: nn.Module) -> BackboneSource | None:
+    return getattr(model, SOURCE_ATTR, None)
 
 
 def build_backbone(
@@ -25,14 +54,19 @@ def build_backbone(
     checkpoint: str | Path | None = None,
     checkpoint_source: str = "timm",
     keep_head: bool = False,
+    init_seed: int | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A plain timm model with pre-trained weights: none, a local file (``checkpoint``), or timm's own mechanism.
 
     ``checkpoint="timm"`` asks timm for its pretrained weights (its cache, a hub download, or a local file given as
     ``pretrained_cfg_overlay={"file": path}``); any other value is a local file read by ``load_pretrained``.
+    ``init_seed`` seeds torch's generator right before the model is initialised (for a backbone with no checkpoint,
+    whose weights are then a function of the seed).
     """
     use_timm = checkpoint == TIMM_PRETRAINED
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
     try:
         model = timm.create_model(name, pretrained=use_timm, num_classes=num_classes, **timm_kwargs)
     except RuntimeError as e:
@@ -50,6 +84,10 @@ def build_backbone(
         ) from e
     if checkpoint is not None and not use_timm:
         load_pretrained(model, checkpoint, source=checkpoint_source, keep_head=keep_head)
+        checkpoint = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else str(checkpoint)
+    source = BackboneSource(dict(timm_kwargs), None if checkpoint is None else str(checkpoint), checkpoint_source,
+                            init_seed if checkpoint is None else None)  # fmt: skip
+    setattr(model, SOURCE_ATTR, source)
     return model
 
 
@@ -60,6 +98,7 @@ def create_model(
     head: str = "paper",
     checkpoint: str | Path | None = None,
     checkpoint_source: str = "timm",
+    init_seed: int | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Build ``name`` from timm, load ``checkpoint``, attach ``method`` with a ``head`` for ``num_classes``, freeze.
@@ -73,6 +112,8 @@ def create_model(
         head: "paper" (BatchNorm1d without affine + Linear, the paper's) or "linear".
         checkpoint: None (random init), a local weights file, or "timm" for timm's pretrained mechanism.
         checkpoint_source: how to read the file's keys: one of ``pretrained.CONVERTERS`` ("timm", "mae", ...).
+        init_seed: seed torch's generator right before the backbone is initialised (recorded for a backbone with no
+            checkpoint, so that its adapter can be used later).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. drop_path_rate, global_pool, img_size).
     """
     stale = sorted({"adapter", "vpt"} & set(timm_kwargs))
@@ -82,6 +123,8 @@ def create_model(
             f"method=VPTConfig(...), not {stale} (adaptformer 0.1's keywords)"
         )
     spec = ModelSpec.for_method(name, method, num_classes=num_classes, head=head)  # checked before the slow build
-    model = build_backbone(name, num_classes, checkpoint, checkpoint_source, keep_head=head == "linear", **timm_kwargs)
+    model = build_backbone(
+        name, num_classes, checkpoint, checkpoint_source, keep_head=head == "linear", init_seed=init_seed, **timm_kwargs
+    )
     spec = replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ())))
     return apply_method(model, spec)

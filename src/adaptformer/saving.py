@@ -1,11 +1,16 @@
-"""Adapter files: the few task-specific tensors of a model, PEFT-style, next to a JSON description.
+"""Adapter files: the few task-specific tensors of a model, PEFT-style, next to one JSON file that describes them.
 
-    <dir>/adapter_config.json        method, adapter/prompt config, head, num_classes, backbone name, a fingerprint of
-                                     the frozen backbone weights, preprocessing, and the SHA-256 of the weights file
+    <dir>/adapter_config.json        everything needed to rebuild and use the adapter: the model spec (backbone name,
+                                     method and its config, head, classes), how the backbone was built (timm kwargs,
+                                     checkpoint, or the seed of a checkpoint-less backbone), a fingerprint of the
+                                     frozen backbone weights, the preprocessing, the class names, what training used
+                                     for evaluation (dataset, its options, video views, precision, batch size), and
+                                     the SHA-256 of the weights file
     <dir>/adapter_model.safetensors  adapters + head (+ prompts, + task norms); the whole model for method "full"
 
 Each file is written to a temporary name and renamed into place, weights first, so a crash leaves the previous pair
-readable; the weights' SHA-256 recorded in the config detects a weights file that does not belong to it.
+readable; the weights' SHA-256 recorded in the config detects a weights file that does not belong to it. Folders
+written by adaptformer 0.1 (format_version 1, with a separate task.json) are read too.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +29,59 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .factory import BackboneSource, build_backbone, get_source
 from .model import ModelSpec, apply_method, get_spec, task_state_dict
 from .preprocessing import Preprocessing
+from .validation import from_mapping
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+V01_TASK_NAME = "task.json"  # adaptformer 0.1's second description, read for old folders
 FORMAT = "adaptformer-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FINGERPRINT_ATTR = "adaptformer_fingerprint"
-_FILE_FIELDS = {"format", "format_version", "backbone_fingerprint", "preprocessing", "weights_sha256", "num_parameters"}
+_SPEC_FIELDS = ("backbone", "method", "method_config", "num_classes", "head", "extra_trainable")
+_V01_FIELDS = ("adapter", "vpt")
+_FILE_FIELDS = ("source", "classes", "training", "backbone_fingerprint", "preprocessing", "num_parameters",
+                "weights_sha256")  # fmt: skip
 
 
 class AdapterFileError(ValueError):
     """An adapter directory that is missing, corrupt, or does not belong to the given model."""
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How training evaluated the adapter, so ``adaptformer eval`` reproduces its numbers without flags.
+
+    Args:
+        dataset: the dataset kind it was trained on.
+        dataset_options: the per-kind dataset options training used.
+        video: for video datasets, the clip sampling and test views (``VideoSettings`` fields, defaults resolved).
+        precision: the autocast precision evaluation ran in.
+        eval_batch_size: the batch size evaluation ran with.
+    """
+
+    dataset: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    video: dict[str, Any] | None = None
+    precision: str = "auto"
+    eval_batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """Everything ``adapter_config.json`` says (:func:`read_adapter_config`)."""
+
+    spec: ModelSpec
+    source: BackboneSource | None = None
+    classes: list[str] | None = None
+    training: TrainingRecord | None = None
+    preprocessing: Preprocessing | None = None
+    backbone_fingerprint: str | None = None
+    weights_sha256: str | None = None
+    num_parameters: int | None = None
+    format_version: int = FORMAT_VERSION
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -96,19 +142,34 @@ def _model_backbone_name(model: nn.Module) -> str:
     return cfg["architecture"]
 
 
-def save_adapter(model: nn.Module, directory: str | Path) -> Path:
-    """Write the model's task-specific tensors and their description to ``directory``; returns the directory."""
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    classes: list[str] | None = None,
+    training: TrainingRecord | None = None,
+) -> Path:
+    """Write the model's task-specific tensors and their description to ``directory``; returns the directory.
+
+    ``classes`` (names, index = label) and ``training`` (how training evaluated it) are recorded for later use;
+    how the backbone was built comes from the model (``create_model`` records it).
+    """
     spec = get_spec(model)
     if spec is None:
         raise ValueError("the model has no method applied; build it with create_model() or apply_method()")
+    if classes is not None and len(classes) != spec.num_classes:
+        raise ValueError(f"{len(classes)} class names for a head of {spec.num_classes} classes")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in task_state_dict(model).items()}
     blob = save_safetensors(tensors, metadata={"format": FORMAT, "method": spec.method})
+    source = get_source(model)
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **spec.to_dict(),
+        "source": asdict(source) if source is not None else None,
+        "classes": list(classes) if classes is not None else None,
+        "training": asdict(training) if training is not None else None,
         "backbone_fingerprint": backbone_fingerprint(model),
         "preprocessing": Preprocessing.from_model(model).to_dict(),
         "num_parameters": sum(t.numel() for t in tensors.values()),
@@ -119,27 +180,59 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def read_adapter_config(directory: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
-    """Parse and validate ``adapter_config.json``: the model spec, and the file-level fields."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter here: {path} does not exist (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{path}: not valid JSON ({e})") from e
+
+
+def _v01_task(directory: Path) -> dict[str, Any]:
+    """0.1's task.json as 0.2's fields (source, classes, training); empty if the folder has none."""
+    path = directory / V01_TASK_NAME
+    if not path.is_file():
+        return {}
+    task = _read_json(path)
+    if not isinstance(task, dict):
+        raise AdapterFileError(f"{path}: expected a JSON object")
+    source = {"kwargs": task.get("model_kwargs", {}), "checkpoint": task.get("checkpoint"),
+              "checkpoint_source": task.get("checkpoint_source", "timm"), "init_seed": None}  # fmt: skip
+    training = {k: task[k] for k in (f.name for f in fields(TrainingRecord)) if k in task}
+    return {"source": source, "classes": task.get("classes"), "training": training}
+
+
+def read_adapter_config(directory: str | Path) -> AdapterInfo:
+    """Parse and validate ``adapter_config.json`` (0.2's, or 0.1's with its task.json)."""
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter here: {path} does not exist (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    data = _read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise AdapterFileError(f'{path}: not an adaptformer adapter config (expected "format": "{FORMAT}")')
-    if data.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(f"{path}: format_version {data.get('format_version')!r}, this library reads 1")
-    extras = {k: data[k] for k in _FILE_FIELDS if k in data}
+    version = data.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise AdapterFileError(f"{path}: format_version {version!r}, this library reads 1 and {FORMAT_VERSION}")
+    if version == 1:
+        data = {**data, **_v01_task(directory)}
+    known = {"format", "format_version", *_SPEC_FIELDS, *(_V01_FIELDS if version == 1 else ()), *_FILE_FIELDS}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise AdapterFileError(f"{path}: unknown fields {unknown}")
     try:
-        spec = ModelSpec.from_dict({k: v for k, v in data.items() if k not in _FILE_FIELDS})
+        spec = ModelSpec.from_dict({k: data[k] for k in (*_SPEC_FIELDS, *_V01_FIELDS) if k in data})
+        source = from_mapping(BackboneSource, data["source"], "source") if data.get("source") else None
+        training = from_mapping(TrainingRecord, data["training"], "training") if data.get("training") else None
+        preprocessing = Preprocessing.from_dict(data["preprocessing"]) if data.get("preprocessing") else None
     except (TypeError, ValueError) as e:
         raise AdapterFileError(f"{path}: {e}") from e
-    if "preprocessing" in extras:
-        extras["preprocessing"] = Preprocessing.from_dict(extras["preprocessing"])
-    return spec, extras
+    classes = data.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != spec.num_classes):
+        raise AdapterFileError(f"{path}: classes must be a list of {spec.num_classes} names, got {classes!r}")
+    return AdapterInfo(
+        spec, source, classes, training, preprocessing, data.get("backbone_fingerprint"), data.get("weights_sha256"),
+        data.get("num_parameters"), version,
+    )  # fmt: skip
 
 
 def load_adapter(model: nn.Module, directory: str | Path, allow_backbone_mismatch: bool = False) -> nn.Module:
@@ -150,7 +243,8 @@ def load_adapter(model: nn.Module, directory: str | Path, allow_backbone_mismatc
     ``allow_backbone_mismatch`` (then the adapter is applied to whatever backbone this is).
     """
     directory = Path(directory)
-    spec, extras = read_adapter_config(directory)
+    info = read_adapter_config(directory)
+    spec = info.spec
     name = _model_backbone_name(model)
     if _architecture(name) != _architecture(spec.backbone) and not allow_backbone_mismatch:
         raise AdapterFileError(
@@ -165,20 +259,20 @@ def load_adapter(model: nn.Module, directory: str | Path, allow_backbone_mismatc
         diff = {k: (ours[k], theirs[k]) for k in ours if k != "backbone" and ours[k] != theirs[k]}
         if diff:
             raise AdapterFileError(f"{directory}: the model's method differs from the adapter's (model, file): {diff}")
-    expected_fp = extras.get("backbone_fingerprint")
+    expected_fp = info.backbone_fingerprint
     if expected_fp is not None and not allow_backbone_mismatch:
         actual_fp = backbone_fingerprint(model)
         if actual_fp != expected_fp:
             raise AdapterFileError(
                 f"{directory}: the backbone weights differ from those the adapter was trained on "
-                f"(fingerprint {actual_fp} != {expected_fp}); load the same pre-trained checkpoint, or pass "
-                "allow_backbone_mismatch=True"
+                f"(fingerprint {actual_fp} != {expected_fp}); load the same pre-trained checkpoint (recorded: "
+                f"{info.source}), or pass allow_backbone_mismatch=True"
             )
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"adapter weights missing: {weights_path}")
     blob = weights_path.read_bytes()
-    if "weights_sha256" in extras and hashlib.sha256(blob).hexdigest() != extras["weights_sha256"]:
+    if info.weights_sha256 is not None and hashlib.sha256(blob).hexdigest() != info.weights_sha256:
         raise AdapterFileError(f"{weights_path}: SHA-256 differs from the one in {CONFIG_NAME} (corrupt or mixed up)")
     try:
         tensors = load_safetensors(blob)
@@ -201,18 +295,30 @@ def load_adapter(model: nn.Module, directory: str | Path, allow_backbone_mismatc
 
 def create_model_from_adapter(
     directory: str | Path,
-    checkpoint: str | Path | None = None,
-    checkpoint_source: str = "timm",
+    source: BackboneSource | None = None,
     allow_backbone_mismatch: bool = False,
-    **timm_kwargs: Any,
 ) -> nn.Module:
-    """Build the backbone named in ``directory``'s adapter config, load ``checkpoint`` into it, then the adapter.
-
-    ``checkpoint``/``checkpoint_source``/``timm_kwargs`` must describe the same backbone the adapter was trained on
-    (its fingerprint is checked); for method "full" the adapter holds every weight and no checkpoint is needed.
-    """
-    from .factory import build_backbone
-
-    spec, _ = read_adapter_config(directory)
-    backbone = build_backbone(spec.backbone, spec.num_classes, checkpoint, checkpoint_source, **timm_kwargs)
+    """Build the backbone ``directory``'s adapter was trained on, as its config records (or as ``source`` says, e.g.
+    another path to the same checkpoint), then load the adapter into it. The backbone's fingerprint is checked; for
+    method "full" the adapter holds every weight and the checkpoint is not needed."""
+    info = read_adapter_config(directory)
+    source = source or info.source or BackboneSource()
+    checkpoint = source.checkpoint
+    if info.spec.registered.trains_backbone:
+        checkpoint = None  # every weight is in the adapter
+    elif checkpoint is None and source.init_seed is None and not allow_backbone_mismatch:
+        raise AdapterFileError(
+            f"{directory}: the adapter was trained on a backbone with no checkpoint whose initial seed is not "
+            "recorded (an adaptformer 0.1 folder?); give the seed the run used (its config.yaml: seed), e.g. "
+            "--init-seed N"
+        )
+    elif checkpoint not in (None, "timm") and not Path(checkpoint).exists():
+        raise FileNotFoundError(
+            f"{directory}: the adapter's backbone checkpoint {checkpoint} does not exist; pass --checkpoint PATH "
+            "(the same weights)"
+        )
+    backbone = build_backbone(
+        info.spec.backbone, info.spec.num_classes, checkpoint, source.checkpoint_source, init_seed=source.init_seed,
+        **source.kwargs,
+    )  # fmt: skip
     return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch)

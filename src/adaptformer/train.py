@@ -1,17 +1,17 @@
 """The training entry point: ``train(TrainConfig)`` reads top to bottom: data, model, loaders, optimizer, resume,
 loop, final test (MAE's main_finetune, with the configuration as one validated dataclass instead of ``args``).
 
-What a run writes to ``output_dir`` (only the main process writes):
+What a run writes to ``run.output_dir`` (only the main process writes):
 
     config.yaml     the effective configuration; ``adaptformer train --config config.yaml`` repeats the run
     metrics.jsonl   one JSON object per epoch: epoch, lr, train_loss, val_acc1, val_acc5, val_loss, seconds, images/s
-    adapter/        the selected adapter (``save_adapter``; full weights for method "full") + task.json (class names,
-                    how the backbone was built)
-    checkpoint.pt   the training state for ``--resume`` (every epoch, and every ``save_every_steps`` steps)
+    adapter/        the selected adapter (``save_adapter``; full weights for method "full"), its adapter_config.json
+                    recording the class names, how the backbone was built and how training evaluated it
+    checkpoint.pt   the training state for ``run.resume`` (every epoch, and every ``run.save_every_steps`` steps)
     test.json       the test split, evaluated once at the end with the selected adapter (video datasets: multi-view
                     acc1/acc5 over test_clips x test_crops views per video, plus single_view_acc1/acc5)
 
-Model selection uses only the validation split carved from the training data (seeded, ``val_split``): with
+Model selection uses only the validation split carved from the training data (seeded, ``data.val_split``): with
 ``select: best`` the adapter of the epoch with the best validation top-1 is kept (the earliest on ties), with
 ``select: last`` the final one. The test split never influences training or selection.
 
@@ -42,7 +42,6 @@ from .engine.config import TrainConfig
 from .engine.data import TrainBatchSampler, eval_loader, train_loader
 from .engine.datasets import DataSpec, load_split
 from .engine.distributed import DistributedContext, all_gather_objects, barrier, init_distributed, shutdown, wrap_model
-from .engine.inference import TaskInfo
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
 from .engine.progress import Progress
@@ -50,10 +49,10 @@ from .engine.records import TEST_FILE, MetricsLog, write_json
 from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .engine.schedule import WarmupCosine
 from .factory import create_model
-from .methods import AdaptFormerConfig, VPTConfig
+from .methods import method_of
 from .model import parameter_report, task_state_dict
 from .precision import resolve_precision
-from .saving import load_adapter, save_adapter
+from .saving import TrainingRecord, load_adapter, save_adapter
 from .speed import apply_speed
 
 logger = logging.getLogger(__name__)
@@ -90,41 +89,38 @@ class _StopRequested(Exception):
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The backbone with its pre-trained weights, the task head and the adaptation method of ``cfg``."""
-    method: str | AdaptFormerConfig | VPTConfig = cfg.method
-    if cfg.method == "adaptformer":
-        bottleneck = tuple(cfg.bottleneck) if isinstance(cfg.bottleneck, list) else cfg.bottleneck
-        layers = tuple(cfg.adapter_layers) if cfg.adapter_layers is not None else None
-        method = AdaptFormerConfig(
-            bottleneck=bottleneck, scale=cfg.adapter_scale, dropout=cfg.adapter_dropout, form=cfg.adapter_form,
-            layers=layers,
-        )  # fmt: skip
-    elif cfg.method == "vpt":
-        method = VPTConfig(num_tokens=cfg.vpt_tokens, deep=cfg.vpt_deep)
-    if cfg.checkpoint is None and cfg.method != "full":
-        logger.warning("no --checkpoint: the frozen backbone is randomly initialised")
+    """The backbone with its pre-trained weights, the task head and the adaptation method of ``cfg``.
+
+    Without a checkpoint the backbone's random initialisation follows the run's seed, set here, so that the same
+    backbone can be built again from the seed alone (``adaptformer eval`` does, for such an adapter).
+    """
+    m = cfg.model
+    if m.checkpoint is None and not method_of(m.method).trains_backbone:
+        logger.warning("no model.checkpoint: the frozen backbone is randomly initialised (seed %d)", cfg.run.seed)
     return create_model(
-        cfg.model, num_classes, method=method, head=cfg.head, checkpoint=cfg.checkpoint,
-        checkpoint_source=cfg.checkpoint_source, drop_path_rate=cfg.drop_path, **cfg.backbone_kwargs(),
+        m.backbone, num_classes, method=m.method, head=m.head, checkpoint=m.checkpoint,
+        checkpoint_source=m.checkpoint_source, init_seed=cfg.run.seed if m.checkpoint is None else None,
+        drop_path_rate=m.drop_path, **cfg.backbone_kwargs(),
     )  # fmt: skip
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
     """Micro-batches per optimizer step on each process so that the step holds ``effective_batch`` samples."""
-    if cfg.effective_batch is None:
+    if cfg.optim.effective_batch is None:
         return 1
-    per_step = cfg.batch_size * world_size
-    if cfg.effective_batch % per_step:
+    per_step = cfg.optim.batch_size * world_size
+    if cfg.optim.effective_batch % per_step:
         raise ValueError(
-            f"effective_batch {cfg.effective_batch} is not a multiple of batch_size {cfg.batch_size} x {world_size} "
+            f"optim.effective_batch {cfg.optim.effective_batch} is not a multiple of optim.batch_size "
+            f"{cfg.optim.batch_size} x {world_size} "
             "processes"
         )
-    return cfg.effective_batch // per_step
+    return cfg.optim.effective_batch // per_step
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run the training that ``cfg`` describes (one process, or one rank of a ``torchrun`` job)."""
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.run.device)
     try:
         return _train(cfg, ctx)
     finally:
@@ -132,53 +128,58 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
-    out = Path(cfg.output_dir)
+    out = Path(cfg.run.output_dir)
     state_path = out / STATE_FILE
     resume_state = _read_resume_state(cfg, state_path)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(replace(cfg, resume=False, stop_after_steps=None).to_yaml())
-    seed_everything(cfg.seed)
+        (out / CONFIG_FILE).write_text(
+            replace(cfg, run=replace(cfg.run, resume=False, stop_after_steps=None)).to_yaml()
+        )
+    seed_everything(cfg.run.seed)
 
     # Data: the splits (images or videos), untransformed until the model says which input it needs.
     spec = DataSpec.from_config(cfg)
     train_split, test_split = load_split(spec, "train"), load_split(spec, "test")
     classes = train_split.classes
     if test_split.classes != classes:
-        raise ValueError(f"{cfg.dataset}: the train and test splits have different classes")
+        raise ValueError(f"{cfg.data.dataset}: the train and test splits have different classes")
 
     # Model: backbone + pre-trained weights + method + head, then the speed options for the device and precision.
-    precision = resolve_precision(cfg.precision, ctx.device)
-    model = apply_speed(build_model(cfg, len(classes)), cfg.speed(), ctx.device, precision.name)
+    precision = resolve_precision(cfg.optim.precision, ctx.device)
+    model = apply_speed(build_model(cfg, len(classes)), cfg.speed, ctx.device, precision.name)
     if ctx.is_main:
-        logger.info("%s, method %s:\n%s", cfg.model, cfg.method, parameter_report(model))
-    seed_everything(derive_seed(cfg.seed, ctx.rank))  # same init on every process; own dropout draws per process
+        logger.info("%s, method %s:\n%s", cfg.model.backbone, cfg.model.method, parameter_report(model))
+    seed_everything(derive_seed(cfg.run.seed, ctx.rank))  # same init on every process; own dropout draws per process
     train_part, val_part = train_split.build(model, "train"), None
-    if cfg.val_split:  # the same samples, deterministic single view, stratified by label
+    if cfg.data.val_split:  # the same samples, deterministic single view, stratified by label
         val_source = train_split.build(model, "eval")
-        train_part, val_part = train_val_split(train_part, cfg.val_split, cfg.split_seed, val_dataset=val_source)
+        train_part, val_part = train_val_split(
+            train_part, cfg.data.val_split, cfg.data.split_seed, val_dataset=val_source
+        )
     test_part = test_split.build(model, "test")
 
     # Loaders: the same sample order for any number of processes at the same effective batch.
     accum = accumulation_steps(cfg, ctx.world_size)
-    sampler = TrainBatchSampler(len(train_part), cfg.batch_size, accum, ctx.world_size, ctx.rank, cfg.seed)
-    loader = train_loader(train_part, sampler, cfg.seed, cfg.num_workers, ctx.device)
-    eval_args = (cfg.eval_batch_size, cfg.num_workers, ctx.device, ctx.world_size, ctx.rank)
+    o = cfg.optim
+    sampler = TrainBatchSampler(len(train_part), o.batch_size, accum, ctx.world_size, ctx.rank, cfg.run.seed)
+    loader = train_loader(train_part, sampler, cfg.run.seed, cfg.data.num_workers, ctx.device)
+    eval_args = (o.eval_batch_size, cfg.data.num_workers, ctx.device, ctx.world_size, ctx.rank)
     val_loader = eval_loader(val_part, *eval_args) if val_part is not None else None
     test_loader = eval_loader(test_part, *eval_args)
 
     # Optimizer, schedule, precision.
     effective = sampler.samples_per_step
-    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, effective)
-    how = "given" if cfg.lr is not None else f"blr {cfg.blr:g} x {effective} / 256"
+    lr = o.lr if o.lr is not None else scaled_lr(o.blr, effective)
+    how = "given" if o.lr is not None else f"blr {o.blr:g} x {effective} / 256"
     if ctx.is_main:
         logger.info(
             "effective batch %d = %d per device x %d accumulation x %d devices; lr %.6g (%s); %d steps per epoch",
-            effective, cfg.batch_size, accum, ctx.world_size, lr, how, sampler.steps_per_epoch,
+            effective, o.batch_size, accum, ctx.world_size, lr, how, sampler.steps_per_epoch,
         )  # fmt: skip
-    optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.weight_decay, cfg.momentum, tuple(cfg.betas))
+    optimizer = build_optimizer(model, o.optimizer, lr, o.weight_decay, o.momentum, tuple(o.betas))
     steps = sampler.steps_per_epoch
-    scheduler = WarmupCosine(optimizer, lr, round(cfg.warmup_epochs * steps), cfg.epochs * steps, cfg.min_lr)
+    scheduler = WarmupCosine(optimizer, lr, round(o.warmup_epochs * steps), o.epochs * steps, o.min_lr)
     scaler = precision.grad_scaler()
     criterion = nn.CrossEntropyLoss()
     ddp_model = wrap_model(model, ctx)
@@ -194,12 +195,10 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             logger.warning("new run in %s: removing %s of an earlier run", out, ", ".join(p.name for p in stale))
         for path in stale:
             path.unlink()
-    metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.tensorboard)
+    metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
     metrics.keep_epochs_before(pos.epoch)
-    task = TaskInfo(
-        classes, cfg.dataset, cfg.backbone_kwargs(), _resolved_checkpoint(cfg.checkpoint), cfg.checkpoint_source,
-        precision.name, cfg.eval_batch_size, cfg.dataset_options, spec.video_record(),
-    )  # fmt: skip
+    evaluation = TrainingRecord(cfg.data.dataset, dict(cfg.data.options), spec.video_record(), precision.name,
+                            o.eval_batch_size)  # fmt: skip
 
     def save_state() -> None:
         rng = all_gather_objects(capture_rng_state(), ctx)  # every process's generators
@@ -208,36 +207,36 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
 
     def on_step(info: StepInfo) -> None:
         pos.step_in_epoch, pos.stats = info.step_in_epoch, info.stats
-        stop = cfg.stop_after_steps is not None and info.global_step >= cfg.stop_after_steps
-        if stop or (cfg.save_every_steps and info.global_step % cfg.save_every_steps == 0):
+        stop = cfg.run.stop_after_steps is not None and info.global_step >= cfg.run.stop_after_steps
+        if stop or (cfg.run.save_every_steps and info.global_step % cfg.run.save_every_steps == 0):
             save_state()
         if stop:
             raise _StopRequested
 
     # The loop.
     try:
-        for epoch in range(pos.epoch, cfg.epochs):
+        for epoch in range(pos.epoch, o.epochs):
             started = time.perf_counter() - pos.stats.seconds  # a resumed epoch keeps its earlier time
             sampler.set_epoch(epoch, start_step=pos.step_in_epoch)
             progress = Progress(
-                steps, f"epoch {epoch + 1}/{cfg.epochs}", ctx.is_main, cfg.log_every, initial=pos.step_in_epoch
+                steps, f"epoch {epoch + 1}/{o.epochs}", ctx.is_main, cfg.run.log_every, initial=pos.step_in_epoch
             )
             stats = train_one_epoch(
                 ddp_model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=epoch,
-                accum_steps=accum, clip_grad=cfg.clip_grad, stats=pos.stats, progress=progress, on_step=on_step,
+                accum_steps=accum, clip_grad=o.clip_grad, stats=pos.stats, progress=progress, on_step=on_step,
             )  # fmt: skip
             progress.close()
             record: dict[str, Any] = {"epoch": epoch, "lr": stats.lr, "train_loss": stats.loss}
-            last = epoch + 1 == cfg.epochs
-            if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            last = epoch + 1 == o.epochs
+            if val_loader is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
                 val = classification_metrics(evaluate(ddp_model, val_loader, precision, ctx))
                 record.update({"val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_loss": val["loss"]})
                 if pos.best_val_acc1 is None or val["acc1"] > pos.best_val_acc1:
                     pos.best_val_acc1, pos.best_epoch = val["acc1"], epoch
-                    if cfg.select == "best":
-                        _save_selected(model, task, out, ctx)
-            if cfg.select == "last" and last:
-                _save_selected(model, task, out, ctx)
+                    if cfg.run.select == "best":
+                        _save_selected(model, classes, evaluation, out, ctx)
+            if cfg.run.select == "last" and last:
+                _save_selected(model, classes, evaluation, out, ctx)
             record.update({"seconds": time.perf_counter() - started, "images/s": stats.images_per_second})
             metrics.append(record)
             if ctx.is_main:
@@ -256,22 +255,22 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     barrier(ctx)
     load_adapter(model, out / ADAPTER_DIR)
     test = test_split.score(evaluate(model, test_loader, precision, ctx), test_part)
-    selected_epoch = pos.best_epoch if cfg.select == "best" else cfg.epochs - 1
+    selected_epoch = pos.best_epoch if cfg.run.select == "best" else o.epochs - 1
     selected_val = pos.best_val_acc1
-    if cfg.select == "last" and ctx.is_main:
+    if cfg.run.select == "last" and ctx.is_main:
         selected_val = next((r.get("val_acc1") for r in metrics.read() if r["epoch"] == selected_epoch), None)
-    report = {"split": "test", **test, "select": cfg.select, "epoch": selected_epoch, "val_acc1": selected_val}
+    report = {"split": "test", **test, "select": cfg.run.select, "epoch": selected_epoch, "val_acc1": selected_val}
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
-        logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.select, test)
+        logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)
     return TrainResult(out, report, pos.best_epoch, pos.best_val_acc1, False, ctx.is_main)
 
 
 def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | None:
-    if not cfg.resume:
+    if not cfg.run.resume:
         return None
     if not state_path.is_file():
-        logger.warning("--resume: no training state at %s; starting from the beginning", state_path)
+        logger.warning("run.resume: no training state at %s; starting from the beginning", state_path)
         return None
     state = load_training_state(state_path)
     saved = TrainConfig.from_dict(state["config"])
@@ -279,20 +278,16 @@ def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | N
     if differences:
         raise TrainingStateError(
             f"{state_path} was written by a run with a different configuration (saved, now): {differences}; "
-            f"resume with the same settings (e.g. --config {state_path.parent / CONFIG_FILE} --resume)"
+            f"resume with the same settings (e.g. --config {state_path.parent / CONFIG_FILE} --run.resume true)"
         )
     return state
 
 
-def _resolved_checkpoint(checkpoint: str | None) -> str | None:
-    if checkpoint is None or not Path(checkpoint).exists():
-        return checkpoint
-    return str(Path(checkpoint).resolve())
-
-
-def _save_selected(model: nn.Module, task: TaskInfo, out: Path, ctx: DistributedContext) -> None:
+def _save_selected(
+    model: nn.Module, classes: list[str], record: TrainingRecord, out: Path, ctx: DistributedContext
+) -> None:
     if ctx.is_main:
-        task.save(save_adapter(model, out / ADAPTER_DIR))
+        save_adapter(model, out / ADAPTER_DIR, classes, record)
 
 
 def _state_dict(
@@ -339,7 +334,7 @@ def _restore(
         logger.warning(
             "resuming on %d processes a state saved by %d: RNG streams restart", ctx.world_size, len(state["rng"])
         )
-        seed_everything(state["config"]["seed"] + state["global_step"] + ctx.rank)
+        seed_everything(TrainConfig.from_dict(state["config"]).run.seed + state["global_step"] + ctx.rank)
     return RunPosition(
         state["epoch"],
         state["step_in_epoch"],

@@ -2,18 +2,18 @@
 data-parallel helpers and progress reporting. ``adaptformer.train.train`` wires them into a run. Image and video
 datasets reach it through one interface (:mod:`.datasets`: load a split, build it for the model, score it).
 
-    cfg = TrainConfig(dataset="cifar100", data_dir="data/", model="vit_base_patch16_224.mae", ...)
+    cfg = TrainConfig(data=DataConfig(dataset="cifar100", data_dir="data/"), model=ModelConfig(backbone=...))
     stats = train_one_epoch(model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=0)
     metrics = classification_metrics(evaluate(model, val_loader, precision, ctx))
 """
 
 from ..precision import Precision, resolve_precision
 from .checkpointing import STATE_FILE, TrainingStateError, load_training_state, save_training_state
-from .config import TrainConfig, add_config_arguments, config_overrides
+from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, VideoConfig
 from .data import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
 from .datasets import DataSpec, ImageSplit, VideoSettings, VideoSplit, load_split
 from .distributed import DistributedContext, init_distributed, wrap_model
-from .inference import TaskInfo, evaluate_split, load_trained_model, predict_images
+from .inference import class_names, evaluate_split, load_trained_model, predict_images
 from .loop import (
     EpochStats,
     NonFiniteLossError,
@@ -30,27 +30,30 @@ from .schedule import WarmupCosine
 
 __all__ = [
     "STATE_FILE",
+    "DataConfig",
     "DataSpec",
     "DistributedContext",
     "EpochStats",
     "ImageSplit",
+    "ModelConfig",
     "NonFiniteLossError",
+    "OptimConfig",
     "Precision",
     "Predictions",
     "Progress",
+    "RunConfig",
     "ShardSampler",
     "StepInfo",
-    "TaskInfo",
     "TrainBatchSampler",
     "TrainConfig",
     "TrainingStateError",
+    "VideoConfig",
     "VideoSettings",
     "VideoSplit",
     "WarmupCosine",
-    "add_config_arguments",
     "build_optimizer",
+    "class_names",
     "classification_metrics",
-    "config_overrides",
     "eval_loader",
     "evaluate",
     "evaluate_split",

@@ -1,299 +1,341 @@
-"""``TrainConfig``: every knob of a training run in one validated dataclass, saved as YAML next to the results.
+"""``TrainConfig``: a training run as five nested dataclasses, the same ones the Python API takes.
 
-Values come from three layers, later ones winning: the defaults below < a recipe or config file (YAML) < command
-line flags. The merged result is written to ``<output_dir>/config.yaml``; passing that file back with ``--config``
-repeats the run. Every field carries a one-line help text, which is what ``adaptformer train --help`` shows.
+    model   the backbone, its weights, the head and the method (``method`` is the method's own config class)
+    data    the dataset and how it is read and augmented (``video``: clip sampling and test views)
+    optim   optimizer, schedule, batch and precision
+    speed   :class:`adaptformer.speed.SpeedConfig`
+    run     output folder, device, seed, model selection, checkpointing and logging
+
+Each section validates its values on construction (ValueError naming the field); :class:`TrainConfig` checks what
+spans sections. Files and the command line go through :mod:`.config_parser` (jsonargparse: types, nested groups,
+help texts from the docstrings below); YAML mirrors the nesting, with the method as ``{name: <registered name>,
+<its fields>}``. A run writes its configuration to ``<run.output_dir>/config.yaml``; passing that back with
+``--config`` repeats the run.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..data import IMAGE_DATASETS, PAPER_CROP_SCALE, ImageAugment
 from ..data.video import STRATEGIES, VIDEO_DATASETS
-from ..heads import HEADS
-from ..methods import method_names
-from ..methods.adaptformer import FORMS
-from ..precision import PRECISIONS as STORAGE_DTYPES
+from ..methods import AdaptFormerConfig, MethodConfig, method_of
+from ..precision import PRECISION_CHOICES
 from ..pretrained import CONVERTERS
-from ..speed import ATTENTIONS, AUTO, SWITCHES, SpeedConfig
+from ..speed import SpeedConfig
+from ..validation import check_choice, to_plain
 
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SELECTIONS = ("best", "last")
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
-# Video-only fields and their defaults: setting one for an image dataset is an error rather than silently ignored.
-VIDEO_FIELDS = {
-    "num_frames": None, "sampling": None, "sampling_stride": None, "test_clips": 4, "test_crops": 3,
-    "skip_bad_videos": False,
-}  # fmt: skip
-# Image-only fields and their defaults, likewise an error when changed for a video dataset.
-IMAGE_FIELDS = {"crop_scale": list(PAPER_CROP_SCALE)}
-# Fields that steer how a run executes but not what it computes; a resumed run may change them.
-RUN_CONTROL_FIELDS = (
-    "resume", "stop_after_steps", "num_workers", "log_every", "tensorboard", "recipe", "output_dir",
-    "grad_checkpointing", "compile",
-)  # fmt: skip
-SPEED_HELP = {
-    "frozen_dtype": "storage dtype of frozen weights: fp32, bf16, fp16, or auto (= the precision)",
-    "attention": "attention: fused (SDPA), math (matmul-softmax), split (math with autograd, else fused), auto",
-    "frozen_prefix": "run blocks before the first trainable one without autograd: on, off, auto",
-    "frozen_backward": "hand-written backward for frozen halves of adapted/VPT ViT blocks (exact): on, off, auto",
-    "class_token_tail": "last block for the class token only when the head reads only it (exact): on, off, auto",
-    "grad_checkpointing": "recompute block activations in backward: less memory, slower steps",
-    "compile": "torch.compile the model (slow first steps; measure first)",
-}
+# Sections and fields that steer how a run executes but not what it computes; a resumed run may change them.
+RUN_CONTROL = ("speed", "run.resume", "run.stop_after_steps", "run.log_every", "run.tensorboard", "run.recipe",
+               "run.output_dir", "data.num_workers")  # fmt: skip
 
 
-def _f(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with an immutable default, its CLI help text, help group and allowed values."""
-    return field(default=default, metadata=_meta(help, group, choices))
+def _at_least(name: str, value: float | int | None, low: float) -> None:
+    if value is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
 
 
-def _meta(help: str, group: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
-    return {"help": help, "group": group, "choices": choices}
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 @dataclass
-class TrainConfig:
-    """The complete, validated description of a training run (see the module docstring)."""
+class ModelConfig:
+    """The backbone, its pre-trained weights, the task head and the adaptation method.
 
-    # model
-    model: str = _f(
-        "vit_base_patch16_224", "timm model name; a pretrained tag (e.g. .mae) sets the normalisation", "model"
-    )
-    model_kwargs: dict[str, Any] = field(
-        default_factory=dict,
-        metadata=_meta("extra timm.create_model kwargs as YAML/JSON, e.g. '{img_size: 32}'", "model"),
-    )
-    method: str = _f("adaptformer", "adaptation method", "model", method_names())
-    head: str = _f("paper", "task head: paper (BatchNorm1d without affine + Linear, MAE's) or linear", "model", HEADS)
-    checkpoint: str | None = _f(
-        None, "pre-trained backbone weights: a local file, 'timm' (timm's own), or none", "model"
-    )
-    checkpoint_source: str = _f("timm", "key layout of --checkpoint", "model", tuple(CONVERTERS))
-    bottleneck: int | float | list[int] = field(
-        default=64, metadata=_meta("AdaptMLP hidden width d^ (int), ratio of block width, or a list per stage", "model")
-    )
-    adapter_scale: float | str = _f(0.1, "adapter output scale s, or 'learnable'", "model")
-    adapter_dropout: float = _f(0.1, "dropout after the adapter's ReLU (paper: 0.1 images, 0.0 video)", "model")
-    adapter_form: str = _f("parallel", "adapter placement: beside the MLP or after it", "model", FORMS)
-    adapter_layers: list[int] | None = field(
-        default=None, metadata=_meta("block indices that get an adapter, e.g. '[6, 7, 8]' (default: all)", "model")
-    )
-    vpt_tokens: int = _f(1, "VPT prompt tokens per layer", "model")
-    vpt_deep: bool = _f(True, "VPT-deep (prompts at every block) or, with --no-vpt-deep, VPT-shallow", "model")
-    drop_path: float = _f(0.0, "stochastic depth rate of the backbone's residual branches", "model")
-    # data
-    dataset: str = _f("", "dataset kind (required); video kinds: " + ", ".join(VIDEO_DATASETS), "data", DATASET_KINDS)
-    data_dir: str | None = _f(None, "folder holding the dataset in its standard layout", "data")
-    dataset_options: dict[str, Any] = field(
-        default_factory=dict, metadata=_meta("per-kind dataset options as YAML/JSON, e.g. '{num_samples: 64}'", "data")
-    )
-    verify_checksums: bool = _f(True, "check the md5 of CIFAR/SVHN files against the official release", "data")
-    skip_bad_images: bool = _f(
-        False, "image kinds with one file per image: drop unreadable ones (counted in log and test.json)", "data"
-    )
-    skip_bad_videos: bool = _f(
-        False, "video kinds with files: probe every video, drop undecodable ones (counted in log and test.json)", "data"
-    )
-    val_split: int | float = _f(0.1, "validation carved from train: fraction, sample count, or 0 for none", "data")
-    split_seed: int = _f(0, "seed of the train/validation split", "data")
-    num_workers: int = _f(4, "data loading worker processes per device", "data")
-    # augmentation
-    crop_scale: list[float] = field(
-        default_factory=lambda: list(PAPER_CROP_SCALE),
-        metadata=_meta("[min, max] area fraction RandomResizedCrop keeps of a training image", "augmentation"),
-    )
-    flip: bool | None = _f(
-        None, "random horizontal flip of training inputs; none: the paper's (images on, video off)", "augmentation"
-    )
-    # video
-    num_frames: int | None = _f(None, "frames per clip, passed to the video backbone (none: its default, 8)", "video")
-    sampling: str | None = _f(
-        None, "temporal sampling: segment (TSN; ssv2's default) or dense (strided; the others')", "video", STRATEGIES
-    )
-    sampling_stride: int | None = _f(None, "frames between sampled frames, dense sampling (none: kind's, 4)", "video")
-    test_clips: int = _f(4, "temporal clips per test video; their logits are averaged with the crops'", "video")
-    test_crops: int = _f(3, "spatial crops per test clip: 1 (centre) or 3 (along the long side)", "video")
-    # optimisation
-    epochs: int = _f(100, "training epochs", "optimisation")
-    warmup_epochs: float = _f(20.0, "epochs of linear lr warmup from 0 (per iteration), then cosine", "optimisation")
-    batch_size: int = _f(128, "samples per device per forward pass (micro-batch)", "optimisation")
-    effective_batch: int | None = _f(
-        None, "samples per optimizer step over all devices (gradient accumulation)", "optimisation"
-    )
-    eval_batch_size: int = _f(256, "samples per device per forward pass in evaluation", "optimisation")
-    optimizer: str = _f("sgd", "optimizer: sgd (with momentum) or adamw", "optimisation", OPTIMIZERS)
-    blr: float = _f(0.1, "base lr; lr = blr * effective_batch / 256", "optimisation")
-    lr: float | None = _f(None, "absolute lr (overrides --blr)", "optimisation")
-    min_lr: float = _f(0.0, "lr at the end of the cosine schedule", "optimisation")
-    momentum: float = _f(0.9, "SGD momentum", "optimisation")
-    betas: list[float] = field(
-        default_factory=lambda: [0.9, 0.999], metadata=_meta("AdamW betas, e.g. '[0.9, 0.999]'", "optimisation")
-    )
-    weight_decay: float = _f(
-        0.0, "weight decay (never applied to norms, biases, position embeddings, prompts)", "optimisation"
-    )
-    clip_grad: float | None = _f(None, "clip the gradient norm to this value; none: no clipping", "optimisation")
-    precision: str = _f(
-        "auto", "autocast dtype; auto: bf16 on CPU and bf16-capable GPUs, else fp16", "optimisation", PRECISIONS
-    )
-    device: str = _f("auto", "device: auto (cuda if available), cpu, cuda, cuda:1, ...", "optimisation")
-    seed: int = _f(0, "seed of initialisation, data order, augmentation and dropout", "optimisation")
-    # speed (adaptformer.speed.SpeedConfig; "auto" = the measured choice for the device and precision)
-    frozen_dtype: str = _f(AUTO, SPEED_HELP["frozen_dtype"], "speed", (AUTO, *STORAGE_DTYPES))
-    attention: str = _f(AUTO, SPEED_HELP["attention"], "speed", (AUTO, *ATTENTIONS))
-    frozen_prefix: str = _f(AUTO, SPEED_HELP["frozen_prefix"], "speed", (AUTO, *SWITCHES))
-    frozen_backward: str = _f(AUTO, SPEED_HELP["frozen_backward"], "speed", (AUTO, *SWITCHES))
-    class_token_tail: str = _f(AUTO, SPEED_HELP["class_token_tail"], "speed", (AUTO, *SWITCHES))
-    grad_checkpointing: bool = _f(False, SPEED_HELP["grad_checkpointing"], "speed")
-    compile: bool = _f(False, SPEED_HELP["compile"], "speed")
-    # output
-    output_dir: str = _f("output", "where metrics.jsonl, config.yaml, adapter/ and the training state go", "output")
-    select: str = _f("best", "adapter to keep and test: best (validation top-1) or last epoch", "output", SELECTIONS)
-    eval_every: int = _f(1, "validate every N epochs (and always after the last)", "output")
-    save_every_steps: int = _f(
-        0, "also write the training state every N optimizer steps (0: at epoch ends only)", "output"
-    )
-    log_every: int = _f(20, "optimizer steps between progress log lines when output is not a terminal", "output")
-    tensorboard: bool = _f(False, "also write TensorBoard scalars to <output_dir>/tensorboard (if installed)", "output")
-    resume: bool = _f(False, "continue from <output_dir>/checkpoint.pt if it exists", "output")
-    stop_after_steps: int | None = _f(None, "debug: save the training state and stop after N optimizer steps", "output")
-    recipe: str | None = _f(None, "name or file of the recipe this configuration started from (a record)", "output")
+    Args:
+        backbone: timm model name; a pretrained tag (e.g. .mae) sets the input normalisation.
+        kwargs: extra timm.create_model kwargs, e.g. {img_size: 32}.
+        checkpoint: pre-trained backbone weights: a local file, 'timm' (timm's own), or null (random init from the
+            run's seed, recorded so the adapter can be evaluated later).
+        checkpoint_source: key layout of the checkpoint file (timm, mae, videomae, hf-videomae, inflate-image).
+        head: task head: paper (BatchNorm1d without affine + Linear, MAE's) or linear.
+        drop_path: stochastic depth rate of the backbone's residual branches.
+        method: the adaptation method and its settings (--model.method NAME, then --model.method.FIELD VALUE).
+    """
+
+    backbone: str = "vit_base_patch16_224"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_source: str = "timm"
+    head: Literal["paper", "linear"] = "paper"
+    drop_path: float = 0.0
+    method: MethodConfig = field(default_factory=AdaptFormerConfig)
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        self._validate()
+        check_choice("model.checkpoint_source", self.checkpoint_source, tuple(CONVERTERS))
+        check_choice("model.head", self.head, ("paper", "linear"))
+        _probability("model.drop_path", self.drop_path)
+        if not isinstance(self.method, MethodConfig):
+            raise ValueError(f"model.method must be a method config (e.g. AdaptFormerConfig()), got {self.method!r}")
+        method_of(self.method)  # registered?
 
-    def _validate(self) -> None:
-        _choice("method", self.method, method_names())
-        _choice("head", self.head, HEADS)
-        _choice("checkpoint_source", self.checkpoint_source, tuple(CONVERTERS))
-        _choice("adapter_form", self.adapter_form, FORMS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("select", self.select, SELECTIONS)
-        if not self.dataset:
-            raise ValueError(f"dataset is required (--dataset KIND, one of {sorted(DATASET_KINDS)})")
-        _choice("dataset", self.dataset, DATASET_KINDS)
-        self._validate_video()
-        self.speed()
-        if isinstance(self.adapter_scale, str) and self.adapter_scale != "learnable":
-            raise ValueError(f"adapter_scale must be a number or 'learnable', got {self.adapter_scale!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "vpt_tokens", "eval_every", "log_every"):
-            _at_least(name, getattr(self, name), 1)
-        for name in (
-            "num_workers",
-            "save_every_steps",
-            "split_seed",
-            "seed",
-            "warmup_epochs",
-            "min_lr",
-            "weight_decay",
-        ):
-            _at_least(name, getattr(self, name), 0)
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
-        for name in ("blr", "lr", "clip_grad"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
-        probabilities = {
-            "momentum": self.momentum,
-            "adapter_dropout": self.adapter_dropout,
-            "drop_path": self.drop_path,
-        }
-        probabilities.update({f"betas[{i}]": b for i, b in enumerate(self.betas)})
-        for name, value in probabilities.items():
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        if self.effective_batch is not None and (self.effective_batch % self.batch_size or self.effective_batch < 1):
+    @property
+    def method_name(self) -> str:
+        return method_of(self.method).name
+
+
+@dataclass
+class VideoConfig:
+    """Clips of video datasets (none of these apply to image datasets).
+
+    Args:
+        num_frames: frames per clip, passed to the video backbone (null: its default, 8).
+        sampling: temporal sampling: segment (TSN; ssv2's default) or dense (strided; the others'); null: the kind's.
+        sampling_stride: frames between sampled frames, dense sampling (null: the kind's, 4).
+        test_clips: temporal clips per test video; their logits are averaged with the crops'.
+        test_crops: spatial crops per test clip: 1 (centre) or 3 (along the long side).
+    """
+
+    num_frames: int | None = None
+    sampling: Literal["segment", "dense"] | None = None
+    sampling_stride: int | None = None
+    test_clips: int = 4
+    test_crops: int = 3
+
+    def __post_init__(self) -> None:
+        if self.sampling is not None:
+            check_choice("data.video.sampling", self.sampling, STRATEGIES)
+        _at_least("data.video.num_frames", self.num_frames, 1)
+        _at_least("data.video.sampling_stride", self.sampling_stride, 1)
+        _at_least("data.video.test_clips", self.test_clips, 1)
+        if self.test_crops not in (1, 3):
             raise ValueError(
-                f"effective_batch ({self.effective_batch}) must be a multiple of batch_size ({self.batch_size})"
+                f"data.video.test_crops must be 1 (centre) or 3 (along the long side), got {self.test_crops}"
             )
-        if self.stop_after_steps is not None:
-            _at_least("stop_after_steps", self.stop_after_steps, 1)
-        v = self.val_split
-        if v < 0 or (isinstance(v, float) and not v < 1.0):
-            raise ValueError(f"val_split must be 0, a fraction in (0, 1) or a sample count >= 1, got {v!r}")
-        if v == 0 and self.select == "best":
-            raise ValueError("select 'best' needs a validation split; set val_split > 0 or select 'last'")
 
-    def _validate_video(self) -> None:
-        if self.dataset not in VIDEO_DATASETS:
-            changed = [name for name, default in VIDEO_FIELDS.items() if getattr(self, name) != default]
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """The dataset, how it is read, split and augmented.
+
+    Args:
+        dataset: dataset kind (required): an image kind (cifar100, svhn, food101, imagefolder, digits, synthetic, ...)
+            or a video kind (ssv2, hmdb51, video-list, video-folder, synthetic-video).
+        data_dir: folder holding the dataset in its standard layout.
+        options: per-kind dataset options, e.g. {num_samples: 64}.
+        verify_checksums: check the md5 of CIFAR/SVHN files against the official release.
+        skip_bad_images: image kinds with one file per image: drop unreadable ones (counted in log and test.json).
+        skip_bad_videos: video kinds: probe every video, drop undecodable ones (counted in log and test.json).
+        val_split: validation carved from train: fraction, sample count, or 0 for none.
+        split_seed: seed of the train/validation split.
+        num_workers: data loading worker processes per device.
+        crop_scale: [min, max] area fraction RandomResizedCrop keeps of a training image (image kinds).
+        flip: random horizontal flip of training inputs; null: the paper's (images on, video off).
+        video: clip sampling and test views (video kinds).
+    """
+
+    dataset: str
+    data_dir: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    verify_checksums: bool = True
+    skip_bad_images: bool = False
+    skip_bad_videos: bool = False
+    val_split: int | float = 0.1
+    split_seed: int = 0
+    num_workers: int = 4
+    crop_scale: tuple[float, float] = PAPER_CROP_SCALE
+    flip: bool | None = None
+    video: VideoConfig = field(default_factory=VideoConfig)
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise ValueError(f"data.dataset is required (--data.dataset KIND, one of {sorted(DATASET_KINDS)})")
+        check_choice("data.dataset", self.dataset, DATASET_KINDS)
+        self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
+        for name in ("split_seed", "num_workers"):
+            _at_least(f"data.{name}", getattr(self, name), 0)
+        v = self.val_split
+        if isinstance(v, bool) or v < 0 or (isinstance(v, float) and not v < 1.0):
+            raise ValueError(f"data.val_split must be 0, a fraction in (0, 1) or a sample count >= 1, got {v!r}")
+        if self.is_video:
+            self._check_video()
+        else:
+            changed = [f"video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
+            changed += ["skip_bad_videos"] if self.skip_bad_videos else []
             if changed:
-                raise ValueError(f"{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
+                raise ValueError(f"data.{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
             self.image_augment()  # validates crop_scale
-            return
+
+    def _check_video(self) -> None:
         if self.skip_bad_images:
             raise ValueError(
-                f"skip_bad_images applies to image datasets; {self.dataset!r} is a video dataset: use skip_bad_videos "
-                "(--skip-bad-videos), which probes every video and drops the undecodable ones (counted)"
+                f"data.skip_bad_images applies to image datasets; {self.dataset!r} is a video dataset: use "
+                "data.skip_bad_videos, which probes every video and drops the undecodable ones (counted)"
             )
-        changed = [name for name, default in IMAGE_FIELDS.items() if getattr(self, name) != default]
-        if changed:
+        if tuple(self.crop_scale) != PAPER_CROP_SCALE:
             raise ValueError(
-                f"{changed} apply to image datasets only; {self.dataset!r} is a video dataset (its training crops are "
-                "the multi-scale crop of the paper's video recipe)"
+                f"data.crop_scale applies to image datasets only; {self.dataset!r} is a video dataset (its training "
+                "crops are the multi-scale crop of the paper's video recipe)"
             )
-        if self.sampling is not None:
-            _choice("sampling", self.sampling, STRATEGIES)
-        for name in ("num_frames", "sampling_stride"):
-            if getattr(self, name) is not None:
-                _at_least(name, getattr(self, name), 1)
-        _at_least("test_clips", self.test_clips, 1)
-        if self.test_crops not in (1, 3):
-            raise ValueError(f"test_crops must be 1 (centre) or 3 (along the long side), got {self.test_crops}")
-        given = self.model_kwargs.get("num_frames")
-        if self.num_frames is not None and given is not None and given != self.num_frames:
-            raise ValueError(f"num_frames {self.num_frames} contradicts model_kwargs num_frames {given}")
 
-    def speed(self) -> SpeedConfig:
-        """The speed options as a :class:`~adaptformer.speed.SpeedConfig` (validated)."""
-        return SpeedConfig(**{f.name: getattr(self, f.name) for f in fields(SpeedConfig)})
+    @property
+    def is_video(self) -> bool:
+        return self.dataset in VIDEO_DATASETS
 
     def flips(self) -> bool:
         """Whether training inputs are flipped: ``flip``, or the paper's default for the modality (video: off)."""
-        return self.flip if self.flip is not None else self.dataset not in VIDEO_DATASETS
+        return self.flip if self.flip is not None else not self.is_video
 
     def image_augment(self) -> ImageAugment:
         """The random geometry of training images (image datasets)."""
-        return ImageAugment(tuple(self.crop_scale), self.flips())  # type: ignore[arg-type]  # checks the length
+        return ImageAugment(tuple(self.crop_scale), self.flips())  # type: ignore[arg-type]
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule, batch and precision (the paper's Table 5 by default).
+
+    Args:
+        epochs: training epochs.
+        warmup_epochs: epochs of linear lr warmup from 0 (per iteration), then cosine.
+        batch_size: samples per device per forward pass (micro-batch).
+        effective_batch: samples per optimizer step over all devices (gradient accumulation); null: batch_size x
+            devices.
+        eval_batch_size: samples per device per forward pass in evaluation.
+        optimizer: sgd (with momentum) or adamw.
+        blr: base lr; lr = blr * effective_batch / 256.
+        lr: absolute lr (overrides blr).
+        min_lr: lr at the end of the cosine schedule.
+        momentum: SGD momentum.
+        betas: AdamW betas.
+        weight_decay: weight decay (never applied to norms, biases, position embeddings, prompts).
+        clip_grad: clip the gradient norm to this value; null: no clipping.
+        precision: autocast dtype: auto (bf16 on CPU and bf16-capable GPUs, else fp16), fp32, bf16, fp16.
+    """
+
+    epochs: int = 100
+    warmup_epochs: float = 20.0
+    batch_size: int = 128
+    effective_batch: int | None = None
+    eval_batch_size: int = 256
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    blr: float = 0.1
+    lr: float | None = None
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    clip_grad: float | None = None
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("optim.optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("optim.precision", self.precision, PRECISION_CHOICES)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            _at_least(f"optim.{name}", getattr(self, name), 1)
+        for name in ("warmup_epochs", "min_lr", "weight_decay"):
+            _at_least(f"optim.{name}", getattr(self, name), 0)
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs}) must not exceed optim.epochs ({self.epochs})")
+        for name in ("blr", "lr", "clip_grad"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"optim.{name} must be a positive number, got {value!r}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers, got {self.betas!r}")
+        _probability("optim.momentum", self.momentum)
+        for i, b in enumerate(self.betas):
+            _probability(f"optim.betas[{i}]", b)
+        if self.effective_batch is not None and (self.effective_batch < 1 or self.effective_batch % self.batch_size):
+            raise ValueError(
+                f"optim.effective_batch ({self.effective_batch}) must be a multiple of optim.batch_size "
+                f"({self.batch_size})"
+            )
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes, on what it runs, and how it selects, saves and logs.
+
+    Args:
+        output_dir: where metrics.jsonl, config.yaml, adapter/ and the training state go.
+        device: auto (cuda if available), cpu, cuda, cuda:1, ...
+        seed: seed of initialisation (of the backbone too when there is no checkpoint), data order, augmentation
+            and dropout.
+        select: adapter to keep and test: best (validation top-1) or last epoch.
+        eval_every: validate every N epochs (and always after the last).
+        save_every_steps: also write the training state every N optimizer steps (0: at epoch ends only).
+        log_every: optimizer steps between progress log lines when output is not a terminal.
+        tensorboard: also write TensorBoard scalars to <output_dir>/tensorboard (if installed).
+        resume: continue from <output_dir>/checkpoint.pt if it exists.
+        stop_after_steps: debug: save the training state and stop after N optimizer steps.
+        recipe: name or file of the recipe this configuration started from (a record).
+    """
+
+    output_dir: str = "output"
+    device: str = "auto"
+    seed: int = 0
+    select: Literal["best", "last"] = "best"
+    eval_every: int = 1
+    save_every_steps: int = 0
+    log_every: int = 20
+    tensorboard: bool = False
+    resume: bool = False
+    stop_after_steps: int | None = None
+    recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("run.select", self.select, ("best", "last"))
+        for name in ("eval_every", "log_every", "stop_after_steps"):
+            _at_least(f"run.{name}", getattr(self, name), 1)
+        for name in ("save_every_steps", "seed"):
+            _at_least(f"run.{name}", getattr(self, name), 0)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The complete, validated description of a training run (see the module docstring).
+
+    Args:
+        model: the backbone, its weights, the head and the adaptation method.
+        data: the dataset and how it is read and augmented.
+        optim: optimizer, schedule, batch and precision.
+        speed: speed and memory options (every one keeps the model's function).
+        run: output, device, seed, model selection, checkpointing and logging.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.val_split == 0 and self.run.select == "best":
+            raise ValueError("run.select 'best' needs a validation split; set data.val_split > 0 or run.select 'last'")
+        given = self.model.kwargs.get("num_frames")
+        frames = self.data.video.num_frames
+        if frames is not None and given is not None and given != frames:
+            raise ValueError(f"data.video.num_frames {frames} contradicts model.kwargs num_frames {given}")
 
     def backbone_kwargs(self) -> dict[str, Any]:
-        """The timm kwargs of the backbone: ``model_kwargs``, plus ``num_frames`` when set."""
-        extra = {"num_frames": self.num_frames} if self.num_frames is not None else {}
-        return {**self.model_kwargs, **extra}
+        """The timm kwargs of the backbone: ``model.kwargs``, plus ``num_frames`` when set."""
+        frames = self.data.video.num_frames
+        return {**self.model.kwargs, **({"num_frames": frames} if frames is not None else {})}
 
-    # -- serialisation ------------------------------------------------------------------------------------------
+    # -- serialisation: plain nested data, the method as {name: ..., <fields>} --------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = to_plain(self)
+        data["model"]["method"] = {"name": self.model.method_name, **self.model.method.to_dict()}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a mapping of field values; unknown keys are an error that lists the known ones."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a training configuration must be a mapping, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; known keys: {known}")
-        return cls(**data)
+        """Build from nested plain data (or an adaptformer 0.1 flat mapping); types are checked, unknown keys and bad
+        values are errors that name the key."""
+        from .config_parser import parse_mapping
+
+        return parse_mapping(data)
 
     def to_yaml(self) -> str:
         header = "# adaptformer training configuration: `adaptformer train --config THIS_FILE` repeats the run\n"
@@ -303,14 +345,44 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml_mapping(path))
 
-    def merged(self, overrides: dict[str, Any]) -> TrainConfig:
-        """A copy with ``overrides`` applied (validated again)."""
-        return replace(self, **overrides)
-
     def training_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """Fields (other than run-control ones) whose values differ: (self, other)."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in RUN_CONTROL_FIELDS and a[k] != b[k]}
+        """Dotted keys (other than run-control ones) whose values differ: (self, other)."""
+        a, b = _flatten(self.to_dict()), _flatten(other.to_dict())
+        keys = sorted(set(a) | set(b))
+        control = tuple(RUN_CONTROL)
+        return {
+            k: (a.get(k), b.get(k))
+            for k in keys
+            if a.get(k) != b.get(k) and not any(k == c or k.startswith(c + ".") for c in control)
+        }
+
+
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base`` (plain nested configuration data): sections merge key by key, free-form mappings
+    (``kwargs``, ``options``) are replaced whole, and so is a method of another name (a method without a name
+    updates the current one's fields)."""
+    out = dict(base)
+    for key, value in update.items():
+        old = out.get(key)
+        if key == "method" and isinstance(old, dict) and isinstance(value, dict):
+            same = value.get("name", old.get("name")) == old.get("name")
+            out[key] = {**old, **value} if same else dict(value)
+        elif isinstance(old, dict) and isinstance(value, dict) and key not in ("kwargs", "options"):
+            out[key] = merge_config(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "kwargs" and key != "options":
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -323,113 +395,3 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of configuration keys, got {type(data).__name__}")
     return data
-
-
-# -- type checking ----------------------------------------------------------------------------------------------
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
-def _at_least(name: str, value: float | int, low: float) -> None:
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-
-
-def _options(hint: Any) -> tuple[Any, ...]:
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` if it has the declared type (ints widen to float), else ValueError naming the field."""
-    for option in _options(hint):
-        origin = typing.get_origin(option) or option
-        if option is type(None) and value is None:
-            return None
-        if origin is bool and isinstance(value, bool):
-            return value
-        if isinstance(value, bool):
-            continue
-        if origin is int and isinstance(value, int):
-            return value
-        if origin is float and isinstance(value, (int, float)):
-            return float(value)
-        if origin is str and isinstance(value, str):
-            return value
-        if origin is dict and isinstance(value, dict):
-            return dict(value)
-        if origin is list and isinstance(value, (list, tuple)):
-            (item,) = typing.get_args(option)
-            try:
-                return [_coerce(f"{name}[]", v, item) for v in value]
-            except ValueError:
-                continue
-    raise ValueError(f"{name} must be of type {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _type_name(hint: Any) -> str:
-    return " | ".join(getattr(o, "__name__", str(o)).replace("NoneType", "none") for o in _options(hint))
-
-
-# -- command line ------------------------------------------------------------------------------------------------
-
-
-def _cli_value(hint: Any) -> typing.Callable[[str], Any]:
-    """Parse a flag's text as YAML (so 0.1 is a number, '[1, 2]' a list, 'none' None); str-only fields stay text."""
-    options = _options(hint)
-
-    def parse(text: str) -> Any:
-        if text.lower() in ("none", "null") and type(None) in options:
-            return None
-        if set(options) <= {str, type(None)}:  # names and paths stay text, even '123'
-            return text
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise argparse.ArgumentTypeError(f"not valid YAML/JSON: {e}") from e
-        if isinstance(value, str) and float in options:  # YAML 1.1 reads '1e-3' as text
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        return value
-
-    parse.__name__ = _type_name(hint)
-    return parse
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per TrainConfig field (except ``skip``), grouped, with its help text and default.
-
-    Flags default to ``argparse.SUPPRESS``, so the parsed namespace holds only the flags actually given: those
-    override the recipe/config file, which overrides the defaults.
-    """
-    hints = typing.get_type_hints(TrainConfig)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in fields(TrainConfig):
-        if f.name in skip:
-            continue
-        group_name = f.metadata["group"]
-        if group_name not in groups:
-            groups[group_name] = parser.add_argument_group(group_name)
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        shown = "none" if default is None else default
-        kwargs["help"] = f"{f.metadata['help']} (default: {shown})" if default != "" else f.metadata["help"]
-        if hints[f.name] in (bool, bool | None):  # --flag / --no-flag; absent: the file's value or the default
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.metadata["choices"]:
-            kwargs["choices"] = f.metadata["choices"]
-        else:
-            kwargs["type"] = _cli_value(hints[f.name])
-            kwargs["metavar"] = _type_name(hints[f.name]).upper().replace(" | ", "|").replace("NONE", "none")
-        groups[group_name].add_argument(flag, **kwargs)
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields present in ``args`` (the flags the user gave)."""
-    names = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}

@@ -109,17 +109,17 @@ class DataSpec:
         return self.kind in VIDEO_DATASETS
 
     def video_record(self) -> dict[str, Any] | None:
-        """The video settings with the kind's defaults filled in, as recorded in task.json; None for images."""
+        """The video settings with the kind's defaults filled in, as an adapter records them; None for images."""
         return self.video.resolved(self.kind).to_dict() if self.is_video else None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> DataSpec:
-        video = cfg.dataset in VIDEO_DATASETS
-        settings = VideoSettings(cfg.sampling, cfg.sampling_stride, cfg.flips(), cfg.test_clips, cfg.test_crops)
+        d, v = cfg.data, cfg.data.video
+        settings = VideoSettings(v.sampling, v.sampling_stride, d.flips(), v.test_clips, v.test_crops)
         return cls(
-            cfg.dataset, cfg.data_dir, dict(cfg.dataset_options), cfg.verify_checksums,
-            cfg.skip_bad_videos if video else cfg.skip_bad_images, settings,
-            ImageAugment() if video else cfg.image_augment(),
+            d.dataset, d.data_dir, dict(d.options), d.verify_checksums,
+            d.skip_bad_videos if d.is_video else d.skip_bad_images, settings,
+            ImageAugment() if d.is_video else d.image_augment(),
         )  # fmt: skip
 
 

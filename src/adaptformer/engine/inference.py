@@ -1,16 +1,16 @@
 """Using a trained adapter: rebuild the model, evaluate it on a dataset split, classify image files.
 
-Training writes ``<adapter_dir>/task.json`` next to the adapter files: the class names (index = label) and how the
-backbone was built (timm kwargs, pre-trained checkpoint and its source), plus the evaluation batch size, precision,
-dataset options and, for video, the clip sampling and test views, so ``adaptformer eval`` and ``predict`` need only
-the adapter folder and reproduce training's numbers.
+Everything needed comes from the adapter folder's ``adapter_config.json`` (:class:`~adaptformer.saving.AdapterInfo`):
+how to build the backbone, the class names, and how training evaluated the adapter (dataset, its options, video
+views, precision, batch size), so ``adaptformer eval`` and ``predict`` need only the folder and reproduce training's
+numbers; each of those can be overridden.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ import torch
 import torch.nn as nn
 
 from ..data import build_image_transform, load_rgb
+from ..factory import BackboneSource
 from ..precision import resolve_precision
 from ..preprocessing import Preprocessing
-from ..saving import atomic_write_bytes, create_model_from_adapter, read_adapter_config
+from ..saving import AdapterInfo, create_model_from_adapter, read_adapter_config
 from ..speed import SpeedConfig, apply_speed
 from .data import eval_loader
 from .datasets import DataSpec, clip_frames, load_split
@@ -29,53 +30,10 @@ from .loop import evaluate
 
 logger = logging.getLogger(__name__)
 
-TASK_FILE = "task.json"
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What an adapter folder needs besides the adapter itself to be used (see the module docstring).
-
-    Args:
-        classes: class names, index = label.
-        dataset: the dataset kind it was trained on.
-        model_kwargs: timm kwargs the backbone was built with.
-        checkpoint: the pre-trained weights (a file path, "timm", or None).
-        checkpoint_source: the key layout of ``checkpoint``.
-        precision: the autocast precision evaluation ran in.
-        eval_batch_size: the batch size evaluation ran with.
-        dataset_options: the per-kind dataset options training used.
-        video: for video datasets, the clip sampling and test views (``VideoSettings`` fields, defaults resolved).
-    """
-
-    classes: list[str]
-    dataset: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    checkpoint_source: str = "timm"
-    precision: str = "auto"
-    eval_batch_size: int = 256
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    video: dict[str, Any] | None = None
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / TASK_FILE
-        atomic_write_bytes(path, (json.dumps(asdict(self), indent=2) + "\n").encode())
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TaskInfo | None:
-        """The folder's task info, or None if it has none (an adapter saved by the library, not by training)."""
-        path = Path(directory) / TASK_FILE
-        if not path.is_file():
-            return None
-        data = json.loads(path.read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 def read_class_names(path: str | Path) -> list[str]:
-    """Class names from a JSON list, a task.json, or a text file with one name per line."""
+    """Class names from a JSON list, a JSON object with "classes" (e.g. adapter_config.json), or a text file with one
+    name per line."""
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".json":
@@ -94,39 +52,44 @@ def load_trained_model(
     checkpoint_source: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     model_name: str | None = None,
-) -> tuple[nn.Module, TaskInfo | None]:
-    """The trained model of ``adapter_dir`` (eval mode, CPU) and its task info.
+    init_seed: int | None = None,
+) -> tuple[nn.Module, AdapterInfo]:
+    """The trained model of ``adapter_dir`` (eval mode, CPU) and what its config records.
 
-    ``checkpoint``, ``checkpoint_source`` and ``model_kwargs`` default to those recorded in task.json; ``model_name``,
-    if given, must be the backbone the adapter names (a guard against mixing up folders).
+    The backbone is built as recorded; ``checkpoint``, ``checkpoint_source``, ``model_kwargs`` and ``init_seed``
+    override single parts of that (e.g. the same weights at another path). ``model_name``, if given, must be the
+    backbone the adapter names (a guard against mixing up folders).
     """
-    spec, _ = read_adapter_config(adapter_dir)
-    if model_name is not None and model_name.split(".")[0] != spec.backbone.split(".")[0]:
-        raise ValueError(f"{adapter_dir} holds an adapter for {spec.backbone!r}, not for {model_name!r}")
-    task = TaskInfo.load(adapter_dir)
-    if checkpoint is None and task is not None:
-        checkpoint = task.checkpoint
-    if checkpoint_source is None:
-        checkpoint_source = task.checkpoint_source if task is not None else "timm"
-    kwargs = model_kwargs if model_kwargs is not None else (task.model_kwargs if task is not None else {})
-    model = create_model_from_adapter(adapter_dir, checkpoint, checkpoint_source, **kwargs)
-    return model.eval(), task
+    info = read_adapter_config(adapter_dir)
+    if model_name is not None and model_name.split(".")[0] != info.spec.backbone.split(".")[0]:
+        raise ValueError(f"{adapter_dir} holds an adapter for {info.spec.backbone!r}, not for {model_name!r}")
+    source = info.source or BackboneSource()
+    overrides = {"checkpoint": checkpoint, "checkpoint_source": checkpoint_source, "kwargs": model_kwargs,
+                 "init_seed": init_seed}  # fmt: skip
+    source = replace(source, **{k: v for k, v in overrides.items() if v is not None})
+    model = create_model_from_adapter(adapter_dir, source)
+    return model.eval(), info
 
 
-def check_classes(num_outputs: int, classes: list[str], task: TaskInfo | None, where: str) -> None:
+def class_names(info: AdapterInfo) -> list[str]:
+    """The adapter's class names, or "0", "1", ... when none were recorded."""
+    return list(info.classes) if info.classes else [str(i) for i in range(info.spec.num_classes)]
+
+
+def check_classes(num_outputs: int, classes: list[str], info: AdapterInfo | None, where: str) -> None:
     """A head/class-count mismatch is an error; differing class names (same count) only a warning."""
     if num_outputs != len(classes):
         raise ValueError(
             f"the adapter's head has {num_outputs} classes but {where} has {len(classes)}; "
             "this adapter was trained for a different task"
         )
-    if task is not None and task.classes and task.classes != classes:
+    if info is not None and info.classes and info.classes != classes:
         logger.warning("class names of %s differ from those the adapter was trained with", where)
 
 
 def evaluate_split(
     model: nn.Module,
-    task: TaskInfo | None,
+    info: AdapterInfo | None,
     spec: DataSpec,
     split: str,
     ctx: DistributedContext,
@@ -144,11 +107,12 @@ def evaluate_split(
     applied to ``model`` in place first (:func:`adaptformer.speed.apply_speed`, e.g. frozen weights stored in bf16).
     """
     data = load_split(spec, split)
-    check_classes(model.num_classes, data.classes, task, f"{spec.kind} {split}")
+    check_classes(model.num_classes, data.classes, info, f"{spec.kind} {split}")
     dataset = data.build(model, "test")
-    batch_size = batch_size or (task.eval_batch_size if task else 256)
+    training = info.training if info is not None else None
+    batch_size = batch_size or (training.eval_batch_size if training else 256)
     loader = eval_loader(dataset, batch_size, num_workers, ctx.device, ctx.world_size, ctx.rank)
-    chosen = resolve_precision(precision or (task.precision if task else "auto"), ctx.device)
+    chosen = resolve_precision(precision or (training.precision if training else "auto"), ctx.device)
     if speed is not None:
         apply_speed(model, speed, ctx.device, chosen.name)
     return data.score(evaluate(model.to(ctx.device), loader, chosen, ctx), dataset)

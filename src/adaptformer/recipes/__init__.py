@@ -1,51 +1,108 @@
-"""The paper's training recipes as YAML files: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2,
-HMDB51; each x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column. The first comment
-line of each says what it reproduces. A recipe is a partial ``TrainConfig``: command-line flags override it, and the
-fields it leaves out keep their defaults.
+"""The paper's training recipes: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2, HMDB51; each
+x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column.
 
-    load_recipe("cifar100_adaptformer64")      # by name
-    load_recipe("my_runs/food_custom.yaml")    # or any YAML file (e.g. a run's config.yaml)
+They are data, in ``table1.yaml``: each dataset's settings once, each method row once, the few exceptions per
+dataset (full fine-tuning's 0.1x lr on SVHN and Food-101, no adapter dropout for video). A recipe is a partial,
+nested training configuration: a config file and command-line flags override it, and the fields it leaves out keep
+their defaults.
+
+    recipe_config("cifar100_adaptformer64")     # by name: the merged nested mapping
+    load_recipe("my_runs/food_custom.yaml")      # or any YAML file (e.g. a run's config.yaml)
 """
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import read_yaml_mapping
+import yaml
 
-SUFFIX = ".yaml"
+from ..engine.config import merge_config, read_yaml_mapping
+
+TABLE = "table1.yaml"
+
+
+@functools.cache
+def _table() -> dict[str, Any]:
+    return yaml.safe_load((resources.files(__name__) / TABLE).read_text())
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped with the package, sorted."""
-    return sorted(p.name[: -len(SUFFIX)] for p in resources.files(__name__).iterdir() if p.name.endswith(SUFFIX))
+    """Names of the shipped recipes (``<dataset>_<row>``), sorted."""
+    table = _table()
+    return sorted(f"{dataset}_{row}" for dataset in table["datasets"] for row in table["rows"])
 
 
-def recipe_path(name_or_path: str | Path) -> Path:
-    """The file of a shipped recipe name, or ``name_or_path`` itself if it is an existing file."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    name = str(name_or_path)
-    if name.endswith(SUFFIX) or "/" in name or "\\" in name:
-        raise FileNotFoundError(f"recipe file not found: {name}")
-    resource = resources.files(__name__) / f"{name}{SUFFIX}"
-    if not resource.is_file():
-        raise ValueError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
-    return Path(str(resource))
+def _split(name: str) -> tuple[str, str]:
+    table = _table()
+    for dataset in table["datasets"]:
+        row = name.removeprefix(f"{dataset}_")
+        if row != name and row in table["rows"]:
+            return dataset, row
+    raise ValueError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
 
 
-def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
-    """The configuration values of a recipe (by name) or YAML file (by path), unvalidated."""
-    return read_yaml_mapping(recipe_path(name_or_path))
+def recipe_config(name: str) -> dict[str, Any]:
+    """The nested configuration of the shipped recipe ``name`` (see ``table1.yaml`` for how it is merged)."""
+    table = _table()
+    dataset_name, row_name = _split(name)
+    dataset, row = table["datasets"][dataset_name], table["rows"][row_name]
+    config: dict[str, Any] = {}
+    for layer in (
+        table["common"],
+        table["modalities"][dataset["modality"]]["config"],
+        dataset["config"],
+        row["config"],
+        dataset.get("rows", {}).get(row_name, {}),
+    ):
+        config = merge_config(config, layer)
+    return merge_config(config, {"run": {"recipe": name}})
 
 
 def recipe_summary(name: str) -> str:
-    """The first comment line of a shipped recipe (what it reproduces)."""
-    first = recipe_path(name).read_text().splitlines()[0]
-    return first.lstrip("# ").strip()
+    """What the recipe reproduces, with the paper's number."""
+    table = _table()
+    dataset_name, row_name = _split(name)
+    dataset = table["datasets"][dataset_name]
+    backbone = table["modalities"][dataset["modality"]]["backbone"]
+    score = dataset["paper"][row_name]
+    row = table["rows"][row_name]["title"]
+    return f"{dataset['title']}, {row}: paper Table 1 reports {score:.2f} top-1 ({backbone})"
 
 
-__all__ = ["load_recipe", "recipe_names", "recipe_path", "recipe_summary"]
+def recipe_text(name: str) -> str:
+    """The recipe as a commented YAML file, e.g. to save, edit and pass with ``--config``."""
+    table = _table()
+    dataset_name, _ = _split(name)
+    dataset = table["datasets"][dataset_name]
+    notes = [recipe_summary(name), "Recipe of paper Table 5 (identical for every method but where noted).",
+             table["modalities"][dataset["modality"]]["setup"], dataset.get("setup", "")]  # fmt: skip
+    header = "".join(f"# {line}\n" for note in notes if note for line in _wrap(note))
+    return header + yaml.safe_dump(recipe_config(name), sort_keys=False)
+
+
+def _wrap(text: str, width: int = 116) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """The configuration of a shipped recipe (by name) or of a YAML file (by path), unvalidated."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return read_yaml_mapping(path)
+    name = str(name_or_path)
+    if name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name:
+        raise FileNotFoundError(f"recipe file not found: {name}")
+    return recipe_config(name)
+
+
+__all__ = ["load_recipe", "recipe_config", "recipe_names", "recipe_summary", "recipe_text"]
