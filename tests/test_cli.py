@@ -83,8 +83,8 @@ def test_train_writes_the_documented_outputs(setup: dict[str, Path], capsys: pyt
 
 def test_eval_reproduces_the_logged_test_accuracy(setup: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
-    args = ["eval", "--model", VIT, "--adapter", str(setup["out"] / "adapter"), "--dataset", "cifar100",
-            "--data-dir", str(setup["data"]), "--split", "test", "--no-verify-checksums"]  # fmt: skip
+    args = ["eval", "--model", VIT, "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
+            "--data.data_dir", str(setup["data"]), "--split", "test", "--data.verify_checksums", "false"]  # fmt: skip
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     logged = json.loads((setup["out"] / "test.json").read_text())
@@ -135,8 +135,8 @@ def test_predict_prints_class_names(setup: dict[str, Path], tmp_path: Path, caps
 
 
 def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path], capsys) -> None:
-    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--dataset", "synthetic",
-            "--dataset-options", "{num_samples: 8, image_size: 32}"]  # fmt: skip
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "synthetic",
+            "--data.options", "{num_samples: 8, image_size: 32}"]  # fmt: skip
     assert main(args) == 2
     assert "head has 100 classes but synthetic test has 10" in capsys.readouterr().err
 
@@ -144,16 +144,13 @@ def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path],
 @pytest.mark.parametrize(
     ("flag", "match"),
     [
-        (
-            "--skip-bad-videos",
-            "--skip-bad-videos does not apply to 'cifar100', an image dataset; use",
-        ),
-        ("--skip-bad-images", "skip_bad_images applies to kinds with one file per image (food101, imagefolder)"),
+        ("--data.skip_bad_videos", "data.['skip_bad_videos'] apply to video datasets only; 'cifar100' is an image"),
+        ("--data.skip_bad_images", "skip_bad_images applies to kinds with one file per image (food101, imagefolder)"),
     ],
 )
 def test_eval_skip_flags_never_pass_silently(setup: dict[str, Path], capsys, flag: str, match: str) -> None:
-    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--dataset", "cifar100",
-            "--data-dir", str(setup["data"]), "--no-verify-checksums", flag]  # fmt: skip
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
+            "--data.data_dir", str(setup["data"]), "--data.verify_checksums", "false", flag, "true"]  # fmt: skip
     assert main(args) == 2
     assert match in capsys.readouterr().err
 

@@ -94,8 +94,8 @@ def test_train_reports_multi_and_single_view_test_accuracy(setup: dict[str, Path
 def test_eval_from_the_adapter_folder_reproduces_the_test_numbers(
     setup: dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
-    code, printed, _ = run_cli(["eval", "--adapter", str(setup["out"] / "adapter"), "--data-dir", str(setup["data"])],
-                               capsys)  # fmt: skip
+    adapter, data = str(setup["out"] / "adapter"), str(setup["data"])
+    code, printed, _ = run_cli(["eval", "--adapter", adapter, "--data.data_dir", data], capsys)
     logged = json.loads((setup["out"] / "test.json").read_text())
     assert code == 0 and printed is not None
     for key in ("acc1", "acc5", "single_view_acc1", "single_view_acc5", "n", "views_per_video", "skipped"):
@@ -119,8 +119,8 @@ def test_two_processes_aggregate_every_video_exactly_once(
     setup: dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
     # 5 videos x 3 clips x 1 crop = 15 views: odd, so the two shards differ in size and no view may be padded.
-    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data-dir", str(setup["data"]), "--test-clips", "3",
-            "--test-crops", "1", "--batch-size", "4"]  # fmt: skip
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.data_dir", str(setup["data"]),
+            "--data.video.test_clips", "3", "--data.video.test_crops", "1", "--batch-size", "4"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "adaptformer.cli", *args]  # fmt: skip
@@ -149,12 +149,12 @@ def test_bad_videos_fail_naming_the_file_or_are_skipped_and_counted(
     (bad_root / "test.txt").write_text("\n".join([good[0], f"{tmp_path / 'corrupt.mp4'} 1", *good[1:],
                                                   f"{tmp_path / 'empty.mp4'} 2"]) + "\n")  # fmt: skip
     (bad_root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data-dir", str(bad_root), "--test-clips", "1",
-            "--test-crops", "1"]  # fmt: skip
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.data_dir", str(bad_root),
+            "--data.video.test_clips", "1", "--data.video.test_crops", "1"]  # fmt: skip
     for workers in ("0", "1"):  # a worker process's error reaches the user as itself, naming the file
         code, _, err = run_cli([*args, "--num-workers", workers], capsys)
         assert code == 2 and f"error: cannot decode video {tmp_path / 'corrupt.mp4'}: cannot open" in err, workers
-    code, printed, _ = run_cli([*args, "--skip-bad-videos"], capsys)
+    code, printed, _ = run_cli([*args, "--data.skip_bad_videos", "true"], capsys)
     assert code == 0 and printed is not None
     assert printed["n"] == NUM_TEST and printed["skipped"] == 2  # never predicted: neither right nor wrong
 
@@ -166,7 +166,7 @@ def test_a_label_outside_the_class_range_is_an_error(
     root.mkdir()
     (root / "test.txt").write_text(f"{setup['data'] / 'videos' / 'test0.mp4'} 0\n{setup['data'] / 'videos'}/x.mp4 3\n")
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    code, _, err = run_cli(["eval", "--adapter", str(setup["out"] / "adapter"), "--data-dir", str(root)], capsys)
+    code, _, err = run_cli(["eval", "--adapter", str(setup["out"] / "adapter"), "--data.data_dir", str(root)], capsys)
     assert code == 2 and "test.txt, line 2: label 3 is outside [0, 3)" in err
 
 
@@ -242,10 +242,10 @@ def test_skip_flags_name_the_right_one_and_only_apply_where_files_can_be_skipped
         DataConfig(dataset="imagefolder", skip_bad_videos=True)
     with pytest.raises(ValueError, match="'synthetic-video' has none to skip"):
         load_split(DataSpec("synthetic-video", skip_bad=True), "train")
-    code, _, err = run_cli(["eval", "--adapter", str(setup["out"] / "adapter"), "--skip-bad-images"], capsys)
-    assert (
-        code == 2 and "--skip-bad-images does not apply to 'videolist', a video dataset; use --skip-bad-videos" in err
+    code, _, err = run_cli(
+        ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.skip_bad_images", "true"], capsys
     )
+    assert code == 2 and "'videolist' is a video dataset: use data.skip_bad_videos" in err
 
 
 def test_videofolder_labels_follow_the_train_class_folders(tmp_path: Path) -> None:

@@ -270,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _config_command(command, argv[argv.index(command) + 1 :])
         args.verbose = verbose
     else:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and command != "eval":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.data_flags = unknown  # eval's --data.* flags: the data section's, read by jsonargparse
     level = logging.DEBUG if args.verbose else logging.INFO
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the other processes only warn
         level = logging.WARNING

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from typing import Any
 
 import yaml
 
-from .data.video import STRATEGIES, VIDEO_DATASETS
 from .precision import PRECISION_CHOICES
 from .saving import AdapterInfo
 
@@ -52,31 +50,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_data_spec(args: argparse.Namespace, info: AdapterInfo) -> Any:
-    """The data to evaluate on: the flags given, else what training recorded (for the same dataset kind)."""
-    from .engine.datasets import DataSpec, VideoSettings
+    """The data to evaluate on: the ``--data.*`` flags over what training recorded (for the same dataset kind)."""
+    from .engine.config_parser import parse_data_cli
+    from .engine.datasets import DataSpec
 
     record = info.training
-    kind = args.dataset or (record.dataset if record else None)
+    flags = list(args.data_flags)
+    kind = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--data.dataset"), None)
+    kind = kind or next((f.split("=", 1)[1] for f in flags if f.startswith("--data.dataset=")), None)
+    kind = kind or (record.dataset if record else None)
     if kind is None:
-        raise ValueError("--dataset is required (the adapter folder does not record one)")
-    recorded = record if record is not None and record.dataset == kind else None
-    options = (
-        args.dataset_options if args.dataset_options is not None else (recorded.dataset_options if recorded else {})
-    )
-    try:
-        video = VideoSettings(**recorded.video) if recorded is not None and recorded.video else VideoSettings()
-    except TypeError as e:
-        raise ValueError(f"{args.adapter}: the recorded video settings {recorded.video} are not valid ({e})") from e
-    flags = {"sampling": args.sampling, "stride": args.sampling_stride, "test_clips": args.test_clips,
-             "test_crops": args.test_crops}  # fmt: skip
-    video = replace(video, **{k: v for k, v in flags.items() if v is not None})
-    is_video = kind in VIDEO_DATASETS
-    misplaced = args.skip_bad_images if is_video else args.skip_bad_videos
-    if misplaced:
-        given, wanted, what = ("images", "videos", "a video") if is_video else ("videos", "images", "an image")
-        raise ValueError(f"--skip-bad-{given} does not apply to {kind!r}, {what} dataset; use --skip-bad-{wanted}")
-    skip_bad = args.skip_bad_videos if is_video else args.skip_bad_images
-    return DataSpec(kind, args.data_dir, options, args.verify_checksums, skip_bad, video)
+        raise ValueError("--data.dataset is required (the adapter folder does not record one)")
+    defaults: dict[str, Any] = {"dataset": kind}
+    if record is not None and record.dataset == kind:  # the recorded options and views belong to that kind
+        defaults["options"] = record.dataset_options
+        if record.video:
+            v = record.video  # VideoSettings' names -> the data section's
+            defaults["video"] = {
+                "sampling": v.get("sampling"), "sampling_stride": v.get("stride"),
+                "test_clips": v.get("test_clips", 4), "test_crops": v.get("test_crops", 3),
+            }  # fmt: skip
+    return DataSpec.from_config(parse_data_cli(flags, defaults))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -111,34 +105,19 @@ def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_adapter_commands(sub: Any) -> None:
     """The ``eval`` and ``predict`` subcommands."""
-    from .engine.config import DATASET_KINDS
-
-    evaluate = sub.add_parser("eval", help="evaluate a trained adapter on a dataset split; prints one JSON line")
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a trained adapter on a dataset split; prints one JSON line",
+        description="The dataset flags are the data section of `adaptformer train` (--data.dataset, --data.data_dir, "
+        "--data.options, --data.verify_checksums, --data.skip_bad_images/videos, --data.video.test_clips/test_crops/"
+        "sampling/sampling_stride; `adaptformer train --help` lists them). Defaults: what training recorded for its "
+        "dataset kind (for video the same views, multi-view acc1/acc5 with n = videos, plus single_view_acc1/acc5).",
+    )
     _add_adapter_arguments(evaluate)
     evaluate.add_argument("--model", default=None, help="backbone name; checked against the adapter's")
-    evaluate.add_argument("--dataset", default=None, choices=sorted(DATASET_KINDS), help="dataset kind (default: "
-                          "the one training recorded)")  # fmt: skip
-    evaluate.add_argument("--data-dir", default=None, help="folder holding the dataset in its standard layout")
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="batch size (default: as in training)")
     evaluate.add_argument("--num-workers", type=int, default=0, help="data loading workers (default: 0)")
-    evaluate.add_argument("--dataset-options", type=_yaml_value, default=None, help="per-kind dataset options as "
-                          "YAML/JSON (default: as in training)")  # fmt: skip
-    evaluate.add_argument(
-        "--verify-checksums", action=argparse.BooleanOptionalAction, default=True, help="check CIFAR/SVHN md5 sums"
-    )
-    evaluate.add_argument("--skip-bad-images", action="store_true", help="image kinds with files: drop unreadable "
-                          "ones (counted)")  # fmt: skip
-    evaluate.add_argument("--skip-bad-videos", action="store_true", help="video kinds with files: drop undecodable "
-                          "ones (counted)")  # fmt: skip
-    video = evaluate.add_argument_group(
-        "video", "multi-view testing: prints multi-view acc1/acc5 (logits averaged per video; n = videos) and "
-        "single_view_acc1/acc5. Defaults: as training recorded, else the dataset kind's and 4 x 3 views.",
-    )  # fmt: skip
-    video.add_argument("--sampling", default=None, choices=STRATEGIES, help="temporal sampling: segment or dense")
-    video.add_argument("--sampling-stride", type=int, default=None, help="frames between sampled frames (dense)")
-    video.add_argument("--test-clips", type=int, default=None, help="temporal clips per video")
-    video.add_argument("--test-crops", type=int, default=None, choices=[1, 3], help="spatial crops per clip")
     evaluate.set_defaults(func=_cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files with a trained adapter; prints top-k classes")

@@ -12,6 +12,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from .errors import UnsupportedModelError
+from .validation import check_choice
 
 HEADS = ("paper", "linear")
 
@@ -51,8 +52,7 @@ def set_head(model: nn.Module, kind: str, num_classes: int, init_std: float = 0.
     "linear" keeps the model's own Linear when it already has the right shape (for example one just loaded from a
     fine-tuned checkpoint); "paper" always starts a fresh head, as in the paper.
     """
-    if kind not in HEADS:
-        raise ValueError(f"head must be one of {list(HEADS)}, got {kind!r}")
+    check_choice("head", kind, HEADS)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     path = classifier_path(model)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from .validation import check_choice, from_mapping
+
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
@@ -42,8 +44,7 @@ class Preprocessing:
             raise ValueError(f"std must be positive, got {self.std}")
         if len(self.input_size) != 3 or min(self.input_size) <= 0:
             raise ValueError(f"input_size must be (channels, height, width) > 0, got {self.input_size}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        check_choice("interpolation", self.interpolation, _INTERPOLATIONS)
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
@@ -57,12 +58,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(
-                f"unknown preprocessing fields {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**data)
+        return from_mapping(cls, data, "preprocessing")
 
     @classmethod
     def from_model(cls, model: nn.Module) -> Preprocessing:

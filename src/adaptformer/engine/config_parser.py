@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..methods import MethodConfig, get_method, method_names, method_of
-from .config import TrainConfig, merge_config, read_yaml_mapping
+from .config import DataConfig, TrainConfig, merge_config
 from .config_v01 import V01_FLAGS, is_v01, upgrade_v01
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -193,14 +193,35 @@ def parse_cli(argv: Sequence[str], layers: Sequence[tuple[str, dict[str, Any]]] 
     return _build(namespace, "the command line")
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """A config file's mapping, to pass as a layer to :func:`parse_cli`."""
-    return read_yaml_mapping(path)
+def data_parser() -> ArgumentParser:
+    """A jsonargparse parser of the ``data`` section alone (``adaptformer eval``'s dataset flags)."""
+    parser = ArgumentParser(prog="adaptformer eval", exit_on_error=False, default_env=False)
+    parser.add_class_arguments(DataConfig, "data", as_positional=False)
+    return parser
 
 
-def method_help() -> str:
-    """One line per registered method, for help texts."""
-    return "; ".join(f"{name}: {get_method(name).summary}" for name in method_names())
+def parse_data_cli(argv: Sequence[str], defaults: dict[str, Any]) -> DataConfig:
+    """A :class:`DataConfig` from ``--data.*`` flags over ``defaults`` (plain nested data of the section)."""
+    _check_v01_flags(argv)
+    parser = data_parser()
+    try:
+        if defaults:
+            parser.set_defaults(_dotted({"data": defaults}))
+        namespace = parser.parse_args(list(argv))
+        return parser.instantiate(namespace)["data"]
+    except argparse.ArgumentError as e:
+        raise ConfigError(str(e)) from e
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the command line: {e}") from e
 
 
-__all__ = ["ConfigError", "method_help", "method_of", "method_to_parser", "parse_cli", "parse_mapping", "train_parser"]
+__all__ = [
+    "ConfigError",
+    "data_parser",
+    "method_of",
+    "method_to_parser",
+    "parse_cli",
+    "parse_data_cli",
+    "parse_mapping",
+    "train_parser",
+]

@@ -37,7 +37,8 @@ from ..data.video import (
     load_video_split,
 )
 from ..preprocessing import Preprocessing
-from .config import DATASET_KINDS, TrainConfig
+from ..validation import check_choice
+from .config import DATASET_KINDS, DataConfig, TrainConfig
 from .data import load_image_split, with_transform
 from .loop import Predictions, classification_metrics, multi_view_metrics
 
@@ -63,8 +64,8 @@ class VideoSettings:
     test_crops: int = 3
 
     def __post_init__(self) -> None:
-        if self.sampling is not None and self.sampling not in STRATEGIES:
-            raise ValueError(f"sampling must be one of {list(STRATEGIES)}, got {self.sampling!r}")
+        if self.sampling is not None:
+            check_choice("sampling", self.sampling, STRATEGIES)
         if self.stride is not None and self.stride < 1:
             raise ValueError(f"sampling stride must be >= 1, got {self.stride}")
         TestViews(self.test_clips, self.test_crops)  # validates the view grid
@@ -113,8 +114,10 @@ class DataSpec:
         return self.video.resolved(self.kind).to_dict() if self.is_video else None
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> DataSpec:
-        d, v = cfg.data, cfg.data.video
+    def from_config(cls, cfg: TrainConfig | DataConfig) -> DataSpec:
+        """The data of a run (or of a :class:`DataConfig` alone, e.g. ``adaptformer eval``'s)."""
+        d = cfg if isinstance(cfg, DataConfig) else cfg.data
+        v = d.video
         settings = VideoSettings(v.sampling, v.sampling_stride, d.flips(), v.test_clips, v.test_crops)
         return cls(
             d.dataset, d.data_dir, dict(d.options), d.verify_checksums,
