@@ -24,11 +24,11 @@ from adaptformer.cli import main as cli
 from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
 
 TRAIN_ARGS = [
-    "train", "--model", "vit_shapes_patch8_32", "--method", "full", "--head", "linear", "--checkpoint", "none",
-    "--dataset", "shapes", "--dataset-options", "{num_samples: 40000, num_classes: 64}", "--val-split", "0.05",
-    "--crop-scale", "[0.4, 1.0]", "--flip", "--epochs", "5", "--warmup-epochs", "1", "--batch-size", "128",
-    "--optimizer", "adamw", "--lr", "0.001", "--weight-decay", "0.05", "--precision", "fp32", "--num-workers", "1",
-    "--seed", "0",
+    "train", "--model.backbone", "vit_shapes_patch8_32", "--model.method", "full", "--model.head", "linear",
+    "--model.checkpoint", "null", "--data.dataset", "shapes", "--data.options", "{num_samples: 40000, num_classes: 64}",
+    "--data.val_split", "0.05", "--data.crop_scale", "[0.4, 1.0]", "--data.flip", "true", "--optim.epochs", "5",
+    "--optim.warmup_epochs", "1", "--optim.batch_size", "128", "--optim.optimizer", "adamw", "--optim.lr", "0.001",
+    "--optim.weight_decay", "0.05", "--optim.precision", "fp32", "--data.num_workers", "1", "--run.seed", "0",
 ]  # fmt: skip
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/pretrain_shapes", help="training run folder")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a 1.2M-parameter model gains little from more; the data worker takes the other core
-    if cli([*TRAIN_ARGS, "--output-dir", args.output_dir]) != 0:
+    if cli([*TRAIN_ARGS, "--run.output_dir", args.output_dir]) != 0:
         raise SystemExit("pre-training failed")
     weights = load_file(str(Path(args.output_dir) / "adapter" / "adapter_model.safetensors"))
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}

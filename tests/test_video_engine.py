@@ -152,7 +152,7 @@ def test_bad_videos_fail_naming_the_file_or_are_skipped_and_counted(
     args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.data_dir", str(bad_root),
             "--data.video.test_clips", "1", "--data.video.test_crops", "1"]  # fmt: skip
     for workers in ("0", "1"):  # a worker process's error reaches the user as itself, naming the file
-        code, _, err = run_cli([*args, "--num-workers", workers], capsys)
+        code, _, err = run_cli([*args, "--data.num_workers", workers], capsys)
         assert code == 2 and f"error: cannot decode video {tmp_path / 'corrupt.mp4'}: cannot open" in err, workers
     code, printed, _ = run_cli([*args, "--data.skip_bad_videos", "true"], capsys)
     assert code == 0 and printed is not None

@@ -31,6 +31,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, AdapterInfo]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.datasets import DataSpec
     from .engine.distributed import init_distributed, shutdown
     from .engine.inference import evaluate_split
     from .speed import SpeedConfig
@@ -38,9 +39,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     try:
         model, info = _load(args)
+        data = _eval_data(args, info)
         metrics = evaluate_split(
-            model, info, _eval_data_spec(args, info), args.split, ctx, batch_size=args.batch_size,
-            precision=args.precision, num_workers=args.num_workers, speed=SpeedConfig(),
+            model, info, DataSpec.from_config(data), args.split, ctx, batch_size=args.batch_size,
+            precision=args.precision, num_workers=data.num_workers, speed=SpeedConfig(),
         )  # fmt: skip
     finally:
         shutdown(ctx)
@@ -49,10 +51,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_data_spec(args: argparse.Namespace, info: AdapterInfo) -> Any:
+def _eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
     """The data to evaluate on: the ``--data.*`` flags over what training recorded (for the same dataset kind)."""
     from .engine.config_parser import parse_data_cli
-    from .engine.datasets import DataSpec
 
     record = info.training
     flags = list(args.data_flags)
@@ -61,7 +62,7 @@ def _eval_data_spec(args: argparse.Namespace, info: AdapterInfo) -> Any:
     kind = kind or (record.dataset if record else None)
     if kind is None:
         raise ValueError("--data.dataset is required (the adapter folder does not record one)")
-    defaults: dict[str, Any] = {"dataset": kind}
+    defaults: dict[str, Any] = {"dataset": kind, "num_workers": 0}
     if record is not None and record.dataset == kind:  # the recorded options and views belong to that kind
         defaults["options"] = record.dataset_options
         if record.video:
@@ -70,7 +71,7 @@ def _eval_data_spec(args: argparse.Namespace, info: AdapterInfo) -> Any:
                 "sampling": v.get("sampling"), "sampling_stride": v.get("stride"),
                 "test_clips": v.get("test_clips", 4), "test_crops": v.get("test_crops", 3),
             }  # fmt: skip
-    return DataSpec.from_config(parse_data_cli(flags, defaults))
+    return parse_data_cli(flags, defaults)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -117,7 +118,6 @@ def add_adapter_commands(sub: Any) -> None:
     evaluate.add_argument("--model", default=None, help="backbone name; checked against the adapter's")
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--batch-size", type=int, default=None, help="batch size (default: as in training)")
-    evaluate.add_argument("--num-workers", type=int, default=0, help="data loading workers (default: 0)")
     evaluate.set_defaults(func=_cmd_eval)
 
     predict = sub.add_parser("predict", help="classify image files with a trained adapter; prints top-k classes")

@@ -118,7 +118,7 @@ class DataConfig:
 
     Args:
         dataset: dataset kind (required): an image kind (cifar100, svhn, food101, imagefolder, digits, synthetic, ...)
-            or a video kind (ssv2, hmdb51, video-list, video-folder, synthetic-video).
+            or a video kind (ssv2, hmdb51, videolist, videofolder, synthetic-video).
         data_dir: folder holding the dataset in its standard layout.
         options: per-kind dataset options, e.g. {num_samples: 64}.
         verify_checksums: check the md5 of CIFAR/SVHN files against the official release.

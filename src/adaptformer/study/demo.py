@@ -54,6 +54,6 @@ def run_demo(
     print(f"plot:    {report.files['plot']}")
     print(f"table:   {report.files['markdown']} (every run: {report.files['json']})")
     print(f"adapter: {weights} ({weights.stat().st_size / 1024:.1f} KiB)")
-    print(f"reuse it: adaptformer eval --adapter {adapter} --dataset digits")
+    print(f"reuse it: adaptformer eval --adapter {adapter}")
     print(f"took {report.seconds:.0f} s for {len(report.runs)} training runs")
     return report
