@@ -4,6 +4,7 @@ baselines (full fine-tuning, linear probe, VPT-deep with 1 and 64 prompts) on on
     python benchmarks/bench.py --only image --options   # ViT-B/16 at 224, batch 8; plus each speed option
     python benchmarks/bench.py --only video             # the video ViT-B, 8 frames at 224, batch 8
     python benchmarks/bench.py --quick --json r.json --markdown   # tiny models, a few steps (CI)
+    python benchmarks/bench.py --only image --skip-suites --groups frozen_backward,attention --precisions bf16
 
 For each backbone and precision (fp32, bf16 autocast) every method's model is built with ``create_model`` and
 ``apply_speed(model, SpeedConfig(), device, precision)`` (the "auto" speed choices), then all cases are timed
@@ -44,7 +45,7 @@ from cases import (
     training_case,
 )
 from measure import load_average, machine_info, time_interleaved
-from options import run_options
+from options import FULL_SIZE_ONLY, GROUPS, run_options
 
 logger = logging.getLogger("bench")
 
@@ -214,14 +215,22 @@ def to_markdown(report: dict[str, Any]) -> str:
                     value += " (" + ", ".join(f"{v:.3f}" for v in t["per_repeat"]) + ")"
                 lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else 'NO'} |")
     for group in report.get("options", []):
-        lines += ["", f"### Option: {group['name']}", "", group["description"], ""]
-        lines += ["| case | median (s) | min (s) | peak memory (MiB) |", "| --- | ---: | ---: | ---: |"]
+        lines += ["", f"### Option: {group['name']}", "", group["description"]]
+        if "load_average" in group:
+            load = group["load_average"]
+            lines.append(
+                f"{group['rounds']} interleaved rounds after {group['warmup']} warm-up steps; load average "
+                f"before/after {load['before']} / {load['after']}."
+            )
+        lines += ["", "| case | median (s) | min (s) | peak memory (MiB) |", "| --- | ---: | ---: | ---: |"]
         for name, r in group["results"].items():
             mem = f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "-"
             lines.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {mem} |")
         for key, r in group["ratios"].items():
             mem = f", memory {r['memory']:.3f}" if "memory" in r else ""
-            lines.append(f"\n{key}: time {r['time']:.3f}{mem}")
+            rounds = r.get("time_per_round")
+            spread = f" (rounds {min(rounds):.3f}-{max(rounds):.3f})" if rounds else ""
+            lines.append(f"\n{key}: time {r['time']:.3f}{spread}{mem}")
         for key, value in group.get("extra", {}).items():
             lines.append(f"\n{key}: {value}")
     return "\n".join(lines) + "\n"
@@ -247,7 +256,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--options", action="store_true", help="also measure each speed option side by side")
     p.add_argument("--compile", action="store_true", help="with --options: also measure torch.compile (slow)")
+    p.add_argument(
+        "--groups",
+        help="comma-separated option groups to measure (implies --options; default: all); known:\n  "
+        + "\n  ".join(GROUPS),
+    )
+    p.add_argument(
+        "--skip-suites", action="store_true", help="skip the per-method suites (with --options: the groups only)"
+    )
     args = p.parse_args(argv)
+    if args.groups is not None:
+        args.groups = [name.strip() for name in args.groups.split(",") if name.strip()]
+        unknown = [name for name in args.groups if name not in GROUPS]
+        if unknown or not args.groups:
+            p.error(f"unknown option groups {unknown}; known: {', '.join(map(repr, GROUPS))}")
+        if "compile" in args.groups and not args.compile:
+            p.error("the option group 'compile' needs --compile")
+        if args.quick and set(args.groups) & set(FULL_SIZE_ONLY):
+            p.error(f"{' and '.join(FULL_SIZE_ONLY)} need the full-size backbone (not --quick)")
+        args.options = True
+    if args.skip_suites and not args.options:
+        p.error("--skip-suites without --options (or --groups) would measure nothing")
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
     args.video_rounds = args.video_rounds if args.video_rounds is not None else (2 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -282,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(device), "command": command.strip(), "notes": notes}
     report["suites"] = [
         merge_repeats([run_suite(b, precision, args, device) for _ in range(args.repeat)])
-        for b in backbones
+        for b in ([] if args.skip_suites else backbones)
         for precision in args.precisions.split(",")
     ]
     report["targets"] = [
@@ -297,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     save()
     if args.options:
         report["options"] = []
-        run_options(backbones[0], args, device, report["options"], save)
+        run_options(backbones[0], args, device, report["options"], save, args.groups)
     if args.markdown:
         print(to_markdown(report))
     return report

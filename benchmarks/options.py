@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from functools import partial
 from typing import Any
 
 import torch
 from cases import METHODS, Backbone, inference_case, late_adapters, ratio_table, summarize, training_case
-from measure import Case, time_interleaved
+from measure import Case, load_average, time_interleaved
 
 from adaptformer.speed import SpeedConfig
 
@@ -23,6 +24,7 @@ logger = logging.getLogger("bench.options")
 AF = METHODS["adaptformer-64"]
 FULL = METHODS["full"]
 LINEAR = METHODS["linear"]
+Group = dict[str, Any]  # one option group's report: name, description, results, ratios (and extra)
 
 
 def _group(
@@ -33,50 +35,50 @@ def _group(
     args: argparse.Namespace,
     batch: int,
     memory: bool,
-) -> dict[str, Any]:
+) -> Group:
     logger.info("option group: %s", name)
+    load_before = load_average()
     time_interleaved(cases, args.rounds, args.warmup)
     results = summarize(cases, batch, memory=memory and not args.no_memory)
+    by_name = {c.name: c for c in cases}
+    ratios = ratio_table(by_name, results, pairs)
+    for a, b in pairs:  # every round's ratio too: their spread says how far to trust the median
+        ratios[f"{a}/{b}"]["time_per_round"] = [x / y for x, y in zip(by_name[a].times, by_name[b].times, strict=True)]
     return {
         "name": name,
         "description": description,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "load_average": {"before": load_before, "after": load_average()},
         "results": results,
-        "ratios": ratio_table({c.name: c for c in cases}, results, pairs),
+        "ratios": ratios,
     }
 
 
-def run_options(
-    backbone: Backbone,
-    args: argparse.Namespace,
-    device: torch.device,
-    into: list[dict[str, Any]],
-    save: Callable[[], None] = lambda: None,
-) -> list[dict[str, Any]]:
-    """Measure every speed option on ``backbone`` (bf16 autocast unless noted); appends one dict per option to
-    ``into``, calling ``save`` after each, and returns ``into``."""
-
-    def add(group: dict[str, Any]) -> None:
-        into.append(group)
-        save()
-
-    off = SpeedConfig(frozen_prefix="off")
-
+def _plain_vs_auto(backbone: Backbone, args: argparse.Namespace, device: torch.device, precision: str) -> Group:
     plain = SpeedConfig(
         frozen_dtype="fp32", attention="fused", frozen_prefix="off", frozen_backward="off", class_token_tail="off"
     )
     cases = [
-        training_case("adaptformer, plain", backbone, AF, "bf16", device, plain),
-        training_case("adaptformer, auto", backbone, AF, "bf16", device),
-        training_case("full, plain", backbone, FULL, "bf16", device, plain),
-        training_case("full, auto", backbone, FULL, "bf16", device),
+        training_case("adaptformer, plain", backbone, AF, precision, device, plain),
+        training_case("adaptformer, auto", backbone, AF, precision, device),
+        training_case("full, plain", backbone, FULL, precision, device, plain),
+        training_case("full, auto", backbone, FULL, precision, device),
     ]
     pairs = [("adaptformer, auto", "adaptformer, plain"), ("full, auto", "full, plain")]
-    description = (
-        "bf16; every option off (fp32 weights re-cast by autocast, timm's fused attention, plain autograd: a "
-        "straightforward implementation) vs the auto choices."
-    )
-    add(_group("all options: plain vs auto", description, cases, pairs, args, backbone.batch, memory=True))
+    if precision == "bf16":
+        name = "all options: plain vs auto"
+        description = (
+            "bf16; every option off (fp32 weights re-cast by autocast, timm's fused attention, plain autograd: a "
+            "straightforward implementation) vs the auto choices."
+        )
+    else:
+        name = f"all options: plain vs auto ({precision})"
+        description = f"{precision}; every option off (timm's fused attention, plain autograd) vs the auto choices."
+    return _group(name, description, cases, pairs, args, backbone.batch, memory=True)
 
+
+def _frozen_dtype(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     fp32_store = SpeedConfig(frozen_dtype="fp32", frozen_backward="off")
     bf16_store = SpeedConfig(frozen_backward="off")
     cases = [
@@ -92,8 +94,10 @@ def run_options(
         "bf16 autocast, frozen_backward off; frozen weights stored in fp32 (autocast re-casts them every step) or "
         "once in bf16."
     )
-    add(_group("frozen_dtype", description, cases, pairs, args, backbone.batch, memory=True))
+    return _group("frozen_dtype", description, cases, pairs, args, backbone.batch, memory=True)
 
+
+def _attention(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     cases, pairs = [], []
     for label, method, build in (
         ("adaptformer", AF, training_case),
@@ -103,15 +107,20 @@ def run_options(
         for attention in ("fused", "math"):
             cases.append(build(f"{label}, {attention}", backbone, method, "bf16", device, plain_attention(attention)))
         pairs.append((f"{label}, fused", f"{label}, math"))
+    # The setting "auto" decides in: every other option auto (frozen_backward on, whose attention half runs only
+    # when the attention is not "fused"), attention auto ("split" at ViT-B/16's 197 tokens) or "fused".
+    cases.append(training_case("adaptformer auto, fused", backbone, AF, "bf16", device, SpeedConfig(attention="fused")))
+    cases.append(training_case("adaptformer auto", backbone, AF, "bf16", device))
+    pairs.append(("adaptformer auto, fused", "adaptformer auto"))
     description = (
         "bf16: timm's fused scaled_dot_product_attention vs the explicit matmul-softmax path (both through the "
-        "plain autograd path, frozen_backward off)."
+        "plain autograd path, frozen_backward off); and the AdaptFormer step with every option auto (split "
+        "attention at 197 tokens, frozen_backward on) vs the same with fused attention."
     )
-    add(_group("attention", description, cases, pairs, args, backbone.batch, memory=False))
-    if not args.quick:
-        for precision in ("bf16", "fp32"):
-            add(_attention_length_group(backbone, precision, args, device))
+    return _group("attention", description, cases, pairs, args, backbone.batch, memory=False)
 
+
+def _frozen_backward(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     cases, pairs = [], []
     for label, method in (("adaptformer", AF), late_adapters(backbone.depth), ("vpt-64", METHODS["vpt-64"])):
         for switch in ("off", "on"):
@@ -123,8 +132,10 @@ def run_options(
         "autograd (off) or the hand-written backward of adaptformer.speed.frozen_backward (on: one-copy head layout, "
         "pre-packed bf16 weights)."
     )
-    add(_group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True))
+    return _group("frozen_backward", description, cases, pairs, args, backbone.batch, memory=True)
 
+
+def _class_token_tail(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     cases, pairs = [], []
     for label, method in (("adaptformer", AF), ("full", FULL), ("linear", LINEAR)):
         for switch in ("off", "on"):
@@ -140,22 +151,24 @@ def run_options(
         "all the token-pooling head reads (on: adaptformer.speed.class_token_tail). Training steps and the no-grad "
         "forward."
     )
-    add(_group("class_token_tail", description, cases, pairs, args, backbone.batch, memory=True))
+    return _group("class_token_tail", description, cases, pairs, args, backbone.batch, memory=True)
 
+
+def _frozen_prefix(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     _, late = late_adapters(backbone.depth)
     cases = [
-        training_case("adaptformer late layers, prefix off", backbone, late, "bf16", device, off),
-        training_case(
-            "adaptformer late layers, prefix on", backbone, late, "bf16", device, SpeedConfig(frozen_prefix="on")
-        ),
+        training_case(f"adaptformer late layers, prefix {switch}", backbone, late, "bf16", device, config)
+        for switch, config in (("off", SpeedConfig(frozen_prefix="off")), ("on", SpeedConfig(frozen_prefix="on")))
     ]
     description = (
         "bf16; adapters only in the second half of the blocks; the first half run plainly (autograd records nothing "
         "there anyway: frozen weights, input without grad) or explicitly under torch.no_grad()."
     )
     pairs = [(cases[1].name, cases[0].name)]
-    add(_group("frozen_prefix", description, cases, pairs, args, backbone.batch, memory=True))
+    return _group("frozen_prefix", description, cases, pairs, args, backbone.batch, memory=True)
 
+
+def _grad_checkpointing(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     cases, pairs = [], []
     for label, method in (("adaptformer", AF), ("full", FULL)):
         cases.append(training_case(label, backbone, method, "bf16", device))
@@ -163,11 +176,7 @@ def run_options(
         cases.append(training_case(f"{label}, checkpointed", backbone, method, "bf16", device, checkpointed))
         pairs.append((f"{label}, checkpointed", label))
     description = "bf16; timm's per-block activation checkpointing (non-reentrant) on or off."
-    add(_group("grad_checkpointing", description, cases, pairs, args, backbone.batch, memory=True))
-
-    if args.compile:
-        add(_compile_group(backbone, args, device))
-    return into
+    return _group("grad_checkpointing", description, cases, pairs, args, backbone.batch, memory=True)
 
 
 def plain_attention(kind: str) -> SpeedConfig:
@@ -176,8 +185,8 @@ def plain_attention(kind: str) -> SpeedConfig:
 
 
 def _attention_length_group(
-    backbone: Backbone, precision: str, args: argparse.Namespace, device: torch.device
-) -> dict[str, Any]:
+    backbone: Backbone, args: argparse.Namespace, device: torch.device, precision: str
+) -> Group:
     """Fused vs math attention as the sequence grows: a 3-block cut of the backbone at growing input sizes."""
     cases, pairs = [], []
     for size in (224, 288, 352, 448):
@@ -197,7 +206,7 @@ def _attention_length_group(
     return _group(f"attention vs sequence length ({precision})", description, cases, pairs, args, backbone.batch, False)
 
 
-def _compile_group(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def _compile_group(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     """Eager vs ``torch.compile`` for the AdaptFormer and full training steps and the no-grad forward (bf16)."""
     cases, pairs, extra = [], [], {}
     for label, method, build in (
@@ -216,3 +225,49 @@ def _compile_group(backbone: Backbone, args: argparse.Namespace, device: torch.d
     group = _group("compile", description, cases, pairs, args, backbone.batch, memory=False)
     group["extra"] = extra
     return group
+
+
+# Every option group by the name --groups takes and the report shows, in the order run_options measures them.
+GROUPS: dict[str, Callable[[Backbone, argparse.Namespace, torch.device], Group]] = {
+    "all options: plain vs auto": partial(_plain_vs_auto, precision="bf16"),
+    "all options: plain vs auto (fp32)": partial(_plain_vs_auto, precision="fp32"),
+    "frozen_dtype": _frozen_dtype,
+    "attention": _attention,
+    "attention vs sequence length (bf16)": partial(_attention_length_group, precision="bf16"),
+    "attention vs sequence length (fp32)": partial(_attention_length_group, precision="fp32"),
+    "frozen_backward": _frozen_backward,
+    "class_token_tail": _class_token_tail,
+    "frozen_prefix": _frozen_prefix,
+    "grad_checkpointing": _grad_checkpointing,
+    "compile": _compile_group,
+}
+FULL_SIZE_ONLY = ("attention vs sequence length (bf16)", "attention vs sequence length (fp32)")  # not with --quick
+
+
+def default_groups(args: argparse.Namespace) -> list[str]:
+    """The groups ``--options`` measures when ``--groups`` names none: all, less the sequence-length groups with
+    ``--quick`` (a tiny model's token counts say nothing) and compile without ``--compile``."""
+    skip = (FULL_SIZE_ONLY if args.quick else ()) + (() if args.compile else ("compile",))
+    return [name for name in GROUPS if name not in skip]
+
+
+def run_options(
+    backbone: Backbone,
+    args: argparse.Namespace,
+    device: torch.device,
+    into: list[Group],
+    save: Callable[[], None] = lambda: None,
+    groups: Collection[str] | None = None,
+) -> list[Group]:
+    """Measure the speed options on ``backbone`` (bf16 autocast unless noted), group by group: ``groups`` (names
+    from GROUPS, measured in GROUPS' order) or :func:`default_groups`. A group's models are built only when it runs.
+    Appends one dict per group to ``into``, calling ``save`` after each, and returns ``into``."""
+    unknown = sorted(set(groups or ()) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown option groups {unknown}; known: {list(GROUPS)}")
+    chosen = default_groups(args) if groups is None else groups
+    for name, measure in GROUPS.items():
+        if name in chosen:
+            into.append(measure(backbone, args, device))
+            save()
+    return into

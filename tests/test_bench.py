@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,39 @@ def test_profile_step_script_runs() -> None:
     assert report["case"].startswith("adaptformer-64 training step") and _positive(report["ms_per_step"])
     shares = [op["share"] for op in report["operators"].values()]
     assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0
+
+
+def test_groups_measure_only_the_named_option_groups(tmp_path: Path) -> None:
+    """--groups restricts --options to the named groups, in the harness's order; --skip-suites leaves out the
+    per-method suites, so only those groups run (each with its rounds, load average and every round's ratio)."""
+    out = tmp_path / "groups.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "image", "--skip-suites"]
+    command += ["--groups", "class_token_tail,frozen_dtype", "--json", str(out), "--markdown"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["suites"] == [] and report["targets"] == []
+    assert [g["name"] for g in report["options"]] == ["frozen_dtype", "class_token_tail"]
+    for group in report["options"]:
+        assert group["rounds"] == 2 and len(group["load_average"]["before"]) == 3
+        for key, ratio in group["ratios"].items():
+            assert len(ratio["time_per_round"]) == 2 and all(map(_positive, ratio["time_per_round"])), key
+    assert "### Option: frozen_dtype" in done.stdout and "### Option: frozen_backward" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, error",
+    [
+        (
+            ["--groups", "class_token_tail,turbo"],
+            "unknown option groups \\['turbo'\\]; known: 'all options: plain vs auto'",
+        ),
+        (["--groups", "compile"], "needs --compile"),
+        (["--skip-suites"], "would measure nothing"),
+    ],
+)
+def test_bad_group_arguments_are_refused(arguments: list[str], error: str) -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert re.search(error, done.stderr), done.stderr[-2000:]
