@@ -56,9 +56,7 @@ def _group(
 
 
 def _plain_vs_auto(backbone: Backbone, args: argparse.Namespace, device: torch.device, precision: str) -> Group:
-    plain = SpeedConfig(
-        frozen_dtype="fp32", attention="fused", frozen_prefix="off", frozen_backward="off", class_token_tail="off"
-    )
+    plain = SpeedConfig(frozen_dtype="fp32", attention="fused", frozen_backward="off", class_token_tail="off")
     cases = [
         training_case("adaptformer, plain", backbone, AF, precision, device, plain),
         training_case("adaptformer, auto", backbone, AF, precision, device),
@@ -154,20 +152,6 @@ def _class_token_tail(backbone: Backbone, args: argparse.Namespace, device: torc
     return _group("class_token_tail", description, cases, pairs, args, backbone.batch, memory=True)
 
 
-def _frozen_prefix(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
-    _, late = late_adapters(backbone.depth)
-    cases = [
-        training_case(f"adaptformer late layers, prefix {switch}", backbone, late, "bf16", device, config)
-        for switch, config in (("off", SpeedConfig(frozen_prefix="off")), ("on", SpeedConfig(frozen_prefix="on")))
-    ]
-    description = (
-        "bf16; adapters only in the second half of the blocks; the first half run plainly (autograd records nothing "
-        "there anyway: frozen weights, input without grad) or explicitly under torch.no_grad()."
-    )
-    pairs = [(cases[1].name, cases[0].name)]
-    return _group("frozen_prefix", description, cases, pairs, args, backbone.batch, memory=True)
-
-
 def _grad_checkpointing(backbone: Backbone, args: argparse.Namespace, device: torch.device) -> Group:
     cases, pairs = [], []
     for label, method in (("adaptformer", AF), ("full", FULL)):
@@ -237,7 +221,6 @@ GROUPS: dict[str, Callable[[Backbone, argparse.Namespace, torch.device], Group]]
     "attention vs sequence length (fp32)": partial(_attention_length_group, precision="fp32"),
     "frozen_backward": _frozen_backward,
     "class_token_tail": _class_token_tail,
-    "frozen_prefix": _frozen_prefix,
     "grad_checkpointing": _grad_checkpointing,
     "compile": _compile_group,
 }

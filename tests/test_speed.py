@@ -14,7 +14,7 @@ from tests.training_step import assert_same_step, move_trainable, train_step
 import adaptformer.speed as speed
 from adaptformer import AdaptFormerConfig, VPTConfig, build_backbone, create_model, load_adapter, save_adapter
 from adaptformer.precision import Precision
-from adaptformer.speed import SpeedConfig, apply_speed, frozen_prefix_length, resolve, speed_config
+from adaptformer.speed import SpeedConfig, apply_speed, resolve, speed_config
 
 BF16_TOL = {"atol": 5e-2, "rtol": 5e-2}  # bf16 keeps 8 bits of mantissa; a 3-block network stays well within this
 VIDEO_KWARGS = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -39,7 +39,7 @@ def _model(method: object = "adaptformer", name: str = VIT, **kwargs: object) ->
     [
         ({"frozen_dtype": "float16"}, "frozen_dtype"),
         ({"attention": "flash"}, "attention"),
-        ({"frozen_prefix": True}, "frozen_prefix"),
+        ({"class_token_tail": True}, "class_token_tail"),
         ({"grad_checkpointing": "yes"}, "grad_checkpointing"),
         ({"compile": 1}, "compile"),
     ],
@@ -73,7 +73,7 @@ def test_auto_resolves_per_device_precision_and_length(
 ) -> None:
     resolved = resolve(SpeedConfig(), device, precision, tokens)
     assert resolved.resolved
-    assert (resolved.frozen_dtype, resolved.attention, resolved.frozen_prefix) == (precision, attention, "on")
+    assert (resolved.frozen_dtype, resolved.attention) == (precision, attention)
 
 
 @pytest.mark.parametrize(
@@ -190,37 +190,11 @@ def test_video_attention_honours_the_switch() -> None:
     assert_same_step(train_step(models["math"], clips), train_step(models["fused"], clips), FP32_TOL)
 
 
-@pytest.mark.parametrize(
-    "method, kwargs, expected",
-    [
-        (AdaptFormerConfig(layers=(2,)), {}, 2),
-        (AdaptFormerConfig(layers=(1, 2)), {}, 1),
-        ("adaptformer", {}, 0),
-        ("linear", {}, 3),  # the linear probe's whole stack is frozen
-        (VPTConfig(num_tokens=2), {}, 0),
-        ("full", {}, 0),
-    ],
-)
-def test_frozen_prefix_length(method: str, kwargs: dict, expected: int) -> None:
-    torch.manual_seed(0)
-    model = create_model(VIT, 5, method=method, **tiny_kwargs(VIT), **kwargs)
-    assert frozen_prefix_length(model) == expected
-
-
-def test_frozen_prefix_is_exact_and_keeps_names(images: torch.Tensor) -> None:
+def test_blocks_keep_their_names_under_the_speed_options(images: torch.Tensor) -> None:
     plain = _model(AdaptFormerConfig(dropout=0.0, layers=(2,)))
-    fast = apply_speed(
-        copy.deepcopy(plain), SpeedConfig(attention="fused", frozen_prefix="on", class_token_tail="off"), "cpu", "fp32"
-    )
-    assert isinstance(fast.blocks, speed.FastBlocks) and fast.blocks.frozen_prefix == 2
+    fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused", class_token_tail="on"), "cpu", "fp32")
+    assert isinstance(fast.blocks, speed.FastBlocks)
     assert list(fast.state_dict()) == list(plain.state_dict())
-    assert_same_step(train_step(fast, images), train_step(plain, images), {"atol": 0.0, "rtol": 0.0})
-
-
-def test_frozen_prefix_is_off_when_something_trainable_feeds_the_blocks() -> None:
-    model = _model(AdaptFormerConfig(layers=(2,)))
-    model.pos_embed.requires_grad_(True)
-    assert frozen_prefix_length(model) == 0
 
 
 @pytest.mark.parametrize(

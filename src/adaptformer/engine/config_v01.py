@@ -30,7 +30,7 @@ V01_KEYS: dict[str, str] = {
     "optimizer": "optim.optimizer", "blr": "optim.blr", "lr": "optim.lr", "min_lr": "optim.min_lr",
     "momentum": "optim.momentum", "betas": "optim.betas", "weight_decay": "optim.weight_decay",
     "clip_grad": "optim.clip_grad", "precision": "optim.precision",
-    "frozen_dtype": "speed.frozen_dtype", "attention": "speed.attention", "frozen_prefix": "speed.frozen_prefix",
+    "frozen_dtype": "speed.frozen_dtype", "attention": "speed.attention",
     "frozen_backward": "speed.frozen_backward", "class_token_tail": "speed.class_token_tail",
     "grad_checkpointing": "speed.grad_checkpointing", "compile": "speed.compile",
     "device": "run.device", "seed": "run.seed", "output_dir": "run.output_dir", "select": "run.select",
@@ -48,13 +48,14 @@ V01_METHOD_KEYS: dict[str, tuple[str, str, Any]] = {
     "vpt_tokens": ("vpt", "num_tokens", 1),
     "vpt_deep": ("vpt", "deep", True),
 }
-REMOVED = {"allocator": ("auto", "default")}
+REMOVED = {"allocator": ("auto", "default"), "frozen_prefix": ("auto", "on", "off")}  # key -> values dropped
 # every 0.1 key -> the 0.2 command-line flag, for the message a 0.1 flag gets
 V01_FLAGS: dict[str, str] = {
     **{key: f"--{place}" for key, place in V01_KEYS.items()},
     "method": "--model.method",
     **{key: f"--model.method.{name}" for key, (_, name, _) in V01_METHOD_KEYS.items()},
     "allocator": "gone (the glibc allocator tuning measured no faster; see BENCHMARKS.md)",
+    "frozen_prefix": "gone (autograd already records nothing for frozen blocks with frozen input; see BENCHMARKS.md)",
     "config": "--config (unchanged), with --recipe for shipped recipe names",
 }
 
@@ -83,6 +84,7 @@ def upgrade_v01(data: dict[str, Any], where: str = "configuration") -> dict[str,
         if key in REMOVED:
             if value not in REMOVED[key]:
                 raise ValueError(f"{where}: {key}: {value!r} was removed in 0.2 ({V01_FLAGS[key]}); delete the line")
+            logger.warning("%s: %s: %r dropped: the option is %s", where, key, value, V01_FLAGS[key])
             continue
         if key in V01_METHOD_KEYS:
             owner, name, default = V01_METHOD_KEYS[key]

@@ -2,7 +2,7 @@
 
 from .apply import apply_speed, cast_frozen, set_grad_checkpointing, speed_config
 from .attention import attention_tokens, set_attention
-from .blocks import FastBlocks, frozen_prefix_length, set_class_token_tail, set_frozen_prefix
+from .blocks import FastBlocks, set_class_token_tail
 from .config import ATTENTIONS, AUTO, SWITCHES, SpeedConfig, resolve
 from .frozen_blocks import FAST_BLOCKS, set_frozen_backward
 
@@ -16,12 +16,10 @@ __all__ = [
     "apply_speed",
     "attention_tokens",
     "cast_frozen",
-    "frozen_prefix_length",
     "resolve",
     "set_attention",
     "set_class_token_tail",
     "set_frozen_backward",
-    "set_frozen_prefix",
     "set_grad_checkpointing",
     "speed_config",
 ]

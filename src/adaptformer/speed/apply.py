@@ -1,15 +1,14 @@
 """Speed and memory options for an adapted model, installed from outside by :func:`apply_speed`.
 
 AdaptFormer (Chen et al., NeurIPS 2022) trains a few adapters and the head beside a large frozen backbone. Frozen
-weights open doors that full fine-tuning does not have: they can be stored once in the autocast precision, blocks
-before the first trainable one need no autograd, and the frozen halves of a block only have to carry the gradient to
+weights open doors that full fine-tuning does not have: they can be stored once in the autocast precision, and the
+frozen halves of a block only have to carry the gradient to
 their input. Each option lives in its own module of this package and changes a model only from outside (class swaps
 that keep every parameter name, module flags, hooks); the methods never import this package, so deleting it leaves
 every method computing the same function:
 
     frozen_dtype        storage dtype of frozen parameters; trainable ones stay fp32        (:func:`cast_frozen`)
     attention           fused SDPA, explicit math, or split (math while autograd records)   (:mod:`.attention`)
-    frozen_prefix       blocks before the first trainable one under ``torch.no_grad()``      (:mod:`.blocks`)
     class_token_tail    the last block for the class token only                             (:mod:`.class_token_tail`)
     frozen_backward     hand-written backward of adapted/VPT blocks' frozen halves          (:mod:`.frozen_blocks`)
     grad_checkpointing  recompute block activations in backward (timm's)
@@ -33,7 +32,7 @@ from ..model import get_spec
 from ..precision import DTYPES
 from ..saving import remember_fingerprint
 from .attention import attention_tokens, set_attention
-from .blocks import set_class_token_tail, set_frozen_prefix
+from .blocks import set_class_token_tail
 from .class_token_tail import class_token_tail_reason
 from .config import SpeedConfig, resolve
 from .frozen_blocks import set_frozen_backward
@@ -104,7 +103,6 @@ def apply_speed(
     model.to(device)
     cast = cast_frozen(model, DTYPES[resolved.frozen_dtype]) if resolved.frozen_dtype != "fp32" else 0
     attention_modules = set_attention(model, resolved.attention)
-    prefix = set_frozen_prefix(model, resolved.frozen_prefix == "on")
     set_class_token_tail(model, resolved.class_token_tail == "on")
     manual = set_frozen_backward(model, resolved.frozen_backward == "on", resolved.attention != "fused")
     if resolved.grad_checkpointing:
@@ -113,8 +111,8 @@ def apply_speed(
         model.compile(**(compile_kwargs or {}))
     setattr(model, SPEED_ATTR, resolved)
     logger.info(
-        "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules at %s tokens, %d blocks without "
-        "autograd, %d blocks with the hand-written frozen backward, class-token tail %s)",
+        "speed: %s on %s in %s (%d frozen tensors stored in %s, %d attention modules at %s tokens, %d blocks with the "
+        "hand-written frozen backward, class-token tail %s)",
         resolved.to_dict(),
         device,
         precision,
@@ -122,7 +120,6 @@ def apply_speed(
         resolved.frozen_dtype,
         attention_modules,
         tokens,
-        prefix,
         manual,
         resolved.class_token_tail,
     )

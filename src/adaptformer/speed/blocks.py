@@ -1,7 +1,6 @@
-"""Two options on a ViT's ``blocks`` sequence, installed by swapping the class of the existing ``nn.Sequential``
-(parameter names do not change): its leading frozen blocks run under ``torch.no_grad()`` ("frozen_prefix"), and the
-last block computes the class token only while the model's own ``forward`` runs ("class_token_tail",
-:mod:`.class_token_tail`)."""
+"""The "class_token_tail" option on a ViT's ``blocks`` sequence, installed by swapping the class of the existing
+``nn.Sequential`` (parameter names do not change): the last block computes the class token only while the model's own
+``forward`` runs (:mod:`.class_token_tail`)."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..model import get_spec, trainable_groups
 from .attention import fused_now
 from .class_token_tail import class_token_forward, class_token_tail_reason
 
@@ -18,29 +16,21 @@ _TAIL_HOOKS_ATTR = "_adaptformer_tail_hooks"
 
 
 class FastBlocks(nn.Sequential):
-    """A model's ``blocks`` sequence with two speed options: its first ``frozen_prefix`` blocks run under
-    ``torch.no_grad()``, and with ``class_token_tail`` the last block computes the class token only while the model's
-    own ``forward`` runs (``tail_armed``, set by hooks on the model; see :mod:`adaptformer.class_token_tail`).
+    """A model's ``blocks`` sequence whose last block, with ``class_token_tail``, computes the class token only while
+    the model's own ``forward`` runs (``tail_armed``, set by hooks on the model; see :mod:`.class_token_tail`).
 
     Installed by swapping the class of the existing ``nn.Sequential`` (parameter names do not change).
     """
 
-    frozen_prefix: int = 0
     class_token_tail: bool = False
     tail_armed: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tail = self.class_token_tail and self.tail_armed
-        body = len(self) - 1 if tail else len(self)
-        prefix = min(self.frozen_prefix, body)
-        with torch.no_grad():
-            for block in self[:prefix]:
-                x = block(x)
-        for block in self[prefix:body]:
+        for block in self[: len(self) - 1] if tail else self:
             x = block(x)
         if tail:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_prefix < len(self)):
-                x = class_token_forward(self[-1], x, fused_now(self[-1].attn, x))
+            x = class_token_forward(self[-1], x, fused_now(self[-1].attn, x))
         return x
 
 
@@ -52,34 +42,6 @@ def _install_blocks(model: nn.Module) -> FastBlocks | None:
     if not isinstance(blocks, FastBlocks):
         blocks.__class__ = FastBlocks
     return blocks
-
-
-def frozen_prefix_length(model: nn.Module) -> int:
-    """How many leading ``model.blocks`` have no trainable parameter and get only frozen input; 0 if not a ViT-like
-    model with a ``blocks`` sequence, or if anything trainable feeds the blocks (e.g. a trainable patch embedding)."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential):
-        return 0
-    in_blocks = {id(p) for p in blocks.parameters()}
-    spec = get_spec(model)
-    after = {id(p) for _, m in trainable_groups(model)["head"] for p in m.parameters()} if spec else set()
-    if any(p.requires_grad and id(p) not in in_blocks and id(p) not in after for p in model.parameters()):
-        return 0
-    count = 0
-    for block in blocks:
-        if any(p.requires_grad for p in block.parameters()):
-            break
-        count += 1
-    return count
-
-
-def set_frozen_prefix(model: nn.Module, enable: bool) -> int:
-    """Run the frozen leading blocks without autograd (or stop doing so); returns the number of blocks affected."""
-    n = frozen_prefix_length(model) if enable else 0
-    blocks = _install_blocks(model) if n else getattr(model, "blocks", None)
-    if isinstance(blocks, FastBlocks):
-        blocks.frozen_prefix = n
-    return n
 
 
 def _arm_tail(model: nn.Module, args: tuple[Any, ...]) -> None:

@@ -43,7 +43,6 @@ class SpeedConfig:
     Args:
         frozen_dtype: storage dtype of frozen weights: fp32, bf16, fp16, or auto (= the autocast precision).
         attention: fused (SDPA), math (matmul-softmax), split (math while autograd records, else fused), or auto.
-        frozen_prefix: run the blocks before the first trainable one without autograd: on, off, auto.
         frozen_backward: hand-written backward for the frozen halves of adapted/VPT ViT blocks: on, off, auto.
         class_token_tail: last block for the class token only when the head reads only it: on, off, auto.
         grad_checkpointing: recompute block activations in backward (less memory, slower steps).
@@ -52,7 +51,6 @@ class SpeedConfig:
 
     frozen_dtype: Literal["auto", "fp32", "bf16", "fp16"] = AUTO
     attention: Literal["auto", "fused", "math", "split"] = AUTO
-    frozen_prefix: Switch = AUTO
     frozen_backward: Switch = AUTO
     class_token_tail: Switch = AUTO
     grad_checkpointing: bool = False
@@ -61,7 +59,7 @@ class SpeedConfig:
     def __post_init__(self) -> None:
         check_choice("frozen_dtype", self.frozen_dtype, (AUTO, *PRECISIONS))
         check_choice("attention", self.attention, (AUTO, *ATTENTIONS))
-        for name in ("frozen_prefix", "frozen_backward", "class_token_tail"):
+        for name in ("frozen_backward", "class_token_tail"):
             check_choice(name, getattr(self, name), (AUTO, *SWITCHES))
         for name in ("grad_checkpointing", "compile"):
             if not isinstance(getattr(self, name), bool):
@@ -88,7 +86,7 @@ def resolve(
 
     frozen_dtype: the autocast precision (frozen weights never need more).  attention: split (math while autograd
     records) for sequences up to ``MATH_ATTENTION_MAX_TOKENS[(device type, precision)]`` tokens, else fused (also when
-    ``tokens`` is unknown).  frozen_prefix: on (it is exact and never measured slower).
+    ``tokens`` is unknown).
     frozen_backward: on for the (device type, precision) pairs in ``FROZEN_BACKWARD_DEVICES`` when frozen weights are
     stored in the precision and the model is not compiled (a compiled block always takes its plain path), else off.
     class_token_tail: on unless compiled or checkpointed (timm's checkpointed forward runs the blocks one by one; a
@@ -108,7 +106,6 @@ def resolve(
     if attention == AUTO:
         limit = MATH_ATTENTION_MAX_TOKENS.get((device.type, precision), 0)
         attention = "split" if tokens is not None and tokens <= limit else "fused"
-    frozen_prefix = "on" if config.frozen_prefix == AUTO else config.frozen_prefix
     frozen_backward = config.frozen_backward
     if frozen_backward == AUTO:
         measured = (device.type, precision) in FROZEN_BACKWARD_DEVICES and frozen_dtype == precision
@@ -122,7 +119,6 @@ def resolve(
         config,
         frozen_dtype=frozen_dtype,
         attention=attention,
-        frozen_prefix=frozen_prefix,
         frozen_backward=frozen_backward,
         class_token_tail=class_token_tail,
     )
