@@ -31,7 +31,8 @@ import torch
 
 import adaptformer.train as train_module
 from adaptformer.engine.config import merge_config
-from adaptformer.study.run import VIDEO_KWARGS, StudySettings, build_cells, machine, run_cell
+from adaptformer.study.run import StudySettings, build_cells, machine, run_cell
+from adaptformer.study.tasks import VIDEO_KWARGS
 
 # Overrides of the study's motion configuration (nested TrainConfig data, merged with merge_config).
 # --quick (CI: the script runs): a few clips, one epoch each

@@ -32,8 +32,8 @@ from ..validation import check_choice, to_plain
 
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
 # Sections and fields that steer how a run executes but not what it computes; a resumed run may change them.
-RUN_CONTROL = ("speed", "run.resume", "run.stop_after_steps", "run.log_every", "run.tensorboard", "run.recipe",
-               "run.output_dir", "data.num_workers")  # fmt: skip
+RUN_CONTROL = ("speed.grad_checkpointing", "speed.compile", "run.resume", "run.stop_after_steps", "run.log_every",
+               "run.tensorboard", "run.recipe", "run.output_dir", "data.num_workers")  # fmt: skip
 
 
 def _at_least(name: str, value: float | int | None, low: float) -> None:

@@ -12,19 +12,8 @@ The plot needs matplotlib, the optional ``demo`` extra: ``pip install 'adaptform
 
 from .demo import DEMO_METHODS, run_demo
 from .report import format_table, plot_accuracy_vs_params, ranking, write_markdown
-from .run import (
-    METHODS,
-    Cell,
-    Method,
-    StudyReport,
-    StudySettings,
-    Task,
-    build_cells,
-    default_tasks,
-    run_cell,
-    run_study,
-    summarise,
-)
+from .run import Cell, StudyReport, StudySettings, build_cells, run_cell, run_study, summarise
+from .tasks import METHODS, Method, Task, default_tasks
 
 __all__ = [
     "DEMO_METHODS",
