@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from .data.video import PAPER_TEST_VIEWS
 from .precision import PRECISION_CHOICES
 from .saving import AdapterInfo
 
@@ -69,7 +70,8 @@ def _eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
             v = record.video  # VideoSettings' names -> the data section's
             defaults["video"] = {
                 "sampling": v.get("sampling"), "sampling_stride": v.get("stride"),
-                "test_clips": v.get("test_clips", 4), "test_crops": v.get("test_crops", 3),
+                "test_clips": v.get("test_clips", PAPER_TEST_VIEWS[0]),
+                "test_crops": v.get("test_crops", PAPER_TEST_VIEWS[1]),
             }  # fmt: skip
     return parse_data_cli(flags, defaults)
 

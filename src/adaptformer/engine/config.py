@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from ..data import IMAGE_DATASETS, PAPER_CROP_SCALE, ImageAugment
-from ..data.video import STRATEGIES, VIDEO_DATASETS
+from ..data.video import PAPER_TEST_VIEWS, STRATEGIES, VIDEO_DATASETS
 from ..methods import AdaptFormerConfig, MethodConfig, method_of
 from ..precision import PRECISION_CHOICES
 from ..pretrained import CONVERTERS
@@ -97,8 +97,8 @@ class VideoConfig:
     num_frames: int | None = None
     sampling: Literal["segment", "dense"] | None = None
     sampling_stride: int | None = None
-    test_clips: int = 4
-    test_crops: int = 3
+    test_clips: int = PAPER_TEST_VIEWS[0]
+    test_crops: int = PAPER_TEST_VIEWS[1]
 
     def __post_init__(self) -> None:
         if self.sampling is not None:

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..data import ImageAugment, build_image_transform
 from ..data.video import (
+    PAPER_TEST_VIEWS,
     STRATEGIES,
     VIDEO_DATASETS,
     SamplerConfig,
@@ -60,8 +61,8 @@ class VideoSettings:
     sampling: str | None = None
     stride: int | None = None
     flip: bool = False
-    test_clips: int = 4
-    test_crops: int = 3
+    test_clips: int = PAPER_TEST_VIEWS[0]
+    test_crops: int = PAPER_TEST_VIEWS[1]
 
     def __post_init__(self) -> None:
         if self.sampling is not None:

@@ -40,6 +40,7 @@ from adaptformer.data.video.kinds import (
 )
 from adaptformer.data.video.prepare import PreparedLists, prepare_hmdb51, prepare_ssv2
 from adaptformer.data.video.sampling import (
+    PAPER_TEST_VIEWS,
     STRATEGIES,
     SamplerConfig,
     TestViews,
@@ -58,6 +59,7 @@ from adaptformer.data.video.transforms import (
 
 __all__ = [
     "MOTIONS",
+    "PAPER_TEST_VIEWS",
     "STRATEGIES",
     "VIDEO_DATASETS",
     "VIDEO_EXTENSIONS",

@@ -74,6 +74,9 @@ class View:
     num_crops: int = 1
 
 
+PAPER_TEST_VIEWS = (4, 3)  # temporal clips x spatial crops per test video (paper; VideoMAE's protocol)
+
+
 @dataclass(frozen=True)
 class TestViews:
     """The test-time view grid: ``num_clips`` temporal clips x ``num_crops`` spatial crops (paper: 4 x 3).
@@ -83,8 +86,8 @@ class TestViews:
 
     __test__ = False  # not a pytest test class despite the name
 
-    num_clips: int = 4
-    num_crops: int = 3
+    num_clips: int = PAPER_TEST_VIEWS[0]
+    num_crops: int = PAPER_TEST_VIEWS[1]
 
     def __post_init__(self) -> None:
         if self.num_clips < 1:
