@@ -59,21 +59,16 @@ def one_thread() -> Iterator[None]:
 def nested(**flat: Any) -> dict[str, Any]:
     """Configuration fields given by their flat (0.1) names, placed in the 0.2 nesting by the library's own table:
     ``nested(epochs=2, bottleneck=8)`` -> ``{"optim": {"epochs": 2}, "model": {"method": {"bottleneck": 8}}}``."""
-    from adaptformer.engine.config_v01 import V01_KEYS, V01_METHOD_KEYS
+    from adaptformer.engine.config_v01 import V01_KEYS, V01_METHOD_KEYS, place
 
     out: dict[str, Any] = {}
     for key, value in flat.items():
         if key == "method":
-            place = "model.method.name"
+            place(out, "model.method.name", value)
         elif key in V01_METHOD_KEYS:
-            place = f"model.method.{V01_METHOD_KEYS[key][1]}"
+            place(out, f"model.method.{V01_METHOD_KEYS[key][1]}", value)
         else:
-            place = V01_KEYS[key]
-        *parents, leaf = place.split(".")
-        tree = out
-        for part in parents:
-            tree = tree.setdefault(part, {})
-        tree[leaf] = value
+            place(out, V01_KEYS[key], value)
     return out
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tests.conftest import VIT
 
-import adaptformer.factory
+import adaptformer.train
 from adaptformer.cli import build_parser, main
 from adaptformer.factory import build_backbone
 
@@ -223,6 +223,6 @@ def test_a_type_error_from_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyP
     def broken(*args: object, **kwargs: object) -> None:
         raise TypeError("a bug, not the user's mistake")
 
-    monkeypatch.setattr(adaptformer.factory, "create_model", broken)  # what `params` calls
+    monkeypatch.setattr(adaptformer.train, "create_model", broken)  # what `params` calls, through build_model
     with pytest.raises(TypeError, match="a bug, not the user's mistake"):
         main(["params", "--model.backbone", VIT, "--num-classes", "10"])

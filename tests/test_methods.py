@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tests.conftest import SWIN, VIT, tiny_kwargs
 
-from adaptformer import AdaptFormerConfig, ModelSpec, VPTConfig, count_trainable, create_model, parameter_report
+from adaptformer import (
+    AdaptFormerConfig,
+    ModelSpec,
+    VPTConfig,
+    adapt,
+    count_trainable,
+    create_model,
+    parameter_report,
+)
 from adaptformer.methods import AdaptMLP, PromptTokens
 
 
@@ -57,6 +66,21 @@ def test_only_task_modules_require_grad(method: str, trainable_types: set) -> No
     head_linear = model.head[1]
     assert all(p.requires_grad for p in head_linear.parameters())
     assert not any(p.requires_grad for p in model.patch_embed.parameters())
+
+
+def test_adapt_applies_a_method_to_a_model_built_elsewhere(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    built = create_model(VIT, 5, method=AdaptFormerConfig(bottleneck=4), **tiny_kwargs(VIT))
+    torch.manual_seed(0)
+    own = adapt(timm.create_model(VIT, num_classes=5, **tiny_kwargs(VIT)), AdaptFormerConfig(bottleneck=4))
+    assert count_trainable(own) == count_trainable(built) and own.adaptformer_spec == built.adaptformer_spec
+    assert [n for n, p in own.named_parameters() if p.requires_grad] == [
+        n for n, p in built.named_parameters() if p.requires_grad
+    ]
+    with torch.no_grad():
+        assert torch.equal(own.eval()(images), built.eval()(images))  # same weights, same head init: same function
+    with pytest.raises(ValueError, match="already has a method applied"):
+        adapt(own, "linear")
 
 
 def test_full_trains_everything() -> None:

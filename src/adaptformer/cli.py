@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def _config_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]
     if args.recipe is not None:
         recipe = load_recipe(args.recipe)
         layers.append((f"recipe {args.recipe}", recipe))
-        if args.recipe.replace("_", "").isalnum():  # a shipped name: recorded in the run's config
+        if Path(args.recipe).is_file():  # a shipped recipe records its name itself (recipes.recipe_config)
             layers.append(("--recipe", {"run": {"recipe": args.recipe}}))
     if args.config is not None:
         if not Path(args.config).is_file():
@@ -65,14 +66,18 @@ def _config_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from .engine.config_parser import parse_cli
-    from .factory import create_model
-    from .model import parameter_report
+    import torch
 
-    # the model section of the same flags, recipes and files `train` takes; the dataset does not matter here
+    from .engine.config_parser import parse_cli
+    from .model import parameter_report
+    from .train import build_model
+
+    # the model `train` would build from the same flags, recipes and files (the dataset does not matter here); shapes
+    # only: counting needs no weights, so no checkpoint is read and nothing is allocated
     cfg = parse_cli(["--data.dataset", "synthetic", *args.flags], _config_layers(args))
-    m = cfg.model
-    model = create_model(m.backbone, args.num_classes, method=m.method, head=m.head, **cfg.backbone_kwargs())
+    cfg = replace(cfg, model=replace(cfg.model, checkpoint=None))
+    with torch.device("meta"):
+        model = build_model(cfg, args.num_classes)
     print(parameter_report(model))
     return 0
 

@@ -8,7 +8,7 @@ adapter says how to build its frozen backbone again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .methods import MethodConfig
-from .model import ModelSpec, apply_method
+from .model import ModelSpec, adapt
 from .pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,8 @@ def create_model(
             f"create_model() takes the method's config as method=..., e.g. method=AdaptFormerConfig(...) or "
             f"method=VPTConfig(...), not {stale} (adaptformer 0.1's keywords)"
         )
-    spec = ModelSpec.for_method(name, method, num_classes=num_classes, head=head)  # checked before the slow build
+    ModelSpec.for_method(name, method, num_classes=num_classes, head=head)  # a bad method fails before the slow build
     model = build_backbone(
         name, num_classes, checkpoint, checkpoint_source, keep_head=head == "linear", init_seed=init_seed, **timm_kwargs
     )
-    spec = replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ())))
-    return apply_method(model, spec)
+    return adapt(model, method, num_classes, head, backbone=name)

@@ -110,12 +110,18 @@ def apply_method(model: nn.Module, spec: ModelSpec) -> nn.Module:
 
 
 def adapt(
-    model: nn.Module, method: str | MethodConfig = "adaptformer", num_classes: int | None = None, head: str = "paper"
+    model: nn.Module,
+    method: str | MethodConfig = "adaptformer",
+    num_classes: int | None = None,
+    head: str = "paper",
+    backbone: str | None = None,
 ) -> nn.Module:
     """Apply ``method`` (a config, or a registered name for its defaults) with a new ``head`` for ``num_classes``
-    (default: the model's own count) to a timm model you built yourself, in place; freeze by the method's rule."""
+    (default: the model's own count) to a timm model, in place; freeze by the method's rule. ``backbone`` is the name
+    the spec records (default: the model's timm architecture); modules the backbone names in ``task_modules`` (a video
+    model's fc_norm) train with the head."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = cfg.get("architecture") or type(model).__name__
+    name = backbone or cfg.get("architecture") or type(model).__name__
     classes = num_classes if num_classes is not None else int(getattr(model, "num_classes", 0))
     spec = ModelSpec.for_method(name, method, num_classes=classes, head=head)
     return apply_method(model, replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ()))))

@@ -235,15 +235,18 @@ def read_adapter_config(directory: str | Path) -> AdapterInfo:
     )  # fmt: skip
 
 
-def load_adapter(model: nn.Module, directory: str | Path, allow_backbone_mismatch: bool = False) -> nn.Module:
+def load_adapter(
+    model: nn.Module, directory: str | Path, allow_backbone_mismatch: bool = False, info: AdapterInfo | None = None
+) -> nn.Module:
     """Restore an adapter saved by ``save_adapter`` into ``model`` (in place) and return it.
 
     A plain backbone gets the saved method and head applied first; a model that already has a method must have the
     same one. The backbone must have the saved architecture and the saved weights fingerprint, unless
-    ``allow_backbone_mismatch`` (then the adapter is applied to whatever backbone this is).
+    ``allow_backbone_mismatch`` (then the adapter is applied to whatever backbone this is). ``info``: the folder's
+    :func:`read_adapter_config`, if the caller has read it already.
     """
     directory = Path(directory)
-    info = read_adapter_config(directory)
+    info = info or read_adapter_config(directory)
     spec = info.spec
     name = _model_backbone_name(model)
     if _architecture(name) != _architecture(spec.backbone) and not allow_backbone_mismatch:
@@ -297,11 +300,13 @@ def create_model_from_adapter(
     directory: str | Path,
     source: BackboneSource | None = None,
     allow_backbone_mismatch: bool = False,
+    info: AdapterInfo | None = None,
 ) -> nn.Module:
     """Build the backbone ``directory``'s adapter was trained on, as its config records (or as ``source`` says, e.g.
     another path to the same checkpoint), then load the adapter into it. The backbone's fingerprint is checked; for
-    method "full" the adapter holds every weight and the checkpoint is not needed."""
-    info = read_adapter_config(directory)
+    method "full" the adapter holds every weight and the checkpoint is not needed. ``info``: the folder's
+    :func:`read_adapter_config`, if the caller has read it already."""
+    info = info or read_adapter_config(directory)
     source = source or info.source or BackboneSource()
     checkpoint = source.checkpoint
     if info.spec.registered.trains_backbone:
@@ -321,4 +326,4 @@ def create_model_from_adapter(
         info.spec.backbone, info.spec.num_classes, checkpoint, source.checkpoint_source, init_seed=source.init_seed,
         **source.kwargs,
     )  # fmt: skip
-    return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch)
+    return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch, info=info)

@@ -347,7 +347,7 @@ class TrainConfig:
 
     def training_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Dotted keys (other than run-control ones) whose values differ: (self, other)."""
-        a, b = _flatten(self.to_dict()), _flatten(other.to_dict())
+        a, b = dotted(self.to_dict()), dotted(other.to_dict())
         keys = sorted(set(a) | set(b))
         control = tuple(RUN_CONTROL)
         return {
@@ -367,19 +367,23 @@ def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
         if key == "method" and isinstance(old, dict) and isinstance(value, dict):
             same = value.get("name", old.get("name")) == old.get("name")
             out[key] = {**old, **value} if same else dict(value)
-        elif isinstance(old, dict) and isinstance(value, dict) and key not in ("kwargs", "options"):
+        elif isinstance(old, dict) and isinstance(value, dict) and key not in FREE_FORM:
             out[key] = merge_config(old, value)
         else:
             out[key] = value
     return out
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+FREE_FORM = ("kwargs", "options")  # mappings that are values (timm kwargs, dataset options), not sections
+
+
+def dotted(data: dict[str, Any], whole: tuple[str, ...] = FREE_FORM, prefix: str = "") -> dict[str, Any]:
+    """Nested configuration data as dotted keys ("optim.epochs"); mappings under a key in ``whole`` stay values."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key != "kwargs" and key != "options":
-            flat.update(_flatten(value, path + "."))
+        if isinstance(value, dict) and key not in whole:
+            flat.update(dotted(value, whole, path + "."))
         else:
             flat[path] = value
     return flat

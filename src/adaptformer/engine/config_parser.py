@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..methods import MethodConfig, get_method, method_names, method_of
-from .config import DataConfig, TrainConfig, merge_config
+from .config import FREE_FORM, DataConfig, TrainConfig, dotted, merge_config
 from .config_v01 import V01_FLAGS, is_v01, upgrade_v01
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -130,18 +130,6 @@ def parse_mapping(data: dict[str, Any], where: str = "configuration") -> TrainCo
     return _build(namespace, where)
 
 
-def _dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections as jsonargparse default keys ("optim.epochs"); the method and free-form dicts stay whole."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and key not in ("method", "kwargs", "options"):
-            flat.update(_dotted(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
-
-
 def _method_flag(argv: list[str]) -> tuple[list[str], str | None]:
     """Take ``--model.method NAME`` out of ``argv`` (a later one wins); returns the rest and the method's name."""
     rest: list[str] = []
@@ -186,7 +174,7 @@ def parse_cli(argv: Sequence[str], layers: Sequence[tuple[str, dict[str, Any]]] 
     parser = train_parser()
     try:
         if defaults:
-            parser.set_defaults(_dotted(defaults))
+            parser.set_defaults(dotted(defaults, (*FREE_FORM, "method")))
         namespace = parser.parse_args(list(argv))
     except argparse.ArgumentError as e:
         raise ConfigError(str(e)) from e
@@ -206,7 +194,7 @@ def parse_data_cli(argv: Sequence[str], defaults: dict[str, Any]) -> DataConfig:
     parser = data_parser()
     try:
         if defaults:
-            parser.set_defaults(_dotted({"data": defaults}))
+            parser.set_defaults(dotted({"data": defaults}, FREE_FORM))
         namespace = parser.parse_args(list(argv))
         return parser.instantiate(namespace)["data"]
     except argparse.ArgumentError as e:

@@ -56,7 +56,6 @@ V01_FLAGS: dict[str, str] = {
     **{key: f"--model.method.{name}" for key, (_, name, _) in V01_METHOD_KEYS.items()},
     "allocator": "gone (the glibc allocator tuning measured no faster; see BENCHMARKS.md)",
     "frozen_prefix": "gone (autograd already records nothing for frozen blocks with frozen input; see BENCHMARKS.md)",
-    "config": "--config (unchanged), with --recipe for shipped recipe names",
 }
 
 
@@ -67,7 +66,8 @@ def is_v01(data: dict[str, Any]) -> bool:
     return any(k != "model" and (k in V01_KEYS or k in V01_METHOD_KEYS or k in ("method", *REMOVED)) for k in data)
 
 
-def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def place(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Put ``value`` at the dotted key in nested ``tree`` (sections created as needed)."""
     *parents, leaf = dotted.split(".")
     for part in parents:
         tree = tree.setdefault(part, {})
@@ -99,5 +99,5 @@ def upgrade_v01(data: dict[str, Any], where: str = "configuration") -> dict[str,
                 f"{where}: unknown key {key!r} in a flat (0.1) configuration; 0.2 configurations are nested "
                 "(model, data, optim, speed, run): see `adaptformer recipes --show NAME` for an example"
             )
-        _put(nested, V01_KEYS[key], value)
+        place(nested, V01_KEYS[key], value)
     return nested

@@ -67,7 +67,7 @@ def load_trained_model(
     overrides = {"checkpoint": checkpoint, "checkpoint_source": checkpoint_source, "kwargs": model_kwargs,
                  "init_seed": init_seed}  # fmt: skip
     source = replace(source, **{k: v for k, v in overrides.items() if v is not None})
-    model = create_model_from_adapter(adapter_dir, source)
+    model = create_model_from_adapter(adapter_dir, source, info=info)
     return model.eval(), info
 
 

@@ -198,11 +198,8 @@ class AdaptedSwinBlock(SwinTransformerBlock):
         return x.reshape(B, H, W, C)
 
 
-# family name -> (the family's block class, its adapted subclass)
-ADAPTED_BLOCKS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
-    "vit": (Block, AdaptedViTBlock),
-    "swin": (SwinTransformerBlock, AdaptedSwinBlock),
-}
+# backbone family name -> its adapted block class (a subclass of the family's block class)
+ADAPTED_BLOCKS: dict[str, type[nn.Module]] = {"vit": AdaptedViTBlock, "swin": AdaptedSwinBlock}
 
 
 def adapter_modules(model: nn.Module) -> list[nn.Module]:
@@ -219,7 +216,7 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
     if adapter_modules(model):
         raise ValueError(f"{type(model).__name__} already has AdaptMLP modules; attach them only once")
     family, blocks = family_blocks(model, tuple(ADAPTED_BLOCKS), what="adapters")
-    plain, adapted = ADAPTED_BLOCKS[family.name]
+    plain, adapted = family.block_type, ADAPTED_BLOCKS[family.name]
     wanted = range(len(blocks)) if config.layers is None else config.layers
     missing = [i for i in wanted if i >= len(blocks)]
     if missing:
