@@ -94,6 +94,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .data.export import export_dataset
+
+    options = yaml.safe_load(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise ValueError(f"--options must be a YAML mapping such as '{{num_samples: 256}}', got {args.options!r}")
+    print(json.dumps(export_dataset(args.release, args.out, options, num_frames=args.num_frames)))
+    return 0
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data.video import prepare_hmdb51, prepare_ssv2
 
@@ -122,9 +134,11 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 def _add_prepare_parser(sub: Any) -> None:
     prepare = sub.add_parser(
-        "prepare", help="write list files (train.txt, test.txt, classes.txt) from an official SSv2 or HMDB51 release",
-        description="Write VideoMAE list files for --dataset ssv2|hmdb51 --data-dir OUT. test.txt is the split the "
-        "paper reports (SSv2: the official validation set; HMDB51: the test half of the chosen split).",
+        "prepare", help="turn an official SSv2/HMDB51 release into list files, or write a built-in dataset as files",
+        description="ssv2|hmdb51: write VideoMAE list files (train.txt, test.txt, classes.txt) for --data.dataset "
+        "ssv2|hmdb51 --data.data_dir OUT; test.txt is the split the paper reports (SSv2: the official validation set; "
+        "HMDB51: the test half of the chosen split). digits|synthetic|shapes|synthetic-video: write the built-in "
+        "dataset as image or video files in the imagefolder/videofolder layout, to try the file pipeline offline.",
     )  # fmt: skip
     releases = prepare.add_subparsers(dest="release", required=True)
     ssv2 = releases.add_parser("ssv2", help="Something-Something v2: labels/train/validation json + videos")
@@ -141,6 +155,19 @@ def _add_prepare_parser(sub: Any) -> None:
     )
     hmdb.add_argument("--split", type=int, default=1, choices=[1, 2, 3], help="official split (paper: 1; default: 1)")
     hmdb.add_argument("--split-dir", default=None, help="folder of the *_test_split<N>.txt files (default: found)")
+    from .data.export import EXPORTABLE
+
+    for kind in EXPORTABLE:
+        video = kind == "synthetic-video"
+        built_in = releases.add_parser(
+            kind, help=f"write the built-in {kind} dataset as files: OUT/{{train,test}}/<class>/<n>."
+            f"{'mp4 (--data.dataset videofolder)' if video else 'png (--data.dataset imagefolder)'}",
+        )  # fmt: skip
+        built_in.add_argument("--out", required=True, help="a new (or empty) folder: pass it as --data.data_dir")
+        built_in.add_argument("--options", default=None, help="the kind's --data.options as YAML, e.g. '{seed: 1}'")
+        if video:
+            built_in.add_argument("--num-frames", type=int, default=16, help="frames per clip (default: 16)")
+        built_in.set_defaults(func=_cmd_export, num_frames=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +285,7 @@ def _comma_list(text: str) -> list[str]:
 USER_ERRORS = (
     ValueError,  # the library's file/config errors (CheckpointError, AdapterFileError, ConfigError, ...) among them
     FileNotFoundError,
+    FileExistsError,  # a new run or export into a folder that holds something
     UnsupportedModelError,
     MissingDependencyError,
     ImageDecodeError,
