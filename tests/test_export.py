@@ -17,7 +17,9 @@ from adaptformer.data.video import load_video_split
 from adaptformer.data.video.synthetic import SyntheticMotionDataset
 
 
-@pytest.mark.parametrize("kind, options", [("digits", {}), ("synthetic", {"num_samples": 12}), ("shapes", {"num_samples": 64})])
+@pytest.mark.parametrize(
+    "kind, options", [("digits", {}), ("synthetic", {"num_samples": 12}), ("shapes", {"num_samples": 64})]
+)
 def test_exported_images_read_back_pixel_exact(tmp_path: Path, kind: str, options: dict) -> None:
     out = tmp_path / kind
     result = export_dataset(kind, out, options)
