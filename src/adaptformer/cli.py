@@ -168,9 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fine-tune a backbone with a method on a dataset",
-        description="Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/adapter/, OUT/checkpoint.pt and "
-        "OUT/test.json (OUT = --run.output_dir). Multi-process: torchrun --nproc_per_node N -m adaptformer.cli "
-        "train ... " + config_help,
+        description="Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/curves.png, OUT/adapter/, "
+        "OUT/checkpoint.pt and OUT/test.json (OUT = --run.output_dir: missing or empty, unless --run.resume true "
+        "continues the run there or --run.overwrite true replaces it). Multi-process: torchrun --nproc_per_node N -m "
+        "adaptformer.cli train ... " + config_help,
         add_help=False,
     )
     _add_layer_arguments(train)
