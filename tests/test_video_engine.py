@@ -84,7 +84,7 @@ def test_train_reports_multi_and_single_view_test_accuracy(setup: dict[str, Path
     assert test["views_per_video"] == 12 and test["skipped"] == 0  # default 4 clips x 3 crops
     assert {"acc1", "acc5", "single_view_acc1", "single_view_acc5"} <= set(test)
     records = [json.loads(x) for x in (setup["out"] / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1] and all("val_acc1" in r for r in records)
+    assert [r["epoch"] for r in records] == [1, 2] and all("val_acc1" in r for r in records)
     task = json.loads((setup["out"] / "adapter" / "adapter_config.json").read_text())
     assert task["training"]["dataset"] == "videolist" and task["classes"] == CLASSES
     video = task["training"]["video"]

@@ -84,9 +84,20 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.config_parser import parse_cli
+    from .engine.run_folder import run_config_folder
     from .train import train
 
-    cfg = parse_cli(args.flags, _config_layers(args))
+    layers = _config_layers(args)
+    cfg = parse_cli(args.flags, layers)
+    folder = run_config_folder(args.config) if cfg.run.resume else None
+    if folder is not None:  # continue the run whose folder holds the config (a copied folder: the copy); flags win
+        recorded = cfg.run.output_dir
+        cfg = parse_cli(args.flags, [*layers, (f"the folder of {args.config}", {"run": {"output_dir": str(folder)}})])
+        if Path(cfg.run.output_dir).resolve() != Path(recorded).resolve():
+            logging.getLogger(__name__).info(
+                "resuming the run in %s, the folder of --config %s, which records run.output_dir %s",
+                cfg.run.output_dir, args.config, recorded,
+            )  # fmt: skip
     result = train(cfg)
     if result.is_main:
         summary = {"output_dir": str(result.output_dir), "stopped_early": result.stopped_early, "test": result.test}
@@ -184,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="fine-tune a backbone with a method on a dataset",
-        description="Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/adapter/, OUT/checkpoint.pt and "
-        "OUT/test.json (OUT = --run.output_dir). Multi-process: torchrun --nproc_per_node N -m adaptformer.cli "
-        "train ... " + config_help,
+        description="Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/curves.png, OUT/adapter/, "
+        "OUT/checkpoint.pt and OUT/test.json (OUT = --run.output_dir: missing or empty, unless --run.resume true "
+        "continues the run there or --run.overwrite true replaces it). Multi-process: torchrun --nproc_per_node N -m "
+        "adaptformer.cli train ... " + config_help,
         add_help=False,
     )
     _add_layer_arguments(train)
