@@ -1,10 +1,17 @@
-"""What image and video dataset registries share: checking a request (kind, split, options, root) before building."""
+"""What image and video dataset registries share: checking a request (kind, split, options, root) before building,
+and checking that a split's samples cover its classes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from adaptformer.data.files import DatasetFileError
+
+log = logging.getLogger(__name__)
 
 
 class DatasetKind(Protocol):
@@ -46,3 +53,24 @@ def resolve_request(
     if not path.is_dir():
         raise FileNotFoundError(f"{kind} dataset: root folder {path} not found\nexpected layout:\n{layouts[kind]}")
     return path
+
+
+def check_class_coverage(
+    labels: Sequence[int], classes: Sequence[str], source: str, *, required: bool, skipped: int = 0, what: str = ""
+) -> None:
+    """Classes without a sample in ``labels`` (the split read from ``source``).
+
+    In the split that defines the classes (``required``: training) such a class is an output the model can never
+    learn, so it is a :class:`DatasetFileError` naming ``source``, the classes and ``what`` to do; in another split
+    it is a warning (those classes are never scored). ``skipped``: unreadable files left out, which the message
+    mentions, since leaving them out can empty a class.
+    """
+    counts = Counter(int(label) for label in labels)
+    empty = [name for index, name in enumerate(classes) if counts[index] == 0]
+    if not empty:
+        return
+    shown = f"{empty[:10]}" + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    after = f" after leaving out {skipped} unreadable file(s)" if skipped else ""
+    if required:
+        raise DatasetFileError(f"{source} has no samples of {len(empty)} class(es) {shown}{after}; {what}")
+    log.warning("%s has no samples of %d class(es) %s%s: they are never scored", source, len(empty), shown, after)

@@ -28,7 +28,8 @@ from typing import Any, Literal, Protocol
 
 from torch.utils.data import Dataset
 
-from adaptformer.data.kinds import resolve_request
+from adaptformer.data.files import DatasetFileError, read_class_names
+from adaptformer.data.kinds import check_class_coverage, resolve_request
 from adaptformer.data.video.datasets import (
     VideoClipDataset,
     VideoEntry,
@@ -81,6 +82,7 @@ class VideoFiles:
     entries: list[VideoEntry]
     classes: list[str]
     skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    origin: str = "video files"  # where the entries were read, for messages: a list file or a class-folder tree
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -125,28 +127,34 @@ def _list_file(root: Path, split: str, kind: str) -> Path:
     raise FileNotFoundError(f"{kind} dataset: no {split}.txt (or .csv) in {root}\nexpected layout:\n{_LAYOUTS[kind]}")
 
 
-def _list_classes(root: Path, kind: str, num_classes: int | None) -> list[str]:
-    """classes.txt, else ``num_classes`` numbered classes, else as many as the train list's largest label + 1."""
+def _list_classes(root: Path, kind: str, num_classes: int | None) -> tuple[list[str], str]:
+    """The class names and where they come from: classes.txt, else ``num_classes`` numbered classes, else as many as
+    the train list's largest label + 1."""
     names_file = root / "classes.txt"
     if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        names = read_class_names(names_file)
         if num_classes is not None and num_classes != len(names):
             raise ValueError(f"num_classes {num_classes} contradicts the {len(names)} names in {names_file}")
-        return names
-    if num_classes is None:
-        labels = [entry.label for entry in read_video_list(_list_file(root, "train", kind))]
-        num_classes = max(labels) + 1
-        logger.info("%s: no classes.txt; %d classes from the largest label of the train list", root, num_classes)
-    return [str(i) for i in range(num_classes)]
+        return names, str(names_file)
+    if num_classes is not None:
+        return [str(i) for i in range(num_classes)], f"the option num_classes {num_classes}"
+    train_list = _list_file(root, "train", kind)
+    labels = [entry.label for entry in read_video_list(train_list)]
+    if not labels:
+        raise DatasetFileError(f"{train_list} lists no videos; expected '<path> <label>' lines")
+    logger.info("%s: no classes.txt; %d classes from the largest label of the train list", root, max(labels) + 1)
+    return [str(i) for i in range(max(labels) + 1)], f"the largest label in {train_list} (no classes.txt)"
 
 
 def _build_list(
     root: Path, split: str, *, kind: str, num_classes: int | None = None, video_root: str | None = None
 ) -> VideoFiles:
     """List files; relative video paths are resolved against ``video_root`` (default: ``root``)."""
-    classes = _list_classes(root, kind, num_classes)
+    classes, classes_from = _list_classes(root, kind, num_classes)
     base = Path(video_root).expanduser() if video_root is not None else root
-    return VideoFiles(read_video_list(_list_file(root, split, kind), base, num_classes=len(classes)), classes)
+    list_file = _list_file(root, split, kind)
+    entries = read_video_list(list_file, base, num_classes=len(classes), classes_from=classes_from)
+    return VideoFiles(entries, classes, origin=f"{kind} {list_file}")
 
 
 def _build_videofolder(root: Path, split: str) -> VideoFiles:
@@ -160,9 +168,13 @@ def _build_videofolder(root: Path, split: str) -> VideoFiles:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else names
     extra = sorted(set(names) - set(classes))
     if extra:
-        raise ValueError(f"{split_dir} has class folders {extra} that {train_dir} lacks (allowed: {classes})")
+        raise DatasetFileError(
+            f"{split_dir} has class folders {extra} that {train_dir} lacks (allowed: {classes}); every class needs "
+            f"training videos in {train_dir}"
+        )
     index = {name: i for i, name in enumerate(classes)}
-    return VideoFiles([VideoEntry(e.path, index[names[e.label]]) for e in entries], classes)
+    entries = [VideoEntry(e.path, index[names[e.label]]) for e in entries]
+    return VideoFiles(entries, classes, origin=f"videofolder {split_dir}")
 
 
 def _build_synthetic(
@@ -239,5 +251,13 @@ def load_video_split(
             raise ValueError(f"skip_bad_videos applies to kinds that read video files; {kind!r} has none to skip")
         kept, skipped = scan_videos(source.entries)
         source = replace(source, entries=kept, skipped_files=skipped)
+    if isinstance(source, VideoFiles):
+        check_class_coverage(
+            [entry.label for entry in source.entries], source.classes, source.origin,
+            required=split == "train",
+            skipped=len(source.skipped_files),
+            what="every class needs training videos: add some, or remove the class (its folder, or its line in "
+            "classes.txt)",
+        )  # fmt: skip
     logger.info("%s %s: %d videos, %d classes", kind, split, len(source), len(source.classes))
     return source
