@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,13 +15,32 @@ log = logging.getLogger(__name__)
 
 
 class DatasetKind(Protocol):
-    """A registry entry: which splits and options a kind takes, and whether it reads files under a root."""
+    """A registry entry: which splits and options a kind takes, whether it reads files under a root, and (``locate``)
+    where a split's folder or list file is, for kinds whose splits are optional on disk (None: all always there)."""
 
     splits: tuple[str, ...]
     needs_root: bool
+    locate: Callable[[Path, str], Path | None] | None
 
     @property
     def options(self) -> Iterable[str]: ...
+
+
+def split_folder(root: Path, split: str) -> Path | None:
+    """``<root>/<split>`` if it is a folder (the ``locate`` of class-folder kinds)."""
+    return root / split if (root / split).is_dir() else None
+
+
+def split_location(kind: DatasetKind, root: str | Path | None, split: str) -> Path | None:
+    """Where ``split`` of a dataset of ``kind`` under ``root`` is on disk, or None where it is not there (always
+    None for a split the kind does not have; for kinds without ``locate``, the root itself for the splits they
+    list)."""
+    if split not in kind.splits:
+        return None
+    if kind.locate is None or root is None:
+        return Path(root).expanduser() if root is not None else None
+    path = Path(root).expanduser()
+    return kind.locate(path, split) if path.is_dir() else None
 
 
 def resolve_request(

@@ -34,7 +34,7 @@ from adaptformer.data.files import (
     require_keys,
 )
 from adaptformer.data.image.datasets import ArrayImageDataset, ImageFileDataset, Transform
-from adaptformer.data.kinds import check_class_coverage, resolve_request
+from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
 from adaptformer.data.splits import train_val_split_indices
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ _LAYOUTS = {
     "svhn": "<root>/\n  train_32x32.mat\n  test_32x32.mat\n  extra_32x32.mat   (optional)",
     "food101": "<root>/\n  food-101/\n    images/<class>/<id>.jpg\n    meta/classes.txt\n    meta/train.json\n"
     "    meta/test.json",
-    "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional)\n  test/<class>/...",
+    "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional: model selection; "
+    "without test/, the test split)\n  test/<class>/...    (optional when val/ is there)",
 }
 
 
@@ -277,6 +278,7 @@ class ImageDatasetKind:
     build: Callable[..., Dataset]
     splits: tuple[str, ...]
     needs_root: bool = True
+    locate: Callable[[Path, str], Path | None] | None = None  # where an optional split is on disk (None: all there)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -295,7 +297,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "cifar10": ImageDatasetKind(_build_cifar10, ("train", "test")),
     "svhn": ImageDatasetKind(_build_svhn, ("train", "test", "extra")),
     "food101": ImageDatasetKind(_build_food101, ("train", "test")),
-    "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test")),
+    "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test"), locate=split_folder),
     "digits": ImageDatasetKind(_build_digits, ("train", "test"), needs_root=False),
     "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
     "shapes": ImageDatasetKind(_build_shapes, ("train", "test"), needs_root=False),

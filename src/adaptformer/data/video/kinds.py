@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from torch.utils.data import Dataset
 
 from adaptformer.data.files import DatasetFileError, read_class_names
-from adaptformer.data.kinds import check_class_coverage, resolve_request
+from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
 from adaptformer.data.video.datasets import (
     VideoClipDataset,
     VideoEntry,
@@ -49,14 +49,16 @@ Mode = Literal["train", "test"]
 
 _LIST_LAYOUT = (
     "<root>/\n  train.txt        '<path> <label>' per line (or train.csv); paths absolute or relative to <root>\n"
-    "  val.txt          (optional)\n  test.txt\n  classes.txt      (optional) one class name per line, line i = label i"
+    "  val.txt          (optional: model selection; without test.txt, the test split)\n"
+    "  test.txt         (optional when val.txt is there)\n"
+    "  classes.txt      (optional) one class name per line, line i = label i"
 )
 _LAYOUTS = {
     "videolist": _LIST_LAYOUT,
     "ssv2": _LIST_LAYOUT + "\n(write it with: adaptformer prepare ssv2 --root SSV2_RELEASE --out <root>)",
     "hmdb51": _LIST_LAYOUT + "\n(write it with: adaptformer prepare hmdb51 --root HMDB51 --out <root> --split 1)",
-    "videofolder": "<root>/\n  train/<class>/<video>.mp4|avi|webm|mkv\n  val/<class>/...   (optional)\n"
-    "  test/<class>/...",
+    "videofolder": "<root>/\n  train/<class>/<video>.mp4|avi|webm|mkv\n  val/<class>/...   (optional: model "
+    "selection; without test/, the test split)\n  test/<class>/...  (optional when val/ is there)",
 }
 
 
@@ -120,10 +122,15 @@ class SyntheticVideos:
 # accepts for the kind.
 
 
+def _find_list(root: Path, split: str) -> Path | None:
+    """``<root>/<split>.txt`` (or ``.csv``) if present (the ``locate`` of the list kinds)."""
+    return next((root / f"{split}{s}" for s in (".txt", ".csv") if (root / f"{split}{s}").is_file()), None)
+
+
 def _list_file(root: Path, split: str, kind: str) -> Path:
-    for suffix in (".txt", ".csv"):
-        if (root / f"{split}{suffix}").is_file():
-            return root / f"{split}{suffix}"
+    found = _find_list(root, split)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"{kind} dataset: no {split}.txt (or .csv) in {root}\nexpected layout:\n{_LAYOUTS[kind]}")
 
 
@@ -200,6 +207,7 @@ class VideoDatasetKind:
     build: Callable[..., VideoFiles | SyntheticVideos]
     splits: tuple[str, ...]
     needs_root: bool = True
+    locate: Callable[[Path, str], Path | None] | None = None  # where an optional split is on disk (None: all there)
     sampling: Strategy = "dense"
     stride: int = 4
 
@@ -220,10 +228,10 @@ def _lists(kind: str) -> Callable[..., VideoFiles]:
 
 _SPLITS = ("train", "val", "test")
 VIDEO_DATASETS: dict[str, VideoDatasetKind] = {
-    "videolist": VideoDatasetKind(_lists("videolist"), _SPLITS),
-    "ssv2": VideoDatasetKind(_lists("ssv2"), _SPLITS, sampling="segment"),
-    "hmdb51": VideoDatasetKind(_lists("hmdb51"), _SPLITS, sampling="dense", stride=4),
-    "videofolder": VideoDatasetKind(_build_videofolder, _SPLITS),
+    "videolist": VideoDatasetKind(_lists("videolist"), _SPLITS, locate=_find_list),
+    "ssv2": VideoDatasetKind(_lists("ssv2"), _SPLITS, locate=_find_list, sampling="segment"),
+    "hmdb51": VideoDatasetKind(_lists("hmdb51"), _SPLITS, locate=_find_list, sampling="dense", stride=4),
+    "videofolder": VideoDatasetKind(_build_videofolder, _SPLITS, locate=split_folder),
     "synthetic-video": VideoDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
 }
 
