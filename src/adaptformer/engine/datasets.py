@@ -11,7 +11,7 @@ preprocessing once the model exists, and score predictions as the data requires.
     metrics = test.score(evaluate(model, eval_loader(test_set, ...), ...), test_set)
 
 Which splits a run uses: ``train``; for the final test ``test``, or ``val`` when the dataset has a val split on disk
-but no test split (an ImageNet-style ``train/`` + ``val/`` folder; logged, see :func:`test_split_name`); for model
+but no test split (an ImageNet-style ``train/`` + ``val/`` folder; logged, see :func:`resolve_test_split`); for model
 selection the dataset's own ``val`` split when it also has a test split (:func:`given_val_split`, logged; then
 ``data.val_split`` is not used), else a part carved from ``train`` (``data.val_split``). A split with no samples
 (none listed, or all of them unreadable and skipped) is an error, never a score of NaN.
@@ -199,7 +199,7 @@ def _registry_entry(spec: DataSpec) -> DatasetKind:
     return VIDEO_DATASETS[spec.kind] if spec.is_video else IMAGE_DATASETS[spec.kind]
 
 
-def test_split_name(spec: DataSpec) -> str:
+def resolve_test_split(spec: DataSpec) -> str:
     """The split a run tests on: "test", or "val" when the dataset has a val split on disk but no test split (the
     ImageNet layout ``train/`` + ``val/``), which is logged."""
     entry = _registry_entry(spec)
@@ -229,8 +229,8 @@ def given_val_split(spec: DataSpec, val_split: float = 0.0) -> str | None:
 
 def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
     """The ``split`` of ``spec``'s dataset, untransformed until :meth:`build` is given the model; "test" is
-    :func:`test_split_name`'s choice. A split without samples is a :class:`DatasetFileError`."""
-    name = test_split_name(spec) if split == "test" else split
+    :func:`resolve_test_split`'s choice. A split without samples is a :class:`DatasetFileError`."""
+    name = resolve_test_split(spec) if split == "test" else split
     if spec.is_video:
         source = load_video_split(spec.kind, spec.root, name, skip_bad_videos=spec.skip_bad, **spec.options)
         loaded: ImageSplit | VideoSplit = VideoSplit(source, spec.video.resolved(spec.kind), name)
