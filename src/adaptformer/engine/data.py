@@ -189,7 +189,10 @@ def read_undrawn(dataset: Dataset, indices: list[int], seed: int) -> None:
     passing unnoticed. The reads are seeded per sample (:class:`SeededSamples`): the run's random state is untouched."""
     if not indices:
         return
-    logger.info("reading the %d training sample(s) that no epoch's batches draw, to check them", len(indices))
+    logger.info(
+        "reading the %d training sample(s) that no epoch's batches draw (each epoch drops those that do not fill a "
+        "step), so that an unreadable file among them is not missed", len(indices),
+    )  # fmt: skip
     samples = SeededSamples(dataset, seed)
     for index in indices:
         samples[(0, index)]
