@@ -32,14 +32,14 @@ def split_folder(root: Path, split: str) -> Path | None:
 
 
 def split_location(kind: DatasetKind, root: str | Path | None, split: str) -> Path | None:
-    """Where ``split`` of a dataset of ``kind`` under ``root`` is on disk, or None where it is not there (always
-    None for a split the kind does not have; for kinds without ``locate``, the root itself for the splits they
-    list)."""
-    if split not in kind.splits:
+    """Where ``split`` of a dataset of ``kind`` under ``root`` is on disk (its folder or list file), or None: for a
+    split the kind does not have, without a root, or for a split of a kind with ``locate`` that is not on disk. The
+    splits of kinds without ``locate`` are all read from the root itself."""
+    if split not in kind.splits or root is None:
         return None
-    if kind.locate is None or root is None:
-        return Path(root).expanduser() if root is not None else None
     path = Path(root).expanduser()
+    if kind.locate is None:
+        return path
     return kind.locate(path, split) if path.is_dir() else None
 
 

@@ -214,8 +214,8 @@ def resolve_test_split(spec: DataSpec) -> str:
 
 
 def given_val_split(spec: DataSpec, val_split: float = 0.0) -> str | None:
-    """ "val" when the dataset has both a val and a test split on disk: model selection then uses it instead of a part
-    carved from train, and ``val_split`` (``--data.val_split``) is not used, which is logged; else None."""
+    """The split for model selection, "val", when the dataset has both a val and a test split on disk (it is then
+    used instead of a part carved from train, and ``val_split``, ``--data.val_split``, is not: logged); else None."""
     entry = _registry_entry(spec)
     if entry.locate is None or split_location(entry, spec.root, "test") is None:
         return None
@@ -245,7 +245,8 @@ def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
     if count == 0:
         flag = "--data.skip_bad_videos" if spec.is_video else "--data.skip_bad_images"
         skipped = f": all {loaded.skipped} were unreadable and left out ({flag})" if loaded.skipped else ""
-        raise DatasetFileError(f"the {name} split of {where} has no samples{skipped}; there is nothing to score")
+        purpose = "train on" if name == "train" else "score"
+        raise DatasetFileError(f"the {name} split of {where} has no samples{skipped}; there is nothing to {purpose}")
     return loaded
 
 
