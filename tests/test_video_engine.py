@@ -200,18 +200,19 @@ def test_kinds_choose_their_sampling_and_image_and_video_do_not_mix() -> None:
 
 
 def _one_bad_video_per_split(root: Path, kind: str) -> Path:
-    """Every split of a ``kind`` dataset under ``root``: two good clips and one corrupt file; returns the latter."""
+    """Every split of a ``kind`` dataset under ``root``: two good clips (classes 0 and 1) and one corrupt file (class
+    1, which keeps a good clip when it is skipped); returns the latter."""
     good = [write_video(root / f"good{i}.mp4", num_frames=6, size=(24, 32)) for i in range(2)]
     corrupt = root / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 8)
     for split in ("train", "val", "test"):
-        files = [*good, corrupt]
+        files = [(good[0], 0), (good[1], 1), (corrupt, 1)]
         if kind == "videofolder":
-            for label, path in enumerate(files):
+            for path, label in files:
                 (root / split / CLASSES[label]).mkdir(parents=True, exist_ok=True)
                 (root / split / CLASSES[label] / path.name).write_bytes(path.read_bytes())
         else:
-            (root / f"{split}.txt").write_text("".join(f"{path} {label}\n" for label, path in enumerate(files)))
+            (root / f"{split}.txt").write_text("".join(f"{path} {label}\n" for path, label in files))
     return corrupt
 
 

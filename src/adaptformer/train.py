@@ -17,9 +17,14 @@ A new run needs a missing or empty ``run.output_dir`` (``run.resume`` continues 
 removes it first; :mod:`.engine.run_folder`), and nothing there changes before the run's inputs (weights file,
 dataset, model, training state) have been read and checked.
 
-Model selection uses only the validation split carved from the training data (seeded, ``data.val_split``): with
-``select: best`` the adapter of the epoch with the best validation top-1 is kept (the earliest on ties), with
-``select: last`` the final one. The test split never influences training or selection.
+Model selection uses only a validation split: the dataset's own ``val`` split when it has one next to its test split
+(an ``imagefolder`` or ``videofolder`` with ``val/`` and ``test/``, list files with ``val.txt`` and ``test.txt``; then
+``data.val_split`` is not used), else a part carved from the training data (seeded, ``data.val_split``). A dataset
+with ``val`` but no ``test`` split (the ImageNet layout) is tested on ``val``. With ``select: best`` the adapter of the
+epoch with the best validation top-1 is kept (the earliest on ties), with ``select: last`` the final one. The test
+split never influences training or selection. Training samples that no epoch's batches draw (each epoch drops the
+samples that do not fill an optimizer step) are read once at the start, so an unreadable file fails the run wherever
+it lies in the split.
 
 Image and video datasets run through the same code: ``engine.datasets`` loads a split, builds it for the model
 (transforms from the backbone's preprocessing) and scores it; only those three steps know which kind of data it is.
@@ -46,8 +51,8 @@ from .engine.checkpointing import (
 )
 from .engine.config import TrainConfig
 from .engine.curves import CURVES_FILE, plot_curves
-from .engine.data import TrainBatchSampler, eval_loader, train_loader
-from .engine.datasets import DataSpec, load_split
+from .engine.data import TrainBatchSampler, eval_loader, read_undrawn, train_loader
+from .engine.datasets import DataSpec, check_same_classes, given_val_split, load_split
 from .engine.distributed import DistributedContext, all_gather_objects, barrier, init_distributed, shutdown, wrap_model
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
@@ -147,9 +152,12 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     # Data: the splits (images or videos), untransformed until the model says which input it needs.
     spec = DataSpec.from_config(cfg)
     train_split, test_split = load_split(spec, "train"), load_split(spec, "test")
+    given_val = given_val_split(spec, cfg.data.val_split)  # the dataset's own val split, else None: carve from train
+    val_split = load_split(spec, given_val) if given_val is not None else None
     classes = train_split.classes
-    if test_split.classes != classes:
-        raise ValueError(f"{cfg.data.dataset}: the train and test splits have different classes")
+    for other in (test_split, val_split):
+        if other is not None:
+            check_same_classes(train_split, other, cfg.data.dataset)
 
     # Model: backbone + pre-trained weights + method + head, then the speed options for the device and precision.
     precision = resolve_precision(cfg.optim.precision, ctx.device)
@@ -158,7 +166,9 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         logger.info("%s, method %s:\n%s", cfg.model.backbone, cfg.model.method, parameter_report(model))
     seed_everything(derive_seed(cfg.run.seed, ctx.rank))  # same init on every process; own dropout draws per process
     train_part, val_part = train_split.build(model, "train"), None
-    if cfg.data.val_split:  # the same samples, deterministic single view, stratified by label
+    if val_split is not None:
+        val_part = val_split.build(model, "eval")
+    elif cfg.data.val_split:  # the same samples, deterministic single view, stratified by label
         val_source = train_split.build(model, "eval")
         train_part, val_part = train_val_split(
             train_part, cfg.data.val_split, cfg.data.split_seed, val_dataset=val_source
@@ -169,6 +179,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     accum = accumulation_steps(cfg, ctx.world_size)
     o = cfg.optim
     sampler = TrainBatchSampler(len(train_part), o.batch_size, accum, ctx.world_size, ctx.rank, cfg.run.seed)
+    read_undrawn(train_part, sampler.never_drawn(o.epochs), cfg.run.seed)
     loader = train_loader(train_part, sampler, cfg.run.seed, cfg.data.num_workers, ctx.device)
     eval_args = (o.eval_batch_size, cfg.data.num_workers, ctx.device, ctx.world_size, ctx.rank)
     val_loader = eval_loader(val_part, *eval_args) if val_part is not None else None
@@ -278,7 +289,8 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     selected_val = pos.best_val_acc1
     if cfg.run.select == "last" and ctx.is_main:
         selected_val = next((r.get("val_acc1") for r in metrics.read() if r["epoch"] == selected_epoch), None)
-    report = {"split": "test", **test, "select": cfg.run.select, "epoch": selected_epoch, "val_acc1": selected_val}
+    report = {"split": test_split.name, **test, "select": cfg.run.select, "epoch": selected_epoch,
+              "val_acc1": selected_val}  # fmt: skip
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)

@@ -124,7 +124,8 @@ class DataConfig:
         verify_checksums: check the md5 of CIFAR/SVHN files against the official release.
         skip_bad_images: image kinds with one file per image: drop unreadable ones (counted in log and test.json).
         skip_bad_videos: video kinds: probe every video, drop undecodable ones (counted in log and test.json).
-        val_split: validation carved from train: fraction, sample count, or 0 for none.
+        val_split: validation carved from train: fraction, sample count, or 0 for none (not used when the dataset has
+            its own val split next to its test split: val/ and test/ folders, val.txt and test.txt).
         split_seed: seed of the train/validation split.
         num_workers: data loading worker processes per device.
         crop_scale: [min, max] area fraction RandomResizedCrop keeps of a training image (image kinds).

@@ -205,11 +205,12 @@ def evaluate(
 
 
 def classification_metrics(predictions: Predictions) -> dict[str, float | int]:
-    """Top-1 and top-5 accuracy (percent), mean cross-entropy, and the number of predictions ``n``."""
+    """Top-1 and top-5 accuracy (percent), mean cross-entropy, and the number of predictions ``n`` (no predictions:
+    a ValueError, never a NaN score)."""
     logits, labels = predictions.logits.float(), predictions.labels
     n = labels.shape[0]
     if n == 0:
-        return {"acc1": float("nan"), "acc5": float("nan"), "loss": float("nan"), "n": 0}
+        raise ValueError("no predictions to score: the evaluated split has no samples")
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, k)
     hits = top == labels[:, None]
     return {
