@@ -166,9 +166,9 @@ def photos(work: Path) -> None:
 
 IMAGE_SIZE = {"depth": 1, "img_size": 64}  # a 1-block ViT-B at 64 px: the recipes' model, small enough for a test
 VIDEO_SIZE = {"depth": 1, "img_size": 32}
-SMALL_RUN = ["--optim.epochs", "1", "--optim.warmup_epochs", "0", "--optim.batch_size", "4", "--optim.effective_batch",
-             "4", "--data.num_workers", "0"]  # fmt: skip
-IMAGE_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(IMAGE_SIZE), "--data.val_split", "2",
+SMALL_RUN = ["--optim.epochs", "1", "--optim.warmup_epochs", "0", "--optim.batch_size", "2", "--optim.effective_batch",
+             "2", "--data.num_workers", "0"]  # fmt: skip
+IMAGE_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(IMAGE_SIZE), "--data.val_split", "1",
              "--data.verify_checksums", "false"]  # fmt: skip
 VIDEO_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE), "--data.val_split", "0"]
 IMAGE_EVAL = ["--data.verify_checksums", "false"]
@@ -219,6 +219,10 @@ def _check_params(outputs: list[str], work: Path) -> None:
     assert "1,266,532" in outputs[0]
 
 
+def _digits_files(work: Path) -> None:
+    run("adaptformer prepare digits --out data/digits", work, {})
+
+
 def _c100_run(work: Path) -> None:
     """The README's CIFAR-100 run, at test size, for the flows that continue it."""
     image_data(work)
@@ -233,12 +237,13 @@ FLOWS = [
     Flow("adaptformer prepare digits --out data/digits\n", check=_check_digits),
     Flow(
         "--model.method vpt --model.method.num_tokens 16",
+        setup=(_digits_files,),
         extra={"train": ["--optim.epochs", "1"]},
         check=_check_predicted_every_file,
     ),
     Flow(
         "adaptformer prepare synthetic-video",
-        extra={"prepare": ["--options", "{num_samples: 16}"], "train": ["--optim.epochs", "1"]},
+        extra={"prepare": ["--options", "{num_samples: 16}"], "train": ["--optim.epochs", "1", "--optim.batch_size", "8"]},
         check=_check_predicted_every_file,
     ),
     Flow("params --model.backbone vit_base_patch16_224 --num-classes 100", check=_check_params),
