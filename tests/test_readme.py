@@ -71,8 +71,11 @@ def readme_blocks() -> list[Block]:
 # ------------------------------------------------------------------------------------------- running commands
 
 
-def run(command: str, work: Path, extra: dict[str, list[str]]) -> str:
-    """Run one README command in ``work``; returns its stdout. ``extra`` appends flags per sub-command."""
+def run(command: str, work: Path, extra: dict[str, list[str]], paths: dict[str, str] | None = None) -> str:
+    """Run one README command in ``work``; returns its stdout. ``extra`` appends flags per sub-command (or for
+    ``torchrun``); ``paths`` replaces absolute path prefixes (``/data/``) by folders in ``work``."""
+    for prefix, local in (paths or {}).items():
+        command = command.replace(prefix, f"{work / local}/")
     argv = shlex.split(command)
     program, args = argv[0], argv[1:]
     args = args + extra.get(args[0] if args else "", []) if program.endswith("adaptformer") else args
@@ -90,7 +93,7 @@ def run(command: str, work: Path, extra: dict[str, list[str]]) -> str:
     if program == "torchrun":  # two processes on CPU (gloo) instead of the README's 8 GPUs
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         rest = expanded[expanded.index("-m") :]
-        rest += extra.get("train", [])
+        rest += extra.get("torchrun", [])
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
         done = subprocess.run(launcher + rest, cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
@@ -170,7 +173,7 @@ SMALL_RUN = ["--optim.epochs", "1", "--optim.warmup_epochs", "0", "--optim.batch
              "2", "--data.num_workers", "0"]  # fmt: skip
 IMAGE_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(IMAGE_SIZE), "--data.val_split", "1",
              "--data.verify_checksums", "false"]  # fmt: skip
-VIDEO_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE), "--data.val_split", "0"]
+VIDEO_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE), "--data.val_split", "1"]
 IMAGE_EVAL = ["--data.verify_checksums", "false"]
 
 
@@ -185,6 +188,7 @@ class Flow:
     setup: tuple[Callable[[Path], None], ...] = ()
     extra: dict[str, list[str]] = field(default_factory=dict)
     check: Callable[[list[str], Path], None] | None = None
+    paths: dict[str, str] = field(default_factory=dict)  # absolute path prefix in the README -> folder in work
     run_commands: bool = True  # False: the commands are checked by ``check`` instead (they are what CI runs)
 
 
@@ -243,17 +247,20 @@ FLOWS = [
     ),
     Flow(
         "adaptformer prepare synthetic-video",
-        extra={"prepare": ["--options", "{num_samples: 16}"], "train": ["--optim.epochs", "1", "--optim.batch_size", "8"]},
+        extra={
+            "prepare": ["--options", "{num_samples: 16}"],
+            "train": ["--optim.epochs", "1", "--optim.batch_size", "8"],
+        },
         check=_check_predicted_every_file,
     ),
     Flow("params --model.backbone vit_base_patch16_224 --num-classes 100", check=_check_params),
     Flow("adaptformer train --config digits_af16.yaml", extra={"train": ["--optim.epochs", "1"]}),
     Flow("# CIFAR-100 (python pickle release", setup=(image_data,), extra={"train": IMAGE_RUN}),
-    Flow("# Something-Something v2", setup=(video_data,), extra={"train": VIDEO_RUN}),
+    Flow("# Something-Something v2", setup=(video_data,), extra={"train": VIDEO_RUN}, paths={"/data/": "release"}),
     Flow(
         "torchrun --nproc_per_node 8 -m adaptformer.cli train --recipe cifar100",
         setup=(image_data,),
-        extra={"train": IMAGE_RUN},
+        extra={"torchrun": [*IMAGE_RUN, "--optim.effective_batch", "4"]},  # 2 processes x 2
     ),
     Flow("--run.resume true", setup=(_c100_run,)),
     Flow(
@@ -292,7 +299,9 @@ def test_readme_shell_block(block: Block, tmp_path: Path) -> None:
         (tmp_path / "digits_af16.yaml").write_text(next(b.text for b in readme_blocks() if b.lang == "yaml"))
     for setup in flow.setup:
         setup(tmp_path)
-    outputs = [run(command, tmp_path, flow.extra) for command in block.commands] if flow.run_commands else []
+    outputs = (
+        [run(command, tmp_path, flow.extra, flow.paths) for command in block.commands] if flow.run_commands else []
+    )
     if flow.check is not None:
         flow.check(outputs, tmp_path)
 
