@@ -26,7 +26,7 @@ from timm.layers import resample_abs_pos_embed
 
 from .convert_video import convert_hf_videomae, convert_image_to_video, convert_videomae
 from .errors import CheckpointError
-from .heads import classifier_path
+from .heads import classifier_paths
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def load_pretrained(model: nn.Module, path: str | Path, source: str = "timm", ke
             f"{path} ({source} checkpoint): {e if isinstance(e, CheckpointError) else first_line(e)}"
         ) from e
     own = model.state_dict()
-    head_prefix = classifier_path(model) + "."
+    head_prefix = tuple(f"{path}." for path in classifier_paths(model))
     head_keys = {k for k in own if k.startswith(head_prefix)}
     task_prefixes = tuple(f"{name}." for name in getattr(model, "task_modules", ()))
     new_keys = head_keys | {k for k in own if task_prefixes and k.startswith(task_prefixes)}
