@@ -142,6 +142,10 @@ def _random_bytes(path: Path) -> None:
     path.write_bytes(random.Random(0).randbytes(4096))
 
 
+def _text(path: Path) -> None:
+    path.write_bytes(b"random bytes here" * 30)  # torch.load raises an IndexError on these
+
+
 def _missing(path: Path) -> None:
     path.unlink()
 
@@ -203,6 +207,7 @@ def _wrong_types(reader: str) -> Callable[[Path], None]:
 DAMAGE: dict[str, Callable[[str], Callable[[Path], None]]] = {
     "truncated": lambda reader: _truncate,
     "random bytes": lambda reader: _random_bytes,
+    "text": lambda reader: _text,
     "wrong keys": _wrong_keys,
     "wrong types": _wrong_types,
     "missing": lambda reader: _missing,
@@ -250,3 +255,16 @@ def test_the_command_line_shows_one_error_line(
     assert main(["predict", "--adapter", str(path.parent), str(tmp_path / "any.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0], err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "wrong keys", "wrong types"])
+def test_a_damaged_backbone_checkpoint_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage: str
+) -> None:
+    adapter = _saved_adapter(tmp_path / "adapter")
+    write, _ = READERS["checkpoint.pth"]
+    path = write(tmp_path)
+    DAMAGE[damage]("checkpoint.pth")(path)
+    assert main(["predict", "--adapter", str(adapter), "--checkpoint", str(path), str(tmp_path / "any.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}"), err

@@ -11,8 +11,6 @@ fails, listing the keys, unless the only missing keys belong to the new task hea
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 
@@ -47,7 +44,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+    except Exception as e:  # unpickling arbitrary bytes can raise nearly anything (IndexError, KeyError, ...)
         kind = "safetensors file" if path.suffix == ".safetensors" else "torch checkpoint readable with weights_only"
         raise CheckpointError(
             f"{path}: cannot be read ({first_line(e)}); expected a {kind} (truncated or corrupt?)"
@@ -69,9 +66,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def first_line(error: BaseException) -> str:
-    """An exception as ``Type: first line of its message`` (torch's unpickling errors run to a page of advice)."""
+    """An exception as ``Type: first sentence of its message`` (torch's unpickling errors run to a page of advice)."""
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    cause = next((line.strip() for line in lines if "WeightsUnpickler error:" in line), None)  # what it refused
+    return f"{type(error).__name__}: {first}" + (f" ({cause[:200]})" if cause else "")
 
 
 def _hf_weights_file(directory: Path) -> Path:

@@ -43,6 +43,7 @@ FORMAT_VERSION = 2
 FINGERPRINT_ATTR = "adaptformer_fingerprint"
 _SPEC_FIELDS = ("backbone", "method", "method_config", "num_classes", "head", "extra_trainable")
 _V01_FIELDS = ("adapter", "vpt")
+_REQUIRED_FIELDS = ("backbone", "method", "num_classes")  # the rest have defaults (0.1 wrote these three too)
 _V01_TASK_FIELDS = ("classes", "dataset", "model_kwargs", "checkpoint", "checkpoint_source", "precision",
                     "eval_batch_size", "dataset_options", "video")  # fmt: skip
 _FILE_FIELDS = ("source", "classes", "training", "backbone_fingerprint", "preprocessing", "num_parameters",
@@ -243,6 +244,9 @@ def read_adapter_config(directory: str | Path) -> AdapterInfo:
     unknown = sorted(set(data) - known)
     if unknown:
         raise AdapterFileError(f"{path}: unknown fields {unknown}")
+    missing = [k for k in _REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise AdapterFileError(f"{path}: missing fields {missing}; expected {list(_REQUIRED_FIELDS)} at least")
     try:
         spec = ModelSpec.from_dict({k: data[k] for k in (*_SPEC_FIELDS, *_V01_FIELDS) if k in data})
         source = from_mapping(BackboneSource, data["source"], "source") if data.get("source") else None

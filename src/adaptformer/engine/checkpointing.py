@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +61,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no training state at {path}: the file does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
+    except Exception as e:  # unpickling arbitrary bytes can raise nearly anything (IndexError, KeyError, ...)
         raise TrainingStateError(
             f"{path}: cannot be read ({first_line(e)}); expected a training state written by adaptformer "
             "(truncated or corrupt? delete it to start the run again)"
@@ -75,11 +73,16 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     missing = sorted(set(STATE_TYPES) - set(state))
     wrong = [f"{k} ({type(state[k]).__name__})" for k, t in STATE_TYPES.items() if k in state and not _is(state[k], t)]
     if missing or wrong:
-        raise TrainingStateError(
-            f"{path}: missing entries {missing}, wrongly typed entries {wrong}; expected "
-            + ", ".join(f"{k}: {' or '.join(x.__name__ for x in _tuple(t))}" for k, t in STATE_TYPES.items())
+        found = ", ".join(
+            [*([f"missing entries {missing}"] if missing else []), *([f"wrong types: {wrong}"] if wrong else [])]
         )
+        expected = ", ".join(f"{k}: {' or '.join(_name(x) for x in _tuple(t))}" for k, t in STATE_TYPES.items())
+        raise TrainingStateError(f"{path}: {found}; expected {expected}")
     return state
+
+
+def _name(cls: type) -> str:
+    return "None" if cls is type(None) else cls.__name__
 
 
 def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
