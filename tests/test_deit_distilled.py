@@ -15,6 +15,7 @@ from adaptformer import (
     AdaptFormerConfig,
     SpeedConfig,
     UnsupportedModelError,
+    adapt,
     apply_speed,
     build_backbone,
     create_model,
@@ -53,6 +54,14 @@ def test_both_heads_are_replaced_and_averaged(head: str) -> None:
             tokens = model.forward_features(x)  # (B, 2 + N, D): class token, distillation token, patches
             expected = (model.head(tokens[:, 0]) + model.head_dist(tokens[:, 1])) / 2
             assert torch.allclose(model(x), expected, atol=1e-6)  # training's loss reads this average too
+
+
+def test_a_model_set_up_for_distillation_is_given_the_averaged_output() -> None:
+    torch.manual_seed(1)
+    model = build_backbone(DEIT, CLASSES, **TINY)
+    model.set_distilled_training(True)  # timm would return (head, head_dist) logits in training
+    adapted = adapt(model, "adaptformer").train()
+    assert adapted(_images()).shape == (4, CLASSES)
 
 
 def test_adapters_at_init_keep_the_backbone_function() -> None:

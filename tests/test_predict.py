@@ -149,3 +149,15 @@ def test_predict_on_video_files_matches_evals_multi_view_average(video_setup: di
     assert [r["top"][0]["index"] for r in good] == logits.argmax(dim=1).tolist()
     expected = logits.softmax(dim=1).max(dim=1).values
     assert [r["top"][0]["prob"] for r in good] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_a_video_adapter_without_recorded_views_uses_the_defaults_and_says_so(
+    video_setup: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _ = load_trained_model(video_setup["adapter"])
+    video = next((video_setup["data"] / "test" / "left").iterdir())
+    caplog.set_level(logging.WARNING)
+    (result,) = predict_files(model, [video], top_k=1)  # no video settings given
+    assert result.error is None and len(result.top) == 1
+    assert "records no video settings; predicting with the videolist defaults" in caplog.text
+    assert "test_clips=4, test_crops=3" in caplog.text

@@ -86,4 +86,6 @@ def set_head(model: nn.Module, kind: str, num_classes: int, init_std: float = 0.
         heads.append(head)
     if hasattr(model, "num_classes"):
         model.num_classes = num_classes
+    if len(heads) > 1 and hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(False)  # the output is the heads' average, in training too (module docstring)
     return tuple(heads)

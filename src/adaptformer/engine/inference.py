@@ -33,7 +33,7 @@ from .loop import evaluate
 
 logger = logging.getLogger(__name__)
 
-DEFAULT = "videolist"  # the video kind whose sampling defaults apply when an adapter records none
+DEFAULT_VIDEO_KIND = "videolist"  # the video kind whose sampling defaults apply when an adapter records none
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -139,9 +139,11 @@ def video_settings(info: AdapterInfo | None) -> VideoSettings:
     record = info.training if info is not None else None
     if record is not None and record.video:
         settings = from_mapping(VideoSettings, record.video, "the adapter's training.video")
-        return settings.resolved(record.dataset if record.dataset in VIDEO_DATASETS else DEFAULT)
-    settings = VideoSettings().resolved(DEFAULT)
-    logger.warning("the adapter records no video settings; predicting with the %s defaults %s", DEFAULT, settings)
+        return settings.resolved(record.dataset if record.dataset in VIDEO_DATASETS else DEFAULT_VIDEO_KIND)
+    settings = VideoSettings().resolved(DEFAULT_VIDEO_KIND)
+    logger.warning(
+        "the adapter records no video settings; predicting with the %s defaults %s", DEFAULT_VIDEO_KIND, settings
+    )
     return settings
 
 
