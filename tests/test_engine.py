@@ -295,10 +295,10 @@ def test_progress_writes_log_lines_when_not_a_terminal(caplog: pytest.LogCapture
 def test_run_writes_metrics_config_adapter_and_test(tmp_path: Path, backbone_file: Path) -> None:
     result = train(tiny_config(tmp_path, backbone_file, epochs=3, select="best"))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # numbered from 1, as the progress lines and the log say
     assert {"epoch", "lr", "train_loss", "val_acc1", "val_acc5", "seconds", "images/s"} <= set(records[0])
     assert records[-1]["train_loss"] < records[0]["train_loss"]
-    best = max(range(3), key=lambda e: (records[e]["val_acc1"], -e))
+    best = max(records, key=lambda r: (r["val_acc1"], -r["epoch"]))["epoch"]
     assert result.best_epoch == best and result.test["epoch"] == best and result.test["n"] == 48
     assert json.loads((tmp_path / "test.json").read_text())["acc1"] == result.test["acc1"]
     assert TrainConfig.from_yaml(tmp_path / "config.yaml") == tiny_config(tmp_path, backbone_file, epochs=3)

@@ -15,10 +15,11 @@ written by adaptformer 0.1 (format_version 1, with a separate task.json) are rea
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -94,9 +95,30 @@ class AdapterInfo:
     format_version: int = FORMAT_VERSION
 
 
+def _temporary_name(path: Path) -> Path:
+    """A fresh name beside ``path`` for :func:`atomic_write_bytes`'s temporary file: ``.<name>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def leftover_temporaries(path: Path) -> list[Path]:
+    """The temporary files of :func:`atomic_write_bytes` for ``path`` that are still there: a process killed while
+    writing ``path`` leaves one behind (``path`` itself then still holds its previous content)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename.
+
+    The file gets the permissions ``open()`` would give a new file (0o666 less the umask; the kernel applies it), not
+    the owner-only 0o600 of ``tempfile.mkstemp``.
+    """
+    while True:
+        tmp = _temporary_name(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # a name drawn twice: draw another
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -104,7 +126,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
