@@ -100,6 +100,9 @@ def test_top_k_above_the_class_count_shows_every_class(image_adapter: Path, tmp_
     row = json.loads(capsys.readouterr().out)
     assert sorted(t["class"] for t in row["top"]) == CLASSES
     assert "top-10 asked for, but the adapter has 3 classes: showing all 3" in caplog.text
+    caplog.clear()
+    assert main(["predict", "--adapter", str(image_adapter), "--json", first]) == 0  # default: 5, or all 3
+    assert len(json.loads(capsys.readouterr().out)["top"]) == 3 and "asked for" not in caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -157,8 +157,8 @@ def add_adapter_commands(sub: Any) -> None:
     _add_adapter_arguments(predict)
     predict.add_argument("--class-names", default=None, help="class names file (default: the adapter's)")
     predict.add_argument(
-        "--top-k", type=_positive_int, default=5,
-        help="classes to print per file (default: 5; more than the adapter's classes prints all of them)",
+        "--top-k", type=_positive_int, default=None,
+        help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note)",
     )  # fmt: skip
     predict.add_argument(
         "--json", action="store_true",

@@ -33,6 +33,7 @@ from .loop import evaluate
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TOP_K = 5
 DEFAULT_VIDEO_KIND = "videolist"  # the video kind whose sampling defaults apply when an adapter records none
 
 
@@ -166,7 +167,7 @@ def _view_reader(
 def predict_files(
     model: nn.Module,
     paths: list[str | Path],
-    top_k: int = 5,
+    top_k: int | None = None,
     precision: str = "auto",
     device: str = "auto",
     video: VideoSettings | None = None,
@@ -176,12 +177,14 @@ def predict_files(
 
     Image files are preprocessed as evaluation does; for a video backbone every file is cut into the test views of
     ``video`` (default: :func:`video_settings` ``(None)``; give the adapter's, as ``adaptformer predict`` does) and the
-    views' logits are averaged, as ``eval`` scores a video. ``top_k`` above the class count is lowered to it (with a
-    warning).
+    views' logits are averaged, as ``eval`` scores a video. ``top_k`` (default: 5, or every class if there are fewer)
+    above the class count is lowered to it, with a warning.
     """
+    num_classes = int(model.num_classes)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, num_classes)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    num_classes = int(model.num_classes)
     if top_k > num_classes:
         logger.warning(
             "top-%d asked for, but the adapter has %d classes: showing all %d", top_k, num_classes, num_classes
@@ -208,7 +211,7 @@ def predict_files(
 
 
 def predict_images(
-    model: nn.Module, paths: list[str | Path], top_k: int = 5, precision: str = "auto", device: str = "auto"
+    model: nn.Module, paths: list[str | Path], top_k: int | None = None, precision: str = "auto", device: str = "auto"
 ) -> list[list[tuple[int, float]]]:
     """Top-``top_k`` (class index, probability) for each image file, best first; the first unreadable file raises
     (:func:`predict_files` reports every file instead)."""
