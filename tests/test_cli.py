@@ -200,8 +200,15 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     ("method", "message"),
     [
-        ("adaptformer", "error: cannot attach adapters to ResNet with blocks: BasicBlock; supported: vit"),
-        ("vpt", "error: VPT supports timm ViT blocks (vision_transformer.Block); ResNet has ['BasicBlock']"),
+        (
+            "adaptformer",
+            "error: cannot attach adapters to ResNet with blocks: timm.models.resnet.BasicBlock; supported: vit",
+        ),
+        (
+            "vpt",
+            "error: VPT supports timm ViT blocks (timm.models.vision_transformer.Block); ResNet has "
+            "['timm.models.resnet.BasicBlock']",
+        ),
     ],
 )
 def test_unsupported_backbone_is_a_user_error(method: str, message: str, capsys: pytest.CaptureFixture) -> None:

@@ -366,8 +366,14 @@ def test_tensorboard_is_optional(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 def test_training_state_file_is_checked(tmp_path: Path) -> None:
-    path = save_training_state(tmp_path / "state.pt", {"epoch": 2, "model": {"w": torch.ones(2)}})
+    entries = {"config": {}, "epoch": 2, "step_in_epoch": 0, "global_step": 0, "best_val_acc1": None,
+               "best_epoch": None, "epoch_stats": {}, "model": {"w": torch.ones(2)}, "optimizer": {},
+               "scheduler": {}, "scaler": {}, "rng": []}  # fmt: skip
+    path = save_training_state(tmp_path / "state.pt", entries)
     assert load_training_state(path)["epoch"] == 2
+    save_training_state(path, {"epoch": 2, "model": {"w": torch.ones(2)}})
+    with pytest.raises(TrainingStateError, match=r"missing entries \['best_epoch', 'best_val_acc1', 'config'"):
+        load_training_state(path)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingStateError, match="cannot be read"):

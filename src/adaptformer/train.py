@@ -312,7 +312,10 @@ def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | N
         logger.warning("run.resume: no training state at %s; starting from the beginning", state_path)
         return None
     state = load_training_state(state_path)
-    saved = TrainConfig.from_dict(state["config"])
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except ValueError as e:
+        raise TrainingStateError(f"{state_path}: its config is not one this library reads: {e}") from e
     differences = saved.training_differences(cfg)
     if differences:
         raise TrainingStateError(

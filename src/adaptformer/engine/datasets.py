@@ -143,6 +143,21 @@ def clip_frames(model: nn.Module) -> int | None:
     return int(frames) if frames is not None else None
 
 
+def video_pipeline(
+    model: nn.Module, settings: VideoSettings, purpose: Purpose
+) -> tuple[SamplerConfig, VideoTransform, TestViews]:
+    """How a video backbone's clips are cut for ``purpose`` (frame count and preprocessing from the model, sampling
+    and views from resolved ``settings``): the frame sampler, the transform and the view grid (1 x 1 unless
+    testing). Shared by dataset splits and ``predict``."""
+    frames = clip_frames(model)
+    if frames is None or settings.sampling is None or settings.stride is None:
+        raise ValueError(f"a video backbone and resolved video settings are needed, got {frames} frames, {settings}")
+    sampler = SamplerConfig(settings.sampling, frames, settings.stride)  # type: ignore[arg-type]
+    transform = VideoTransform(Preprocessing.from_model(model), VideoTransformConfig(flip=settings.flip))
+    views = TestViews(settings.test_clips, settings.test_crops) if purpose == "test" else TestViews(1, 1)
+    return sampler, transform, views
+
+
 class ImageSplit:
     """One split (``name``) of an image dataset; its transform follows the model it is built for."""
 
@@ -179,13 +194,9 @@ class VideoSplit:
 
     def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
         """Training clips (random, augmented), or deterministic views: one per video ("eval"), the grid ("test")."""
-        frames = clip_frames(model)
-        if frames is None:
+        if clip_frames(model) is None:
             raise ValueError("this is a video dataset but the backbone takes images; choose a video_vit_* model")
-        s = self.settings
-        sampler = SamplerConfig(s.sampling, frames, s.stride)  # type: ignore[arg-type]
-        transform = VideoTransform(Preprocessing.from_model(model), VideoTransformConfig(flip=s.flip))
-        views = TestViews(s.test_clips, s.test_crops) if purpose == "test" else TestViews(1, 1)
+        sampler, transform, views = video_pipeline(model, self.settings, purpose)
         return self.source.dataset(sampler, transform, "train" if purpose == "train" else "test", views)
 
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
