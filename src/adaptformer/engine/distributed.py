@@ -39,6 +39,11 @@ class DistributedContext:
         return self.rank == 0
 
 
+def local_world_size() -> int:
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """ "auto" -> this process's GPU if there is one, else the CPU; other names as given ("cuda" gets the local GPU)."""
     if name == "auto":
