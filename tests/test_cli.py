@@ -169,7 +169,7 @@ def test_train_help_shows_every_config_field_and_subcommands_are_wired(capsys: p
     assert done.value.code == 0
     text = capsys.readouterr().out
     flags = ("--recipe NAME|FILE", "--config FILE", "--optim.effective_batch", "--data.val_split", "--run.resume",
-             "--run.stop_after_steps", "--data.verify_checksums", "--model.kwargs", "--model.method METHOD",
+             "--run.stop_after_steps", "--data.verify_checksums", "--model.kwargs", "--model.method NAME",
              "--optim.precision {auto,fp32,bf16,fp16}", "--speed.frozen_backward")  # fmt: skip
     for flag in flags:
         assert flag in text
@@ -215,7 +215,7 @@ def test_model_kwargs_the_model_does_not_take_are_a_user_error(tmp_path: Path, c
             "--run.output_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "error: model kwargs ['colour', " in err and f"do not fit '{VIT}'" in err
+    assert f"error: model kwargs ['colour'] do not fit '{VIT}'" in err  # only the user's bad key, none of ours
     assert "unexpected keyword argument 'colour'" in err
 
 

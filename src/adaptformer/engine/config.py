@@ -29,6 +29,7 @@ from ..precision import PRECISION_CHOICES
 from ..pretrained import CONVERTERS
 from ..speed import SpeedConfig
 from ..validation import check_choice, check_free_form, to_plain
+from .distributed import check_device_name
 
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
 WARMUP_FRACTION = 0.2  # optim.warmup_epochs null: the paper's 20 warmup epochs of 100 (Table 5)
@@ -303,6 +304,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choice("run.select", self.select, ("best", "last"))
+        try:
+            check_device_name(self.device)
+        except ValueError as e:
+            raise ValueError(f"run.{e}") from e  # its message starts with "device"
         for name in ("eval_every", "log_every", "stop_after_steps"):
             _at_least(f"run.{name}", getattr(self, name), 1)
         for name in ("save_every_steps", "seed"):

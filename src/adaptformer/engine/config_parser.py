@@ -32,7 +32,7 @@ from .config_v01 import V01_FLAGS, is_v01, upgrade_v01
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
-from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace, set_parsing_settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,32 @@ def _class_path(config_class: type) -> str:
     return f"{config_class.__module__}.{config_class.__qualname__}"
 
 
-def train_parser() -> ArgumentParser:
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, except for the method flag, whose help says all (no class paths, no nested default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.dest in (METHOD_KEY, f"{METHOD_KEY}.help"):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def train_parser(prog: str = "adaptformer train") -> ArgumentParser:
     """A new jsonargparse parser of every TrainConfig field."""
-    parser = ArgumentParser(prog="adaptformer train", exit_on_error=False, default_env=False)
+    parser = ArgumentParser(prog=prog, exit_on_error=False, default_env=False, formatter_class=_HelpFormatter)
     parser.add_class_arguments(TrainConfig, as_positional=False)
+    names = ", ".join(method_names())
+    for action in parser._actions:  # argparse keeps no public list; the help texts of the flags jsonargparse added
+        if action.dest == METHOD_KEY:
+            action.metavar = "NAME"
+            action.help = (
+                f"the adaptation method: {names} (default: {DEFAULT_METHOD}); its fields are set with "
+                f"--{METHOD_KEY}.FIELD VALUE"
+            )
+        elif action.dest == f"{METHOD_KEY}.help":
+            action.metavar = "NAME"
+            action.help = f"print the --{METHOD_KEY}.FIELD flags of method NAME ({names}) and exit"
+        elif action.dest in (*SECTIONS, "data.video"):
+            action.help = f"a YAML file (or inline YAML) of the {action.dest} keys alone; use --config for whole files"
     return parser
 
 
