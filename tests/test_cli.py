@@ -144,7 +144,7 @@ def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path],
 @pytest.mark.parametrize(
     ("flag", "match"),
     [
-        ("--data.skip_bad_videos", "data.['skip_bad_videos'] apply to video datasets only; 'cifar100' is an image"),
+        ("--data.skip_bad_videos", "--data.skip_bad_videos apply to video datasets only; 'cifar100' is an image"),
         ("--data.skip_bad_images", "skip_bad_images applies to kinds with one file per image (food101, imagefolder)"),
     ],
 )

@@ -169,10 +169,12 @@ class DataConfig:
         if self.is_video:
             self._check_video()
         else:
-            changed = [f"video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
-            changed += ["skip_bad_videos"] if self.skip_bad_videos else []
+            changed = [f"data.video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
+            changed += ["data.skip_bad_videos"] if self.skip_bad_videos else []
             if changed:
-                raise ValueError(f"data.{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
+                raise ValueError(
+                    f"{', '.join(changed)} apply to video datasets only; {self.dataset!r} is an image dataset"
+                )
             try:
                 self.image_augment()  # validates crop_scale
             except ValueError as e:
