@@ -226,3 +226,68 @@ def test_a_type_error_from_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(adaptformer.train, "create_model", broken)  # what `params` calls, through build_model
     with pytest.raises(TypeError, match="a bug, not the user's mistake"):
         main(["params", "--model.backbone", VIT, "--num-classes", "10"])
+
+
+def _exit_code(args: list[str]) -> int:
+    """main's return code, or the code argparse exits with for a flag it refuses itself."""
+    try:
+        return main(args)
+    except SystemExit as done:
+        return int(done.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+        (["--split", "nonsense"], "error: --split 'nonsense': 'cifar100' has the splits ['train', 'test']"),
+        (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+        (["--device", "gpu0"], "argument --device: device 'gpu0' is not auto or a torch device"),
+        (["--init-seed", "-1"], "argument --init-seed: expected an integer >= 0, got -1"),
+        (["--checkpoint-source", "caffe"], "argument --checkpoint-source: invalid choice: 'caffe'"),
+        (["--model-kwargs", "{img_size:32}"], "--model-kwargs: '{img_size:32}': the mapping: key 'img_size:32'"),
+        (["--data.num_workers", "-1"], "error: --data.num_workers must be >= 0, got -1"),
+        (["--data.options", "{colour: 1}"], "error: --data.options ['colour'] are not options of 'cifar100'"),
+    ],
+)  # fmt: skip
+def test_eval_flags_with_impossible_values_are_errors_naming_them(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
+            "--data.data_dir", str(setup["data"]), "--data.verify_checksums", "false", *flags]  # fmt: skip
+    assert _exit_code(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_params_takes_model_kwargs_and_checks_the_checkpoint_file(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    common = ["params", "--model.backbone", VIT, "--model.kwargs", TINY_JSON, "--num-classes", "100",
+              "--model.method.bottleneck", "8"]  # fmt: skip
+    assert main([*common, "--model.checkpoint", str(setup["backbone"])]) == 0
+    with_file = capsys.readouterr().out
+    assert main(common) == 0
+    assert capsys.readouterr().out == with_file  # shapes only: the same report, the file is not read
+    assert "adapters" in with_file
+    missing = setup["root"] / "no_such_backbone.safetensors"
+    assert main([*common, "--model.checkpoint", str(missing)]) == 2
+    assert f"error: model.checkpoint {missing}: no such file" in capsys.readouterr().err
+    assert main(["params", "--model.backbone", VIT, "--model.kwargs", "{imgsize: 32}"]) == 2
+    assert f"error: model kwargs ['imgsize'] do not fit '{VIT}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["ssv2", "--video-ext", "mp4"], "argument --video-ext: expected a file extension with its dot, e.g. .mp4"),
+        (["ssv2", "--video-dir", "NOWHERE"], "argument --video-dir: no such folder"),
+        (["hmdb51", "--split-dir", "NOWHERE"], "argument --split-dir: no such folder"),
+        (["hmdb51", "--split", "4"], "argument --split: invalid choice: 4"),
+    ],
+)
+def test_prepare_flags_with_impossible_values_are_errors_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    flags = [str(tmp_path / "nowhere") if f == "NOWHERE" else f for f in flags]
+    assert _exit_code(["prepare", *flags, "--root", str(tmp_path), "--out", str(tmp_path / "lists")]) == 2
+    assert message in capsys.readouterr().err
