@@ -123,15 +123,17 @@ class AdaptFormerConfig(MethodConfig):
         return b
 
 
-def _fraction(text: str) -> int | float:
-    """``"1/12"`` as the float 1/12 (``"64"`` as 64); ValueError naming the text otherwise."""
+def _fraction(text: str) -> float:
+    """``"1/12"`` (a fraction as the paper writes it) as the float 1/12; ValueError naming the text otherwise (a
+    number written as a string, "64", is not one: numbers are numbers)."""
     try:
-        value = Fraction(text.strip())
+        if "/" not in text:
+            raise ValueError(text)
+        return float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
         raise ValueError(
             f"bottleneck must be an int, a ratio (0.0833 or 1/12) or a list of ints per stage, got {text!r}"
         ) from None
-    return int(value) if value.denominator == 1 else float(value)
 
 
 class AdaptMLP(nn.Module):
