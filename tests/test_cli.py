@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tests.conftest import VIT
 
 import adaptformer.train
 from adaptformer.cli import build_parser, main
+from adaptformer.engine.data import resolve_num_workers
 from adaptformer.factory import build_backbone
 
 TINY_JSON = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}'
@@ -291,3 +294,20 @@ def test_prepare_flags_with_impossible_values_are_errors_naming_them(
     flags = [str(tmp_path / "nowhere") if f == "NOWHERE" else f for f in flags]
     assert _exit_code(["prepare", *flags, "--root", str(tmp_path), "--out", str(tmp_path / "lists")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_short_run_with_the_defaults_trains_without_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder, capsys: pytest.CaptureFixture
+) -> None:
+    """0.1: --epochs below 20 needed --warmup-epochs, and 4 loader workers warned on a 2-core machine."""
+    args = ["train", "--model.backbone", "vit_shapes_patch8_32", "--data.dataset", "synthetic",
+            "--data.options", "{num_samples: 24, image_size: 32}", "--optim.epochs", "1", "--optim.batch_size", "8",
+            "--optim.precision", "fp32", "--run.output_dir", str(tmp_path)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    workers = resolve_num_workers(None, 1)
+    assert "optim.warmup_epochs null: 0.2 warmup epochs (20% of 1" in caplog.text
+    assert f"data.num_workers null: {workers} loader workers per process" in caplog.text
+    assert not [w for w in recwarn if "worker" in str(w.message)]  # DataLoader's "suggested max number of worker"
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert recorded["optim"]["warmup_epochs"] is None and recorded["data"]["num_workers"] is None
