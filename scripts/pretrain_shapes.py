@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/pretrain_shapes", help="training run folder")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a 1.2M-parameter model gains little from more; the data worker takes the other core
-    if cli([*TRAIN_ARGS, "--run.output_dir", args.output_dir]) != 0:
+    if cli([*TRAIN_ARGS, "--run.output_dir", args.output_dir, "--run.overwrite", "true"]) != 0:  # pre-train again
         raise SystemExit("pre-training failed")
     weights = load_file(str(Path(args.output_dir) / "adapter" / "adapter_model.safetensors"))
     half = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}

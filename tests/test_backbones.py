@@ -123,7 +123,8 @@ def test_layers_and_stages_validated_against_model(config: AdaptFormerConfig, me
 
 def test_unsupported_model_error_names_blocks_and_families() -> None:
     resnet = timm.create_model("resnet18", num_classes=5)
-    with pytest.raises(UnsupportedModelError, match=r"ResNet with blocks: BasicBlock; supported: vit .*Block\), swin"):
+    expected = r"ResNet with blocks: timm\.models\.resnet\.BasicBlock; supported: vit .*Block\), swin"
+    with pytest.raises(UnsupportedModelError, match=expected):
         attach(resnet, AdaptFormerConfig())
     assert issubclass(UnsupportedModelError, TypeError)  # code that caught the TypeError of 0.1 still does
 

@@ -77,7 +77,7 @@ def test_train_writes_the_documented_outputs(setup: dict[str, Path], capsys: pyt
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert set(record) >= {"epoch", "lr", "train_loss", "val_acc1", "val_acc5", "seconds", "images/s"}
-    assert record["epoch"] == 0 and record["lr"] > 0
+    assert record["epoch"] == 1 and record["lr"] > 0
     assert {p.name for p in (out / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["classes"] == CLASSES
     test = json.loads((out / "test.json").read_text())
@@ -203,8 +203,15 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     ("method", "message"),
     [
-        ("adaptformer", "error: cannot attach adapters to ResNet with blocks: BasicBlock; supported: vit"),
-        ("vpt", "error: VPT supports timm ViT blocks (vision_transformer.Block); ResNet has ['BasicBlock']"),
+        (
+            "adaptformer",
+            "error: cannot attach adapters to ResNet with blocks: timm.models.resnet.BasicBlock; supported: vit",
+        ),
+        (
+            "vpt",
+            "error: VPT supports timm ViT blocks (timm.models.vision_transformer.Block); ResNet has "
+            "['timm.models.resnet.BasicBlock']",
+        ),
     ],
 )
 def test_unsupported_backbone_is_a_user_error(method: str, message: str, capsys: pytest.CaptureFixture) -> None:

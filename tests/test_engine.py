@@ -295,10 +295,10 @@ def test_progress_writes_log_lines_when_not_a_terminal(caplog: pytest.LogCapture
 def test_run_writes_metrics_config_adapter_and_test(tmp_path: Path, backbone_file: Path) -> None:
     result = train(tiny_config(tmp_path, backbone_file, epochs=3, select="best"))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # numbered from 1, as the progress lines and the log say
     assert {"epoch", "lr", "train_loss", "val_acc1", "val_acc5", "seconds", "images/s"} <= set(records[0])
     assert records[-1]["train_loss"] < records[0]["train_loss"]
-    best = max(range(3), key=lambda e: (records[e]["val_acc1"], -e))
+    best = max(records, key=lambda r: (r["val_acc1"], -r["epoch"]))["epoch"]
     assert result.best_epoch == best and result.test["epoch"] == best and result.test["n"] == 48
     assert json.loads((tmp_path / "test.json").read_text())["acc1"] == result.test["acc1"]
     assert TrainConfig.from_yaml(tmp_path / "config.yaml") == tiny_config(tmp_path, backbone_file, epochs=3)
@@ -366,8 +366,14 @@ def test_tensorboard_is_optional(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 def test_training_state_file_is_checked(tmp_path: Path) -> None:
-    path = save_training_state(tmp_path / "state.pt", {"epoch": 2, "model": {"w": torch.ones(2)}})
+    entries = {"config": {}, "epoch": 2, "step_in_epoch": 0, "global_step": 0, "best_val_acc1": None,
+               "best_epoch": None, "epoch_stats": {}, "model": {"w": torch.ones(2)}, "optimizer": {},
+               "scheduler": {}, "scaler": {}, "rng": []}  # fmt: skip
+    path = save_training_state(tmp_path / "state.pt", entries)
     assert load_training_state(path)["epoch"] == 2
+    save_training_state(path, {"epoch": 2, "model": {"w": torch.ones(2)}})
+    with pytest.raises(TrainingStateError, match=r"missing entries \['best_epoch', 'best_val_acc1', 'config'"):
+        load_training_state(path)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingStateError, match="cannot be read"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
 from tests.training_step import move_trainable
 
@@ -172,3 +172,62 @@ def test_remembered_fingerprint_survives_a_storage_cast(tmp_path: Path) -> None:
     assert saving.backbone_fingerprint(model) == fingerprint
     save_adapter(model, tmp_path)
     load_adapter(_fresh_backbone(), tmp_path)  # the fp32 original is accepted
+
+
+def _snapshot(model: torch.nn.Module) -> tuple:
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(n, type(m)) for n, m in model.named_modules()],
+        [(n, p.requires_grad) for n, p in model.named_parameters()],
+        getattr(model, "adaptformer_spec", None),
+        torch.random.get_rng_state(),
+    )
+
+
+def _tensors(directory: Path, edit) -> None:
+    """Rewrite the adapter's tensors (a valid safetensors file with other content) and drop the recorded SHA-256."""
+    path = directory / "adapter_model.safetensors"
+    save_file(edit(load_file(str(path))), str(path))
+    _edit(directory, weights_sha256=None)
+
+
+def _other_seed() -> torch.nn.Module:
+    torch.manual_seed(2)
+    return build_backbone(VIT, 5, **tiny_kwargs(VIT))
+
+
+FAILED_LOADS = {
+    "wrong architecture": (lambda d: None, lambda: build_backbone(SWIN, 5, **tiny_kwargs(SWIN)), {}),
+    "fingerprint mismatch": (lambda d: None, _other_seed, {}),
+    "missing tensor": (lambda d: _tensors(d, lambda t: dict(list(t.items())[1:])), _fresh_backbone, {}),
+    "extra tensor": (lambda d: _tensors(d, lambda t: {**t, "blocks.0.extra": torch.zeros(2)}), _fresh_backbone, {}),
+    "shape mismatch": (lambda d: _tensors(d, lambda t: {**t, "head.1.bias": torch.zeros(7)}), _fresh_backbone, {}),
+    "bad config": (lambda d: _edit(d, method_config={"bottleneck": -4}), _fresh_backbone, {}),
+    "corrupt weights": (lambda d: (d / "adapter_model.safetensors").write_bytes(b"x"), _fresh_backbone, {}),
+    "method cannot attach": (
+        lambda d: _edit(d, method_config={**AdaptFormerConfig(layers=(2,)).to_dict()}, weights_sha256=None),
+        lambda: build_backbone(VIT, 5, **tiny_kwargs(VIT, depth=2)),
+        {"allow_backbone_mismatch": True},
+    ),
+    "already adapted, shape mismatch": (
+        lambda d: _tensors(d, lambda t: {**t, "head.1.bias": torch.zeros(7)}),
+        lambda: create_model(VIT, 5, **tiny_kwargs(VIT)),
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILED_LOADS))
+def test_a_failed_load_leaves_the_model_untouched(tmp_path: Path, case: str) -> None:
+    damage, target, kwargs = FAILED_LOADS[case]
+    save_adapter(_trained(), tmp_path)
+    damage(tmp_path)
+    model = target()
+    before = _snapshot(model)
+    with pytest.raises((AdapterFileError, ValueError, TypeError)):  # TypeError: UnsupportedModelError
+        load_adapter(model, tmp_path, **kwargs)
+    after = _snapshot(model)
+    assert after[0].keys() == before[0].keys()
+    assert all(torch.equal(after[0][k], v) for k, v in before[0].items())
+    assert after[1:4] == before[1:4]  # module classes, requires_grad flags, no method recorded
+    assert torch.equal(after[4], before[4])  # torch's RNG not advanced either

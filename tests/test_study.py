@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig
@@ -205,9 +207,21 @@ def test_reports_show_shipped_files_portably(tmp_path: Path) -> None:
     assert portable_path(elsewhere) == elsewhere
 
 
+@pytest.mark.parametrize("tasks", [["digits"], ["digits", "motion"]])
+def test_plot_title_fits_in_the_figure(tmp_path: Path, tasks: list[str]) -> None:
+    """The demo's plot has one panel: the title used to run past both edges of the figure."""
+    rows = [{"task": t, "method": m, "family": m, "size": None, "trainable_params": n, "mean_acc1": a, "std_acc1": None}
+            for t in tasks for m, n, a in (("linear", 650, 60.0), ("full", 500_000, 85.0))]  # fmt: skip
+    plot_accuracy_vs_params(tmp_path / "plot.png", rows, tasks, {t: 10.0 for t in tasks})
+    with Image.open(tmp_path / "plot.png") as image:
+        pixels = np.asarray(image.convert("L"))
+    edges = [pixels[:, :2], pixels[:, -2:], pixels[:2, :], pixels[-2:, :]]
+    assert all((edge == 255).all() for edge in edges)  # nothing reaches the figure's border: the title is wrapped
+
+
 def test_the_library_never_imports_the_study_or_matplotlib() -> None:
     """The study sits apart from the library: importing the package, the training entry point and the command line
-    leaves it (and matplotlib, its optional plotting dependency) unloaded; building the parser, which shows the
+    leaves it (and matplotlib, imported only when a plot is drawn) unloaded; building the parser, which shows the
     study's defaults in its help, still leaves matplotlib out."""
     code = (
         "import sys; import adaptformer, adaptformer.train, adaptformer.cli; "

@@ -84,7 +84,7 @@ def test_train_reports_multi_and_single_view_test_accuracy(setup: dict[str, Path
     assert test["views_per_video"] == 12 and test["skipped"] == 0  # default 4 clips x 3 crops
     assert {"acc1", "acc5", "single_view_acc1", "single_view_acc5"} <= set(test)
     records = [json.loads(x) for x in (setup["out"] / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1] and all("val_acc1" in r for r in records)
+    assert [r["epoch"] for r in records] == [1, 2] and all("val_acc1" in r for r in records)
     task = json.loads((setup["out"] / "adapter" / "adapter_config.json").read_text())
     assert task["training"]["dataset"] == "videolist" and task["classes"] == CLASSES
     video = task["training"]["video"]
@@ -200,18 +200,19 @@ def test_kinds_choose_their_sampling_and_image_and_video_do_not_mix() -> None:
 
 
 def _one_bad_video_per_split(root: Path, kind: str) -> Path:
-    """Every split of a ``kind`` dataset under ``root``: two good clips and one corrupt file; returns the latter."""
+    """Every split of a ``kind`` dataset under ``root``: two good clips (classes 0 and 1) and one corrupt file (class
+    1, which keeps a good clip when it is skipped); returns the latter."""
     good = [write_video(root / f"good{i}.mp4", num_frames=6, size=(24, 32)) for i in range(2)]
     corrupt = root / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 8)
     for split in ("train", "val", "test"):
-        files = [*good, corrupt]
+        files = [(good[0], 0), (good[1], 1), (corrupt, 1)]
         if kind == "videofolder":
-            for label, path in enumerate(files):
+            for path, label in files:
                 (root / split / CLASSES[label]).mkdir(parents=True, exist_ok=True)
                 (root / split / CLASSES[label] / path.name).write_bytes(path.read_bytes())
         else:
-            (root / f"{split}.txt").write_text("".join(f"{path} {label}\n" for label, path in enumerate(files)))
+            (root / f"{split}.txt").write_text("".join(f"{path} {label}\n" for path, label in files))
     return corrupt
 
 

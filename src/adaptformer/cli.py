@@ -88,13 +88,36 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.config_parser import parse_cli
+    from .engine.run_folder import run_config_folder
     from .train import train
 
-    cfg = parse_cli(args.flags, _config_layers(args))
+    layers = _config_layers(args)
+    cfg = parse_cli(args.flags, layers)
+    folder = run_config_folder(args.config) if cfg.run.resume else None
+    if folder is not None:  # continue the run whose folder holds the config (a copied folder: the copy); flags win
+        recorded = cfg.run.output_dir
+        cfg = parse_cli(args.flags, [*layers, (f"the folder of {args.config}", {"run": {"output_dir": str(folder)}})])
+        if Path(cfg.run.output_dir).resolve() != Path(recorded).resolve():
+            logging.getLogger(__name__).info(
+                "resuming the run in %s, the folder of --config %s, which records run.output_dir %s",
+                cfg.run.output_dir, args.config, recorded,
+            )  # fmt: skip
     result = train(cfg)
     if result.is_main:
         summary = {"output_dir": str(result.output_dir), "stopped_early": result.stopped_early, "test": result.test}
         print(json.dumps(summary))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .data.export import export_dataset
+
+    options = yaml.safe_load(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        raise ValueError(f"--options must be a YAML mapping such as '{{num_samples: 256}}', got {args.options!r}")
+    print(json.dumps(export_dataset(args.release, args.out, options, num_frames=args.num_frames)))
     return 0
 
 
@@ -126,10 +149,11 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 def _add_prepare_parser(sub: Any) -> None:
     prepare = sub.add_parser(
-        "prepare", help="write list files (train.txt, test.txt, classes.txt) from an official SSv2 or HMDB51 release",
-        description="Write VideoMAE list files for --data.dataset ssv2|hmdb51 --data.data_dir OUT. test.txt is the "
-        "split the "
-        "paper reports (SSv2: the official validation set; HMDB51: the test half of the chosen split).",
+        "prepare", help="turn an official SSv2/HMDB51 release into list files, or write a built-in dataset as files",
+        description="ssv2|hmdb51: write VideoMAE list files (train.txt, test.txt, classes.txt) for --data.dataset "
+        "ssv2|hmdb51 --data.data_dir OUT; test.txt is the split the paper reports (SSv2: the official validation set; "
+        "HMDB51: the test half of the chosen split). digits|synthetic|shapes|synthetic-video: write the built-in "
+        "dataset as image or video files in the imagefolder/videofolder layout, to try the file pipeline offline.",
     )  # fmt: skip
     releases = prepare.add_subparsers(dest="release", required=True)
     ssv2 = releases.add_parser("ssv2", help="Something-Something v2: labels/train/validation json + videos")
@@ -151,6 +175,19 @@ def _add_prepare_parser(sub: Any) -> None:
     hmdb.add_argument(
         "--split-dir", type=_folder, default=None, help="folder of the *_test_split<N>.txt files (default: found)"
     )
+    from .data.export import EXPORTABLE
+
+    for kind in EXPORTABLE:
+        video = kind == "synthetic-video"
+        built_in = releases.add_parser(
+            kind, help=f"write the built-in {kind} dataset as files: OUT/{{train,test}}/<class>/<n>."
+            f"{'mp4 (--data.dataset videofolder)' if video else 'png (--data.dataset imagefolder)'}",
+        )  # fmt: skip
+        built_in.add_argument("--out", required=True, help="a new (or empty) folder: pass it as --data.data_dir")
+        built_in.add_argument("--options", default=None, help="the kind's --data.options as YAML, e.g. '{seed: 1}'")
+        if video:
+            built_in.add_argument("--num-frames", type=at_least(1), default=16, help="frames per clip (default: 16)")
+        built_in.set_defaults(func=_cmd_export, num_frames=16)
 
 
 CONFIG_HELP = (
@@ -159,8 +196,10 @@ CONFIG_HELP = (
     "overrides the defaults. `adaptformer train --help` lists every flag; --model.method.help NAME those of a method."
 )
 DESCRIPTIONS = {
-    "train": "Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/adapter/, OUT/checkpoint.pt and OUT/test.json "
-    "(OUT = --run.output_dir). Multi-process: torchrun --nproc_per_node N -m adaptformer.cli train ... " + CONFIG_HELP,
+    "train": "Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/curves.png, OUT/adapter/, OUT/checkpoint.pt and "
+    "OUT/test.json (OUT = --run.output_dir: missing or empty, unless --run.resume true continues the run there or "
+    "--run.overwrite true replaces it). Multi-process: torchrun --nproc_per_node N -m adaptformer.cli train ... "
+    + CONFIG_HELP,
     "params": "The trainable-parameter report of the model section of the given flags/recipe/config, e.g. "
     "adaptformer params --model.method adaptformer --model.method.bottleneck 64 --num-classes 100. The file "
     "--model.checkpoint names must exist, but is not read: counting needs only the shapes. " + CONFIG_HELP,
@@ -291,6 +330,7 @@ def _comma_list(text: str) -> list[str]:
 USER_ERRORS = (
     ValueError,  # the library's file/config errors (CheckpointError, AdapterFileError, ConfigError, ...) among them
     FileNotFoundError,
+    FileExistsError,  # a new run or export into a folder that holds something
     UnsupportedModelError,
     MissingDependencyError,
     ImageDecodeError,

@@ -1,11 +1,12 @@
 """The commands that use a trained adapter: ``adaptformer eval`` (a dataset split) and ``adaptformer predict`` (image
-files). Everything defaults to what the adapter folder's adapter_config.json records (backbone, classes, dataset,
-video views, precision, batch size); the flags override single parts of it."""
+or video files). Everything defaults to what the adapter folder's adapter_config.json records (backbone, classes,
+dataset, video views, precision, batch size); the flags override single parts of it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 import yaml
@@ -111,19 +112,42 @@ def _eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.inference import check_classes, class_names, predict_images, read_class_names
+    from .engine.datasets import clip_frames
+    from .engine.inference import check_classes, class_names, predict_files, read_class_names, video_settings
 
     model, info = _load(args)
     classes = read_class_names(args.class_names) if args.class_names is not None else class_names(info)
     check_classes(model.num_classes, classes, None, "the class-name list")
     precision = args.precision or (info.training.precision if info.training is not None else "auto")
-    results = predict_images(model, args.images, args.top_k, precision, args.device)
-    for path, top in zip(args.images, results, strict=True):
+    video = video_settings(info) if clip_frames(model) is not None else None
+    results = predict_files(model, args.files, args.top_k, precision, args.device, video)
+    kind = "image" if video is None else "video"
+    for result in results:
+        top = [{"class": classes[i], "index": i, "prob": p} for i, p in result.top]
         if args.json:
-            print(json.dumps({"image": path, "top": [{"class": classes[i], "index": i, "prob": p} for i, p in top]}))
+            print(json.dumps({kind: result.path, **({"error": result.error} if result.error else {"top": top})}))
+        elif result.error is not None:
+            print(f"{result.path}: error: {result.error}")
         else:
-            print(f"{path}: " + ", ".join(f"{classes[i]} {p:.3f}" for i, p in top))
+            print(f"{result.path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top))
+    failed = [r.path for r in results if r.error is not None]
+    if failed:
+        print(
+            f"error: {len(failed)} of {len(results)} files could not be classified: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,10 +185,23 @@ def add_adapter_commands(sub: Any) -> None:
     evaluate.add_argument("--batch-size", type=at_least(1), default=None, help="batch size (default: as in training)")
     evaluate.set_defaults(func=_cmd_eval)
 
-    predict = sub.add_parser("predict", help="classify image files with a trained adapter; prints top-k classes")
+    predict = sub.add_parser(
+        "predict",
+        help="classify image or video files with a trained adapter; prints top-k classes",
+        description="Prints one line per file, in order: its top-k classes, or 'FILE: error: ...' for a file that "
+        "cannot be decoded (the others are still classified; the exit status is then 2). A video adapter classifies "
+        "video files: each is cut into the test views training recorded (clips x crops, as `adaptformer eval`), "
+        "and the views' logits are averaged.",
+    )
     _add_adapter_arguments(predict)
     predict.add_argument("--class-names", default=None, help="class names file (default: the adapter's)")
-    predict.add_argument("--top-k", type=int, default=5, help="classes to print per image (default: 5)")
-    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument(
+        "--top-k", type=_positive_int, default=None,
+        help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--json", action="store_true",
+        help='print one JSON object per file: {"image" or "video": FILE, "top": [...]} or {..., "error": MESSAGE}',
+    )  # fmt: skip
+    predict.add_argument("files", nargs="+", metavar="FILE", help="image files (video files for a video adapter)")
     predict.set_defaults(func=_cmd_predict)

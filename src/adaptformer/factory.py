@@ -20,6 +20,7 @@ import torch.nn as nn
 from .methods import MethodConfig
 from .model import ModelSpec, adapt
 from .pretrained import load_pretrained
+from .validation import check_types
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class BackboneSource:
     checkpoint: str | None = None
     checkpoint_source: str = "timm"
     init_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self, {"kwargs": dict, "checkpoint": (str, type(None)), "checkpoint_source": str,
+                           "init_seed": (int, type(None))})  # fmt: skip
 
 
 def get_source(model: nn.Module) -> BackboneSource | None:

@@ -51,6 +51,11 @@ FAMILIES: tuple[BlockFamily, ...] = (
 )
 
 
+def qualified_name(cls: type) -> str:
+    """``module.Class``: timm has several classes named ``Block`` (ViT's, BEiT's, ...), and only one is supported."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def find_family(model: nn.Module, supported: tuple[str, ...] | None = None, what: str = "a method") -> BlockFamily:
     """The family whose blocks ``model`` is built of (among ``supported`` names, default all); an
     :class:`UnsupportedModelError` naming its block types and ``what`` could not be attached otherwise."""
@@ -58,9 +63,9 @@ def find_family(model: nn.Module, supported: tuple[str, ...] | None = None, what
     for family in candidates:
         if any(isinstance(m, family.block_type) for m in model.modules()):
             return family
-    block_types = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
+    block_types = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
     found = ", ".join(block_types) if block_types else f"no transformer blocks in {type(model).__name__}"
-    names = ", ".join(f"{f.name} ({f.block_type.__module__}.{f.block_type.__name__})" for f in candidates)
+    names = ", ".join(f"{f.name} ({qualified_name(f.block_type)})" for f in candidates)
     raise UnsupportedModelError(
         f"cannot attach {what} to {type(model).__name__} with blocks: {found}; supported: {names}"
     )

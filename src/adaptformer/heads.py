@@ -4,6 +4,12 @@ Pooling is left to the backbone (CLS token after the final norm, or its global a
 module that timm's ``get_classifier()`` returns is replaced, wherever the backbone keeps it (``head`` for ViT,
 ``head.fc`` for Swin). The paper head is an ``nn.Sequential`` so its keys are MAE's (``head.0.running_mean``,
 ``head.1.weight``).
+
+A model with more than one classifier (DeiT's distilled ViTs: ``get_classifier()`` returns ``head`` and
+``head_dist``, for the class and the distillation token) gets a new head of the same kind in each place; all of them
+are task heads (trained, saved, counted). timm's distilled model averages the two heads' logits unless
+``distilled_training`` is set, which the library never does: without a teacher there is nothing for the distillation
+head to learn from apart from the labels, so training and evaluation both use the average.
 """
 
 from __future__ import annotations
@@ -25,19 +31,28 @@ def paper_head(in_features: int, num_classes: int, init_std: float = 0.01) -> nn
     return nn.Sequential(nn.BatchNorm1d(in_features, affine=False, eps=1e-6), linear)
 
 
-def classifier_path(model: nn.Module) -> str:
-    """The dotted name of the model's classifier module (the one ``get_classifier()`` returns)."""
-    classifier = model.get_classifier()
-    for name, module in model.named_modules():
-        if module is classifier and name:
-            return name
-    raise UnsupportedModelError(
-        f"{type(model).__name__}.get_classifier() returned a module that is not inside the model"
-    )
+def classifiers(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The model's classifier modules: what ``get_classifier()`` returns (one module, or a tuple of them)."""
+    found = model.get_classifier()
+    return tuple(found) if isinstance(found, tuple | list) else (found,)
 
 
-def classifier_in_features(model: nn.Module) -> int:
-    classifier = model.get_classifier()
+def classifier_paths(model: nn.Module) -> tuple[str, ...]:
+    """The dotted names of the model's classifier modules, in ``get_classifier()``'s order."""
+    names = {id(module): name for name, module in model.named_modules(remove_duplicate=False) if name}
+    paths = []
+    for classifier in classifiers(model):
+        if id(classifier) not in names:
+            raise UnsupportedModelError(
+                f"{type(model).__name__}.get_classifier() returned a {type(classifier).__name__} that is not inside "
+                "the model"
+            )
+        paths.append(names[id(classifier)])
+    return tuple(paths)
+
+
+def classifier_in_features(classifier: nn.Module, model: nn.Module) -> int:
+    """The feature width ``classifier`` reads (the model's ``num_features`` if it has no Linear, e.g. Identity)."""
     linear = classifier if isinstance(classifier, nn.Linear) else None
     if isinstance(classifier, nn.Sequential):
         linear = next((m for m in classifier if isinstance(m, nn.Linear)), None)
@@ -46,8 +61,8 @@ def classifier_in_features(model: nn.Module) -> int:
     return int(model.num_features)
 
 
-def set_head(model: nn.Module, kind: str, num_classes: int, init_std: float = 0.01) -> nn.Module:
-    """Replace the classifier by a ``kind`` head for ``num_classes`` classes and return the new head.
+def set_head(model: nn.Module, kind: str, num_classes: int, init_std: float = 0.01) -> tuple[nn.Module, ...]:
+    """Replace each classifier by a ``kind`` head for ``num_classes`` classes and return the new heads.
 
     "linear" keeps the model's own Linear when it already has the right shape (for example one just loaded from a
     fine-tuned checkpoint); "paper" always starts a fresh head, as in the paper.
@@ -55,19 +70,22 @@ def set_head(model: nn.Module, kind: str, num_classes: int, init_std: float = 0.
     check_choice("head", kind, HEADS)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    path = classifier_path(model)
-    in_features = classifier_in_features(model)
-    current = model.get_classifier()
-    if kind == "linear":
-        if isinstance(current, nn.Linear) and current.out_features == num_classes:
-            return current
-        head: nn.Module = nn.Linear(in_features, num_classes)
-    else:
-        head = paper_head(in_features, num_classes, init_std)
     device = next(model.parameters()).device
-    parent_name, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, head.to(device))
+    heads = []
+    for path, current in zip(classifier_paths(model), classifiers(model), strict=True):
+        in_features = classifier_in_features(current, model)
+        if kind == "linear" and isinstance(current, nn.Linear) and current.out_features == num_classes:
+            heads.append(current)
+            continue
+        head = (
+            nn.Linear(in_features, num_classes) if kind == "linear" else paper_head(in_features, num_classes, init_std)
+        )
+        parent_name, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, head.to(device))
+        heads.append(head)
     if hasattr(model, "num_classes"):
         model.num_classes = num_classes
-    return head
+    if len(heads) > 1 and hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(False)  # the output is the heads' average, in training too (module docstring)
+    return tuple(heads)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .heads import HEADS, classifier_path, set_head
+from .heads import HEADS, classifier_paths, set_head
 from .methods import Method, MethodConfig, get_method, method_of, resolve_method
 from .validation import check_choice, from_mapping
 
@@ -138,7 +138,7 @@ def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]
     """The task-specific modules, as (dotted name, module), by group: the method's (e.g. "adapters") and "head"."""
     spec = _require_spec(model)
     names = {id(m): n for n, m in model.named_modules()}
-    head_names = [classifier_path(model), *spec.extra_trainable]
+    head_names = [*classifier_paths(model), *spec.extra_trainable]
     groups = {HEAD_GROUP: [(n, model.get_submodule(n)) for n in head_names]}
     method_modules = spec.registered.modules(model)
     if method_modules:

@@ -11,8 +11,6 @@ fails, listing the keys, unless the only missing keys belong to the new task hea
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +18,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 
 from .convert_video import convert_hf_videomae, convert_image_to_video, convert_videomae
 from .errors import CheckpointError
-from .heads import classifier_path
+from .heads import classifier_paths
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +44,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
-        kind = "safetensors" if path.suffix == ".safetensors" else "torch (weights_only)"
-        raise CheckpointError(f"{path}: cannot be read as a {kind} checkpoint: {type(e).__name__}: {e}") from e
+    except Exception as e:  # unpickling arbitrary bytes can raise nearly anything (IndexError, KeyError, ...)
+        kind = "safetensors file" if path.suffix == ".safetensors" else "torch checkpoint readable with weights_only"
+        raise CheckpointError(
+            f"{path}: cannot be read ({first_line(e)}); expected a {kind} (truncated or corrupt?)"
+        ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     for key in WRAPPER_KEYS:
@@ -66,13 +65,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def first_line(error: BaseException) -> str:
+    """An exception as ``Type: first sentence of its message`` (torch's unpickling errors run to a page of advice)."""
+    lines = str(error).strip().splitlines()
+    first = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    cause = next((line.strip() for line in lines if "WeightsUnpickler error:" in line), None)  # what it refused
+    return f"{type(error).__name__}: {first}" + (f" ({cause[:200]})" if cause else "")
+
+
 def _hf_weights_file(directory: Path) -> Path:
     for name in HF_WEIGHTS_NAMES:
         if (directory / name).is_file():
             return directory / name
     sharded = sorted(p.name for p in directory.glob("*.index.json"))
     detail = f"sharded checkpoints ({', '.join(sharded)}) are not supported" if sharded else "found neither"
-    raise CheckpointError(f"{directory}: a Hugging Face model directory needs one of {HF_WEIGHTS_NAMES}; {detail}")
+    raise CheckpointError(
+        f"{directory}: expected a Hugging Face model directory with one of {HF_WEIGHTS_NAMES}; {detail}"
+    )
 
 
 def convert_timm(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -129,6 +138,8 @@ def _fit_pos_embed(state_dict: dict[str, torch.Tensor], model: nn.Module) -> Non
     theirs = state_dict.get("pos_embed")
     if not isinstance(own, torch.Tensor) or theirs is None or theirs.shape == own.shape:
         return
+    if theirs.ndim != 3 or theirs.shape[-1] != own.shape[-1]:
+        return  # not a position table of another grid: reported as a shape mismatch
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
     grid = model.patch_embed.grid_size
     logger.info("resampling pos_embed %s -> %s", tuple(theirs.shape), tuple(own.shape))
@@ -145,9 +156,16 @@ def load_pretrained(model: nn.Module, path: str | Path, source: str = "timm", ke
     """
     if source not in CONVERTERS:
         raise ValueError(f"unknown checkpoint source {source!r}; choose one of {sorted(CONVERTERS)}")
-    state_dict = CONVERTERS[source](read_state_dict(path), model)
+    try:
+        state_dict = CONVERTERS[source](read_state_dict(path), model)
+    except (CheckpointError, RuntimeError) as e:  # a converter reshapes what the file holds: its errors are the file's
+        if isinstance(e, CheckpointError) and str(path) in str(e):
+            raise
+        raise CheckpointError(
+            f"{path} ({source} checkpoint): {e if isinstance(e, CheckpointError) else first_line(e)}"
+        ) from e
     own = model.state_dict()
-    head_prefix = classifier_path(model) + "."
+    head_prefix = tuple(f"{path}." for path in classifier_paths(model))
     head_keys = {k for k in own if k.startswith(head_prefix)}
     task_prefixes = tuple(f"{name}." for name in getattr(model, "task_modules", ()))
     new_keys = head_keys | {k for k in own if task_prefixes and k.startswith(task_prefixes)}

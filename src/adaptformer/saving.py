@@ -15,10 +15,12 @@ written by adaptformer 0.1 (format_version 1, with a separate task.json) are rea
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from safetensors.torch import save as save_safetensors
 from .factory import BackboneSource, build_backbone, get_source
 from .model import ModelSpec, apply_method, get_spec, task_state_dict
 from .preprocessing import Preprocessing
-from .validation import from_mapping
+from .validation import check_types, from_mapping
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,6 +44,9 @@ FORMAT_VERSION = 2
 FINGERPRINT_ATTR = "adaptformer_fingerprint"
 _SPEC_FIELDS = ("backbone", "method", "method_config", "num_classes", "head", "extra_trainable")
 _V01_FIELDS = ("adapter", "vpt")
+_REQUIRED_FIELDS = ("backbone", "method", "num_classes")  # the rest have defaults (0.1 wrote these three too)
+_V01_TASK_FIELDS = ("classes", "dataset", "model_kwargs", "checkpoint", "checkpoint_source", "precision",
+                    "eval_batch_size", "dataset_options", "video")  # fmt: skip
 _FILE_FIELDS = ("source", "classes", "training", "backbone_fingerprint", "preprocessing", "num_parameters",
                 "weights_sha256")  # fmt: skip
 
@@ -68,6 +73,12 @@ class TrainingRecord:
     precision: str = "auto"
     eval_batch_size: int = 256
 
+    def __post_init__(self) -> None:
+        check_types(self, {"dataset": (str, type(None)), "dataset_options": dict, "video": (dict, type(None)),
+                           "precision": str, "eval_batch_size": int})  # fmt: skip
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
 
 @dataclass(frozen=True)
 class AdapterInfo:
@@ -84,9 +95,30 @@ class AdapterInfo:
     format_version: int = FORMAT_VERSION
 
 
+def _temporary_name(path: Path) -> Path:
+    """A fresh name beside ``path`` for :func:`atomic_write_bytes`'s temporary file: ``.<name>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def leftover_temporaries(path: Path) -> list[Path]:
+    """The temporary files of :func:`atomic_write_bytes` for ``path`` that are still there: a process killed while
+    writing ``path`` leaves one behind (``path`` itself then still holds its previous content)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename.
+
+    The file gets the permissions ``open()`` would give a new file (0o666 less the umask; the kernel applies it), not
+    the owner-only 0o600 of ``tempfile.mkstemp``.
+    """
+    while True:
+        tmp = _temporary_name(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # a name drawn twice: draw another
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -94,7 +126,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -180,11 +212,15 @@ def save_adapter(
     return directory
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; AdapterFileError naming the file for anything else."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFileError(f"{path}: not valid JSON ({e})") from e
+        raise AdapterFileError(f"{path}: not valid JSON ({e}); expected a JSON object (truncated or corrupt?)") from e
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def _v01_task(directory: Path) -> dict[str, Any]:
@@ -193,11 +229,20 @@ def _v01_task(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     task = _read_json(path)
-    if not isinstance(task, dict):
-        raise AdapterFileError(f"{path}: expected a JSON object")
+    unknown = sorted(set(task) - set(_V01_TASK_FIELDS))
+    if unknown:
+        raise AdapterFileError(f"{path}: unknown fields {unknown}; expected some of {list(_V01_TASK_FIELDS)}")
+    if not isinstance(task.get("model_kwargs", {}), dict):
+        raise AdapterFileError(f"{path}: model_kwargs must be a mapping of timm keyword arguments, got "
+                               f"{task['model_kwargs']!r}")  # fmt: skip
     source = {"kwargs": task.get("model_kwargs", {}), "checkpoint": task.get("checkpoint"),
               "checkpoint_source": task.get("checkpoint_source", "timm"), "init_seed": None}  # fmt: skip
     training = {k: task[k] for k in (f.name for f in fields(TrainingRecord)) if k in task}
+    try:  # validated here too, so that an error names this file
+        BackboneSource(**source)
+        TrainingRecord(**training)
+    except (TypeError, ValueError) as e:
+        raise AdapterFileError(f"{path}: {e}") from e
     return {"source": source, "classes": task.get("classes"), "training": training}
 
 
@@ -208,17 +253,22 @@ def read_adapter_config(directory: str | Path) -> AdapterInfo:
     if not path.is_file():
         raise FileNotFoundError(f"no adapter here: {path} does not exist (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
     data = _read_json(path)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if data.get("format") != FORMAT:
         raise AdapterFileError(f'{path}: not an adaptformer adapter config (expected "format": "{FORMAT}")')
     version = data.get("format_version")
     if version not in (1, FORMAT_VERSION):
         raise AdapterFileError(f"{path}: format_version {version!r}, this library reads 1 and {FORMAT_VERSION}")
-    if version == 1:
+    classes_path = path
+    if version == 1 and (directory / V01_TASK_NAME).is_file():
         data = {**data, **_v01_task(directory)}
+        classes_path = directory / V01_TASK_NAME
     known = {"format", "format_version", *_SPEC_FIELDS, *(_V01_FIELDS if version == 1 else ()), *_FILE_FIELDS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise AdapterFileError(f"{path}: unknown fields {unknown}")
+    missing = [k for k in _REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise AdapterFileError(f"{path}: missing fields {missing}; expected {list(_REQUIRED_FIELDS)} at least")
     try:
         spec = ModelSpec.from_dict({k: data[k] for k in (*_SPEC_FIELDS, *_V01_FIELDS) if k in data})
         source = from_mapping(BackboneSource, data["source"], "source") if data.get("source") else None
@@ -228,7 +278,9 @@ def read_adapter_config(directory: str | Path) -> AdapterInfo:
         raise AdapterFileError(f"{path}: {e}") from e
     classes = data.get("classes")
     if classes is not None and (not isinstance(classes, list) or len(classes) != spec.num_classes):
-        raise AdapterFileError(f"{path}: classes must be a list of {spec.num_classes} names, got {classes!r}")
+        raise AdapterFileError(
+            f"{classes_path}: classes must be a list of {spec.num_classes} names (the head's classes), got {classes!r}"
+        )
     return AdapterInfo(
         spec, source, classes, training, preprocessing, data.get("backbone_fingerprint"), data.get("weights_sha256"),
         data.get("num_parameters"), version,
@@ -244,6 +296,8 @@ def load_adapter(
     same one. The backbone must have the saved architecture and the saved weights fingerprint, unless
     ``allow_backbone_mismatch`` (then the adapter is applied to whatever backbone this is). ``info``: the folder's
     :func:`read_adapter_config`, if the caller has read it already.
+
+    Everything is checked before ``model`` is touched: when this raises, the model is as it was passed in.
     """
     directory = Path(directory)
     info = info or read_adapter_config(directory)
@@ -255,45 +309,71 @@ def load_adapter(
             "(pass allow_backbone_mismatch=True to apply it anyway)"
         )
     current = get_spec(model)
-    if current is None:
-        apply_method(model, spec)
-    else:
+    if current is not None:
         ours, theirs = current.to_dict(), spec.to_dict()
         diff = {k: (ours[k], theirs[k]) for k in ours if k != "backbone" and ours[k] != theirs[k]}
         if diff:
             raise AdapterFileError(f"{directory}: the model's method differs from the adapter's (model, file): {diff}")
+    tensors = _read_weights(directory, info)
+    adapted = model if current is not None else _applied_to_a_copy(model, spec)
     expected_fp = info.backbone_fingerprint
     if expected_fp is not None and not allow_backbone_mismatch:
-        actual_fp = backbone_fingerprint(model)
+        actual_fp = backbone_fingerprint(adapted)
         if actual_fp != expected_fp:
             raise AdapterFileError(
                 f"{directory}: the backbone weights differ from those the adapter was trained on "
                 f"(fingerprint {actual_fp} != {expected_fp}); load the same pre-trained checkpoint (recorded: "
                 f"{info.source}), or pass allow_backbone_mismatch=True"
             )
+    _check_task_tensors(tensors, task_state_dict(adapted), directory / WEIGHTS_NAME)
+    if current is None:
+        apply_method(model, spec)  # as on the copy, which showed that it works and that the tensors fit
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
+def _read_weights(directory: Path, info: AdapterInfo) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, after checking the file against the SHA-256 its config records."""
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
-        raise FileNotFoundError(f"adapter weights missing: {weights_path}")
+        raise FileNotFoundError(
+            f"adapter weights missing: {weights_path} does not exist (expected next to {CONFIG_NAME})"
+        )
     blob = weights_path.read_bytes()
     if info.weights_sha256 is not None and hashlib.sha256(blob).hexdigest() != info.weights_sha256:
         raise AdapterFileError(f"{weights_path}: SHA-256 differs from the one in {CONFIG_NAME} (corrupt or mixed up)")
     try:
-        tensors = load_safetensors(blob)
+        return load_safetensors(blob)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise AdapterFileError(f"{weights_path}: not a valid safetensors file ({e})") from e
-    own = task_state_dict(model)
+
+
+def _applied_to_a_copy(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """``spec`` applied to a copy of ``model``'s module tree that shares its tensors, so that the result can be
+    checked without touching ``model`` (its requires_grad flags are restored, torch's RNG is not advanced)."""
+    shared: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    copy = deepcopy(model, memo=shared)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return apply_method(copy, spec)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _check_task_tensors(tensors: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path) -> None:
+    """The exact key set and every shape of the model's task tensors, or an AdapterFileError listing what differs."""
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
-        raise AdapterFileError(f"{weights_path}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
+        raise AdapterFileError(f"{path}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
     wrong = [
         f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in tensors.items()
         if v.shape != own[k].shape
     ]
     if wrong:
-        raise AdapterFileError(f"{weights_path}: shape mismatch: {'; '.join(wrong[:20])}")
-    model.load_state_dict(tensors, strict=False)
-    return model
+        raise AdapterFileError(f"{path}: shape mismatch: {'; '.join(wrong[:20])}")
 
 
 def create_model_from_adapter(

@@ -1,19 +1,30 @@
 """The training entry point: ``train(TrainConfig)`` reads top to bottom: data, model, loaders, optimizer, resume,
 loop, final test (MAE's main_finetune, with the configuration as one validated dataclass instead of ``args``).
 
-What a run writes to ``run.output_dir`` (only the main process writes):
+What a run writes to ``run.output_dir`` (only the main process writes; epochs are numbered from 1 wherever a user
+reads them):
 
     config.yaml     the effective configuration; ``adaptformer train --config config.yaml`` repeats the run
     metrics.jsonl   one JSON object per epoch: epoch, lr, train_loss, val_acc1, val_acc5, val_loss, seconds, images/s
+    curves.png      loss, lr and validation accuracy per epoch, drawn from metrics.jsonl when the loop ends
     adapter/        the selected adapter (``save_adapter``; full weights for method "full"), its adapter_config.json
                     recording the class names, how the backbone was built and how training evaluated it
     checkpoint.pt   the training state for ``run.resume`` (every epoch, and every ``run.save_every_steps`` steps)
     test.json       the test split, evaluated once at the end with the selected adapter (video datasets: multi-view
                     acc1/acc5 over test_clips x test_crops views per video, plus single_view_acc1/acc5)
 
-Model selection uses only the validation split carved from the training data (seeded, ``data.val_split``): with
-``select: best`` the adapter of the epoch with the best validation top-1 is kept (the earliest on ties), with
-``select: last`` the final one. The test split never influences training or selection.
+A new run needs a missing or empty ``run.output_dir`` (``run.resume`` continues the run there, ``run.overwrite``
+removes it first; :mod:`.engine.run_folder`), and nothing there changes before the run's inputs (weights file,
+dataset, model, training state) have been read and checked.
+
+Model selection uses only a validation split: the dataset's own ``val`` split when it has one next to its test split
+(an ``imagefolder`` or ``videofolder`` with ``val/`` and ``test/``, list files with ``val.txt`` and ``test.txt``; then
+``data.val_split`` is not used), else a part carved from the training data (seeded, ``data.val_split``). A dataset
+with ``val`` but no ``test`` split (the ImageNet layout) is tested on ``val``. With ``select: best`` the adapter of the
+epoch with the best validation top-1 is kept (the earliest on ties), with ``select: last`` the final one. The test
+split never influences training or selection. Training samples that no epoch's batches draw (each epoch drops the
+samples that do not fill an optimizer step) are read once at the start, so an unreadable file fails the run wherever
+it lies in the split.
 
 Image and video datasets run through the same code: ``engine.datasets`` loads a split, builds it for the model
 (transforms from the backbone's preprocessing) and scores it; only those three steps know which kind of data it is.
@@ -39,8 +50,9 @@ from .engine.checkpointing import (
     save_training_state,
 )
 from .engine.config import TrainConfig
-from .engine.data import TrainBatchSampler, eval_loader, resolve_num_workers, train_loader
-from .engine.datasets import DataSpec, load_split
+from .engine.curves import CURVES_FILE, plot_curves
+from .engine.data import TrainBatchSampler, eval_loader, read_undrawn, resolve_num_workers, train_loader
+from .engine.datasets import DataSpec, check_same_classes, given_val_split, load_split
 from .engine.distributed import (
     DistributedContext,
     all_gather_objects,
@@ -52,9 +64,10 @@ from .engine.distributed import (
 )
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
-from .engine.progress import Progress
+from .engine.progress import Progress, RunEta
 from .engine.records import TEST_FILE, MetricsLog, write_json
 from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+from .engine.run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
 from .engine.schedule import WarmupCosine
 from .factory import create_model
 from .methods import method_of
@@ -65,15 +78,12 @@ from .speed import apply_speed
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
-CONFIG_FILE = "config.yaml"
-
 
 @dataclass
 class RunPosition:
     """Where the run stands; saved in the training state."""
 
-    epoch: int = 0  # the epoch in progress (or next to start)
+    epoch: int = 0  # the epoch in progress (or next to start), counted from 0 (the user reads epoch + 1)
     step_in_epoch: int = 0  # optimizer steps of ``epoch`` already done
     best_val_acc1: float | None = None
     best_epoch: int | None = None
@@ -82,7 +92,8 @@ class RunPosition:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The outcome of :func:`train`. ``test`` is None when the run stopped early (``stop_after_steps``)."""
+    """The outcome of :func:`train`. ``test`` is None when the run stopped early (``stop_after_steps``);
+    ``best_epoch`` is the epoch of the best validation top-1, numbered from 1 as in metrics.jsonl."""
 
     output_dir: Path
     test: dict[str, Any] | None
@@ -136,22 +147,25 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
+    # The inputs first, cheapest first: the output folder is written only once they all check out.
     out = Path(cfg.run.output_dir)
     state_path = out / STATE_FILE
+    checkpoint = cfg.model.checkpoint
+    if checkpoint not in (None, "timm") and not Path(checkpoint).exists():
+        raise FileNotFoundError(f"--model.checkpoint {checkpoint}: no such file or folder (the backbone's weights)")
+    earlier = check_run_folder(out, cfg.run.resume, cfg.run.overwrite)
     resume_state = _read_resume_state(cfg, state_path)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(
-            replace(cfg, run=replace(cfg.run, resume=False, stop_after_steps=None)).to_yaml()
-        )
     seed_everything(cfg.run.seed)
 
     # Data: the splits (images or videos), untransformed until the model says which input it needs.
     spec = DataSpec.from_config(cfg)
     train_split, test_split = load_split(spec, "train"), load_split(spec, "test")
+    given_val = given_val_split(spec, cfg.data.val_split)  # the dataset's own val split, else None: carve from train
+    val_split = load_split(spec, given_val) if given_val is not None else None
     classes = train_split.classes
-    if test_split.classes != classes:
-        raise ValueError(f"{cfg.data.dataset}: the train and test splits have different classes")
+    for other in (test_split, val_split):
+        if other is not None:
+            check_same_classes(train_split, other, cfg.data.dataset)
 
     # Model: backbone + pre-trained weights + method + head, then the speed options for the device and precision.
     precision = resolve_precision(cfg.optim.precision, ctx.device)
@@ -160,7 +174,9 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         logger.info("%s, method %s:\n%s", cfg.model.backbone, cfg.model.method, parameter_report(model))
     seed_everything(derive_seed(cfg.run.seed, ctx.rank))  # same init on every process; own dropout draws per process
     train_part, val_part = train_split.build(model, "train"), None
-    if cfg.data.val_split:  # the same samples, deterministic single view, stratified by label
+    if val_split is not None:
+        val_part = val_split.build(model, "eval")
+    elif cfg.data.val_split:  # the same samples, deterministic single view, stratified by label
         val_source = train_split.build(model, "eval")
         train_part, val_part = train_val_split(
             train_part, cfg.data.val_split, cfg.data.split_seed, val_dataset=val_source
@@ -171,6 +187,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     accum = accumulation_steps(cfg, ctx.world_size)
     o = cfg.optim
     sampler = TrainBatchSampler(len(train_part), o.batch_size, accum, ctx.world_size, ctx.rank, cfg.run.seed)
+    read_undrawn(train_part, sampler.never_drawn(o.epochs), cfg.run.seed)
     workers = resolve_num_workers(cfg.data.num_workers, local_world_size())
     if ctx.is_main and cfg.data.num_workers is None:
         logger.info("data.num_workers null: %d loader workers per process (min(4, usable CPUs per process))", workers)
@@ -203,15 +220,16 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     pos = RunPosition()
     if resume_state is not None:
         pos = _restore(resume_state, model, optimizer, scheduler, scaler, ctx, state_path)
-        logger.info("resumed from %s at epoch %d, step %d", state_path, pos.epoch, pos.step_in_epoch)
-    elif ctx.is_main:
-        stale = [p for p in (state_path, out / "metrics.jsonl", out / TEST_FILE) if p.exists()]
-        if stale:
-            logger.warning("new run in %s: removing %s of an earlier run", out, ", ".join(p.name for p in stale))
-        for path in stale:
-            path.unlink()
+        logger.info("resumed from %s at epoch %d/%d, step %d", state_path, pos.epoch + 1, o.epochs, pos.step_in_epoch)
+
+    # The output folder: every input checked, the run may now write (an earlier run's files go first, if asked to).
+    barrier(ctx)  # every process has checked the folder before the main one changes it
+    if ctx.is_main:
+        prepare_run_folder(out, earlier)
+        saved_run = replace(cfg.run, resume=False, overwrite=False, stop_after_steps=None)
+        (out / CONFIG_FILE).write_text(replace(cfg, run=saved_run).to_yaml())
     metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
-    metrics.keep_epochs_before(pos.epoch)
+    metrics.keep_finished(pos.epoch)
     evaluation = TrainingRecord(cfg.data.dataset, dict(cfg.data.options), spec.video_record(), precision.name,
                             o.eval_batch_size)  # fmt: skip
 
@@ -228,23 +246,29 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         if stop:
             raise _StopRequested
 
-    # The loop.
+    def eval_progress(loader: Any, desc: str) -> Progress:
+        return Progress(len(loader), desc, ctx.is_main, cfg.run.log_every)
+
+    # The loop (epoch counts from 0 here; what the user reads counts from 1).
+    run_eta = RunEta(o.epochs * steps, pos.epoch * steps + pos.step_in_epoch)
+    stopped = False
     try:
         for epoch in range(pos.epoch, o.epochs):
             started = time.perf_counter() - pos.stats.seconds  # a resumed epoch keeps its earlier time
             sampler.set_epoch(epoch, start_step=pos.step_in_epoch)
-            progress = Progress(
-                steps, f"epoch {epoch + 1}/{o.epochs}", ctx.is_main, cfg.run.log_every, initial=pos.step_in_epoch
-            )
-            stats = train_one_epoch(
-                ddp_model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=epoch,
-                accum_steps=accum, clip_grad=o.clip_grad, stats=pos.stats, progress=progress, on_step=on_step,
-            )  # fmt: skip
-            progress.close()
-            record: dict[str, Any] = {"epoch": epoch, "lr": stats.lr, "train_loss": stats.loss}
+            with Progress(
+                steps, f"epoch {epoch + 1}/{o.epochs}", ctx.is_main, cfg.run.log_every, initial=pos.step_in_epoch,
+                run_eta=run_eta, run_offset=epoch * steps,
+            ) as progress:  # fmt: skip
+                stats = train_one_epoch(
+                    ddp_model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=epoch,
+                    accum_steps=accum, clip_grad=o.clip_grad, stats=pos.stats, progress=progress, on_step=on_step,
+                )  # fmt: skip
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss}
             last = epoch + 1 == o.epochs
             if val_loader is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
-                val = classification_metrics(evaluate(ddp_model, val_loader, precision, ctx))
+                with eval_progress(val_loader, f"validation after epoch {epoch + 1}/{o.epochs}") as progress:
+                    val = classification_metrics(evaluate(ddp_model, val_loader, precision, ctx, progress))
                 record.update({"val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_loss": val["loss"]})
                 if pos.best_val_acc1 is None or val["acc1"] > pos.best_val_acc1:
                     pos.best_val_acc1, pos.best_epoch = val["acc1"], epoch
@@ -255,30 +279,45 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             record.update({"seconds": time.perf_counter() - started, "images/s": stats.images_per_second})
             metrics.append(record)
             if ctx.is_main:
-                logger.info(
-                    "epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-                )
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k != "epoch"}
+                logger.info("epoch %d/%d: %s", epoch + 1, o.epochs, shown)
             pos = RunPosition(epoch + 1, 0, pos.best_val_acc1, pos.best_epoch)
             save_state()
     except _StopRequested:
-        logger.info("stopped after %d optimizer steps (stop_after_steps); resume with --resume", scheduler.step_count)
-        return TrainResult(out, None, pos.best_epoch, pos.best_val_acc1, True, ctx.is_main)
+        stopped = True
+        logger.info("stopped after %d optimizer steps (run.stop_after_steps); continue with --run.resume true",
+                    scheduler.step_count)  # fmt: skip
     finally:
         metrics.close()
+    best_epoch = None if pos.best_epoch is None else pos.best_epoch + 1  # as the user reads it
+    if ctx.is_main:
+        _draw_curves(cfg, metrics.read(), out)
+    if stopped:
+        return TrainResult(out, None, best_epoch, pos.best_val_acc1, True, ctx.is_main)
 
     # The test split, once, with the selected adapter as saved on disk.
     barrier(ctx)
     load_adapter(model, out / ADAPTER_DIR)
-    test = test_split.score(evaluate(model, test_loader, precision, ctx), test_part)
-    selected_epoch = pos.best_epoch if cfg.run.select == "best" else o.epochs - 1
+    with eval_progress(test_loader, "test") as progress:
+        test = test_split.score(evaluate(model, test_loader, precision, ctx, progress), test_part)
+    selected_epoch = best_epoch if cfg.run.select == "best" else o.epochs
     selected_val = pos.best_val_acc1
     if cfg.run.select == "last" and ctx.is_main:
         selected_val = next((r.get("val_acc1") for r in metrics.read() if r["epoch"] == selected_epoch), None)
-    report = {"split": "test", **test, "select": cfg.run.select, "epoch": selected_epoch, "val_acc1": selected_val}
+    report = {"split": test_split.name, **test, "select": cfg.run.select, "epoch": selected_epoch,
+              "val_acc1": selected_val}  # fmt: skip
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)
-    return TrainResult(out, report, pos.best_epoch, pos.best_val_acc1, False, ctx.is_main)
+    return TrainResult(out, report, best_epoch, pos.best_val_acc1, False, ctx.is_main)
+
+
+def _draw_curves(cfg: TrainConfig, records: list[dict[str, Any]], out: Path) -> None:
+    if not records:
+        logger.info("no epoch finished yet: no %s", CURVES_FILE)
+        return
+    title = f"{out}: {cfg.model.backbone}, {cfg.model.method_name}, {cfg.data.dataset} (seed {cfg.run.seed})"
+    logger.info("training curves: %s", plot_curves(records, out / CURVES_FILE, title))
 
 
 def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | None:
@@ -288,7 +327,10 @@ def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | N
         logger.warning("run.resume: no training state at %s; starting from the beginning", state_path)
         return None
     state = load_training_state(state_path)
-    saved = TrainConfig.from_dict(state["config"])
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except ValueError as e:
+        raise TrainingStateError(f"{state_path}: its config is not one this library reads: {e}") from e
     differences = saved.training_differences(cfg)
     if differences:
         raise TrainingStateError(

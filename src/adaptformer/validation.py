@@ -34,6 +34,17 @@ def from_mapping(cls: type[T], data: Any, what: str | None = None) -> T:
     return cls(**data)
 
 
+def check_types(obj: Any, types: Mapping[str, type | tuple[type, ...]]) -> None:
+    """ValueError naming the first field of ``obj`` whose value is not of its type in ``types`` (bool is not an int:
+    JSON's ``true`` is no count)."""
+    for name, expected in types.items():
+        value = getattr(obj, name)
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{name} must be {names}, got {type(value).__name__} {value!r}")
+
+
 def to_plain(obj: Any) -> Any:
     """A dataclass (or nested lists/tuples/dicts of them) as JSON/YAML-ready plain data; tuples become lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -4,6 +4,7 @@ dataset = build_image_dataset("cifar100", "data/", "train", build_image_transfor
 train, val = train_val_split(dataset, 0.1, seed=0, val_dataset=same_data_with_eval_transform)
 """
 
+from .files import DatasetFileError
 from .image import (
     IMAGE_DATASETS,
     ArrayImageDataset,
@@ -27,6 +28,7 @@ __all__ = [
     "IMAGE_DATASETS",
     "PAPER_CROP_SCALE",
     "ArrayImageDataset",
+    "DatasetFileError",
     "ImageAugment",
     "ImageDatasetKind",
     "ImageDecodeError",

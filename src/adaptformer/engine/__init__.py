@@ -13,7 +13,14 @@ from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from .data import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
 from .datasets import DataSpec, ImageSplit, VideoSettings, VideoSplit, load_split
 from .distributed import DistributedContext, init_distributed, wrap_model
-from .inference import class_names, evaluate_split, load_trained_model, predict_images
+from .inference import (
+    FilePrediction,
+    class_names,
+    evaluate_split,
+    load_trained_model,
+    predict_files,
+    predict_images,
+)
 from .loop import (
     EpochStats,
     NonFiniteLossError,
@@ -34,6 +41,7 @@ __all__ = [
     "DataSpec",
     "DistributedContext",
     "EpochStats",
+    "FilePrediction",
     "ImageSplit",
     "ModelConfig",
     "NonFiniteLossError",
@@ -64,6 +72,7 @@ __all__ = [
     "load_training_state",
     "multi_view_metrics",
     "param_groups",
+    "predict_files",
     "predict_images",
     "resolve_precision",
     "save_training_state",

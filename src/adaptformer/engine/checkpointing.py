@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..model import task_state_dict
+from ..pretrained import first_line
 from ..saving import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -30,6 +29,14 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "checkpoint.pt"
 FORMAT = "adaptformer-training-state"
 FORMAT_VERSION = 1
+
+
+# Every entry save_training_state is given by train.py, with its type.
+STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "config": dict, "epoch": int, "step_in_epoch": int, "global_step": int, "best_val_acc1": (float, int, type(None)),
+    "best_epoch": (int, type(None)), "epoch_stats": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+    "scaler": dict, "rng": list,
+}  # fmt: skip
 
 
 class TrainingStateError(ValueError):
@@ -51,16 +58,39 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a file written by :func:`save_training_state`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no training state at {path}")
+        raise FileNotFoundError(f"no training state at {path}: the file does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
-        raise TrainingStateError(f"{path}: cannot be read as a training state ({type(e).__name__}: {e})") from e
+    except Exception as e:  # unpickling arbitrary bytes can raise nearly anything (IndexError, KeyError, ...)
+        raise TrainingStateError(
+            f"{path}: cannot be read ({first_line(e)}); expected a training state written by adaptformer "
+            "(truncated or corrupt? delete it to start the run again)"
+        ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise TrainingStateError(f"{path}: not an adaptformer training state")
+        raise TrainingStateError(f'{path}: not an adaptformer training state (expected "format": "{FORMAT}")')
     if state.get("format_version") != FORMAT_VERSION:
         raise TrainingStateError(f"{path}: format_version {state.get('format_version')!r}, this library reads 1")
+    missing = sorted(set(STATE_TYPES) - set(state))
+    wrong = [f"{k} ({type(state[k]).__name__})" for k, t in STATE_TYPES.items() if k in state and not _is(state[k], t)]
+    if missing or wrong:
+        found = ", ".join(
+            [*([f"missing entries {missing}"] if missing else []), *([f"wrong types: {wrong}"] if wrong else [])]
+        )
+        expected = ", ".join(f"{k}: {' or '.join(_name(x) for x in _tuple(t))}" for k, t in STATE_TYPES.items())
+        raise TrainingStateError(f"{path}: {found}; expected {expected}")
     return state
+
+
+def _name(cls: type) -> str:
+    return "None" if cls is type(None) else cls.__name__
+
+
+def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _is(value: Any, types: type | tuple[type, ...]) -> bool:
+    return isinstance(value, _tuple(types)) and not (isinstance(value, bool) and bool not in _tuple(types))
 
 
 def load_task_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -69,4 +99,12 @@ def load_task_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
         raise TrainingStateError(f"{source}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
+    wrong = [
+        f"{k}: file {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
+        f"vs model {tuple(own[k].shape)}"
+        for k, v in tensors.items()
+        if not isinstance(v, torch.Tensor) or v.shape != own[k].shape
+    ]
+    if wrong:
+        raise TrainingStateError(f"{source}: shape mismatch: {'; '.join(wrong[:20])}")
     model.load_state_dict(tensors, strict=False)

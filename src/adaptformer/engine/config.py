@@ -35,7 +35,7 @@ DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
 WARMUP_FRACTION = 0.2  # optim.warmup_epochs null: the paper's 20 warmup epochs of 100 (Table 5)
 # Sections and fields that steer how a run executes but not what it computes; a resumed run may change them.
 RUN_CONTROL = ("speed.grad_checkpointing", "speed.compile", "run.resume", "run.stop_after_steps", "run.log_every",
-               "run.tensorboard", "run.recipe", "run.output_dir", "data.num_workers")  # fmt: skip
+               "run.tensorboard", "run.recipe", "run.output_dir", "run.overwrite", "data.num_workers")  # fmt: skip
 
 
 def _at_least(name: str, value: float | int | None, low: float) -> None:
@@ -127,7 +127,8 @@ class DataConfig:
         verify_checksums: check the md5 of CIFAR/SVHN files against the official release.
         skip_bad_images: image kinds with one file per image: drop unreadable ones (counted in log and test.json).
         skip_bad_videos: video kinds: probe every video, drop undecodable ones (counted in log and test.json).
-        val_split: validation carved from train: fraction, sample count, or 0 for none.
+        val_split: validation carved from train: fraction, sample count, or 0 for none (not used when the dataset has
+            its own val split next to its test split: val/ and test/ folders, val.txt and test.txt).
         split_seed: seed of the train/validation split.
         num_workers: data loading worker processes per device; null: min(4, CPUs this process may use / processes
             on this machine).
@@ -288,6 +289,7 @@ class RunConfig:
         log_every: optimizer steps between progress log lines when output is not a terminal.
         tensorboard: also write TensorBoard scalars to <output_dir>/tensorboard (if installed).
         resume: continue from <output_dir>/checkpoint.pt if it exists.
+        overwrite: start again in an output_dir that holds an earlier run: its files are removed first.
         stop_after_steps: debug: save the training state and stop after N optimizer steps.
         recipe: name or file of the recipe this configuration started from (a record).
     """
@@ -301,6 +303,7 @@ class RunConfig:
     log_every: int = 20
     tensorboard: bool = False
     resume: bool = False
+    overwrite: bool = False
     stop_after_steps: int | None = None
     recipe: str | None = None
 
@@ -310,6 +313,8 @@ class RunConfig:
             check_device_name(self.device)
         except ValueError as e:
             raise ValueError(f"run.{e}") from e  # its message starts with "device"
+        if self.resume and self.overwrite:
+            raise ValueError("run.resume (continue the run) and run.overwrite (remove it, start again): give one")
         for name in ("eval_every", "log_every", "stop_after_steps"):
             _at_least(f"run.{name}", getattr(self, name), 1)
         for name in ("save_every_steps", "seed"):

@@ -5,7 +5,8 @@ Training batches: each epoch is a seeded permutation of the training samples cut
 ``batch_size * accum_steps * world_size`` samples; the step's samples are cut into ``accum_steps * world_size``
 micro-batches and process ``r`` runs micro-batches ``r * accum_steps ...``. A single process accumulating over 2
 micro-batches therefore sees exactly the same micro-batches as 2 processes without accumulation. Leftover samples
-that do not fill a step are dropped for that epoch (a different set each epoch).
+that do not fill a step are dropped for that epoch (a different set each epoch); those that no epoch of the run draws
+are read once up front (:func:`read_undrawn`), so an unreadable file among them is not missed.
 
 Evaluation: process ``r`` of ``W`` evaluates samples ``r, r + W, r + 2W, ...``; no padding, so after gathering every
 sample appears exactly once. A dataset whose consecutive items are cut from one decoded clip (``views_per_clip`` > 1:
@@ -139,9 +140,23 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.start_step) * self.accum_steps
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the samples; its first ``steps_per_epoch * samples_per_step`` are drawn."""
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def never_drawn(self, epochs: int) -> list[int]:
+        """The samples that no epoch of ``0 .. epochs - 1`` draws, on any process (each epoch drops those that do not
+        fill an optimizer step); without a check they would never be read."""
+        drawn = torch.zeros(self.num_samples, dtype=torch.bool)
+        for epoch in range(epochs):
+            drawn[self._order(epoch)[: self.steps_per_epoch * self.samples_per_step]] = True
+            if bool(drawn.all()):
+                break
+        return torch.nonzero(~drawn).flatten().tolist()
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        order = self._order(self.epoch).tolist()
         b = self.batch_size
         for step in range(self.start_step, self.steps_per_epoch):
             chunk = order[step * self.samples_per_step : (step + 1) * self.samples_per_step]
@@ -179,6 +194,21 @@ def resolve_num_workers(requested: int | None, local_processes: int = 1) -> int:
         return requested
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(AUTO_WORKERS_MAX, cpus // max(1, local_processes))
+
+
+def read_undrawn(dataset: Dataset, indices: list[int], seed: int) -> None:
+    """Read the training samples at ``indices``, which the batch order never draws, so that an unreadable file among
+    them fails the run now (:class:`~adaptformer.data.ImageDecodeError` / ``VideoDecodeError`` naming it) instead of
+    passing unnoticed. The reads are seeded per sample (:class:`SeededSamples`): the run's random state is untouched."""
+    if not indices:
+        return
+    logger.info(
+        "reading the %d training sample(s) that no epoch's batches draw (each epoch drops those that do not fill a "
+        "step), so that an unreadable file among them is not missed", len(indices),
+    )  # fmt: skip
+    samples = SeededSamples(dataset, seed)
+    for index in indices:
+        samples[(0, index)]
 
 
 def _loader_kwargs(num_workers: int, device: torch.device) -> dict[str, Any]:

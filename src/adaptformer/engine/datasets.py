@@ -10,6 +10,12 @@ preprocessing once the model exists, and score predictions as the data requires.
     test_set = test.build(model, "test")             # images: as "eval"; videos: test_clips x test_crops views each
     metrics = test.score(evaluate(model, eval_loader(test_set, ...), ...), test_set)
 
+Which splits a run uses: ``train``; for the final test ``test``, or ``val`` when the dataset has a val split on disk
+but no test split (an ImageNet-style ``train/`` + ``val/`` folder; logged, see :func:`resolve_test_split`); for model
+selection the dataset's own ``val`` split when it also has a test split (:func:`given_val_split`, logged; then
+``data.val_split`` is not used), else a part carved from ``train`` (``data.val_split``). A split with no samples
+(none listed, or all of them unreadable and skipped) is an error, never a score of NaN.
+
 Images and videos differ in exactly three places: how a split is read (``IMAGE_DATASETS`` / ``VIDEO_DATASETS``),
 which transform turns a sample into the model's input (both from the backbone's :class:`Preprocessing`, never from a
 file name; for clips the frame count comes from the backbone too), and how a test split is scored: a video's views
@@ -19,13 +25,15 @@ the single-view top-1/top-5 (every view scored alone, averaged over all views).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..data import ImageAugment, build_image_transform
+from ..data import IMAGE_DATASETS, DatasetFileError, ImageAugment, build_image_transform
+from ..data.kinds import DatasetKind, split_location
 from ..data.video import (
     PAPER_TEST_VIEWS,
     STRATEGIES,
@@ -42,6 +50,8 @@ from ..validation import check_choice
 from .config import DATASET_KINDS, DataConfig, TrainConfig
 from .data import load_image_split, with_transform
 from .loop import Predictions, classification_metrics, multi_view_metrics
+
+logger = logging.getLogger(__name__)
 
 Purpose = Literal["train", "eval", "test"]
 
@@ -133,10 +143,26 @@ def clip_frames(model: nn.Module) -> int | None:
     return int(frames) if frames is not None else None
 
 
-class ImageSplit:
-    """One split of an image dataset; its transform follows the model it is built for."""
+def video_pipeline(
+    model: nn.Module, settings: VideoSettings, purpose: Purpose
+) -> tuple[SamplerConfig, VideoTransform, TestViews]:
+    """How a video backbone's clips are cut for ``purpose`` (frame count and preprocessing from the model, sampling
+    and views from resolved ``settings``): the frame sampler, the transform and the view grid (1 x 1 unless
+    testing). Shared by dataset splits and ``predict``."""
+    frames = clip_frames(model)
+    if frames is None or settings.sampling is None or settings.stride is None:
+        raise ValueError(f"a video backbone and resolved video settings are needed, got {frames} frames, {settings}")
+    sampler = SamplerConfig(settings.sampling, frames, settings.stride)  # type: ignore[arg-type]
+    transform = VideoTransform(Preprocessing.from_model(model), VideoTransformConfig(flip=settings.flip))
+    views = TestViews(settings.test_clips, settings.test_crops) if purpose == "test" else TestViews(1, 1)
+    return sampler, transform, views
 
-    def __init__(self, dataset: Dataset, augment: ImageAugment | None = None) -> None:
+
+class ImageSplit:
+    """One split (``name``) of an image dataset; its transform follows the model it is built for."""
+
+    def __init__(self, dataset: Dataset, augment: ImageAugment | None = None, name: str = "train") -> None:
+        self.name = name
         self.dataset = dataset
         self.augment = augment or ImageAugment()
         self.classes: list[str] = list(dataset.classes)  # type: ignore[attr-defined]
@@ -156,9 +182,11 @@ class ImageSplit:
 
 
 class VideoSplit:
-    """One split of a video dataset; clip length, input size and normalisation follow the model it is built for."""
+    """One split (``name``) of a video dataset; clip length, input size and normalisation follow the model it is
+    built for."""
 
-    def __init__(self, source: VideoSource, settings: VideoSettings) -> None:
+    def __init__(self, source: VideoSource, settings: VideoSettings, name: str = "train") -> None:
+        self.name = name
         self.source = source
         self.settings = settings
         self.classes: list[str] = list(source.classes)
@@ -166,13 +194,9 @@ class VideoSplit:
 
     def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
         """Training clips (random, augmented), or deterministic views: one per video ("eval"), the grid ("test")."""
-        frames = clip_frames(model)
-        if frames is None:
+        if clip_frames(model) is None:
             raise ValueError("this is a video dataset but the backbone takes images; choose a video_vit_* model")
-        s = self.settings
-        sampler = SamplerConfig(s.sampling, frames, s.stride)  # type: ignore[arg-type]
-        transform = VideoTransform(Preprocessing.from_model(model), VideoTransformConfig(flip=s.flip))
-        views = TestViews(s.test_clips, s.test_crops) if purpose == "test" else TestViews(1, 1)
+        sampler, transform, views = video_pipeline(model, self.settings, purpose)
         return self.source.dataset(sampler, transform, "train" if purpose == "train" else "test", views)
 
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
@@ -182,13 +206,68 @@ class VideoSplit:
         return {**multi_view_metrics(predictions, views), "skipped": self.skipped}
 
 
+def _registry_entry(spec: DataSpec) -> DatasetKind:
+    return VIDEO_DATASETS[spec.kind] if spec.is_video else IMAGE_DATASETS[spec.kind]
+
+
+def resolve_test_split(spec: DataSpec) -> str:
+    """The split a run tests on: "test", or "val" when the dataset has a val split on disk but no test split (the
+    ImageNet layout ``train/`` + ``val/``), which is logged."""
+    entry = _registry_entry(spec)
+    if entry.locate is None or split_location(entry, spec.root, "test") is not None:
+        return "test"
+    val = split_location(entry, spec.root, "val")
+    if val is None:
+        return "test"  # loading it raises the error that shows the expected layout
+    logger.info("%s: %s has no test split; %s is the held-out test split (model selection: --data.val_split of "
+                "train)", spec.kind, spec.root, val)  # fmt: skip
+    return "val"
+
+
+def given_val_split(spec: DataSpec, val_split: float = 0.0) -> str | None:
+    """The split for model selection, "val", when the dataset has both a val and a test split on disk (it is then
+    used instead of a part carved from train, and ``val_split``, ``--data.val_split``, is not: logged); else None."""
+    entry = _registry_entry(spec)
+    if entry.locate is None or split_location(entry, spec.root, "test") is None:
+        return None
+    val = split_location(entry, spec.root, "val")
+    if val is None:
+        return None
+    unused = f"; --data.val_split {val_split:g} is not used" if val_split else ""
+    logger.info("%s: model selection uses the given validation split %s%s", spec.kind, val, unused)
+    return "val"
+
+
 def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
-    """The ``split`` of ``spec``'s dataset, untransformed until :meth:`build` is given the model."""
+    """The ``split`` of ``spec``'s dataset, untransformed until :meth:`build` is given the model; "test" is
+    :func:`resolve_test_split`'s choice. A split without samples is a :class:`DatasetFileError`."""
+    name = resolve_test_split(spec) if split == "test" else split
     if spec.is_video:
-        source = load_video_split(spec.kind, spec.root, split, skip_bad_videos=spec.skip_bad, **spec.options)
-        return VideoSplit(source, spec.video.resolved(spec.kind))
-    dataset = load_image_split(
-        spec.kind, spec.root, split, options=spec.options, verify_checksums=spec.verify_checksums,
-        skip_bad_images=spec.skip_bad,
-    )  # fmt: skip
-    return ImageSplit(dataset, spec.image)
+        source = load_video_split(spec.kind, spec.root, name, skip_bad_videos=spec.skip_bad, **spec.options)
+        loaded: ImageSplit | VideoSplit = VideoSplit(source, spec.video.resolved(spec.kind), name)
+        where, count = getattr(source, "origin", spec.kind), len(source)
+    else:
+        dataset = load_image_split(
+            spec.kind, spec.root, name, options=spec.options, verify_checksums=spec.verify_checksums,
+            skip_bad_images=spec.skip_bad,
+        )  # fmt: skip
+        loaded = ImageSplit(dataset, spec.image, name)
+        where, count = f"{spec.kind} {spec.root or ''}".strip(), len(dataset)  # type: ignore[arg-type]
+    if count == 0:
+        flag = "--data.skip_bad_videos" if spec.is_video else "--data.skip_bad_images"
+        skipped = f": all {loaded.skipped} were unreadable and left out ({flag})" if loaded.skipped else ""
+        purpose = "train on" if name == "train" else "score"
+        raise DatasetFileError(f"the {name} split of {where} has no samples{skipped}; there is nothing to {purpose}")
+    return loaded
+
+
+def check_same_classes(reference: ImageSplit | VideoSplit, other: ImageSplit | VideoSplit, kind: str) -> None:
+    """Splits whose class lists differ would map labels to the wrong classes: an error naming the difference."""
+    if other.classes != reference.classes:
+        missing = sorted(set(reference.classes) - set(other.classes))
+        extra = sorted(set(other.classes) - set(reference.classes))
+        raise DatasetFileError(
+            f"{kind}: the {reference.name} and {other.name} splits have different classes ({len(reference.classes)} "
+            f"vs {len(other.classes)}; only in {reference.name}: {missing[:10]}, only in {other.name}: {extra[:10]}"
+            f"{', same names in another order' if not missing and not extra else ''})"
+        )

@@ -1,4 +1,4 @@
-"""Using a trained adapter: rebuild the model, evaluate it on a dataset split, classify image files.
+"""Using a trained adapter: rebuild the model, evaluate it on a dataset split, classify image or video files.
 
 Everything needed comes from the adapter folder's ``adapter_config.json`` (:class:`~adaptformer.saving.AdapterInfo`):
 how to build the backbone, the class names, and how training evaluated the adapter (dataset, its options, video
@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..data import build_image_transform, load_rgb
+from ..data import ImageDecodeError, build_image_transform, load_rgb
+from ..data.video import VIDEO_DATASETS, VideoClipDataset, VideoDecodeError, VideoEntry, aggregate_views
 from ..factory import BackboneSource
 from ..precision import resolve_precision
 from ..preprocessing import Preprocessing
 from ..saving import AdapterInfo, create_model_from_adapter, read_adapter_config
 from ..speed import SpeedConfig, apply_speed
+from ..validation import from_mapping
 from .data import eval_loader
-from .datasets import DataSpec, clip_frames, load_split
+from .datasets import DataSpec, VideoSettings, clip_frames, load_split, video_pipeline
 from .distributed import DistributedContext, resolve_device
 from .loop import evaluate
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 5
+DEFAULT_VIDEO_KIND = "videolist"  # the video kind whose sampling defaults apply when an adapter records none
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -118,18 +124,103 @@ def evaluate_split(
     return data.score(evaluate(model.to(ctx.device), loader, chosen, ctx), dataset)
 
 
+@dataclass(frozen=True)
+class FilePrediction:
+    """What ``predict`` says about one input file: its top classes as (index, probability), best first, or why it
+    could not be classified (then ``top`` is empty)."""
+
+    path: str
+    top: tuple[tuple[int, float], ...] = ()
+    error: str | None = None
+
+
+def video_settings(info: AdapterInfo | None) -> VideoSettings:
+    """The clip sampling and test views training recorded for a video adapter (``eval`` uses the same), resolved; a
+    record without them gets the ``videolist`` kind's defaults, with a warning."""
+    record = info.training if info is not None else None
+    if record is not None and record.video:
+        settings = from_mapping(VideoSettings, record.video, "the adapter's training.video")
+        return settings.resolved(record.dataset if record.dataset in VIDEO_DATASETS else DEFAULT_VIDEO_KIND)
+    settings = VideoSettings().resolved(DEFAULT_VIDEO_KIND)
+    logger.warning(
+        "the adapter records no video settings; predicting with the %s defaults %s", DEFAULT_VIDEO_KIND, settings
+    )
+    return settings
+
+
+def _view_reader(
+    model: nn.Module, paths: list[str | Path], video: VideoSettings | None
+) -> Callable[[int], torch.Tensor]:
+    """``read(i)``: file ``i`` as a batch of its views: ``(1, 3, H, W)`` for an image (eval's resize and centre crop),
+    ``(V, 3, T, H, W)`` for a video (the test views of ``video``, cut by the dataset ``eval`` uses). A file that cannot
+    be decoded raises its ImageDecodeError / VideoDecodeError."""
+    if clip_frames(model) is None:
+        transform = build_image_transform(Preprocessing.from_model(model), train=False)
+        return lambda i: transform(load_rgb(paths[i])).unsqueeze(0)
+    sampler, clip_transform, views = video_pipeline(model, video or video_settings(None), "test")
+    dataset = VideoClipDataset([VideoEntry(Path(p), 0) for p in paths], sampler, clip_transform, "test", views)
+    n = dataset.views_per_video
+    return lambda i: torch.stack([clip for clip, _, _ in dataset.__getitems__(range(i * n, (i + 1) * n))])
+
+
 @torch.no_grad()
-def predict_images(
-    model: nn.Module, paths: list[str | Path], top_k: int = 5, precision: str = "auto", device: str = "auto"
-) -> list[list[tuple[int, float]]]:
-    """Top-``top_k`` (class index, probability) for each image file, best first."""
-    if clip_frames(model) is not None:
-        raise ValueError("predict classifies image files, but this adapter's backbone takes video clips")
-    transform = build_image_transform(Preprocessing.from_model(model), train=False)
-    batch = torch.stack([transform(load_rgb(p)) for p in paths])  # (N, 3, H, W)
+def predict_files(
+    model: nn.Module,
+    paths: list[str | Path],
+    top_k: int | None = None,
+    precision: str = "auto",
+    device: str = "auto",
+    video: VideoSettings | None = None,
+) -> list[FilePrediction]:
+    """The top-``top_k`` classes of every file, in order; a file that cannot be decoded gets its error instead, and
+    the others are still classified.
+
+    Image files are preprocessed as evaluation does; for a video backbone every file is cut into the test views of
+    ``video`` (default: :func:`video_settings` ``(None)``; give the adapter's, as ``adaptformer predict`` does) and the
+    views' logits are averaged, as ``eval`` scores a video. ``top_k`` (default: 5, or every class if there are fewer)
+    above the class count is lowered to it, with a warning.
+    """
+    num_classes = int(model.num_classes)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, num_classes)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if top_k > num_classes:
+        logger.warning(
+            "top-%d asked for, but the adapter has %d classes: showing all %d", top_k, num_classes, num_classes
+        )
+        top_k = num_classes
     target = resolve_device(device)
-    with resolve_precision(precision, target).autocast():
-        logits = model.to(target).eval()(batch.to(target))
-    probs = logits.float().softmax(dim=1)
-    values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    return [list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(indices, values, strict=True)]
+    chosen = resolve_precision(precision, target)
+    model = model.to(target).eval()
+    read = _view_reader(model, paths, video)
+    results = []
+    for i, path in enumerate(paths):
+        try:
+            batch = read(i)
+        except (ImageDecodeError, VideoDecodeError) as e:
+            results.append(FilePrediction(str(path), error=str(e)))
+            continue
+        with chosen.autocast():
+            logits = model(batch.to(target))  # (V, K)
+        ids = torch.zeros(len(logits), dtype=torch.long)
+        averaged = aggregate_views(logits.float().cpu(), ids, ids).logits[0]  # (K,), eval's multi-view average
+        values, indices = averaged.softmax(dim=0).topk(top_k)
+        results.append(FilePrediction(str(path), tuple(zip(indices.tolist(), values.tolist(), strict=True))))
+    return results
+
+
+def predict_images(
+    model: nn.Module, paths: list[str | Path], top_k: int | None = None, precision: str = "auto", device: str = "auto"
+) -> list[list[tuple[int, float]]]:
+    """Top-``top_k`` (class index, probability) for each image file, best first; the first unreadable file raises
+    (:func:`predict_files` reports every file instead)."""
+    if clip_frames(model) is not None:
+        raise ValueError(
+            "predict_images classifies image files, but this backbone takes video clips; use predict_files"
+        )
+    results = predict_files(model, paths, top_k, precision, device)
+    for result in results:
+        if result.error is not None:
+            raise ImageDecodeError(result.error)
+    return [list(r.top) for r in results]

@@ -81,7 +81,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     ctx: DistributedContext,
     *,
-    epoch: int,
+    epoch: int,  # 0-based, as the sampler and the training state count; messages say epoch + 1
     accum_steps: int = 1,
     clip_grad: float | None = None,
     stats: EpochStats | None = None,
@@ -122,7 +122,7 @@ def train_one_epoch(
         loss_value = all_reduce_sum(step_loss, ctx).item() / (accum_steps * ctx.world_size)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                f"training loss is {loss_value} at epoch {epoch}, step {stats.steps + 1} of the epoch "
+                f"training loss is {loss_value} at epoch {epoch + 1}, step {stats.steps + 1} of the epoch "
                 f"(global step {scheduler.step_count + 1}, lr {scheduler.lr_at(scheduler.step_count):.4g}); the run "
                 "stopped without applying this step. The last saved training state is intact. Lower the lr, "
                 "enable --clip-grad, or check the data."
@@ -178,10 +178,13 @@ def evaluate(
 
     With the shard sampler of :mod:`.data` every sample is predicted by exactly one process, so the gathered result
     holds each sample once; it is sorted by id (stable), so it does not depend on the number of processes.
+    ``progress`` advances by one per batch and shows the samples done and the rate (all processes, estimated as this
+    one's times their number).
     """
     model = _unwrap(model)
     model.eval()
     logits_parts, label_parts, id_parts = [], [], []
+    samples, started = 0, time.perf_counter()
     for inputs, labels, ids in loader:
         with precision.autocast():
             logits = model(inputs.to(ctx.device, non_blocking=True))
@@ -189,7 +192,9 @@ def evaluate(
         label_parts.append(labels.to(ctx.device))
         id_parts.append(torch.as_tensor(ids).to(ctx.device))
         if progress is not None:
-            progress.update()
+            samples += labels.shape[0] * ctx.world_size
+            rate = samples / max(time.perf_counter() - started, 1e-9)
+            progress.update(samples=samples, **{"samples/s": rate})
     num_outputs = int(getattr(model, "num_classes", 0))  # only needed for an empty shard
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros(0, num_outputs, device=ctx.device)
     labels = torch.cat(label_parts) if label_parts else torch.zeros(0, dtype=torch.long, device=ctx.device)
@@ -200,11 +205,12 @@ def evaluate(
 
 
 def classification_metrics(predictions: Predictions) -> dict[str, float | int]:
-    """Top-1 and top-5 accuracy (percent), mean cross-entropy, and the number of predictions ``n``."""
+    """Top-1 and top-5 accuracy (percent), mean cross-entropy, and the number of predictions ``n`` (no predictions:
+    a ValueError, never a NaN score)."""
     logits, labels = predictions.logits.float(), predictions.labels
     n = labels.shape[0]
     if n == 0:
-        return {"acc1": float("nan"), "acc5": float("nan"), "loss": float("nan"), "n": 0}
+        raise ValueError("no predictions to score: the evaluated split has no samples")
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (N, k)
     hits = top == labels[:, None]
     return {

@@ -1,7 +1,8 @@
 """What a run leaves behind besides weights: ``metrics.jsonl`` (one JSON object per epoch), ``test.json`` (the final,
 separately reported test evaluation) and, when asked for and installed, TensorBoard scalars.
 
-Only the main process writes. On resume, epochs that the restored training state has not finished are dropped from
+Epochs are numbered from 1 wherever a user reads them (``"epoch": 1`` is the first epoch, finished). Only the main
+process writes. On resume, epochs that the restored training state has not finished are dropped from
 ``metrics.jsonl`` so that re-running them does not duplicate lines.
 """
 
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TEST_FILE = "test.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _clean(value: Any) -> Any:
@@ -52,18 +54,25 @@ class MetricsLog:
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+                self.writer = SummaryWriter(str(output_dir / TENSORBOARD_DIR))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def keep_epochs_before(self, epoch: int) -> None:
-        """Drop records of epochs >= ``epoch`` (they will be run again after a resume)."""
+    def keep_finished(self, epochs: int) -> None:
+        """Keep the records of the first ``epochs`` epochs, drop later ones (they will be run again after a resume).
+
+        A file that numbers epochs from 0 (written before they were numbered from 1) is renumbered.
+        """
         if not self.enabled or not self.path.is_file():
             return
-        kept = [r for r in self.read() if r["epoch"] < epoch]
+        records = self.read()
+        if records and records[0]["epoch"] == 0:
+            logger.info("%s numbers epochs from 0: renumbered from 1", self.path)
+            records = [{**r, "epoch": r["epoch"] + 1} for r in records]
+        kept = [r for r in records if r["epoch"] <= epochs]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def append(self, record: dict[str, Any]) -> None:

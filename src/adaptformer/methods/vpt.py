@@ -16,6 +16,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from ..errors import UnsupportedModelError
+from ..families import qualified_name
 from .registry import Method, MethodConfig
 
 
@@ -86,9 +87,9 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
     """Attach VPT prompts to a ViT-family model in place (UnsupportedModelError for other block families)."""
     blocks = [m for m in model.modules() if type(m) is Block]
     if not blocks:
-        kinds = sorted({type(m).__name__ for m in model.modules() if "block" in type(m).__name__.lower()})
+        kinds = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
         raise UnsupportedModelError(
-            f"VPT supports timm ViT blocks (vision_transformer.Block); {type(model).__name__} has {kinds}"
+            f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds}"
         )
     if prompt_modules(model):
         raise ValueError(f"{type(model).__name__} already has prompts")

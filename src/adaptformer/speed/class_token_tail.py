@@ -42,6 +42,8 @@ def class_token_tail_reason(model: nn.Module) -> str | None:
         )
     if getattr(model, "cls_token", None) is None:
         return "it has no class token"
+    if getattr(model, "dist_token", None) is not None:
+        return "its head also reads the distillation token"
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or len(blocks) == 0:
         return "it has no blocks sequence"

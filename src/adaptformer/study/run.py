@@ -128,7 +128,8 @@ def build_cells(settings: StudySettings) -> list[Cell]:
                 update["optim"] = {key: optim.get(key, OptimConfig.blr) * task.full_lr_scale}
             for seed in settings.seeds:
                 out = Path(settings.runs_dir) / task_name / method_name / f"seed{seed}"
-                config = merge_config(base, {**update, "run": {"seed": seed, "output_dir": str(out)}})
+                run = {"seed": seed, "output_dir": str(out), "overwrite": True}  # a study run again replaces its runs
+                config = merge_config(base, {**update, "run": run})
                 cells.append(Cell(task_name, method_name, seed, task.num_classes, copy.deepcopy(config)))
     return cells
 

@@ -18,6 +18,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
+from adaptformer.data.files import parse_file_error
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ArrayImageDataset", "ImageDecodeError", "ImageFileDataset", "Transform", "load_rgb"]
@@ -26,7 +28,29 @@ Transform = Callable[[Any], Any]
 
 
 class ImageDecodeError(OSError):
-    """An image file could not be opened or decoded; the message names the file."""
+    """An image file could not be opened or decoded: ``ImageDecodeError(path, reason)``, message
+    "cannot read image file PATH: REASON".
+
+    As :class:`~adaptformer.data.video.VideoDecodeError`, the one-argument form rebuilds the error from a text that
+    holds its message (torch's DataLoader re-raises a worker's error by calling its type with the worker's traceback
+    as text), so an unreadable image read in a loader worker still reaches the user as one line naming the file.
+    """
+
+    def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        if reason is None:
+            found = parse_file_error(str(path), _IMAGE_ERROR)
+            if found is None:
+                raise ValueError(f"ImageDecodeError needs (path, reason) or a text with its message, got {path!r}")
+            path, reason = found
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{_IMAGE_ERROR} {self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[Path, str]]:
+        return type(self), (self.path, self.reason)
+
+
+_IMAGE_ERROR = "cannot read image file"
 
 
 def _check_labels(targets: Sequence[int], num_classes: int, source: str) -> None:
@@ -66,7 +90,8 @@ def load_rgb(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot read image file {path}: {exc}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # one line
+        raise ImageDecodeError(path, reason) from exc
 
 
 def _decode_problem(path: Path) -> str | None:

@@ -12,23 +12,29 @@ bundled 8x8 handwritten digits, for offline runs on real data), ``synthetic`` (s
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.datasets.utils import check_integrity
 
+from adaptformer.data.files import (
+    DatasetFileError,
+    check_label_range,
+    read_class_names,
+    read_json,
+    read_mat,
+    read_pickle,
+    require_keys,
+)
 from adaptformer.data.image.datasets import ArrayImageDataset, ImageFileDataset, Transform
-from adaptformer.data.kinds import resolve_request
+from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
 from adaptformer.data.splits import train_val_split_indices
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,8 @@ _LAYOUTS = {
     "svhn": "<root>/\n  train_32x32.mat\n  test_32x32.mat\n  extra_32x32.mat   (optional)",
     "food101": "<root>/\n  food-101/\n    images/<class>/<id>.jpg\n    meta/classes.txt\n    meta/train.json\n"
     "    meta/test.json",
-    "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional)\n  test/<class>/...",
+    "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional: model selection; "
+    "without test/, the test split)\n  test/<class>/...    (optional when val/ is there)",
 }
 
 
@@ -78,23 +85,31 @@ def _read_cifar(release: type[CIFAR10], root: Path, split: str, verify_checksums
     only read files you trust, as with torchvision."""
     kind = "cifar100" if release is CIFAR100 else "cifar10"
     folder = _require(root / release.base_folder, root, kind, top=release.base_folder)
-    files = release.train_list if split == "train" else release.test_list
-    label_key = "fine_labels" if release is CIFAR100 else "labels"
-    images, labels = [], []
-    for name, md5 in files:
-        path = _require(folder / name, root, kind)
-        _verify_md5(path, md5, verify_checksums)
-        with path.open("rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{path}: expected 'data' of shape (N, 3072), got {data.shape}")
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are (C, H, W) -> (N, H, W, C)
-        labels.extend(entry[label_key])
     meta_path = _require(folder / release.meta["filename"], root, kind)
     _verify_md5(meta_path, release.meta["md5"], verify_checksums)
-    with meta_path.open("rb") as f:
-        classes = pickle.load(f, encoding="latin1")[release.meta["key"]]
+    names_key = release.meta["key"]
+    meta = read_pickle(meta_path, f"a dict with the class names under {names_key!r}")
+    require_keys(meta, [names_key], meta_path, f"the {kind} meta dict with the class names under {names_key!r}")
+    classes = [str(name) for name in meta[names_key]]
+    label_key = "fine_labels" if release is CIFAR100 else "labels"
+    expected = f"a {kind} batch: a dict with 'data' (N x 3072 uint8) and {label_key!r} (N ints)"
+    images, labels = [], []
+    for name, md5 in release.train_list if split == "train" else release.test_list:
+        path = _require(folder / name, root, kind)
+        _verify_md5(path, md5, verify_checksums)
+        entry = read_pickle(path, expected)
+        require_keys(entry, ["data", label_key], path, expected)
+        try:
+            data = np.asarray(entry["data"], dtype=np.uint8)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise DatasetFileError(f"{path}: 'data' is not an array of pixels ({err}); expected {expected}") from err
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DatasetFileError(f"{path}: expected 'data' of shape (N, 3072), got {data.shape}")
+        file_labels = check_label_range(entry[label_key], len(classes), path, f"{label_key!r}")
+        if len(file_labels) != len(data):
+            raise DatasetFileError(f"{path}: {len(data)} images but {len(file_labels)} {label_key!r}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # rows are (C, H, W) -> (N, H, W, C)
+        labels.extend(file_labels)
     return np.concatenate(images), labels, classes
 
 
@@ -117,27 +132,47 @@ def _build_svhn(
     _, filename, md5 = SVHN.split_list[split]
     path = _require(root / filename, root, "svhn")
     _verify_md5(path, md5, verify_checksums)
-    mat = scipy.io.loadmat(str(path), variable_names=["X", "y"])
-    images = np.asarray(mat["X"], dtype=np.uint8).transpose(3, 0, 1, 2)  # (H, W, C, N) -> (N, H, W, C)
-    raw = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
-    bad = sorted(set(raw[(raw < 1) | (raw > 10)].tolist()))
+    expected = "SVHN cropped digits: 'X' (H, W, 3, N) uint8 images and 'y' (N, 1) labels 1..10"
+    mat = read_mat(path, ["X", "y"], expected)
+    x, raw = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    if x.ndim != 4 or x.shape[2] != 3 or x.shape[3] != len(raw):
+        raise DatasetFileError(f"{path}: 'X' has shape {x.shape} and 'y' {len(raw)} labels; expected {expected}")
+    if not np.issubdtype(raw.dtype, np.number):
+        raise DatasetFileError(f"{path}: 'y' holds {raw.dtype} values; expected {expected}")
+    bad = sorted(set(raw[(raw < 1) | (raw > 10) | (raw != np.round(raw))].tolist()))
     if bad:
-        raise ValueError(f"{path}: labels {bad[:10]} outside the allowed SVHN labels 1..10 (10 = digit 0)")
+        raise DatasetFileError(f"{path}: labels {bad[:10]} outside the allowed SVHN labels 1..10 (10 = digit 0)")
+    raw = raw.astype(np.int64)
+    images = x.astype(np.uint8).transpose(3, 0, 1, 2)  # (H, W, C, N) -> (N, H, W, C)
     return ArrayImageDataset(images, raw % 10, [str(d) for d in range(10)], transform)
 
 
 def _build_food101(root: Path, split: str, transform: Transform | None, *, skip_bad_images: bool) -> ImageFileDataset:
     """Food-101: meta/<split>.json maps class -> ["class/id", ...]; images are images/<class/id>.jpg."""
     base = _require(root / "food-101", root, "food101", top="food-101")
-    classes = _require(base / "meta" / "classes.txt", root, "food101").read_text().split()
+    classes_file = _require(base / "meta" / "classes.txt", root, "food101")
+    classes = read_class_names(classes_file)
     images_dir = _require(base / "images", root, "food101")
-    listing = json.loads(_require(base / "meta" / f"{split}.json", root, "food101").read_text())
+    listing_file = _require(base / "meta" / f"{split}.json", root, "food101")
+    expected = 'a JSON object mapping each class to its images, {"apple_pie": ["apple_pie/1005649", ...], ...}'
+    listing = read_json(listing_file, expected)
+    if not isinstance(listing, dict) or not all(
+        isinstance(v, list) and all(isinstance(e, str) for e in v) for v in listing.values()
+    ):
+        raise DatasetFileError(f"{listing_file}: expected {expected}")
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted(set(listing) - set(index))
     if unknown:
-        raise ValueError(f"{split}.json lists classes {unknown[:5]} that are not in classes.txt (allowed: {classes})")
+        raise DatasetFileError(
+            f"{listing_file} lists classes {unknown[:5]} that are not in {classes_file} (allowed: {classes})"
+        )
     samples = [(images_dir / f"{entry}.jpg", index[name]) for name in classes for entry in listing.get(name, [])]
-    return ImageFileDataset(samples, classes, transform, skip_bad_images=skip_bad_images)
+    dataset = ImageFileDataset(samples, classes, transform, skip_bad_images=skip_bad_images)
+    check_class_coverage(
+        dataset.targets, classes, f"{listing_file} (classes from {classes_file})", required=split == "train",
+        skipped=len(dataset.skipped), what=f"every class of {classes_file.name} needs training images",
+    )  # fmt: skip
+    return dataset
 
 
 def _build_imagefolder(
@@ -149,14 +184,23 @@ def _build_imagefolder(
     classes, class_to_idx = find_classes(str(class_dir))
     extra = sorted({p.name for p in split_dir.iterdir() if p.is_dir()} - set(classes))
     if extra:
-        raise ValueError(f"{split_dir} has class folders {extra} that {class_dir} lacks (allowed: {classes})")
+        raise DatasetFileError(
+            f"{split_dir} has class folders {extra} that {class_dir} lacks (allowed: {classes}); every class needs "
+            f"training images in {class_dir}"
+        )
     samples = make_dataset(str(split_dir), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
         raise FileNotFoundError(
             f"imagefolder dataset: no images ({', '.join(IMG_EXTENSIONS)}) under {split_dir}\n"
             f"expected layout:\n{_LAYOUTS['imagefolder']}"
         )
-    return ImageFileDataset(samples, classes, transform, skip_bad_images=skip_bad_images)
+    dataset = ImageFileDataset(samples, classes, transform, skip_bad_images=skip_bad_images)
+    check_class_coverage(
+        dataset.targets, classes, f"imagefolder {split_dir}", required=split == "train",
+        skipped=len(dataset.skipped), what=f"each class folder of {class_dir} is a class: add images ("
+        f"{', '.join(IMG_EXTENSIONS)}) to it or remove it",
+    )  # fmt: skip
+    return dataset
 
 
 def _build_digits(
@@ -234,6 +278,7 @@ class ImageDatasetKind:
     build: Callable[..., Dataset]
     splits: tuple[str, ...]
     needs_root: bool = True
+    locate: Callable[[Path, str], Path | None] | None = None  # where an optional split is on disk (None: all there)
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -252,7 +297,7 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "cifar10": ImageDatasetKind(_build_cifar10, ("train", "test")),
     "svhn": ImageDatasetKind(_build_svhn, ("train", "test", "extra")),
     "food101": ImageDatasetKind(_build_food101, ("train", "test")),
-    "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test")),
+    "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test"), locate=split_folder),
     "digits": ImageDatasetKind(_build_digits, ("train", "test"), needs_root=False),
     "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
     "shapes": ImageDatasetKind(_build_shapes, ("train", "test"), needs_root=False),

@@ -29,6 +29,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch.utils.data import Dataset
 
+from adaptformer.data.files import DatasetFileError, read_text
 from adaptformer.data.video.decode import VideoDecodeError, VideoInfo, decode_clip, probe_video
 from adaptformer.data.video.sampling import SamplerConfig, TestViews, View, sample_indices
 from adaptformer.data.video.transforms import VideoTransform
@@ -59,29 +60,37 @@ class VideoEntry:
 
 
 def read_video_list(
-    list_file: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, num_classes: int | None = None
+    list_file: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    classes_from: str | None = None,
 ) -> list[VideoEntry]:
     """Parse a VideoMAE list file: one ``path label`` line per clip, whitespace-separated, no header.
 
     Runs of spaces or tabs and trailing whitespace are accepted, blank lines ignored. Relative paths are resolved
     against ``data_dir`` (default: the list file's folder); paths cannot contain spaces. A line without exactly two
-    fields or with a non-integer label raises ValueError naming the file and line number; so does a label outside
-    ``[0, num_classes)`` (or negative, when ``num_classes`` is None).
+    fields or with a non-integer label raises :class:`DatasetFileError` (a ValueError) naming the file and line number;
+    so does a label outside ``[0, num_classes)`` (or negative, when ``num_classes`` is None), and binary content.
+    ``classes_from`` (e.g. a classes.txt) says where ``num_classes`` came from, in that message.
     """
     list_file = Path(list_file)
     base = Path(data_dir) if data_dir is not None else list_file.parent
     entries = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(list_file).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
         where = f"{list_file}, line {number}"
-        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            raise ValueError(f"{where}: expected 'path label' (label an integer), got {line.strip()!r}")
-        label = int(fields[1])
+        try:
+            label = int(fields[1]) if len(fields) == 2 else None
+        except ValueError:
+            label = None
+        if label is None:
+            raise DatasetFileError(f"{where}: expected 'path label' (label an integer), got {line.strip()!r}")
         if label < 0 or (num_classes is not None and label >= num_classes):
             bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-            raise ValueError(f"{where}: label {label} is outside {bound}")
+            source = f" (the classes of {classes_from})" if classes_from else ""
+            raise DatasetFileError(f"{where}: label {label} is outside {bound}{source}")
         entries.append(VideoEntry(base / fields[0], label))  # an absolute fields[0] replaces base
     return entries
 

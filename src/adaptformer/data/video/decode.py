@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+
+from adaptformer.data.files import parse_file_error
 
 __all__ = [
     "DecodedClip",
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 
 
-_MESSAGE = re.compile(r"cannot decode video (.+?): (.*)")  # what VideoDecodeError says; one line
+_MESSAGE = "cannot decode video"  # what VideoDecodeError says, before "PATH: REASON"; one line
 
 
 class VideoDecodeError(RuntimeError):
@@ -61,13 +62,13 @@ class VideoDecodeError(RuntimeError):
 
     def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
         if reason is None:
-            found = _MESSAGE.findall(str(path))
-            if not found:
+            found = parse_file_error(str(path), _MESSAGE)
+            if found is None:
                 raise ValueError(f"VideoDecodeError needs (path, reason) or a text with its message, got {path!r}")
-            path, reason = found[-1]
+            path, reason = found
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"cannot decode video {self.path}: {reason}")
+        super().__init__(f"{_MESSAGE} {self.path}: {reason}")
 
     def __reduce__(self) -> tuple[type[VideoDecodeError], tuple[Path, str]]:
         return type(self), (self.path, self.reason)

@@ -28,7 +28,8 @@ from typing import Any, Literal, Protocol
 
 from torch.utils.data import Dataset
 
-from adaptformer.data.kinds import resolve_request
+from adaptformer.data.files import DatasetFileError, read_class_names
+from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
 from adaptformer.data.video.datasets import (
     VideoClipDataset,
     VideoEntry,
@@ -48,14 +49,16 @@ Mode = Literal["train", "test"]
 
 _LIST_LAYOUT = (
     "<root>/\n  train.txt        '<path> <label>' per line (or train.csv); paths absolute or relative to <root>\n"
-    "  val.txt          (optional)\n  test.txt\n  classes.txt      (optional) one class name per line, line i = label i"
+    "  val.txt          (optional: model selection; without test.txt, the test split)\n"
+    "  test.txt         (optional when val.txt is there)\n"
+    "  classes.txt      (optional) one class name per line, line i = label i"
 )
 _LAYOUTS = {
     "videolist": _LIST_LAYOUT,
     "ssv2": _LIST_LAYOUT + "\n(write it with: adaptformer prepare ssv2 --root SSV2_RELEASE --out <root>)",
     "hmdb51": _LIST_LAYOUT + "\n(write it with: adaptformer prepare hmdb51 --root HMDB51 --out <root> --split 1)",
-    "videofolder": "<root>/\n  train/<class>/<video>.mp4|avi|webm|mkv\n  val/<class>/...   (optional)\n"
-    "  test/<class>/...",
+    "videofolder": "<root>/\n  train/<class>/<video>.mp4|avi|webm|mkv\n  val/<class>/...   (optional: model "
+    "selection; without test/, the test split)\n  test/<class>/...  (optional when val/ is there)",
 }
 
 
@@ -81,6 +84,7 @@ class VideoFiles:
     entries: list[VideoEntry]
     classes: list[str]
     skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    origin: str = "video files"  # where the entries were read, for messages: a list file or a class-folder tree
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -118,35 +122,46 @@ class SyntheticVideos:
 # accepts for the kind.
 
 
+def _find_list(root: Path, split: str) -> Path | None:
+    """``<root>/<split>.txt`` (or ``.csv``) if present (the ``locate`` of the list kinds)."""
+    return next((root / f"{split}{s}" for s in (".txt", ".csv") if (root / f"{split}{s}").is_file()), None)
+
+
 def _list_file(root: Path, split: str, kind: str) -> Path:
-    for suffix in (".txt", ".csv"):
-        if (root / f"{split}{suffix}").is_file():
-            return root / f"{split}{suffix}"
+    found = _find_list(root, split)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"{kind} dataset: no {split}.txt (or .csv) in {root}\nexpected layout:\n{_LAYOUTS[kind]}")
 
 
-def _list_classes(root: Path, kind: str, num_classes: int | None) -> list[str]:
-    """classes.txt, else ``num_classes`` numbered classes, else as many as the train list's largest label + 1."""
+def _list_classes(root: Path, kind: str, num_classes: int | None) -> tuple[list[str], str]:
+    """The class names and where they come from: classes.txt, else ``num_classes`` numbered classes, else as many as
+    the train list's largest label + 1."""
     names_file = root / "classes.txt"
     if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        names = read_class_names(names_file)
         if num_classes is not None and num_classes != len(names):
             raise ValueError(f"num_classes {num_classes} contradicts the {len(names)} names in {names_file}")
-        return names
-    if num_classes is None:
-        labels = [entry.label for entry in read_video_list(_list_file(root, "train", kind))]
-        num_classes = max(labels) + 1
-        logger.info("%s: no classes.txt; %d classes from the largest label of the train list", root, num_classes)
-    return [str(i) for i in range(num_classes)]
+        return names, str(names_file)
+    if num_classes is not None:
+        return [str(i) for i in range(num_classes)], f"the option num_classes {num_classes}"
+    train_list = _list_file(root, "train", kind)
+    labels = [entry.label for entry in read_video_list(train_list)]
+    if not labels:
+        raise DatasetFileError(f"{train_list} lists no videos; expected '<path> <label>' lines")
+    logger.info("%s: no classes.txt; %d classes from the largest label of the train list", root, max(labels) + 1)
+    return [str(i) for i in range(max(labels) + 1)], f"the largest label in {train_list} (no classes.txt)"
 
 
 def _build_list(
     root: Path, split: str, *, kind: str, num_classes: int | None = None, video_root: str | None = None
 ) -> VideoFiles:
     """List files; relative video paths are resolved against ``video_root`` (default: ``root``)."""
-    classes = _list_classes(root, kind, num_classes)
+    classes, classes_from = _list_classes(root, kind, num_classes)
     base = Path(video_root).expanduser() if video_root is not None else root
-    return VideoFiles(read_video_list(_list_file(root, split, kind), base, num_classes=len(classes)), classes)
+    list_file = _list_file(root, split, kind)
+    entries = read_video_list(list_file, base, num_classes=len(classes), classes_from=classes_from)
+    return VideoFiles(entries, classes, origin=f"{kind} {list_file}")
 
 
 def _build_videofolder(root: Path, split: str) -> VideoFiles:
@@ -160,9 +175,13 @@ def _build_videofolder(root: Path, split: str) -> VideoFiles:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else names
     extra = sorted(set(names) - set(classes))
     if extra:
-        raise ValueError(f"{split_dir} has class folders {extra} that {train_dir} lacks (allowed: {classes})")
+        raise DatasetFileError(
+            f"{split_dir} has class folders {extra} that {train_dir} lacks (allowed: {classes}); every class needs "
+            f"training videos in {train_dir}"
+        )
     index = {name: i for i, name in enumerate(classes)}
-    return VideoFiles([VideoEntry(e.path, index[names[e.label]]) for e in entries], classes)
+    entries = [VideoEntry(e.path, index[names[e.label]]) for e in entries]
+    return VideoFiles(entries, classes, origin=f"videofolder {split_dir}")
 
 
 def _build_synthetic(
@@ -188,6 +207,7 @@ class VideoDatasetKind:
     build: Callable[..., VideoFiles | SyntheticVideos]
     splits: tuple[str, ...]
     needs_root: bool = True
+    locate: Callable[[Path, str], Path | None] | None = None  # where an optional split is on disk (None: all there)
     sampling: Strategy = "dense"
     stride: int = 4
 
@@ -208,10 +228,10 @@ def _lists(kind: str) -> Callable[..., VideoFiles]:
 
 _SPLITS = ("train", "val", "test")
 VIDEO_DATASETS: dict[str, VideoDatasetKind] = {
-    "videolist": VideoDatasetKind(_lists("videolist"), _SPLITS),
-    "ssv2": VideoDatasetKind(_lists("ssv2"), _SPLITS, sampling="segment"),
-    "hmdb51": VideoDatasetKind(_lists("hmdb51"), _SPLITS, sampling="dense", stride=4),
-    "videofolder": VideoDatasetKind(_build_videofolder, _SPLITS),
+    "videolist": VideoDatasetKind(_lists("videolist"), _SPLITS, locate=_find_list),
+    "ssv2": VideoDatasetKind(_lists("ssv2"), _SPLITS, locate=_find_list, sampling="segment"),
+    "hmdb51": VideoDatasetKind(_lists("hmdb51"), _SPLITS, locate=_find_list, sampling="dense", stride=4),
+    "videofolder": VideoDatasetKind(_build_videofolder, _SPLITS, locate=split_folder),
     "synthetic-video": VideoDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
 }
 
@@ -239,5 +259,13 @@ def load_video_split(
             raise ValueError(f"skip_bad_videos applies to kinds that read video files; {kind!r} has none to skip")
         kept, skipped = scan_videos(source.entries)
         source = replace(source, entries=kept, skipped_files=skipped)
+    if isinstance(source, VideoFiles):
+        check_class_coverage(
+            [entry.label for entry in source.entries], source.classes, source.origin,
+            required=split == "train",
+            skipped=len(source.skipped_files),
+            what="every class needs training videos: add some, or remove the class (its folder, or its line in "
+            "classes.txt)",
+        )  # fmt: skip
     logger.info("%s %s: %d videos, %d classes", kind, split, len(source), len(source.classes))
     return source

@@ -16,7 +16,6 @@ are absolute, or relative to ``relative_to`` when given (then pass it as ``data_
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -25,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from adaptformer.data.files import DatasetFileError, read_json, read_text
 from adaptformer.data.video.datasets import VideoEntry, write_video_list
 
 __all__ = ["HMDB51_LAYOUT", "SSV2_LAYOUT", "PreparedLists", "prepare_hmdb51", "prepare_ssv2"]
@@ -118,11 +118,12 @@ def _write(
     return PreparedLists(lists, classes, counts)
 
 
-def _load_json(path: Path, layout: str) -> object:
+def _label_id(value: object, path: Path, name: str) -> int:
+    """A label id of labels.json (the release writes them as strings, "93")."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})\n{layout}") from err
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise DatasetFileError(f"{path}: the label id of {name!r} is {value!r}; expected an integer") from None
 
 
 def prepare_ssv2(
@@ -154,26 +155,29 @@ def prepare_ssv2(
         if video_dir is not None
         else _first_existing(root, ("20bn-something-something-v2", "videos"), SSV2_LAYOUT, "video folder")
     )
-    label_map = _load_json(names["labels"], SSV2_LAYOUT)
+    expected = 'a JSON object mapping each template name to its label id, {"Pushing something ...": "93", ...}'
+    label_map = read_json(names["labels"], expected)
     if not isinstance(label_map, dict):
-        raise ValueError(f"{names['labels']} must map template names to label ids\n{SSV2_LAYOUT}")
-    ids = {name: int(value) for name, value in label_map.items()}
+        raise DatasetFileError(f"{names['labels']}: expected {expected}")
+    ids = {name: _label_id(value, names["labels"], name) for name, value in label_map.items()}
     classes = [name for name, _ in sorted(ids.items(), key=lambda item: item[1])]
     if sorted(ids.values()) != list(range(len(ids))):
-        raise ValueError(f"{names['labels']}: label ids must be 0..{len(ids) - 1} without gaps")
+        raise DatasetFileError(f"{names['labels']}: label ids must be 0..{len(ids) - 1} without gaps or repeats")
 
     splits = {}
+    expected = 'a JSON list of {"id": "78687", "template": "Holding [something] next to [something]", ...} records'
     for split, out_name in (("train", "train"), ("validation", "test")):
-        records = _load_json(names[split], SSV2_LAYOUT)
+        records = read_json(names[split], expected)
         if not isinstance(records, list):
-            raise ValueError(f"{names[split]} must be a list of {{'id', 'template'}} records\n{SSV2_LAYOUT}")
+            raise DatasetFileError(f"{names[split]}: expected {expected}")
         entries = []
-        for record in records:
-            if "id" not in record or "template" not in record:
-                raise ValueError(f"{names[split]}: record without 'id' and 'template': {record}")
+        for number, record in enumerate(records, start=1):
+            if not (isinstance(record, dict) and isinstance(record.get("id"), (str, int))
+                    and isinstance(record.get("template"), str)):  # fmt: skip
+                raise DatasetFileError(f"{names[split]}: record {number} is {record!r}; expected {expected}")
             template = record["template"].replace("[", "").replace("]", "")
             if template not in ids:
-                raise ValueError(
+                raise DatasetFileError(
                     f"{names[split]}: video {record['id']} has template {template!r}, which is not in {names['labels']}"
                 )
             entries.append(VideoEntry(videos / f"{record['id']}{video_ext}", ids[template]))
@@ -224,12 +228,13 @@ def prepare_hmdb51(
 
     splits: dict[str, list[VideoEntry]] = {"train": [], "test": []}
     for label, (name, split_file) in enumerate(zip(classes, split_files, strict=True)):
-        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_text(split_file).splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                raise ValueError(f"{split_file}, line {number}: expected '<video>.avi <0|1|2>', got {line.strip()!r}")
+                where = f"{split_file}, line {number}"
+                raise DatasetFileError(f"{where}: expected '<video>.avi <0|1|2>', got {line.strip()!r}")
             if fields[1] != "0":
                 splits["train" if fields[1] == "1" else "test"].append(VideoEntry(videos / name / fields[0], label))
     for key in splits:

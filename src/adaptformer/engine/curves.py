@@ -1,0 +1,56 @@
+"""The training curves of a run, ``<output_dir>/curves.png``: loss, learning rate and validation accuracy per epoch.
+
+Drawn from the records of ``metrics.jsonl`` (so the plot of a resumed run covers every epoch, those before the
+resume included) with matplotlib's object-oriented API: no pyplot, no global backend switch, no display needed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..saving import atomic_write_bytes
+
+CURVES_FILE = "curves.png"
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of the records that have a number under ``key`` (validation runs every eval_every epochs;
+    a non-finite value is written as null)."""
+    points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Draw the per-epoch ``records`` (as in metrics.jsonl, epochs numbered from 1) to the PNG file ``path``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    loss_ax, lr_ax, acc_ax = fig.subplots(1, 3)
+    panels = (
+        (loss_ax, "loss", (("train_loss", "train"), ("val_loss", "validation"))),
+        (lr_ax, "learning rate (at the epoch's end)", (("lr", "lr"),)),
+        (acc_ax, "validation accuracy (%)", (("val_acc1", "top-1"), ("val_acc5", "top-5"))),
+    )
+    for ax, label, keys in panels:
+        drawn = 0
+        for key, name in keys:
+            epochs, values = _series(records, key)
+            if epochs:
+                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+                drawn += 1
+        if drawn == 0:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="tab:gray")
+        elif len(keys) > 1:
+            ax.legend(fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title, wrap=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -1,0 +1,328 @@
+"""Every code block of README.md, run as written.
+
+Each shell block is a flow (prepare -> train -> eval -> predict) run in its own temporary folder that holds tiny real
+files of the formats the commands name (a miniature CIFAR-100 pickle release, an MAE checkpoint of a 1-block ViT-B,
+H.264 videos, ...). Flows that would take minutes get their size flags appended (later flags win), never replaced;
+the offline digits flow runs exactly as written and must reach the accuracy the README states. Python blocks are
+executed, the YAML block is the file its first comment names. A block that no entry of ``FLOWS`` covers fails
+``test_every_readme_block_is_covered``, so a new README command cannot go untested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests.test_data_image import write_cifar100, write_food101, write_imagefolder, write_svhn
+from tests.video_files import write_video
+
+from adaptformer.cli import main
+from adaptformer.factory import build_backbone
+from adaptformer.methods import method_names, unregister_method
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # 1-based line of the opening fence
+    lang: str
+    text: str
+
+    @property
+    def commands(self) -> list[str]:
+        """The shell commands: continuation lines joined, comments and blank lines dropped."""
+        joined = re.sub(r"\\\n\s*", " ", self.text)
+        return [
+            line.split(" #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")
+        ]
+
+
+def readme_blocks() -> list[Block]:
+    blocks, lines = [], README.read_text().splitlines()
+    start = lang = None
+    for number, line in enumerate(lines, 1):
+        if line.startswith("```"):
+            if start is None:
+                start, lang = number, line[3:].strip()
+            else:
+                blocks.append(Block(start, lang, "\n".join(lines[start : number - 1])))
+                start = None
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------- running commands
+
+
+def run(command: str, work: Path, extra: dict[str, list[str]], paths: dict[str, str] | None = None) -> str:
+    """Run one README command in ``work``; returns its stdout. ``extra`` appends flags per sub-command (or for
+    ``torchrun``); ``paths`` replaces absolute path prefixes (``/data/``) by folders in ``work``."""
+    for prefix, local in (paths or {}).items():
+        command = command.replace(prefix, f"{work / local}/")
+    argv = shlex.split(command)
+    program, args = argv[0], argv[1:]
+    args = args + extra.get(args[0] if args else "", []) if program.endswith("adaptformer") else args
+    expanded = [match for arg in args for match in (sorted(glob.glob(arg, root_dir=work)) if "*" in arg else [arg])]
+    if program.endswith("adaptformer"):
+        out, cwd = io.StringIO(), Path.cwd()
+        os.chdir(work)
+        try:
+            with contextlib.redirect_stdout(out):
+                code = main(expanded)
+        finally:
+            os.chdir(cwd)
+        assert code == 0, f"README command failed ({code}): {command}"
+        return out.getvalue()
+    if program == "torchrun":  # two processes on CPU (gloo) instead of the README's 8 GPUs
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        rest = expanded[expanded.index("-m") :]
+        rest += extra.get("torchrun", [])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        done = subprocess.run(launcher + rest, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        return done.stdout
+    raise AssertionError(f"no way to run README command {command!r}")
+
+
+# ------------------------------------------------------------------------------------ the files the commands name
+
+
+def _mae_checkpoint(path: Path, **kwargs) -> None:
+    """An MAE fine-tuning-style file ({"model": state}) of the recipes' backbone, without its head."""
+    torch.manual_seed(0)
+    state = build_backbone("vit_base_patch16_224.mae", 100, **kwargs).state_dict()
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith("head.")}}, path)
+
+
+def _videomae_checkpoint(path: Path) -> None:
+    """An official VideoMAE pre-training file: "encoder." names, VideoMAE's gamma names, a decoder that is dropped."""
+    torch.manual_seed(0)
+    model = build_backbone("video_vit_base_patch16_224", 10, **VIDEO_SIZE)
+    state = {
+        k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2"): v for k, v in model.state_dict().items()
+    }
+    pretrain = {f"encoder.{k}": v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))}
+    pretrain |= {"encoder.norm.weight": torch.ones(768), "encoder.norm.bias": torch.zeros(768)}
+    pretrain |= {"encoder_to_decoder.weight": torch.randn(384, 768), "mask_token": torch.zeros(1, 1, 384)}
+    torch.save({"model": pretrain}, path)
+
+
+def image_data(work: Path) -> None:
+    """DATA holding miniature CIFAR-100, SVHN, Food-101 and image-folder releases side by side, and the MAE file."""
+    data = work / "DATA"
+    for writer in (write_cifar100, write_svhn, write_food101, write_imagefolder):
+        writer(data)
+    _mae_checkpoint(work / "mae_pretrain_vit_base.pth", **IMAGE_SIZE)
+
+
+def video_data(work: Path) -> None:
+    """Official SSv2 and HMDB51 release layouts with real videos, VideoMAE files, and DATA/{train,test}.txt."""
+    ssv2 = work / "release" / "ssv2"
+    (ssv2 / "20bn-something-something-v2").mkdir(parents=True)
+    labels = {"Holding something next to something": "0", "Pushing something from left to right": "1"}
+    train = [{"id": str(i), "template": list(labels)[i % 2].replace("something", "[something]")} for i in range(4)]
+    test = [{"id": str(10 + i), "template": list(labels)[i % 2].replace("something", "[something]")} for i in range(2)]
+    for name, content in (("labels", labels), ("train", train), ("validation", test)):
+        (ssv2 / f"{name}.json").write_text(json.dumps(content))
+    for entry in train + test:
+        write_video(ssv2 / "20bn-something-something-v2" / f"{entry['id']}.mp4", num_frames=20)
+    hmdb = work / "release" / "hmdb51"
+    (hmdb / "testTrainMulti_7030_splits").mkdir(parents=True)
+    for name in ("brush_hair", "ride_bike"):
+        (hmdb / "testTrainMulti_7030_splits" / f"{name}_test_split1.txt").write_text(
+            "".join(f"{name}{i}.avi {1 if i < 3 else 2}\n" for i in range(5))
+        )
+        (hmdb / name).mkdir()
+        for i in range(5):
+            write_video(hmdb / name / f"{name}{i}.avi", num_frames=20)
+    lists = work / "DATA"
+    lists.mkdir()
+    videos = sorted((hmdb / "brush_hair").glob("*.avi")) + sorted((hmdb / "ride_bike").glob("*.avi"))
+    (lists / "train.txt").write_text("".join(f"{p} {i // 5}\n" for i, p in enumerate(videos) if i % 5 < 3))
+    (lists / "test.txt").write_text("".join(f"{p} {i // 5}\n" for i, p in enumerate(videos) if i % 5 >= 3))
+    _videomae_checkpoint(work / "videomae_vitb_k400_pretrain.pth")
+    shutil.copy(work / "videomae_vitb_k400_pretrain.pth", work / "ckpt.pth")
+
+
+def photos(work: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("photo1.jpg", "photo2.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(work / name)
+
+
+IMAGE_SIZE = {"depth": 1, "img_size": 64}  # a 1-block ViT-B at 64 px: the recipes' model, small enough for a test
+VIDEO_SIZE = {"depth": 1, "img_size": 32}
+SMALL_RUN = ["--optim.epochs", "1", "--optim.warmup_epochs", "0", "--optim.batch_size", "2", "--optim.effective_batch",
+             "2", "--data.num_workers", "0"]  # fmt: skip
+IMAGE_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(IMAGE_SIZE), "--data.val_split", "1",
+             "--data.verify_checksums", "false"]  # fmt: skip
+VIDEO_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE), "--data.val_split", "1"]
+IMAGE_EVAL = ["--data.verify_checksums", "false"]
+
+
+# ----------------------------------------------------------------------------------------------- the flows
+
+
+@dataclass(frozen=True)
+class Flow:
+    """How one README block is exercised: ``key`` is a string only its text contains."""
+
+    key: str
+    setup: tuple[Callable[[Path], None], ...] = ()
+    extra: dict[str, list[str]] = field(default_factory=dict)
+    check: Callable[[list[str], Path], None] | None = None
+    paths: dict[str, str] = field(default_factory=dict)  # absolute path prefix in the README -> folder in work
+    run_commands: bool = True  # False: the commands are checked by ``check`` instead (they are what CI runs)
+
+
+def _check_digits(outputs: list[str], work: Path) -> None:
+    test = json.loads((work / "runs/digits/test.json").read_text())
+    evaluated = json.loads(outputs[2].strip().splitlines()[-1])
+    assert evaluated["n"] == test["n"] == 359 and abs(evaluated["acc1"] - test["acc1"]) < 1e-6
+    assert evaluated["acc1"] >= 80.0, f"the README promises about 86% test top-1, got {evaluated['acc1']:.1f}"
+    predicted = outputs[3].strip().splitlines()
+    assert [line.split(":")[0] for line in predicted] == [
+        "data/digits/test/3/00007.png",
+        "data/digits/test/8/00010.png",
+    ]
+
+
+def _check_predicted_every_file(outputs: list[str], work: Path) -> None:
+    lines = outputs[-1].strip().splitlines()
+    assert lines and all(re.match(r"^\S+: \S+ \d\.\d{3}", line) for line in lines), lines
+
+
+def _check_setup(outputs: list[str], work: Path) -> None:
+    """`bash setup.sh test` is what CI runs (.ci/run), so this suite running means it works; `demo` ends with the
+    demo, whose quick setting test_study.py runs."""
+    assert "bash setup.sh test" in (ROOT / ".ci" / "run").read_text()
+    setup = (ROOT / "setup.sh").read_text()
+    assert "demo) " in setup and "then_run=(.venv/bin/adaptformer demo)" in setup
+    assert "test) " in setup and "then_run=(.venv/bin/python -m pytest" in setup
+    assert "def test_demo_quick" in (ROOT / "tests" / "test_study.py").read_text()
+
+
+def _check_params(outputs: list[str], work: Path) -> None:
+    assert "1,266,532" in outputs[0]
+
+
+def _digits_files(work: Path) -> None:
+    run("adaptformer prepare digits --out data/digits", work, {})
+
+
+def _c100_run(work: Path) -> None:
+    """The README's CIFAR-100 run, at test size, for the flows that continue it."""
+    image_data(work)
+    photos(work)
+    wanted = "adaptformer train --recipe cifar100_adaptformer64 --data.data_dir DATA "
+    command = next(c for b in readme_blocks() for c in b.commands if c.startswith(wanted))
+    run(command, work, {"train": IMAGE_RUN})
+
+
+FLOWS = [
+    Flow("bash setup.sh demo", check=_check_setup, run_commands=False),
+    Flow("adaptformer prepare digits --out data/digits\n", check=_check_digits),
+    Flow(
+        "--model.method vpt --model.method.num_tokens 16",
+        setup=(_digits_files,),
+        extra={"train": ["--optim.epochs", "1"]},
+        check=_check_predicted_every_file,
+    ),
+    Flow(
+        "adaptformer prepare synthetic-video",
+        extra={
+            "prepare": ["--options", "{num_samples: 16}"],
+            "train": ["--optim.epochs", "1", "--optim.batch_size", "8"],
+        },
+        check=_check_predicted_every_file,
+    ),
+    Flow("params --model.backbone vit_base_patch16_224 --num-classes 100", check=_check_params),
+    Flow("adaptformer train --config digits_af16.yaml", extra={"train": ["--optim.epochs", "1"]}),
+    Flow("# CIFAR-100 (python pickle release", setup=(image_data,), extra={"train": IMAGE_RUN}),
+    Flow("# Something-Something v2", setup=(video_data,), extra={"train": VIDEO_RUN}, paths={"/data/": "release"}),
+    Flow(
+        "torchrun --nproc_per_node 8 -m adaptformer.cli train --recipe cifar100",
+        setup=(image_data,),
+        extra={"torchrun": [*IMAGE_RUN, "--optim.effective_batch", "4"]},  # 2 processes x 2
+    ),
+    Flow("--run.resume true", setup=(_c100_run,)),
+    Flow(
+        "adaptformer eval --adapter runs/c100_af64/adapter",
+        setup=(_c100_run,),
+        extra={"eval": IMAGE_EVAL},
+        check=_check_predicted_every_file,
+    ),
+]
+
+
+def _flow_of(block: Block) -> Flow | None:
+    matches = [flow for flow in FLOWS if flow.key in block.text + "\n"]
+    assert len(matches) <= 1, f"README block at line {block.line} matches several flows: {[f.key for f in matches]}"
+    return matches[0] if matches else None
+
+
+def _shell_blocks() -> list[Block]:
+    return [b for b in readme_blocks() if b.lang in ("bash", "sh", "shell")]
+
+
+def test_every_readme_block_is_covered() -> None:
+    langs = {b.lang for b in readme_blocks()}
+    assert langs <= {"bash", "python", "yaml", "text", ""}, langs
+    uncovered = [b.line for b in _shell_blocks() if _flow_of(b) is None]
+    assert not uncovered, f"README shell blocks at lines {uncovered} are run by no test: add them to FLOWS"
+    unused = [f.key for f in FLOWS if not any(f.key in b.text + "\n" for b in readme_blocks())]
+    assert not unused, f"FLOWS entries that match no README block: {unused}"
+
+
+@pytest.mark.parametrize("block", _shell_blocks(), ids=lambda b: f"line{b.line}")
+def test_readme_shell_block(block: Block, tmp_path: Path) -> None:
+    flow = _flow_of(block)
+    assert flow is not None
+    if "digits_af16.yaml" in block.text:  # the YAML block is the file its first line names
+        (tmp_path / "digits_af16.yaml").write_text(next(b.text for b in readme_blocks() if b.lang == "yaml"))
+    for setup in flow.setup:
+        setup(tmp_path)
+    outputs = (
+        [run(command, tmp_path, flow.extra, flow.paths) for command in block.commands] if flow.run_commands else []
+    )
+    if flow.check is not None:
+        flow.check(outputs, tmp_path)
+
+
+@pytest.mark.parametrize("block", [b for b in readme_blocks() if b.lang == "python"], ids=lambda b: f"line{b.line}")
+def test_readme_python_block(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    if "mae_pretrain_vit_base.pth" in block.text:
+        _mae_checkpoint(tmp_path / "mae_pretrain_vit_base.pth")  # the full-size ViT-B: the block prints its count
+    known = set(method_names())
+    out, module = io.StringIO(), types.ModuleType(f"readme_line{block.line}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(block.text, f"README.md:{block.line}", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+        for name in set(method_names()) - known:
+            unregister_method(name)
+    printed = out.getvalue()
+    for number in re.findall(r"# .*?(\d{1,3}(?:,\d{3})+) trainable parameters", block.text):
+        assert number in printed
+    if "normtune" in block.text:
+        assert "1,536" in printed and "1,930" in printed
