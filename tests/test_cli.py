@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from tests.conftest import VIT
 
 import adaptformer.train
 from adaptformer.cli import build_parser, main
+from adaptformer.engine.data import resolve_num_workers
 from adaptformer.factory import build_backbone
 
 TINY_JSON = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}'
@@ -144,7 +147,7 @@ def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path],
 @pytest.mark.parametrize(
     ("flag", "match"),
     [
-        ("--data.skip_bad_videos", "data.['skip_bad_videos'] apply to video datasets only; 'cifar100' is an image"),
+        ("--data.skip_bad_videos", "--data.skip_bad_videos apply to video datasets only; 'cifar100' is an image"),
         ("--data.skip_bad_images", "skip_bad_images applies to kinds with one file per image (food101, imagefolder)"),
     ],
 )
@@ -169,7 +172,7 @@ def test_train_help_shows_every_config_field_and_subcommands_are_wired(capsys: p
     assert done.value.code == 0
     text = capsys.readouterr().out
     flags = ("--recipe NAME|FILE", "--config FILE", "--optim.effective_batch", "--data.val_split", "--run.resume",
-             "--run.stop_after_steps", "--data.verify_checksums", "--model.kwargs", "--model.method METHOD",
+             "--run.stop_after_steps", "--data.verify_checksums", "--model.kwargs", "--model.method NAME",
              "--optim.precision {auto,fp32,bf16,fp16}", "--speed.frozen_backward")  # fmt: skip
     for flag in flags:
         assert flag in text
@@ -222,7 +225,7 @@ def test_model_kwargs_the_model_does_not_take_are_a_user_error(tmp_path: Path, c
             "--run.output_dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "error: model kwargs ['colour', " in err and f"do not fit '{VIT}'" in err
+    assert f"error: model kwargs ['colour'] do not fit '{VIT}'" in err  # only the user's bad key, none of ours
     assert "unexpected keyword argument 'colour'" in err
 
 
@@ -233,3 +236,85 @@ def test_a_type_error_from_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(adaptformer.train, "create_model", broken)  # what `params` calls, through build_model
     with pytest.raises(TypeError, match="a bug, not the user's mistake"):
         main(["params", "--model.backbone", VIT, "--num-classes", "10"])
+
+
+def _exit_code(args: list[str]) -> int:
+    """main's return code, or the code argparse exits with for a flag it refuses itself."""
+    try:
+        return main(args)
+    except SystemExit as done:
+        return int(done.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+        (["--split", "nonsense"], "error: --split 'nonsense': 'cifar100' has the splits ['train', 'test']"),
+        (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+        (["--device", "gpu0"], "argument --device: device 'gpu0' is not auto or a torch device"),
+        (["--init-seed", "-1"], "argument --init-seed: expected an integer >= 0, got -1"),
+        (["--checkpoint-source", "caffe"], "argument --checkpoint-source: invalid choice: 'caffe'"),
+        (["--model-kwargs", "{img_size:32}"], "--model-kwargs: '{img_size:32}': the mapping: key 'img_size:32'"),
+        (["--data.num_workers", "-1"], "error: --data.num_workers must be >= 0, got -1"),
+        (["--data.options", "{colour: 1}"], "error: --data.options ['colour'] are not options of 'cifar100'"),
+    ],
+)  # fmt: skip
+def test_eval_flags_with_impossible_values_are_errors_naming_them(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    args = ["eval", "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
+            "--data.data_dir", str(setup["data"]), "--data.verify_checksums", "false", *flags]  # fmt: skip
+    assert _exit_code(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_params_takes_model_kwargs_and_checks_the_checkpoint_file(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    common = ["params", "--model.backbone", VIT, "--model.kwargs", TINY_JSON, "--num-classes", "100",
+              "--model.method.bottleneck", "8"]  # fmt: skip
+    assert main([*common, "--model.checkpoint", str(setup["backbone"])]) == 0
+    with_file = capsys.readouterr().out
+    assert main(common) == 0
+    assert capsys.readouterr().out == with_file  # shapes only: the same report, the file is not read
+    assert "adapters" in with_file
+    missing = setup["root"] / "no_such_backbone.safetensors"
+    assert main([*common, "--model.checkpoint", str(missing)]) == 2
+    assert f"error: model.checkpoint {missing}: no such file" in capsys.readouterr().err
+    assert main(["params", "--model.backbone", VIT, "--model.kwargs", "{imgsize: 32}"]) == 2
+    assert f"error: model kwargs ['imgsize'] do not fit '{VIT}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["ssv2", "--video-ext", "mp4"], "argument --video-ext: expected a file extension with its dot, e.g. .mp4"),
+        (["ssv2", "--video-dir", "NOWHERE"], "argument --video-dir: no such folder"),
+        (["hmdb51", "--split-dir", "NOWHERE"], "argument --split-dir: no such folder"),
+        (["hmdb51", "--split", "4"], "argument --split: invalid choice: 4"),
+    ],
+)
+def test_prepare_flags_with_impossible_values_are_errors_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    flags = [str(tmp_path / "nowhere") if f == "NOWHERE" else f for f in flags]
+    assert _exit_code(["prepare", *flags, "--root", str(tmp_path), "--out", str(tmp_path / "lists")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_short_run_with_the_defaults_trains_without_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder, capsys: pytest.CaptureFixture
+) -> None:
+    """0.1: --epochs below 20 needed --warmup-epochs, and 4 loader workers warned on a 2-core machine."""
+    args = ["train", "--model.backbone", "vit_shapes_patch8_32", "--data.dataset", "synthetic",
+            "--data.options", "{num_samples: 24, image_size: 32}", "--optim.epochs", "1", "--optim.batch_size", "8",
+            "--optim.precision", "fp32", "--run.output_dir", str(tmp_path)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    workers = resolve_num_workers(None, 1)
+    assert "optim.warmup_epochs null: 0.2 warmup epochs (20% of 1" in caplog.text
+    assert f"data.num_workers null: {workers} loader workers per process" in caplog.text
+    assert not [w for w in recwarn if "worker" in str(w.message)]  # DataLoader's "suggested max number of worker"
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert recorded["optim"]["warmup_epochs"] is None and recorded["data"]["num_workers"] is None

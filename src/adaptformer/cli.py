@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .cli_adapter import add_adapter_commands
+from .cli_adapter import add_adapter_commands, at_least
 from .data import ImageDecodeError
 from .data.video import VideoDecodeError
 from .errors import MissingDependencyError, UnsupportedModelError
@@ -69,12 +69,16 @@ def _cmd_params(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.config_parser import parse_cli
+    from .factory import TIMM_PRETRAINED
     from .model import parameter_report
     from .train import build_model
 
     # the model `train` would build from the same flags, recipes and files (the dataset does not matter here); shapes
     # only: counting needs no weights, so no checkpoint is read and nothing is allocated
     cfg = parse_cli(["--data.dataset", "synthetic", *args.flags], _config_layers(args))
+    checkpoint = cfg.model.checkpoint
+    if checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"model.checkpoint {checkpoint}: no such file")
     cfg = replace(cfg, model=replace(cfg.model, checkpoint=None))
     with torch.device("meta"):
         model = build_model(cfg, args.num_classes)
@@ -156,16 +160,21 @@ def _add_prepare_parser(sub: Any) -> None:
     hmdb = releases.add_parser("hmdb51", help="HMDB51: testTrainMulti_7030_splits/ + class folders of .avi")
     for parser in (ssv2, hmdb):
         parser.add_argument("--root", required=True, help="the release as downloaded (the error shows its layout)")
-        parser.add_argument("--out", required=True, help="folder for the list files: pass it as --data-dir")
-        parser.add_argument("--video-dir", default=None, help="folder of the videos (default: found under --root)")
+        parser.add_argument("--out", required=True, help="folder for the list files: pass it as --data.data_dir")
+        parser.add_argument(
+            "--video-dir", type=_folder, default=None, help="folder of the videos (default: found under --root)"
+        )
         parser.add_argument("--skip-missing", action="store_true", help="leave out listed videos that do not exist")
         parser.add_argument("--relative", action="store_true", help="write paths relative to --out (default: absolute)")
         parser.set_defaults(func=_cmd_prepare)
     ssv2.add_argument(
-        "--video-ext", default=".webm", help="video file extension, e.g. .mp4 for re-encoded copies (default: .webm)"
-    )
+        "--video-ext", type=_extension, default=".webm",
+        help="video file extension, e.g. .mp4 for re-encoded copies (default: .webm)",
+    )  # fmt: skip
     hmdb.add_argument("--split", type=int, default=1, choices=[1, 2, 3], help="official split (paper: 1; default: 1)")
-    hmdb.add_argument("--split-dir", default=None, help="folder of the *_test_split<N>.txt files (default: found)")
+    hmdb.add_argument(
+        "--split-dir", type=_folder, default=None, help="folder of the *_test_split<N>.txt files (default: found)"
+    )
     from .data.export import EXPORTABLE
 
     for kind in EXPORTABLE:
@@ -177,8 +186,24 @@ def _add_prepare_parser(sub: Any) -> None:
         built_in.add_argument("--out", required=True, help="a new (or empty) folder: pass it as --data.data_dir")
         built_in.add_argument("--options", default=None, help="the kind's --data.options as YAML, e.g. '{seed: 1}'")
         if video:
-            built_in.add_argument("--num-frames", type=int, default=16, help="frames per clip (default: 16)")
+            built_in.add_argument("--num-frames", type=at_least(1), default=16, help="frames per clip (default: 16)")
         built_in.set_defaults(func=_cmd_export, num_frames=16)
+
+
+CONFIG_HELP = (
+    "Flags are the fields of the nested configuration (model, data, optim, speed, run): --optim.epochs 5, "
+    "--model.method vpt --model.method.num_tokens 4, ... They override --config, which overrides --recipe, which "
+    "overrides the defaults. `adaptformer train --help` lists every flag; --model.method.help NAME those of a method."
+)
+DESCRIPTIONS = {
+    "train": "Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/curves.png, OUT/adapter/, OUT/checkpoint.pt and "
+    "OUT/test.json (OUT = --run.output_dir: missing or empty, unless --run.resume true continues the run there or "
+    "--run.overwrite true replaces it). Multi-process: torchrun --nproc_per_node N -m adaptformer.cli train ... "
+    + CONFIG_HELP,
+    "params": "The trainable-parameter report of the model section of the given flags/recipe/config, e.g. "
+    "adaptformer params --model.method adaptformer --model.method.bottleneck 64 --num-classes 100. The file "
+    "--model.checkpoint names must exist, but is not read: counting needs only the shapes. " + CONFIG_HELP,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,21 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    config_help = (
-        "Flags are the fields of the nested configuration (model, data, optim, speed, run): --optim.epochs 5, "
-        "--model.method vpt --model.method.num_tokens 4, ... They override --config, which overrides --recipe, which "
-        "overrides the defaults. `adaptformer train --help` lists every flag; --model.method.help NAME those of a "
-        "method."
-    )
     train = sub.add_parser(
-        "train",
-        help="fine-tune a backbone with a method on a dataset",
-        description="Train. Writes OUT/config.yaml, OUT/metrics.jsonl, OUT/curves.png, OUT/adapter/, "
-        "OUT/checkpoint.pt and OUT/test.json (OUT = --run.output_dir: missing or empty, unless --run.resume true "
-        "continues the run there or --run.overwrite true replaces it). Multi-process: torchrun --nproc_per_node N -m "
-        "adaptformer.cli train ... " + config_help,
+        "train", help="fine-tune a backbone with a method on a dataset", description=DESCRIPTIONS["train"],
         add_help=False,
-    )
+    )  # fmt: skip
     _add_layer_arguments(train)
     train.set_defaults(func=_cmd_train)
 
@@ -215,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     params = sub.add_parser(
         "params",
         help="print the trainable-parameter report of the model that the same flags would train",
-        description="The trainable-parameter report of the model section of the given flags/recipe/config, e.g. "
-        "adaptformer params --model.method adaptformer --model.method.bottleneck 64 --num-classes 100. " + config_help,
+        description=DESCRIPTIONS["params"],
         add_help=False,
     )
     _add_layer_arguments(params)
@@ -226,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: AdaptFormer vs linear probe vs full fine-tuning on digits (a few CPU minutes)"
     )
     demo.add_argument("--output-dir", default="runs/demo", help="runs, table and plot go here (default: runs/demo)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the study's)")
-    demo.add_argument("--jobs", type=int, default=2, help="runs side by side, one CPU thread each (default: 2)")
+    demo.add_argument("--epochs", type=at_least(1), default=None, help="training epochs (default: the study's)")
+    demo.add_argument("--jobs", type=at_least(1), default=2, help="runs side by side, one CPU thread each (default: 2)")
     demo.add_argument("--quick", action="store_true", help="a few-second setting that only checks the pipeline")
     demo.set_defaults(func=_cmd_demo)
     _add_study_parser(sub)
@@ -250,10 +263,14 @@ def _add_study_parser(sub: Any) -> None:
                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")  # fmt: skip
     study.add_argument("--seeds", type=_comma_list, default=[str(s) for s in defaults.seeds],
                        help="comma-separated training seeds (default: 0,1,2)")  # fmt: skip
-    study.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default: per task)")
+    study.add_argument(
+        "--epochs", type=at_least(1), default=None, help="training epochs of every run (default: per task)"
+    )
     study.add_argument("--output-dir", default=defaults.output_dir, help="report folder (default: reports/study)")
     study.add_argument("--runs-dir", default=defaults.runs_dir, help="training runs (default: runs/study)")
-    study.add_argument("--jobs", type=int, default=defaults.jobs, help="runs side by side, 1 thread each (default: 2)")
+    study.add_argument(
+        "--jobs", type=at_least(1), default=defaults.jobs, help="runs side by side, 1 thread each (default: 2)"
+    )
     study.add_argument("--quick", action="store_true", help="tiny data, 1 epoch: checks the pipeline, not the claims")
     study.add_argument("--random-init", action="store_true", help="randomly initialised backbones (a control)")
     study.set_defaults(func=_cmd_study)
@@ -273,19 +290,35 @@ def _config_command(command: str, argv: list[str]) -> argparse.Namespace:
     ``argv``, the rest left in ``flags`` for jsonargparse; ``-h`` prints both parts of the help and exits."""
     from .engine.config_parser import train_parser
 
-    parser = argparse.ArgumentParser(prog=f"adaptformer {command}", add_help=False)
+    parser = argparse.ArgumentParser(prog=f"adaptformer {command}", description=DESCRIPTIONS[command], add_help=False)
     _add_layer_arguments(parser)
     if command == "params":
-        parser.add_argument("--num-classes", type=int, default=100, help="classes of the task head (default: 100)")
+        parser.add_argument(
+            "--num-classes", type=at_least(1), default=100, help="classes of the task head (default: 100)"
+        )
     args, flags = parser.parse_known_args(argv)
     if any(flag in ("-h", "--help") for flag in flags):
         parser.print_help()
-        print()
-        train_parser().print_help()
+        print("\nconfiguration flags (the same keys nest in --recipe and --config YAML files):\n")
+        train_parser(f"adaptformer {command}").print_help()
         raise SystemExit(0)
     args.flags = flags
     args.func = _cmd_train if command == "train" else _cmd_params
     return args
+
+
+def _folder(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
+def _extension(text: str) -> str:
+    if not text.startswith(".") or len(text) < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected a file extension with its dot, e.g. .{text.lstrip('.')}; got {text!r}"
+        )
+    return text
 
 
 def _comma_list(text: str) -> list[str]:

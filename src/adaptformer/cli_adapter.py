@@ -11,16 +11,47 @@ from typing import Any
 
 import yaml
 
-from .data.video import PAPER_TEST_VIEWS
+from .data import IMAGE_DATASETS
+from .data.video import PAPER_TEST_VIEWS, VIDEO_DATASETS
 from .precision import PRECISION_CHOICES
+from .pretrained import CONVERTERS
 from .saving import AdapterInfo
+from .validation import check_free_form
 
 
-def _yaml_value(text: str) -> Any:
+def _kwargs_value(text: str) -> dict[str, Any]:
+    """``--model-kwargs``: a YAML/JSON mapping (keys checked: ``{img_size:32}`` lacks YAML's space after ':')."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"not valid YAML/JSON: {e}") from e
+        value = yaml.safe_load(text)
+        check_free_form("the mapping", value)
+    except (yaml.YAMLError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
+    return value
+
+
+def at_least(low: int) -> Any:
+    """An argparse type: an int >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    """``--device``: auto or a torch device name (cpu, cuda, cuda:1, ...)."""
+    from .engine.distributed import check_device_name
+
+    try:
+        return check_device_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, AdapterInfo]:
@@ -42,6 +73,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         model, info = _load(args)
         data = _eval_data(args, info)
+        splits = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset].splits
+        if args.split not in splits:
+            raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(splits)}")
         metrics = evaluate_split(
             model, info, DataSpec.from_config(data), args.split, ctx, batch_size=args.batch_size,
             precision=args.precision, num_workers=data.num_workers, speed=SpeedConfig(),
@@ -120,14 +154,19 @@ def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     recorded = "(default: as recorded in the adapter's adapter_config.json)"
     parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
     parser.add_argument("--checkpoint", default=None, help=f"pre-trained backbone weights {recorded}")
-    parser.add_argument("--checkpoint-source", default=None, help=f"key layout of --checkpoint {recorded}")
-    parser.add_argument("--model-kwargs", type=_yaml_value, default=None, help=f"timm kwargs {recorded}")
     parser.add_argument(
-        "--init-seed", type=int, default=None,
-        help=f"seed of a backbone trained without checkpoint {recorded}; needed for adaptformer 0.1 folders",
+        "--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout of --checkpoint {recorded}"
+    )
+    parser.add_argument(
+        "--model-kwargs", type=_kwargs_value, default=None,
+        help=f"timm kwargs, e.g. '{{img_size: 32}}' (YAML: a space after ':') {recorded}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--init-seed", type=at_least(0), default=None,
+        help=f"seed of a backbone trained without checkpoint, needed for adaptformer 0.1 folders {recorded}",
     )  # fmt: skip
     parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=f"autocast {recorded}")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
 
 
 def add_adapter_commands(sub: Any) -> None:
@@ -143,7 +182,7 @@ def add_adapter_commands(sub: Any) -> None:
     _add_adapter_arguments(evaluate)
     evaluate.add_argument("--model", default=None, help="backbone name; checked against the adapter's")
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="batch size (default: as in training)")
+    evaluate.add_argument("--batch-size", type=at_least(1), default=None, help="batch size (default: as in training)")
     evaluate.set_defaults(func=_cmd_eval)
 
     predict = sub.add_parser(

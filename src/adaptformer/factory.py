@@ -8,6 +8,7 @@ adapter says how to build its frozen backbone again.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def build_backbone(
     except TypeError as e:  # a keyword the model's constructor does not take: the caller's kwargs, not a bug here
         if not timm_kwargs:
             raise
-        raise ValueError(f"model kwargs {sorted(timm_kwargs)} do not fit {name!r}: {e}") from e
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))  # name only the one it refused
+        named = [unexpected.group(1)] if unexpected else sorted(timm_kwargs)
+        raise ValueError(f"model kwargs {named} do not fit {name!r}: {e}") from e
     except OSError as e:  # no network and nothing cached
         raise FileNotFoundError(
             f"timm could not fetch pretrained weights for {name!r} ({e}); pass a local file as checkpoint, or "

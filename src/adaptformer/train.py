@@ -51,9 +51,17 @@ from .engine.checkpointing import (
 )
 from .engine.config import TrainConfig
 from .engine.curves import CURVES_FILE, plot_curves
-from .engine.data import TrainBatchSampler, eval_loader, read_undrawn, train_loader
+from .engine.data import TrainBatchSampler, eval_loader, read_undrawn, resolve_num_workers, train_loader
 from .engine.datasets import DataSpec, check_same_classes, given_val_split, load_split
-from .engine.distributed import DistributedContext, all_gather_objects, barrier, init_distributed, shutdown, wrap_model
+from .engine.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    barrier,
+    init_distributed,
+    local_world_size,
+    shutdown,
+    wrap_model,
+)
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
 from .engine.progress import Progress, RunEta
@@ -180,8 +188,11 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     o = cfg.optim
     sampler = TrainBatchSampler(len(train_part), o.batch_size, accum, ctx.world_size, ctx.rank, cfg.run.seed)
     read_undrawn(train_part, sampler.never_drawn(o.epochs), cfg.run.seed)
-    loader = train_loader(train_part, sampler, cfg.run.seed, cfg.data.num_workers, ctx.device)
-    eval_args = (o.eval_batch_size, cfg.data.num_workers, ctx.device, ctx.world_size, ctx.rank)
+    workers = resolve_num_workers(cfg.data.num_workers, local_world_size())
+    if ctx.is_main and cfg.data.num_workers is None:
+        logger.info("data.num_workers null: %d loader workers per process (min(4, usable CPUs per process))", workers)
+    loader = train_loader(train_part, sampler, cfg.run.seed, workers, ctx.device)
+    eval_args = (o.eval_batch_size, workers, ctx.device, ctx.world_size, ctx.rank)
     val_loader = eval_loader(val_part, *eval_args) if val_part is not None else None
     test_loader = eval_loader(test_part, *eval_args)
 
@@ -196,7 +207,11 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         )  # fmt: skip
     optimizer = build_optimizer(model, o.optimizer, lr, o.weight_decay, o.momentum, tuple(o.betas))
     steps = sampler.steps_per_epoch
-    scheduler = WarmupCosine(optimizer, lr, round(o.warmup_epochs * steps), o.epochs * steps, o.min_lr)
+    if ctx.is_main and o.warmup_epochs is None:
+        logger.info(
+            "optim.warmup_epochs null: %g warmup epochs (20%% of %d, the paper's proportion)", o.warmup(), o.epochs
+        )
+    scheduler = WarmupCosine(optimizer, lr, round(o.warmup() * steps), o.epochs * steps, o.min_lr)
     scaler = precision.grad_scaler()
     criterion = nn.CrossEntropyLoss()
     ddp_model = wrap_model(model, ctx)

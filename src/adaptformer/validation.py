@@ -54,3 +54,23 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     return obj
+
+
+def check_free_form(name: str, value: Any) -> None:
+    """ValueError naming ``name`` unless ``value`` is a mapping with string keys (timm kwargs, dataset options).
+
+    YAML reads ``{img_size:32}`` (no space after ':') as the one key ``'img_size:32'`` with no value; such a key is
+    named, with the form YAML needs.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a mapping such as {{img_size: 32}}, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{name}: keys must be names, got {key!r}")
+        if item is None and ":" in key:
+            fixed = ": ".join(part.strip() for part in key.split(":", 1))
+            raise ValueError(
+                f"{name}: key {key!r} has no value: YAML needs a space after ':' (write {{{fixed}}}, not {{{key}}})"
+            )
+        if isinstance(item, Mapping):
+            check_free_form(f"{name}.{key}", item)

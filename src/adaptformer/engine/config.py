@@ -28,9 +28,11 @@ from ..methods import AdaptFormerConfig, MethodConfig, method_of
 from ..precision import PRECISION_CHOICES
 from ..pretrained import CONVERTERS
 from ..speed import SpeedConfig
-from ..validation import check_choice, to_plain
+from ..validation import check_choice, check_free_form, to_plain
+from .distributed import check_device_name
 
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
+WARMUP_FRACTION = 0.2  # optim.warmup_epochs null: the paper's 20 warmup epochs of 100 (Table 5)
 # Sections and fields that steer how a run executes but not what it computes; a resumed run may change them.
 RUN_CONTROL = ("speed.grad_checkpointing", "speed.compile", "run.resume", "run.stop_after_steps", "run.log_every",
                "run.tensorboard", "run.recipe", "run.output_dir", "run.overwrite", "data.num_workers")  # fmt: skip
@@ -52,7 +54,7 @@ class ModelConfig:
 
     Args:
         backbone: timm model name; a pretrained tag (e.g. .mae) sets the input normalisation.
-        kwargs: extra timm.create_model kwargs, e.g. {img_size: 32}.
+        kwargs: extra timm.create_model kwargs, e.g. {img_size: 32, patch_size: 8} (YAML: a space after each ':').
         checkpoint: pre-trained backbone weights: a local file, 'timm' (timm's own), or null (random init from the
             run's seed, recorded so the adapter can be evaluated later).
         checkpoint_source: key layout of the checkpoint file (timm, mae, videomae, hf-videomae, inflate-image).
@@ -72,6 +74,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("model.checkpoint_source", self.checkpoint_source, tuple(CONVERTERS))
         check_choice("model.head", self.head, ("paper", "linear"))
+        check_free_form("model.kwargs", self.kwargs)
         _probability("model.drop_path", self.drop_path)
         if not isinstance(self.method, MethodConfig):
             raise ValueError(f"model.method must be a method config (e.g. AdaptFormerConfig()), got {self.method!r}")
@@ -120,14 +123,15 @@ class DataConfig:
         dataset: dataset kind (required): an image kind (cifar100, svhn, food101, imagefolder, digits, synthetic, ...)
             or a video kind (ssv2, hmdb51, videolist, videofolder, synthetic-video).
         data_dir: folder holding the dataset in its standard layout.
-        options: per-kind dataset options, e.g. {num_samples: 64}.
+        options: per-kind dataset options, e.g. {num_samples: 64} (YAML: a space after each ':').
         verify_checksums: check the md5 of CIFAR/SVHN files against the official release.
         skip_bad_images: image kinds with one file per image: drop unreadable ones (counted in log and test.json).
         skip_bad_videos: video kinds: probe every video, drop undecodable ones (counted in log and test.json).
         val_split: validation carved from train: fraction, sample count, or 0 for none (not used when the dataset has
             its own val split next to its test split: val/ and test/ folders, val.txt and test.txt).
         split_seed: seed of the train/validation split.
-        num_workers: data loading worker processes per device.
+        num_workers: data loading worker processes per device; null: min(4, CPUs this process may use / processes
+            on this machine).
         crop_scale: [min, max] area fraction RandomResizedCrop keeps of a training image (image kinds).
         flip: random horizontal flip of training inputs; null: the paper's (images on, video off).
         video: clip sampling and test views (video kinds).
@@ -141,7 +145,7 @@ class DataConfig:
     skip_bad_videos: bool = False
     val_split: int | float = 0.1
     split_seed: int = 0
-    num_workers: int = 4
+    num_workers: int | None = None
     crop_scale: tuple[float, float] = PAPER_CROP_SCALE
     flip: bool | None = None
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -153,17 +157,29 @@ class DataConfig:
         self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
         for name in ("split_seed", "num_workers"):
             _at_least(f"data.{name}", getattr(self, name), 0)
+        check_free_form("data.options", self.options)
+        kind = (VIDEO_DATASETS if self.is_video else IMAGE_DATASETS)[self.dataset]
+        unknown = sorted(set(self.options) - set(kind.options))
+        if unknown:
+            raise ValueError(
+                f"data.options {unknown} are not options of {self.dataset!r}; it takes {list(kind.options)}"
+            )
         v = self.val_split
         if isinstance(v, bool) or v < 0 or (isinstance(v, float) and not v < 1.0):
             raise ValueError(f"data.val_split must be 0, a fraction in (0, 1) or a sample count >= 1, got {v!r}")
         if self.is_video:
             self._check_video()
         else:
-            changed = [f"video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
-            changed += ["skip_bad_videos"] if self.skip_bad_videos else []
+            changed = [f"data.video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
+            changed += ["data.skip_bad_videos"] if self.skip_bad_videos else []
             if changed:
-                raise ValueError(f"data.{changed} apply to video datasets only; {self.dataset!r} is an image dataset")
-            self.image_augment()  # validates crop_scale
+                raise ValueError(
+                    f"{', '.join(changed)} apply to video datasets only; {self.dataset!r} is an image dataset"
+                )
+            try:
+                self.image_augment()  # validates crop_scale
+            except ValueError as e:
+                raise ValueError(f"data.{e}") from e  # its message starts with the field's name
 
     def _check_video(self) -> None:
         if self.skip_bad_images:
@@ -196,7 +212,8 @@ class OptimConfig:
 
     Args:
         epochs: training epochs.
-        warmup_epochs: epochs of linear lr warmup from 0 (per iteration), then cosine.
+        warmup_epochs: epochs of linear lr warmup from 0 (per iteration), then cosine; null: 20% of the epochs (the
+            paper's 20 of 100).
         batch_size: samples per device per forward pass (micro-batch).
         effective_batch: samples per optimizer step over all devices (gradient accumulation); null: batch_size x
             devices.
@@ -213,7 +230,7 @@ class OptimConfig:
     """
 
     epochs: int = 100
-    warmup_epochs: float = 20.0
+    warmup_epochs: float | None = None
     batch_size: int = 128
     effective_batch: int | None = None
     eval_batch_size: int = 256
@@ -234,7 +251,7 @@ class OptimConfig:
             _at_least(f"optim.{name}", getattr(self, name), 1)
         for name in ("warmup_epochs", "min_lr", "weight_decay"):
             _at_least(f"optim.{name}", getattr(self, name), 0)
-        if self.warmup_epochs > self.epochs:
+        if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
             raise ValueError(f"optim.warmup_epochs ({self.warmup_epochs}) must not exceed optim.epochs ({self.epochs})")
         for name in ("blr", "lr", "clip_grad"):
             value = getattr(self, name)
@@ -251,6 +268,10 @@ class OptimConfig:
                 f"optim.effective_batch ({self.effective_batch}) must be a multiple of optim.batch_size "
                 f"({self.batch_size})"
             )
+
+    def warmup(self) -> float:
+        """The warmup epochs: ``warmup_epochs``, or the paper's proportion of ``epochs`` (20 of 100) when null."""
+        return self.warmup_epochs if self.warmup_epochs is not None else WARMUP_FRACTION * self.epochs
 
 
 @dataclass
@@ -288,6 +309,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choice("run.select", self.select, ("best", "last"))
+        try:
+            check_device_name(self.device)
+        except ValueError as e:
+            raise ValueError(f"run.{e}") from e  # its message starts with "device"
         if self.resume and self.overwrite:
             raise ValueError("run.resume (continue the run) and run.overwrite (remove it, start again): give one")
         for name in ("eval_every", "log_every", "stop_after_steps"):
@@ -315,6 +340,12 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        if self.model.head == "paper" and self.optim.batch_size < 2:
+            raise ValueError(
+                f"optim.batch_size {self.optim.batch_size} cannot train model.head 'paper': its BatchNorm1d needs at "
+                "least 2 samples per training micro-batch; use optim.batch_size >= 2 (optim.effective_batch for "
+                "larger steps) or model.head 'linear'"
+            )
         if self.data.val_split == 0 and self.run.select == "best":
             raise ValueError("run.select 'best' needs a validation split; set data.val_split > 0 or run.select 'last'")
         given = self.model.kwargs.get("num_frames")
@@ -348,7 +379,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(read_yaml_mapping(path))
+        from .config_parser import parse_mapping
+
+        return parse_mapping(read_yaml_mapping(path), str(path))
 
     def training_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Dotted keys (other than run-control ones) whose values differ: (self, other)."""
@@ -401,6 +434,8 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a YAML text file ({e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of configuration keys, got {type(data).__name__}")
     return data

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,6 +182,18 @@ class ShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
+
+
+AUTO_WORKERS_MAX = 4
+
+
+def resolve_num_workers(requested: int | None, local_processes: int = 1) -> int:
+    """Data loading workers per process: ``requested``, or (None) min(4, the CPUs this process may run on shared by
+    the ``local_processes`` on this machine), so that the default never oversubscribes a small machine."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(AUTO_WORKERS_MAX, cpus // max(1, local_processes))
 
 
 def read_undrawn(dataset: Dataset, indices: list[int], seed: int) -> None:

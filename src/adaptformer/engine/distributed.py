@@ -39,8 +39,24 @@ class DistributedContext:
         return self.rank == 0
 
 
+def local_world_size() -> int:
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is "auto" or a torch device name (cpu, cuda, cuda:1, ...); ValueError naming it otherwise."""
+    if name != "auto":
+        try:
+            torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"device {name!r} is not auto or a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    return name
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """ "auto" -> this process's GPU if there is one, else the CPU; other names as given ("cuda" gets the local GPU)."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)

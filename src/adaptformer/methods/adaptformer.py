@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import torch
@@ -42,9 +43,9 @@ class AdaptFormerConfig(MethodConfig):
     """AdaptMLP modules beside each block's MLP (defaults: the authors' code, AdaptFormer-64).
 
     Args:
-        bottleneck: hidden width d^ of every adapter (int), a fraction of each block's width (float in (0, 1), e.g.
-            1/12 as the authors suggest for Swin; floored like dim // 12), or one int per stage of a hierarchical
-            backbone (list, e.g. [10, 21, 42, 85] for Swin-B).
+        bottleneck: hidden width d^ of every adapter (int), a fraction of each block's width (in (0, 1), a number or
+            written 1/12 as the authors suggest for Swin; floored like dim // 12), or one int per stage of a
+            hierarchical backbone (list, e.g. [10, 21, 42, 85] for Swin-B).
         scale: the fixed output scale s (number), or "learnable" for a trainable scalar initialised to 1.0.
         input: what the parallel adapter reads: residual (the block's residual stream x', authors' code) or normed
             (LN(x'), the paper's Eq. 3).
@@ -53,10 +54,11 @@ class AdaptFormerConfig(MethodConfig):
         init: lora (kaiming-uniform down, zero up and biases: exact identity at init) or bert (normal std 0.02
             weights: NOT function-preserving at init).
         form: parallel (beside the MLP) or sequential (applied to the MLP branch's output).
-        layers: indices of the blocks that get an adapter, in forward order over all blocks; null for all.
+        layers: the blocks that get an adapter, as a list of indices in forward order over all blocks (e.g. [10, 11]
+            for the last two of a 12-block ViT); null: every block.
     """
 
-    bottleneck: int | float | tuple[int, ...] = 64
+    bottleneck: int | float | tuple[int, ...] | str = 64
     scale: float | Literal["learnable"] = 0.1
     input: Literal["residual", "normed"] = "residual"
     layernorm: Literal["none", "in", "out"] = "none"
@@ -67,6 +69,9 @@ class AdaptFormerConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         b = self.bottleneck
+        if isinstance(b, str):  # a fraction as written, "1/12" (the paper's and the README's form)
+            b = _fraction(b)
+            object.__setattr__(self, "bottleneck", b)
         if isinstance(b, list | tuple):
             object.__setattr__(self, "bottleneck", tuple(b))
             if not b or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in b):
@@ -116,6 +121,19 @@ class AdaptFormerConfig(MethodConfig):
         if isinstance(b, float):
             return max(1, int(width * b + 1e-6))
         return b
+
+
+def _fraction(text: str) -> float:
+    """``"1/12"`` (a fraction as the paper writes it) as the float 1/12; ValueError naming the text otherwise (a
+    number written as a string, "64", is not one: numbers are numbers)."""
+    try:
+        if "/" not in text:
+            raise ValueError(text)
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(
+            f"bottleneck must be an int, a ratio (0.0833 or 1/12) or a list of ints per stage, got {text!r}"
+        ) from None
 
 
 class AdaptMLP(nn.Module):
