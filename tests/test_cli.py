@@ -84,8 +84,11 @@ def test_train_writes_the_documented_outputs(setup: dict[str, Path], capsys: pyt
     assert test["n"] == 21 and test["split"] == "test"
 
 
-def test_eval_reproduces_the_logged_test_accuracy(setup: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+def test_eval_reproduces_the_logged_test_accuracy(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="adaptformer.engine.progress")
     args = ["eval", "--model", VIT, "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
             "--data.data_dir", str(setup["data"]), "--split", "test", "--data.verify_checksums", "false"]  # fmt: skip
     assert main(args) == 0
@@ -95,6 +98,8 @@ def test_eval_reproduces_the_logged_test_accuracy(setup: dict[str, Path], capsys
     assert printed["n"] == 21 and printed["skipped"] == 0
     assert printed["acc1"] == logged["acc1"] and printed["acc5"] == logged["acc5"]
     assert printed["loss"] == pytest.approx(logged["loss"], rel=1e-6)
+    shown = [r.getMessage() for r in caplog.records if r.name == "adaptformer.engine.progress"]
+    assert shown and shown[-1].startswith("cifar100 test [") and "samples 21 " in shown[-1]  # eval shows progress
 
 
 def test_config_file_repeats_the_run_exactly(setup: dict[str, Path]) -> None:

@@ -67,7 +67,7 @@ def resolve_request(
     if not spec.needs_root:
         return None
     if root is None:
-        raise ValueError(f"{kind!r} needs a root folder (--data-dir); expected layout:\n{layouts[kind]}")
+        raise ValueError(f"{kind!r} needs a root folder (--data.data_dir); expected layout:\n{layouts[kind]}")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"{kind} dataset: root folder {path} not found\nexpected layout:\n{layouts[kind]}")

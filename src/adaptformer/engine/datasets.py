@@ -97,7 +97,7 @@ class DataSpec:
     Args:
         kind: a key of ``IMAGE_DATASETS`` or ``VIDEO_DATASETS``.
         root: the folder holding it (None for the built-in kinds).
-        options: per-kind options (``--dataset-options``).
+        options: per-kind options (``--data.options``).
         verify_checksums: check official md5 sums (CIFAR, SVHN).
         skip_bad: leave unreadable images / undecodable videos out (counted) instead of failing.
         video: clip sampling and test views (video kinds only).

@@ -30,6 +30,7 @@ from .data import eval_loader
 from .datasets import DataSpec, VideoSettings, clip_frames, load_split, video_pipeline
 from .distributed import DistributedContext, resolve_device
 from .loop import evaluate
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ def evaluate_split(
     chosen = resolve_precision(precision or (training.precision if training else "auto"), ctx.device)
     if speed is not None:
         apply_speed(model, speed, ctx.device, chosen.name)
-    return data.score(evaluate(model.to(ctx.device), loader, chosen, ctx), dataset)
+    with Progress(len(loader), f"{spec.kind} {split}", ctx.is_main, log_every=max(1, len(loader) // 10)) as progress:
+        predictions = evaluate(model.to(ctx.device), loader, chosen, ctx, progress)
+    return data.score(predictions, dataset)
 
 
 @dataclass(frozen=True)

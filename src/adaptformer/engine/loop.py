@@ -125,7 +125,7 @@ def train_one_epoch(
                 f"training loss is {loss_value} at epoch {epoch + 1}, step {stats.steps + 1} of the epoch "
                 f"(global step {scheduler.step_count + 1}, lr {scheduler.lr_at(scheduler.step_count):.4g}); the run "
                 "stopped without applying this step. The last saved training state is intact. Lower the lr, "
-                "enable --clip-grad, or check the data."
+                "set --optim.clip_grad, or check the data."
             )
         lr = scheduler.apply()
         if clip_grad is not None:

@@ -213,7 +213,7 @@ class VideoDatasetKind:
 
     @property
     def options(self) -> tuple[str, ...]:
-        """The options the builder accepts (``--dataset-options``)."""
+        """The options the builder accepts (``--data.options``)."""
         params = inspect.signature(self.build).parameters.values()
         return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
 
