@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/pretrain_shapes.py [--output-dir runs/pretrain_shapes]
 
-1. ``adaptformer train --method full`` on the procedural ``shapes`` dataset (64 shape/palette classes, seeded), from
-   random initialisation, fp32, AdamW, one torch thread (plus one data worker: two busy cores in all). Crops keep
+1. ``adaptformer train --model.method full`` on the procedural ``shapes`` dataset (64 shape/palette classes, seeded),
+   from random initialisation, fp32, AdamW, one torch thread (plus one data worker: two busy cores in all). Crops keep
    40-100% of the area: the paper's 8% often cuts the shape, and with it the label, out of the image; flips are on
    (every shape is mirror-symmetric up to its random rotation, so a flip never changes the class);
 2. the selected full weights (backbone + its 64-class head) are cast to fp16 and written to

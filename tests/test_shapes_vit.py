@@ -26,3 +26,20 @@ def test_loads_by_name_with_timm_pretrained_mechanism() -> None:
         assert torch.equal(model.state_dict()[name], shipped[name].float()), name
     assert count_trainable(model) == 6 * (128 * 64 + 64 + 64 * 128 + 128) + 129 * 10
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_the_pretraining_script_passes_flags_that_parse(capsys) -> None:
+    """scripts/pretrain_shapes.py trains through the CLI: its flags are the current ones (`params` reads the same)."""
+    import importlib.util
+    from pathlib import Path
+
+    from adaptformer.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_shapes.py"
+    spec = importlib.util.spec_from_file_location("pretrain_shapes", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.TRAIN_ARGS[0] == "train"
+    assert main(["params", *script.TRAIN_ARGS[1:], "--num-classes", "64"]) == 0
+    head = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("head")]
+    assert head == [["head", f"{128 * 64 + 64:,}", f"{128 * 64 + 64:,}"]]  # the linear head for 64 shapes
