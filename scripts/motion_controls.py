@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import adaptformer.train as train_module
-from adaptformer.engine.config import merge_config
+from adaptformer.engine.config_data import merge_config
 from adaptformer.study.run import StudySettings, build_cells, machine, run_cell
 from adaptformer.study.tasks import VIDEO_KWARGS
 

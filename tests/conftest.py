@@ -74,6 +74,6 @@ def nested(**flat: Any) -> dict[str, Any]:
 
 def changed(cfg: Any, **flat: Any) -> Any:
     """``cfg`` (a TrainConfig) with fields changed, given by their flat names (see :func:`nested`)."""
-    from adaptformer.engine.config import merge_config
+    from adaptformer.engine.config_data import merge_config
 
     return type(cfg).from_dict(merge_config(cfg.to_dict(), nested(**flat)))

@@ -41,7 +41,7 @@ from adaptformer.engine import (
     scaled_lr,
     train_one_epoch,
 )
-from adaptformer.engine.config import merge_config
+from adaptformer.engine.config_data import merge_config
 from adaptformer.engine.config_parser import parse_cli, train_parser
 from adaptformer.engine.data import SeededSamples, load_image_split, with_transform
 from adaptformer.engine.records import MetricsLog

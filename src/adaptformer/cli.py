@@ -48,7 +48,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 def _config_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """The recipe and the config file given, as layers under the flags (later ones win)."""
-    from .engine.config import read_yaml_mapping
+    from .engine.config_data import read_yaml_mapping
     from .engine.config_parser import ConfigError
     from .recipes import load_recipe
 

@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from ..methods import MethodConfig, get_method, method_names, method_of
-from .config import DATASET_KINDS, FREE_FORM, DataConfig, TrainConfig, dotted, merge_config
+from .config import DATASET_KINDS, DataConfig, TrainConfig
+from .config_data import FREE_FORM, dotted, merge_config
 from .config_v01 import V01_FLAGS, is_v01, upgrade_v01
 
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ..engine.config import merge_config, read_yaml_mapping
+from ..engine.config_data import merge_config, read_yaml_mapping
 
 TABLE = "table1.yaml"
 

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from ..engine.config import OptimConfig, merge_config
+from ..engine.config import OptimConfig
+from ..engine.config_data import merge_config
 from ..methods import get_method
 from ..models.shapes_vit import SHAPES_VIT_FILE
 from .report import plot_accuracy_vs_params, require_matplotlib, write_markdown

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.config import merge_config
+from ..engine.config_data import merge_config
 from ..methods import get_method
 from ..models.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
 
