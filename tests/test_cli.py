@@ -286,7 +286,11 @@ def test_params_takes_model_kwargs_and_checks_the_checkpoint_file(
     assert "adapters" in with_file
     missing = setup["root"] / "no_such_backbone.safetensors"
     assert main([*common, "--model.checkpoint", str(missing)]) == 2
-    assert f"error: model.checkpoint {missing}: no such file" in capsys.readouterr().err
+    assert f"error: --model.checkpoint {missing}: no such file or folder" in capsys.readouterr().err
+    hf_folder = setup["root"] / "hf_videomae"  # a folder source (hf-videomae) is a checkpoint too, as for train
+    hf_folder.mkdir(exist_ok=True)
+    assert main([*common, "--model.checkpoint", str(hf_folder)]) == 0
+    assert capsys.readouterr().out == with_file
     assert main(["params", "--model.backbone", VIT, "--model.kwargs", "{imgsize: 32}"]) == 2
     assert f"error: model kwargs ['imgsize'] do not fit '{VIT}'" in capsys.readouterr().err
 

@@ -127,6 +127,17 @@ def test_a_given_val_folder_is_used_for_model_selection(tmp_path: Path, loader_s
     assert json.loads((tmp_path / "run" / "test.json").read_text())["split"] == "test"
 
 
+def test_a_given_val_folder_needs_no_val_split_fraction(tmp_path: Path, loader_sizes: dict, capsys) -> None:
+    root = write_folder(tmp_path / "data", {"train": 4, "val": 3, "test": 1})
+    assert main([*train_args(root, tmp_path / "run"), "--data.val_split", "0"]) == 0  # select best on val/
+    assert loader_sizes == {"train": [8], "eval": [6, 2]}
+    bare = write_folder(tmp_path / "bare", {"train": 4, "test": 1})
+    capsys.readouterr()
+    assert main([*train_args(bare, tmp_path / "run2"), "--data.val_split", "0"]) == 2
+    assert "--run.select best needs a validation split" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+
 # -- classes without samples, classes that differ between splits ---------------------------------------------------
 
 

@@ -164,3 +164,29 @@ def test_a_video_adapter_without_recorded_views_uses_the_defaults_and_says_so(
     assert result.error is None and len(result.top) == 1
     assert "records no video settings; predicting with the videolist defaults" in caplog.text
     assert "test_clips=4, test_crops=3" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("names.txt", "cat\ndog\n\n", ["cat", "dog"]),
+        ("names.json", '["cat", "dog"]', ["cat", "dog"]),
+        ("adapter_config.json", '{"classes": ["cat", "dog"], "num_classes": 2}', ["cat", "dog"]),
+        ("names.json", '{"labels": ["cat"]}', 'an object with a "classes" list'),
+        ("names.json", '["cat", ', "not a readable JSON file"),
+        ("names.json", '["cat", "cat"]', "repeated class names"),
+        ("names.txt", "cat\ncat\n", "cat"),
+        ("names.txt", "\n", "no class names"),
+    ],
+)
+def test_class_names_file_is_read_or_named_in_an_error(tmp_path, name: str, text: str, expected) -> None:
+    from adaptformer.engine.inference import read_class_names
+
+    path = tmp_path / name
+    path.write_text(text)
+    if isinstance(expected, list):
+        assert read_class_names(path) == expected
+    else:
+        with pytest.raises(ValueError, match=expected) as error:
+            read_class_names(path)
+        assert str(path) in str(error.value)

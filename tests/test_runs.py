@@ -23,7 +23,7 @@ import adaptformer.train
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig, load_training_state
 from adaptformer.engine.records import MetricsLog
-from adaptformer.engine.run_folder import RunFolderError, check_run_folder
+from adaptformer.engine.run_folder import CONFIG_HEADER, RunFolderError, check_run_folder
 from adaptformer.factory import build_backbone
 from adaptformer.saving import atomic_write_bytes
 from adaptformer.train import TrainResult, train
@@ -49,7 +49,7 @@ def earlier_run(out: Path) -> dict[str, bytes]:
         "config.yaml": b"# adaptformer training configuration: earlier\n", "metrics.jsonl": b'{"epoch": 1}\n',
         "checkpoint.pt": b"earlier state", "test.json": b'{"acc1": 99.0}\n', "curves.png": b"earlier plot",
         "adapter/adapter_model.safetensors": b"earlier weights", "adapter/adapter_config.json": b"{}",
-        "tensorboard/events.out": b"earlier scalars", "notes.txt": b"the user's own file",
+        "tensorboard/events.out.tfevents.1.host": b"earlier scalars", "notes.txt": b"the user's own file",
     }  # fmt: skip
     for name, data in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
@@ -77,14 +77,25 @@ def contents(out: Path) -> dict[str, bytes]:
         ([".checkpoint.pt.1a2b.tmp"], False, False, []),  # only an interrupted save's leftover: removed, not refused
         (["checkpoint.pt", "metrics.jsonl"], True, False, []),
         (["config.yaml"], True, False, []),  # stopped before its first save: resume starts it from the beginning
-        (["config.yaml", "adapter/x"], True, False, r"--run.resume true: .* has no checkpoint.pt .*\(adapter/\)"),
-        (["metrics.jsonl", "adapter/x", "notes.txt"], False, True, ["adapter", "metrics.jsonl"]),
+        (["config.yaml", "adapter/x"], True, False, r"--run.resume true: .* to continue from, but holds adapter/"),
+        (["notes.txt"], True, False, r"no checkpoint.pt to continue from, but holds notes.txt"),
+        (
+            ["metrics.jsonl", "adapter/adapter_model.safetensors", "notes.txt"],
+            False,
+            True,
+            ["adapter", "metrics.jsonl"],
+        ),
+        # overwrite removes only what a run wrote: the user's own files under a run's file names are refused, kept
+        (["metrics.jsonl", "adapter/mine.bin"], False, True, r"--run.overwrite true: .* holds adapter/, named like"),
+        (["my/config.yaml"], False, True, r"--run.overwrite true: .* holds config.yaml, named like"),
+        (["tensorboard/notes.txt"], False, True, r"holds tensorboard/, named like"),
     ],
 )
 def test_check_run_folder(tmp_path: Path, files: list[str], resume: bool, overwrite: bool, expected) -> None:
     for name in files:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("x")
+        path = tmp_path / name.removeprefix("my/")  # my/config.yaml: a config.yaml that no run wrote
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(CONFIG_HEADER + "\n" if name == "config.yaml" else "my: settings\n")
     if isinstance(expected, str):
         with pytest.raises(RunFolderError, match=expected):
             check_run_folder(tmp_path, resume, overwrite)

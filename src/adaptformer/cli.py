@@ -77,8 +77,8 @@ def _cmd_params(args: argparse.Namespace) -> int:
     # only: counting needs no weights, so no checkpoint is read and nothing is allocated
     cfg = parse_cli(["--data.dataset", "synthetic", *args.flags], _config_layers(args))
     checkpoint = cfg.model.checkpoint
-    if checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"model.checkpoint {checkpoint}: no such file")
+    if checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).exists():
+        raise FileNotFoundError(f"--model.checkpoint {checkpoint}: no such file or folder (the backbone's weights)")
     cfg = replace(cfg, model=replace(cfg.model, checkpoint=None))
     with torch.device("meta"):
         model = build_model(cfg, args.num_classes)
@@ -186,7 +186,7 @@ def _add_prepare_parser(sub: Any) -> None:
         built_in.add_argument("--out", required=True, help="a new (or empty) folder: pass it as --data.data_dir")
         built_in.add_argument("--options", default=None, help="the kind's --data.options as YAML, e.g. '{seed: 1}'")
         if video:
-            built_in.add_argument("--num-frames", type=at_least(1), default=16, help="frames per clip (default: 16)")
+            built_in.add_argument("--num-frames", type=at_least(2), default=16, help="frames per clip (default: 16)")
         built_in.set_defaults(func=_cmd_export, num_frames=16)
 
 

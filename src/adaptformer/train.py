@@ -69,7 +69,7 @@ from .engine.records import TEST_FILE, MetricsLog, write_json
 from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .engine.run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
 from .engine.schedule import WarmupCosine
-from .factory import create_model
+from .factory import TIMM_PRETRAINED, create_model
 from .methods import method_of
 from .model import parameter_report, task_state_dict
 from .precision import resolve_precision
@@ -151,7 +151,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     out = Path(cfg.run.output_dir)
     state_path = out / STATE_FILE
     checkpoint = cfg.model.checkpoint
-    if checkpoint not in (None, "timm") and not Path(checkpoint).exists():
+    if checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).exists():
         raise FileNotFoundError(f"--model.checkpoint {checkpoint}: no such file or folder (the backbone's weights)")
     earlier = check_run_folder(out, cfg.run.resume, cfg.run.overwrite)
     resume_state = _read_resume_state(cfg, state_path)
@@ -162,6 +162,11 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     train_split, test_split = load_split(spec, "train"), load_split(spec, "test")
     given_val = given_val_split(spec, cfg.data.val_split)  # the dataset's own val split, else None: carve from train
     val_split = load_split(spec, given_val) if given_val is not None else None
+    if given_val is None and not cfg.data.val_split and cfg.run.select == "best":
+        raise ValueError(
+            f"--run.select best needs a validation split: {cfg.data.dataset} {spec.root} has no val split next to its "
+            "test split; set --data.val_split > 0 (carved from train) or --run.select last"
+        )
     classes = train_split.classes
     for other in (test_split, val_split):
         if other is not None:

@@ -1,4 +1,4 @@
-"""Training state for ``--resume``: everything needed to continue a run exactly where it stopped.
+"""Training state for ``--run.resume true``: everything needed to continue a run exactly where it stopped.
 
 One file, ``<output_dir>/checkpoint.pt``, holding the task's tensors (the trainable modules with their buffers; the
 whole model only for full fine-tuning), optimizer, schedule, gradient scaler, every process's RNG states, the

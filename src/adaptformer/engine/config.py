@@ -39,6 +39,12 @@ RUN_CONTROL = ("speed.grad_checkpointing", "speed.compile", "run.resume", "run.s
                "run.tensorboard", "run.recipe", "run.output_dir", "run.overwrite", "data.num_workers")  # fmt: skip
 
 
+def may_have_val_split(kind: str) -> bool:
+    """Whether dataset ``kind`` can bring its own val split on disk (folders, list files), which selection then uses."""
+    entry = IMAGE_DATASETS.get(kind) or VIDEO_DATASETS.get(kind)
+    return entry is not None and "val" in entry.splits
+
+
 def _at_least(name: str, value: float | int | None, low: float) -> None:
     if value is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
@@ -347,7 +353,7 @@ class TrainConfig:
                 "least 2 samples per training micro-batch; use optim.batch_size >= 2 (optim.effective_batch for "
                 "larger steps) or model.head 'linear'"
             )
-        if self.data.val_split == 0 and self.run.select == "best":
+        if self.data.val_split == 0 and self.run.select == "best" and not may_have_val_split(self.data.dataset):
             raise ValueError("run.select 'best' needs a validation split; set data.val_split > 0 or run.select 'last'")
         given = self.model.kwargs.get("num_frames")
         frames = self.data.video.num_frames

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..data import ImageDecodeError, build_image_transform, load_rgb
+from ..data.files import read_class_names as read_text_class_names
 from ..data.video import VIDEO_DATASETS, VideoClipDataset, VideoDecodeError, VideoEntry, aggregate_views
 from ..factory import BackboneSource
 from ..precision import resolve_precision
@@ -40,16 +41,19 @@ DEFAULT_VIDEO_KIND = "videolist"  # the video kind whose sampling defaults apply
 
 def read_class_names(path: str | Path) -> list[str]:
     """Class names from a JSON list, a JSON object with "classes" (e.g. adapter_config.json), or a text file with one
-    name per line."""
+    name per line (:func:`adaptformer.data.files.read_class_names`: at least one, no repeats)."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-        names = data["classes"] if isinstance(data, dict) else data
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: expected a list of class names")
+    if path.suffix != ".json":
+        return read_text_class_names(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e}); expected a list of class names") from e
+    names = data.get("classes") if isinstance(data, dict) else data
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'{path}: expected a JSON list of class names, or an object with a "classes" list')
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: repeated class names; each class needs its own name")
     return names
 
 

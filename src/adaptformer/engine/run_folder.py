@@ -45,6 +45,20 @@ def stale_temporaries(out: Path) -> list[Path]:
     return [tmp for target in targets if target.parent.is_dir() for tmp in leftover_temporaries(target)]
 
 
+def _written_by_a_run(path: Path) -> bool:
+    """Whether ``path`` (named like one of :data:`RUN_FILES`) is what a run writes there, so overwrite may remove it:
+    config.yaml only with the header runs write, folders only holding what runs put in them."""
+    if path.name == CONFIG_FILE:
+        return path.is_file() and run_config_folder(path) is not None
+    if path.name == ADAPTER_DIR:
+        allowed = {WEIGHTS_NAME, CONFIG_NAME}
+        stale = set(stale_temporaries(path.parent))
+        return path.is_dir() and all(p.name in allowed or p in stale for p in path.iterdir())
+    if path.name == TENSORBOARD_DIR:
+        return path.is_dir() and all(p.is_file() and p.name.startswith("events.out.tfevents") for p in path.iterdir())
+    return path.is_file()
+
+
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
     """Whether a run may start in ``out``; reads only. Returns the earlier run's files that ``overwrite`` removes
     (:func:`prepare_run_folder` does), and raises :class:`RunFolderError` for a folder the run may not start in."""
@@ -52,22 +66,31 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
         return []
     if not out.is_dir():
         raise RunFolderError(f"--run.output_dir {out} is a file, not a folder")
-    owned = [out / name for name in RUN_FILES if (out / name).exists()]
+    named = [out / name for name in RUN_FILES if (out / name).exists()]
+    foreign = [p for p in named if not _written_by_a_run(p)]
+    owned = [p for p in named if p not in foreign]
     if overwrite:
+        if foreign:
+            raise RunFolderError(
+                f"--run.overwrite true: {out} holds {_names(foreign)}, named like a run's files but not written by a "
+                "run (a config.yaml without the run header, or a folder with other files in it); move them away or "
+                "choose another --run.output_dir"
+            )
         return owned
+    temporaries = set(stale_temporaries(out))
+    present = sorted(p for p in out.iterdir() if p not in temporaries)
     if resume:
         if (out / STATE_FILE).is_file():
             return []
-        earlier = [p for p in owned if p.name != CONFIG_FILE]  # config.yaml alone: a run stopped before its 1st save
+        # config.yaml alone: a run stopped before its first save starts from the beginning
+        earlier = [p for p in present if not (p.name == CONFIG_FILE and p in owned)]
         if earlier:
             raise RunFolderError(
-                f"--run.resume true: {out} has no {STATE_FILE} to continue from, but holds files of an earlier run "
-                f"({_names(earlier)}); start again there with --run.overwrite true (removes them), or choose another "
+                f"--run.resume true: {out} has no {STATE_FILE} to continue from, but holds {_names(earlier[:10])}; "
+                "start again there with --run.overwrite true (removes an earlier run's files), or choose another "
                 "--run.output_dir"
             )
         return []
-    temporaries = set(stale_temporaries(out))
-    present = sorted(p for p in out.iterdir() if p not in temporaries)
     if present:
         removes = f"removes {_names(owned)}" if owned else "none of these files is a run's: nothing is removed"
         raise RunFolderError(

@@ -7,7 +7,7 @@
 - :mod:`.demo`: :func:`run_demo`, three methods on the digits task.
 
 The library never imports this package (only the command line does, inside its ``study`` and ``demo`` commands).
-The plot needs matplotlib, the optional ``demo`` extra: ``pip install 'adaptformer[demo]'``.
+The plot uses matplotlib (a dependency of the package; a broken install gets :data:`.report.INSTALL_HINT`).
 """
 
 from .demo import DEMO_METHODS, run_demo

@@ -1,4 +1,4 @@
-"""Image dataset kinds selectable by name (``adaptformer train --dataset KIND``), read from local files in their
+"""Image dataset kinds selectable by name (``adaptformer train --data.dataset KIND``), read from local files in their
 standard layouts; nothing is ever downloaded.
 
 Kinds (see ``IMAGE_DATASETS``): ``cifar100`` / ``cifar10`` (the python pickle release), ``svhn`` (cropped digits,

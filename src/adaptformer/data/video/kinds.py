@@ -1,4 +1,4 @@
-"""Video dataset kinds selectable by name (``adaptformer train --dataset KIND``), as ``IMAGE_DATASETS`` is for images.
+"""Video dataset kinds selectable by name (``adaptformer train --data.dataset KIND``), like ``IMAGE_DATASETS``.
 
 Kinds (see ``VIDEO_DATASETS``):
 
