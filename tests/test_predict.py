@@ -190,3 +190,15 @@ def test_class_names_file_is_read_or_named_in_an_error(tmp_path, name: str, text
         with pytest.raises(ValueError, match=expected) as error:
             read_class_names(path)
         assert str(path) in str(error.value)
+
+
+def test_a_video_adapter_refuses_a_still_image(video_setup: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    model, _ = load_trained_model(video_setup["adapter"])
+    still = tmp_path / "still.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(still)
+    video = next((video_setup["data"] / "test" / "left").iterdir())
+    results = predict_files(model, [still, video], top_k=1)
+    assert "a single frame (a still image?)" in results[0].error and str(still) in results[0].error
+    assert results[1].error is None

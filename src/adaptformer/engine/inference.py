@@ -20,7 +20,14 @@ import torch.nn as nn
 
 from ..data import ImageDecodeError, build_image_transform, load_rgb
 from ..data.files import read_class_names as read_text_class_names
-from ..data.video import VIDEO_DATASETS, VideoClipDataset, VideoDecodeError, VideoEntry, aggregate_views
+from ..data.video import (
+    VIDEO_DATASETS,
+    VideoClipDataset,
+    VideoDecodeError,
+    VideoEntry,
+    aggregate_views,
+    probe_video,
+)
 from ..factory import BackboneSource
 from ..precision import resolve_precision
 from ..preprocessing import Preprocessing
@@ -167,7 +174,13 @@ def _view_reader(
     sampler, clip_transform, views = video_pipeline(model, video or video_settings(None), "test")
     dataset = VideoClipDataset([VideoEntry(Path(p), 0) for p in paths], sampler, clip_transform, "test", views)
     n = dataset.views_per_video
-    return lambda i: torch.stack([clip for clip, _, _ in dataset.__getitems__(range(i * n, (i + 1) * n))])
+
+    def read(i: int) -> torch.Tensor:
+        if probe_video(paths[i]).num_frames < 2:  # PyAV opens a still image as a one-frame "video"
+            raise VideoDecodeError(paths[i], "a single frame (a still image?); this adapter classifies video files")
+        return torch.stack([clip for clip, _, _ in dataset.__getitems__(range(i * n, (i + 1) * n))])  # (V, C, T, H, W)
+
+    return read
 
 
 @torch.no_grad()
