@@ -219,8 +219,8 @@ def resolve_test_split(spec: DataSpec) -> str:
     val = split_location(entry, spec.root, "val")
     if val is None:
         return "test"  # loading it raises the error that shows the expected layout
-    logger.info("%s: %s has no test split; %s is the held-out test split (model selection: --data.val_split of "
-                "train)", spec.kind, spec.root, val)  # fmt: skip
+    logger.info("%s: %s has no test split; %s is the held-out test split (when training, model selection uses "
+                "--data.val_split of train)", spec.kind, spec.root, val)  # fmt: skip
     return "val"
 
 
