@@ -29,16 +29,17 @@ def _kwargs_value(text: str) -> dict[str, Any]:
     return value
 
 
-def at_least(low: int) -> Any:
-    """An argparse type: an int >= ``low``."""
+def at_least(low: int, what: str | None = None) -> Any:
+    """An argparse type: an int >= ``low`` (``what`` names it in the error, default "an integer >= low")."""
+    what = what or f"an integer >= {low}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
     return parse
@@ -140,16 +141,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     recorded = "(default: as recorded in the adapter's adapter_config.json)"
     parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
@@ -196,7 +187,7 @@ def add_adapter_commands(sub: Any) -> None:
     _add_adapter_arguments(predict)
     predict.add_argument("--class-names", default=None, help="class names file (default: the adapter's)")
     predict.add_argument(
-        "--top-k", type=_positive_int, default=None,
+        "--top-k", type=at_least(1, "a positive integer"), default=None,
         help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note)",
     )  # fmt: skip
     predict.add_argument(

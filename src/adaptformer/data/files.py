@@ -11,6 +11,7 @@ one line naming the file instead of the traceback.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ import numpy as np
 __all__ = [
     "DatasetFileError",
     "check_label_range",
+    "file_error_fields",
     "parse_file_error",
     "read_class_names",
     "read_json",
@@ -131,3 +133,14 @@ def parse_file_error(text: str, what: str) -> tuple[str, str] | None:
     ``": "`` is cut at its first one)."""
     found = re.findall(rf"{re.escape(what)} (.+?): (.*)", text)
     return found[-1] if found else None
+
+
+def file_error_fields(path: str | os.PathLike[str], reason: str | None, what: str, error: str) -> tuple[Path, str]:
+    """The ``(path, reason)`` of a file error ``error`` whose message is ``"<what> PATH: REASON"``: as given, or, with
+    ``reason`` None, read back from a text holding that message (the one-argument form torch's DataLoader uses)."""
+    if reason is None:
+        found = parse_file_error(str(path), what)
+        if found is None:
+            raise ValueError(f"{error} needs (path, reason) or a text with its message, got {path!r}")
+        path, reason = found
+    return Path(path), reason

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from adaptformer.data.files import parse_file_error
+from adaptformer.data.files import file_error_fields
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,8 @@ class ImageDecodeError(OSError):
     """
 
     def __init__(self, path: str | Path, reason: str | None = None) -> None:
-        if reason is None:
-            found = parse_file_error(str(path), _IMAGE_ERROR)
-            if found is None:
-                raise ValueError(f"ImageDecodeError needs (path, reason) or a text with its message, got {path!r}")
-            path, reason = found
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{_IMAGE_ERROR} {self.path}: {reason}")
+        self.path, self.reason = file_error_fields(path, reason, _IMAGE_ERROR, "ImageDecodeError")
+        super().__init__(f"{_IMAGE_ERROR} {self.path}: {self.reason}")
 
     def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[Path, str]]:
         return type(self), (self.path, self.reason)

@@ -29,7 +29,7 @@ import av
 import numpy as np
 import torch
 
-from adaptformer.data.files import parse_file_error
+from adaptformer.data.files import file_error_fields
 
 __all__ = [
     "DecodedClip",
@@ -61,14 +61,8 @@ class VideoDecodeError(RuntimeError):
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
-        if reason is None:
-            found = parse_file_error(str(path), _MESSAGE)
-            if found is None:
-                raise ValueError(f"VideoDecodeError needs (path, reason) or a text with its message, got {path!r}")
-            path, reason = found
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{_MESSAGE} {self.path}: {reason}")
+        self.path, self.reason = file_error_fields(path, reason, _MESSAGE, "VideoDecodeError")
+        super().__init__(f"{_MESSAGE} {self.path}: {self.reason}")
 
     def __reduce__(self) -> tuple[type[VideoDecodeError], tuple[Path, str]]:
         return type(self), (self.path, self.reason)
