@@ -13,28 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import save_file
 from tests.conftest import VIT, changed
-from tests.test_engine import TINY, tiny_config
+from tests.test_engine import TINY, tiny_backbone_file, tiny_config
 
 import adaptformer.train
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig, load_training_state
 from adaptformer.engine.records import MetricsLog
 from adaptformer.engine.run_folder import CONFIG_HEADER, RunFolderError, check_run_folder
-from adaptformer.factory import build_backbone
 from adaptformer.saving import atomic_write_bytes
 from adaptformer.train import TrainResult, train
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
-    torch.manual_seed(0)
-    save_file(build_backbone(VIT, 10, **TINY).state_dict(), str(path))
-    return path
+    return tiny_backbone_file(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
