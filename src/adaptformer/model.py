@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .heads import HEADS, classifier_paths, set_head
@@ -177,6 +178,21 @@ def task_state_dict(model: nn.Module) -> dict[str, Any]:
         for name, module in modules:
             state.update(module.state_dict(prefix=f"{name}."))
     return state
+
+
+def task_tensor_mismatch(tensors: dict[str, Any], own: dict[str, torch.Tensor]) -> str | None:
+    """What differs between saved task ``tensors`` and the model's ``own`` (:func:`task_state_dict`): the exact key
+    set, then every value's shape; None when they fit. Callers raise it as their file's error."""
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        return f"missing keys {missing[:20]}, unexpected keys {unexpected[:20]}"
+    wrong = [
+        f"{k}: file {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
+        f"vs model {tuple(own[k].shape)}"
+        for k, v in tensors.items()
+        if not isinstance(v, torch.Tensor) or v.shape != own[k].shape
+    ]
+    return f"shape mismatch: {'; '.join(wrong[:20])}" if wrong else None
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -32,7 +32,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .factory import BackboneSource, build_backbone, get_source
-from .model import ModelSpec, apply_method, get_spec, task_state_dict
+from .model import ModelSpec, apply_method, get_spec, task_state_dict, task_tensor_mismatch
 from .preprocessing import Preprocessing
 from .validation import check_types, from_mapping
 
@@ -325,7 +325,9 @@ def load_adapter(
                 f"(fingerprint {actual_fp} != {expected_fp}); load the same pre-trained checkpoint (recorded: "
                 f"{info.source}), or pass allow_backbone_mismatch=True"
             )
-    _check_task_tensors(tensors, task_state_dict(adapted), directory / WEIGHTS_NAME)
+    problem = task_tensor_mismatch(tensors, task_state_dict(adapted))
+    if problem:
+        raise AdapterFileError(f"{directory / WEIGHTS_NAME}: {problem}")
     if current is None:
         apply_method(model, spec)  # as on the copy, which showed that it works and that the tensors fit
     model.load_state_dict(tensors, strict=False)
@@ -360,20 +362,6 @@ def _applied_to_a_copy(model: nn.Module, spec: ModelSpec) -> nn.Module:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def _check_task_tensors(tensors: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path) -> None:
-    """The exact key set and every shape of the model's task tensors, or an AdapterFileError listing what differs."""
-    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise AdapterFileError(f"{path}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in tensors.items()
-        if v.shape != own[k].shape
-    ]
-    if wrong:
-        raise AdapterFileError(f"{path}: shape mismatch: {'; '.join(wrong[:20])}")
 
 
 def create_model_from_adapter(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..model import task_state_dict
+from ..model import task_state_dict, task_tensor_mismatch
 from ..pretrained import first_line
 from ..saving import atomic_write_bytes
 
@@ -95,16 +95,7 @@ def _is(value: Any, types: type | tuple[type, ...]) -> bool:
 
 def load_task_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
     """Put saved task tensors back into ``model``; the key sets must match exactly (listed if they do not)."""
-    own = task_state_dict(model)
-    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise TrainingStateError(f"{source}: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
-    wrong = [
-        f"{k}: file {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__} "
-        f"vs model {tuple(own[k].shape)}"
-        for k, v in tensors.items()
-        if not isinstance(v, torch.Tensor) or v.shape != own[k].shape
-    ]
-    if wrong:
-        raise TrainingStateError(f"{source}: shape mismatch: {'; '.join(wrong[:20])}")
+    problem = task_tensor_mismatch(tensors, task_state_dict(model))
+    if problem:
+        raise TrainingStateError(f"{source}: {problem}")
     model.load_state_dict(tensors, strict=False)
