@@ -34,15 +34,24 @@ def from_mapping(cls: type[T], data: Any, what: str | None = None) -> T:
     return cls(**data)
 
 
+def is_of_type(value: Any, types: type | tuple[type, ...]) -> bool:
+    """``isinstance``, except that a bool is no int (JSON's ``true`` is no count) unless bool is allowed."""
+    allowed = types if isinstance(types, tuple) else (types,)
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def type_names(types: type | tuple[type, ...]) -> str:
+    """``int or null``: the allowed types as an error message names them."""
+    allowed = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+
+
 def check_types(obj: Any, types: Mapping[str, type | tuple[type, ...]]) -> None:
-    """ValueError naming the first field of ``obj`` whose value is not of its type in ``types`` (bool is not an int:
-    JSON's ``true`` is no count)."""
+    """ValueError naming the first field of ``obj`` whose value is not of its type in ``types`` (:func:`is_of_type`)."""
     for name, expected in types.items():
         value = getattr(obj, name)
-        allowed = expected if isinstance(expected, tuple) else (expected,)
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ValueError(f"{name} must be {names}, got {type(value).__name__} {value!r}")
+        if not is_of_type(value, expected):
+            raise ValueError(f"{name} must be {type_names(expected)}, got {type(value).__name__} {value!r}")
 
 
 def to_plain(obj: Any) -> Any:

@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..model import task_state_dict, task_tensor_mismatch
 from ..pretrained import first_line
 from ..saving import atomic_write_bytes
+from ..validation import is_of_type, type_names
 
 logger = logging.getLogger(__name__)
 
@@ -71,26 +72,15 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     if state.get("format_version") != FORMAT_VERSION:
         raise TrainingStateError(f"{path}: format_version {state.get('format_version')!r}, this library reads 1")
     missing = sorted(set(STATE_TYPES) - set(state))
-    wrong = [f"{k} ({type(state[k]).__name__})" for k, t in STATE_TYPES.items() if k in state and not _is(state[k], t)]
+    present = {k: t for k, t in STATE_TYPES.items() if k in state}
+    wrong = [f"{k} ({type(state[k]).__name__})" for k, t in present.items() if not is_of_type(state[k], t)]
     if missing or wrong:
         found = ", ".join(
             [*([f"missing entries {missing}"] if missing else []), *([f"wrong types: {wrong}"] if wrong else [])]
         )
-        expected = ", ".join(f"{k}: {' or '.join(_name(x) for x in _tuple(t))}" for k, t in STATE_TYPES.items())
+        expected = ", ".join(f"{k}: {type_names(t)}" for k, t in STATE_TYPES.items())
         raise TrainingStateError(f"{path}: {found}; expected {expected}")
     return state
-
-
-def _name(cls: type) -> str:
-    return "None" if cls is type(None) else cls.__name__
-
-
-def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
-
-
-def _is(value: Any, types: type | tuple[type, ...]) -> bool:
-    return isinstance(value, _tuple(types)) and not (isinstance(value, bool) and bool not in _tuple(types))
 
 
 def load_task_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
