@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import VIT, changed
 from tests.test_engine import TINY, tiny_backbone_file, tiny_config
 
-import adaptformer.train
+import adaptformer.engine.curves
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig, load_training_state
 from adaptformer.engine.records import MetricsLog
@@ -235,13 +235,13 @@ def test_resumed_run_numbers_epochs_from_1_reports_progress_and_plots_every_epoc
     cfg = tiny_config(tmp_path, backbone, epochs=2, stop_after_steps=3, log_every=1, eval_batch_size=8)  # 2 steps/ep
     assert train(cfg).stopped_early  # mid epoch 2: epoch 1's record is in metrics.jsonl
     plotted: list[list[dict]] = []
-    plot = adaptformer.train.plot_curves
+    plot = adaptformer.engine.curves.plot_curves
 
     def spy(records: list[dict], *args: object) -> Path:
         plotted.append(records)
         return plot(records, *args)
 
-    monkeypatch.setattr(adaptformer.train, "plot_curves", spy)
+    monkeypatch.setattr(adaptformer.engine.curves, "plot_curves", spy)
     caplog.set_level(logging.INFO)
     result = train(changed(cfg, resume=True, stop_after_steps=None))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

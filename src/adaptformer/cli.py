@@ -69,16 +69,14 @@ def _cmd_params(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.config_parser import parse_cli
-    from .factory import TIMM_PRETRAINED
+    from .factory import require_checkpoint
     from .model import parameter_report
     from .train import build_model
 
     # the model `train` would build from the same flags, recipes and files (the dataset does not matter here); shapes
     # only: counting needs no weights, so no checkpoint is read and nothing is allocated
     cfg = parse_cli(["--data.dataset", "synthetic", *args.flags], _config_layers(args))
-    checkpoint = cfg.model.checkpoint
-    if checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).exists():
-        raise FileNotFoundError(f"--model.checkpoint {checkpoint}: no such file or folder (the backbone's weights)")
+    require_checkpoint(cfg.model.checkpoint)
     cfg = replace(cfg, model=replace(cfg.model, checkpoint=None))
     with torch.device("meta"):
         model = build_model(cfg, args.num_classes)

@@ -28,6 +28,18 @@ TIMM_PRETRAINED = "timm"
 SOURCE_ATTR = "adaptformer_source"
 
 
+def missing_checkpoint(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` names a local file or folder (not None, not ``"timm"``) that does not exist."""
+    return checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).exists()
+
+
+def require_checkpoint(checkpoint: str | None) -> None:
+    """FileNotFoundError naming ``--model.checkpoint`` when :func:`missing_checkpoint`: checked before anything else
+    is read or built."""
+    if missing_checkpoint(checkpoint):
+        raise FileNotFoundError(f"--model.checkpoint {checkpoint}: no such file or folder (the backbone's weights)")
+
+
 @dataclass(frozen=True)
 class BackboneSource:
     """How a backbone was built: enough to build the same frozen weights again.

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .factory import BackboneSource, build_backbone, get_source
+from .factory import BackboneSource, build_backbone, get_source, missing_checkpoint
 from .model import ModelSpec, apply_method, get_spec, task_state_dict, task_tensor_mismatch
 from .preprocessing import Preprocessing
 from .validation import check_types, from_mapping
@@ -385,7 +385,7 @@ def create_model_from_adapter(
             "recorded (an adaptformer 0.1 folder?); give the seed the run used (its config.yaml: seed), e.g. "
             "--init-seed N"
         )
-    elif checkpoint not in (None, "timm") and not Path(checkpoint).exists():
+    elif missing_checkpoint(checkpoint):
         raise FileNotFoundError(
             f"{directory}: the adapter's backbone checkpoint {checkpoint} does not exist; pass --checkpoint PATH "
             "(the same weights)"

@@ -50,7 +50,7 @@ from .engine.checkpointing import (
     save_training_state,
 )
 from .engine.config import TrainConfig
-from .engine.curves import CURVES_FILE, plot_curves
+from .engine.curves import draw_run_curves
 from .engine.data import TrainBatchSampler, eval_loader, read_undrawn, resolve_num_workers, train_loader
 from .engine.datasets import DataSpec, check_same_classes, given_val_split, load_split
 from .engine.distributed import (
@@ -69,7 +69,7 @@ from .engine.records import TEST_FILE, MetricsLog, write_json
 from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .engine.run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
 from .engine.schedule import WarmupCosine
-from .factory import TIMM_PRETRAINED, create_model
+from .factory import create_model, require_checkpoint
 from .methods import method_of
 from .model import parameter_report, task_state_dict
 from .precision import resolve_precision
@@ -150,9 +150,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     # The inputs first, cheapest first: the output folder is written only once they all check out.
     out = Path(cfg.run.output_dir)
     state_path = out / STATE_FILE
-    checkpoint = cfg.model.checkpoint
-    if checkpoint not in (None, TIMM_PRETRAINED) and not Path(checkpoint).exists():
-        raise FileNotFoundError(f"--model.checkpoint {checkpoint}: no such file or folder (the backbone's weights)")
+    require_checkpoint(cfg.model.checkpoint)
     earlier = check_run_folder(out, cfg.run.resume, cfg.run.overwrite)
     resume_state = _read_resume_state(cfg, state_path)
     seed_everything(cfg.run.seed)
@@ -296,7 +294,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         metrics.close()
     best_epoch = None if pos.best_epoch is None else pos.best_epoch + 1  # as the user reads it
     if ctx.is_main:
-        _draw_curves(cfg, metrics.read(), out)
+        draw_run_curves(cfg, metrics.read(), out)
     if stopped:
         return TrainResult(out, None, best_epoch, pos.best_val_acc1, True, ctx.is_main)
 
@@ -315,14 +313,6 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)
     return TrainResult(out, report, best_epoch, pos.best_val_acc1, False, ctx.is_main)
-
-
-def _draw_curves(cfg: TrainConfig, records: list[dict[str, Any]], out: Path) -> None:
-    if not records:
-        logger.info("no epoch finished yet: no %s", CURVES_FILE)
-        return
-    title = f"{out}: {cfg.model.backbone}, {cfg.model.method_name}, {cfg.data.dataset} (seed {cfg.run.seed})"
-    logger.info("training curves: %s", plot_curves(records, out / CURVES_FILE, title))
 
 
 def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | None:

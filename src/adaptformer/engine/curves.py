@@ -7,11 +7,15 @@ resume included) with matplotlib's object-oriented API: no pyplot, no global bac
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..saving import atomic_write_bytes
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 CURVES_FILE = "curves.png"
 
@@ -53,4 +57,16 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def draw_run_curves(cfg: TrainConfig, records: Sequence[dict[str, Any]], out: Path) -> Path | None:
+    """``out/curves.png`` of the run ``cfg`` from its metrics records, titled by what the run trained; None (logged)
+    before the first epoch has finished."""
+    if not records:
+        logger.info("no epoch finished yet: no %s", CURVES_FILE)
+        return None
+    title = f"{out}: {cfg.model.backbone}, {cfg.model.method_name}, {cfg.data.dataset} (seed {cfg.run.seed})"
+    path = plot_curves(records, out / CURVES_FILE, title)
+    logger.info("training curves: %s", path)
     return path
