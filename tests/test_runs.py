@@ -18,6 +18,7 @@ from tests.conftest import VIT, changed
 from tests.test_engine import TINY, tiny_backbone_file, tiny_config
 
 import adaptformer.engine.curves
+import adaptformer.train
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig, load_training_state
 from adaptformer.engine.records import MetricsLog
