@@ -111,10 +111,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import yaml
 
     from .data.export import export_dataset
+    from .validation import check_free_form
 
     options = yaml.safe_load(args.options) if args.options else {}
     if not isinstance(options, dict):
         raise ValueError(f"--options must be a YAML mapping such as '{{num_samples: 256}}', got {args.options!r}")
+    check_free_form("--options", options)  # {num_samples:8}: YAML's missing space after ':'
     print(json.dumps(export_dataset(args.release, args.out, options, num_frames=args.num_frames)))
     return 0
 

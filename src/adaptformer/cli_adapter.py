@@ -19,8 +19,9 @@ from .saving import AdapterInfo
 from .validation import check_free_form
 
 
-def _kwargs_value(text: str) -> dict[str, Any]:
-    """``--model-kwargs``: a YAML/JSON mapping (keys checked: ``{img_size:32}`` lacks YAML's space after ':')."""
+def yaml_mapping(text: str) -> dict[str, Any]:
+    """An argparse type (``--model-kwargs``, ``prepare --options``): a YAML/JSON mapping (keys checked:
+    ``{img_size:32}`` lacks YAML's space after ':')."""
     try:
         value = yaml.safe_load(text)
         check_free_form("the mapping", value)
@@ -149,7 +150,7 @@ def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout of --checkpoint {recorded}"
     )
     parser.add_argument(
-        "--model-kwargs", type=_kwargs_value, default=None,
+        "--model-kwargs", type=yaml_mapping, default=None,
         help=f"timm kwargs, e.g. '{{img_size: 32}}' (YAML: a space after ':') {recorded}",
     )  # fmt: skip
     parser.add_argument(
