@@ -1,58 +1,82 @@
 """Backbone families: which transformer blocks a model is built of, in forward order, with their stage index.
 
-Methods attach to blocks found here. A family is one :class:`BlockFamily` entry: the timm block class, a function
-that lists a model's blocks as ``(stage, block)`` pairs (stage 0 for an isotropic ViT, one stage per resolution for a
-hierarchical Swin), and how wide a block's feature-forward input is. Adding a family is one entry in ``FAMILIES``
-plus, for each method that supports it, the adapted block class of that method.
+Methods attach to blocks found here. A family is one :class:`BlockFamily` entry in ``FAMILIES``: a name and the block
+class of the library that defines it. Its blocks are the modules of exactly that class, in registration order (the
+forward order of every supported model); a block's stage counts how often the block width changed before it (0 for an
+isotropic ViT, one stage per resolution for a hierarchical Swin). A method that supports the family adds its own
+adapted block class for it (e.g. :data:`adaptformer.methods.adaptformer_blocks.ADAPTED_BLOCKS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch.nn as nn
-from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage
+from timm.models.beit import Block as BeitBlock
+from timm.models.eva import EvaBlock
+from timm.models.swin_transformer import SwinTransformerBlock
 from timm.models.vision_transformer import Block
+from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
+from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
 from .errors import UnsupportedModelError
 
 
-def _vit_blocks(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
-    for module in model.modules():
-        if isinstance(module, Block):
-            yield 0, module
-
-
-def _swin_blocks(model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
-    stages = [m for m in model.modules() if isinstance(m, SwinTransformerStage)]
-    for stage, layer in enumerate(stages):
-        for module in layer.modules():
-            if isinstance(module, SwinTransformerBlock):
-                yield stage, module
+def block_width(block: nn.Module) -> int:
+    """The channel count a block's feed-forward branch reads (and an adapter beside it): the input width of the
+    first Linear of its ``mlp`` (``fc1`` of timm's Mlp, ``fc1_g`` of its SwiGLU, ``mlp[0]`` of torchvision's MLP)."""
+    first = next((m for m in block.mlp.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise UnsupportedModelError(f"{type(block).__name__}.mlp has no Linear layer to read the block width from")
+    return first.in_features
 
 
 @dataclass(frozen=True)
 class BlockFamily:
-    """How to find a family's blocks (in forward order, with their stage index)."""
+    """A kind of transformer block that methods can attach to.
+
+    Args:
+        name: the family's short name ("vit", "swin", "eva", ...), what methods key their adapted blocks by.
+        block_type: the library's block class; only modules of exactly this class are the family's blocks (a subclass
+            computes something else: torchvision's Swin V2 block subclasses the V1 block).
+        origin: where the class comes from, for listings ("timm ViT, DeiT, MAE, VideoMAE", ...).
+    """
 
     name: str
     block_type: type[nn.Module]
-    blocks: Callable[[nn.Module], Iterator[tuple[int, nn.Module]]]
+    origin: str = ""
 
-    def width(self, block: nn.Module) -> int:
-        """The channel count the block's MLP reads (and an adapter beside it)."""
-        return block.mlp.fc1.in_features
+    def is_block(self, module: nn.Module) -> bool:
+        """Whether ``module`` is a plain block of this family, or one a method already adapted (a subclass that some
+        method made it by swapping its class; those live in ``adaptformer.methods``)."""
+        cls = type(module)
+        return cls is self.block_type or (
+            issubclass(cls, self.block_type) and cls.__module__.startswith("adaptformer.")
+        )
+
+    def blocks(self, model: nn.Module) -> list[tuple[int, nn.Module]]:
+        """``model``'s blocks of this family in forward order, as ``(stage, block)`` pairs."""
+        found, stage, width = [], -1, None
+        for module in model.modules():
+            if self.is_block(module):
+                if block_width(module) != width:
+                    stage, width = stage + 1, block_width(module)
+                found.append((stage, module))
+        return found
 
 
 FAMILIES: tuple[BlockFamily, ...] = (
-    BlockFamily("vit", Block, _vit_blocks),
-    BlockFamily("swin", SwinTransformerBlock, _swin_blocks),
+    BlockFamily("vit", Block, "timm ViT/DeiT/MAE, adaptformer's VideoMAE video ViT"),
+    BlockFamily("swin", SwinTransformerBlock, "timm Swin"),
+    BlockFamily("eva", EvaBlock, "timm EVA, EVA-02, RoPE ViTs"),
+    BlockFamily("beit", BeitBlock, "timm BEiT"),
+    BlockFamily("tv_vit", TorchvisionViTBlock, "torchvision ViT"),
+    BlockFamily("tv_swin", TorchvisionSwinBlock, "torchvision Swin, Swin3D (Video Swin)"),
 )
 
 
 def qualified_name(cls: type) -> str:
-    """``module.Class``: timm has several classes named ``Block`` (ViT's, BEiT's, ...), and only one is supported."""
+    """``module.Class``: timm has several classes named ``Block`` (ViT's, BEiT's, ...), so the module says which."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
@@ -61,7 +85,7 @@ def find_family(model: nn.Module, supported: tuple[str, ...] | None = None, what
     :class:`UnsupportedModelError` naming its block types and ``what`` could not be attached otherwise."""
     candidates = [f for f in FAMILIES if supported is None or f.name in supported]
     for family in candidates:
-        if any(isinstance(m, family.block_type) for m in model.modules()):
+        if any(family.is_block(m) for m in model.modules()):
             return family
     block_types = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
     found = ", ".join(block_types) if block_types else f"no transformer blocks in {type(model).__name__}"
@@ -76,4 +100,4 @@ def family_blocks(
 ) -> tuple[BlockFamily, list[tuple[int, nn.Module]]]:
     """``model``'s family and its blocks as ``(stage, block)`` pairs in forward order."""
     family = find_family(model, supported, what)
-    return family, list(family.blocks(model))
+    return family, family.blocks(model)

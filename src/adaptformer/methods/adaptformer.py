@@ -10,8 +10,8 @@ exactly the frozen backbone's function at initialisation.
     sequential: h = DropPath(MLP(LN(x')));  x = x' + (h + s * A(h))
 
 The three roles: :class:`AdaptFormerConfig` (what), :func:`attach` (an ``adaptmlp`` module in each chosen block, whose
-class becomes the adapted subclass below; backbone names unchanged, adapters under ``blocks.N.adaptmlp.``, the
-authors' naming) and :func:`adapter_modules` (what trains, found by type).
+class becomes its family's adapted subclass in :mod:`.adaptformer_blocks`; backbone names unchanged, adapters under
+``blocks.N.adaptmlp.``, the authors' naming) and :func:`adapter_modules` (what trains, found by type).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from timm.models.swin_transformer import SwinTransformerBlock
-from timm.models.vision_transformer import Block
 
 from ..errors import UnsupportedModelError
-from ..families import family_blocks
+from ..families import block_width, family_blocks
 from ..validation import check_choice
+from .adaptformer_blocks import ADAPTED_BLOCKS, AdaptedSwinBlock, AdaptedViTBlock
 from .registry import Method, MethodConfig
 
 SCALE_LEARNABLE = "learnable"
@@ -136,6 +135,9 @@ def _fraction(text: str) -> float:
         ) from None
 
 
+__all__ = ["AdaptFormerConfig", "AdaptMLP", "AdaptedSwinBlock", "AdaptedViTBlock", "adapter_modules", "attach"]
+
+
 class AdaptMLP(nn.Module):
     """The AdaptFormer bottleneck: ``s * up(dropout(relu(down(x))))``, with optional LayerNorm in or out.
 
@@ -191,35 +193,6 @@ class AdaptMLP(nn.Module):
         return f"form={self.form}, input={self.input}, scale={scale}"
 
 
-class AdaptedViTBlock(Block):
-    """timm ``vision_transformer.Block`` with an AdaptMLP beside its MLP (``self.adaptmlp``)."""
-
-    adaptmlp: AdaptMLP
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        normed = self.norm2(x)
-        return self.adaptmlp.add(x, normed, self.drop_path2(self.ls2(self.mlp(normed))))
-
-
-class AdaptedSwinBlock(SwinTransformerBlock):
-    """timm ``SwinTransformerBlock`` with an AdaptMLP beside its MLP (``self.adaptmlp``)."""
-
-    adaptmlp: AdaptMLP
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        x = x + self.drop_path1(self._attn(self.norm1(x)))
-        x = x.reshape(B, -1, C)  # (B, H*W, C)
-        normed = self.norm2(x)
-        x = self.adaptmlp.add(x, normed, self.drop_path2(self.mlp(normed)))
-        return x.reshape(B, H, W, C)
-
-
-# backbone family name -> its adapted block class (a subclass of the family's block class)
-ADAPTED_BLOCKS: dict[str, type[nn.Module]] = {"vit": AdaptedViTBlock, "swin": AdaptedSwinBlock}
-
-
 def adapter_modules(model: nn.Module) -> list[nn.Module]:
     """The model's AdaptMLP modules, found by type."""
     return [m for m in model.modules() if isinstance(m, AdaptMLP)]
@@ -248,7 +221,7 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
         stage, block = blocks[index]
         if type(block) is not plain:
             raise UnsupportedModelError(f"block {index} is {type(block).__name__}, a subclass of {plain.__name__}")
-        width = family.width(block)
+        width = block_width(block)
         adapter = AdaptMLP(width, config.bottleneck_for(width, stage), config)
         # Adapters stay fp32 even over a low-precision backbone: they are the trained weights.
         block.add_module("adaptmlp", adapter.to(device=next(block.parameters()).device))
