@@ -89,6 +89,12 @@ def convert_timm(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[
     return dict(state_dict)
 
 
+def convert_torchvision(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """torchvision weight files (``vit_b_16-c867db91.pth``, ``swin3d_b_22k-7c6ae6fa.pth``, ...): the ``tv_*`` models
+    subclass torchvision's and keep its names, so nothing is renamed."""
+    return dict(state_dict)
+
+
 def convert_mae(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """MAE (He et al.) pre-training/fine-tuning checkpoints: encoder keys are timm's; the decoder is dropped.
 
@@ -107,6 +113,7 @@ Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tenso
 # Every checkpoint source by name (``load_pretrained(source=...)``, ``--checkpoint-source``): one pure function each.
 CONVERTERS: dict[str, Converter] = {
     "timm": convert_timm,
+    "torchvision": convert_torchvision,
     "mae": convert_mae,
     "videomae": convert_videomae,
     "hf-videomae": convert_hf_videomae,
