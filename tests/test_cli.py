@@ -202,7 +202,7 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
     assert "1,266,532" in capsys.readouterr().out  # paper: AdaptFormer-64 on CIFAR-100
     assert main(["recipes"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert len(names) == 30 and "svhn_full" in names and "hmdb51_adaptformer64" in names  # 18 image + 12 video rows
+    assert len(names) == 35 and "svhn_full" in names and "hmdb51_swin_adaptformer" in names  # Table 1: 30, Table 7: 5
 
 
 @pytest.mark.parametrize(

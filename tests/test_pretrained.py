@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,8 +148,32 @@ def test_one_converter_table_lists_every_source() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     sources, video_module_sees_table = done.stdout.splitlines()
-    assert sources == str(["hf-videomae", "inflate-image", "mae", "timm", "videomae"])
+    assert sources == str(["hf-videomae", "inflate-image", "mae", "swin", "timm", "torchvision", "videomae"])
     assert video_module_sees_table == "False"
+
+
+def test_microsoft_swin_release_layout_loads_through_timms_converter(tmp_path: Path) -> None:
+    """Microsoft's Swin files downsample at the end of each stage (``layers.0.downsample``, timm: at the start of the
+    next, ``layers.1.downsample``), name the classifier ``head`` (timm: ``head.fc``) and keep the derived
+    ``relative_position_index`` / ``attn_mask`` buffers; ``checkpoint_source="swin"`` reads them exactly."""
+    from tests.conftest import SWIN
+
+    torch.manual_seed(3)
+    timm_model = build_backbone(SWIN, 7, **tiny_kwargs(SWIN)).eval()
+    release = {}
+    for key, value in timm_model.state_dict().items():
+        key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        release[key.replace("head.fc.", "head.")] = value
+    grid = timm_model.layers[0].blocks[0].attn.relative_position_index
+    release["layers.0.blocks.0.attn.relative_position_index"] = grid.clone()  # derived buffers the release kept
+    assert "layers.0.downsample.reduction.weight" in release and "head.weight" in release
+    path = _write(tmp_path / "swin_tiny_release.pth", {"model": release}, "plain")
+    model = build_backbone(SWIN, 7, checkpoint=path, checkpoint_source="swin", keep_head=True, **tiny_kwargs(SWIN))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), timm_model(x))
+    with pytest.raises(CheckpointError, match="layers.0.downsample"):  # read as timm's own layout: refused, named
+        build_backbone(SWIN, 7, checkpoint=path, checkpoint_source="timm", **tiny_kwargs(SWIN))
 
 
 def test_register_converter(tmp_path: Path, source_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:

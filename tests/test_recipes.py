@@ -32,8 +32,9 @@ V01 = json.loads(V01_RECIPES.read_text())
 
 
 def test_every_table1_image_row_has_a_recipe() -> None:
-    assert [n for n in recipe_names() if n.split("_")[0] in DATASETS] == sorted(ALL)  # video rows: test_video_engine
-    assert len(recipe_names()) == 30
+    table1 = recipe_names("Table 1")
+    assert [n for n in table1 if n.split("_")[0] in DATASETS] == sorted(ALL)  # video rows: test_video_engine
+    assert len(table1) == 30
 
 
 @pytest.mark.parametrize("name", sorted(V01))
@@ -82,6 +83,33 @@ def test_recipe_builds_the_paper_parameter_count(name: str, trainable: int) -> N
     with torch.device("meta"):  # shapes only: counts without allocating ViT-B weights
         model = build_model(cfg, DATASETS[cfg.data.dataset])
     assert count_trainable(model) == trainable
+
+
+# Table 7: Swin-B (image), with per-stage dim // 12 = [10, 21, 42, 85] over depths [2, 2, 18, 2]: adapters
+# 2 * (2*128*10 + 10 + 128) + 2 * (2*256*21 + 21 + 256) + 18 * (2*512*42 + 42 + 512) + 2 * (2*1024*85 + 85 + 1024)
+SWIN_B_ADAPTERS = 2 * 2698 + 2 * 11029 + 18 * 43562 + 2 * 175189
+TABLE7_IMAGE = {"cifar100": (100, 91.88), "svhn": (10, 97.31), "food101": (101, 91.86)}
+
+
+def test_table7_adapter_count_is_the_papers() -> None:
+    assert SWIN_B_ADAPTERS == 1_161_948
+    heads = [(1024 + 1) * classes for classes in (100, 10, 101, 174, 51)]  # the five datasets of Tables 1 and 7
+    assert round((SWIN_B_ADAPTERS * 5 + sum(heads)) / 5 / 1e6, 2) == 1.25  # the paper: "1.25M" on average
+
+
+@pytest.mark.parametrize("dataset", TABLE7_IMAGE)
+def test_table7_image_recipes_build_swin_b_with_the_papers_count(dataset: str) -> None:
+    name = f"{dataset}_swin_adaptformer"
+    classes, paper = TABLE7_IMAGE[dataset]
+    cfg = TrainConfig.from_dict(load_recipe(name))
+    assert name in recipe_names("Table 7") and f"paper Table 7 reports {paper:.2f} top-1" in recipe_summary(name)
+    assert cfg.model.backbone == "swin_base_patch4_window7_224.ms_in22k" and cfg.model.method.bottleneck == 1 / 12
+    assert (cfg.optim.optimizer, cfg.optim.effective_batch, cfg.optim.epochs) == ("sgd", 1024, 100)
+    with torch.device("meta"):
+        model = build_model(cfg, classes)
+    assert count_trainable(model) == SWIN_B_ADAPTERS + (1024 + 1) * classes
+    widths = sorted({m.down_proj.out_features for m in model.modules() if type(m).__name__ == "AdaptMLP"})
+    assert widths == [10, 21, 42, 85]
 
 
 def test_recipe_evaluates_at_resize_256_crop_224() -> None:

@@ -95,6 +95,15 @@ def convert_torchvision(state_dict: dict[str, torch.Tensor], model: nn.Module) -
     return dict(state_dict)
 
 
+def convert_swin(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Microsoft's Swin release files (``swin_base_patch4_window7_224_22k.pth``): they downsample at the end of a stage
+    and name the classifier ``head``, timm at the start of the next stage and ``head.fc``; timm's own converter
+    renames them (and resizes relative-position tables saved for another window)."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    return checkpoint_filter_fn(dict(state_dict), model)
+
+
 def convert_mae(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """MAE (He et al.) pre-training/fine-tuning checkpoints: encoder keys are timm's; the decoder is dropped.
 
@@ -114,6 +123,7 @@ Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tenso
 CONVERTERS: dict[str, Converter] = {
     "timm": convert_timm,
     "torchvision": convert_torchvision,
+    "swin": convert_swin,
     "mae": convert_mae,
     "videomae": convert_videomae,
     "hf-videomae": convert_hf_videomae,

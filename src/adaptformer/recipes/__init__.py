@@ -1,10 +1,11 @@
 """The paper's training recipes: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2, HMDB51; each
-x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column.
+x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column, and Table 7 (AdaptFormer on the
+hierarchical Swin-B and Video Swin-B, per-stage bottleneck dim // 12).
 
-They are data, in ``table1.yaml``: each dataset's settings once, each method row once, the few exceptions per
-dataset (full fine-tuning's 0.1x lr on SVHN and Food-101, no adapter dropout for video). A recipe is a partial,
-nested training configuration: a config file and command-line flags override it, and the fields it leaves out keep
-their defaults.
+They are data, one YAML file per paper table (``table1.yaml``, ``table7.yaml``), each in the same form: each
+dataset's settings once, each method row once, the few exceptions per dataset (full fine-tuning's 0.1x lr on SVHN and
+Food-101, no adapter dropout for video). A recipe is a partial, nested training configuration: a config file and
+command-line flags override it, and the fields it leaves out keep their defaults.
 
     recipe_config("cifar100_adaptformer64")     # by name: the merged nested mapping
     load_recipe("my_runs/food_custom.yaml")      # or any YAML file (e.g. a run's config.yaml)
@@ -21,33 +22,36 @@ import yaml
 
 from ..engine.config_data import merge_config, read_yaml_mapping
 
-TABLE = "table1.yaml"
+TABLES = ("table1.yaml", "table7.yaml")
 
 
 @functools.cache
-def _table() -> dict[str, Any]:
-    return yaml.safe_load((resources.files(__name__) / TABLE).read_text())
+def _tables() -> tuple[dict[str, Any], ...]:
+    return tuple(yaml.safe_load((resources.files(__name__) / name).read_text()) for name in TABLES)
 
 
-def recipe_names() -> list[str]:
-    """Names of the shipped recipes (``<dataset>_<row>``), sorted."""
-    table = _table()
-    return sorted(f"{dataset}_{row}" for dataset in table["datasets"] for row in table["rows"])
+def _names(table: dict[str, Any]) -> list[str]:
+    return [f"{dataset}_{row}" for dataset in table["datasets"] for row in table["rows"]]
 
 
-def _split(name: str) -> tuple[str, str]:
-    table = _table()
-    for dataset in table["datasets"]:
-        row = name.removeprefix(f"{dataset}_")
-        if row != name and row in table["rows"]:
-            return dataset, row
+def recipe_names(paper_table: str | None = None) -> list[str]:
+    """Names of the shipped recipes (``<dataset>_<row>``), sorted; only those of ``paper_table`` ("Table 1") if
+    given."""
+    return sorted(n for t in _tables() if paper_table in (None, t["paper_table"]) for n in _names(t))
+
+
+def _split(name: str) -> tuple[dict[str, Any], str, str]:
+    for table in _tables():
+        for dataset in table["datasets"]:
+            row = name.removeprefix(f"{dataset}_")
+            if row != name and row in table["rows"]:
+                return table, dataset, row
     raise ValueError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
 
 
 def recipe_config(name: str) -> dict[str, Any]:
     """The nested configuration of the shipped recipe ``name`` (see ``table1.yaml`` for how it is merged)."""
-    table = _table()
-    dataset_name, row_name = _split(name)
+    table, dataset_name, row_name = _split(name)
     dataset, row = table["datasets"][dataset_name], table["rows"][row_name]
     config: dict[str, Any] = {}
     for layer in (
@@ -63,21 +67,19 @@ def recipe_config(name: str) -> dict[str, Any]:
 
 def recipe_summary(name: str) -> str:
     """What the recipe reproduces, with the paper's number."""
-    table = _table()
-    dataset_name, row_name = _split(name)
+    table, dataset_name, row_name = _split(name)
     dataset = table["datasets"][dataset_name]
     backbone = table["modalities"][dataset["modality"]]["backbone"]
     score = dataset["paper"][row_name]
     row = table["rows"][row_name]["title"]
-    return f"{dataset['title']}, {row}: paper Table 1 reports {score:.2f} top-1 ({backbone})"
+    return f"{dataset['title']}, {row}: paper {table['paper_table']} reports {score:.2f} top-1 ({backbone})"
 
 
 def recipe_text(name: str) -> str:
     """The recipe as a commented YAML file, e.g. to save, edit and pass with ``--config``."""
-    table = _table()
-    dataset_name, _ = _split(name)
+    table, dataset_name, _ = _split(name)
     dataset = table["datasets"][dataset_name]
-    notes = [recipe_summary(name), "Recipe of paper Table 5 (identical for every method but where noted).",
+    notes = [recipe_summary(name), table["settings"],
              table["modalities"][dataset["modality"]]["setup"], dataset.get("setup", "")]  # fmt: skip
     header = "".join(f"# {line}\n" for note in notes if note for line in _wrap(note))
     return header + yaml.safe_dump(recipe_config(name), sort_keys=False)
