@@ -221,3 +221,21 @@ def test_cli_trains_evaluates_and_predicts_with_a_tiny_eva02_on_digits(
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["image"] == str(image) and [t["class"] for t in row["top"]] == [str(t["index"]) for t in row["top"]]
     assert len(row["top"]) == 2
+
+
+@pytest.mark.parametrize("case", ["swin", "eva02", "rope-vit", "beit"])
+def test_speed_auto_in_bf16_applies_what_fits_and_records_it(case: str) -> None:
+    """The block-level speed options (hand-written frozen backward, class-token tail) are for timm ViT blocks; on the
+    other families "auto" leaves them off and says so, while bf16 frozen storage applies and the model trains."""
+    from adaptformer.precision import Precision
+    from adaptformer.speed import SpeedConfig, apply_speed, speed_config
+
+    model = apply_speed(move_trainable(_model(case)), SpeedConfig(), "cpu", "bf16")
+    resolved = speed_config(model)
+    assert (resolved.frozen_dtype, resolved.frozen_backward, resolved.class_token_tail) == ("bf16", "off", "off")
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    with Precision("bf16", "cpu").autocast():
+        logits = model.train()(_inputs(case))
+    F.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)

@@ -105,6 +105,10 @@ def apply_speed(
     attention_modules = set_attention(model, resolved.attention)
     set_class_token_tail(model, resolved.class_token_tail == "on")
     manual = set_frozen_backward(model, resolved.frozen_backward == "on", resolved.attention != "fused")
+    if resolved.frozen_backward == "on" and manual == 0:  # e.g. EVA, BEiT, torchvision blocks, or a linear probe
+        if config is not None and config.frozen_backward == "on":
+            logger.warning("frozen_backward 'on' does not apply: no block of this model has a hand-written backward")
+        resolved = replace(resolved, frozen_backward="off")  # record what runs
     if resolved.grad_checkpointing:
         set_grad_checkpointing(model, True)
     if resolved.compile:
