@@ -3,6 +3,7 @@ baselines (full fine-tuning, linear probe, VPT-deep with 1 and 64 prompts) on on
 
     python benchmarks/bench.py --only image --options   # ViT-B/16 at 224, batch 8; plus each speed option
     python benchmarks/bench.py --only video             # the video ViT-B, 8 frames at 224, batch 8
+    python benchmarks/bench.py --only video-swin        # Video Swin-B (torchvision Swin3D), 8 frames at 224, batch 8
     python benchmarks/bench.py --quick --json r.json --markdown   # tiny models, a few steps (CI)
     python benchmarks/bench.py --only image --skip-suites --groups frozen_backward,attention --precisions bf16
 
@@ -49,7 +50,7 @@ from options import FULL_SIZE_ONLY, GROUPS, run_options
 
 logger = logging.getLogger("bench")
 
-ADAPTFORMER = "adaptformer-64"
+ADAPTFORMER = "adaptformer"  # in TARGETS: the backbone's AdaptFormer case (Backbone.adaptformer)
 FORWARD = "forward"
 FORWARD_ADAPTERS = "forward+adapters"
 TARGETS = (  # (name, numerator, denominator, quantity, limit) on bf16 ViT-B/16, batch 8, this CPU
@@ -64,16 +65,34 @@ def full_backbones(batch: int, video_batch: int) -> list[Backbone]:
     return [
         Backbone("vit_base_patch16_224", (3, 224, 224), batch=batch),
         Backbone("video_vit_base_patch16_224", (3, 8, 224, 224), {"num_frames": 8}, batch=video_batch),
+        Backbone("tv_swin3d_b", (3, 8, 224, 224), {"num_frames": 8}, batch=video_batch, **SWIN_METHODS),
     ]
+
+
+# hierarchical backbones: no VPT (it needs ViT blocks), AdaptFormer with the paper's per-stage dim // 12 (Table 7)
+SWIN_METHODS: dict[str, Any] = {
+    "methods": ("full", "linear", "adaptformer-1/12"),
+    "adaptformer": "adaptformer-1/12",
+    "late_adapters": False,
+}
 
 
 def quick_backbones() -> list[Backbone]:
     image = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
     video = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    swin3d = {"num_frames": 4, "embed_dim": 24, "depths": [1, 1], "num_heads": [1, 2], "window_size": [2, 4, 4]}
     return [
         Backbone("vit_tiny_patch16_224", (3, 32, 32), image, batch=4),
         Backbone("video_vit_small_patch16_224", (3, 4, 32, 32), video, batch=2),
+        Backbone("tv_swin3d_t", (3, 4, 32, 32), swin3d, batch=2, **SWIN_METHODS),
     ]
+
+
+def kind(backbone: Backbone) -> str:
+    """What ``--only`` calls the backbone: image, video (the VideoMAE ViT) or video-swin."""
+    if backbone.name.startswith("tv_swin3d"):
+        return "video-swin"
+    return "video" if backbone.is_video else "image"
 
 
 def video_available() -> str | None:
@@ -88,25 +107,30 @@ def video_available() -> str | None:
 def run_suite(backbone: Backbone, precision: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """All methods and the two forwards of one backbone in one precision, timed interleaved."""
     logger.info("building %s (%s, batch %d)", backbone.name, precision, backbone.batch)
-    late, late_method = late_adapters(backbone.depth)
-    methods = {**METHODS, late: late_method}
+    main = backbone.adaptformer
+    methods = {label: METHODS[label] for label in backbone.methods}
+    late = None
+    if backbone.late_adapters:
+        late, late_method = late_adapters(backbone.depth)
+        methods[late] = late_method
     cases = [training_case(label, backbone, method, precision, device) for label, method in methods.items()]
     cases.append(inference_case(FORWARD, backbone, METHODS["linear"], precision, device))
-    cases.append(inference_case(FORWARD_ADAPTERS, backbone, METHODS[ADAPTFORMER], precision, device))
+    cases.append(inference_case(FORWARD_ADAPTERS, backbone, METHODS[main], precision, device))
     load_before = load_average()
     rounds, warmup = (args.video_rounds, min(args.warmup, 1)) if backbone.is_video else (args.rounds, args.warmup)
     time_interleaved(cases, rounds, warmup)
     results = summarize(cases, backbone.batch, memory=not args.no_memory)
     by_name = {c.name: c for c in cases}
-    pairs = [(ADAPTFORMER, "full"), (ADAPTFORMER, FORWARD), (FORWARD_ADAPTERS, FORWARD)]
-    pairs += [(m, "full") for m in methods if m not in ("full", ADAPTFORMER)] + [(late, FORWARD)]
+    pairs = [(main, "full"), (main, FORWARD), (FORWARD_ADAPTERS, FORWARD)]
+    pairs += [(m, "full") for m in methods if m not in ("full", main)] + ([(late, FORWARD)] if late else [])
     return {
         "backbone": backbone.name,
         "kwargs": backbone.kwargs,
         "batch": backbone.batch,
         "input_shape": [backbone.batch, *backbone.sample_shape],
         "precision": precision,
-        "speed": by_name[ADAPTFORMER].info["speed"],
+        "adaptformer": main,
+        "speed": by_name[main].info["speed"],
         "rounds": rounds,
         "warmup": warmup,
         "load_average": {"before": load_before, "after": load_average()},
@@ -148,6 +172,7 @@ def merge_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
 def check_targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, a, b, quantity, limit in TARGETS:
+        a = suite["adaptformer"] if a == ADAPTFORMER else a
         ratio = suite["ratios"].get(f"{a}/{b}", {})
         value = ratio.get(quantity)
         row = {"target": name, "value": value, "limit": limit, "met": value is not None and value <= limit}
@@ -245,7 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated autocast precisions to measure")
     p.add_argument("--batch", type=int, default=8, help="image batch size")
     p.add_argument("--video-batch", type=int, default=8, help="video batch size (clips of 8 frames)")
-    p.add_argument("--only", choices=("image", "video"), help="measure only the image or only the video backbone")
+    p.add_argument(
+        "--only", choices=("image", "video", "video-swin"), help="measure only the image, video ViT or Video Swin"
+    )
     p.add_argument("--rounds", type=int, default=None, help="timed interleaved rounds (default 7, quick 2)")
     p.add_argument("--video-rounds", type=int, default=None, help="rounds for the video ViT (default 3, quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per case first (default 2, quick 1)")
@@ -303,10 +330,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         note = f"video ViT skipped: {missing}"
         print(note)
         notes.append(note)
-    if missing or args.only == "image":
+    if missing:
         backbones = [b for b in backbones if not b.is_video]
-    elif args.only == "video":
-        backbones = [b for b in backbones if b.is_video]
+    if args.only is not None:
+        backbones = [b for b in backbones if kind(b) == args.only]
     command = "python benchmarks/bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report: dict[str, Any] = {"machine": machine_info(device), "command": command.strip(), "notes": notes}
     report["suites"] = [

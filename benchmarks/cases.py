@@ -22,7 +22,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "vpt-1": {"method": VPTConfig(num_tokens=1, deep=True)},
     "vpt-64": {"method": VPTConfig(num_tokens=64, deep=True)},
     "adaptformer-64": {"method": AdaptFormerConfig(bottleneck=64)},
+    "adaptformer-1/12": {"method": AdaptFormerConfig(bottleneck=1 / 12)},  # per-stage dim // 12 (paper Table 7, Swin)
 }
+VIT_METHODS = ("full", "linear", "vpt-1", "vpt-64", "adaptformer-64")
 
 
 def late_adapters(depth: int) -> tuple[str, dict[str, Any]]:
@@ -34,13 +36,17 @@ def late_adapters(depth: int) -> tuple[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Backbone:
-    """A model name with its timm kwargs and per-sample input shape."""
+    """A model name with its timm kwargs and per-sample input shape; the methods measured on it (labels of
+    ``METHODS``), the AdaptFormer one the targets compare, and whether to measure adapters in the later half only."""
 
     name: str
     sample_shape: tuple[int, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     batch: int = 8
     num_classes: int = 100
+    methods: tuple[str, ...] = VIT_METHODS
+    adaptformer: str = "adaptformer-64"
+    late_adapters: bool = True
 
     @property
     def is_video(self) -> bool:
