@@ -1,10 +1,12 @@
 """Backbones defined by adaptformer and registered with timm (``timm.create_model`` finds them by name).
 
 - ``video_vit_{small,base,large}_patch16_224``: the VideoMAE video ViT (:mod:`.video_vit`).
+- ``tv_swin3d_{t,s,b}``: Video Swin, torchvision's Swin3D with timm's interface (:mod:`.video_swin`).
 - ``vit_shapes_patch8_32``: a tiny image ViT pre-trained here on procedural shapes (:mod:`.shapes_vit`).
 """
 
 from .shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE, vit_shapes_patch8_32
+from .video_swin import VideoSwinTransformer
 from .video_vit import QVBiasAttention, TubeletEmbed, VideoVisionTransformer, sinusoid_position_table
 
 __all__ = [
@@ -12,6 +14,7 @@ __all__ = [
     "SHAPES_VIT_FILE",
     "QVBiasAttention",
     "TubeletEmbed",
+    "VideoSwinTransformer",
     "VideoVisionTransformer",
     "sinusoid_position_table",
     "vit_shapes_patch8_32",
