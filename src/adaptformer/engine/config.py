@@ -64,7 +64,8 @@ class ModelConfig:
         kwargs: extra timm.create_model kwargs, e.g. {img_size: 32, patch_size: 8} (YAML: a space after each ':').
         checkpoint: pre-trained backbone weights: a local file, 'timm' (timm's own), or null (random init from the
             run's seed, recorded so the adapter can be evaluated later).
-        checkpoint_source: key layout of the checkpoint file (timm, mae, videomae, hf-videomae, inflate-image).
+        checkpoint_source: key layout of the checkpoint file (timm, torchvision, swin, mae, videomae, hf-videomae,
+            inflate-image, video-swin, inflate-image-swin).
         head: task head: paper (BatchNorm1d without affine + Linear, MAE's) or linear.
         drop_path: stochastic depth rate of the backbone's residual branches.
         method: the adaptation method and its settings (--model.method NAME, then --model.method.FIELD VALUE).
@@ -97,7 +98,8 @@ class VideoConfig:
     """Clips of video datasets (none of these apply to image datasets).
 
     Args:
-        num_frames: frames per clip, passed to the video backbone (null: its default, 8).
+        num_frames: frames per clip, passed to the video backbone (null: its default, 8 for video_vit_*, 32 for
+            tv_swin3d_*).
         sampling: temporal sampling: segment (TSN; ssv2's default) or dense (strided; the others'); null: the kind's.
         sampling_stride: frames between sampled frames, dense sampling (null: the kind's, 4).
         test_clips: temporal clips per test video; their logits are averaged with the crops'.

@@ -195,7 +195,10 @@ class VideoSplit:
     def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
         """Training clips (random, augmented), or deterministic views: one per video ("eval"), the grid ("test")."""
         if clip_frames(model) is None:
-            raise ValueError("this is a video dataset but the backbone takes images; choose a video_vit_* model")
+            raise ValueError(
+                "this is a video dataset but the backbone takes images; choose a video backbone (video_vit_*, "
+                "tv_swin3d_*)"
+            )
         sampler, transform, views = video_pipeline(model, self.settings, purpose)
         return self.source.dataset(sampler, transform, "train" if purpose == "train" else "test", views)
 
