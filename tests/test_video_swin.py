@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import SwinTransformer
+from torchvision.models import SwinTransformer, swin_b, swin_s, swin_t
 from torchvision.models.video import SwinTransformer3d, swin3d_b, swin3d_s, swin3d_t
 
 from adaptformer import AdaptFormerConfig, CheckpointError, Preprocessing, build_backbone, create_model
 from adaptformer.cli import main
+from adaptformer.convert_video_swin import convert_inflate_image_swin
 from adaptformer.engine.datasets import clip_frames
 from adaptformer.model import parameter_report
 from adaptformer.pretrained import load_pretrained
@@ -194,6 +195,18 @@ def test_inflated_image_swin_gives_a_static_clip_the_images_logits(tmp_path: Pat
     clip = image[:, :, None].expand(-1, -1, 4, -1, -1)  # (B, C, T=4, H, W), 2 temporal tokens = one window
     with torch.no_grad():
         torch.testing.assert_close(video_model(clip), image_model(image), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("image", "video"), [(swin_t, "tv_swin3d_t"), (swin_s, "tv_swin3d_s"), (swin_b, "tv_swin3d_b")]
+)
+def test_torchvision_image_swin_inflates_onto_every_tensor_of_its_video_model(image: object, video: str) -> None:
+    """Full size (meta tensors): swin_b's weight file (window 7x7, patch 4) fills every tv_swin3d_b tensor."""
+    with torch.device("meta"):
+        model = build_backbone(video, 1000)
+        converted = convert_inflate_image_swin(image().state_dict(), model)  # type: ignore[operator]
+    own = model.state_dict()
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in own.items()}
 
 
 def test_inflating_an_image_swin_of_another_window_fails_naming_the_key(tmp_path: Path) -> None:
