@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from tests.training_step import move_trainable
 from torchvision.models import SwinTransformer, swin_b, swin_s, swin_t
 from torchvision.models.video import SwinTransformer3d, swin3d_b, swin3d_s, swin3d_t
 
@@ -109,6 +111,21 @@ def test_pretrained_cfg_gives_the_data_pipeline_frames_size_and_normalisation() 
 def test_bad_constructor_arguments_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _tiny(**kwargs)
+
+
+def test_grad_checkpointing_gives_the_adapters_the_same_gradients() -> None:
+    """timm's activation checkpointing over the stages (``speed.grad_checkpointing``) recomputes, changing nothing."""
+    grads = []
+    for checkpointing in (False, True):
+        model = move_trainable(
+            create_model("tv_swin3d_t", 5, method=AdaptFormerConfig(dropout=0.0), init_seed=0, **TINY)
+        )
+        model.set_grad_checkpointing(checkpointing)
+        F.cross_entropy(model.train()(_clips(4)), torch.tensor([0, 1, 2, 3])).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any(".adaptmlp." in n for n in grads[0])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize(("classes", "trainable"), [(174, 1_340_298), (51, 1_214_223)])

@@ -16,6 +16,7 @@ are torchvision's ``SwinTransformerBlock`` (family ``tv_swin``), so AdaptFormer 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ __all__ = ["VideoSwinTransformer"]
 DEFAULT_FRAMES = 32
 
 
-def _triple(value: int | list[int] | tuple[int, ...], name: str) -> list[int]:
+def _triple(value: int | Sequence[int], name: str) -> list[int]:
     values = [value] * 3 if isinstance(value, int) else [int(v) for v in value]
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"{name} must be 3 positive sizes (T, H, W), got {value!r}")
@@ -51,11 +52,11 @@ class VideoSwinTransformer(SwinTransformer3d):
 
     def __init__(
         self,
-        patch_size: int | list[int] = (2, 4, 4),
+        patch_size: int | Sequence[int] = (2, 4, 4),
         embed_dim: int = 96,
-        depths: list[int] = (2, 2, 6, 2),
-        num_heads: list[int] = (3, 6, 12, 24),
-        window_size: int | list[int] = (8, 7, 7),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int | Sequence[int] = (8, 7, 7),
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
