@@ -107,6 +107,7 @@ def test_pretrained_cfg_gives_the_data_pipeline_frames_size_and_normalisation() 
     ({"global_pool": "token"}, "global_pool must be 'avg'"),
     ({"window_size": [2, 4]}, r"window_size must be 3 positive sizes \(T, H, W\), got \[2, 4\]"),
     ({"num_heads": [1]}, "must name the same stages"),
+    ({"depths": [1], "num_heads": [1]}, r"depths \[1\]: every stage needs a block, and the model at least two"),
 ])  # fmt: skip
 def test_bad_constructor_arguments_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

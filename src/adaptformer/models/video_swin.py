@@ -91,6 +91,8 @@ class VideoSwinTransformer(SwinTransformer3d):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must name the same stages")
+        if sum(depths) < 2 or min(depths) < 1:  # torchvision spreads drop path over sum(depths) - 1 steps
+            raise ValueError(f"depths {list(depths)}: every stage needs a block, and the model at least two blocks")
         super().__init__(
             patch_size=_triple(patch_size, "patch_size"),
             embed_dim=embed_dim,
