@@ -38,7 +38,13 @@ def test_report_has_every_method_and_precision(quick_run: tuple[dict, str]) -> N
     report, _ = quick_run
     suites = report["suites"]
     assert {(s["backbone"], s["precision"]) for s in suites} >= {("vit_tiny_patch16_224", p) for p in ("fp32", "bf16")}
+    assert "tv_swin3d_t" in {s["backbone"] for s in suites}  # Video Swin: its own method set (no VPT, Table 7's AF)
     for suite in suites:
+        if suite["backbone"].startswith("tv_swin3d"):
+            af = suite["adaptformer"]
+            assert af == "adaptformer-1/12" and set(suite["results"]) == {"full", "linear", af, *CASES - METHODS}
+            assert set(suite["ratios"]) == {f"{af}/full", f"{af}/forward", "forward+adapters/forward", "linear/full"}
+            continue
         assert set(suite["results"]) == CASES | {LATE[suite["backbone"]]}
         for name, row in suite["results"].items():
             assert all(_positive(row[k]) for k in ("median_s", "min_s", "samples_per_s", "peak_memory_mib")), name

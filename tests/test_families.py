@@ -56,6 +56,14 @@ CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...], list[int]]] = 
     "rope-vit": ("eva", "vit_small_patch16_rope_mixed_224", {**TINY_VIT, "init_values": 0.1}, (3, 32, 32), [32]),
     "beit": ("beit", "beit_base_patch16_224", TINY_VIT, (3, 32, 32), [32]),  # relative position bias, gamma
     "beitv2": ("beit", "beitv2_base_patch16_224", {**TINY_VIT, "init_values": None}, (3, 32, 32), [32]),
+    # Video Swin: torchvision's Swin3D, clips (C, T, H, W), 3D shifted windows
+    "tv-swin3d": (
+        "tv_swin",
+        "tv_swin3d_t",
+        {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": [2, 4, 4], "num_frames": 4, "img_size": 32},
+        (3, 4, 32, 32),
+        [16, 32],
+    ),
 }
 VARIANTS = [
     {},
@@ -224,7 +232,7 @@ def test_cli_trains_evaluates_and_predicts_with_a_tiny_eva02_on_digits(
     assert len(row["top"]) == 2
 
 
-@pytest.mark.parametrize("case", ["swin", "eva02", "rope-vit", "beit"])
+@pytest.mark.parametrize("case", ["swin", "eva02", "rope-vit", "beit", "tv-swin3d"])
 def test_speed_auto_in_bf16_applies_what_fits_and_records_it(case: str) -> None:
     """The block-level speed options (hand-written frozen backward, class-token tail) are for timm ViT blocks; on the
     other families "auto" leaves them off and says so, while bf16 frozen storage applies and the model trains."""

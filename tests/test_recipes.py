@@ -112,6 +112,19 @@ def test_table7_image_recipes_build_swin_b_with_the_papers_count(dataset: str) -
     assert widths == [10, 21, 42, 85]
 
 
+@pytest.mark.parametrize(("dataset", "classes", "paper"), [("ssv2", 174, 54.09), ("hmdb51", 51, 74.65)])
+def test_table7_video_recipes_build_video_swin_b_with_the_papers_count(dataset: str, classes: int, paper: float) -> None:
+    name = f"{dataset}_swin_adaptformer"
+    cfg = TrainConfig.from_dict(load_recipe(name))
+    assert f"paper Table 7 reports {paper:.2f} top-1" in recipe_summary(name)
+    assert (cfg.model.backbone, cfg.model.checkpoint_source) == ("tv_swin3d_b", "video-swin")
+    assert (cfg.data.video.num_frames, cfg.model.method.dropout, cfg.optim.epochs) == (8, 0.0, 90)
+    with torch.device("meta"):
+        model = build_model(cfg, classes)
+    assert count_trainable(model) == SWIN_B_ADAPTERS + (1024 + 1) * classes  # 1,340,298 / 1,214,223 (README)
+    assert model.pretrained_cfg["num_frames"] == 8
+
+
 def test_recipe_evaluates_at_resize_256_crop_224() -> None:
     cfg = TrainConfig.from_dict(load_recipe("food101_adaptformer64"))
     with torch.device("meta"):
