@@ -144,7 +144,8 @@ def test_vpt_deep_and_shallow(deep: bool, counts: list[int], images: torch.Tenso
     [
         (
             {"method": "dora"},
-            r"unknown method 'dora'; registered methods: \['adaptformer', 'linear', 'full', 'vpt', 'lora', 'adapter_plus'\]",
+            r"unknown method 'dora'; registered methods: "
+            r"\['adaptformer', 'linear', 'full', 'vpt', 'lora', 'adapter_plus'\]",
         ),
         ({"head": "mlp"}, "head must be one of"),
         ({"num_classes": 0}, "num_classes"),
