@@ -7,6 +7,7 @@ import copy
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
 from tests.training_step import move_trainable
+from timm.layers.attention import Attention
+from timm.models.swin_transformer import WindowAttention
 
 from adaptformer import (
     SpeedConfig,
@@ -106,6 +109,26 @@ def test_updates_reach_exactly_their_third_of_qkv() -> None:
         delta = 2.0 * x @ (adapted.lora["k"].B @ adapted.lora["k"].A).T  # alpha / rank = 2
     assert torch.equal(out[:, :8], ref[:, :8]) and torch.equal(out[:, 16:], ref[:, 16:])
     torch.testing.assert_close(out[:, 8:16], ref[:, 8:16] + delta)
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [lambda: Attention(32, num_heads=2, qkv_bias=True), lambda: WindowAttention(32, num_heads=2, window_size=1)],
+    ids=["Attention", "WindowAttention"],
+)
+def test_q_k_v_are_the_thirds_the_attention_reads_as_q_k_v(attention: Any) -> None:
+    """With one token, attention returns proj(v) whatever q and k are: updates of q and k change nothing there, an
+    update of v does (so the chunks are q, k, v in the attention's own order)."""
+    x = torch.randn(3, 1, 32)  # (B, N=1, C)
+    for targets, changes in ((("q", "k"), False), (("v",), True)):
+        attn = attention().eval()
+        with torch.no_grad():
+            expected = attn(x)
+            LoRALinear.adapt(attn.qkv, ("q", "k", "v"), targets, LoRAConfig(rank=2))
+            for update in attn.qkv.lora.values():
+                nn.init.normal_(update.B)
+            out = attn(x)
+        assert (out - expected).abs().max().item() > 1e-3 if changes else torch.allclose(out, expected, atol=1e-6)
 
 
 def test_merge_keeps_the_function_and_unmerge_restores_training() -> None:
@@ -236,7 +259,8 @@ def test_command_line_trains_saves_and_reports_lora(tmp_path: Path, capsys: pyte
         assert flag in help_text
     assert main(["params", "--model.backbone", VIT, "--model.kwargs", json.dumps(TINY_VIT), "--num-classes", "10",
                  "--model.method", "lora", "--model.method.rank", "4"]) == 0  # fmt: skip
-    assert "lora" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "lora" in report and f"{2 * 2 * (2 * 4 * 32):,}" in report  # 2 blocks x (q, v) x 2 r d
     out = tmp_path / "run"
     args = ["train", "--model.backbone", VIT, "--model.kwargs", json.dumps(TINY_VIT), "--model.method", "lora",
             "--model.method.rank", "4", "--model.method.targets", "[q, v, o]", "--data.dataset", "synthetic",
