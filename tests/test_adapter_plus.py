@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
-from tests.training_step import move_trainable
+from tests.training_step import assert_same_step, move_trainable, train_step
 
 from adaptformer import (
     SpeedConfig,
@@ -280,3 +280,13 @@ def test_blocks_of_every_family_are_listed() -> None:
     for family in FAMILIES:
         assert ADAPTER_PLUS_BLOCKS[family.name].__mro__[1] is family.block_type
     assert isinstance(AdapterPlus(4, 2).drop_path, nn.Identity)
+
+
+def test_bf16_frozen_backbone_trains_the_adapters_in_fp32() -> None:
+    model = move_trainable(create_model(VIT, 5, method=NO_DROP, **TINY_VIT)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    reference = train_step(copy.deepcopy(model), x)
+    fast = apply_speed(model, SpeedConfig(), "cpu", "bf16")  # frozen weights stored in bf16, autocast
+    assert model.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for m in adapter_plus_modules(model) for p in m.parameters())
+    assert_same_step(train_step(fast, x, "bf16"), reference, {"atol": 5e-2, "rtol": 5e-2}, every_gradient_nonzero=True)

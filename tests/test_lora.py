@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
-from tests.training_step import move_trainable
+from tests.training_step import assert_same_step, move_trainable, train_step
 from timm.layers.attention import Attention
 from timm.models.swin_transformer import WindowAttention
 
@@ -274,3 +274,13 @@ def test_command_line_trains_saves_and_reports_lora(tmp_path: Path, capsys: pyte
     assert main(["eval", "--adapter", str(out / "adapter")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["acc1"] == json.loads((out / "test.json").read_text())["acc1"]
+
+
+def test_bf16_frozen_backbone_trains_the_updates_in_fp32() -> None:
+    model = move_trainable(_vit(LoRAConfig(targets=("q", "v", "o")))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    reference = train_step(copy.deepcopy(model), x)
+    fast = apply_speed(model, SpeedConfig(), "cpu", "bf16")  # frozen weights stored in bf16, autocast
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for m in lora_modules(model) for p in m.parameters())
+    assert_same_step(train_step(fast, x, "bf16"), reference, {"atol": 5e-2, "rtol": 5e-2}, every_gradient_nonzero=True)

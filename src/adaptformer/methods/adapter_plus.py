@@ -88,7 +88,9 @@ class AdapterPlus(nn.Module):
         self.scale.fill_(1.0)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y + self.drop_path(self.up_proj(self.act(self.down_proj(y))) * self.scale)
+        branch = self.up_proj(self.act(self.down_proj(y))) * self.scale  # (..., d)
+        # Under autocast the fp32 scale would promote the branch: the stream keeps its dtype for the frozen blocks.
+        return y + self.drop_path(branch.to(y.dtype))
 
 
 class AdapterPlusViTBlock(Block):
