@@ -14,6 +14,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from safetensors.torch import save_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
 from tests.training_step import assert_same_step, move_trainable, train_step
@@ -35,6 +36,7 @@ from adaptformer import (
 )
 from adaptformer.cli import main
 from adaptformer.methods import LoRA, LoRAConfig, LoRALinear, lora_modules, merge_lora, unmerge_lora
+from adaptformer.methods.lora import attach
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -284,3 +286,22 @@ def test_bf16_frozen_backbone_trains_the_updates_in_fp32() -> None:
     assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for m in lora_modules(model) for p in m.parameters())
     assert_same_step(train_step(fast, x, "bf16"), reference, {"atol": 5e-2, "rtol": 5e-2}, every_gradient_nonzero=True)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: torchvision.models.VisionTransformer(32, 8, 2, 2, 32, 64),
+            "torch.nn.modules.activation.MultiheadAttention",
+        ),
+        (
+            lambda: torchvision.models.swin_transformer.SwinTransformer([4, 4], 16, [1, 1], [2, 2], [4, 4]),
+            "torchvision.models.swin_transformer.ShiftedWindowAttention",
+        ),
+    ],
+    ids=["tv_vit", "tv_swin"],
+)
+def test_torchvision_attention_is_refused_by_name(build: Any, message: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=rf"block 0's attention is {message}"):
+        attach(build(), LoRAConfig())
