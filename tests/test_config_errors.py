@@ -52,7 +52,7 @@ def _parse(*flags: str) -> TrainConfig:
         ("--model.head mlp", "--model.head: Expected a typing.Literal['paper', 'linear']"),
         ("--model.drop_path 1", r"--model.drop_path must be in [0, 1)"),
         ("--model.checkpoint_source caffe", "--model.checkpoint_source must be one of"),
-        ("--model.method lora", "--model.method: unknown method 'lora'"),
+        ("--model.method dora", "--model.method: unknown method 'dora'"),
         ("--model.method.bottleneck 0", "--model.method.bottleneck must be >= 1, got 0"),
         ("--model.method.bottleneck 3/2", "--model.method.bottleneck as a ratio of the block width"),
         ("--model.method.layers '[1, -1]'", "--model.method.layers must be a non-empty list of block indices >= 0"),

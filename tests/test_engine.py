@@ -86,7 +86,7 @@ def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"method": "lora"}, r"unknown method 'lora'; registered methods: \['adaptformer'"),
+        ({"method": "dora"}, r"unknown method 'dora'; registered methods: \['adaptformer'"),
         ({"epochs": "3x"}, r"configuration: optim.epochs: Expected a <class .int.>. Got value: 3x"),
         ({"epochs": 0}, "optim.epochs must be >= 1"),
         ({"lr": -1.0}, "optim.lr must be a positive number"),

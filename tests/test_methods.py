@@ -142,7 +142,11 @@ def test_vpt_deep_and_shallow(deep: bool, counts: list[int], images: torch.Tenso
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "lora"}, r"unknown method 'lora'; registered methods: \['adaptformer', 'linear', 'full', 'vpt'\]"),
+        (
+            {"method": "dora"},
+            r"unknown method 'dora'; registered methods: "
+            r"\['adaptformer', 'linear', 'full', 'vpt', 'lora', 'adapter_plus'\]",
+        ),
         ({"head": "mlp"}, "head must be one of"),
         ({"num_classes": 0}, "num_classes"),
         ({"method": "linear", "method_config": AdaptFormerConfig()}, "method 'linear' takes a LinearConfig"),

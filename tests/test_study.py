@@ -55,8 +55,8 @@ def test_method_points_are_method_configs_of_registered_families(name: str, expe
 
 def test_study_methods_come_from_the_registry() -> None:
     assert {m.family for m in METHODS.values()} <= set(method_names())
-    with pytest.raises(ValueError, match="unknown method 'lora'"):
-        Method("lora-8", "lora", 8, (("rank", 8),))
+    with pytest.raises(ValueError, match="unknown method 'dora'"):
+        Method("dora-8", "dora", 8, (("rank", 8),))
     with pytest.raises(ValueError, match="unknown .*fields.*num_tokens"):  # a field of another family
         Method("adaptformer-8", "adaptformer", 8, (("num_tokens", 8),))
 

@@ -83,3 +83,16 @@ def check_free_form(name: str, value: Any) -> None:
             )
         if isinstance(item, Mapping):
             check_free_form(f"{name}.{key}", item)
+
+
+def check_block_indices(name: str, value: Any) -> tuple[int, ...] | None:
+    """A method's ``layers`` knob: None (every block), or distinct block indices >= 0, returned sorted as a tuple;
+    ValueError naming ``name`` otherwise."""
+    if value is None:
+        return None
+    indices = tuple(value) if isinstance(value, list | tuple) else ()
+    if not indices or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+        raise ValueError(f"{name} must be a non-empty list of block indices >= 0 (or null for all), got {value!r}")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{name} has duplicate block indices: {list(indices)}")
+    return tuple(sorted(indices))

@@ -4,13 +4,17 @@
     vpt          visual prompt tuning (:mod:`.vpt`)
     linear       the head only (:mod:`.linear`)
     full         everything (:mod:`.full`)
+    lora         low-rank updates of the attention projections (:mod:`.lora`)
+    adapter_plus Adapter+ bottlenecks after every block (:mod:`.adapter_plus`)
 
 ``register_method(Method(...))`` adds a method defined anywhere; see :mod:`.registry`.
 """
 
+from .adapter_plus import AdapterPlus, AdapterPlusConfig, adapter_plus_modules
 from .adaptformer import AdaptFormerConfig, AdaptMLP, adapter_modules
 from .full import FullConfig
 from .linear import LinearConfig
+from .lora import LoRA, LoRAConfig, LoRALinear, lora_modules, merge_lora, unmerge_lora
 from .registry import (
     Method,
     MethodConfig,
@@ -26,18 +30,27 @@ from .vpt import PromptTokens, VPTConfig, prompt_modules
 __all__ = [
     "AdaptFormerConfig",
     "AdaptMLP",
+    "AdapterPlus",
+    "AdapterPlusConfig",
     "FullConfig",
     "LinearConfig",
+    "LoRA",
+    "LoRAConfig",
+    "LoRALinear",
     "Method",
     "MethodConfig",
     "PromptTokens",
     "VPTConfig",
     "adapter_modules",
+    "adapter_plus_modules",
     "get_method",
+    "lora_modules",
+    "merge_lora",
     "method_names",
     "method_of",
     "prompt_modules",
     "register_method",
     "resolve_method",
+    "unmerge_lora",
     "unregister_method",
 ]

@@ -69,9 +69,9 @@ class Method:
 
 
 def _builtin_methods() -> tuple[Method, ...]:
-    from . import adaptformer, full, linear, vpt
+    from . import adapter_plus, adaptformer, full, linear, lora, vpt
 
-    return (adaptformer.METHOD, linear.METHOD, full.METHOD, vpt.METHOD)
+    return (adaptformer.METHOD, linear.METHOD, full.METHOD, vpt.METHOD, lora.METHOD, adapter_plus.METHOD)
 
 
 _methods: dict[str, Method] = {}

@@ -54,6 +54,9 @@ def class_token_tail_reason(model: nn.Module) -> str | None:
         return "its last block keeps VPT prompts in its output"
     if type(last.attn) is not Attention or last.attn.gate is not None:
         return f"its last attention is {type(last.attn).__name__}{' with a gate' if last.attn.gate is not None else ''}"
+    projections = (type(last.attn.qkv), type(last.attn.proj))
+    if projections != (nn.Linear, nn.Linear):  # the tail reads qkv.weight itself: a subclass computes more than that
+        return f"its last attention's qkv/proj are {projections[0].__name__}/{projections[1].__name__}, not nn.Linear"
     return None
 
 
@@ -98,7 +101,7 @@ def _prompted_tail(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tens
     return _plain_tail(block, x, fused, row=block.vpt.num_tokens)
 
 
-# block class -> its forward for the class token only; a subclass (e.g. a speed option's) uses its base's entry
+# block class -> its forward for the class token only; a speed option's subclass uses its base's entry
 TAILS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor, bool], torch.Tensor]] = {
     Block: _plain_tail,
     AdaptedViTBlock: _adapted_tail,
@@ -107,7 +110,15 @@ TAILS: dict[type[nn.Module], Callable[[nn.Module, torch.Tensor, bool], torch.Ten
 
 
 def _tail_of(block: nn.Module) -> Callable[[nn.Module, torch.Tensor, bool], torch.Tensor] | None:
-    return next((TAILS[cls] for cls in type(block).__mro__ if cls in TAILS), None)
+    """The tail of the block's class. A subclass from this package (a speed option's) computes its base's function
+    and uses its base's entry; any other subclass (a method's block, adding a module after the block, say) computes
+    something else and has a tail only if it is listed itself."""
+    for cls in type(block).__mro__:
+        if cls in TAILS:
+            return TAILS[cls]
+        if not cls.__module__.startswith(f"{__package__}."):
+            return None
+    return None
 
 
 def class_token_forward(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:
