@@ -226,8 +226,9 @@ def test_auto_options_in_bf16_keep_the_function(name: str, method: object, image
     apply_speed(plain, OFF, "cpu", "fp32")
     resolved = speed_config(fast)
     assert resolved is not None
-    assert (resolved.frozen_dtype, resolved.attention, resolved.frozen_backward) == ("bf16", "split", "on")
+    assert (resolved.frozen_dtype, resolved.attention) == ("bf16", "split")
     assert resolved.class_token_tail == ("on" if name == VIT else "off")  # Swin pools every token
+    assert resolved.frozen_backward == ("on" if name == VIT else "off")  # Swin blocks have no hand-written backward
     if name == VIT:  # the options are installed, not just named
         assert isinstance(fast.blocks, FastBlocks) and fast.blocks.class_token_tail
         assert all(type(b) in FAST_BLOCKS.values() for b in fast.blocks if type(b) is not Block)

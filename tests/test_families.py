@@ -29,6 +29,7 @@ from adaptformer.methods.adaptformer import attach
 from adaptformer.methods.adaptformer_blocks import ADAPTED_BLOCKS
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY_SWIN3D = {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": [2, 4, 4], "num_frames": 4}
 
 # id -> (family, timm name, kwargs, input shape (C, ...), per-stage block widths)
 CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...], list[int]]] = {
@@ -60,7 +61,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...], list[int]]] = 
     "tv-swin3d": (
         "tv_swin",
         "tv_swin3d_t",
-        {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": [2, 4, 4], "num_frames": 4, "img_size": 32},
+        TINY_SWIN3D,
         (3, 4, 32, 32),
         [16, 32],
     ),
@@ -248,3 +249,17 @@ def test_speed_auto_in_bf16_applies_what_fits_and_records_it(case: str) -> None:
     F.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3])).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("variant", [{"scale": "learnable"}, {"layernorm": "out"}, {"layernorm": "in"}])
+def test_adapter_output_keeps_the_streams_dtype_under_bf16_storage(variant: dict) -> None:
+    """A learnable fp32 scale or an fp32 adapter LayerNorm must not promote the residual stream: the next block's
+    bf16-stored LayerNorm would refuse it ("mixed dtype")."""
+    from adaptformer.precision import Precision
+    from adaptformer.speed import SpeedConfig, apply_speed
+
+    model = apply_speed(move_trainable(_model("vit", AdaptFormerConfig(**variant))), SpeedConfig(), "cpu", "bf16")
+    with Precision("bf16", "cpu").autocast():
+        logits = model.train()(_inputs("vit"))
+    F.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -113,7 +113,7 @@ def test_table7_image_recipes_build_swin_b_with_the_papers_count(dataset: str) -
 
 
 @pytest.mark.parametrize(("dataset", "classes", "paper"), [("ssv2", 174, 54.09), ("hmdb51", 51, 74.65)])
-def test_table7_video_recipes_build_video_swin_b_with_the_papers_count(dataset: str, classes: int, paper: float) -> None:
+def test_table7_video_recipes_build_video_swin_b_with_the_count(dataset: str, classes: int, paper: float) -> None:
     name = f"{dataset}_swin_adaptformer"
     cfg = TrainConfig.from_dict(load_recipe(name))
     assert f"paper Table 7 reports {paper:.2f} top-1" in recipe_summary(name)

@@ -174,12 +174,15 @@ class AdaptMLP(nn.Module):
             self.scale.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
         if self.layernorm == "in":
             x = self.norm(x)
         out = self.up_proj(self.dropout(self.act(self.down_proj(x)))) * self.scale
         if self.layernorm == "out":
             out = self.norm(out)
-        return out
+        # in the stream's dtype: under autocast a learnable fp32 scale (or norm) would otherwise promote the residual
+        # stream to fp32, which a bf16-stored frozen LayerNorm downstream refuses
+        return out.to(dtype)
 
     def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The feed-forward half's output given the residual stream ``x`` (x'), ``normed = norm2(x)`` and the
