@@ -12,15 +12,19 @@ The names below are the public API; everything else is reachable through its mod
 from .errors import CheckpointError, UnsupportedModelError
 from .factory import build_backbone, create_model
 from .methods import (
+    AdapterPlusConfig,
     AdaptFormerConfig,
     FullConfig,
     LinearConfig,
+    LoRAConfig,
     Method,
     MethodConfig,
     VPTConfig,
     get_method,
+    merge_lora,
     method_names,
     register_method,
+    unmerge_lora,
 )
 from .model import ModelSpec, ParameterReport, adapt, apply_method, count_trainable, parameter_report
 from .models import VideoVisionTransformer  # registers the video ViTs with timm
@@ -34,9 +38,11 @@ __version__ = "0.2.0"
 __all__ = [
     "AdaptFormerConfig",
     "AdapterFileError",
+    "AdapterPlusConfig",
     "CheckpointError",
     "FullConfig",
     "LinearConfig",
+    "LoRAConfig",
     "Method",
     "MethodConfig",
     "ModelSpec",
@@ -55,10 +61,12 @@ __all__ = [
     "get_method",
     "load_adapter",
     "load_pretrained",
+    "merge_lora",
     "method_names",
     "parameter_report",
     "read_adapter_config",
     "register_converter",
     "register_method",
     "save_adapter",
+    "unmerge_lora",
 ]
