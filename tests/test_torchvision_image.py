@@ -309,19 +309,29 @@ def test_cli_refuses_drop_path_on_the_torchvision_vit(capsys: pytest.CaptureFixt
     )
 
 
-def test_cli_trains_and_evaluates_a_tiny_torchvision_vit_on_digits(
+def test_cli_trains_and_evaluates_a_tiny_torchvision_vit_from_a_torchvision_file_on_digits(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    out = tmp_path / "run"
+    """``adaptformer train`` from a torchvision weight file (``--model.checkpoint_source torchvision``), then
+    ``eval`` from the saved adapter, which rebuilds the backbone from the recorded file."""
+    weights, out = tmp_path / "vit_tiny-0123abcd.pth", tmp_path / "run"
+    torch.save(_torchvision("tv_vit_b_16").state_dict(), weights)
     args = ["train", "--model.backbone", "tv_vit_b_16", "--model.kwargs", json.dumps(TINY_VIT),
+            "--model.checkpoint", str(weights), "--model.checkpoint_source", "torchvision",
             "--model.method.bottleneck", "8", "--data.dataset", "digits", "--optim.epochs", "1",
             "--optim.batch_size", "32", "--optim.effective_batch", "32", "--data.num_workers", "0",
             "--optim.precision", "fp32", "--run.output_dir", str(out), "--run.seed", "1"]  # fmt: skip
     assert main(args) == 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["backbone"] == "tv_vit_b_16" and config["method"] == "adaptformer"
+    source = config["source"]
+    assert (source["checkpoint"], source["checkpoint_source"]) == (str(weights), "torchvision")
+    assert source["kwargs"] == {**TINY_VIT, "drop_path_rate": 0.0}  # the engine always passes model.drop_path
     tested = json.loads((out / "test.json").read_text())
     capsys.readouterr()
     assert main(["eval", "--adapter", str(out / "adapter"), "--data.dataset", "digits", "--split", "test"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["n"] == tested["n"] > 0 and printed["acc1"] == tested["acc1"]
+    weights.unlink()  # the adapter needs its backbone's weights: eval names the missing file
+    assert main(["eval", "--adapter", str(out / "adapter"), "--data.dataset", "digits", "--split", "test"]) == 2
+    assert str(weights) in capsys.readouterr().err
