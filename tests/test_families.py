@@ -29,6 +29,8 @@ from adaptformer.methods.adaptformer import attach
 from adaptformer.methods.adaptformer_blocks import ADAPTED_BLOCKS
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY_TV_VIT = {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}
+TINY_TV_SWIN = {"patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
 TINY_SWIN3D = {"embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": [2, 4, 4], "num_frames": 4}
 
 # id -> (family, timm name, kwargs, input shape (C, ...), per-stage block widths)
@@ -57,6 +59,9 @@ CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...], list[int]]] = 
     "rope-vit": ("eva", "vit_small_patch16_rope_mixed_224", {**TINY_VIT, "init_values": 0.1}, (3, 32, 32), [32]),
     "beit": ("beit", "beit_base_patch16_224", TINY_VIT, (3, 32, 32), [32]),  # relative position bias, gamma
     "beitv2": ("beit", "beitv2_base_patch16_224", {**TINY_VIT, "init_values": None}, (3, 32, 32), [32]),
+    # torchvision's image ViT (EncoderBlock, nn.MultiheadAttention) and Swin V1, with torchvision's own arguments
+    "tv-vit": ("tv_vit", "tv_vit_b_16", TINY_TV_VIT, (3, 32, 32), [32]),
+    "tv-swin": ("tv_swin", "tv_swin_b", TINY_TV_SWIN, (3, 32, 32), [16, 32]),
     # Video Swin: torchvision's Swin3D, clips (C, T, H, W), 3D shifted windows
     "tv-swin3d": (
         "tv_swin",
@@ -233,7 +238,7 @@ def test_cli_trains_evaluates_and_predicts_with_a_tiny_eva02_on_digits(
     assert len(row["top"]) == 2
 
 
-@pytest.mark.parametrize("case", ["swin", "eva02", "rope-vit", "beit", "tv-swin3d"])
+@pytest.mark.parametrize("case", ["swin", "eva02", "rope-vit", "beit", "tv-vit", "tv-swin", "tv-swin3d"])
 def test_speed_auto_in_bf16_applies_what_fits_and_records_it(case: str) -> None:
     """The block-level speed options (hand-written frozen backward, class-token tail) are for timm ViT blocks; on the
     other families "auto" leaves them off and says so, while bf16 frozen storage applies and the model trains."""
