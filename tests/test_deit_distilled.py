@@ -129,11 +129,14 @@ def test_speed_options_leave_the_distilled_output_alone() -> None:
 
 
 def test_an_unsupported_block_is_named_with_its_module() -> None:
-    beit = timm.create_model("beit_base_patch16_224", num_classes=CLASSES, **TINY)
-    with pytest.raises(UnsupportedModelError, match=r"Beit with blocks: timm\.models\.beit\.Block; supported: vit"):
-        attach(beit, AdaptFormerConfig())
-    with pytest.raises(UnsupportedModelError, match=r"VPT .*Beit has \['timm\.models\.beit\.Block'\]"):
-        create_model("beit_base_patch16_224", CLASSES, method="vpt", **TINY)
+    """timm has several classes named ``Block`` (ViT's, BEiT's, TNT's, ...): the error says which one."""
+    tnt = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "inner_dim": 8, "depth": 2, "num_heads_inner": 2,
+           "num_heads_outer": 2}  # fmt: skip
+    model = timm.create_model("tnt_s_legacy_patch16_224", num_classes=CLASSES, **tnt)
+    with pytest.raises(UnsupportedModelError, match=r"TNT with blocks: timm\.models\.tnt\.Block; supported: vit"):
+        attach(model, AdaptFormerConfig())
+    with pytest.raises(UnsupportedModelError, match=r"VPT .*TNT has \['timm\.models\.tnt\.Block'\]"):
+        create_model("tnt_s_legacy_patch16_224", CLASSES, method="vpt", **tnt)
 
 
 def test_a_distilled_checkpoint_loads_with_both_of_its_heads_dropped(tmp_path: Path) -> None:
