@@ -11,12 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from adaptformer.cli import main
 from adaptformer.data import DatasetFileError, build_image_dataset
 from adaptformer.data.image.fgvc import FGVC_DATASETS
 from adaptformer.data.image.vtab import VTAB_GROUPS, VTAB_TASKS
 from adaptformer.data.transforms import ImageAugment, build_image_transform
+from adaptformer.engine import TrainConfig
 from adaptformer.engine.datasets import DataSpec, given_val_split, resolve_test_split
+from adaptformer.model import count_trainable
 from adaptformer.preprocessing import Preprocessing
+from adaptformer.recipes import load_recipe, recipe_names, recipe_text
+from adaptformer.train import build_model
 
 
 def _png(path: Path, value: int = 0, size: tuple[int, int] = (12, 8)) -> None:
@@ -24,7 +29,7 @@ def _png(path: Path, value: int = 0, size: tuple[int, int] = (12, 8)) -> None:
     Image.new("RGB", size, (value, 255 - value, 50)).save(path)
 
 
-LISTS = {"train800.txt": 2, "val200.txt": 1, "train800val200.txt": 3, "test.txt": 1}  # images per class
+LISTS = {"train800.txt": 2, "val200.txt": 1, "train800val200.txt": 3, "test.txt": 2}  # images per class
 
 
 def write_vtab_task(root: Path, task: str) -> Path:
@@ -50,7 +55,7 @@ def test_task_table_is_the_vtab_suite() -> None:
 
 @pytest.mark.parametrize(
     ("stage", "split", "count"),
-    [("tune", "train", 4), ("tune", "val", 2), ("tune", "test", 2), ("final", "train", 6), ("final", "test", 2)],
+    [("tune", "train", 4), ("tune", "val", 2), ("tune", "test", 2), ("final", "train", 6), ("final", "test", 4)],
 )
 def test_vtab_stage_reads_its_list(tmp_path: Path, stage: str, split: str, count: int) -> None:
     write_vtab_task(tmp_path, "patch_camelyon")
@@ -237,3 +242,70 @@ def test_no_augmentation_and_full_resize(augment: ImageAugment, deterministic: b
     assert red_left == (resize == "full")
     if deterministic:
         assert torch.equal(outs[0], test)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The protocol recipes (recipes/vtab_fgvc.yaml).
+
+PROTOCOL_ROWS = ("adaptformer8", "adaptformer8_ln", "adaptformer64", "lora8", "adapter_plus8")
+PROTOCOL_RECIPES = [f"vtab_{t}_{r}" for t in VTAB_TASKS for r in PROTOCOL_ROWS] + [
+    f"fgvc_{d}_{r}" for d in FGVC_DATASETS for r in PROTOCOL_ROWS
+]
+
+
+def test_protocol_recipes_are_listed() -> None:
+    assert set(PROTOCOL_RECIPES) == set(recipe_names("VTAB-1k / FGVC protocols"))
+    assert "V-PETL Bench" in recipe_text("vtab_cifar_lora8") and "VPT" in recipe_text("fgvc_nabirds_adaptformer8")
+
+
+@pytest.mark.parametrize("name", PROTOCOL_RECIPES)
+def test_protocol_recipe_is_a_valid_config(name: str) -> None:
+    cfg = TrainConfig.from_dict(load_recipe(name))
+    assert cfg.model.backbone == "vit_base_patch16_224.augreg_in21k" and cfg.model.head == "linear"
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 1e-4)
+    assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.batch_size) == (100, 10, 64)
+    assert cfg.run.select == "last" and cfg.data.val_split == 0 and cfg.data.options["stage"] == "tune"
+    vtab = name.startswith("vtab_")
+    assert (cfg.data.augment, cfg.data.resize) == ((False, "full") if vtab else (True, "crop"))
+
+
+# ViT-B/16: 12 blocks of width 768. AdaptFormer-b: 12 * (768*b + b + b*768 + 768) [+ 12 * 2*768 with LayerNorm in];
+# LoRA r on q and v: 12 * 2 * r * (768 + 768); Adapter+ b: 12 * (768*b + b + b*768 + 768 + 768 scale); head 769 * C.
+@pytest.mark.parametrize(
+    ("row", "adapter"),
+    [
+        ("adaptformer8", 12 * (2 * 768 * 8 + 8 + 768)),
+        ("adaptformer8_ln", 12 * (2 * 768 * 8 + 8 + 768 + 2 * 768)),
+        ("adaptformer64", 12 * (2 * 768 * 64 + 64 + 768)),
+        ("lora8", 12 * 2 * 8 * (768 + 768)),
+        ("adapter_plus8", 12 * (2 * 768 * 8 + 8 + 768 + 768)),
+    ],
+)
+def test_protocol_recipe_builds_the_expected_trainable_count(row: str, adapter: int) -> None:
+    cfg = TrainConfig.from_dict(load_recipe(f"vtab_cifar_{row}"))
+    with torch.device("meta"):  # shapes only
+        model = build_model(cfg, VTAB_TASKS["cifar"].num_classes)
+    assert count_trainable(model) == adapter + 769 * 100
+
+
+TINY = '{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}'
+
+
+@pytest.mark.parametrize(("stage", "tested"), [("tune", 4), ("final", 8)])
+def test_train_cli_runs_the_vtab_recipe_per_stage(tmp_path: Path, stage: str, tested: int) -> None:
+    """`adaptformer train --recipe vtab_<task>_adaptformer8` on a tiny 2-task tree, 1 epoch, a tiny ViT."""
+    data = tmp_path / "vtab-1k"
+    for task in ("patch_camelyon", "kitti"):
+        write_vtab_task(data, task)
+    out = tmp_path / "run"
+    args = [
+        "train", "--recipe", "vtab_kitti_adaptformer8", "--model.backbone", "vit_tiny_patch16_224",
+        "--model.kwargs", TINY, "--data.data_dir", str(data),
+        "--data.options", json.dumps({"task": "kitti", "stage": stage}), "--optim.epochs", "1",
+        "--optim.warmup_epochs", "0", "--optim.batch_size", "4", "--optim.effective_batch", "4",
+        "--optim.precision", "fp32", "--data.num_workers", "0", "--run.output_dir", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    test = json.loads((out / "test.json").read_text())
+    assert test["n"] == tested  # kitti, 4 classes: tune tests val200.txt (1 per class), final test.txt (2 per class)
+    assert test["select"] == "last" and (test["val_acc1"] is not None) == (stage == "tune")  # final: no validation
