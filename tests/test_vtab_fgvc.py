@@ -267,6 +267,14 @@ def test_protocol_recipe_is_a_valid_config(name: str) -> None:
     assert cfg.run.select == "last" and cfg.data.val_split == 0 and cfg.data.options["stage"] == "tune"
     vtab = name.startswith("vtab_")
     assert (cfg.data.augment, cfg.data.resize) == ((False, "full") if vtab else (True, "crop"))
+    assert (cfg.model.drop_path, cfg.optim.min_lr) == (0.1, 1e-5)
+    assert cfg.optim.label_smoothing == (0.1 if vtab else 0.0)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_label_smoothing_outside_0_1_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match=r"optim\.label_smoothing must be in \[0, 1\)"):
+        TrainConfig.from_dict({"data": {"dataset": "digits"}, "optim": {"label_smoothing": value}})
 
 
 # ViT-B/16: 12 blocks of width 768. AdaptFormer-b: 12 * (768*b + b + b*768 + 768) [+ 12 * 2*768 with LayerNorm in];
