@@ -430,10 +430,17 @@ def test_train_val_split_uses_the_eval_transform_for_val(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("kind", ["digits", "synthetic", "shapes"])
 def test_skip_bad_images_is_an_error_for_kinds_without_image_files(kind: str) -> None:
-    assert {k for k, spec in IMAGE_DATASETS.items() if spec.reads_image_files} == {"food101", "imagefolder"}
+    assert {k for k, spec in IMAGE_DATASETS.items() if spec.reads_image_files} == {
+        "food101",
+        "imagefolder",
+        "vtab1k",
+        "fgvc",
+        "cub200",
+    }
     with pytest.raises(ValueError, match=f"{kind!r} has no image files that could be skipped"):
         build_image_dataset(kind, None, "train", None, skip_bad_images=True)
 
 
 def test_every_registered_kind_is_covered() -> None:
-    assert set(IMAGE_DATASETS) == set(WRITERS) | {"digits", "synthetic", "shapes"}  # shapes: tests/test_shapes.py
+    in_other_files = {"shapes", "vtab1k", "fgvc", "cub200"}  # tests/test_shapes.py, tests/test_vtab_fgvc.py
+    assert set(IMAGE_DATASETS) == set(WRITERS) | {"digits", "synthetic"} | in_other_files

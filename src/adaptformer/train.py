@@ -216,7 +216,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         )
     scheduler = WarmupCosine(optimizer, lr, round(o.warmup() * steps), o.epochs * steps, o.min_lr)
     scaler = precision.grad_scaler()
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
     ddp_model = wrap_model(model, ctx)
 
     # Resume: weights, optimizer, schedule, scaler, RNG, position. Data order follows from (seed, epoch, step).

@@ -20,27 +20,30 @@ class DatasetKind(Protocol):
 
     splits: tuple[str, ...]
     needs_root: bool
-    locate: Callable[[Path, str], Path | None] | None
+    locate: Callable[[Path, str, Mapping[str, Any]], Path | None] | None
 
     @property
     def options(self) -> Iterable[str]: ...
 
 
-def split_folder(root: Path, split: str) -> Path | None:
+def split_folder(root: Path, split: str, options: Mapping[str, Any] | None = None) -> Path | None:
     """``<root>/<split>`` if it is a folder (the ``locate`` of class-folder kinds)."""
     return root / split if (root / split).is_dir() else None
 
 
-def split_location(kind: DatasetKind, root: str | Path | None, split: str) -> Path | None:
-    """Where ``split`` of a dataset of ``kind`` under ``root`` is on disk (its folder or list file), or None: for a
-    split the kind does not have, without a root, or for a split of a kind with ``locate`` that is not on disk. The
-    splits of kinds without ``locate`` are all read from the root itself."""
+def split_location(
+    kind: DatasetKind, root: str | Path | None, split: str, options: Mapping[str, Any] | None = None
+) -> Path | None:
+    """Where ``split`` of a dataset of ``kind`` under ``root`` (read with the kind's ``options``, which may choose the
+    files, e.g. a VTAB-1k task and stage) is on disk (its folder or list file), or None: for a split the kind does not
+    have, without a root, or for a split of a kind with ``locate`` that is not on disk. The splits of kinds without
+    ``locate`` are all read from the root itself."""
     if split not in kind.splits or root is None:
         return None
     path = Path(root).expanduser()
     if kind.locate is None:
         return path
-    return kind.locate(path, split) if path.is_dir() else None
+    return kind.locate(path, split, dict(options or {})) if path.is_dir() else None
 
 
 def resolve_request(

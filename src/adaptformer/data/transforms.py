@@ -3,7 +3,9 @@
 Train: RandomResizedCrop to the input size (the backbone's interpolation, bicubic for the MAE ViT-B) + horizontal
 flip; :class:`ImageAugment` holds the crop's area range (paper: 8%-100%) and whether to flip, since neither suits
 every task (an 8x8 digit cropped to 8% of its area is a blob; a mirrored digit is another symbol). Eval: resize the
-short side to ``size / crop_pct`` (256 for 224 at crop_pct 0.875) + centre crop. Both end with
+short side to ``size / crop_pct`` (256 for 224 at crop_pct 0.875) + centre crop, or (``resize="full"``, the VTAB-1k
+protocol) resize the whole image to the input size without a crop; with ``random=False`` (the VTAB-1k protocol's "no
+augmentation") training images get that deterministic eval geometry too. Both end with
 :func:`normalize_transform`, the uint8 -> float -> mean/std step, which works on any tensor shaped ``(..., C, H, W)``
 so the video pipeline reuses it on ``(T, C, H, W)`` clips.
 """
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 PAPER_CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's area range in the paper's (MAE's) image recipe
+RESIZE_MODES = ("crop", "full")
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,15 @@ class ImageAugment:
     Args:
         crop_scale: (min, max) fraction of the image's area that RandomResizedCrop keeps, 0 < min <= max <= 1.
         flip: random horizontal flip (probability 0.5).
+        random: whether training images get the random geometry at all; False: the eval geometry (no augmentation).
+        resize: the eval geometry: "crop" (short side to size / crop_pct + centre crop) or "full" (the whole image
+            resized to the input size, aspect ratio not kept).
     """
 
     crop_scale: tuple[float, float] = PAPER_CROP_SCALE
     flip: bool = True
+    random: bool = True
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         scale = self.crop_scale
@@ -60,6 +68,10 @@ class ImageAugment:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {list(scale)!r}")
         if not isinstance(self.flip, bool):
             raise ValueError(f"flip must be true or false, got {self.flip!r}")
+        if not isinstance(self.random, bool):
+            raise ValueError(f"augment must be true or false, got {self.random!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {list(RESIZE_MODES)}, got {self.resize!r}")
         object.__setattr__(self, "crop_scale", (low, high))
 
 
@@ -112,8 +124,9 @@ def eval_resize_size(pre: Preprocessing) -> int | tuple[int, int]:
 def build_image_transform(
     pre: Preprocessing, train: bool, augment: ImageAugment | None = None
 ) -> Callable[[Any], torch.Tensor]:
-    """The train (random crop [+ flip], ``augment``; default: the paper's) or eval (resize + centre crop) transform,
-    ending normalised.
+    """The train (random crop [+ flip], ``augment``; default: the paper's) or eval (resize + centre crop, or the whole
+    image resized: ``augment.resize``) transform, ending normalised; training without ``augment.random`` uses the eval
+    geometry.
 
     Accepts PIL images, numpy ``(H, W[, C])`` uint8 arrays and ``([C,] H, W)`` uint8 tensors; returns a float32
     ``(3, H, W)`` tensor with ``(H, W) = pre.image_size``.
@@ -122,12 +135,14 @@ def build_image_transform(
         raise ValueError(f"image transforms produce RGB (3 channels), but input_size is {pre.input_size}")
     interpolation = InterpolationMode(pre.interpolation)
     size = list(pre.image_size)
-    if train:
-        augment = augment or ImageAugment()
+    augment = augment or ImageAugment()
+    if train and augment.random:
         geometry: list[Callable[[Any], Any]] = [
             v2.RandomResizedCrop(size, scale=augment.crop_scale, interpolation=interpolation, antialias=True),
             *([v2.RandomHorizontalFlip()] if augment.flip else []),
         ]
+    elif augment.resize == "full":
+        geometry = [v2.Resize(size, interpolation=interpolation, antialias=True)]
     else:
         geometry = [
             v2.Resize(eval_resize_size(pre), interpolation=interpolation, antialias=True),

@@ -217,9 +217,9 @@ def resolve_test_split(spec: DataSpec) -> str:
     """The split a run tests on: "test", or "val" when the dataset has a val split on disk but no test split (the
     ImageNet layout ``train/`` + ``val/``), which is logged."""
     entry = _registry_entry(spec)
-    if entry.locate is None or split_location(entry, spec.root, "test") is not None:
+    if entry.locate is None or split_location(entry, spec.root, "test", spec.options) is not None:
         return "test"
-    val = split_location(entry, spec.root, "val")
+    val = split_location(entry, spec.root, "val", spec.options)
     if val is None:
         return "test"  # loading it raises the error that shows the expected layout
     logger.info("%s: %s has no test split; %s is the held-out test split (when training, model selection uses "
@@ -231,9 +231,9 @@ def given_val_split(spec: DataSpec, val_split: float = 0.0) -> str | None:
     """The split for model selection, "val", when the dataset has both a val and a test split on disk (it is then
     used instead of a part carved from train, and ``val_split``, ``--data.val_split``, is not: logged); else None."""
     entry = _registry_entry(spec)
-    if entry.locate is None or split_location(entry, spec.root, "test") is None:
+    if entry.locate is None or split_location(entry, spec.root, "test", spec.options) is None:
         return None
-    val = split_location(entry, spec.root, "val")
+    val = split_location(entry, spec.root, "val", spec.options)
     if val is None:
         return None
     unused = f"; --data.val_split {val_split:g} is not used" if val_split else ""

@@ -1,6 +1,8 @@
 """The paper's training recipes: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2, HMDB51; each
 x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column, and Table 7 (AdaptFormer on the
-hierarchical Swin-B and Video Swin-B, per-stage bottleneck dim // 12).
+hierarchical Swin-B and Video Swin-B, per-stage bottleneck dim // 12); beside them the PETL community's VTAB-1k and
+FGVC protocols (``vtab_fgvc.yaml``: each of the 19 VTAB-1k tasks and 5 FGVC datasets x AdaptFormer variants, LoRA,
+Adapter+), which a benchmark driver runs per task.
 
 They are data, one YAML file per paper table (``table1.yaml``, ``table7.yaml``), each in the same form: each
 dataset's settings once, each method row once, the few exceptions per dataset (full fine-tuning's 0.1x lr on SVHN and
@@ -22,7 +24,7 @@ import yaml
 
 from ..engine.config_data import merge_config, read_yaml_mapping
 
-TABLES = ("table1.yaml", "table7.yaml")
+TABLES = ("table1.yaml", "table7.yaml", "vtab_fgvc.yaml")
 
 
 @functools.cache
@@ -70,8 +72,10 @@ def recipe_summary(name: str) -> str:
     table, dataset_name, row_name = _split(name)
     dataset = table["datasets"][dataset_name]
     backbone = table["modalities"][dataset["modality"]]["backbone"]
-    score = dataset["paper"][row_name]
     row = table["rows"][row_name]["title"]
+    score = dataset.get("paper", {}).get(row_name)
+    if score is None:  # a protocol table (vtab_fgvc.yaml): no published number per recipe
+        return f"{dataset['title']}, {row}: {table['paper_table']} ({backbone})"
     return f"{dataset['title']}, {row}: paper {table['paper_table']} reports {score:.2f} top-1 ({backbone})"
 
 

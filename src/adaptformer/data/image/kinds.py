@@ -4,7 +4,8 @@ standard layouts; nothing is ever downloaded.
 Kinds (see ``IMAGE_DATASETS``): ``cifar100`` / ``cifar10`` (the python pickle release), ``svhn`` (cropped digits,
 ``*_32x32.mat``), ``food101``, ``imagefolder`` (``<root>/<split>/<class>/<image>``), ``digits`` (scikit-learn's
 bundled 8x8 handwritten digits, for offline runs on real data), ``synthetic`` (seeded, class-coloured images) and
-``shapes`` (procedural shapes). ``skip_bad_images`` is taken only by the kinds with one file per image (``food101``,
+``shapes`` (procedural shapes), and the PETL benchmarks' ``vtab1k`` (:mod:`.vtab`), ``fgvc`` and ``cub200``
+(:mod:`.fgvc`). ``skip_bad_images`` is taken only by the kinds with one file per image (``food101``,
 ``imagefolder``). The image handed to the transform is a PIL RGB image for file-based kinds and a uint8
 ``(C, H, W)`` tensor for the others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from adaptformer.data.files import (
     require_keys,
 )
 from adaptformer.data.image.datasets import ArrayImageDataset, ImageFileDataset, Transform
+from adaptformer.data.image.fgvc import CUB_LAYOUT, FGVC_LAYOUT, build_cub200, build_fgvc, locate_fgvc
+from adaptformer.data.image.vtab import VTAB_LAYOUT, build_vtab1k, locate_vtab1k
 from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
 from adaptformer.data.splits import train_val_split_indices
 
@@ -51,6 +54,9 @@ _LAYOUTS = {
     "svhn": "<root>/\n  train_32x32.mat\n  test_32x32.mat\n  extra_32x32.mat   (optional)",
     "food101": "<root>/\n  food-101/\n    images/<class>/<id>.jpg\n    meta/classes.txt\n    meta/train.json\n"
     "    meta/test.json",
+    "vtab1k": VTAB_LAYOUT,
+    "fgvc": FGVC_LAYOUT,
+    "cub200": CUB_LAYOUT,
     "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional: model selection; "
     "without test/, the test split)\n  test/<class>/...    (optional when val/ is there)",
 }
@@ -278,7 +284,7 @@ class ImageDatasetKind:
     build: Callable[..., Dataset]
     splits: tuple[str, ...]
     needs_root: bool = True
-    locate: Callable[[Path, str], Path | None] | None = None  # where an optional split is on disk (None: all there)
+    locate: Callable[[Path, str, Mapping[str, Any]], Path | None] | None = None  # an optional split on disk
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -298,6 +304,9 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "svhn": ImageDatasetKind(_build_svhn, ("train", "test", "extra")),
     "food101": ImageDatasetKind(_build_food101, ("train", "test")),
     "imagefolder": ImageDatasetKind(_build_imagefolder, ("train", "val", "test"), locate=split_folder),
+    "vtab1k": ImageDatasetKind(build_vtab1k, ("train", "val", "test"), locate=locate_vtab1k),
+    "fgvc": ImageDatasetKind(build_fgvc, ("train", "val", "test"), locate=locate_fgvc),
+    "cub200": ImageDatasetKind(build_cub200, ("train", "test")),
     "digits": ImageDatasetKind(_build_digits, ("train", "test"), needs_root=False),
     "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
     "shapes": ImageDatasetKind(_build_shapes, ("train", "test"), needs_root=False),

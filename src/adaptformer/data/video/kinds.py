@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -122,7 +122,7 @@ class SyntheticVideos:
 # accepts for the kind.
 
 
-def _find_list(root: Path, split: str) -> Path | None:
+def _find_list(root: Path, split: str, options: Mapping[str, Any] | None = None) -> Path | None:
     """``<root>/<split>.txt`` (or ``.csv``) if present (the ``locate`` of the list kinds)."""
     return next((root / f"{split}{s}" for s in (".txt", ".csv") if (root / f"{split}{s}").is_file()), None)
 
@@ -207,7 +207,7 @@ class VideoDatasetKind:
     build: Callable[..., VideoFiles | SyntheticVideos]
     splits: tuple[str, ...]
     needs_root: bool = True
-    locate: Callable[[Path, str], Path | None] | None = None  # where an optional split is on disk (None: all there)
+    locate: Callable[[Path, str, Mapping[str, Any]], Path | None] | None = None  # an optional split on disk
     sampling: Strategy = "dense"
     stride: int = 4
 
