@@ -153,7 +153,10 @@ def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path],
     ("flag", "match"),
     [
         ("--data.skip_bad_videos", "--data.skip_bad_videos apply to video datasets only; 'cifar100' is an image"),
-        ("--data.skip_bad_images", "skip_bad_images applies to kinds with one file per image (food101, imagefolder, vtab1k, fgvc, cub200)"),
+        (
+            "--data.skip_bad_images",
+            "skip_bad_images applies to kinds with one file per image (food101, imagefolder, vtab1k, fgvc, cub200)",
+        ),
     ],
 )
 def test_eval_skip_flags_never_pass_silently(setup: dict[str, Path], capsys, flag: str, match: str) -> None:
