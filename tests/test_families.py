@@ -268,3 +268,17 @@ def test_adapter_output_keeps_the_streams_dtype_under_bf16_storage(variant: dict
         logits = model.train()(_inputs("vit"))
     F.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 3])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("form", [{"input": "normed"}, {"input": "residual"}, {"form": "sequential"}])
+def test_the_adapter_adds_in_the_streams_dtype_whatever_it_reads(form: dict) -> None:
+    """CUDA autocast computes LayerNorm in fp32: an adapter reading LN(x') (input="normed") gets fp32, yet the block
+    output must stay in the bf16 stream's dtype (on CPU autocast's LayerNorm is bf16, so the fp32 input is given
+    here directly)."""
+    from adaptformer.methods import AdaptMLP
+
+    adapter = AdaptMLP(8, 4, AdaptFormerConfig(scale="learnable", **form))
+    x, h = torch.randn(2, 3, 8, dtype=torch.bfloat16), torch.randn(2, 3, 8, dtype=torch.bfloat16)
+    normed = torch.randn(2, 3, 8)  # fp32, as CUDA autocast's layer_norm returns
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert adapter.add(x, normed, h).dtype == torch.bfloat16

@@ -231,7 +231,8 @@ def test_attention_that_bypasses_its_projections_is_refused(name: str, kwargs: d
     "kwargs, message",
     [
         ({"rank": 0}, "rank must be a positive int"),
-        ({"alpha": "big"}, "alpha must be a finite number or null"),
+        ({"alpha": "big"}, "alpha must be a finite number > 0"),
+        ({"alpha": 0}, "alpha must be a finite number > 0"),
         ({"targets": ("q", "x")}, r"targets must be some of .*\(\['x'\] unknown\)"),
         ({"targets": ("o", "proj")}, "names a projection twice"),
         ({"targets": ()}, "non-empty list"),

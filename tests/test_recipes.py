@@ -91,10 +91,18 @@ SWIN_B_ADAPTERS = 2 * 2698 + 2 * 11029 + 18 * 43562 + 2 * 175189
 TABLE7_IMAGE = {"cifar100": (100, 91.88), "svhn": (10, 97.31), "food101": (101, 91.86)}
 
 
-def test_table7_adapter_count_is_the_papers() -> None:
-    assert SWIN_B_ADAPTERS == 1_161_948
-    heads = [(1024 + 1) * classes for classes in (100, 10, 101, 174, 51)]  # the five datasets of Tables 1 and 7
-    assert round((SWIN_B_ADAPTERS * 5 + sum(heads)) / 5 / 1e6, 2) == 1.25  # the paper: "1.25M" on average
+def test_table7_counts_average_the_papers_figure_and_are_the_readmes() -> None:
+    """The five built models' counts (asserted per recipe below) average to the paper's "1.25M", and the README's
+    Table 7 rows state them."""
+    counts = {}
+    for dataset, classes in (("cifar100", 100), ("svhn", 10), ("food101", 101), ("ssv2", 174), ("hmdb51", 51)):
+        with torch.device("meta"):
+            model = build_model(TrainConfig.from_dict(load_recipe(f"{dataset}_swin_adaptformer")), classes)
+        counts[dataset] = count_trainable(model)
+    assert round(sum(counts.values()) / 5 / 1e6, 2) == 1.25
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for dataset, count in counts.items():
+        assert f"| `{dataset}_swin_adaptformer` |" in readme and f"| {count:,} |" in readme, dataset
 
 
 @pytest.mark.parametrize("dataset", TABLE7_IMAGE)
@@ -103,6 +111,8 @@ def test_table7_image_recipes_build_swin_b_with_the_papers_count(dataset: str) -
     classes, paper = TABLE7_IMAGE[dataset]
     cfg = TrainConfig.from_dict(load_recipe(name))
     assert name in recipe_names("Table 7") and f"paper Table 7 reports {paper:.2f} top-1" in recipe_summary(name)
+    notes = " ".join(line[2:] for line in recipe_text(name).splitlines() if line.startswith("# "))
+    assert "release swin_base_patch4_window7_224_22k.pth with --model.checkpoint_source swin" in notes
     assert cfg.model.backbone == "swin_base_patch4_window7_224.ms_in22k" and cfg.model.method.bottleneck == 1 / 12
     assert (cfg.optim.optimizer, cfg.optim.effective_batch, cfg.optim.epochs) == ("sgd", 1024, 100)
     with torch.device("meta"):

@@ -169,7 +169,8 @@ def test_official_checkpoint_with_wrong_keys_fails_naming_them(tmp_path: Path, e
 
 
 def test_official_checkpoint_of_another_window_size_is_refused_naming_both(tmp_path: Path) -> None:
-    """An 8x7x7 Kinetics file into a 16x7x7 model (the SSv2 recipe) in miniature: 2x4x4 saved, 4x4x4 built."""
+    """An 8x7x7 Kinetics file into a 16x7x7 model (the official Video Swin SSv2 starting point) in miniature: 2x4x4
+    saved, 4x4x4 built."""
     path = _save_official(tmp_path / "window244.pth", _official(_tiny()))
     match = (
         r"backbone\.layers\.0\.blocks\.0\.attn\.relative_position_bias_table: shape \(147, 1\) was saved for another "
@@ -232,6 +233,13 @@ def test_inflating_an_image_swin_of_another_window_fails_naming_the_key(tmp_path
     torch.save(_image_swin(window=2).state_dict(), path)
     with pytest.raises(CheckpointError, match=r"features\.1\.0\.attn\.relative_position_bias_table: shape \(9, 1\)"):
         load_pretrained(_tiny(), path, source="inflate-image-swin")
+
+
+def test_inflating_onto_an_image_model_is_refused_naming_the_source(tmp_path: Path) -> None:
+    path = tmp_path / "swin_image.pth"
+    torch.save(_image_swin().state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"inflate-image-swin inflates onto a video Swin \(tv_swin3d_\*\)"):
+        load_pretrained(_image_swin(), path, source="inflate-image-swin")
 
 
 def test_cli_trains_evaluates_and_predicts_with_a_tiny_video_swin(

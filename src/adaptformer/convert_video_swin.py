@@ -133,6 +133,12 @@ def convert_inflate_image_swin(state_dict: StateDict, model: nn.Module) -> State
     - everything else keeps its shape; an image window other than the model's spatial window is refused.
     """
     own = model.state_dict()
+    kernel = own.get("patch_embed.proj.weight")
+    if kernel is None or kernel.ndim != 5:
+        raise CheckpointError(
+            f"inflate-image-swin inflates onto a video Swin (tv_swin3d_*), whose patch embedding is a Conv3d; "
+            f"{type(model).__name__} has none (an image Swin's file loads into tv_swin_* with source torchvision)"
+        )
     out: StateDict = {}
     for key, value in state_dict.items():
         new = _rename_image(key)
@@ -152,7 +158,5 @@ def convert_inflate_image_swin(state_dict: StateDict, model: nn.Module) -> State
             out[new] = value.repeat(2 * window[0] - 1, 1)  # ((2Wd-1)(2Wh-1)(2Ww-1), heads), d-major
         else:
             out[new] = value
-    logger.info(
-        "inflated an image Swin to Swin3D (patch embedding over %s frames)", own["patch_embed.proj.weight"].shape[2]
-    )
+    logger.info("inflated an image Swin to Swin3D (patch embedding over %s frames)", kernel.shape[2])
     return out

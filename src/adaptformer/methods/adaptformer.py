@@ -174,22 +174,22 @@ class AdaptMLP(nn.Module):
             self.scale.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
         if self.layernorm == "in":
             x = self.norm(x)
         out = self.up_proj(self.dropout(self.act(self.down_proj(x)))) * self.scale
         if self.layernorm == "out":
             out = self.norm(out)
-        # in the stream's dtype: under autocast a learnable fp32 scale (or norm) would otherwise promote the residual
-        # stream to fp32, which a bf16-stored frozen LayerNorm downstream refuses
-        return out.to(dtype)
+        return out
 
     def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The feed-forward half's output given the residual stream ``x`` (x'), ``normed = norm2(x)`` and the
         (drop-path'ed) MLP branch ``h``. Ordered so that a zero adapter output gives exactly ``x + h``."""
+        # the contribution in the residual stream's dtype: under autocast a learnable fp32 scale, an adapter norm or
+        # an fp32 LayerNorm output read as input would otherwise promote the stream to fp32 (more memory, and a
+        # bf16-stored frozen LayerNorm downstream refuses it)
         if self.form == "sequential":
-            return x + (h + self(h))
-        return x + h + self(normed if self.input == "normed" else x)
+            return x + (h + self(h).to(x.dtype))
+        return x + h + self(normed if self.input == "normed" else x).to(x.dtype)
 
     def extra_repr(self) -> str:
         scale = "learnable" if isinstance(self.scale, nn.Parameter) else self.scale

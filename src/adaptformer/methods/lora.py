@@ -74,8 +74,9 @@ class LoRAConfig(MethodConfig):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be a positive int, got {self.rank!r}")
         if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha):
-                raise ValueError(f"alpha must be a finite number or null (= rank), got {self.alpha!r}")
+            a = self.alpha
+            if isinstance(a, bool) or not isinstance(a, int | float) or not math.isfinite(a) or a <= 0:
+                raise ValueError(f"alpha must be a finite number > 0 (0 scales every update away) or null, got {a!r}")
             object.__setattr__(self, "alpha", float(self.alpha))
         if isinstance(self.targets, str) or not isinstance(self.targets, list | tuple) or not self.targets:
             raise ValueError(f"targets must be a non-empty list of q, k, v, o (or proj), got {self.targets!r}")

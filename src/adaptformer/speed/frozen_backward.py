@@ -74,8 +74,8 @@ def supports_attention(norm: nn.Module, attn: nn.Module, x: torch.Tensor) -> boo
     return (
         x.dim() == 3
         and _layer_norm_ok(norm)
-        and isinstance(getattr(attn, "qkv", None), nn.Linear)
-        and isinstance(getattr(attn, "proj", None), nn.Linear)
+        and type(getattr(attn, "qkv", None)) is nn.Linear  # exactly: a subclass (LoRA's) computes more than W x + b
+        and type(getattr(attn, "proj", None)) is nn.Linear
         and isinstance(getattr(attn, "q_norm", None), identity)
         and isinstance(getattr(attn, "k_norm", None), identity)
         and isinstance(getattr(attn, "norm", nn.Identity()), identity)
