@@ -40,19 +40,9 @@ from torchvision.models._api import WeightsEnum
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
+from .torchvision_common import check_avg_pool, check_rgb, check_stages, linear_head, sizes
+
 __all__ = ["TorchvisionSwin", "TorchvisionViT"]
-
-
-def _pair(value: int | Sequence[int], name: str) -> list[int]:
-    values = [value] * 2 if isinstance(value, int) else [int(v) for v in value]
-    if len(values) != 2 or min(values) < 1:
-        raise ValueError(f"{name} must be a positive size or (H, W), got {value!r}")
-    return values
-
-
-def _check_rgb(in_chans: int, model: str) -> None:
-    if in_chans != 3:
-        raise ValueError(f"in_chans must be 3 (torchvision's {model} patch embedding is RGB), got {in_chans}")
 
 
 class TorchvisionViT(VisionTransformer):
@@ -93,7 +83,7 @@ class TorchvisionViT(VisionTransformer):
                 f"drop_path_rate {drop_path_rate} (model.drop_path): torchvision's VisionTransformer has no stochastic "
                 "depth (drop path) to apply it to; use 0, or a timm ViT (e.g. vit_base_patch16_224) for drop path"
             )
-        _check_rgb(in_chans, "VisionTransformer")
+        check_rgb(in_chans, "VisionTransformer")
         if image_size < 1 or patch_size < 1 or image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_size}")
         super().__init__(
@@ -128,7 +118,7 @@ class TorchvisionViT(VisionTransformer):
             )
         self.num_classes = num_classes
         device = self.class_token.device
-        self.heads.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.heads.head = linear_head(self.num_features, num_classes, device)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, 1 + N, D) tokens (class token first) after the encoder's final LayerNorm."""
@@ -187,19 +177,15 @@ class TorchvisionSwin(SwinTransformer):
             in_chans: input channels; torchvision's patch embedding takes RGB only (3).
             global_pool: "avg" (mean over H and W; the only pooling of this model).
         """
-        _check_rgb(in_chans, "SwinTransformer")
-        if global_pool != "avg":
-            raise ValueError(f"global_pool must be 'avg' (mean over H and W), got {global_pool!r}")
-        if len(depths) != len(num_heads):
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must name the same stages")
-        if sum(depths) < 2 or min(depths) < 1:  # torchvision spreads drop path over sum(depths) - 1 steps
-            raise ValueError(f"depths {list(depths)}: every stage needs a block, and the model at least two blocks")
+        check_rgb(in_chans, "SwinTransformer")
+        check_avg_pool(global_pool, "H and W")
+        check_stages(depths, num_heads)
         super().__init__(
-            patch_size=_pair(patch_size, "patch_size"),
+            patch_size=sizes(patch_size, 2, "patch_size"),
             embed_dim=embed_dim,
             depths=list(depths),
             num_heads=list(num_heads),
-            window_size=_pair(window_size, "window_size"),
+            window_size=sizes(window_size, 2, "window_size"),
             mlp_ratio=mlp_ratio,
             dropout=dropout,
             attention_dropout=attention_dropout,
@@ -210,7 +196,7 @@ class TorchvisionSwin(SwinTransformer):
             self.head = nn.Identity()
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.norm.normalized_shape[0]
-        self.img_size = tuple(_pair(img_size, "img_size"))
+        self.img_size = tuple(sizes(img_size, 2, "img_size"))
         self.global_pool = global_pool
         self.grad_checkpointing = False
 
@@ -223,11 +209,9 @@ class TorchvisionSwin(SwinTransformer):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and global_pool != "avg":
-            raise ValueError(f"global_pool must be 'avg', got {global_pool!r}")
+        check_avg_pool(global_pool, "H and W")
         self.num_classes = num_classes
-        device = self.norm.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(self.num_features, num_classes, self.norm.weight.device)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, H', W', D) tokens after the final norm."""

@@ -26,19 +26,14 @@ from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
+from .torchvision_common import check_avg_pool, check_rgb, check_stages, linear_head, sizes
+
 __all__ = ["VideoSwinTransformer"]
 
 # Frames per clip of the official Video Swin recipes and of torchvision's Swin3D weights: every Kinetics and SSv2
 # config samples clip_len=32 frames (frame_interval 2), and torchvision reports its accuracies at clip_len=32. The
 # model itself takes any clip length (it pads to whole windows); ``num_frames`` is what the data pipeline samples.
 DEFAULT_FRAMES = 32
-
-
-def _triple(value: int | Sequence[int], name: str) -> list[int]:
-    values = [value] * 3 if isinstance(value, int) else [int(v) for v in value]
-    if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be 3 positive sizes (T, H, W), got {value!r}")
-    return values
 
 
 class VideoSwinTransformer(SwinTransformer3d):
@@ -83,22 +78,17 @@ class VideoSwinTransformer(SwinTransformer3d):
             in_chans: input channels; torchvision's patch embedding takes RGB only (3).
             global_pool: "avg" (mean over T, H, W; the only pooling of this model).
         """
-        if in_chans != 3:
-            raise ValueError(f"in_chans must be 3 (torchvision's Swin3D patch embedding is RGB), got {in_chans}")
-        if global_pool != "avg":
-            raise ValueError(f"global_pool must be 'avg' (mean over T, H, W), got {global_pool!r}")
+        check_rgb(in_chans, "Swin3D")
+        check_avg_pool(global_pool, "T, H, W")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if len(depths) != len(num_heads):
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must name the same stages")
-        if sum(depths) < 2 or min(depths) < 1:  # torchvision spreads drop path over sum(depths) - 1 steps
-            raise ValueError(f"depths {list(depths)}: every stage needs a block, and the model at least two blocks")
+        check_stages(depths, num_heads)
         super().__init__(
-            patch_size=_triple(patch_size, "patch_size"),
+            patch_size=sizes(patch_size, 3, "patch_size"),
             embed_dim=embed_dim,
             depths=list(depths),
             num_heads=list(num_heads),
-            window_size=_triple(window_size, "window_size"),
+            window_size=sizes(window_size, 3, "window_size"),
             mlp_ratio=mlp_ratio,
             dropout=dropout,
             attention_dropout=attention_dropout,
@@ -123,11 +113,9 @@ class VideoSwinTransformer(SwinTransformer3d):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and global_pool != "avg":
-            raise ValueError(f"global_pool must be 'avg', got {global_pool!r}")
+        check_avg_pool(global_pool, "T, H, W")
         self.num_classes = num_classes
-        device = self.norm.weight.device
-        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(self.num_features, num_classes, self.norm.weight.device)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) clips -> (B, T', H', W', D) tokens after the final norm."""
