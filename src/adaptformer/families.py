@@ -39,12 +39,10 @@ class BlockFamily:
         name: the family's short name ("vit", "swin", "eva", ...), what methods key their adapted blocks by.
         block_type: the library's block class; only modules of exactly this class are the family's blocks (a subclass
             computes something else: torchvision's Swin V2 block subclasses the V1 block).
-        origin: where the class comes from, for listings ("timm ViT, DeiT, MAE, VideoMAE", ...).
     """
 
     name: str
     block_type: type[nn.Module]
-    origin: str = ""
 
     def is_block(self, module: nn.Module) -> bool:
         """Whether ``module`` is a plain block of this family, or one a method already adapted (a subclass that some
@@ -66,12 +64,12 @@ class BlockFamily:
 
 
 FAMILIES: tuple[BlockFamily, ...] = (
-    BlockFamily("vit", Block, "timm ViT/DeiT/MAE, adaptformer's VideoMAE video ViT"),
-    BlockFamily("swin", SwinTransformerBlock, "timm Swin"),
-    BlockFamily("eva", EvaBlock, "timm EVA, EVA-02, RoPE ViTs"),
-    BlockFamily("beit", BeitBlock, "timm BEiT"),
-    BlockFamily("tv_vit", TorchvisionViTBlock, "torchvision ViT"),
-    BlockFamily("tv_swin", TorchvisionSwinBlock, "torchvision Swin, Swin3D (Video Swin)"),
+    BlockFamily("vit", Block),  # timm ViT, DeiT, MAE; adaptformer's VideoMAE video ViT and shapes ViT
+    BlockFamily("swin", SwinTransformerBlock),  # timm Swin
+    BlockFamily("eva", EvaBlock),  # timm EVA, EVA-02, the RoPE ViTs (vit_*_rope_*)
+    BlockFamily("beit", BeitBlock),  # timm BEiT, BEiT v2
+    BlockFamily("tv_vit", TorchvisionViTBlock),  # torchvision ViT (tv_vit_*)
+    BlockFamily("tv_swin", TorchvisionSwinBlock),  # torchvision Swin V1 (tv_swin_*) and Swin3D (tv_swin3d_*)
 )
 
 
