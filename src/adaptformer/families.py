@@ -99,3 +99,31 @@ def family_blocks(
     """``model``'s family and its blocks as ``(stage, block)`` pairs in forward order."""
     family = find_family(model, supported, what)
     return family, family.blocks(model)
+
+
+def chosen_blocks(
+    model: nn.Module, supported: tuple[str, ...], layers: tuple[int, ...] | None, what: str
+) -> tuple[BlockFamily, list[tuple[int, nn.Module]], list[int]]:
+    """What a method attaching per block needs: ``model``'s family (among ``supported``), all its blocks as ``(stage,
+    block)`` pairs, and the indices ``layers`` chooses (None: every block), all checked before anything changes: in
+    range (ValueError) and each a plain block of its family, not one another method made its own
+    (UnsupportedModelError)."""
+    family, blocks = family_blocks(model, supported, what)
+    wanted = list(range(len(blocks))) if layers is None else list(layers)
+    missing = [i for i in wanted if i >= len(blocks)]
+    if missing:
+        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
+    for index in wanted:
+        block = blocks[index][1]
+        if type(block) is not family.block_type:
+            name = family.block_type.__name__
+            raise UnsupportedModelError(f"block {index} is {type(block).__name__}, a subclass of {name}")
+    return family, blocks, wanted
+
+
+def install(block: nn.Module, name: str, module: nn.Module, adapted: type[nn.Module]) -> None:
+    """Give ``block`` a method's ``module`` as child ``name`` (on the block's device; it keeps its own dtype: the
+    trained weights stay fp32 over a low-precision backbone) and make it the method's ``adapted`` subclass of its
+    class, whose ``forward`` uses the module. The block's own parameter names do not change."""
+    block.add_module(name, module.to(device=next(block.parameters()).device))
+    block.__class__ = adapted

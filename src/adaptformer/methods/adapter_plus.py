@@ -34,8 +34,7 @@ from timm.models.vision_transformer import Block
 from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
-from ..errors import UnsupportedModelError
-from ..families import block_width, family_blocks
+from ..families import block_width, chosen_blocks, install
 from ..validation import check_block_indices
 from .registry import Method, MethodConfig
 
@@ -177,20 +176,11 @@ def attach(model: nn.Module, config: AdapterPlusConfig) -> nn.Module:
     """
     if adapter_plus_modules(model):
         raise ValueError(f"{type(model).__name__} already has Adapter+ modules; attach them only once")
-    family, blocks = family_blocks(model, tuple(ADAPTER_PLUS_BLOCKS), what="Adapter+")
-    plain, adapted = family.block_type, ADAPTER_PLUS_BLOCKS[family.name]
-    wanted = range(len(blocks)) if config.layers is None else config.layers
-    missing = [i for i in wanted if i >= len(blocks)]
-    if missing:
-        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
+    family, blocks, wanted = chosen_blocks(model, tuple(ADAPTER_PLUS_BLOCKS), config.layers, what="Adapter+")
     for index in wanted:
         block = blocks[index][1]
-        if type(block) is not plain:
-            raise UnsupportedModelError(f"block {index} is {type(block).__name__}, a subclass of {plain.__name__}")
         adapter = AdapterPlus(block_width(block), config.bottleneck, config.drop_path)
-        # Adapters stay fp32 even over a low-precision backbone: they are the trained weights.
-        block.add_module("adapter_plus", adapter.to(device=next(block.parameters()).device))
-        block.__class__ = adapted
+        install(block, "adapter_plus", adapter, ADAPTER_PLUS_BLOCKS[family.name])
     return model
 
 

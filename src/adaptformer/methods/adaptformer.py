@@ -24,8 +24,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..errors import UnsupportedModelError
-from ..families import block_width, family_blocks
+from ..families import block_width, chosen_blocks, install
 from ..validation import check_choice
 from .adaptformer_blocks import ADAPTED_BLOCKS, AdaptedSwinBlock, AdaptedViTBlock
 from .registry import Method, MethodConfig
@@ -209,12 +208,7 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
     """
     if adapter_modules(model):
         raise ValueError(f"{type(model).__name__} already has AdaptMLP modules; attach them only once")
-    family, blocks = family_blocks(model, tuple(ADAPTED_BLOCKS), what="adapters")
-    plain, adapted = family.block_type, ADAPTED_BLOCKS[family.name]
-    wanted = range(len(blocks)) if config.layers is None else config.layers
-    missing = [i for i in wanted if i >= len(blocks)]
-    if missing:
-        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
+    family, blocks, wanted = chosen_blocks(model, tuple(ADAPTED_BLOCKS), config.layers, what="adapters")
     num_stages = blocks[-1][0] + 1
     if isinstance(config.bottleneck, tuple) and len(config.bottleneck) != num_stages:
         raise ValueError(
@@ -222,13 +216,10 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
         )
     for index in wanted:
         stage, block = blocks[index]
-        if type(block) is not plain:
-            raise UnsupportedModelError(f"block {index} is {type(block).__name__}, a subclass of {plain.__name__}")
         width = block_width(block)
-        adapter = AdaptMLP(width, config.bottleneck_for(width, stage), config)
-        # Adapters stay fp32 even over a low-precision backbone: they are the trained weights.
-        block.add_module("adaptmlp", adapter.to(device=next(block.parameters()).device))
-        block.__class__ = adapted
+        install(
+            block, "adaptmlp", AdaptMLP(width, config.bottleneck_for(width, stage), config), ADAPTED_BLOCKS[family.name]
+        )
     return model
 
 
