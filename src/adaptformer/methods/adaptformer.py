@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..families import block_width, chosen_blocks, install
-from ..validation import check_choice
+from ..validation import check_block_indices, check_choice
 from .adaptformer_blocks import ADAPTED_BLOCKS, AdaptedSwinBlock, AdaptedViTBlock
 from .registry import Method, MethodConfig
 
@@ -99,15 +99,7 @@ class AdaptFormerConfig(MethodConfig):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        if self.layers is not None:
-            layers = tuple(self.layers)
-            if not layers or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
-                raise ValueError(
-                    f"layers must be a non-empty list of block indices >= 0 (or null for all), got {layers}"
-                )
-            if len(set(layers)) != len(layers):
-                raise ValueError(f"layers has duplicate block indices: {layers}")
-            object.__setattr__(self, "layers", tuple(sorted(layers)))
+        object.__setattr__(self, "layers", check_block_indices("layers", self.layers))
 
     def bottleneck_for(self, width: int, stage: int) -> int:
         """The hidden width of the adapter of a block of ``width`` channels in ``stage``."""
