@@ -325,7 +325,10 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run_bit_for_bit(tmp_path: 
     a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.test == full.test
+    measured = ("peak_memory_mb",)  # the process's own peak, which differs between runs
+    assert {k: v for k, v in resumed.test.items() if k not in measured} == {
+        k: v for k, v in full.test.items() if k not in measured
+    }
 
     def losses(d: str) -> list:
         return [

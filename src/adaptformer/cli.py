@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``.
+``study``, ``benchmark``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.TrainConfig` through jsonargparse
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_adapter import add_adapter_commands, at_least
+from .cli_benchmark import add_benchmark_command
 from .data import ImageDecodeError
 from .data.video import VideoDecodeError
 from .errors import MissingDependencyError, UnsupportedModelError
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a few-second setting that only checks the pipeline")
     demo.set_defaults(func=_cmd_demo)
     _add_study_parser(sub)
+    add_benchmark_command(sub)
     return parser
 
 
@@ -348,8 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _config_command(command, argv[argv.index(command) + 1 :])
         args.verbose = verbose
     else:
+        after_dashes: list[str] = []
+        if command == "benchmark" and "--" in argv:  # train flags for every stage
+            argv, after_dashes = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
+        args.train_flags = after_dashes
         if unknown and command != "eval":
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.data_flags = unknown  # eval's --data.* flags: the data section's, read by jsonargparse

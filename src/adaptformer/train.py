@@ -11,7 +11,8 @@ reads them):
                     recording the class names, how the backbone was built and how training evaluated it
     checkpoint.pt   the training state for ``run.resume`` (every epoch, and every ``run.save_every_steps`` steps)
     test.json       the test split, evaluated once at the end with the selected adapter (video datasets: multi-view
-                    acc1/acc5 over test_clips x test_crops views per video, plus single_view_acc1/acc5)
+                    acc1/acc5 over test_clips x test_crops views per video, plus single_view_acc1/acc5), the
+                    selected epoch, the trainable parameters and the peak memory (CUDA: max allocated; CPU: max RSS)
 
 A new run needs a missing or empty ``run.output_dir`` (``run.resume`` continues the run there, ``run.overwrite``
 removes it first; :mod:`.engine.run_folder`), and nothing there changes before the run's inputs (weights file,
@@ -65,13 +66,13 @@ from .engine.distributed import (
 from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
 from .engine.progress import Progress, RunEta
-from .engine.records import TEST_FILE, MetricsLog, write_json
+from .engine.records import TEST_FILE, MetricsLog, peak_memory, write_json
 from .engine.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from .engine.run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
 from .engine.schedule import WarmupCosine
 from .factory import create_model, require_checkpoint
 from .methods import method_of
-from .model import parameter_report, task_state_dict
+from .model import count_trainable, parameter_report, task_state_dict
 from .precision import resolve_precision
 from .saving import TrainingRecord, load_adapter, save_adapter
 from .speed import apply_speed
@@ -308,7 +309,8 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     if cfg.run.select == "last" and ctx.is_main:
         selected_val = next((r.get("val_acc1") for r in metrics.read() if r["epoch"] == selected_epoch), None)
     report = {"split": test_split.name, **test, "select": cfg.run.select, "epoch": selected_epoch,
-              "val_acc1": selected_val}  # fmt: skip
+              "val_acc1": selected_val, "trainable_parameters": count_trainable(model),
+              **peak_memory(ctx.device)}  # fmt: skip
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)

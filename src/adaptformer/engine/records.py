@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..saving import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,18 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The process's peak memory so far, for the run's report: on CUDA the most tensor memory PyTorch allocated on
+    ``device`` (``torch.cuda.max_memory_allocated``), elsewhere the process's peak resident set size (``ru_maxrss``,
+    which counts everything the process held: Python, the backbone, data loading)."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "memory": "cuda max allocated"}
+    import resource  # POSIX only, as is the rest of the run folder's handling
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB (macOS would say bytes)
+    return {"peak_memory_mb": kib / 1024, "memory": "process max RSS"}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,0 +1,21 @@
+"""Benchmark suites of the PETL community (VTAB-1k, FGVC) run under their protocol: task definitions
+(:mod:`.tasks`), atomic task claims for several workers (:mod:`.claims`), the per-task driver (:mod:`.driver`) and
+the table and plot (:mod:`.report`). ``adaptformer benchmark`` is the command line."""
+
+from .driver import BenchmarkError, BenchmarkSettings, parse_grid, run_benchmark, split_launcher
+from .report import BenchmarkReport, read_report, write_report
+from .tasks import SUITES, Suite, get_suite
+
+__all__ = [
+    "SUITES",
+    "BenchmarkError",
+    "BenchmarkReport",
+    "BenchmarkSettings",
+    "Suite",
+    "get_suite",
+    "parse_grid",
+    "read_report",
+    "run_benchmark",
+    "split_launcher",
+    "write_report",
+]

@@ -1,0 +1,293 @@
+"""``adaptformer benchmark``: run a suite's protocol task by task, as separate ``adaptformer train`` processes.
+
+Per task (folder ``OUT/<task>/``), as the VTAB-1k / FGVC protocol prescribes:
+
+1. tune: for each candidate setting (one, or each point of ``--grid``), train on train800 (FGVC: train.json) and
+   evaluate on val200 (val.json) every epoch; the candidate with the best last-epoch validation accuracy is chosen
+   (the first on ties), and the best epoch on validation is recorded beside it where it differs;
+2. final: retrain the chosen setting on train800val200 (train + val) and test the last epoch once on test.txt
+   (test.json): the number the table reports. The test split is read by this stage only.
+
+Each stage is one run folder (``tune-<k>/``, ``final/``) of ``adaptformer train`` with the shipped recipe
+``<suite>_<task>_<method>``, the user's train flags and the stage's ``data.options``, started with ``--launcher``
+(``python`` by default; ``torchrun --nproc_per_node 8`` runs the task on 8 GPUs). A stage whose ``test.json`` exists
+is done and skipped; an unfinished one resumes (``--run.resume true``). A task is done when ``result.json`` is
+written; workers sharing ``OUT`` claim tasks atomically (:mod:`.claims`). ``OUT/benchmark.json`` records the
+settings, so every later worker or re-run must use the same ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine.records import METRICS_FILE, TEST_FILE, write_json
+from .claims import default_worker_name, try_claim
+from .tasks import Suite, get_suite
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RESULT_FILE", "SETTINGS_FILE", "BenchmarkError", "BenchmarkSettings", "grid_points", "run_benchmark"]
+
+RESULT_FILE = "result.json"
+FAILED_FILE = "failed.json"
+SETTINGS_FILE = "benchmark.json"
+# The driver sets these per stage; a train flag naming one would silently fight it.
+OWNED_FLAGS = ("--data.dataset", "--data.data_dir", "--data.options", "--run.output_dir", "--run.resume",
+               "--run.overwrite", "--recipe", "--config")  # fmt: skip
+
+
+class BenchmarkError(ValueError):
+    """Settings that do not fit the suite, the output folder, or a stage that failed."""
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What a benchmark run is (recorded in ``OUT/benchmark.json``; the last three may differ between workers).
+
+    Args:
+        suite: "vtab" or "fgvc".
+        method: a row of the shipped protocol recipes (adaptformer8, adaptformer8_ln, adaptformer64, lora8,
+            adapter_plus8).
+        data_dir: the folder holding the suite's task folders.
+        output_dir: the benchmark's folder (one sub-folder per task).
+        tasks: the tasks to run (default: all of the suite).
+        grid: dotted train key -> candidate values, tuned per task on the validation split (empty: one candidate).
+        tune: run the tuning stage (False: only the final stage; needs an empty grid).
+        train_flags: extra ``adaptformer train`` flags for every stage (e.g. ``--model.checkpoint FILE``).
+        launcher: the command that runs ``-m adaptformer.cli train ...`` (default: this Python).
+        worker: this worker's name in claims (default ``host:pid``).
+        stale_after_s: a claim without heartbeat for this long belongs to a dead worker and is taken over.
+    """
+
+    suite: str
+    method: str
+    data_dir: Path
+    output_dir: Path
+    tasks: tuple[str, ...] = ()
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    tune: bool = True
+    train_flags: tuple[str, ...] = ()
+    launcher: tuple[str, ...] = ()
+    worker: str = field(default_factory=default_worker_name)
+    stale_after_s: float = 600.0
+
+    def recorded(self) -> dict[str, Any]:
+        """The part every worker must share."""
+        return {"suite": self.suite, "method": self.method, "tasks": list(self.tasks), "grid": self.grid,
+                "tune": self.tune, "train_flags": list(self.train_flags)}  # fmt: skip
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the order given (the first key varies slowest)."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise BenchmarkError(f"--grid: {key} must map to a non-empty list of values, got {values!r}")
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _flag_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _overrides_flags(point: dict[str, Any]) -> list[str]:
+    return [part for key, value in point.items() for part in (f"--{key}", _flag_value(value))]
+
+
+def check_settings(settings: BenchmarkSettings) -> tuple[Suite, tuple[str, ...]]:
+    """The suite and the tasks to run, after every check that needs no training."""
+    suite = get_suite(settings.suite)
+    suite.check_method(settings.method)
+    tasks = settings.tasks or suite.tasks
+    suite.check_tasks(list(tasks))
+    grid_points(settings.grid)
+    if settings.grid and not settings.tune:
+        raise BenchmarkError("--grid needs the tuning stage (it chooses among the grid on the validation split); drop "
+                             "--no-tune")  # fmt: skip
+    for flag in settings.train_flags:
+        name = flag.split("=", 1)[0]
+        if name in OWNED_FLAGS:
+            raise BenchmarkError(f"train flag {name}: the benchmark sets it for each stage; remove it")
+        if name.startswith("--") and name[2:] in settings.grid:
+            raise BenchmarkError(f"train flag {name} is also a --grid key; give it in one place")
+    if not settings.data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir {settings.data_dir} is not a folder (expected the suite's task folders)")
+    for point in grid_points(settings.grid) if settings.tune else [{}]:
+        _check_flags(settings, suite, tasks[0], point)
+    return suite, tuple(tasks)
+
+
+def _check_flags(settings: BenchmarkSettings, suite: Suite, task: str, point: dict[str, Any]) -> None:
+    """Parse a stage's configuration here, as ``adaptformer train`` will, so that a bad train flag or grid value
+    stops the benchmark before any task starts."""
+    from ..engine.config_parser import parse_cli
+    from ..recipes import recipe_config
+
+    recipe = suite.recipe(task, settings.method)
+    arguments = train_arguments(settings, suite, task, "final", point, settings.output_dir / task / "final")
+    parse_cli(arguments[2:], [(f"recipe {recipe}", recipe_config(recipe))])  # what train does with --recipe
+
+
+def record_settings(settings: BenchmarkSettings, tasks: tuple[str, ...]) -> None:
+    """Write ``OUT/benchmark.json`` on first use; later runs and workers must match it."""
+    path = settings.output_dir / SETTINGS_FILE
+    mine = {**settings.recorded(), "tasks": list(tasks)}
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if differ:
+            lines = "; ".join(f"{k}: recorded {a!r}, given {b!r}" for k, (a, b) in differ.items())
+            raise BenchmarkError(f"{path}: this folder's benchmark was started with other settings ({lines}); use the "
+                                 "same settings to continue it, or another --out")  # fmt: skip
+        return
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, mine)
+
+
+def _launcher(settings: BenchmarkSettings) -> list[str]:
+    return [*(settings.launcher or (sys.executable,)), "-m", "adaptformer.cli"]
+
+
+def train_arguments(
+    settings: BenchmarkSettings, suite: Suite, task: str, stage: str, point: dict[str, Any], folder: Path
+) -> list[str]:
+    """The ``adaptformer train`` arguments of one stage (recipe, data, folder, the user's flags, the grid point)."""
+    return [
+        "--recipe", suite.recipe(task, settings.method), "--data.data_dir", str(settings.data_dir),
+        "--data.options", json.dumps(suite.options(task, stage)), "--run.output_dir", str(folder),
+        *settings.train_flags, *_overrides_flags(point),
+    ]  # fmt: skip
+
+
+def stage_command(
+    settings: BenchmarkSettings, suite: Suite, task: str, stage: str, point: dict[str, Any], folder: Path
+) -> list[str]:
+    """The command of one stage; an unfinished stage's folder is resumed."""
+    resume = ["--run.resume", "true"] if folder.exists() else []
+    return [*_launcher(settings), "train", *train_arguments(settings, suite, task, stage, point, folder), *resume]
+
+
+def _run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
+    """Run one stage (or find it done) and read what it wrote: test.json + the per-epoch validation record."""
+    if not (folder / TEST_FILE).is_file():
+        logger.info("%s: %s", folder, shlex.join(command))
+        with log.open("a") as out:
+            out.write(f"$ {shlex.join(command)}\n")
+            out.flush()
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        if code != 0 or not (folder / TEST_FILE).is_file():
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+            raise BenchmarkError(f"{folder}: the training run failed (exit {code}); its log {log} ends:\n{tail}")
+    test = json.loads((folder / TEST_FILE).read_text())
+    epochs = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
+    vals = [(r["val_acc1"], r["epoch"]) for r in epochs if r.get("val_acc1") is not None]
+    best = max(vals, key=lambda v: v[0]) if vals else (None, None)  # max keeps the first of equal values
+    return {"test": test, "best_val_acc1": best[0], "best_val_epoch": best[1],
+            "train_seconds": sum(r.get("seconds") or 0.0 for r in epochs), "epochs": len(epochs)}  # fmt: skip
+
+
+def run_task(settings: BenchmarkSettings, suite: Suite, task: str) -> dict[str, Any]:
+    """Both stages of ``task``; returns what ``result.json`` holds."""
+    folder = settings.output_dir / task
+    log = folder / "train.log"
+    started = time.perf_counter()
+    points = grid_points(settings.grid) if settings.tune else [{}]
+    candidates = []
+    if settings.tune:
+        for k, point in enumerate(points):
+            stage = folder / f"tune-{k}"
+            done = _run_stage(stage_command(settings, suite, task, "tune", point, stage), stage, log)
+            candidates.append({
+                "settings": point, "val_acc1": done["test"]["acc1"], "val_epoch": done["test"]["epoch"],
+                "best_val_acc1": done["best_val_acc1"], "best_val_epoch": done["best_val_epoch"],
+                "train_seconds": done["train_seconds"],
+            })  # fmt: skip
+    chosen = max(range(len(candidates)), key=lambda k: candidates[k]["val_acc1"]) if candidates else 0
+    final = _run_stage(
+        stage_command(settings, suite, task, "final", points[chosen], folder / "final"), folder / "final", log
+    )
+    test = final["test"]
+    return {
+        "task": task, "group": suite.groups.get(task), "method": settings.method, "chosen": points[chosen],
+        "candidates": candidates, "test_acc1": test["acc1"], "test_acc5": test.get("acc5"),
+        "test_split": test["split"], "test_n": test.get("n"), "final_epoch": test["epoch"],
+        "trainable_parameters": test.get("trainable_parameters"), "train_seconds": final["train_seconds"],
+        "tune_seconds": sum(c["train_seconds"] for c in candidates), "peak_memory_mb": test.get("peak_memory_mb"),
+        "memory": test.get("memory"), "wall_seconds": time.perf_counter() - started, "worker": settings.worker,
+    }  # fmt: skip
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did."""
+
+    ran: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    held_elsewhere: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def run_benchmark(settings: BenchmarkSettings) -> WorkerSummary:
+    """Work through the suite's unfinished tasks this worker can claim (see the module docstring)."""
+    suite, tasks = check_settings(settings)
+    record_settings(settings, tasks)
+    summary = WorkerSummary()
+    for task in tasks:
+        folder = settings.output_dir / task
+        if (folder / RESULT_FILE).is_file():
+            summary.already_done.append(task)
+            continue
+        claim = try_claim(folder, settings.worker, settings.stale_after_s)
+        if claim is None:
+            summary.held_elsewhere.append(task)
+            continue
+        with claim:
+            if (folder / RESULT_FILE).is_file():  # finished by another worker between our look and our claim
+                summary.already_done.append(task)
+                continue
+            (folder / FAILED_FILE).unlink(missing_ok=True)
+            logger.info("%s %s: task %s (worker %s)", suite.name, settings.method, task, settings.worker)
+            try:
+                result = run_task(settings, suite, task)
+            except BenchmarkError as error:
+                logger.error("%s", error)
+                summary.failed[task] = str(error)
+                write_json(folder / FAILED_FILE, {"worker": settings.worker, "error": str(error)})
+                continue
+            write_json(folder / RESULT_FILE, _finite(result))
+            summary.ran.append(task)
+    return summary
+
+
+def _finite(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+
+
+def parse_grid(text: str | None) -> dict[str, list[Any]]:
+    """``--grid 'optim.lr: [0.001, 0.005]'`` (YAML or JSON: dotted train key -> list of values)."""
+    if text is None:
+        return {}
+    import yaml
+
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise BenchmarkError(f"--grid {text!r} is not YAML: {error}") from None
+    if not isinstance(grid, dict) or not all(isinstance(k, str) for k in grid):
+        raise BenchmarkError(f"--grid {text!r}: expected a mapping of dotted train keys to lists, e.g. "
+                             "'{optim.lr: [0.001, 0.005], model.method.scale: [0.1, 1.0]}'")  # fmt: skip
+    grid_points(grid)
+    return grid
+
+
+def split_launcher(text: str | None) -> tuple[str, ...]:
+    return tuple(shlex.split(text)) if text else ()
