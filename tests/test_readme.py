@@ -30,6 +30,7 @@ import pytest
 import torch
 from PIL import Image
 from tests.test_data_image import write_cifar100, write_food101, write_imagefolder, write_svhn
+from tests.test_vtab_fgvc import write_vtab_task
 from tests.video_files import write_video
 
 from adaptformer.cli import main
@@ -78,7 +79,10 @@ def run(command: str, work: Path, extra: dict[str, list[str]], paths: dict[str, 
         command = command.replace(prefix, f"{work / local}/")
     argv = shlex.split(command)
     program, args = argv[0], argv[1:]
-    args = args + extra.get(args[0] if args else "", []) if program.endswith("adaptformer") else args
+    if program.endswith("adaptformer"):  # size flags after the sub-command's own; `benchmark`'s train flags after --
+        more = extra.get(args[0] if args else "", [])
+        cut = args.index("--") if "--" in args else len(args)
+        args = [*args[:cut], *more, *args[cut:], *(extra.get("--", []) if "--" in args else [])]
     expanded = [match for arg in args for match in (sorted(glob.glob(arg, root_dir=work)) if "*" in arg else [arg])]
     if program.endswith("adaptformer"):
         out, cwd = io.StringIO(), Path.cwd()
@@ -175,6 +179,7 @@ IMAGE_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(IMAGE_SIZE), "--data.val_s
              "--data.verify_checksums", "false"]  # fmt: skip
 VIDEO_RUN = [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE), "--data.val_split", "1"]
 IMAGE_EVAL = ["--data.verify_checksums", "false"]
+BENCH_TASKS = ("patch_camelyon", "kitti")  # two of the 19 VTAB-1k tasks, the ones with the fewest classes
 
 
 # ----------------------------------------------------------------------------------------------- the flows
@@ -223,6 +228,20 @@ def _check_params(outputs: list[str], work: Path) -> None:
     assert "1,266,532" in outputs[0]
 
 
+def _vtab_files(work: Path) -> None:
+    """Two tiny VTAB-1k task folders and a 1-block ViT-B/16 (32 px) file in timm's layout, without its head."""
+    for task in BENCH_TASKS:
+        write_vtab_task(work / "vtab-1k", task)
+    state = build_backbone("vit_base_patch16_224.augreg_in21k", 10, **VIDEO_SIZE).state_dict()
+    torch.save({k: v for k, v in state.items() if not k.startswith("head.")}, work / "vit_base_patch16_224_in21k.pth")
+
+
+def _check_benchmark(outputs: list[str], work: Path) -> None:
+    table = (work / "runs/vtab_af8/results.md").read_text()
+    assert all(f"| {task} |" in table for task in BENCH_TASKS) and "**mean of 2 tasks**" in table
+    assert (work / "runs/vtab_af8/results.png").is_file()
+
+
 def _digits_files(work: Path) -> None:
     run("adaptformer prepare digits --out data/digits", work, {})
 
@@ -263,6 +282,15 @@ FLOWS = [
         extra={"torchrun": [*IMAGE_RUN, "--optim.effective_batch", "4"]},  # 2 processes x 2
     ),
     Flow("--run.resume true", setup=(_c100_run,)),
+    Flow(
+        "adaptformer benchmark vtab --method adaptformer8",
+        setup=(_vtab_files,),
+        extra={
+            "benchmark": ["--tasks", ",".join(BENCH_TASKS)],
+            "--": [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE)],
+        },
+        check=_check_benchmark,
+    ),
     Flow(
         "adaptformer eval --adapter runs/c100_af64/adapter",
         setup=(_c100_run,),
