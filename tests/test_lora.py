@@ -214,10 +214,32 @@ def test_speed_options_leave_the_function_alone() -> None:
         assert torch.equal(fast(x), expected)
 
 
+def test_videomae_q_v_bias_attention_gets_its_updates_exact_at_init_and_merged() -> None:
+    """VideoMAE's attention adds its q/v biases outside the qkv Linear: LoRA's update must still reach q and v."""
+    kwargs = {**TINY_VIT, "num_frames": 4, "qkv_bias": True}
+    name, config = "video_vit_base_patch16_224", LoRAConfig(targets=("q", "k", "v"))
+    torch.manual_seed(0)
+    plain = create_model(name, 5, method="linear", **kwargs).eval()
+    torch.manual_seed(0)  # the same backbone and head (LoRA draws its A after them)
+    model = create_model(name, 5, method=config, **kwargs).eval()
+    with torch.no_grad():
+        for a, b in zip(plain.blocks, model.blocks, strict=True):
+            for bias in ("q_bias", "v_bias"):
+                getattr(b.attn, bias).copy_(getattr(a.attn, bias).normal_())
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))  # B = 0: the backbone exactly
+    move_trainable(model, 0.3)
+    with torch.no_grad():
+        moved = model(x)
+        assert (moved - plain(x)).abs().max() > 1e-3  # the updates reach the output
+        merge_lora(model)
+        assert (model(x) - moved).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("video_vit_base_patch16_224", {**TINY_VIT, "num_frames": 4}, "adaptformer.models.video_vit.QVBiasAttention"),
         ("eva02_tiny_patch14_224", TINY_VIT, "timm.models.eva.EvaAttention"),
         ("beit_base_patch16_224", TINY_VIT, "timm.models.beit.Attention"),
     ],

@@ -16,9 +16,10 @@ that owns its updates as a child ``lora`` ModuleDict keyed by target (``blocks.0
 - torch.compile, deepcopy and pickling see ordinary module classes defined at module level (no hooks, no
   parametrizations, which would rename the weight to ``parametrizations.weight.original``).
 
-Only attentions whose forward calls those Linears are supported (``SUPPORTED_ATTENTION``): an attention that reads
-``qkv.weight`` itself (VideoMAE's q/v-bias attention, BEiT, EVA) or torchvision's ``MultiheadAttention`` would bypass
-the update, and is refused with UnsupportedModelError naming its class.
+Only attentions whose forward calls those Linears are supported (``SUPPORTED_ATTENTION``; VideoMAE's q/v-bias
+attention calls its qkv Linear once it is adapted): an attention that reads ``qkv.weight`` itself (BEiT, EVA) or
+torchvision's ``MultiheadAttention`` would bypass the update, and is refused with UnsupportedModelError naming its
+class.
 
 :func:`merge_lora` folds ``(alpha / r) B A`` into the frozen weights for inference (no extra work per step) and
 :func:`unmerge_lora` takes it out again.
@@ -38,6 +39,7 @@ from timm.models.swin_transformer import WindowAttention
 
 from ..errors import UnsupportedModelError
 from ..families import family_blocks, qualified_name
+from ..models.video_vit import QVBiasAttention
 from ..validation import check_block_indices
 from .registry import Method, MethodConfig
 
@@ -47,7 +49,7 @@ QKV_TARGETS = ("q", "k", "v")  # the three thirds of a fused qkv projection's ou
 OUTPUT_TARGET = "o"  # the output projection (``proj``)
 TARGET_ALIASES = {"proj": OUTPUT_TARGET}
 # attention classes whose forward computes ``self.qkv(x)`` (q, k, v thirds) and ``self.proj(x)``
-SUPPORTED_ATTENTION: tuple[type[nn.Module], ...] = (Attention, WindowAttention)
+SUPPORTED_ATTENTION: tuple[type[nn.Module], ...] = (Attention, WindowAttention, QVBiasAttention)
 
 
 @dataclass(frozen=True)

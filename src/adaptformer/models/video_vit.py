@@ -75,7 +75,10 @@ class QVBiasAttention(Attention):
         bias = None
         if self.q_bias is not None and self.v_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # (3 * A,), k part zero
-        qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3 * A)
+        if type(self.qkv) is nn.Linear:
+            qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3 * A)
+        else:  # an adapted projection (LoRA's LoRALinear): called, so that its update applies; then the q/v biases
+            qkv = self.qkv(x) if bias is None else self.qkv(x) + bias
         qkv = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
