@@ -95,7 +95,7 @@ ADDED_SINCE = [("data", "augment", True), ("data", "resize", "crop"), ("optim", 
 def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
     settings = StudySettings(seeds=(0, 1, 2), runs_dir="r")
     cells = build_cells(settings)
-    assert len(cells) == 2 * 10 * 3
+    assert len(cells) == 2 * 16 * 3
     assert len({c.config["run"]["output_dir"] for c in cells}) == len(cells)
     for task in settings.tasks:
         task_cells = [c for c in cells if c.task == task]

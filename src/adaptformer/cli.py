@@ -255,7 +255,8 @@ def _add_study_parser(sub: Any) -> None:
     defaults = StudySettings()
     study = sub.add_parser(
         "study", help="miniature reproduction: every method x task x seed; writes a table and the paper's Figure 1",
-        description="Train linear, VPT-deep 1/4/16/64, AdaptFormer 1/4/16/64 and full fine-tuning on real digits and "
+        description="Train linear, VPT-deep 1/4/16/64, AdaptFormer 1/4/16/64, LoRA 2/8/32, Adapter+ 4/16/64 and full "
+        "fine-tuning on real digits and "
         "on synthetic motion video (image backbone inflated to video), several seeds, through `adaptformer train`'s "
         "engine; writes results.json, results.md and accuracy_vs_params.png to --output-dir.",
     )  # fmt: skip

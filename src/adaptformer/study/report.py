@@ -19,6 +19,8 @@ FAMILY_STYLE = {  # family: (label, colour, marker); other families are drawn as
     "linear": ("linear probe", "tab:gray", "s"),
     "vpt": ("VPT-deep (tokens)", "tab:blue", "o"),
     "adaptformer": ("AdaptFormer (bottleneck)", "tab:red", "*"),
+    "lora": ("LoRA q,v (rank)", "tab:green", "^"),
+    "adapter_plus": ("Adapter+ (bottleneck)", "tab:purple", "v"),
     "full": ("full fine-tuning", "black", "D"),
 }
 

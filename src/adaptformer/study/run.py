@@ -1,8 +1,10 @@
 """A miniature reproduction of AdaptFormer's claims (Chen et al., NeurIPS 2022, Figure 1, Tables 1 and 4).
 
 Every method of the paper's comparison (linear probe, VPT-deep with 1/4/16/64 prompt tokens, AdaptFormer with
-bottleneck 1/4/16/64, full fine-tuning) is trained on two tasks that need no download, a few seeds each, through the
-same :func:`adaptformer.train.train` that users run:
+bottleneck 1/4/16/64, full fine-tuning), and beside them the baselines of today's PETL benchmarks at about
+AdaptFormer-4/16/64's trainable parameters (LoRA on q, v with rank 2/8/32; Adapter+ with bottleneck 4/16/64), is
+trained on two tasks that need no download, a few seeds each, through the same :func:`adaptformer.train.train` that
+users run:
 
 - ``digits``: scikit-learn's real 8x8 handwritten digits (upscaled to 32x32 by the transform), adapted from the tiny
   ViT pre-trained here on procedural shapes (``vit_shapes_patch8_32``);

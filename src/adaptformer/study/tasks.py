@@ -47,6 +47,10 @@ METHODS: dict[str, Method] = {
         Method("linear", "linear"),
         *_sized("vpt", "num_tokens", (1, 4, 16, 64), deep=True),  # VPT-deep, the paper's baseline
         *_sized("adaptformer", "bottleneck", (1, 4, 16, 64)),
+        # at about the trainable parameters of AdaptFormer-4/16/64: LoRA on q and v (2 x 2rd per block, so rank b/2)
+        # and Adapter+ (2bd + b + 2d per block)
+        *_sized("lora", "rank", (2, 8, 32)),
+        *_sized("adapter_plus", "bottleneck", (4, 16, 64)),
         Method("full", "full"),
     )
 }
