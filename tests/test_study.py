@@ -129,6 +129,13 @@ def test_full_lr_scale_applies_to_lr_or_blr() -> None:
     assert optim["motion", "full"]["lr"] == optim["motion", "linear"]["lr"] == 3e-4  # motion: scale 1
 
 
+def test_per_family_lr_scales_apply_to_that_family_only() -> None:
+    cells = build_cells(StudySettings(methods=("adaptformer-16", "lora-8", "adapter_plus-16"), seeds=(0,)))
+    optim = {(c.task, c.method): c.config["optim"] for c in cells}
+    assert optim["digits", "lora-8"]["blr"] == optim["digits", "adapter_plus-16"]["blr"] == pytest.approx(0.3)
+    assert optim["digits", "adaptformer-16"]["blr"] == 1.0 and optim["motion", "lora-8"]["lr"] == 3e-4
+
+
 def test_report_recipe_lines_carry_what_the_committed_report_shows(tmp_path: Path) -> None:
     """results.md rendered from today's task records and the committed study's runs is the committed results.md, but
     for the wording of the motion recipe (0.1's dataset_options is data.options; its adapter dropout is now shown)."""

@@ -105,6 +105,8 @@ def recipe_line(info: dict[str, Any]) -> str:
         recipe += f"; {family} runs with " + ", ".join(f"{k} {v}" for k, v in settings.items())
     if info["full_lr_scale"] != 1.0:
         recipe += f"; full fine-tuning at {info['full_lr_scale']:g}x that learning rate (as the paper on SVHN/Food)"
+    for family, scale in info.get("lr_scales", {}).items():
+        recipe += f"; {family} at {scale:g}x that learning rate (chosen on the validation split)"
     checkpoint = f"checkpoint {model.get('checkpoint')} ({model.get('checkpoint_source', 'timm')})"
     return f"{info['description']}; {recipe}; {checkpoint}"
 

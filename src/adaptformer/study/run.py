@@ -125,10 +125,12 @@ def build_cells(settings: StudySettings) -> list[Cell]:
         for method_name in settings.methods:
             method = METHODS[method_name]
             update: dict[str, Any] = {"model": {"method": task.method_config(method)}}
-            if get_method(method.family).trains_backbone and task.full_lr_scale != 1.0:
+            scale = task.full_lr_scale if get_method(method.family).trains_backbone else 1.0
+            scale *= task.lr_scales.get(method.family, 1.0)
+            if scale != 1.0:
                 optim = base["optim"]
                 key = "lr" if optim.get("lr") is not None else "blr"
-                update["optim"] = {key: optim.get(key, OptimConfig.blr) * task.full_lr_scale}
+                update["optim"] = {key: optim.get(key, OptimConfig.blr) * scale}
             for seed in settings.seeds:
                 out = Path(settings.runs_dir) / task_name / method_name / f"seed{seed}"
                 run = {"seed": seed, "output_dir": str(out), "overwrite": True}  # a study run again replaces its runs
@@ -289,7 +291,7 @@ def task_records(settings: StudySettings) -> dict[str, dict[str, Any]]:
             config["model"]["checkpoint"] = portable_path(config["model"]["checkpoint"])
         records[name] = {
             "description": task.description, "config": config, "method_settings": copy.deepcopy(task.method_settings),
-            "full_lr_scale": task.full_lr_scale, "num_classes": task.num_classes,
+            "full_lr_scale": task.full_lr_scale, "lr_scales": dict(task.lr_scales), "num_classes": task.num_classes,
         }  # fmt: skip
     return records
 
