@@ -28,6 +28,7 @@ from .methods import (
 )
 from .model import ModelSpec, ParameterReport, adapt, apply_method, count_trainable, parameter_report
 from .models import VideoVisionTransformer  # registers the video ViTs with timm
+from .multitask import MultiTaskModel
 from .preprocessing import Preprocessing
 from .pretrained import load_pretrained, register_converter
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
@@ -46,6 +47,7 @@ __all__ = [
     "Method",
     "MethodConfig",
     "ModelSpec",
+    "MultiTaskModel",
     "ParameterReport",
     "Preprocessing",
     "SpeedConfig",

@@ -375,6 +375,19 @@ def create_model_from_adapter(
     method "full" the adapter holds every weight and the checkpoint is not needed. ``info``: the folder's
     :func:`read_adapter_config`, if the caller has read it already."""
     info = info or read_adapter_config(directory)
+    backbone = build_adapter_backbone(directory, source, allow_backbone_mismatch, info)
+    return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch, info=info)
+
+
+def build_adapter_backbone(
+    directory: str | Path,
+    source: BackboneSource | None = None,
+    allow_backbone_mismatch: bool = False,
+    info: AdapterInfo | None = None,
+) -> nn.Module:
+    """The plain pre-trained backbone ``directory``'s adapter was trained on (see :func:`create_model_from_adapter`),
+    without the adapter."""
+    info = info or read_adapter_config(directory)
     source = source or info.source or BackboneSource()
     checkpoint = source.checkpoint
     if info.spec.registered.trains_backbone:
@@ -390,8 +403,7 @@ def create_model_from_adapter(
             f"{directory}: the adapter's backbone checkpoint {checkpoint} does not exist; pass --checkpoint PATH "
             "(the same weights)"
         )
-    backbone = build_backbone(
+    return build_backbone(
         info.spec.backbone, info.spec.num_classes, checkpoint, source.checkpoint_source, init_seed=source.init_seed,
         **source.kwargs,
     )  # fmt: skip
-    return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch, info=info)
