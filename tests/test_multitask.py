@@ -3,6 +3,7 @@ several methods, head sizes and orders; loading checks; adding and removing task
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,34 @@ def _eval_tensor(multi: MultiTaskModel, name: str, image: Image.Image) -> torch.
     from adaptformer.data import build_image_transform
 
     return build_image_transform(multi.task(name).preprocessing, train=False)(image)
+
+
+def test_predict_with_several_adapters_prints_every_tasks_top_k(
+    adapters: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    from adaptformer.cli import main
+
+    files = []
+    for i in range(2):
+        Image.new("RGB", (32, 32), (60 * i, 120, 200 - 50 * i)).save(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    single = {}
+    for name in ("af8", "linear"):
+        assert main(["predict", "--adapter", str(adapters[name]), "--top-k", "3", "--json", *files]) == 0
+        single[name] = [json.loads(line)["top"] for line in capsys.readouterr().out.strip().splitlines()]
+    argv = ["predict", "--adapter", str(adapters["af8"]), "--adapter", str(adapters["linear"]), "--top-k", "3"]
+    assert main([*argv, "--json", files[0], str(tmp_path / "bad.png"), files[1]]) == 2
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [r["file"] for r in rows] == [files[0], str(tmp_path / "bad.png"), files[1]]
+    assert all("cannot" in r["error"] or "decode" in r["error"] for r in rows[1]["tasks"].values())
+    for row, expected in ((rows[0], 0), (rows[2], 1)):
+        for task in ("af8", "linear"):
+            got, want = row["tasks"][task]["top"], single[task][expected]
+            assert [t["class"] for t in got] == [t["class"] for t in want]
+            assert [t["prob"] for t in got] == pytest.approx([t["prob"] for t in want], abs=1e-5)
+    assert "2 of 6 (file, task) pairs could not be classified" in captured.err
+    assert main([*argv, files[0]]) == 0  # text: one line per file and task
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"{files[0]} [af8]", f"{files[0]} [linear]"]

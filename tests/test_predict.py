@@ -202,3 +202,30 @@ def test_a_video_adapter_refuses_a_still_image(video_setup: dict[str, Path], tmp
     results = predict_files(model, [still, video], top_k=1)
     assert "a single frame (a still image?)" in results[0].error and str(still) in results[0].error
     assert results[1].error is None
+
+
+def test_predict_with_two_video_adapters_gives_each_tasks_single_adapter_answer(
+    video_setup: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    # the same randomly initialised backbone (init_seed 0; with no checkpoint its draws depend on the class count,
+    # so 2 classes as the first adapter), another method and head
+    torch.manual_seed(1)
+    other = move_trainable(create_model(VIDEO, 2, method="linear", init_seed=0, **VIDEO_TINY), scale=0.5)
+    record = TrainingRecord(dataset="videofolder", video=VIDEO_RECORD, precision="fp32", eval_batch_size=4)
+    save_adapter(other.eval(), tmp_path / "other" / "adapter", ["up", "down"], record)
+    files = [str(next((video_setup["data"] / "test" / c).iterdir())) for c in ("left", "right")]
+    single = {}
+    for name, adapter in (("video", video_setup["adapter"]), ("other", tmp_path / "other" / "adapter")):
+        assert main(["predict", "--adapter", str(adapter), "--top-k", "2", "--json", *files]) == 0
+        single[name] = [json.loads(line)["top"] for line in capsys.readouterr().out.strip().splitlines()]
+    argv = ["predict", "--adapter", str(video_setup["adapter"]), "--adapter", str(tmp_path / "other" / "adapter")]
+    assert main([*argv, "--top-k", "2", "--json", *files]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["file"] for r in rows] == files
+    for i, row in enumerate(rows):
+        first = video_setup["adapter"].parent.name  # tasks are named after the adapters' run folders
+        assert list(row["tasks"]) == [first, "other"]
+        for task in ("video", "other"):
+            got = row["tasks"][first if task == "video" else task]["top"]
+            assert [t["class"] for t in got] == [t["class"] for t in single[task][i]]
+            assert [t["prob"] for t in got] == pytest.approx([t["prob"] for t in single[task][i]], abs=1e-5)

@@ -66,6 +66,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, AdapterInfo]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if len(args.adapter) > 1:
+        raise ValueError("eval takes one --adapter (its dataset is the adapter's); run it once per adapter")
+    args.adapter = args.adapter[0]
     from .engine.datasets import DataSpec
     from .engine.distributed import init_distributed, shutdown
     from .engine.inference import evaluate_split
@@ -114,6 +117,11 @@ def _eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if len(args.adapter) > 1:
+        from .cli_multitask import predict_many
+
+        return predict_many(args)
+    args.adapter = args.adapter[0]
     from .engine.datasets import clip_frames
     from .engine.inference import check_classes, class_names, predict_files, read_class_names, video_settings
 
@@ -144,7 +152,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     recorded = "(default: as recorded in the adapter's adapter_config.json)"
-    parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
+    parser.add_argument(
+        "--adapter", required=True, action="append",
+        help="adapter folder written by training (OUT/adapter); predict takes several (one frozen backbone, every "
+        "task's top-k per file)",
+    )  # fmt: skip
     parser.add_argument("--checkpoint", default=None, help=f"pre-trained backbone weights {recorded}")
     parser.add_argument(
         "--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout of --checkpoint {recorded}"

@@ -12,7 +12,9 @@ does and keeps that task's single-task model at hand (video tasks and ``task_mod
 copy whose adapted blocks hold :class:`Router` s over the tasks' modules and whose classifier is an identity (the
 pooled features), so switching tasks costs nothing and adding or removing a task touches no other task's modules.
 
-Methods: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and linear probes. VPT adds tokens (the
+Methods: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and linear probes; modules a backbone
+trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become part of the task's
+head. VPT adds tokens (the
 sequence length would differ per task), LoRA changes the frozen projections' own outputs, and full fine-tuning has
 its own backbone: those are refused, naming the adapter.
 """
@@ -34,6 +36,7 @@ from .engine.datasets import clip_frames
 from .errors import UnsupportedModelError
 from .factory import BackboneSource
 from .heads import classifier_paths
+from .precision import resolve_precision
 from .preprocessing import Preprocessing
 from .saving import AdapterFileError, AdapterInfo, build_adapter_backbone, load_adapter, read_adapter_config
 
@@ -101,9 +104,12 @@ class Router(nn.Module):
         return self._routed(y, lambda m, r: m(y.index_select(0, r)))
 
 
-def _shared_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s module tree that shares every parameter and buffer with it."""
-    return deepcopy(model, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
+def _shared_copy(model: nn.Module, own: Sequence[str] = ()) -> nn.Module:
+    """A copy of ``model``'s module tree that shares every parameter and buffer with it, except those of the modules
+    named in ``own`` (a task's own copies: loading its adapter writes into them)."""
+    private = {id(t) for name in own for t in nn.Module.state_dict(model.get_submodule(name), keep_vars=True).values()}
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in private}
+    return deepcopy(model, memo=shared)
 
 
 def default_task_name(directory: Path) -> str:
@@ -184,14 +190,19 @@ class MultiTaskModel(nn.Module):
                 f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "
                 f"{self.backbone_name!r}"
             )
-        task_model = load_adapter(
-            _shared_copy(self._plain[0]), directory, info=info
-        ).eval()  # fingerprint checked there
+        copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
+        task_model = load_adapter(copy, directory, info=info).eval()  # the fingerprint is checked there
         paths = classifier_paths(task_model)
         if paths != (self._head_path,):
             raise UnsupportedModelError(f"{directory}: its classifiers {list(paths)} differ from the backbone's")
         self._attach(name, task_model, MULTITASK_METHODS[method], directory)
-        self.heads[name] = task_model.get_submodule(self._head_path)
+        # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
+        # trunk stops before them and the task's head starts with them
+        for module_name in info.spec.extra_trainable:
+            self.trunk.set_submodule(module_name, nn.Identity())
+        extras = [task_model.get_submodule(m) for m in info.spec.extra_trainable]
+        head = task_model.get_submodule(self._head_path)
+        self.heads[name] = nn.Sequential(*extras, head) if extras else head
         self._models[name] = task_model
         self._infos[name] = self._task_info(name, info, task_model, directory, method)
         logger.info("task %s: %s from %s", name, method, directory)
@@ -280,11 +291,15 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def classify(
-        self, images: Sequence[Any], tasks: Sequence[Sequence[str]] | None = None, top_k: int = 5
+        self,
+        images: Sequence[Any],
+        tasks: Sequence[Sequence[str]] | None = None,
+        top_k: int = 5,
+        precision: str = "fp32",
     ) -> list[dict[str, list[tuple[str, int, float]]]]:
         """For each PIL image, each requested task's top-k ``(class, index, probability)``, best first. ``tasks``:
         one list of task names per image (None: every image task). All (image, task) pairs run as mixed-task batches
-        of at most ``max_batch`` samples."""
+        of at most ``max_batch`` samples, under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if tasks is None:
@@ -296,6 +311,7 @@ class MultiTaskModel(nn.Module):
                 if self.task(name).is_video:
                     raise ValueError(f"task {name!r} classifies video clips, not images")
         device = next(self.trunk.parameters()).device
+        autocast = resolve_precision(precision, device).autocast
         transforms: dict[Preprocessing, Any] = {}
         samples: list[tuple[int, str, torch.Tensor]] = []
         for i, (image, wanted) in enumerate(zip(images, tasks, strict=True)):
@@ -312,7 +328,8 @@ class MultiTaskModel(nn.Module):
             chunk = samples[start : start + self.max_batch]
             x = torch.stack([s[2] for s in chunk]).to(device)
             names = [s[1] for s in chunk]
-            logits = self(x, self.task_ids(names))
+            with autocast():
+                logits = self(x, self.task_ids(names))
             seen = dict.fromkeys(names, 0)
             for image_index, name, _ in chunk:
                 row = logits[name][seen[name]].float().softmax(dim=0)
