@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``, ``benchmark``.
+``study``, ``benchmark``, ``export``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.TrainConfig` through jsonargparse
@@ -21,6 +21,7 @@ from typing import Any
 
 from .cli_adapter import add_adapter_commands, at_least
 from .cli_benchmark import add_benchmark_command
+from .cli_export import add_export_command
 from .data import ImageDecodeError
 from .data.video import VideoDecodeError
 from .errors import MissingDependencyError, UnsupportedModelError
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     _add_study_parser(sub)
     add_benchmark_command(sub)
+    add_export_command(sub)
     return parser
 
 
