@@ -242,6 +242,63 @@ def _check_benchmark(outputs: list[str], work: Path) -> None:
     assert (work / "runs/vtab_af8/results.png").is_file()
 
 
+def _mt_adapters(work: Path) -> None:
+    """runs/mt_digits/adapter (AdaptFormer-16, 10 classes) and runs/mt_shapes/adapter (linear, 64 classes) on the
+    shipped backbone, as the multi-task block's training would leave them (weights moved off their init)."""
+    from tests.training_step import move_trainable
+
+    from adaptformer import create_model, save_adapter
+
+    for name, method, classes in (("mt_digits", "adaptformer", 10), ("mt_shapes", "linear", 64)):
+        torch.manual_seed(classes)
+        model = move_trainable(create_model("vit_shapes_patch8_32", classes, method=method, checkpoint="timm"), 0.2)
+        save_adapter(model.eval(), work / "runs" / name / "adapter", [f"{name}{i}" for i in range(classes)])
+
+
+def _check_multitask(outputs: list[str], work: Path) -> None:
+    lines = outputs[4].strip().splitlines()
+    files = ["data/digits/test/3/00007.png", "data/shapes/test/checker-0/00007.png"]
+    assert [line.split(":")[0] for line in lines] == [f"{f} [{t}]" for f in files for t in ("mt_digits", "mt_shapes")]
+    assert json.loads(outputs[5])["max_abs_diff"] <= 1e-4 and (work / "runs/mt_digits/model.onnx.json").is_file()
+
+
+def _check_serve(outputs: list[str], work: Path) -> None:
+    """The block's serve command, started as written (on a free port), answers /tasks and /classify."""
+    import socket
+    import time
+
+    import httpx
+
+    _mt_adapters(work)
+    block = next(b for b in _shell_blocks() if "adaptformer serve --adapter" in b.text)
+    command = next(c for c in block.commands if c.startswith("adaptformer serve"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "adaptformer.cli", *shlex.split(command)[1:], "--port", str(port)]
+    process = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the README's serve command did not start"
+            time.sleep(0.2)
+        assert [t["name"] for t in httpx.get(f"{url}/tasks").json()["tasks"]] == ["mt_digits", "mt_shapes"]
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "PNG")
+        files = {"files": ("00007.png", buffer.getvalue(), "image/png")}
+        answer = httpx.post(f"{url}/classify", files=files, data={"top_k": "2"}, timeout=60).json()
+        assert {t: len(top) for t, top in answer["results"][0]["tasks"].items()} == {"mt_digits": 2, "mt_shapes": 2}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
 def _digits_files(work: Path) -> None:
     run("adaptformer prepare digits --out data/digits", work, {})
 
@@ -257,7 +314,7 @@ def _c100_run(work: Path) -> None:
 
 FLOWS = [
     Flow("bash setup.sh demo", check=_check_setup, run_commands=False),
-    Flow("adaptformer prepare digits --out data/digits\n", check=_check_digits),
+    Flow("# scikit-learn's real 8x8 digits as an image folder", check=_check_digits),
     Flow(
         "--model.method vpt --model.method.num_tokens 16",
         setup=(_digits_files,),
@@ -282,6 +339,12 @@ FLOWS = [
         extra={"torchrun": [*IMAGE_RUN, "--optim.effective_batch", "4"]},  # 2 processes x 2
     ),
     Flow("--run.resume true", setup=(_c100_run,)),
+    Flow(
+        "adaptformer prepare shapes --out data/shapes",
+        extra={"train": ["--optim.epochs", "1"]},
+        check=_check_multitask,
+    ),
+    Flow("adaptformer serve --adapter runs/mt_digits/adapter", check=_check_serve, run_commands=False),
     Flow(
         "adaptformer benchmark vtab --method adaptformer8",
         setup=(_vtab_files,),
@@ -337,6 +400,11 @@ def test_readme_shell_block(block: Block, tmp_path: Path) -> None:
 @pytest.mark.parametrize("block", [b for b in readme_blocks() if b.lang == "python"], ids=lambda b: f"line{b.line}")
 def test_readme_python_block(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    if "runs/mt_digits/" in block.text:  # the multi-task section's adapters (and its ONNX file)
+        _mt_adapters(tmp_path)
+        if "model.onnx" in block.text:
+            with contextlib.redirect_stdout(io.StringIO()):
+                assert main(["export", "--adapter", "runs/mt_digits/adapter", "--format", "onnx"]) == 0
     if "mae_pretrain_vit_base.pth" in block.text:
         _mae_checkpoint(tmp_path / "mae_pretrain_vit_base.pth")  # the full-size ViT-B: the block prints its count
     known = set(method_names())

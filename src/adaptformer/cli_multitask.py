@@ -25,6 +25,24 @@ def _source(args: argparse.Namespace) -> BackboneSource | None:
     return replace(source, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _recorded_precisions(records: dict[str, Any]) -> dict[str, str]:
+    return {t: r.training.precision if r.training is not None else "auto" for t, r in records.items()}
+
+
+def image_precision(given: str | None, recorded: dict[str, str], image_tasks: list[str]) -> str:
+    """The precision of the image tasks' shared forward: ``given``, else the one they all recorded (as single-adapter
+    predict uses), else auto."""
+    shared = {recorded[t] for t in image_tasks}
+    return given or (shared.pop() if len(shared) == 1 else "auto")
+
+
+def serve_precision(model: Any, given: str | None) -> str:
+    from .saving import read_adapter_config
+
+    records = {t: read_adapter_config(model.task(t).directory) for t in model.tasks}
+    return image_precision(given, _recorded_precisions(records), [t for t in model.tasks if not model.task(t).is_video])
+
+
 def predict_many(args: argparse.Namespace) -> int:
     from .data import ImageDecodeError, load_rgb
     from .engine.distributed import resolve_device
@@ -38,11 +56,9 @@ def predict_many(args: argparse.Namespace) -> int:
     model = MultiTaskModel.from_adapters(args.adapter, source=_source(args)).to(device).eval()
     tasks = model.tasks
     records = {t: read_adapter_config(model.task(t).directory) for t in tasks}
-    recorded = {t: r.training.precision if r.training is not None else "auto" for t, r in records.items()}
+    recorded = _recorded_precisions(records)
     image_tasks = [t for t in tasks if not model.task(t).is_video]
-    # the image tasks share one forward: the precision they all recorded (as single-adapter predict), else auto
-    shared = {recorded[t] for t in image_tasks}
-    precision = args.precision or (shared.pop() if len(shared) == 1 else "auto")
+    precision = image_precision(args.precision, recorded, image_tasks)
     answers: list[dict[str, Any]] = [{} for _ in args.files]  # per file: task -> top list, or an error message
     if image_tasks:
         images, where = [], []

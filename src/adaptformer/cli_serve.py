@@ -17,14 +17,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise MissingDependencyError(f"serve needs {e.name}, which is not installed: {INSTALL_HINT}") from e
-    from .cli_multitask import _source
+    from .cli_multitask import _source, serve_precision
     from .engine.distributed import resolve_device
     from .multitask import MultiTaskModel
     from .serve import create_app
 
     model = MultiTaskModel.from_adapters(args.adapter, source=_source(args), max_batch=args.max_batch)
     model = model.to(resolve_device(args.device)).eval()
-    app = create_app(model, args.max_batch, args.max_wait_ms, args.max_upload_mb, args.precision)
+    app = create_app(
+        model, args.max_batch, args.max_wait_ms, args.max_upload_mb, serve_precision(model, args.precision)
+    )
     print(f"adaptformer serve: {len(model.tasks)} tasks ({', '.join(model.tasks)}) on http://{args.host}:{args.port}/"
           " (Ctrl-C or SIGTERM stops it)", flush=True)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -59,6 +59,10 @@ def create_app(
     async def refused(request: Request, error: Refused) -> JSONResponse:
         return JSONResponse({"error": error.message}, status_code=error.status)
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:  # a bug: say so in JSON, keep serving
+        return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=422)
