@@ -130,6 +130,12 @@ def test_methods_that_cannot_share_a_batch_and_conflicts_are_named(adapters: dic
         MultiTaskModel.from_adapters([adapters["af8"], vpt])
     with pytest.raises(TypeError, match="AdaptFormer and Adapter\\+ tasks cannot adapt the same blocks"):
         MultiTaskModel.from_adapters([adapters["af8"], adapters["aplus"]])
+    multi = MultiTaskModel.from_adapters([adapters["af8"]])
+    with pytest.raises(TypeError, match="cannot adapt the same blocks"):
+        multi.add_task("aplus", adapters["aplus"])
+    assert multi.tasks == ("af8",) and all(list(r.tasks) == ["af8"] for r in multi.routers.values())
+    with pytest.raises(ValueError, match=r"task name 'v1.2' .*without '\.'"):
+        multi.add_task("v1.2", adapters["linear"])
     with pytest.raises(ValueError, match="two adapters would be task 'adapter'"):
         MultiTaskModel.from_adapters([adapters["af8"], adapters["linear"]], ["adapter", "adapter"])
 

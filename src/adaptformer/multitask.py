@@ -175,6 +175,8 @@ class MultiTaskModel(nn.Module):
     def add_task(self, name: str, directory: str | Path) -> TaskInfo:
         """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched."""
         directory = Path(directory)
+        if not name or "." in name or "/" in name:
+            raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
         if name in self._infos:
             raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
         info = read_adapter_config(directory)
@@ -192,6 +194,7 @@ class MultiTaskModel(nn.Module):
             )
         copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
         task_model = load_adapter(copy, directory, info=info).eval()  # the fingerprint is checked there
+        task_model.to(next(self.trunk.parameters()).device)  # its new modules where the shared backbone is
         paths = classifier_paths(task_model)
         if paths != (self._head_path,):
             raise UnsupportedModelError(f"{directory}: its classifiers {list(paths)} differ from the backbone's")
@@ -209,28 +212,30 @@ class MultiTaskModel(nn.Module):
         return self._infos[name]
 
     def _attach(self, name: str, task_model: nn.Module, attribute: str | None, directory: Path) -> None:
+        """Give every router of the blocks ``task_model`` adapts the task's module (creating the router the first
+        time a block is adapted). Every block is checked before any router changes."""
         if attribute is None:
             return
+        sites = []
         for path, block in task_model.named_modules():
             module = getattr(block, attribute, None) if path else None
-            if not isinstance(module, nn.Module) or isinstance(module, Router):
+            if not isinstance(module, nn.Module):
                 continue
-            trunk_block = self.trunk.get_submodule(path)
-            key = path.replace(".", "/")
+            trunk_block, key = self.trunk.get_submodule(path), path.replace(".", "/")
+            fresh = type(trunk_block) is type(self._plain[0].get_submodule(path))
+            if (key not in self.routers and not fresh) or (
+                key in self.routers and getattr(trunk_block, attribute, None) is not self.routers[key]
+            ):
+                raise UnsupportedModelError(
+                    f"{directory}: block {path} holds another method's adapters ({type(trunk_block).__name__}); "
+                    "AdaptFormer and Adapter+ tasks cannot adapt the same blocks"
+                )
+            sites.append((key, trunk_block, type(block), module))
+        for key, trunk_block, adapted, module in sites:
             if key not in self.routers:
-                if type(trunk_block) is not type(self._plain[0].get_submodule(path)):  # another method's adapted block
-                    raise UnsupportedModelError(
-                        f"{directory}: block {path} would need {type(block).__name__}, but another task made it "
-                        f"{type(trunk_block).__name__}; AdaptFormer and Adapter+ tasks cannot adapt the same blocks"
-                    )
-                trunk_block.__class__ = type(block)
+                trunk_block.__class__ = adapted
                 trunk_block.add_module(attribute, Router(self._rows))
                 self.routers[key] = getattr(trunk_block, attribute)
-            elif getattr(trunk_block, attribute, None) is not self.routers[key]:
-                raise UnsupportedModelError(
-                    f"{directory}: block {path} holds another method's adapters; AdaptFormer and Adapter+ tasks cannot "
-                    "adapt the same blocks"
-                )
             self.routers[key].tasks[name] = module
 
     @staticmethod
