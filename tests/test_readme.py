@@ -264,39 +264,19 @@ def _check_multitask(outputs: list[str], work: Path) -> None:
 
 def _check_serve(outputs: list[str], work: Path) -> None:
     """The block's serve command, started as written (on a free port), answers /tasks and /classify."""
-    import socket
-    import time
-
     import httpx
+    from tests.servers import running_server
 
     _mt_adapters(work)
     block = next(b for b in _shell_blocks() if "adaptformer serve --adapter" in b.text)
     command = next(c for c in block.commands if c.startswith("adaptformer serve"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "adaptformer.cli", *shlex.split(command)[1:], "--port", str(port)]
-    process = subprocess.Popen(argv, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the README's serve command did not start"
-            time.sleep(0.2)
+    with running_server(shlex.split(command)[2:], cwd=work) as url:
         assert [t["name"] for t in httpx.get(f"{url}/tasks").json()["tasks"]] == ["mt_digits", "mt_shapes"]
         buffer = io.BytesIO()
         Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "PNG")
         files = {"files": ("00007.png", buffer.getvalue(), "image/png")}
         answer = httpx.post(f"{url}/classify", files=files, data={"top_k": "2"}, timeout=60).json()
         assert {t: len(top) for t, top in answer["results"][0]["tasks"].items()} == {"mt_digits": 2, "mt_shapes": 2}
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def _digits_files(work: Path) -> None:

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +14,7 @@ import httpx
 import pytest
 import torch
 from PIL import Image
+from tests.servers import running_server
 from tests.training_step import move_trainable
 
 from adaptformer import AdaptFormerConfig, create_model, save_adapter
@@ -43,12 +40,6 @@ def _noise_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("serve")
@@ -57,31 +48,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         torch.manual_seed(len(dirs))
         model = move_trainable(create_model(NAME, classes, method=method, checkpoint="timm"), 0.2)
         dirs.append(save_adapter(model.eval(), root / name / "adapter", [f"{name}-{i}" for i in range(classes)]))
-    port = _free_port()
-    command = [sys.executable, "-m", "adaptformer.cli", "serve", "--adapter", str(dirs[0]), "--adapter",
-               str(dirs[1]), "--port", str(port), "--max-wait-ms", "100", "--max-upload-mb", "0.05", "--precision",
-               "fp32"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not come up: {process.stdout.read() if process.stdout else ''}")
-            time.sleep(0.2)
+    serve_args = ["--adapter", str(dirs[0]), "--adapter", str(dirs[1]), "--max-wait-ms", "100", "--max-upload-mb",
+                  "0.05", "--precision", "fp32"]  # fmt: skip
+    with running_server(serve_args) as url:
         offline = MultiTaskModel.from_adapters(dirs).eval()
-        yield {"url": url, "offline": offline, "process": process}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        yield {"url": url, "offline": offline}
 
 
 def _classify(url: str, images: list[bytes], **form: str) -> httpx.Response:

@@ -87,21 +87,31 @@ class Router(nn.Module):
         self.tasks = nn.ModuleDict()
         self._rows = rows
 
-    def _routed(self, plain: torch.Tensor, run: Any) -> torch.Tensor:
-        out = plain
-        for name, rows in self._rows.by_task.items():
-            if name in self.tasks and rows.numel():
-                out = out.index_copy(0, rows, run(self.tasks[name], rows).to(out.dtype))
-        return out
+    def _present(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        return [(self.tasks[n], r) for n, r in self._rows.by_task.items() if n in self.tasks and r.numel()]
 
     def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        # (B, ..., C) each; a task's rows get its AdaptMLP.add, the others the plain block's x + h
-        return self._routed(
-            x + h, lambda m, r: m.add(x.index_select(0, r), normed.index_select(0, r), h.index_select(0, r))
-        )
+        """The block's feed-forward half for every row: ``x + h`` (the plain block's) plus, on a task's rows, what
+        that task's ``AdaptMLP.add`` adds. x, normed, h: (B, ..., C)."""
+        out = x + h  # a fresh tensor: written in place below
+        for module, rows in self._present():
+            if module.form == "parallel":  # x + h + s * mlp(input): only the input rows are gathered
+                source = normed if module.input == "normed" else x
+                out.index_add_(0, rows, module(source.index_select(0, rows)).to(out.dtype))
+            else:  # sequential: x + (h + adapter(h)), in that order
+                picked = (x.index_select(0, rows), normed.index_select(0, rows), h.index_select(0, rows))
+                out.index_copy_(0, rows, module.add(*picked).to(out.dtype))
+        return out
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self._routed(y, lambda m, r: m(y.index_select(0, r)))
+        """A post-block adapter (Adapter+): ``y`` on rows of tasks without one, the task's module on its rows."""
+        present = self._present()
+        if not present:
+            return y
+        out = y.clone()
+        for module, rows in present:
+            out.index_copy_(0, rows, module(y.index_select(0, rows)).to(out.dtype))
+        return out
 
 
 def _shared_copy(model: nn.Module, own: Sequence[str] = ()) -> nn.Module:
