@@ -8,7 +8,8 @@ small page to try it (FastAPI app, served by uvicorn).
   "prob"}, ...]}}]}``. Concurrent requests are batched together (:class:`~.batcher.Batcher`);
 - ``GET /``: the page.
 
-Bad requests get a 4xx with ``{"error": MESSAGE}``: 400 not an image or no file, 404 unknown task, 413 too large,
+Bad requests get a 4xx with ``{"error": MESSAGE}``: 400 not an image or no file, 404 unknown task, 413 too large
+(an image over the limit, or more than ``MAX_FILES`` images),
 415 not a multipart form, 422 a bad ``top_k``. The service keeps serving.
 """
 
@@ -28,7 +29,9 @@ from starlette.datastructures import UploadFile
 from ..multitask import MultiTaskModel
 from .batcher import Batcher
 
-__all__ = ["create_app"]
+__all__ = ["MAX_FILES", "create_app"]
+
+MAX_FILES = 64  # images per request
 
 
 def create_app(
@@ -94,12 +97,15 @@ def create_app(
         if not kind.startswith("multipart/form-data"):
             raise Refused(415, f"expected a multipart/form-data upload (field 'files'), got content type {kind!r}")
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit * 4:
-            raise Refused(413, f"request of {int(length)} bytes; the limit is {max_upload_mb:g} MB per image")
+        if length is not None and length.isdigit() and int(length) > limit * MAX_FILES:
+            raise Refused(413, f"request of {int(length)} bytes; the limit is {MAX_FILES} images of "
+                               f"{max_upload_mb:g} MB")  # fmt: skip
         form = await request.form()
         uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
         if not uploads:
             raise Refused(400, "no image: upload one or more files in the form field 'files'")
+        if len(uploads) > MAX_FILES:
+            raise Refused(413, f"{len(uploads)} images in one request; the limit is {MAX_FILES}")
         wanted = [t.strip() for t in str(form.get("tasks") or "").split(",") if t.strip()] or image_tasks
         for name in wanted:
             if name not in model.tasks:
