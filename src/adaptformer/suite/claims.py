@@ -4,17 +4,17 @@ scheduler, several machines on a shared file system) split a suite between them 
 A worker owns a task while ``<task>/claim.json`` is its file: created with ``O_CREAT | O_EXCL`` (atomic on local file
 systems and on NFS v3+), kept fresh by a heartbeat (its modification time, touched every ``heartbeat_s``), removed
 when the task ends. A claim whose heartbeat is older than ``stale_after_s`` belongs to a worker that died: another
-worker takes it over by renaming it away first (a rename is atomic, so of two workers racing for the same stale claim
-exactly one succeeds) and then claiming as usual; the training run it left behind resumes from its last state.
+worker takes it over under an exclusive takeover lock (one takeover at a time, and a claim created meanwhile is never
+removed), and the training run it left behind resumes from its last state. A worker that is alive but stalled longer
+than ``stale_after`` can lose its claim this way: choose ``stale_after`` well above the heartbeat.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import math
 import os
-import secrets
 import socket
 import threading
 import time
@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["CLAIM_FILE", "Claim", "default_worker_name", "try_claim"]
 
 CLAIM_FILE = "claim.json"
+TAKEOVER_LOCK = ".claim.takeover"
+LOCK_STALE_S = 60.0  # a takeover takes milliseconds; a lock this old was left by a worker that died in one
 
 
 def default_worker_name() -> str:
@@ -91,28 +93,35 @@ def try_claim(folder: Path, worker: str, stale_after_s: float, heartbeat_s: floa
     path = folder / CLAIM_FILE
     if _create(path, worker):
         return Claim(path, worker, heartbeat_s)
+    if _age(path) <= stale_after_s:
+        return None
+    # Taking over a stale claim: one worker at a time (an exclusive takeover lock), so that no worker removes a claim
+    # another one has just created.
+    lock = folder / TAKEOVER_LOCK
     try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:  # released in between: try once more
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        if _age(lock) > LOCK_STALE_S:  # left by a worker that died inside a takeover
+            lock.unlink(missing_ok=True)
+        return None
+    try:
+        age = _age(path)
+        if age <= stale_after_s:  # released or claimed again meanwhile (a missing file reads as infinitely old)
+            return Claim(path, worker, heartbeat_s) if age == math.inf and _create(path, worker) else None
+        try:
+            holder = json.loads(path.read_text()).get("worker", "?")
+        except (OSError, json.JSONDecodeError):
+            holder = "?"
+        path.unlink(missing_ok=True)
+        logger.warning("%s: taking over the claim of %s (no heartbeat for %.0f s)", folder, holder, age)
         return Claim(path, worker, heartbeat_s) if _create(path, worker) else None
-    if age <= stale_after_s:
-        return None
-    stale = path.with_name(f".{CLAIM_FILE}.stale-{secrets.token_hex(4)}")
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last touched; infinity if it does not exist."""
     try:
-        os.rename(path, stale)  # exactly one of several racing workers wins this
+        return time.time() - path.stat().st_mtime
     except FileNotFoundError:
-        return None
-    if time.time() - stale.stat().st_mtime <= stale_after_s:
-        # Another worker took the stale claim over between our look and our rename: we moved its fresh claim; put it
-        # back (link fails only if yet another worker claimed in between, which then owns the task) and step aside.
-        with contextlib.suppress(FileExistsError):
-            os.link(stale, path)
-        stale.unlink()
-        return None
-    try:
-        holder = json.loads(stale.read_text()).get("worker", "?")
-    except (OSError, json.JSONDecodeError):
-        holder = "?"
-    stale.unlink(missing_ok=True)
-    logger.warning("%s: taking over the claim of %s (no heartbeat for %.0f s)", folder, holder, age)
-    return Claim(path, worker, heartbeat_s) if _create(path, worker) else None
+        return math.inf
