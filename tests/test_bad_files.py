@@ -62,7 +62,7 @@ def _training_state(path: Path) -> dict[str, torch.Tensor]:
     model = create_model(VIT, 3, **tiny_kwargs(VIT))
     tensors = {k: v.detach().clone() for k, v in task_state_dict(model).items()}
     save_training_state(path, {"config": {}, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "model": tensors,
-                               "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": [], "best_val_acc1": None,
+                               "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": [], "best_val": None,
                                "best_epoch": None, "epoch_stats": {}})  # fmt: skip
     return tensors
 

@@ -436,6 +436,10 @@ def test_skip_bad_images_is_an_error_for_kinds_without_image_files(kind: str) ->
         "vtab1k",
         "fgvc",
         "cub200",
+        "multilabel-list",
+        "multilabel-csv",
+        "nuswide",
+        "coco",
     }
     with pytest.raises(ValueError, match=f"{kind!r} has no image files that could be skipped"):
         build_image_dataset(kind, None, "train", None, skip_bad_images=True)
@@ -443,4 +447,5 @@ def test_skip_bad_images_is_an_error_for_kinds_without_image_files(kind: str) ->
 
 def test_every_registered_kind_is_covered() -> None:
     in_other_files = {"shapes", "vtab1k", "fgvc", "cub200"}  # tests/test_shapes.py, tests/test_vtab_fgvc.py
+    in_other_files |= {"multilabel-list", "multilabel-csv", "nuswide", "coco", "digits-multilabel"}  # test_multilabel
     assert set(IMAGE_DATASETS) == set(WRITERS) | {"digits", "synthetic"} | in_other_files

@@ -374,18 +374,27 @@ def test_tensorboard_is_optional(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 def test_training_state_file_is_checked(tmp_path: Path) -> None:
-    entries = {"config": {}, "epoch": 2, "step_in_epoch": 0, "global_step": 0, "best_val_acc1": None,
+    entries = {"config": {}, "epoch": 2, "step_in_epoch": 0, "global_step": 0, "best_val": None,
                "best_epoch": None, "epoch_stats": {}, "model": {"w": torch.ones(2)}, "optimizer": {},
                "scheduler": {}, "scaler": {}, "rng": []}  # fmt: skip
     path = save_training_state(tmp_path / "state.pt", entries)
     assert load_training_state(path)["epoch"] == 2
     save_training_state(path, {"epoch": 2, "model": {"w": torch.ones(2)}})
-    with pytest.raises(TrainingStateError, match=r"missing entries \['best_epoch', 'best_val_acc1', 'config'"):
+    with pytest.raises(TrainingStateError, match=r"missing entries \['best_epoch', 'best_val', 'config'"):
         load_training_state(path)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingStateError, match="cannot be read"):
         load_training_state(path)
+
+
+def test_a_version_1_training_state_reads_its_best_top1_as_best_val(tmp_path: Path) -> None:
+    entries = {"format": "adaptformer-training-state", "format_version": 1, "config": {}, "epoch": 2,
+               "step_in_epoch": 0, "global_step": 0, "best_val_acc1": 71.5, "best_epoch": 1, "epoch_stats": {},
+               "model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": []}  # fmt: skip
+    torch.save(entries, tmp_path / "state.pt")
+    state = load_training_state(tmp_path / "state.pt")
+    assert state["best_val"] == 71.5 and "best_val_acc1" not in state
 
 
 def test_lr_is_logged_with_the_effective_batch(tmp_path: Path, backbone_file: Path, caplog) -> None:

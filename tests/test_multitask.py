@@ -179,9 +179,13 @@ def test_predict_with_several_adapters_prints_every_tasks_top_k(
     (tmp_path / "bad.png").write_bytes(b"not an image")
     single = {}
     for name in ("af8", "linear"):
-        assert main(["predict", "--adapter", str(adapters[name]), "--top-k", "3", "--json", *files]) == 0
+        # fp32: in bf16 a batch of 2 and two batches of 1 round differently on some CPUs (oneDNN picks kernels by
+        # shape), enough to swap near-tied classes
+        assert main(["predict", "--adapter", str(adapters[name]), "--top-k", "3", "--precision", "fp32", "--json",
+                     *files]) == 0  # fmt: skip
         single[name] = [json.loads(line)["top"] for line in capsys.readouterr().out.strip().splitlines()]
-    argv = ["predict", "--adapter", str(adapters["af8"]), "--adapter", str(adapters["linear"]), "--top-k", "3"]
+    argv = ["predict", "--adapter", str(adapters["af8"]), "--adapter", str(adapters["linear"]), "--top-k", "3",
+            "--precision", "fp32"]  # fmt: skip
     assert main([*argv, "--json", files[0], str(tmp_path / "bad.png"), files[1]]) == 2
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.strip().splitlines()]

@@ -13,6 +13,7 @@ import yaml
 
 from .data import IMAGE_DATASETS
 from .data.video import PAPER_TEST_VIEWS, VIDEO_DATASETS
+from .engine.metrics import THRESHOLD
 from .precision import PRECISION_CHOICES
 from .pretrained import CONVERTERS
 from .saving import AdapterInfo
@@ -54,6 +55,17 @@ def _device(text: str) -> str:
         return check_device_name(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _probability(text: str) -> float:
+    """``--threshold``: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value:g}")
+    return value
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, AdapterInfo]:
@@ -130,7 +142,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     check_classes(model.num_classes, classes, None, "the class-name list")
     precision = args.precision or (info.training.precision if info.training is not None else "auto")
     video = video_settings(info) if clip_frames(model) is not None else None
-    results = predict_files(model, args.files, args.top_k, precision, args.device, video)
+    if args.threshold is not None and not info.multi_label:
+        raise ValueError(
+            f"--threshold {args.threshold:g} applies to multi-label adapters; {args.adapter} is "
+            "single-label (its top-k classes are printed)"
+        )
+    threshold = (args.threshold if args.threshold is not None else THRESHOLD) if info.multi_label else None
+    results = predict_files(model, args.files, args.top_k, precision, args.device, video, threshold)
     kind = "image" if video is None else "video"
     for result in results:
         top = [{"class": classes[i], "index": i, "prob": p} for i, p in result.top]
@@ -139,7 +157,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         elif result.error is not None:
             print(f"{result.path}: error: {result.error}")
         else:
-            print(f"{result.path}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top))
+            shown = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in top)
+            print(f"{result.path}: {shown or f'no class reaches the threshold {threshold:g}'}")
     failed = [r.path for r in results if r.error is not None]
     if failed:
         print(
@@ -202,6 +221,11 @@ def add_adapter_commands(sub: Any) -> None:
     predict.add_argument(
         "--top-k", type=at_least(1, "a positive integer"), default=None,
         help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--threshold", type=_probability, default=None,
+        help="multi-label adapters: print every class whose probability (sigmoid) is at least this, best first "
+        f"(default: {THRESHOLD}, as eval's F1)",
     )  # fmt: skip
     predict.add_argument(
         "--json", action="store_true",

@@ -197,6 +197,12 @@ class MultiTaskModel(nn.Module):
                 f"{list(MULTITASK_METHODS)}; VPT changes the token count, LoRA the frozen projections, full "
                 "fine-tuning has its own backbone); load it as a single-task model (create_model_from_adapter)"
             )
+        if info.multi_label:
+            raise UnsupportedModelError(
+                f"{directory}: a multi-label adapter (one sigmoid per class) cannot join a multi-task model, which "
+                "reports each task's softmax top-k; load it alone (create_model_from_adapter, or adaptformer predict "
+                "with this one --adapter, which prints the classes above --threshold)"
+            )
         if info.spec.backbone != self.backbone_name:
             raise AdapterFileError(
                 f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "

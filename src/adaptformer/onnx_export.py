@@ -131,7 +131,8 @@ def export_onnx(
     record = {
         "input": {"name": "input", "shape": ["batch", *shape], "dtype": "float32",
                   "layout": "NCHW" if len(shape) == 3 else "NCTHW"},
-        "output": {"name": "logits", "shape": ["batch", int(model.num_classes)]},
+        "output": {"name": "logits", "shape": ["batch", int(model.num_classes)],
+                   "activation": "sigmoid" if info is not None and info.multi_label else "softmax"},
         "preprocessing": {"mean": list(pre.mean), "std": list(pre.std), "input_size": list(pre.input_size),
                           "interpolation": pre.interpolation, "crop_pct": pre.crop_pct},
         "classes": (info.classes if info is not None else None),

@@ -48,7 +48,7 @@ _REQUIRED_FIELDS = ("backbone", "method", "num_classes")  # the rest have defaul
 _V01_TASK_FIELDS = ("classes", "dataset", "model_kwargs", "checkpoint", "checkpoint_source", "precision",
                     "eval_batch_size", "dataset_options", "video")  # fmt: skip
 _FILE_FIELDS = ("source", "classes", "training", "backbone_fingerprint", "preprocessing", "num_parameters",
-                "weights_sha256")  # fmt: skip
+                "weights_sha256", "multi_label")  # fmt: skip
 
 
 class AdapterFileError(ValueError):
@@ -93,6 +93,7 @@ class AdapterInfo:
     weights_sha256: str | None = None
     num_parameters: int | None = None
     format_version: int = FORMAT_VERSION
+    multi_label: bool = False  # several classes per image: one sigmoid per class (absent in older files: False)
 
 
 def _temporary_name(path: Path) -> Path:
@@ -179,11 +180,13 @@ def save_adapter(
     directory: str | Path,
     classes: list[str] | None = None,
     training: TrainingRecord | None = None,
+    multi_label: bool = False,
 ) -> Path:
     """Write the model's task-specific tensors and their description to ``directory``; returns the directory.
 
-    ``classes`` (names, index = label) and ``training`` (how training evaluated it) are recorded for later use;
-    how the backbone was built comes from the model (``create_model`` records it).
+    ``classes`` (names, index = label), ``training`` (how training evaluated it) and ``multi_label`` (the head
+    scores every class with its own sigmoid: a multi-label task) are recorded for later use; how the backbone was
+    built comes from the model (``create_model`` records it).
     """
     spec = get_spec(model)
     if spec is None:
@@ -206,6 +209,7 @@ def save_adapter(
         "preprocessing": Preprocessing.from_model(model).to_dict(),
         "num_parameters": sum(t.numel() for t in tensors.values()),
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "multi_label": bool(multi_label),
     }
     atomic_write_bytes(directory / WEIGHTS_NAME, blob)
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
@@ -281,9 +285,12 @@ def read_adapter_config(directory: str | Path) -> AdapterInfo:
         raise AdapterFileError(
             f"{classes_path}: classes must be a list of {spec.num_classes} names (the head's classes), got {classes!r}"
         )
+    multi_label = data.get("multi_label", False)
+    if not isinstance(multi_label, bool):
+        raise AdapterFileError(f"{path}: multi_label must be true or false, got {multi_label!r}")
     return AdapterInfo(
         spec, source, classes, training, preprocessing, data.get("backbone_fingerprint"), data.get("weights_sha256"),
-        data.get("num_parameters"), version,
+        data.get("num_parameters"), version, multi_label,
     )  # fmt: skip
 
 

@@ -5,7 +5,8 @@ What a run writes to ``run.output_dir`` (only the main process writes; epochs ar
 reads them):
 
     config.yaml     the effective configuration; ``adaptformer train --config config.yaml`` repeats the run
-    metrics.jsonl   one JSON object per epoch: epoch, lr, train_loss, val_acc1, val_acc5, val_loss, seconds, images/s
+    metrics.jsonl   one JSON object per epoch: epoch, lr, train_loss, the validation scores (val_acc1, val_acc5,
+                    val_loss; multi-label: val_map, val_of1, val_cf1, ...), seconds, images/s
     curves.png      loss, lr and validation accuracy per epoch, drawn from metrics.jsonl when the loop ends
     adapter/        the selected adapter (``save_adapter``; full weights for method "full"), its adapter_config.json
                     recording the class names, how the backbone was built and how training evaluated it
@@ -22,7 +23,8 @@ Model selection uses only a validation split: the dataset's own ``val`` split wh
 (an ``imagefolder`` or ``videofolder`` with ``val/`` and ``test/``, list files with ``val.txt`` and ``test.txt``; then
 ``data.val_split`` is not used), else a part carved from the training data (seeded, ``data.val_split``). A dataset
 with ``val`` but no ``test`` split (the ImageNet layout) is tested on ``val``. With ``select: best`` the adapter of the
-epoch with the best validation top-1 is kept (the earliest on ties), with ``select: last`` the final one. The test
+epoch with the best validation score is kept (top-1; mAP for a multi-label task; the earliest on ties), with
+``select: last`` the final one. The test
 split never influences training or selection. Training samples that no epoch's batches draw (each epoch drops the
 samples that do not fill an optimizer step) are read once at the start, so an unreadable file fails the run wherever
 it lies in the split.
@@ -63,7 +65,7 @@ from .engine.distributed import (
     shutdown,
     wrap_model,
 )
-from .engine.loop import EpochStats, StepInfo, classification_metrics, evaluate, train_one_epoch
+from .engine.loop import EpochStats, StepInfo, evaluate, train_one_epoch
 from .engine.optim import build_optimizer, scaled_lr
 from .engine.progress import Progress, RunEta
 from .engine.records import TEST_FILE, MetricsLog, peak_memory, write_json
@@ -79,6 +81,9 @@ from .speed import apply_speed
 
 logger = logging.getLogger(__name__)
 
+# the validation scores metrics.jsonl records per epoch (as val_<name>): top-1/top-5, or mAP and F1 (multi-label)
+VAL_RECORDED = ("acc1", "acc5", "map", "of1", "cf1", "loss")
+
 
 @dataclass
 class RunPosition:
@@ -86,7 +91,7 @@ class RunPosition:
 
     epoch: int = 0  # the epoch in progress (or next to start), counted from 0 (the user reads epoch + 1)
     step_in_epoch: int = 0  # optimizer steps of ``epoch`` already done
-    best_val_acc1: float | None = None
+    best_val: float | None = None  # the best validation score (top-1, or mAP for a multi-label task)
     best_epoch: int | None = None
     stats: EpochStats = field(default_factory=EpochStats)
 
@@ -94,14 +99,16 @@ class RunPosition:
 @dataclass(frozen=True)
 class TrainResult:
     """The outcome of :func:`train`. ``test`` is None when the run stopped early (``stop_after_steps``);
-    ``best_epoch`` is the epoch of the best validation top-1, numbered from 1 as in metrics.jsonl."""
+    ``best_epoch`` is the epoch of the best validation score ``best_val`` (top-1, or mAP for a multi-label task:
+    ``metric`` names it), numbered from 1 as in metrics.jsonl."""
 
     output_dir: Path
     test: dict[str, Any] | None
     best_epoch: int | None
-    best_val_acc1: float | None
+    best_val: float | None
     stopped_early: bool = False
     is_main: bool = True  # False on the other processes of a torchrun job
+    metric: str = "acc1"
 
 
 class _StopRequested(Exception):
@@ -166,7 +173,12 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             f"--run.select best needs a validation split: {cfg.data.dataset} {spec.root} has no val split next to its "
             "test split; set --data.val_split > 0 (carved from train) or --run.select last"
         )
-    classes = train_split.classes
+    classes, multi_label, primary = train_split.classes, train_split.multi_label, train_split.primary
+    if multi_label and cfg.optim.label_smoothing:
+        raise ValueError(
+            f"optim.label_smoothing {cfg.optim.label_smoothing:g} applies to single-label tasks; "
+            f"{cfg.data.dataset} is multi-label (binary cross-entropy per class): set it to 0"
+        )
     for other in (test_split, val_split):
         if other is not None:
             check_same_classes(train_split, other, cfg.data.dataset)
@@ -217,7 +229,8 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         )
     scheduler = WarmupCosine(optimizer, lr, round(o.warmup() * steps), o.epochs * steps, o.min_lr)
     scaler = precision.grad_scaler()
-    criterion = nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
+    # one softmax over the classes, or one sigmoid per class (multi-label: labels are multi-hot vectors)
+    criterion = nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
     ddp_model = wrap_model(model, ctx)
 
     # Resume: weights, optimizer, schedule, scaler, RNG, position. Data order follows from (seed, epoch, step).
@@ -236,6 +249,10 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     metrics.keep_finished(pos.epoch)
     evaluation = TrainingRecord(cfg.data.dataset, dict(cfg.data.options), spec.video_record(), precision.name,
                             o.eval_batch_size)  # fmt: skip
+
+    def save_selected() -> None:
+        if ctx.is_main:
+            save_adapter(model, out / ADAPTER_DIR, classes, evaluation, multi_label=multi_label)
 
     def save_state() -> None:
         rng = all_gather_objects(capture_rng_state(), ctx)  # every process's generators
@@ -272,20 +289,20 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             last = epoch + 1 == o.epochs
             if val_loader is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
                 with eval_progress(val_loader, f"validation after epoch {epoch + 1}/{o.epochs}") as progress:
-                    val = classification_metrics(evaluate(ddp_model, val_loader, precision, ctx, progress))
-                record.update({"val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_loss": val["loss"]})
-                if pos.best_val_acc1 is None or val["acc1"] > pos.best_val_acc1:
-                    pos.best_val_acc1, pos.best_epoch = val["acc1"], epoch
+                    val = train_split.metrics(evaluate(ddp_model, val_loader, precision, ctx, progress, multi_label))
+                record.update({f"val_{k}": v for k, v in val.items() if k in VAL_RECORDED})
+                if pos.best_val is None or val[primary] > pos.best_val:
+                    pos.best_val, pos.best_epoch = val[primary], epoch
                     if cfg.run.select == "best":
-                        _save_selected(model, classes, evaluation, out, ctx)
+                        save_selected()
             if cfg.run.select == "last" and last:
-                _save_selected(model, classes, evaluation, out, ctx)
+                save_selected()
             record.update({"seconds": time.perf_counter() - started, "images/s": stats.images_per_second})
             metrics.append(record)
             if ctx.is_main:
                 shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items() if k != "epoch"}
                 logger.info("epoch %d/%d: %s", epoch + 1, o.epochs, shown)
-            pos = RunPosition(epoch + 1, 0, pos.best_val_acc1, pos.best_epoch)
+            pos = RunPosition(epoch + 1, 0, pos.best_val, pos.best_epoch)
             save_state()
     except _StopRequested:
         stopped = True
@@ -297,24 +314,31 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     if ctx.is_main:
         draw_run_curves(cfg, metrics.read(), out)
     if stopped:
-        return TrainResult(out, None, best_epoch, pos.best_val_acc1, True, ctx.is_main)
+        return TrainResult(out, None, best_epoch, pos.best_val, True, ctx.is_main, primary)
 
     # The test split, once, with the selected adapter as saved on disk.
     barrier(ctx)
     load_adapter(model, out / ADAPTER_DIR)
     with eval_progress(test_loader, "test") as progress:
-        test = test_split.score(evaluate(model, test_loader, precision, ctx, progress), test_part)
+        test = test_split.score(evaluate(model, test_loader, precision, ctx, progress, multi_label), test_part)
     selected_epoch = best_epoch if cfg.run.select == "best" else o.epochs
-    selected_val = pos.best_val_acc1
+    selected_val = pos.best_val
     if cfg.run.select == "last" and ctx.is_main:
-        selected_val = next((r.get("val_acc1") for r in metrics.read() if r["epoch"] == selected_epoch), None)
-    report = {"split": test_split.name, **test, "select": cfg.run.select, "epoch": selected_epoch,
-              "val_acc1": selected_val, "trainable_parameters": count_trainable(model),
-              **peak_memory(ctx.device)}  # fmt: skip
+        selected_val = next((r.get(f"val_{primary}") for r in metrics.read() if r["epoch"] == selected_epoch), None)
+    report = {
+        "split": test_split.name,
+        "task": "multi-label" if multi_label else "single-label",
+        **test,
+        "select": cfg.run.select,
+        "epoch": selected_epoch,
+        f"val_{primary}": selected_val,
+        "trainable_parameters": count_trainable(model),
+        **peak_memory(ctx.device),
+    }
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)
-    return TrainResult(out, report, best_epoch, pos.best_val_acc1, False, ctx.is_main)
+    return TrainResult(out, report, best_epoch, pos.best_val, False, ctx.is_main, primary)
 
 
 def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | None:
@@ -337,13 +361,6 @@ def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | N
     return state
 
 
-def _save_selected(
-    model: nn.Module, classes: list[str], record: TrainingRecord, out: Path, ctx: DistributedContext
-) -> None:
-    if ctx.is_main:
-        save_adapter(model, out / ADAPTER_DIR, classes, record)
-
-
 def _state_dict(
     cfg: TrainConfig,
     model: nn.Module,
@@ -358,7 +375,7 @@ def _state_dict(
         "epoch": pos.epoch,
         "step_in_epoch": pos.step_in_epoch,
         "global_step": scheduler.step_count,
-        "best_val_acc1": pos.best_val_acc1,
+        "best_val": pos.best_val,
         "best_epoch": pos.best_epoch,
         "epoch_stats": pos.stats.to_dict(),
         "model": {k: v.detach().cpu() for k, v in task_state_dict(model).items()},
@@ -392,7 +409,7 @@ def _restore(
     return RunPosition(
         state["epoch"],
         state["step_in_epoch"],
-        state["best_val_acc1"],
+        state["best_val"],
         state["best_epoch"],
         EpochStats(**state["epoch_stats"]),
     )

@@ -29,12 +29,12 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "checkpoint.pt"
 FORMAT = "adaptformer-training-state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "best_val" (the selection score: top-1, or mAP for multi-label) was 1's "best_val_acc1"
 
 
 # Every entry save_training_state is given by train.py, with its type.
 STATE_TYPES: dict[str, type | tuple[type, ...]] = {
-    "config": dict, "epoch": int, "step_in_epoch": int, "global_step": int, "best_val_acc1": (float, int, type(None)),
+    "config": dict, "epoch": int, "step_in_epoch": int, "global_step": int, "best_val": (float, int, type(None)),
     "best_epoch": (int, type(None)), "epoch_stats": dict, "model": dict, "optimizer": dict, "scheduler": dict,
     "scaler": dict, "rng": list,
 }  # fmt: skip
@@ -69,8 +69,11 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingStateError(f'{path}: not an adaptformer training state (expected "format": "{FORMAT}")')
-    if state.get("format_version") != FORMAT_VERSION:
-        raise TrainingStateError(f"{path}: format_version {state.get('format_version')!r}, this library reads 1")
+    if state.get("format_version") not in (1, FORMAT_VERSION):
+        raise TrainingStateError(f"{path}: format_version {state.get('format_version')!r}, this library reads 1 and "
+                                 f"{FORMAT_VERSION}")  # fmt: skip
+    if state["format_version"] == 1 and "best_val_acc1" in state:  # version 1 kept top-1 under this name
+        state["best_val"] = state.pop("best_val_acc1")
     missing = sorted(set(STATE_TYPES) - set(state))
     present = {k: t for k, t in STATE_TYPES.items() if k in state}
     wrong = [f"{k} ({type(state[k]).__name__})" for k, t in present.items() if not is_of_type(state[k], t)]

@@ -33,10 +33,13 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
 
     fig = Figure(figsize=(12, 3.6), layout="constrained")
     loss_ax, lr_ax, acc_ax = fig.subplots(1, 3)
+    multi_label = any("val_map" in r for r in records)
+    scores = (("val_map", "mAP"), ("val_of1", "OF1"), ("val_cf1", "CF1")) if multi_label else (
+        ("val_acc1", "top-1"), ("val_acc5", "top-5"))  # fmt: skip
     panels = (
         (loss_ax, "loss", (("train_loss", "train"), ("val_loss", "validation"))),
         (lr_ax, "learning rate (at the epoch's end)", (("lr", "lr"),)),
-        (acc_ax, "validation accuracy (%)", (("val_acc1", "top-1"), ("val_acc5", "top-5"))),
+        (acc_ax, f"validation {'mAP / F1' if multi_label else 'accuracy'} (%)", scores),
     )
     for ax, label, keys in panels:
         drawn = 0

@@ -49,7 +49,8 @@ from ..preprocessing import Preprocessing
 from ..validation import check_choice
 from .config import DATASET_KINDS, DataConfig, TrainConfig
 from .data import load_image_split, with_transform
-from .loop import Predictions, classification_metrics, multi_view_metrics
+from .loop import Predictions, multi_view_metrics
+from .metrics import PRIMARY, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,16 @@ class ImageSplit:
         self.augment = augment or ImageAugment()
         self.classes: list[str] = list(dataset.classes)  # type: ignore[attr-defined]
         self.skipped = len(getattr(dataset, "skipped", []))
+        self.multi_label = bool(getattr(dataset, "multi_label", False))  # several classes per image: sigmoid + BCE
+
+    @property
+    def primary(self) -> str:
+        """The score model selection maximises: acc1, or map for a multi-label task."""
+        return PRIMARY[self.multi_label]
+
+    def metrics(self, predictions: Predictions) -> dict[str, Any]:
+        """The task's scores of ``predictions`` (top-1/top-5, or mAP and F1 for a multi-label task)."""
+        return score_predictions(predictions, self.multi_label)
 
     def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
         """The samples with the train (random crop [+ flip], ``augment``) or eval (resize + centre crop) transform."""
@@ -176,9 +187,9 @@ class ImageSplit:
         return with_transform(self.dataset, transform)
 
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
-        """acc1, acc5, loss and n (see :func:`classification_metrics`), and the number of unreadable image files
-        left out (never predicted)."""
-        return {**classification_metrics(predictions), "skipped": self.skipped}
+        """acc1, acc5, loss and n (:func:`.loop.classification_metrics`; multi-label: mAP, F1 and each class's AP,
+        :func:`.metrics.multilabel_metrics`), and the number of unreadable image files left out (never predicted)."""
+        return {**score_predictions(predictions, self.multi_label, per_class=True), "skipped": self.skipped}
 
 
 class VideoSplit:
@@ -191,6 +202,12 @@ class VideoSplit:
         self.settings = settings
         self.classes: list[str] = list(source.classes)
         self.skipped = len(source.skipped_files)
+        self.multi_label = False  # video datasets are single-label
+        self.primary = PRIMARY[False]
+
+    def metrics(self, predictions: Predictions) -> dict[str, Any]:
+        """Top-1/top-5 of single views (validation: one view per video)."""
+        return score_predictions(predictions, False)
 
     def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
         """Training clips (random, augmented), or deterministic views: one per video ("eval"), the grid ("test")."""

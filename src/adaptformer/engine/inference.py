@@ -82,8 +82,12 @@ def load_trained_model(
     if model_name is not None and model_name.split(".")[0] != info.spec.backbone.split(".")[0]:
         raise ValueError(f"{adapter_dir} holds an adapter for {info.spec.backbone!r}, not for {model_name!r}")
     source = info.source or BackboneSource()
-    overrides = {"checkpoint": checkpoint, "checkpoint_source": checkpoint_source, "kwargs": model_kwargs,
-                 "init_seed": init_seed}  # fmt: skip
+    overrides = {
+        "checkpoint": checkpoint,
+        "checkpoint_source": checkpoint_source,
+        "kwargs": model_kwargs,
+        "init_seed": init_seed,
+    }
     source = replace(source, **{k: v for k, v in overrides.items() if v is not None})
     model = create_model_from_adapter(adapter_dir, source, info=info)
     return model.eval(), info
@@ -126,6 +130,12 @@ def evaluate_split(
     """
     data = load_split(spec, split)
     check_classes(model.num_classes, data.classes, info, f"{spec.kind} {split}")
+    if info is not None and info.multi_label != data.multi_label:
+        task = ("multi-label", "single-label")
+        raise ValueError(
+            f"the adapter was trained for a {task[not info.multi_label]} task but {spec.kind} is "
+            f"{task[not data.multi_label]}"
+        )
     dataset = data.build(model, "test")
     training = info.training if info is not None else None
     batch_size = batch_size or (training.eval_batch_size if training else 256)
@@ -134,14 +144,15 @@ def evaluate_split(
     if speed is not None:
         apply_speed(model, speed, ctx.device, chosen.name)
     with Progress(len(loader), f"{spec.kind} {split}", ctx.is_main, log_every=max(1, len(loader) // 10)) as progress:
-        predictions = evaluate(model.to(ctx.device), loader, chosen, ctx, progress)
+        predictions = evaluate(model.to(ctx.device), loader, chosen, ctx, progress, data.multi_label)
     return data.score(predictions, dataset)
 
 
 @dataclass(frozen=True)
 class FilePrediction:
-    """What ``predict`` says about one input file: its top classes as (index, probability), best first, or why it
-    could not be classified (then ``top`` is empty)."""
+    """What ``predict`` says about one input file: its top classes as (index, probability), best first (for a
+    multi-label adapter: every class whose sigmoid probability reaches the threshold, best first), or why it could
+    not be classified (then ``top`` is empty)."""
 
     path: str
     top: tuple[tuple[int, float], ...] = ()
@@ -191,9 +202,11 @@ def predict_files(
     precision: str = "auto",
     device: str = "auto",
     video: VideoSettings | None = None,
+    threshold: float | None = None,
 ) -> list[FilePrediction]:
     """The top-``top_k`` classes of every file, in order; a file that cannot be decoded gets its error instead, and
-    the others are still classified.
+    the others are still classified. With ``threshold`` (a multi-label adapter) each file gets every class whose
+    sigmoid probability is at least ``threshold`` instead (best first; at most ``top_k`` if given).
 
     Image files are preprocessed as evaluation does; for a video backbone every file is cut into the test views of
     ``video`` (default: :func:`video_settings` ``(None)``; give the adapter's, as ``adaptformer predict`` does) and the
@@ -201,6 +214,10 @@ def predict_files(
     above the class count is lowered to it, with a warning.
     """
     num_classes = int(model.num_classes)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    if threshold is not None and top_k is None:
+        top_k = num_classes
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, num_classes)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -225,8 +242,14 @@ def predict_files(
             logits = model(batch.to(target))  # (V, K)
         ids = torch.zeros(len(logits), dtype=torch.long)
         averaged = aggregate_views(logits.float().cpu(), ids, ids).logits[0]  # (K,), eval's multi-view average
-        values, indices = averaged.softmax(dim=0).topk(top_k)
-        results.append(FilePrediction(str(path), tuple(zip(indices.tolist(), values.tolist(), strict=True))))
+        probabilities = averaged.softmax(dim=0) if threshold is None else averaged.sigmoid()
+        values, indices = probabilities.topk(top_k)
+        top = [
+            (i, p)
+            for i, p in zip(indices.tolist(), values.tolist(), strict=True)
+            if threshold is None or p >= threshold
+        ]
+        results.append(FilePrediction(str(path), tuple(top)))
     return results
 
 

@@ -173,8 +173,12 @@ def evaluate(
     precision: Precision,
     ctx: DistributedContext,
     progress: Progress | None = None,
+    multi_label: bool = False,
 ) -> Predictions:
     """Run ``model`` over the loader (this process's shard) and gather the predictions of all processes.
+
+    Labels are class indices ``(N,)``, or multi-hot ``(N, K)`` for a ``multi_label`` task (what an empty shard
+    contributes must have the others' shape).
 
     With the shard sampler of :mod:`.data` every sample is predicted by exactly one process, so the gathered result
     holds each sample once; it is sorted by id (stable), so it does not depend on the number of processes.
@@ -197,7 +201,9 @@ def evaluate(
             progress.update(samples=samples, **{"samples/s": rate})
     num_outputs = int(getattr(model, "num_classes", 0))  # only needed for an empty shard
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros(0, num_outputs, device=ctx.device)
-    labels = torch.cat(label_parts) if label_parts else torch.zeros(0, dtype=torch.long, device=ctx.device)
+    no_labels = torch.zeros(0, num_outputs) if multi_label else torch.zeros(0, dtype=torch.long)
+    empty = no_labels.to(ctx.device)
+    labels = torch.cat(label_parts) if label_parts else empty
     ids = torch.cat(id_parts) if id_parts else torch.zeros(0, dtype=torch.long, device=ctx.device)
     logits, labels, ids = (gather_variable(t, ctx).cpu() for t in (logits, labels, ids))
     order = torch.argsort(ids, stable=True)

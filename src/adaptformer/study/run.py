@@ -161,7 +161,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         "task": cell.task, "method": cell.method, "family": METHODS[cell.method].family,
         "size": METHODS[cell.method].size, "seed": cell.seed, "trainable_params": trainable,
         "test_acc1": float(result.test["acc1"]), "test_acc5": float(result.test["acc5"]),
-        "val_acc1": result.best_val_acc1, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
+        "val_acc1": result.best_val, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
         "seconds": round(seconds, 2), "output_dir": str(result.output_dir),
     }  # fmt: skip
 

@@ -4,10 +4,11 @@ standard layouts; nothing is ever downloaded.
 Kinds (see ``IMAGE_DATASETS``): ``cifar100`` / ``cifar10`` (the python pickle release), ``svhn`` (cropped digits,
 ``*_32x32.mat``), ``food101``, ``imagefolder`` (``<root>/<split>/<class>/<image>``), ``digits`` (scikit-learn's
 bundled 8x8 handwritten digits, for offline runs on real data), ``synthetic`` (seeded, class-coloured images) and
-``shapes`` (procedural shapes), and the PETL benchmarks' ``vtab1k`` (:mod:`.vtab`), ``fgvc`` and ``cub200``
-(:mod:`.fgvc`). ``skip_bad_images`` is taken only by the kinds with one file per image (``food101``,
-``imagefolder``). The image handed to the transform is a PIL RGB image for file-based kinds and a uint8
-``(C, H, W)`` tensor for the others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
+``shapes`` (procedural shapes), the PETL benchmarks' ``vtab1k`` (:mod:`.vtab`), ``fgvc`` and ``cub200``
+(:mod:`.fgvc`), and the multi-label kinds ``multilabel-list``, ``multilabel-csv``, ``nuswide``, ``coco`` and
+``digits-multilabel`` (:mod:`.multilabel`). ``skip_bad_images`` is taken only by the kinds with one file per
+image (``food101``, ``imagefolder``, ...). The image handed to the transform is a PIL RGB image for file-based kinds
+and a uint8 ``(C, H, W)`` tensor for the others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ from adaptformer.data.files import (
 )
 from adaptformer.data.image.datasets import ArrayImageDataset, ImageFileDataset, Transform
 from adaptformer.data.image.fgvc import CUB_LAYOUT, FGVC_LAYOUT, build_cub200, build_fgvc, locate_fgvc
+from adaptformer.data.image.multilabel import (
+    COCO_LAYOUT,
+    CSV_LAYOUT,
+    LIST_LAYOUT,
+    NUSWIDE_LAYOUT,
+    build_coco,
+    build_digits_multilabel,
+    build_multilabel_csv,
+    build_multilabel_list,
+    build_nuswide,
+    locate_csv,
+    locate_list,
+)
 from adaptformer.data.image.vtab import VTAB_LAYOUT, build_vtab1k, locate_vtab1k
 from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
 from adaptformer.data.splits import train_val_split_indices
@@ -57,6 +71,10 @@ _LAYOUTS = {
     "vtab1k": VTAB_LAYOUT,
     "fgvc": FGVC_LAYOUT,
     "cub200": CUB_LAYOUT,
+    "multilabel-list": LIST_LAYOUT,
+    "multilabel-csv": CSV_LAYOUT,
+    "nuswide": NUSWIDE_LAYOUT,
+    "coco": COCO_LAYOUT,
     "imagefolder": "<root>/\n  train/<class>/<image>.jpg|png|...\n  val/<class>/...     (optional: model selection; "
     "without test/, the test split)\n  test/<class>/...    (optional when val/ is there)",
 }
@@ -310,6 +328,12 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "digits": ImageDatasetKind(_build_digits, ("train", "test"), needs_root=False),
     "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
     "shapes": ImageDatasetKind(_build_shapes, ("train", "test"), needs_root=False),
+    # multi-label (several classes per image; :mod:`.multilabel`)
+    "multilabel-list": ImageDatasetKind(build_multilabel_list, ("train", "val", "test"), locate=locate_list),
+    "multilabel-csv": ImageDatasetKind(build_multilabel_csv, ("train", "val", "test"), locate=locate_csv),
+    "nuswide": ImageDatasetKind(build_nuswide, ("train", "test")),
+    "coco": ImageDatasetKind(build_coco, ("train", "test")),
+    "digits-multilabel": ImageDatasetKind(build_digits_multilabel, ("train", "test"), needs_root=False),
 }
 
 
