@@ -54,7 +54,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from .engine.datasets import load_split
-    from .engine.distributed import resolve_device
     from .engine.inference import load_trained_model
     from .inspection import check_out_dir, inspect_adapter, write_inspection
     from .saving import read_adapter_config
@@ -75,7 +74,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     # evenly spread over the split (whose samples may be ordered by class), the same ones every time
     picked = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()  # type: ignore[arg-type]
     loader = DataLoader(Subset(dataset, picked), batch_size=args.batch_size)
-    report = inspect_adapter(model, loader, device=resolve_device(args.device))
+    report = inspect_adapter(model, loader, device=args.device)
     files = write_inspection(report, out, overwrite=args.overwrite)
     summary = {"out": str(out), "files": sorted(files), "dataset": spec.kind, "split": args.split,
                "num_samples": report.num_samples, "feature": report.feature,

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .engine.distributed import resolve_device
 from .errors import UnsupportedModelError
 from .families import find_family
 from .heads import classifiers
@@ -265,7 +266,7 @@ def _inputs(batch: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def inspect_adapter(
-    model: nn.Module, batches: Iterable[Any], num_samples: int | None = None, device: str | torch.device = "cpu"
+    model: nn.Module, batches: Iterable[Any], num_samples: int | None = None, device: str | torch.device = "auto"
 ) -> InspectionReport:
     """Measure what ``model``'s AdaptFormer adapters do on ``batches`` (see the module docstring).
 
@@ -274,13 +275,14 @@ def inspect_adapter(
             ``device`` in fp32 and put in eval mode (its training mode is restored afterwards).
         batches: input tensors, or ``(inputs, labels, ...)`` batches such as a DataLoader's.
         num_samples: stop after this many inputs (None: all of ``batches``).
-        device: where to compute.
+        device: where to compute: "auto" (a GPU if there is one), "cpu", "cuda:1", ...
 
     Raises UnsupportedModelError when the model has no AdaptMLP modules (another method), ValueError when
     ``num_samples`` < 1 or ``batches`` holds no inputs.
     """
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    device = resolve_device(device) if isinstance(device, str) else device
     family, blocks = _blocks(model)
     adapted = _adapted_blocks(model, blocks)
     norm_name = _MLP_NORMS.get(family, "norm2")
