@@ -283,6 +283,29 @@ def _digits_files(work: Path) -> None:
     run("adaptformer prepare digits --out data/digits", work, {})
 
 
+def _digits_adapter(work: Path) -> None:
+    """data/digits and runs/digits/adapter as the quick start leaves them: AdaptFormer-16 on the shipped backbone,
+    trained on the image folder (weights moved off their init instead of 16 epochs)."""
+    from tests.training_step import move_trainable
+
+    from adaptformer import AdaptFormerConfig, create_model, save_adapter
+    from adaptformer.saving import TrainingRecord
+
+    _digits_files(work)
+    torch.manual_seed(0)
+    model = create_model("vit_shapes_patch8_32", 10, method=AdaptFormerConfig(bottleneck=16), checkpoint="timm")
+    record = TrainingRecord(dataset="imagefolder", precision="fp32")
+    save_adapter(move_trainable(model, 0.2).eval(), work / "runs/digits/adapter", [str(i) for i in range(10)], record)
+
+
+def _check_inspect(outputs: list[str], work: Path) -> None:
+    out = work / "runs/digits/inspect"
+    assert json.loads(outputs[0])["files"] == ["inspect.json", "inspect.md", "inspect.png"]
+    data = json.loads((out / "inspect.json").read_text())
+    assert len(data["adapters"]) == len(data["drift"]) == 6 and data["pooled"]["relative_l2"] > 0
+    assert (out / "inspect.png").read_bytes()[:4] == b"\x89PNG" and "| block |" in (out / "inspect.md").read_text()
+
+
 def _c100_run(work: Path) -> None:
     """The README's CIFAR-100 run, at test size, for the flows that continue it."""
     image_data(work)
@@ -339,6 +362,12 @@ FLOWS = [
         setup=(_c100_run,),
         extra={"eval": IMAGE_EVAL},
         check=_check_predicted_every_file,
+    ),
+    Flow(
+        "adaptformer inspect --adapter runs/digits/adapter",
+        setup=(_digits_adapter,),
+        extra={"inspect": ["--num-samples", "16"]},
+        check=_check_inspect,
     ),
 ]
 

@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``, ``benchmark``, ``export``, ``serve``.
+``study``, ``benchmark``, ``export``, ``serve``, ``inspect``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.TrainConfig` through jsonargparse
@@ -22,6 +22,7 @@ from typing import Any
 from .cli_adapter import add_adapter_commands, at_least
 from .cli_benchmark import add_benchmark_command
 from .cli_export import add_export_command
+from .cli_inspect import add_inspect_command
 from .cli_serve import add_serve_command
 from .data import ImageDecodeError
 from .data.video import VideoDecodeError
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_command(sub)
     add_export_command(sub)
     add_serve_command(sub)
+    add_inspect_command(sub)
     return parser
 
 

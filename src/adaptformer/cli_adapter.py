@@ -47,7 +47,7 @@ def at_least(low: int, what: str | None = None) -> Any:
     return parse
 
 
-def _device(text: str) -> str:
+def device_name(text: str) -> str:
     """``--device``: auto or a torch device name (cpu, cuda, cuda:1, ...)."""
     from .engine.distributed import check_device_name
 
@@ -189,7 +189,9 @@ def _add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seed of a backbone trained without checkpoint, needed for adaptformer 0.1 folders {recorded}",
     )  # fmt: skip
     parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=f"autocast {recorded}")
-    parser.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)"
+    )
 
 
 def add_adapter_commands(sub: Any) -> None:

@@ -1,0 +1,122 @@
+"""``adaptformer inspect --adapter DIR``: what a trained AdaptFormer adapter does inside the network, per block, on
+real inputs of its dataset (:mod:`adaptformer.inspection`): OUT/inspect.json, inspect.md and inspect.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .saving import AdapterInfo
+
+
+def _data_option(text: str) -> tuple[str, Any]:
+    """``--data-option key=value``: the value read as YAML (numbers are numbers)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, e.g. num_samples=256; got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not YAML ({e})") from e
+
+
+def _data_spec(args: argparse.Namespace, info: AdapterInfo) -> Any:
+    """The dataset to inspect on: ``--dataset`` (default: the one training recorded), with the recorded options and
+    video sampling when it is that kind, and ``--data-option`` over them."""
+    from .data import IMAGE_DATASETS
+    from .data.video import VIDEO_DATASETS
+    from .engine.datasets import DataSpec, VideoSettings
+    from .validation import from_mapping
+
+    record = info.training
+    kind = args.dataset or (record.dataset if record is not None else None)
+    if kind is None:
+        raise ValueError(f"--dataset is required: {args.adapter} does not record the dataset it was trained on")
+    kinds = {**IMAGE_DATASETS, **VIDEO_DATASETS}
+    if kind not in kinds:
+        raise ValueError(f"--dataset {kind!r}: unknown dataset kind; allowed: {sorted(kinds)}")
+    if args.split not in kinds[kind].splits:
+        raise ValueError(f"--split {args.split!r}: {kind!r} has the splits {list(kinds[kind].splits)}")
+    same = record is not None and record.dataset == kind
+    options = {**(record.dataset_options if same else {}), **dict(args.data_option)}
+    video = VideoSettings()
+    if same and record.video:
+        video = from_mapping(VideoSettings, record.video, "the adapter's training.video")
+    return DataSpec(kind, args.data_dir, options, video=video)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from .engine.datasets import load_split
+    from .engine.inference import load_trained_model
+    from .inspection import check_out_dir, inspect_adapter, write_inspection
+    from .saving import read_adapter_config
+
+    info = read_adapter_config(args.adapter)
+    if info.spec.method != "adaptformer":
+        raise ValueError(
+            f"--adapter {args.adapter}: an adapter of method {info.spec.method!r}; inspect supports AdaptFormer "
+            "adapters (method 'adaptformer': parallel or sequential, any scale, input, layernorm and layers)"
+        )
+    out = check_out_dir(args.out or Path(args.adapter).resolve().parent / "inspect", args.overwrite)
+    spec = _data_spec(args, info)
+    model, info = load_trained_model(
+        args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs, init_seed=args.init_seed
+    )
+    dataset = load_split(spec, args.split).build(model, "eval")  # one deterministic view per sample
+    count = min(args.num_samples, len(dataset))  # type: ignore[arg-type]
+    # evenly spread over the split (whose samples may be ordered by class), the same ones every time
+    picked = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()  # type: ignore[arg-type]
+    loader = DataLoader(Subset(dataset, picked), batch_size=args.batch_size)
+    report = inspect_adapter(model, loader, device=args.device)
+    files = write_inspection(report, out, overwrite=args.overwrite)
+    summary = {"out": str(out), "files": sorted(files), "dataset": spec.kind, "split": args.split,
+               "num_samples": report.num_samples, "feature": report.feature,
+               "adapter_mlp": {r.block: round(r.adapter_mlp, 6) for r in report.adapters}}  # fmt: skip
+    print(json.dumps(summary))
+    return 0
+
+
+def add_inspect_command(sub: Any) -> None:
+    """The ``inspect`` subcommand."""
+    from .cli_adapter import at_least, device_name, yaml_mapping
+    from .pretrained import CONVERTERS
+
+    parser = sub.add_parser(
+        "inspect", help="what a trained AdaptFormer adapter does per block: its size next to the MLP branch and the "
+        "residual stream, and how far the class token moves from the frozen backbone's",
+        description="Runs the adapted model (fp32, eval mode) on --num-samples inputs of a dataset split, spread "
+        "evenly over it, and once more with every adapter's output replaced by zeros (the frozen backbone). Per "
+        "adapted block: adapter/MLP = ||s*A|| / ||MLP(LN(x'))|| and adapter/residual = ||s*A|| / ||x'|| (per-token L2 "
+        "norms; headline: the ratio of RMS norms, also the mean per-token ratio); per block: the relative L2 drift "
+        "and cosine similarity of the class token (mean over tokens for backbones without one, e.g. video ViTs) "
+        "against the frozen backbone's, and of the pooled feature the head reads. Writes inspect.json, inspect.md "
+        "and inspect.png to --out.",
+    )  # fmt: skip
+    recorded = "(default: as recorded in the adapter's adapter_config.json)"
+    parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
+    parser.add_argument("--dataset", default=None, help=f"dataset kind, e.g. digits, cifar100 {recorded}")
+    parser.add_argument("--data-dir", default=None, help="the dataset's folder (none for built-in kinds)")
+    parser.add_argument(
+        "--data-option", type=_data_option, action="append", default=[], metavar="KEY=VALUE",
+        help=f"a dataset option (repeatable), over those {recorded} for the same kind",
+    )  # fmt: skip
+    parser.add_argument("--split", default="test", help="split to read inputs from: test, val or train (default: test)")
+    parser.add_argument("--num-samples", type=at_least(1), default=256, help="inputs to average over (default: 256)")
+    parser.add_argument("--batch-size", type=at_least(1), default=64, help="inputs per forward pass (default: 64)")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: OUT/inspect beside the adapter folder)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    parser.add_argument("--checkpoint", default=None, help=f"pre-trained backbone weights {recorded}")
+    parser.add_argument("--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout {recorded}")
+    parser.add_argument("--model-kwargs", type=yaml_mapping, default=None, help=f"timm kwargs {recorded}")
+    parser.add_argument("--init-seed", type=at_least(0), default=None, help=f"backbone seed (0.1 folders) {recorded}")
+    parser.set_defaults(func=_cmd_inspect)
