@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare_parser(sub)
 
-    recipes = sub.add_parser("recipes", help="list the shipped recipes (paper Table 1 rows)")
+    recipes = sub.add_parser("recipes", help="list the shipped recipes (paper Tables 1, 6, 7, ablations; VTAB, FGVC)")
     recipes.add_argument("--show", default=None, metavar="NAME", help="print one recipe")
     recipes.set_defaults(func=_cmd_recipes)
 
