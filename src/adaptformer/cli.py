@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``, ``benchmark``, ``export``, ``serve``.
+``study``, ``benchmark``, ``sweep``, ``export``, ``serve``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.TrainConfig` through jsonargparse
@@ -23,6 +23,7 @@ from .cli_adapter import add_adapter_commands, at_least
 from .cli_benchmark import add_benchmark_command
 from .cli_export import add_export_command
 from .cli_serve import add_serve_command
+from .cli_sweep import add_sweep_command
 from .data import ImageDecodeError
 from .data.video import VideoDecodeError
 from .errors import MissingDependencyError, UnsupportedModelError
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     _add_study_parser(sub)
     add_benchmark_command(sub)
+    add_sweep_command(sub)
     add_export_command(sub)
     add_serve_command(sub)
     return parser
@@ -356,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.verbose = verbose
     else:
         after_dashes: list[str] = []
-        if command == "benchmark" and "--" in argv:  # train flags for every stage
+        if command in ("benchmark", "sweep") and "--" in argv:  # train flags for every stage / point
             argv, after_dashes = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)

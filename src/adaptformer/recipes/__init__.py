@@ -83,6 +83,12 @@ def recipe_summary(name: str) -> str:
     return f"{dataset['title']}, {row}: {reported_in} {score:.2f} top-1 ({backbone})"
 
 
+def recipe_paper_score(name: str) -> float | None:
+    """The paper's number for the shipped recipe ``name`` (None where the paper gives none)."""
+    table, dataset_name, row_name = _split(name)
+    return table["datasets"][dataset_name].get("paper", {}).get(row_name)
+
+
 def recipe_text(name: str) -> str:
     """The recipe as a commented YAML file, e.g. to save, edit and pass with ``--config``."""
     table, dataset_name, _ = _split(name)
@@ -115,4 +121,4 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     return recipe_config(name)
 
 
-__all__ = ["load_recipe", "recipe_config", "recipe_names", "recipe_summary", "recipe_text"]
+__all__ = ["load_recipe", "recipe_config", "recipe_names", "recipe_paper_score", "recipe_summary", "recipe_text"]
