@@ -14,7 +14,7 @@ from adaptformer.engine import TrainConfig
 from adaptformer.recipes import recipe_paper_score
 from adaptformer.suite.sweep import SweepSettings, check_sweep, load_sweep, shipped_sweeps
 
-TINY = ["--model.backbone", "vit_shapes_patch8_32", "--model.checkpoint", "timm", "--data.dataset", "synthetic",
+TINY = ["--model.backbone", "vit_shapes_patch8_32", "--data.dataset", "synthetic",
         "--data.options", "{num_samples: 24, image_size: 32}", "--optim.epochs", "1", "--optim.warmup_epochs", "0",
         "--optim.batch_size", "8", "--optim.precision", "fp32", "--data.num_workers", "0",
         "--run.device", "cpu"]  # fmt: skip
@@ -32,7 +32,7 @@ def test_a_user_sweep_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     spec.write_text(
         "grid: {model.method: [adaptformer], model.method.bottleneck: [2, 8]}\n"
         "points:\n"
-        f"  - {{name: broken, set: {{data.dataset: imagefolder, data.data_dir: {tmp_path / 'no_such_folder'}}}}}\n"
+        f"  - {{name: broken, set: {{model.checkpoint: {tmp_path / 'no_such_file.pth'}}}}}\n"  # fails in train
         "series: model.method.name\n"
     )
     out = tmp_path / "out"
