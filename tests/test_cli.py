@@ -205,8 +205,9 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
     assert "1,266,532" in capsys.readouterr().out  # paper: AdaptFormer-64 on CIFAR-100
     assert main(["recipes"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert len(names) == 35 + 120 and "svhn_full" in names and "hmdb51_swin_adaptformer" in names  # Table 1: 30,
-    assert "vtab_cifar_lora8" in names  # Table 7: 5; VTAB-1k / FGVC protocols: (19 tasks + 5 datasets) x 5 rows
+    assert len(names) == 35 + 5 + 14 + 120 and "svhn_full" in names and "hmdb51_swin_adaptformer" in names
+    # Table 1: 30, Table 7: 5, Table 6: 5, ablations: 14; VTAB-1k / FGVC protocols: (19 tasks + 5 datasets) x 5 rows
+    assert "vtab_cifar_lora8" in names and "ssv2_in21k_adaptformer64" in names and "ssv2_vpt64" in names
 
 
 @pytest.mark.parametrize(

@@ -152,3 +152,82 @@ def test_recipes_are_found_by_name_or_path_and_flags_override(tmp_path: Path) ->
         load_recipe("cifar10_lora")
     with pytest.raises(FileNotFoundError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_recipe_names_are_unique_across_the_tables() -> None:
+    names = recipe_names()
+    assert len(names) == len(set(names))
+
+
+# Table 6: AdaptFormer-64 on the supervised ImageNet-21k ViT-B/16 (video: inflated); same shapes as the MAE / VideoMAE
+# ViT-B, so the same counts as Table 1's AdaptFormer-64 rows (REFERENCE: 1,266,532 / 1,197,322 / 1,267,301 /
+# 1,324,974 / 1,230,387).
+TABLE6 = {
+    "cifar100": (100, 91.86, 1_266_532),
+    "svhn": (10, 97.29, 1_197_322),
+    "food101": (101, 90.89, 1_267_301),
+    "ssv2": (174, 60.18, 1_324_974),
+    "hmdb51": (51, 73.21, 1_230_387),
+}
+
+
+@pytest.mark.parametrize("dataset", TABLE6)
+def test_table6_recipes_use_the_in21k_backbone_and_its_normalisation(dataset: str) -> None:
+    name = f"{dataset}_in21k_adaptformer64"
+    classes, paper, trainable = TABLE6[dataset]
+    cfg = TrainConfig.from_dict(load_recipe(name))
+    assert name in recipe_names("Table 6") and f"paper Table 6 reports {paper:.2f} top-1" in recipe_summary(name)
+    video = dataset in ("ssv2", "hmdb51")
+    image = ("vit_base_patch16_224.augreg_in21k", "timm")
+    expected = ("video_vit_base_patch16_224", "inflate-image") if video else image
+    assert (cfg.model.backbone, cfg.model.checkpoint_source) == expected
+    m, o = cfg.model.method, cfg.optim
+    assert (m.bottleneck, m.scale, m.dropout) == (64, 0.1, 0.0 if video else 0.1)
+    assert (o.optimizer, o.effective_batch, o.epochs) == ("sgd", 1024, 90 if video else 100)
+    with torch.device("meta"):
+        model = build_model(cfg, classes)
+    assert count_trainable(model) == trainable
+    pre = Preprocessing.from_model(model)  # the augreg_in21k weights' normalisation, also for the inflated video ViT
+    assert (pre.mean, pre.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    if not video:
+        assert eval_resize_size(pre) == 256
+
+
+def _adapter_count(bottleneck: int, blocks: int = 12, width: int = 768) -> int:
+    return blocks * (2 * width * bottleneck + bottleneck + width)
+
+
+SSV2_TASK = 1_536 + 769 * 174  # fc_norm + the paper head for 174 classes
+ABLATIONS = {
+    "ssv2_adaptformer64_layers1to6": ({"layers": [0, 1, 2, 3, 4, 5]}, 50.48, _adapter_count(64, blocks=6)),
+    "ssv2_adaptformer64_layers7to12": ({"layers": [6, 7, 8, 9, 10, 11]}, 57.99, _adapter_count(64, blocks=6)),
+    "ssv2_adaptformer64_sequential": ({"form": "sequential"}, 58.17, _adapter_count(64)),
+    "ssv2_adaptformer64_scale0.01": ({"scale": 0.01}, 53.44, _adapter_count(64)),
+    "ssv2_adaptformer64_scale0.05": ({"scale": 0.05}, 58.85, _adapter_count(64)),
+    "ssv2_adaptformer64_scale0.2": ({"scale": 0.2}, 58.89, _adapter_count(64)),
+    **{
+        f"ssv2_adaptformer{b}": ({"bottleneck": b}, paper, _adapter_count(b))
+        for b, paper in ((16, 57.62), (32, 58.27), (128, 58.95), (256, 58.87), (512, 58.98))
+    },
+    **{f"ssv2_vpt{n}": ({"num_tokens": n}, None, 12 * 768 * n) for n in (4, 16, 64)},
+}
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_ablation_recipes_change_one_setting_of_table1_ssv2(name: str) -> None:
+    changed, paper, method_parameters = ABLATIONS[name]
+    cfg = TrainConfig.from_dict(load_recipe(name))
+    base = TrainConfig.from_dict(load_recipe("ssv2_vpt" if "vpt" in name else "ssv2_adaptformer64"))
+    assert name in recipe_names("Ablations")
+    assert cfg.to_dict()["model"]["method"] == {**base.to_dict()["model"]["method"], **changed}
+    assert {k: v for k, v in cfg.to_dict().items() if k != "model"} == {
+        **{k: v for k, v in base.to_dict().items() if k != "model"},
+        "run": {**base.to_dict()["run"], "recipe": name},
+    }
+    if paper is None:
+        assert "no number given" in recipe_summary(name)
+    else:
+        assert f"the paper's SSv2 ablations report {paper:.2f} top-1" in recipe_summary(name)
+    with torch.device("meta"):
+        model = build_model(cfg, 174)
+    assert count_trainable(model) == method_parameters + SSV2_TASK

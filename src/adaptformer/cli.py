@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``, ``benchmark``, ``export``, ``serve``, ``inspect``.
+``study``, ``benchmark``, ``sweep``, ``export``, ``serve``, ``inspect``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.TrainConfig` through jsonargparse
@@ -24,6 +24,7 @@ from .cli_benchmark import add_benchmark_command
 from .cli_export import add_export_command
 from .cli_inspect import add_inspect_command
 from .cli_serve import add_serve_command
+from .cli_sweep import add_sweep_command
 from .data import ImageDecodeError
 from .data.video import VideoDecodeError
 from .errors import MissingDependencyError, UnsupportedModelError
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare_parser(sub)
 
-    recipes = sub.add_parser("recipes", help="list the shipped recipes (paper Table 1 rows)")
+    recipes = sub.add_parser("recipes", help="list the shipped recipes (paper Tables 1, 6, 7, ablations; VTAB, FGVC)")
     recipes.add_argument("--show", default=None, metavar="NAME", help="print one recipe")
     recipes.set_defaults(func=_cmd_recipes)
 
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     _add_study_parser(sub)
     add_benchmark_command(sub)
+    add_sweep_command(sub)
     add_export_command(sub)
     add_serve_command(sub)
     add_inspect_command(sub)
@@ -358,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.verbose = verbose
     else:
         after_dashes: list[str] = []
-        if command == "benchmark" and "--" in argv:  # train flags for every stage
+        if command in ("benchmark", "sweep") and "--" in argv:  # train flags for every stage / point
             argv, after_dashes = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)

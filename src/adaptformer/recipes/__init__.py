@@ -1,13 +1,16 @@
 """The paper's training recipes: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2, HMDB51; each
-x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column, and Table 7 (AdaptFormer on the
-hierarchical Swin-B and Video Swin-B, per-stage bottleneck dim // 12); beside them the PETL community's VTAB-1k and
+x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column, Table 6 (AdaptFormer-64 on the
+supervised ImageNet-21k ViT-B/16, inflated to video for SSv2 and HMDB51), Table 7 (AdaptFormer on the hierarchical
+Swin-B and Video Swin-B, per-stage bottleneck dim // 12) and the SSv2 ablations (adapter blocks, form, scale,
+bottleneck; VPT prompt counts for the accuracy-vs-parameters figure); beside them the PETL community's VTAB-1k and
 FGVC protocols (``vtab_fgvc.yaml``: each of the 19 VTAB-1k tasks and 5 FGVC datasets x AdaptFormer variants, LoRA,
-Adapter+), which a benchmark driver runs per task.
+Adapter+), which a benchmark driver runs per task. ``sweeps.yaml`` groups recipes into the sets ``adaptformer sweep``
+runs (one table and plot per paper table or ablation).
 
-They are data, one YAML file per paper table (``table1.yaml``, ``table7.yaml``), each in the same form: each
-dataset's settings once, each method row once, the few exceptions per dataset (full fine-tuning's 0.1x lr on SVHN and
-Food-101, no adapter dropout for video). A recipe is a partial, nested training configuration: a config file and
-command-line flags override it, and the fields it leaves out keep their defaults.
+They are data, one YAML file per paper table (``table1.yaml``, ``table6.yaml``, ``table7.yaml``, ``ablations.yaml``),
+each in the same form: each dataset's settings once, each method row once, the few exceptions per dataset (full
+fine-tuning's 0.1x lr on SVHN and Food-101, no adapter dropout for video). A recipe is a partial, nested training
+configuration: a config file and command-line flags override it, and the fields it leaves out keep their defaults.
 
     recipe_config("cifar100_adaptformer64")     # by name: the merged nested mapping
     load_recipe("my_runs/food_custom.yaml")      # or any YAML file (e.g. a run's config.yaml)
@@ -24,7 +27,7 @@ import yaml
 
 from ..engine.config_data import merge_config, read_yaml_mapping
 
-TABLES = ("table1.yaml", "table7.yaml", "vtab_fgvc.yaml")
+TABLES = ("table1.yaml", "table6.yaml", "table7.yaml", "ablations.yaml", "vtab_fgvc.yaml")
 
 
 @functools.cache
@@ -74,9 +77,16 @@ def recipe_summary(name: str) -> str:
     backbone = table["modalities"][dataset["modality"]]["backbone"]
     row = table["rows"][row_name]["title"]
     score = dataset.get("paper", {}).get(row_name)
-    if score is None:  # a protocol table (vtab_fgvc.yaml): no published number per recipe
-        return f"{dataset['title']}, {row}: {table['paper_table']} ({backbone})"
-    return f"{dataset['title']}, {row}: paper {table['paper_table']} reports {score:.2f} top-1 ({backbone})"
+    if score is None:  # a protocol table (vtab_fgvc.yaml) or a figure's point: no published number per recipe
+        return f"{dataset['title']}, {row}: {table.get('unreported', table['paper_table'])} ({backbone})"
+    reported_in = table.get("reported_in", f"paper {table['paper_table']} reports")  # ablations: no table number
+    return f"{dataset['title']}, {row}: {reported_in} {score:.2f} top-1 ({backbone})"
+
+
+def recipe_paper_score(name: str) -> float | None:
+    """The paper's number for the shipped recipe ``name`` (None where the paper gives none)."""
+    table, dataset_name, row_name = _split(name)
+    return table["datasets"][dataset_name].get("paper", {}).get(row_name)
 
 
 def recipe_text(name: str) -> str:
@@ -111,4 +121,4 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     return recipe_config(name)
 
 
-__all__ = ["load_recipe", "recipe_config", "recipe_names", "recipe_summary", "recipe_text"]
+__all__ = ["load_recipe", "recipe_config", "recipe_names", "recipe_paper_score", "recipe_summary", "recipe_text"]

@@ -1,6 +1,8 @@
 """Benchmark suites of the PETL community (VTAB-1k, FGVC) run under their protocol: task definitions
 (:mod:`.tasks`), atomic task claims for several workers (:mod:`.claims`), the per-task driver (:mod:`.driver`) and
-the table and plot (:mod:`.report`). ``adaptformer benchmark`` is the command line."""
+the table and plot (:mod:`.report`). ``adaptformer benchmark`` is the command line. Beside them ``adaptformer sweep``
+(:mod:`.sweep`, :mod:`.sweep_report`): a grid of overrides or a shipped set of recipes as runs, one table, one plot.
+Both start their training runs through :mod:`.stages`."""
 
 from .driver import BenchmarkError, BenchmarkSettings, parse_grid, run_benchmark, split_launcher
 from .report import BenchmarkReport, read_report, write_report

@@ -18,20 +18,18 @@ settings, so every later worker or re-run must use the same ones.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
 import shlex
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.records import METRICS_FILE, TEST_FILE, write_json
+from ..engine.records import write_json
 from .claims import default_worker_name, try_claim
+from .stages import SuiteError, grid_points, overrides_flags, pin_settings, run_stage, train_command
 from .tasks import Suite, get_suite
 
 logger = logging.getLogger(__name__)
@@ -46,8 +44,7 @@ OWNED_FLAGS = ("--data.dataset", "--data.data_dir", "--data.options", "--run.out
                "--run.overwrite", "--recipe", "--config")  # fmt: skip
 
 
-class BenchmarkError(ValueError):
-    """Settings that do not fit the suite, the output folder, or a stage that failed."""
+BenchmarkError = SuiteError  # settings that do not fit the suite, the output folder, or a stage that failed
 
 
 @dataclass(frozen=True)
@@ -87,22 +84,6 @@ class BenchmarkSettings:
                 "tune": self.tune, "train_flags": list(self.train_flags)}  # fmt: skip
 
 
-def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in the order given (the first key varies slowest)."""
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise BenchmarkError(f"--grid: {key} must map to a non-empty list of values, got {values!r}")
-    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
-
-
-def _flag_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _overrides_flags(point: dict[str, Any]) -> list[str]:
-    return [part for key, value in point.items() for part in (f"--{key}", _flag_value(value))]
-
-
 def check_settings(settings: BenchmarkSettings) -> tuple[Suite, tuple[str, ...]]:
     """The suite and the tasks to run, after every check that needs no training."""
     suite = get_suite(settings.suite)
@@ -139,22 +120,7 @@ def _check_flags(settings: BenchmarkSettings, suite: Suite, task: str, point: di
 
 def record_settings(settings: BenchmarkSettings, tasks: tuple[str, ...]) -> None:
     """Write ``OUT/benchmark.json`` on first use; later runs and workers must match it."""
-    path = settings.output_dir / SETTINGS_FILE
-    mine = {**settings.recorded(), "tasks": list(tasks)}
-    if path.is_file():
-        theirs = json.loads(path.read_text())
-        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if differ:
-            lines = "; ".join(f"{k}: recorded {a!r}, given {b!r}" for k, (a, b) in differ.items())
-            raise BenchmarkError(f"{path}: this folder's benchmark was started with other settings ({lines}); use the "
-                                 "same settings to continue it, or another --out")  # fmt: skip
-        return
-    settings.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, mine)
-
-
-def _launcher(settings: BenchmarkSettings) -> list[str]:
-    return [*(settings.launcher or (sys.executable,)), "-m", "adaptformer.cli"]
+    pin_settings(settings.output_dir / SETTINGS_FILE, {**settings.recorded(), "tasks": list(tasks)}, "benchmark")
 
 
 def train_arguments(
@@ -164,7 +130,7 @@ def train_arguments(
     return [
         "--recipe", suite.recipe(task, settings.method), "--data.data_dir", str(settings.data_dir),
         "--data.options", json.dumps(suite.options(task, stage)), "--run.output_dir", str(folder),
-        *settings.train_flags, *_overrides_flags(point),
+        *settings.train_flags, *overrides_flags(point),
     ]  # fmt: skip
 
 
@@ -172,27 +138,7 @@ def stage_command(
     settings: BenchmarkSettings, suite: Suite, task: str, stage: str, point: dict[str, Any], folder: Path
 ) -> list[str]:
     """The command of one stage; an unfinished stage's folder is resumed."""
-    resume = ["--run.resume", "true"] if folder.exists() else []
-    return [*_launcher(settings), "train", *train_arguments(settings, suite, task, stage, point, folder), *resume]
-
-
-def _run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
-    """Run one stage (or find it done) and read what it wrote: test.json + the per-epoch validation record."""
-    if not (folder / TEST_FILE).is_file():
-        logger.info("%s: %s", folder, shlex.join(command))
-        with log.open("a") as out:
-            out.write(f"$ {shlex.join(command)}\n")
-            out.flush()
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
-        if code != 0 or not (folder / TEST_FILE).is_file():
-            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-            raise BenchmarkError(f"{folder}: the training run failed (exit {code}); its log {log} ends:\n{tail}")
-    test = json.loads((folder / TEST_FILE).read_text())
-    epochs = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
-    vals = [(r["val_acc1"], r["epoch"]) for r in epochs if r.get("val_acc1") is not None]
-    best = max(vals, key=lambda v: v[0]) if vals else (None, None)  # max keeps the first of equal values
-    return {"test": test, "best_val_acc1": best[0], "best_val_epoch": best[1],
-            "train_seconds": sum(r.get("seconds") or 0.0 for r in epochs), "epochs": len(epochs)}  # fmt: skip
+    return train_command(settings.launcher, train_arguments(settings, suite, task, stage, point, folder), folder)
 
 
 def run_task(settings: BenchmarkSettings, suite: Suite, task: str) -> dict[str, Any]:
@@ -205,14 +151,14 @@ def run_task(settings: BenchmarkSettings, suite: Suite, task: str) -> dict[str, 
     if settings.tune:
         for k, point in enumerate(points):
             stage = folder / f"tune-{k}"
-            done = _run_stage(stage_command(settings, suite, task, "tune", point, stage), stage, log)
+            done = run_stage(stage_command(settings, suite, task, "tune", point, stage), stage, log)
             candidates.append({
                 "settings": point, "val_acc1": done["test"]["acc1"], "val_epoch": done["test"]["epoch"],
                 "best_val_acc1": done["best_val_acc1"], "best_val_epoch": done["best_val_epoch"],
                 "train_seconds": done["train_seconds"],
             })  # fmt: skip
     chosen = max(range(len(candidates)), key=lambda k: candidates[k]["val_acc1"]) if candidates else 0
-    final = _run_stage(
+    final = run_stage(
         stage_command(settings, suite, task, "final", points[chosen], folder / "final"), folder / "final", log
     )
     test = final["test"]

@@ -1,0 +1,84 @@
+"""What ``adaptformer benchmark`` and ``adaptformer sweep`` share: one training run ("stage") is an ordinary
+``adaptformer train`` run folder started as a subprocess (through ``--launcher``), skipped when its ``test.json``
+exists and resumed (``--run.resume true``) when its folder does; grids of dotted train keys become train flags; and
+the settings an output folder was started with are pinned in one JSON file, so a later run with other settings is
+refused instead of mixing two experiments in one table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..engine.records import METRICS_FILE, TEST_FILE, write_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SuiteError", "grid_points", "overrides_flags", "pin_settings", "run_stage", "train_command"]
+
+
+class SuiteError(ValueError):
+    """Settings that do not fit the suite or sweep, the output folder, or a training run that failed."""
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the order given (the first key varies slowest)."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"--grid: {key} must map to a non-empty list of values, got {values!r}")
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _flag_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def overrides_flags(point: dict[str, Any]) -> list[str]:
+    """``{"optim.lr": 0.01}`` -> ``["--optim.lr", "0.01"]`` (values as JSON, strings as they are)."""
+    return [part for key, value in point.items() for part in (f"--{key}", _flag_value(value))]
+
+
+def train_command(launcher: tuple[str, ...], arguments: list[str], folder: Path) -> list[str]:
+    """The ``adaptformer train`` command of one run folder; an unfinished run's folder is resumed."""
+    resume = ["--run.resume", "true"] if folder.exists() else []
+    return [*(launcher or (sys.executable,)), "-m", "adaptformer.cli", "train", *arguments, *resume]
+
+
+def run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
+    """Run one stage (or find it done) and read what it wrote: test.json + the per-epoch validation record."""
+    if not (folder / TEST_FILE).is_file():
+        logger.info("%s: %s", folder, shlex.join(command))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as out:
+            out.write(f"$ {shlex.join(command)}\n")
+            out.flush()
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        if code != 0 or not (folder / TEST_FILE).is_file():
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+            raise SuiteError(f"{folder}: the training run failed (exit {code}); its log {log} ends:\n{tail}")
+    test = json.loads((folder / TEST_FILE).read_text())
+    epochs = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
+    vals = [(r["val_acc1"], r["epoch"]) for r in epochs if r.get("val_acc1") is not None]
+    best = max(vals, key=lambda v: v[0]) if vals else (None, None)  # max keeps the first of equal values
+    return {"test": test, "best_val_acc1": best[0], "best_val_epoch": best[1],
+            "train_seconds": sum(r.get("seconds") or 0.0 for r in epochs), "epochs": len(epochs)}  # fmt: skip
+
+
+def pin_settings(path: Path, mine: dict[str, Any], command: str) -> None:
+    """Write ``path`` on first use; later runs (and workers) must give the same settings."""
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if differ:
+            lines = "; ".join(f"{k}: recorded {a!r}, given {b!r}" for k, (a, b) in differ.items())
+            raise SuiteError(f"{path}: this folder's {command} was started with other settings ({lines}); use the "
+                             "same settings to continue it, or another --out")  # fmt: skip
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, mine)
