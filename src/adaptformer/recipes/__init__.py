@@ -1,5 +1,6 @@
 """The paper's training recipes: every row of Table 1 (images: CIFAR-100, SVHN, Food-101; video: SSv2, HMDB51; each
-x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column, Table 6 (AdaptFormer-64 on the
+x full / linear / VPT / AdaptFormer-1/4/64) with the Table 5 settings of its column, Table 2 (multi-label NUS-WIDE,
+mAP: full / linear / VPT / AdaptFormer-64), Table 6 (AdaptFormer-64 on the
 supervised ImageNet-21k ViT-B/16, inflated to video for SSv2 and HMDB51), Table 7 (AdaptFormer on the hierarchical
 Swin-B and Video Swin-B, per-stage bottleneck dim // 12) and the SSv2 ablations (adapter blocks, form, scale,
 bottleneck; VPT prompt counts for the accuracy-vs-parameters figure); beside them the PETL community's VTAB-1k and
@@ -7,10 +8,11 @@ FGVC protocols (``vtab_fgvc.yaml``: each of the 19 VTAB-1k tasks and 5 FGVC data
 Adapter+), which a benchmark driver runs per task. ``sweeps.yaml`` groups recipes into the sets ``adaptformer sweep``
 runs (one table and plot per paper table or ablation).
 
-They are data, one YAML file per paper table (``table1.yaml``, ``table6.yaml``, ``table7.yaml``, ``ablations.yaml``),
-each in the same form: each dataset's settings once, each method row once, the few exceptions per dataset (full
-fine-tuning's 0.1x lr on SVHN and Food-101, no adapter dropout for video). A recipe is a partial, nested training
-configuration: a config file and command-line flags override it, and the fields it leaves out keep their defaults.
+They are data, one YAML file per paper table (``table1.yaml``, ``table2.yaml``, ``table6.yaml``, ``table7.yaml``,
+``ablations.yaml``), each in the same form: each dataset's settings once, each method row once, the few exceptions
+per dataset (full fine-tuning's 0.1x lr on SVHN and Food-101, no adapter dropout for video). A recipe is a partial,
+nested training configuration: a config file and command-line flags override it, and the fields it leaves out keep
+their defaults.
 
     recipe_config("cifar100_adaptformer64")     # by name: the merged nested mapping
     load_recipe("my_runs/food_custom.yaml")      # or any YAML file (e.g. a run's config.yaml)
@@ -27,7 +29,7 @@ import yaml
 
 from ..engine.config_data import merge_config, read_yaml_mapping
 
-TABLES = ("table1.yaml", "table6.yaml", "table7.yaml", "ablations.yaml", "vtab_fgvc.yaml")
+TABLES = ("table1.yaml", "table2.yaml", "table6.yaml", "table7.yaml", "ablations.yaml", "vtab_fgvc.yaml")
 
 
 @functools.cache
@@ -80,7 +82,7 @@ def recipe_summary(name: str) -> str:
     if score is None:  # a protocol table (vtab_fgvc.yaml) or a figure's point: no published number per recipe
         return f"{dataset['title']}, {row}: {table.get('unreported', table['paper_table'])} ({backbone})"
     reported_in = table.get("reported_in", f"paper {table['paper_table']} reports")  # ablations: no table number
-    return f"{dataset['title']}, {row}: {reported_in} {score:.2f} top-1 ({backbone})"
+    return f"{dataset['title']}, {row}: {reported_in} {score:.2f} {table.get('metric', 'top-1')} ({backbone})"
 
 
 def recipe_paper_score(name: str) -> float | None:
