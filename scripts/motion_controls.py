@@ -99,7 +99,7 @@ def main() -> None:
     rows = []
     for label, method, overrides, freeze in CONTROLS:
         row = run_control(label, method, overrides, freeze, args.runs_dir, args.quick)
-        print(f"{label}: test top-1 {row['test_acc1']:.2f}% (val {row['val_acc1']:.2f}%, {row['seconds']:.0f} s)")
+        print(f"{label}: test top-1 {row['test_score']:.2f}% (val {row['val_score']:.2f}%, {row['seconds']:.0f} s)")
         rows.append(row)
     env = machine()
     lines = [
@@ -117,7 +117,7 @@ def main() -> None:
     ]
     lines += [
         f"| {r['label']} | {r['clips']:,} | {r['epochs']} | {r['lr']:g} | {r['trainable_params']:,} | "
-        f"{r['train_loss']:.3f} | {r['test_acc1']:.2f} | {r['val_acc1']:.2f} |"
+        f"{r['train_loss']:.3f} | {r['test_score']:.2f} | {r['val_score']:.2f} |"
         for r in rows
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)

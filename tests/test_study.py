@@ -170,18 +170,18 @@ def test_settings_are_validated(kwargs: dict, message: str) -> None:
 
 def test_summary_mean_std_and_ranking() -> None:
     runs = [
-        {"task": "t", "method": m, "family": m, "size": None, "seed": s, "trainable_params": p, "test_acc1": a,
-         "seconds": 1.0}
+        {"task": "t", "method": m, "family": m, "size": None, "seed": s, "trainable_params": p, "test_score": a,
+         "metric": "top-1", "seconds": 1.0}
         for m, p, accs in (("linear", 10, (50.0, 60.0)), ("full", 1000, (90.0, 94.0)))
         for s, a in enumerate(accs)
     ]  # fmt: skip
     rows = summarise(runs)
-    assert [(r["method"], r["mean_acc1"]) for r in rows] == [("linear", 55.0), ("full", 92.0)]
-    assert rows[1]["std_acc1"] == pytest.approx(2.8284, abs=1e-3)  # sample std over seeds
+    assert [(r["method"], r["mean_score"]) for r in rows] == [("linear", 55.0), ("full", 92.0)]
+    assert rows[1]["std_score"] == pytest.approx(2.8284, abs=1e-3)  # sample std over seeds
     assert ranking(rows, "t") == "full 92.0 > linear 55.0"
     assert "| full | 1,000 | 92.00 ± 2.83 |" in format_table(rows, ["t"])
     single = summarise([r for r in runs if r["seed"] == 0])  # one seed: no standard deviation to report
-    assert single[1]["std_acc1"] is None and "| full | 1,000 | 90.00 |" in format_table(single, ["t"])
+    assert single[1]["std_score"] is None and "| full | 1,000 | 90.00 |" in format_table(single, ["t"])
 
 
 def _random_init_flag() -> list[str]:
@@ -199,7 +199,7 @@ def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.C
     assert {(r["task"], r["method"]) for r in record["runs"]} == {
         (t, m) for t in ("digits", "motion") for m in QUICK_METHODS
     }
-    assert all(0.0 <= r["test_acc1"] <= 100.0 for r in record["runs"])
+    assert all(0.0 <= r["test_score"] <= 100.0 and r["metric"] == "top-1" for r in record["runs"])
     params = {(r["task"], r["method"]): r["trainable_params"] for r in record["summary"]}
     assert params["digits", "linear"] == 128 * 10 + 10  # the paper's head: (d + 1) x classes
     assert params["digits", "linear"] < params["digits", "vpt-1"] < params["digits", "adaptformer-4"]
@@ -207,7 +207,8 @@ def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.C
     assert record["command"].startswith("adaptformer study") and record["seconds"] > 0
 
     markdown = (out / "results.md").read_text()
-    table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "method" not in line]
+    main_table = markdown.split("Ranking")[0]  # the inspected adapters' table comes later
+    table_rows = [line for line in main_table.splitlines() if line.startswith("| ") and "method" not in line]
     assert [line.split(" | ")[0][2:] for line in table_rows] == list(QUICK_METHODS)
     assert "Wall time:" in markdown and "accuracy_vs_params.png" in markdown
     assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -224,8 +225,9 @@ def test_reports_show_shipped_files_portably(tmp_path: Path) -> None:
 @pytest.mark.parametrize("tasks", [["digits"], ["digits", "motion"]])
 def test_plot_title_fits_in_the_figure(tmp_path: Path, tasks: list[str]) -> None:
     """The demo's plot has one panel: the title used to run past both edges of the figure."""
-    rows = [{"task": t, "method": m, "family": m, "size": None, "trainable_params": n, "mean_acc1": a, "std_acc1": None}
-            for t in tasks for m, n, a in (("linear", 650, 60.0), ("full", 500_000, 85.0))]  # fmt: skip
+    points = (("linear", 650, 60.0), ("full", 500_000, 85.0))
+    rows = [{"task": t, "method": m, "family": m, "size": None, "trainable_params": n, "mean_score": a,
+             "std_score": None} for t in tasks for m, n, a in points]  # fmt: skip
     plot_accuracy_vs_params(tmp_path / "plot.png", rows, tasks, {t: 10.0 for t in tasks})
     with Image.open(tmp_path / "plot.png") as image:
         pixels = np.asarray(image.convert("L"))
@@ -249,8 +251,8 @@ def test_the_library_never_imports_the_study_or_matplotlib() -> None:
 
 def test_plot_without_matplotlib_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when it is not installed
-    rows = [{"task": "t", "method": "full", "family": "full", "size": None, "trainable_params": 10, "mean_acc1": 50.0,
-             "std_acc1": None}]  # fmt: skip
+    rows = [{"task": "t", "method": "full", "family": "full", "size": None, "trainable_params": 10, "mean_score": 50.0,
+             "std_score": None}]  # fmt: skip
     with pytest.raises(MissingDependencyError, match=r"matplotlib.*pip install 'adaptformer\[demo\]'"):
         plot_accuracy_vs_params(tmp_path / "plot.png", rows, ["t"])
     assert not (tmp_path / "plot.png").exists()
@@ -294,3 +296,35 @@ def test_motion_controls_script_runs(tmp_path: Path) -> None:
     width, patch, tubelet = 128, 8, 2  # the study's video ViT (VIDEO_KWARGS)
     embedding = width * 3 * tubelet * patch * patch + width
     assert params["full"] - params["full, tubelet embedding frozen"] == embedding
+
+
+def test_ablation_points_reach_the_method_config() -> None:
+    names = ("adaptformer-64-blocks4-6", "adaptformer-64-sequential", "adaptformer-64-s0.01")
+    cells = build_cells(StudySettings(tasks=("digits",), methods=names, seeds=(0,)))
+    methods = {c.method: TrainConfig.from_dict(c.config).model.method for c in cells}
+    assert methods["adaptformer-64-blocks4-6"].layers == (3, 4, 5) and methods["adaptformer-64-s0.01"].scale == 0.01
+    assert methods["adaptformer-64-sequential"].form == "sequential"
+    assert all(m.bottleneck == 64 for m in methods.values())
+    assert not any(METHODS[m].ablation for m in StudySettings().methods)  # the default study runs no ablation
+
+
+def test_quick_study_scores_multilabel_by_map_shows_ablations_and_looks_inside(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    methods = ("linear", "adaptformer-64", "adaptformer-64-blocks1-3")
+    argv = ["study", "--quick", "--tasks", "digits,digits-multilabel", "--seeds", "0", "--methods", ",".join(methods),
+            "--output-dir", str(out), "--runs-dir", str(tmp_path / "runs"), *_random_init_flag()]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "results.json").read_text())
+    metrics = {(r["task"], r["metric"]) for r in record["runs"]}
+    assert metrics == {("digits", "top-1"), ("digits-multilabel", "mAP")}
+    for r in record["runs"]:  # the score is the run's own test.json entry
+        test = json.loads((Path(r["output_dir"]) / "test.json").read_text())
+        assert r["test_score"] == test["acc1" if r["metric"] == "top-1" else "map"]
+    markdown = (out / "results.md").read_text()
+    assert "digits-multilabel mAP (%)" in markdown and "| blocks | blocks1-3 |" in markdown
+    inside = {(r["task"], r["method"]): r for r in record["inside"]}
+    assert set(inside) == {(t, m) for t in ("digits", "digits-multilabel") for m in methods[1:]}
+    assert [a["block"] for a in inside["digits", "adaptformer-64-blocks1-3"]["adapters"]] == [0, 1, 2]
+    assert len(inside["digits", "adaptformer-64"]["drift"]) == 6
+    assert "## What the adapters do inside" in markdown
+    assert (out / "adapters_inside.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

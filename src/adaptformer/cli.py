@@ -264,14 +264,17 @@ def _add_study_parser(sub: Any) -> None:
     study = sub.add_parser(
         "study", help="miniature reproduction: every method x task x seed; writes a table and the paper's Figure 1",
         description="Train linear, VPT-deep 1/4/16/64, AdaptFormer 1/4/16/64, LoRA 2/8/32, Adapter+ 4/16/64 and full "
-        "fine-tuning on real digits and "
-        "on synthetic motion video (image backbone inflated to video), several seeds, through `adaptformer train`'s "
-        "engine; writes results.json, results.md and accuracy_vs_params.png to --output-dir.",
+        "fine-tuning on real digits and on synthetic motion video (image backbone inflated to video), several seeds, "
+        "through `adaptformer train`'s engine; optionally multi-label digits (mAP) and the paper's ablations "
+        "(adaptformer-64-*: blocks, form, scale). Writes results.json, results.md, accuracy_vs_params.png and, for "
+        "AdaptFormer adapters on image tasks, adapters_inside.png to --output-dir.",
     )  # fmt: skip
     study.add_argument("--tasks", type=_comma_list, default=list(defaults.tasks),
-                       help=f"comma-separated, from {','.join(default_tasks())} (default: all)")  # fmt: skip
+                       help=f"comma-separated, from {','.join(default_tasks())} (default: "
+                       f"{','.join(defaults.tasks)})")  # fmt: skip
     study.add_argument("--methods", type=_comma_list, default=list(defaults.methods),
-                       help=f"comma-separated, from {','.join(METHODS)} (default: all)")  # fmt: skip
+                       help=f"comma-separated, from {','.join(METHODS)} (default: all but the adaptformer-64-* "
+                       "ablations)")  # fmt: skip
     study.add_argument("--seeds", type=_comma_list, default=[str(s) for s in defaults.seeds],
                        help="comma-separated training seeds (default: 0,1,2)")  # fmt: skip
     study.add_argument(

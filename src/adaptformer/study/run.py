@@ -3,18 +3,26 @@
 Every method of the paper's comparison (linear probe, VPT-deep with 1/4/16/64 prompt tokens, AdaptFormer with
 bottleneck 1/4/16/64, full fine-tuning), and beside them the baselines of today's PETL benchmarks at about
 AdaptFormer-4/16/64's trainable parameters (LoRA on q, v with rank 2/8/32; Adapter+ with bottleneck 4/16/64), is
-trained on two tasks that need no download, a few seeds each, through the same :func:`adaptformer.train.train` that
+trained on tasks that need no download, a few seeds each, through the same :func:`adaptformer.train.train` that
 users run:
 
 - ``digits``: scikit-learn's real 8x8 handwritten digits (upscaled to 32x32 by the transform), adapted from the tiny
   ViT pre-trained here on procedural shapes (``vit_shapes_patch8_32``);
 - ``motion``: synthetic clips whose class is the direction of motion, on a video ViT of the same size whose weights
   are the shapes ViT inflated to video (``inflate-image``): an image-pre-trained backbone on a temporal task, the
-  paper's Table 4 setting.
+  paper's Table 4 setting;
+- ``digits-multilabel``: 1-3 of those digits per image, multi-label (the paper's Table 2 kind of task), scored by mAP.
+
+The paper's ablations (adapters in the first or last half of the blocks, the sequential form, the scale s) are
+variants of adaptformer-64 (``METHODS`` with an ``ablation``), reported in their own table. After the runs, the
+AdaptFormer adapters of the first seed are inspected on test images (:mod:`adaptformer.inspection`: the adapter's
+output relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block),
+drawn in ``adapters_inside.png``.
 
 Model selection uses the validation split carved from the training data; the reported number is the test split's
-top-1 of the selected adapter. :func:`run_study` writes ``results.json`` (every run), ``results.md`` (mean +/- std
-over seeds and trainable parameters) and ``accuracy_vs_params.png`` (the paper's Figure 1, one panel per task).
+top-1 (mAP for a multi-label task) of the selected adapter. :func:`run_study` writes ``results.json`` (every run),
+``results.md`` (mean +/- std over seeds and trainable parameters) and ``accuracy_vs_params.png`` (the paper's Figure
+1, one panel per task).
 
 Runs go to a pool of worker processes with one intra-op thread each: these models are tiny, and on a shared 2-core
 machine two single-threaded runs side by side are faster than one run on two threads (which stalls whenever the
@@ -43,7 +51,7 @@ from ..engine.config import OptimConfig
 from ..engine.config_data import merge_config
 from ..methods import get_method
 from ..models.shapes_vit import SHAPES_VIT_FILE
-from .report import plot_accuracy_vs_params, require_matplotlib, write_markdown
+from .report import plot_accuracy_vs_params, plot_adapters_inside, require_matplotlib, write_markdown
 from .tasks import METHODS, Task, default_tasks
 
 logger = logging.getLogger(__name__)
@@ -51,6 +59,9 @@ logger = logging.getLogger(__name__)
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 PLOT_FILE = "accuracy_vs_params.png"
+INSIDE_FILE = "adapters_inside.png"
+INSPECT_SAMPLES = 256  # test images each inspected adapter is measured on
+METRIC_NAMES = {"acc1": "top-1", "map": "mAP"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class StudySettings:
     """What to run. ``epochs`` None keeps each task's own; ``jobs`` is the number of runs side by side."""
 
     tasks: tuple[str, ...] = ("digits", "motion")
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.ablation is None)
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int | None = None
     output_dir: str = "reports/study"
@@ -140,7 +151,8 @@ def build_cells(settings: StudySettings) -> list[Cell]:
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
-    """Train one cell with :func:`adaptformer.train.train`; its test top-1, validation top-1, size and time."""
+    """Train one cell with :func:`adaptformer.train.train`; its test and validation score (top-1, or mAP for a
+    multi-label task), size and time."""
     from ..engine.config import TrainConfig
     from ..model import count_trainable
     from ..train import build_model, train
@@ -157,11 +169,12 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     if result.test is None:
         raise RuntimeError(f"{cell.task}/{cell.method}/seed {cell.seed}: the run stopped before its test")
+    method = METHODS[cell.method]
     return {
-        "task": cell.task, "method": cell.method, "family": METHODS[cell.method].family,
-        "size": METHODS[cell.method].size, "seed": cell.seed, "trainable_params": trainable,
-        "test_acc1": float(result.test["acc1"]), "test_acc5": float(result.test["acc5"]),
-        "val_acc1": result.best_val, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
+        "task": cell.task, "method": cell.method, "family": method.family, "size": method.size,
+        "ablation": method.ablation, "seed": cell.seed, "trainable_params": trainable,
+        "metric": METRIC_NAMES[result.metric], "test_score": float(result.test[result.metric]),
+        "val_score": result.best_val, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
         "seconds": round(seconds, 2), "output_dir": str(result.output_dir),
     }  # fmt: skip
 
@@ -197,26 +210,27 @@ def run_cells(cells: Sequence[Cell], jobs: int) -> list[dict[str, Any]]:
 
 def _logged(run: dict[str, Any], done: int, total: int) -> dict[str, Any]:
     logger.info(
-        "[%d/%d] %s %s seed %d: test top-1 %.2f%% (val %.2f%%, %s params, %.1f s)", done, total, run["task"],
-        run["method"], run["seed"], run["test_acc1"], run["val_acc1"] or 0.0, f"{run['trainable_params']:,}",
-        run["seconds"],
+        "[%d/%d] %s %s seed %d: test %s %.2f%% (val %.2f%%, %s params, %.1f s)", done, total, run["task"],
+        run["method"], run["seed"], run["metric"], run["test_score"], run["val_score"] or 0.0,
+        f"{run['trainable_params']:,}", run["seconds"],
     )  # fmt: skip
     return run
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample standard deviation of test top-1 over seeds, per (task, method), in run order (the standard
-    deviation is None for a single seed: it is undefined there, not zero)."""
+    """Mean and sample standard deviation of the test score over seeds, per (task, method), in run order (the
+    standard deviation is None for a single seed: it is undefined there, not zero)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["task"], run["method"]), []).append(run)
     rows = []
     for (task, method), members in groups.items():
-        accs = [r["test_acc1"] for r in members]
+        scores = [r["test_score"] for r in members]
         rows.append({
             "task": task, "method": method, "family": members[0]["family"], "size": members[0]["size"],
+            "ablation": members[0].get("ablation"), "metric": members[0]["metric"],
             "trainable_params": members[0]["trainable_params"], "seeds": [r["seed"] for r in members],
-            "mean_acc1": statistics.fmean(accs), "std_acc1": statistics.stdev(accs) if len(accs) > 1 else None,
+            "mean_score": statistics.fmean(scores), "std_score": statistics.stdev(scores) if len(scores) > 1 else None,
             "seconds": sum(r["seconds"] for r in members),
         })  # fmt: skip
     return rows
@@ -271,9 +285,14 @@ def run_study(settings: StudySettings) -> StudyReport:
         "tasks": task_records(settings), "summary": rows, "runs": runs,
     }  # fmt: skip
     files = {"json": out / RESULTS_JSON, "markdown": out / RESULTS_MD, "plot": out / PLOT_FILE}
+    inside = inspect_adapters(runs, settings)
+    if inside:
+        record["inside"] = inside
+        files["inside"] = out / INSIDE_FILE
+        plot_adapters_inside(files["inside"], inside)
     files["json"].write_text(json.dumps(record, indent=1) + "\n")
-    write_markdown(files["markdown"], record, PLOT_FILE)
-    chance = {n: 100.0 / tasks[n].num_classes for n in settings.tasks}
+    write_markdown(files["markdown"], record, PLOT_FILE, INSIDE_FILE if inside else None)
+    chance = {n: chance_score(tasks[n], settings) for n in settings.tasks}
     plot_accuracy_vs_params(files["plot"], rows, settings.tasks, chance)
     logger.info("study done in %.1f min: %s", seconds / 60, ", ".join(str(p) for p in files.values()))
     return StudyReport(settings, runs, rows, seconds, files)
@@ -304,3 +323,44 @@ def portable_path(path: str) -> str:
         return f"<adaptformer>/{Path(path).resolve().relative_to(package).as_posix()}"
     except ValueError:
         return path
+
+
+def chance_score(task: Task, settings: StudySettings) -> float:
+    """The test score of guessing (percent): 1 / classes top-1, or for a multi-label task the mAP of scores that
+    ignore the image, which is the mean over classes of the share of test images that have the class."""
+    config = task_recipe(task, settings)
+    from ..data import build_image_dataset
+    from ..data.image import IMAGE_DATASETS
+
+    kind = config["data"]["dataset"]
+    if kind not in IMAGE_DATASETS or IMAGE_DATASETS[kind].needs_root:
+        return 100.0 / task.num_classes
+    test = build_image_dataset(kind, None, "test", None, **config["data"].get("options", {}))
+    label_sets = getattr(test, "label_sets", None)
+    if label_sets is None:
+        return 100.0 / task.num_classes
+    counts = [sum(c in labels for labels in label_sets) for c in range(task.num_classes)]
+    return 100.0 * statistics.fmean(n / len(label_sets) for n in counts if n)
+
+
+def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) -> list[dict[str, Any]]:
+    """What the AdaptFormer adapters of the first seed do inside (:func:`adaptformer.inspection.inspect_adapter` on
+    ``INSPECT_SAMPLES`` test images of their task), image tasks only: one record per (task, method)."""
+    from torch.utils.data import DataLoader
+
+    from ..engine.datasets import DataSpec, clip_frames, load_split
+    from ..engine.inference import load_trained_model
+    from ..inspection import inspect_adapter
+
+    chosen = [r for r in runs if r["family"] == "adaptformer" and r["seed"] == settings.seeds[0]]
+    records = []
+    for run in chosen:
+        adapter = Path(run["output_dir"]) / "adapter"
+        model, info = load_trained_model(adapter)
+        if clip_frames(model) is not None or info.training is None:
+            continue  # video: the question is asked of the image tasks
+        spec = DataSpec(info.training.dataset, None, dict(info.training.dataset_options))
+        test = load_split(spec, "test").build(model, "eval")
+        report = inspect_adapter(model, DataLoader(test, batch_size=128), INSPECT_SAMPLES, device="cpu")
+        records.append({"task": run["task"], "method": run["method"], **report.to_dict()})
+    return records
