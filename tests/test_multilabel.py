@@ -375,3 +375,17 @@ def test_two_process_eval_scores_every_image_once(trained: Path) -> None:
     assert len(lines) == 1 and lines[0]["n"] == alone["n"] == 51
     for key in ("map", "of1", "cf1"):
         assert lines[0][key] == pytest.approx(alone[key], abs=1e-6)
+
+
+def test_prepare_writes_digits_multilabel_as_a_list_that_reads_back(tmp_path: Path) -> None:
+    from adaptformer.data.export import export_dataset
+
+    written = export_dataset("digits-multilabel", tmp_path / "out", {"num_samples": 40})
+    assert written["dataset"] == "multilabel-list" and written["samples"] == {"train": 40, "test": 40}
+    for split in ("train", "test"):
+        files = build_image_dataset("multilabel-list", tmp_path / "out", split, None)
+        built = build_image_dataset("digits-multilabel", None, split, None, num_samples=40)
+        assert files.classes == built.classes and _labels(files) == _labels(built)
+        for index in (0, 39):
+            rgb, gray = files[index][0], built[index][0]  # the PNG is grayscale, read back as RGB
+            assert torch.equal(rgb, gray.expand(3, -1, -1))

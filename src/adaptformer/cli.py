@@ -180,14 +180,16 @@ def _add_prepare_parser(sub: Any) -> None:
     hmdb.add_argument(
         "--split-dir", type=_folder, default=None, help="folder of the *_test_split<N>.txt files (default: found)"
     )
-    from .data.export import EXPORTABLE
+    from .data.export import EXPORTABLE, MULTI_LABEL
 
     for kind in EXPORTABLE:
         video = kind == "synthetic-video"
-        built_in = releases.add_parser(
-            kind, help=f"write the built-in {kind} dataset as files: OUT/{{train,test}}/<class>/<n>."
-            f"{'mp4 (--data.dataset videofolder)' if video else 'png (--data.dataset imagefolder)'}",
+        layout = (
+            "OUT/{train,test}/<class>/<n>.mp4 (--data.dataset videofolder)" if video
+            else "OUT/images/, classes.txt, {train,test}.txt (--data.dataset multilabel-list)" if kind in MULTI_LABEL
+            else "OUT/{train,test}/<class>/<n>.png (--data.dataset imagefolder)"
         )  # fmt: skip
+        built_in = releases.add_parser(kind, help=f"write the built-in {kind} dataset as files: {layout}")
         built_in.add_argument("--out", required=True, help="a new (or empty) folder: pass it as --data.data_dir")
         built_in.add_argument("--options", default=None, help="the kind's --data.options as YAML, e.g. '{seed: 1}'")
         if video:

@@ -1,10 +1,13 @@
-"""Write a built-in dataset (``digits``, ``synthetic``, ``shapes``, ``synthetic-video``) as real files.
+"""Write a built-in dataset (``digits``, ``synthetic``, ``shapes``, ``synthetic-video``, ``digits-multilabel``) as
+real files.
 
 The result has the layout the file-based kinds read, so a newcomer can run the whole file pipeline (train, eval,
 predict) offline and see what their own data has to look like:
 
     images:  OUT/{train,test}/<class>/<index>.png   -> --data.dataset imagefolder --data.data_dir OUT
     clips:   OUT/{train,test}/<class>/<index>.mp4   -> --data.dataset videofolder --data.data_dir OUT
+    multi-label images: OUT/images/{train,test}/<index>.png, OUT/classes.txt and OUT/{train,test}.txt with
+             "images/train/00000.png 3,7" lines          -> --data.dataset multilabel-list --data.data_dir OUT
 
 Images are written losslessly (PNG, grayscale kept grayscale); clips as H.264 at constant quantiser 0 (yuv420p), at
 25 frames per second. Nothing is overwritten: an existing non-empty ``OUT`` is an error.
@@ -28,7 +31,8 @@ __all__ = ["EXPORTABLE", "export_dataset"]
 
 log = logging.getLogger(__name__)
 
-EXPORTABLE = ("digits", "synthetic", "shapes", "synthetic-video")
+EXPORTABLE = ("digits", "synthetic", "shapes", "synthetic-video", "digits-multilabel")
+MULTI_LABEL = ("digits-multilabel",)  # written in the multilabel-list layout
 SPLITS = ("train", "test")
 
 
@@ -42,9 +46,27 @@ def _export_images(kind: str, out: Path, split: str, options: dict[str, Any]) ->
     dataset = build_image_dataset(kind, None, split, None, **options)
     for index in range(len(dataset)):
         image, label = dataset[index]  # uint8 (C, H, W)
-        array = image.numpy()
-        pil = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))  # (H, W[, C])
-        pil.save(_target(out, split, dataset.classes[label], index, ".png"))
+        _png(image).save(_target(out, split, dataset.classes[label], index, ".png"))
+    return len(dataset)
+
+
+def _png(image: Any) -> Image.Image:
+    array = image.numpy()  # uint8 (C, H, W)
+    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))  # (H, W[, C])
+
+
+def _export_multilabel(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
+    dataset = build_image_dataset(kind, None, split, None, **options)
+    folder = out / "images" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(len(dataset)):
+        image, _ = dataset[index]
+        _png(image).save(folder / f"{index:05d}.png")
+        names = ",".join(dataset.classes[c] for c in dataset.label_sets[index])
+        lines.append(f"images/{split}/{index:05d}.png {names}")
+    (out / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
+    (out / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
     return len(dataset)
 
 
@@ -96,6 +118,9 @@ def export_dataset(kind: str, out: str | Path, options: dict[str, Any] | None = 
             raise ValueError(f"--num-frames must be >= 2, got {num_frames}")
         counts = {split: _export_clips(out, split, options, num_frames) for split in SPLITS}
         dataset = "videofolder"
+    elif kind in MULTI_LABEL:
+        counts = {split: _export_multilabel(kind, out, split, options) for split in SPLITS}
+        dataset = "multilabel-list"
     else:
         assert not IMAGE_DATASETS[kind].needs_root
         counts = {split: _export_images(kind, out, split, options) for split in SPLITS}
