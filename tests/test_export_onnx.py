@@ -4,6 +4,7 @@ in ONNX Runtime, also in a process where adaptformer cannot be imported; the sid
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,32 @@ def test_a_file_that_disagrees_with_pytorch_is_not_kept(tmp_path: Path, capsys, 
     assert main(["export", "--adapter", str(adapter), "--out", str(out)]) == 2
     assert "max-abs logit difference 0.01 (tolerance 0.0001); nothing was written" in capsys.readouterr().err
     assert not out.exists() and not out.with_name("m.onnx.json").exists() and not list(tmp_path.glob(".m.onnx*"))
+
+
+@pytest.mark.parametrize("version", ["2.4.1+cu121", "2.4.0", "1.13.1"])
+def test_export_needs_a_torch_with_the_dynamo_exporter(version: str) -> None:
+    from adaptformer.errors import MissingDependencyError
+    from adaptformer.onnx_export import require_onnx
+
+    expected = rf"ONNX export needs torch >= 2\.5 .* this is torch {re.escape(version)}"
+    with pytest.raises(MissingDependencyError, match=expected):
+        require_onnx(version)
+    assert require_onnx("2.5.0") is require_onnx("2.14.1+cu130")  # the onnxruntime module
+
+
+def test_export_without_the_extra_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from adaptformer.errors import MissingDependencyError
+    from adaptformer.onnx_export import require_onnx
+
+    real_import = builtins.__import__
+
+    def without_onnxscript(name: str, *args: object, **kwargs: object) -> object:
+        if name == "onnxscript":
+            raise ImportError("No module named 'onnxscript'", name="onnxscript")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxscript)
+    with pytest.raises(MissingDependencyError, match=r"needs onnxscript, which is not installed: pip install"):
+        require_onnx()

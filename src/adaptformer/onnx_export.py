@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,19 @@ class ExportReport:
                 "checked_batches": list(self.checked_batches)}  # fmt: skip
 
 
-def require_onnx() -> Any:
-    """The ``onnxruntime`` module, after checking that the exporter's dependencies are installed."""
+MIN_TORCH = (2, 5)  # torch.onnx.export(dynamo=True, dynamic_shapes=...) as used here
+
+
+def require_onnx(torch_version: str | None = None) -> Any:
+    """The ``onnxruntime`` module, after checking that the exporter's dependencies are installed and that torch
+    (``torch_version``, default the running one) has the dynamo exporter this module uses."""
+    version = torch_version or torch.__version__
+    parts = tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:2])
+    if parts < MIN_TORCH:
+        raise MissingDependencyError(
+            f"ONNX export needs torch >= {'.'.join(map(str, MIN_TORCH))} (its dynamo exporter with dynamic shapes); "
+            f"this is torch {version}: upgrade torch, or export on a machine that has it"
+        )
     try:
         import onnx  # noqa: F401
         import onnxruntime
