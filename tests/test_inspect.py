@@ -166,7 +166,7 @@ def test_command_writes_json_markdown_and_png(tmp_path: Path, capsys: pytest.Cap
     assert len(data["adapters"]) == len(data["drift"]) == 6 and data["num_samples"] == 16
     assert data["adapters"][3]["adapter_mlp"] > 0 and data["drift"][2]["relative_l2"] == 0.0
     table = (out / "inspect.md").read_text()
-    assert "| block | adapter/MLP | adapter/residual | class token relative drift | cosine |" in table
+    assert "| block (from 0) | adapter/MLP | adapter/residual | class token relative drift | cosine |" in table
     assert table.count("\n| ") == 2 + 6 + 1  # header and rule, one row per block, the pooled feature
     assert (out / "inspect.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -185,9 +185,9 @@ def test_command_default_out_is_beside_the_adapter(tmp_path: Path) -> None:
     [
         (LoRAConfig(), [], "'lora'"),
         (VPTConfig(num_tokens=2), [], "'vpt'"),
-        (None, ["--dataset", "nope"], "--dataset 'nope'"),
+        (None, ["--data.dataset", "nope"], "'nope'"),
         (None, ["--split", "val"], "--split 'val'"),
-        (None, ["--dataset", "synthetic-video"], "video"),
+        (None, ["--data.dataset", "synthetic-video"], "video"),
     ],
     ids=["lora", "vpt", "unknown_dataset", "missing_split", "video_data_for_images"],
 )

@@ -76,7 +76,7 @@ def test_a_user_sweep_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 BAD = [
-    ("no_such_sweep", "", [], "unknown sweep 'no_such_sweep'; shipped sweeps: table6"),
+    ("no_such_sweep", "", [], "unknown sweep 'no_such_sweep'; shipped sweeps: table2, table6"),
     ("file", "points: [{recipe: cifar10_lora}]", [], "unknown recipe 'cifar10_lora'"),
     ("file", "grid: {optim.no_such_key: [1, 2]}", [], "no_such_key"),
     ("file", "grid: {optim.lr: []}", [], "optim.lr must map to a non-empty list"),
@@ -86,6 +86,7 @@ BAD = [
     ("file", "points: [{name: a, set: {optim.lr: 0.1}}, {name: a, set: {optim.lr: 0.2}}]", [], "named a"),
     ("file", "grid: {optim.lr: [0.1]}", ["--run.output_dir", "x"], "train flag --run.output_dir: the sweep sets it"),
     ("file", "grid: {optim.lr: [0.1]}", ["--optim.lr", "0.2"], "train flag --optim.lr is also a setting"),
+    ("file", "points: [{name: logs, set: {optim.lr: 0.1}}]", [], "point name 'logs' is a file or folder the sweep"),
 ]
 
 
@@ -104,7 +105,7 @@ def test_bad_input_is_named_before_any_run(
 def test_list_names_the_shipped_sweeps(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "--list"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert listed == ["table6", "ablation-layers", "ablation-form", "ablation-scale", "ablation-bottleneck",
+    assert listed == ["table2", "table6", "ablation-layers", "ablation-form", "ablation-scale", "ablation-bottleneck",
                       "params-vs-accuracy"]  # fmt: skip
 
 
@@ -125,3 +126,16 @@ def test_every_shipped_sweep_expands_to_valid_configs(tmp_path: Path, name: str)
     if name == "params-vs-accuracy":
         assert {TrainConfig.from_dict(load_recipe(p.recipe)).model.method_name for p in sweep.points} == {
             "vpt", "adaptformer"}  # fmt: skip
+
+
+def test_a_damaged_run_folder_is_a_suite_error_naming_it(tmp_path: Path) -> None:
+    from adaptformer.suite.stages import SuiteError, read_run
+
+    (tmp_path / "test.json").write_text('{"acc1": 5')  # cut short
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(SuiteError, match=rf"{tmp_path}: its run files cannot be read .* remove the folder"):
+        read_run(tmp_path)
+    (tmp_path / "test.json").write_text('{"acc1": 5}')
+    (tmp_path / "metrics.jsonl").unlink()
+    with pytest.raises(SuiteError, match="metrics.jsonl"):
+        read_run(tmp_path)

@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare_parser(sub)
 
-    recipes = sub.add_parser("recipes", help="list the shipped recipes (paper Tables 1, 6, 7, ablations; VTAB, FGVC)")
+    recipes = sub.add_parser(
+        "recipes", help="list the shipped recipes (paper Tables 1, 2, 6, 7, ablations; VTAB, FGVC)"
+    )
     recipes.add_argument("--show", default=None, metavar="NAME", help="print one recipe")
     recipes.set_defaults(func=_cmd_recipes)
 
@@ -370,9 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
         args.train_flags = after_dashes
-        if unknown and command != "eval":
+        if unknown and command not in ("eval", "inspect"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.data_flags = unknown  # eval's --data.* flags: the data section's, read by jsonargparse
+        args.data_flags = unknown  # eval's and inspect's --data.* flags: the data section's, read by jsonargparse
     level = logging.DEBUG if args.verbose else logging.INFO
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the other processes only warn
         level = logging.WARNING

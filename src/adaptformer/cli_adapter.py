@@ -89,7 +89,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     try:
         model, info = _load(args)
-        data = _eval_data(args, info)
+        data = eval_data(args, info)
         splits = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset].splits
         if args.split not in splits:
             raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(splits)}")
@@ -104,8 +104,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
-    """The data to evaluate on: the ``--data.*`` flags over what training recorded (for the same dataset kind)."""
+def eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
+    """The data to evaluate (or inspect) on: the ``--data.*`` flags over what training recorded (for the same dataset
+    kind)."""
     from .engine.config_parser import parse_data_cli
 
     record = info.training
@@ -131,6 +132,12 @@ def _eval_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
 def _cmd_predict(args: argparse.Namespace) -> int:
     if len(args.adapter) > 1:
         from .cli_multitask import predict_many
+
+        if args.threshold is not None:
+            raise ValueError(
+                "--threshold applies to one multi-label --adapter; several adapters share one backbone as a "
+                "multi-task model, which prints each single-label task's top-k"
+            )
 
         return predict_many(args)
     args.adapter = args.adapter[0]
@@ -222,7 +229,8 @@ def add_adapter_commands(sub: Any) -> None:
     predict.add_argument("--class-names", default=None, help="class names file (default: the adapter's)")
     predict.add_argument(
         "--top-k", type=at_least(1, "a positive integer"), default=None,
-        help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note)",
+        help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note; "
+        "a multi-label adapter: at most this many of the classes above --threshold, default all of them)",
     )  # fmt: skip
     predict.add_argument(
         "--threshold", type=_probability, default=None,

@@ -8,52 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .saving import AdapterInfo
-
-
-def _data_option(text: str) -> tuple[str, Any]:
-    """``--data-option key=value``: the value read as YAML (numbers are numbers)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected key=value, e.g. num_samples=256; got {text!r}")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: the value is not YAML ({e})") from e
-
-
-def _data_spec(args: argparse.Namespace, info: AdapterInfo) -> Any:
-    """The dataset to inspect on: ``--dataset`` (default: the one training recorded), with the recorded options and
-    video sampling when it is that kind, and ``--data-option`` over them."""
-    from .data import IMAGE_DATASETS
-    from .data.video import VIDEO_DATASETS
-    from .engine.datasets import DataSpec, VideoSettings
-    from .validation import from_mapping
-
-    record = info.training
-    kind = args.dataset or (record.dataset if record is not None else None)
-    if kind is None:
-        raise ValueError(f"--dataset is required: {args.adapter} does not record the dataset it was trained on")
-    kinds = {**IMAGE_DATASETS, **VIDEO_DATASETS}
-    if kind not in kinds:
-        raise ValueError(f"--dataset {kind!r}: unknown dataset kind; allowed: {sorted(kinds)}")
-    if args.split not in kinds[kind].splits:
-        raise ValueError(f"--split {args.split!r}: {kind!r} has the splits {list(kinds[kind].splits)}")
-    same = record is not None and record.dataset == kind
-    options = {**(record.dataset_options if same else {}), **dict(args.data_option)}
-    video = VideoSettings()
-    if same and record.video:
-        video = from_mapping(VideoSettings, record.video, "the adapter's training.video")
-    return DataSpec(kind, args.data_dir, options, video=video)
-
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from .engine.datasets import load_split
+    from .cli_adapter import eval_data
+    from .data import IMAGE_DATASETS
+    from .data.video import VIDEO_DATASETS
+    from .engine.datasets import DataSpec, load_split
     from .engine.inference import load_trained_model
     from .inspection import check_out_dir, inspect_adapter, write_inspection
     from .saving import read_adapter_config
@@ -65,7 +28,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             "adapters (method 'adaptformer': parallel or sequential, any scale, input, layernorm and layers)"
         )
     out = check_out_dir(args.out or Path(args.adapter).resolve().parent / "inspect", args.overwrite)
-    spec = _data_spec(args, info)
+    data = eval_data(args, info)  # eval's --data.* flags over what training recorded
+    kind = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset]
+    if args.split not in kind.splits:
+        raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(kind.splits)}")
+    spec = DataSpec.from_config(data)
     model, info = load_trained_model(
         args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs, init_seed=args.init_seed
     )
@@ -97,16 +64,11 @@ def add_inspect_command(sub: Any) -> None:
         "norms; headline: the ratio of RMS norms, also the mean per-token ratio); per block: the relative L2 drift "
         "and cosine similarity of the class token (mean over tokens for backbones without one, e.g. video ViTs) "
         "against the frozen backbone's, and of the pooled feature the head reads. Writes inspect.json, inspect.md "
-        "and inspect.png to --out.",
+        "and inspect.png to --out. The dataset flags are eval's (--data.dataset, --data.data_dir, --data.options, "
+        "--data.skip_bad_images, ...; default: what training recorded).",
     )  # fmt: skip
     recorded = "(default: as recorded in the adapter's adapter_config.json)"
     parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
-    parser.add_argument("--dataset", default=None, help=f"dataset kind, e.g. digits, cifar100 {recorded}")
-    parser.add_argument("--data-dir", default=None, help="the dataset's folder (none for built-in kinds)")
-    parser.add_argument(
-        "--data-option", type=_data_option, action="append", default=[], metavar="KEY=VALUE",
-        help=f"a dataset option (repeatable), over those {recorded} for the same kind",
-    )  # fmt: skip
     parser.add_argument("--split", default="test", help="split to read inputs from: test, val or train (default: test)")
     parser.add_argument("--num-samples", type=at_least(1), default=256, help="inputs to average over (default: 256)")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="inputs per forward pass (default: 64)")

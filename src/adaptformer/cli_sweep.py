@@ -11,7 +11,8 @@ from typing import Any
 
 DESCRIPTION = (
     "Run a set of `adaptformer train` runs that differ by a few settings, then write one table and one plot. SWEEP is "
-    "a shipped sweep (--list: paper Table 6, the SSv2 ablations, the accuracy-vs-parameters figure) or a YAML file: "
+    "a shipped sweep (--list: paper Tables 2 and 6, the SSv2 ablations, the accuracy-vs-parameters figure) or a YAML "
+    "file: "
     "{base: RECIPE|CONFIG, grid: {dotted.key: [v1, v2], ...}, points: [{name, recipe, set: {dotted.key: value}}], "
     "x: trainable_parameters|point|dotted.key, series: dotted.key}. Each point is a run folder OUT/<point>/; the "
     "table is OUT/results.md and results.json (settings, trainable parameters, validation and test metric, selected "

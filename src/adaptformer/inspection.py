@@ -362,7 +362,7 @@ def format_markdown(report: InspectionReport) -> str:
         "after the block vs the frozen backbone's (adapters off), relative L2 distance and cosine similarity, "
         "averaged over inputs.",
         "",
-        f"| block | adapter/MLP | adapter/residual | {feature} relative drift | cosine |",
+        f"| block (from 0) | adapter/MLP | adapter/residual | {feature} relative drift | cosine |",
         "| --- | --- | --- | --- | --- |",
     ]
     for d in report.drift:

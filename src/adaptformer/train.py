@@ -174,11 +174,6 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             "test split; set --data.val_split > 0 (carved from train) or --run.select last"
         )
     classes, multi_label, primary = train_split.classes, train_split.multi_label, train_split.primary
-    if multi_label and cfg.optim.label_smoothing:
-        raise ValueError(
-            f"optim.label_smoothing {cfg.optim.label_smoothing:g} applies to single-label tasks; "
-            f"{cfg.data.dataset} is multi-label (binary cross-entropy per class): set it to 0"
-        )
     for other in (test_split, val_split):
         if other is not None:
             check_same_classes(train_split, other, cfg.data.dataset)

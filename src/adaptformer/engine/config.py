@@ -367,6 +367,12 @@ class TrainConfig:
                 "least 2 samples per training micro-batch; use optim.batch_size >= 2 (optim.effective_batch for "
                 "larger steps) or model.head 'linear'"
             )
+        kind = IMAGE_DATASETS.get(self.data.dataset)
+        if self.optim.label_smoothing and kind is not None and kind.multi_label:
+            raise ValueError(
+                f"optim.label_smoothing {self.optim.label_smoothing:g} applies to single-label tasks; data.dataset "
+                f"{self.data.dataset!r} is multi-label (binary cross-entropy per class): set it to 0"
+            )
         if self.data.val_split == 0 and self.run.select == "best" and not may_have_val_split(self.data.dataset):
             raise ValueError("run.select 'best' needs a validation split; set data.val_split > 0 or run.select 'last'")
         given = self.model.kwargs.get("num_frames")

@@ -8,7 +8,7 @@ preprocessing once the model exists, and score predictions as the data requires.
     val_set = train.build(model, "eval")             # deterministic, one view per sample (same samples, same order)
     test = load_split(spec, "test")
     test_set = test.build(model, "test")             # images: as "eval"; videos: test_clips x test_crops views each
-    metrics = test.score(evaluate(model, eval_loader(test_set, ...), ...), test_set)
+    metrics = test.score(evaluate(model, eval_loader(test_set, ...), ..., multi_label=test.multi_label), test_set)
 
 Which splits a run uses: ``train``; for the final test ``test``, or ``val`` when the dataset has a val split on disk
 but no test split (an ImageNet-style ``train/`` + ``val/`` folder; logged, see :func:`resolve_test_split`); for model

@@ -159,7 +159,8 @@ def train_one_epoch(
 
 @dataclass(frozen=True)
 class Predictions:
-    """Everything an evaluation produced, gathered from all processes: logits ``(N, K)``, labels and ids ``(N,)``."""
+    """Everything an evaluation produced, gathered from all processes: logits ``(N, K)``, labels ``(N,)`` (class
+    indices; multi-label: multi-hot ``(N, K)``) and ids ``(N,)``."""
 
     logits: torch.Tensor
     labels: torch.Tensor
@@ -201,6 +202,11 @@ def evaluate(
             progress.update(samples=samples, **{"samples/s": rate})
     num_outputs = int(getattr(model, "num_classes", 0))  # only needed for an empty shard
     logits = torch.cat(logits_parts) if logits_parts else torch.zeros(0, num_outputs, device=ctx.device)
+    if label_parts and (label_parts[0].ndim == 2) != multi_label:
+        raise ValueError(
+            f"evaluate(multi_label={multi_label}) got labels of shape {tuple(label_parts[0].shape[1:])} per sample: "
+            "pass multi_label=True for multi-hot labels (an empty shard must know the label shape the others gather)"
+        )
     no_labels = torch.zeros(0, num_outputs) if multi_label else torch.zeros(0, dtype=torch.long)
     empty = no_labels.to(ctx.device)
     labels = torch.cat(label_parts) if label_parts else empty

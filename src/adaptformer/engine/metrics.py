@@ -4,10 +4,10 @@ F1 at a threshold, overall and per class, as the multi-label literature reports 
     OF1 = 2 OP OR / (OP + OR)   OP, OR: precision and recall over all (image, class) decisions (micro)
     CF1 = 2 CP CR / (CP + CR)   CP, CR: per-class precision and recall, averaged over classes (macro)
 
-A class with no positive in the split has an undefined average precision: mAP averages the others and says how
-many it used (``map_classes``), with a warning. Single-label scores (top-1/top-5) are
-:func:`.loop.classification_metrics`; :func:`score_predictions` picks by the task, :data:`PRIMARY` names the score
-model selection maximises.
+A class with no positive in the split has an undefined average precision (and recall): mAP, CP and CR average over
+the other classes, and ``map_classes`` says how many that is, with a warning; OP and OR count every decision.
+Single-label scores (top-1/top-5) are :func:`.loop.classification_metrics`; :func:`score_predictions` picks by the
+task, :data:`PRIMARY` names the score model selection maximises.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 THRESHOLD = 0.5  # a class is predicted when its sigmoid probability reaches this
 PRIMARY = {False: "acc1", True: "map"}  # multi_label -> the validation score that selects the adapter
+LABELS = {"acc1": "top-1", "map": "mAP"}  # how reports name those scores
 
 
 def multilabel_metrics(

@@ -130,7 +130,9 @@ def _ablation_lines(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> lis
     if table is None:
         return []
     return ["Ablations of adaptformer-64 (the paper's Table 3 on SSv2: adapters in the first or last half of the "
-            "blocks only, sequential vs parallel, the scale s), same recipe and seeds:", "", table, ""]  # fmt: skip
+            "blocks only, sequential vs parallel, the scale s), same recipe and seeds; blocks1-3 / blocks4-6 are the "
+            "first / last three of the 6 blocks, counted from 1 as the paper counts (layers [0, 1, 2] / [3, 4, 5]):",
+            "", table, ""]  # fmt: skip
 
 
 def _inside_lines(inside: Sequence[dict[str, Any]], inside_name: str) -> list[str]:
@@ -238,15 +240,15 @@ def plot_adapters_inside(path: Path, inside: Sequence[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.6 * len(tasks)), squeeze=False, layout="constrained")
     for (ratio_ax, drift_ax), task in zip(axes, tasks, strict=True):
         for r in (r for r in inside if r["task"] == task):
-            blocks = [a["block"] + 1 for a in r["adapters"]]
+            blocks = [a["block"] for a in r["adapters"]]
             ratio_ax.plot(blocks, [a["adapter_mlp"] for a in r["adapters"]], marker="o", label=r["method"])
-            drift_ax.plot([d["block"] + 1 for d in r["drift"]], [d["relative_l2"] for d in r["drift"]], marker="o",
+            drift_ax.plot([d["block"] for d in r["drift"]], [d["relative_l2"] for d in r["drift"]], marker="o",
                           label=r["method"])  # fmt: skip
         ratio_ax.set_ylabel("||s A|| / ||MLP branch||")
         drift_ax.set_ylabel(f"{inside[0]['feature']} drift (relative L2)")
         for ax in (ratio_ax, drift_ax):
             ax.set_title(task)
-            ax.set_xlabel("block")
+            ax.set_xlabel("block (from 0, as inspect.json and AdaptFormerConfig.layers count)")
             ax.grid(True, alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
         drift_ax.legend(fontsize=7, loc="best")

@@ -49,6 +49,7 @@ import torch
 
 from ..engine.config import OptimConfig
 from ..engine.config_data import merge_config
+from ..engine.metrics import LABELS
 from ..methods import get_method
 from ..models.shapes_vit import SHAPES_VIT_FILE
 from .report import plot_accuracy_vs_params, plot_adapters_inside, require_matplotlib, write_markdown
@@ -61,7 +62,6 @@ RESULTS_MD = "results.md"
 PLOT_FILE = "accuracy_vs_params.png"
 INSIDE_FILE = "adapters_inside.png"
 INSPECT_SAMPLES = 256  # test images each inspected adapter is measured on
-METRIC_NAMES = {"acc1": "top-1", "map": "mAP"}
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return {
         "task": cell.task, "method": cell.method, "family": method.family, "size": method.size,
         "ablation": method.ablation, "seed": cell.seed, "trainable_params": trainable,
-        "metric": METRIC_NAMES[result.metric], "test_score": float(result.test[result.metric]),
+        "metric": LABELS[result.metric], "test_score": float(result.test[result.metric]),
         "val_score": result.best_val, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
         "seconds": round(seconds, 2), "output_dir": str(result.output_dir),
     }  # fmt: skip

@@ -62,12 +62,23 @@ def run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
         if code != 0 or not (folder / TEST_FILE).is_file():
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise SuiteError(f"{folder}: the training run failed (exit {code}); its log {log} ends:\n{tail}")
-    test = json.loads((folder / TEST_FILE).read_text())
-    epochs = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
+    test, epochs = read_run(folder)
     vals = [(r["val_acc1"], r["epoch"]) for r in epochs if r.get("val_acc1") is not None]
     best = max(vals, key=lambda v: v[0]) if vals else (None, None)  # max keeps the first of equal values
     return {"test": test, "best_val_acc1": best[0], "best_val_epoch": best[1],
             "train_seconds": sum(r.get("seconds") or 0.0 for r in epochs), "epochs": len(epochs)}  # fmt: skip
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A finished run folder's test.json and metrics.jsonl records; a missing or damaged file is a SuiteError naming
+    it (a hand-copied or half-deleted folder stops one point, not the whole suite)."""
+    try:
+        test = json.loads((folder / TEST_FILE).read_text())
+        lines = (folder / METRICS_FILE).read_text().splitlines()
+        return test, [json.loads(line) for line in lines if line.strip()]
+    except (OSError, json.JSONDecodeError) as error:
+        message = f"{folder}: its run files cannot be read ({error}); remove the folder to run it again"
+        raise SuiteError(message) from error
 
 
 def pin_settings(path: Path, mine: dict[str, Any], command: str) -> None:

@@ -1,7 +1,7 @@
 """``adaptformer sweep``: a set of training runs that differ by a few settings, run one after another as ordinary
 ``adaptformer train`` run folders ``OUT/<point>/``, collected into one table and one plot (:mod:`.sweep_report`).
 
-A sweep is data: a shipped one (``recipes/sweeps.yaml``: the paper's Table 6, each SSv2 ablation, the
+A sweep is data: a shipped one (``recipes/sweeps.yaml``: the paper's Tables 2 and 6, each SSv2 ablation, the
 accuracy-vs-trainable-parameters figure) or a YAML file of the same form::
 
     base: cifar100_adaptformer64          # optional: a shipped recipe or a config file, under every point
@@ -35,6 +35,7 @@ __all__ = ["SWEEP_FILE", "Sweep", "SweepPoint", "SweepSettings", "load_sweep", "
 
 SWEEP_FILE = "sweep.json"
 LOG_DIR = "logs"
+RESERVED_NAMES = (LOG_DIR, SWEEP_FILE, "results.md", "results.json", "results.png")  # OUT/<point> must not be one
 X_SPECIAL = ("trainable_parameters", "point")
 # The sweep sets these per point; a train flag naming one would silently fight it.
 OWNED_FLAGS = ("--run.output_dir", "--run.resume", "--run.overwrite", "--recipe", "--config")
@@ -154,6 +155,9 @@ def expand_sweep(definition: Any, name: str, where: str, folder: Path | None = N
     for point_name in names:
         if not _SAFE_NAME.match(point_name):
             raise SuiteError(f"{where}: point name {point_name!r} is not a plain folder name (letters, digits, ._=,+-)")
+        if point_name in RESERVED_NAMES:
+            raise SuiteError(f"{where}: point name {point_name!r} is a file or folder the sweep writes itself "
+                             f"({', '.join(RESERVED_NAMES)}); name the point otherwise")  # fmt: skip
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SuiteError(f"{where}: several points are named {', '.join(duplicates)}; give each a name")

@@ -13,14 +13,13 @@ from typing import Any
 
 import yaml
 
-from ..engine.records import METRICS_FILE, TEST_FILE
+from ..engine.metrics import LABELS, PRIMARY
+from ..engine.records import TEST_FILE
 from ..saving import atomic_write_bytes
-from .stages import SuiteError
+from .stages import SuiteError, read_run
 from .sweep import SWEEP_FILE, Sweep, SweepPoint, dotted, failed_file
 
 __all__ = ["read_sweep_results", "write_sweep_report"]
-
-METRIC_NAMES = {"acc1": "top-1", "map": "mAP"}
 
 
 def _paper(point: SweepPoint) -> float | None:
@@ -54,10 +53,12 @@ def _row(sweep: Sweep, point: SweepPoint, output_dir: Path) -> dict[str, Any]:
         if failed.is_file():
             row["error"] = json.loads(failed.read_text())["error"]
         return row
-    test = json.loads((folder / TEST_FILE).read_text())
+    try:
+        test, epochs = read_run(folder)
+    except SuiteError as error:
+        return {**row, "status": "failed", "error": str(error)}
     config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-    epochs = [json.loads(line) for line in (folder / METRICS_FILE).read_text().splitlines() if line.strip()]
-    metric = "acc1" if "acc1" in test else "map"
+    metric = PRIMARY[test.get("task") == "multi-label"]
     row.update({
         "status": "done", "metric": metric, "test": test.get(metric), "val": test.get(f"val_{metric}"),
         "trainable_parameters": test.get("trainable_parameters"), "selected_epoch": test.get("epoch"),
@@ -82,7 +83,7 @@ def _number(value: float | None) -> str:
 
 
 def _metric_label(rows: list[dict[str, Any]]) -> str:
-    names = sorted({METRIC_NAMES.get(r["metric"], r["metric"]) for r in rows if r["status"] == "done"})
+    names = sorted({LABELS.get(r["metric"], r["metric"]) for r in rows if r["status"] == "done"})
     return " / ".join(names) or "top-1"
 
 

@@ -303,6 +303,7 @@ class ImageDatasetKind:
     splits: tuple[str, ...]
     needs_root: bool = True
     locate: Callable[[Path, str, Mapping[str, Any]], Path | None] | None = None  # an optional split on disk
+    multi_label: bool = False  # several classes per image (sigmoid + BCE, mAP): known before anything is read
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -316,6 +317,7 @@ class ImageDatasetKind:
         return "skip_bad_images" in inspect.signature(self.build).parameters
 
 
+SPLITS3 = ("train", "val", "test")
 IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "cifar100": ImageDatasetKind(_build_cifar100, ("train", "test")),
     "cifar10": ImageDatasetKind(_build_cifar10, ("train", "test")),
@@ -329,11 +331,13 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "synthetic": ImageDatasetKind(_build_synthetic, ("train", "test"), needs_root=False),
     "shapes": ImageDatasetKind(_build_shapes, ("train", "test"), needs_root=False),
     # multi-label (several classes per image; :mod:`.multilabel`)
-    "multilabel-list": ImageDatasetKind(build_multilabel_list, ("train", "val", "test"), locate=locate_list),
-    "multilabel-csv": ImageDatasetKind(build_multilabel_csv, ("train", "val", "test"), locate=locate_csv),
-    "nuswide": ImageDatasetKind(build_nuswide, ("train", "test")),
-    "coco": ImageDatasetKind(build_coco, ("train", "test")),
-    "digits-multilabel": ImageDatasetKind(build_digits_multilabel, ("train", "test"), needs_root=False),
+    "multilabel-list": ImageDatasetKind(build_multilabel_list, SPLITS3, locate=locate_list, multi_label=True),
+    "multilabel-csv": ImageDatasetKind(build_multilabel_csv, SPLITS3, locate=locate_csv, multi_label=True),
+    "nuswide": ImageDatasetKind(build_nuswide, ("train", "test"), multi_label=True),
+    "coco": ImageDatasetKind(build_coco, ("train", "test"), multi_label=True),
+    "digits-multilabel": ImageDatasetKind(
+        build_digits_multilabel, ("train", "test"), needs_root=False, multi_label=True
+    ),
 }
 
 

@@ -162,12 +162,17 @@ def build_multilabel_list(
     for number, line in enumerate(read_text(list_file).splitlines(), start=1):
         if not line.strip():
             continue
+        place = f"{list_file}:{number}"
         if "\t" in line:
             path, _, names = (part.strip() for part in line.partition("\t"))
         else:
             parts = line.split()
             path, names = (parts[0], "") if len(parts) == 1 else (" ".join(parts[:-1]), parts[-1])
-        place = f"{list_file}:{number}"
+            if len(parts) > 2 and (names.startswith(",") or parts[-2].endswith(",")):
+                raise DatasetFileError(
+                    f"{place}: a space inside the class list ({line.strip()!r}); write the classes comma-separated "
+                    "without spaces, or put a tab between the path and the classes"
+                )
         labels = _class_indices([n.strip() for n in names.split(",")] if names else [], index, place, str(classes_file))
         samples.append((root / path, labels))
         where.append(f"line {number} ({path})")
@@ -175,11 +180,13 @@ def build_multilabel_list(
     return _file_dataset(samples, classes, transform, skip_bad_images, str(list_file), split)
 
 
-def _read_csv_rows(path: Path) -> list[list[str]]:
+def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """Every row with the file line it ends on (a quoted field may span lines), blank rows included."""
+    reader = csv.reader(io.StringIO(read_text(path)))
     try:
-        return list(csv.reader(io.StringIO(read_text(path))))
+        return [(reader.line_num, row) for row in reader]
     except csv.Error as err:
-        raise DatasetFileError(f"{path}: not a readable CSV file ({err})") from err
+        raise DatasetFileError(f"{path}:{reader.line_num}: not readable CSV ({err})") from err
 
 
 def build_multilabel_csv(
@@ -189,20 +196,20 @@ def build_multilabel_csv(
     row per image with 0/1 per class."""
     policy = _empty_policy(empty_labels)
     path = _require(root / f"{split}.csv", "multilabel-csv", CSV_LAYOUT)
-    rows = [row for row in _read_csv_rows(path) if row]
-    if not rows or len(rows[0]) < 2:
+    rows = [(number, row) for number, row in _read_csv_rows(path) if row]  # (line of the row's end, fields)
+    if not rows or len(rows[0][1]) < 2:
         raise DatasetFileError(f"{path}: expected a header row path,<class 1>,<class 2>,...; found {rows[:1]}")
-    header, classes = rows[0], [name.strip() for name in rows[0][1:]]
+    header, classes = rows[0][1], [name.strip() for name in rows[0][1][1:]]
     read_class_names_from_header(classes, path)
     if split != "train" and (root / "train.csv").is_file():
-        train_header = next((r for r in _read_csv_rows(root / "train.csv") if r), [])
+        train_header = next((r for _, r in _read_csv_rows(root / "train.csv") if r), [])
         if [n.strip() for n in train_header[1:]] != classes:
             raise DatasetFileError(
                 f"{path}: its class columns {classes[:10]} differ from {root / 'train.csv'}'s "
                 f"{[n.strip() for n in train_header[1:]][:10]}; every split needs the same"
             )
     samples, where = [], []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
         if len(row) != len(header):
             raise DatasetFileError(
                 f"{path}:{number}: {len(row)} columns, expected {len(header)} (path + one 0/1 per class of the header)"
@@ -384,4 +391,7 @@ def build_digits_multilabel(
             r, c = divmod(int(slot), 2)
             images[n, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16] = np.round(cells[digit] * (255.0 / 16.0))
         label_sets.append(tuple(sorted({int(digits.target[pool[d]]) for d in chosen})))
-    return ArrayImageDataset(images, label_sets, [str(d) for d in range(10)], transform, multi_label=True)
+    classes = [str(d) for d in range(10)]
+    check_positive_coverage(label_sets, classes, f"digits-multilabel {split} ({num_samples} images)",
+                            required=split == "train")  # fmt: skip
+    return ArrayImageDataset(images, label_sets, classes, transform, multi_label=True)
