@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from adaptformer.cli import main
 from adaptformer.engine import TrainConfig
 from adaptformer.engine.inference import load_trained_model
 from adaptformer.models import SHAPES_VIT_FILE
-from adaptformer.saving import AdapterFileError, save_adapter
+from adaptformer.saving import AdapterFileError, create_model_from_adapter, save_adapter
 
 V01 = Path(__file__).parent / "data" / "v0_1"
 METHODS = {
@@ -40,23 +41,34 @@ def test_v01_adapter_folder_reads_with_its_task_json(name: str) -> None:
     assert info.training.precision == "fp32" and info.source.checkpoint_source == "timm"
 
 
+def _same_logits(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """The 0.1 logits, up to the float rounding of another CPU: the fixtures were computed on one CPU model, and fp32
+    matmuls on another (AMD without AMX vs Intel with it) sum in another order. A wrong weight, head or method moves
+    logits by far more than 1e-5."""
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["adaptformer_digits", "vpt_digits"])
-def test_v01_adapters_give_v01_logits_exactly(name: str) -> None:
+def test_v01_adapters_give_v01_logits(name: str) -> None:
     # 0.1.0 recorded the checkpoint's absolute path at the time; the same weights are the shipped file
     model, _ = load_trained_model(V01 / name, checkpoint=str(SHAPES_VIT_FILE))
     expected = _expected(name)
     with torch.no_grad():
-        assert torch.equal(model(expected["input"]), expected["logits"])
+        _same_logits(model(expected["input"]), expected["logits"])
 
 
 def test_a_checkpoint_less_v01_adapter_needs_and_takes_its_seed() -> None:
     with pytest.raises(AdapterFileError, match="initial seed is not recorded.*--init-seed"):
         load_trained_model(V01 / "linear_random_init")
     seed = yaml.safe_load((V01 / "configs" / "linear_random_init.yaml").read_text())["seed"]
-    model, _ = load_trained_model(V01 / "linear_random_init", init_seed=seed)
+    # The seed rebuilds the backbone up to float rounding: timm's truncated-normal init goes through erfinv, whose
+    # vectorised CPU kernels round differently on different CPU models, so the SHA-256 fingerprint of the weights
+    # matches only on a CPU like the fixtures' (the loader then refuses, naming the fingerprints); the logits agree.
+    source = replace(read_adapter_config(V01 / "linear_random_init").source, init_seed=seed)
+    model = create_model_from_adapter(V01 / "linear_random_init", source, allow_backbone_mismatch=True).eval()
     expected = _expected("linear_random_init")
     with torch.no_grad():
-        assert torch.equal(model(expected["input"]), expected["logits"])
+        _same_logits(model(expected["input"]), expected["logits"])
     with pytest.raises(AdapterFileError, match="backbone weights differ"):
         load_trained_model(V01 / "linear_random_init", init_seed=seed + 1)  # another seed: another backbone
 

@@ -75,7 +75,8 @@ def test_export_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Capture
 
 def test_prepare_command_writes_every_built_in_kind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for kind in EXPORTABLE:
-        options = "{num_samples: 8}" if kind != "digits" else "{test_fraction: 0.5}"
+        special = {"digits": "{test_fraction: 0.5}", "digits-multilabel": "{num_samples: 40}"}  # every class present
+        options = special.get(kind, "{num_samples: 8}")
         assert main(["prepare", kind, "--out", str(tmp_path / kind), "--options", options]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["data_dir"] == str(tmp_path / kind) and sum(printed["samples"].values()) >= 16
