@@ -99,6 +99,7 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str, inside_na
         f"time, on {env['cores']} CPU cores ({env['cpu']}; load average at start {load}); "
         f"Python {env['python']}, torch {env['torch']}, timm {env['timm']}.",
         "",
+        *([f"Assembled from two invocations: {record['assembled']}.", ""] if record.get("assembled") else []),
         "Test score (%) of the adapter selected by the same score on the validation split (10% of the training "
         "split): top-1, or mAP (mean over classes of average precision) for a multi-label task, "
         + (

@@ -140,9 +140,14 @@ DIGITS_CONFIG: dict[str, Any] = merge_config(_RECIPE, {
 })  # fmt: skip
 DIGITS_QUICK: dict[str, Any] = {"data": {"options": {"test_fraction": 0.8}}, "optim": {"epochs": 1, "warmup_epochs": 0}}
 # Multi-label digits (paper Table 2's kind of task, scored by mAP): 32x32 images holding 1-3 digits in a 2x2 grid; the
-# digits recipe unchanged (its lr scales were chosen on digits' validation split, not re-piloted here).
+# digits recipe at 10x its blr. Binary cross-entropy averages over the 10 classes of every image, so each output's
+# gradient is a tenth of what it would be alone; at digits' blr every adapter method stayed near the linear probe
+# (reports/study_ablations, first version). Seed 0's validation mAP at 1x / 3x / 10x (the study's own cells):
+# linear 77.5 / 80.5 / 83.1, vpt-16 87.1 / 89.7 / 91.8, adaptformer-64 78.2 / 85.1 / 95.6, lora-8 78.4 / 88.1 / 95.1,
+# adapter_plus-16 74.9 / 86.3 / 96.4, full 92.4 / 96.4 / 97.3: 10x for all (the best for every method; higher
+# factors were not tried). The per-family scales stay digits' (full 0.1x, LoRA and Adapter+ 0.3x).
 DIGITS_MULTILABEL_CONFIG: dict[str, Any] = merge_config(DIGITS_CONFIG, {
-    "data": {"dataset": "digits-multilabel", "options": {"num_samples": 1500}},
+    "data": {"dataset": "digits-multilabel", "options": {"num_samples": 1500}}, "optim": {"blr": 10.0},
 })  # fmt: skip
 DIGITS_MULTILABEL_QUICK: dict[str, Any] = {
     "data": {"options": {"num_samples": 200}}, "optim": {"epochs": 1, "warmup_epochs": 0},
