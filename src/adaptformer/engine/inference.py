@@ -82,12 +82,8 @@ def load_trained_model(
     if model_name is not None and model_name.split(".")[0] != info.spec.backbone.split(".")[0]:
         raise ValueError(f"{adapter_dir} holds an adapter for {info.spec.backbone!r}, not for {model_name!r}")
     source = info.source or BackboneSource()
-    overrides = {
-        "checkpoint": checkpoint,
-        "checkpoint_source": checkpoint_source,
-        "kwargs": model_kwargs,
-        "init_seed": init_seed,
-    }
+    overrides = {"checkpoint": checkpoint, "checkpoint_source": checkpoint_source, "kwargs": model_kwargs,
+                 "init_seed": init_seed}  # fmt: skip
     source = replace(source, **{k: v for k, v in overrides.items() if v is not None})
     model = create_model_from_adapter(adapter_dir, source, info=info)
     return model.eval(), info

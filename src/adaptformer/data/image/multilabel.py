@@ -200,7 +200,7 @@ def build_multilabel_csv(
     if not rows or len(rows[0][1]) < 2:
         raise DatasetFileError(f"{path}: expected a header row path,<class 1>,<class 2>,...; found {rows[:1]}")
     header, classes = rows[0][1], [name.strip() for name in rows[0][1][1:]]
-    read_class_names_from_header(classes, path)
+    _check_header_classes(classes, path)
     if split != "train" and (root / "train.csv").is_file():
         train_header = next((r for _, r in _read_csv_rows(root / "train.csv") if r), [])
         if [n.strip() for n in train_header[1:]] != classes:
@@ -224,7 +224,7 @@ def build_multilabel_csv(
     return _file_dataset(samples, classes, transform, skip_bad_images, str(path), split)
 
 
-def read_class_names_from_header(classes: list[str], path: Path) -> None:
+def _check_header_classes(classes: list[str], path: Path) -> None:
     """The class columns of a CSV header: named, each once."""
     if any(not name for name in classes):
         raise DatasetFileError(f"{path}: the header has an unnamed class column; expected path,<class 1>,...")
