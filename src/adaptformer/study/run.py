@@ -353,14 +353,16 @@ def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) ->
     from ..inspection import inspect_adapter
 
     chosen = [r for r in runs if r["family"] == "adaptformer" and r["seed"] == settings.seeds[0]]
-    records = []
+    records, splits = [], {}  # the test split read once per task, built for each adapter's model
     for run in chosen:
         adapter = Path(run["output_dir"]) / "adapter"
         model, info = load_trained_model(adapter)
         if clip_frames(model) is not None or info.training is None:
             continue  # video: the question is asked of the image tasks
-        spec = DataSpec(info.training.dataset, None, dict(info.training.dataset_options))
-        test = load_split(spec, "test").build(model, "eval")
+        if run["task"] not in splits:
+            spec = DataSpec(info.training.dataset, None, dict(info.training.dataset_options))
+            splits[run["task"]] = load_split(spec, "test")
+        test = splits[run["task"]].build(model, "eval")
         report = inspect_adapter(model, DataLoader(test, batch_size=128), INSPECT_SAMPLES, device="cpu")
         records.append({"task": run["task"], "method": run["method"], **report.to_dict()})
     return records
