@@ -98,9 +98,9 @@ def kind(backbone: Backbone) -> str:
 def video_available() -> str | None:
     """None if the video ViT is registered with timm, else why not."""
     try:
-        importlib.import_module("adaptformer.models")
+        importlib.import_module("adaptformer.backbones")
     except ImportError as e:
-        return f"adaptformer.models could not be imported ({e})"
+        return f"adaptformer.backbones could not be imported ({e})"
     return None
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Case, machine_info, median_ratio, storage_bytes, time_interleaved
 
 from adaptformer import AdaptFormerConfig, create_model, save_adapter
-from adaptformer.multitask import MultiTaskModel
+from adaptformer.inference.multitask import MultiTaskModel
 from adaptformer.precision import resolve_precision
 from adaptformer.saving import create_model_from_adapter
 

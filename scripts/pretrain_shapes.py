@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from adaptformer.cli import main as cli
-from adaptformer.models.shapes_vit import SHAPES_VIT_FILE
+from adaptformer.backbones.shapes_vit import SHAPES_VIT_FILE
+from adaptformer.cli.main import main as cli
 
 TRAIN_ARGS = [
     "train", "--model.backbone", "vit_shapes_patch8_32", "--model.method", "full", "--model.head", "linear",

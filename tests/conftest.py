@@ -3,6 +3,7 @@ tiny real video files (``tests/video_files.py``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ def tiny_kwargs(name: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets an equal share of the cores for torch's intra-op threads: two workers with
+    every core each would oversubscribe the machine, and OpenMP barriers then make tiny models crawl."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +68,7 @@ def one_thread() -> Iterator[None]:
 def nested(**flat: Any) -> dict[str, Any]:
     """Configuration fields given by their flat (0.1) names, placed in the 0.2 nesting by the library's own table:
     ``nested(epochs=2, bottleneck=8)`` -> ``{"optim": {"epochs": 2}, "model": {"method": {"bottleneck": 8}}}``."""
-    from adaptformer.engine.config_v01 import V01_KEYS, V01_METHOD_KEYS, place
+    from adaptformer.engine.config.v01 import V01_KEYS, V01_METHOD_KEYS, place
 
     out: dict[str, Any] = {}
     for key, value in flat.items():
@@ -74,6 +83,6 @@ def nested(**flat: Any) -> dict[str, Any]:
 
 def changed(cfg: Any, **flat: Any) -> Any:
     """``cfg`` (a TrainConfig) with fields changed, given by their flat names (see :func:`nested`)."""
-    from adaptformer.engine.config_data import merge_config
+    from adaptformer.engine.config.layers import merge_config
 
     return type(cfg).from_dict(merge_config(cfg.to_dict(), nested(**flat)))

@@ -29,15 +29,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.test_data_image import write_cifar100, write_food101, write_imagefolder, write_svhn
-from tests.test_vtab_fgvc import write_vtab_task
+from tests.data.test_image_kinds import write_cifar100, write_food101, write_imagefolder, write_svhn
+from tests.data.test_vtab_fgvc import write_vtab_task
+from tests.paths import ROOT
 from tests.video_files import write_video
 
 from adaptformer.cli import main
 from adaptformer.factory import build_backbone
 from adaptformer.methods import method_names, unregister_method
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 
@@ -216,12 +216,12 @@ def _check_predicted_every_file(outputs: list[str], work: Path) -> None:
 
 def _check_setup(outputs: list[str], work: Path) -> None:
     """`bash setup.sh test` is what CI runs (.ci/run), so this suite running means it works; `demo` ends with the
-    demo, whose quick setting test_study.py runs."""
+    demo, whose quick setting tests/study/test_study.py runs."""
     assert "bash setup.sh test" in (ROOT / ".ci" / "run").read_text()
     setup = (ROOT / "setup.sh").read_text()
     assert "demo) " in setup and "then_run=(.venv/bin/adaptformer demo)" in setup
     assert "test) " in setup and "then_run=(.venv/bin/python -m pytest" in setup
-    assert "def test_demo_quick" in (ROOT / "tests" / "test_study.py").read_text()
+    assert "def test_demo_quick" in (ROOT / "tests" / "study" / "test_study.py").read_text()
 
 
 def _check_params(outputs: list[str], work: Path) -> None:

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import SWIN, VIT, tiny_kwargs
 from tests.training_step import move_trainable
 
-import adaptformer.saving as saving
+import adaptformer.files as files
+import adaptformer.methods.state as state
 from adaptformer import (
     AdapterFileError,
     AdaptFormerConfig,
@@ -118,7 +119,7 @@ def test_crash_mid_write_keeps_the_last_good_adapter(tmp_path: Path, monkeypatch
     def crash(fd: int) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(saving.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with torch.no_grad():
         model.head[1].bias.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
@@ -165,11 +166,11 @@ def test_read_adapter_config_returns_spec_and_preprocessing(tmp_path: Path) -> N
 
 def test_remembered_fingerprint_survives_a_storage_cast(tmp_path: Path) -> None:
     model = _trained()
-    fingerprint = saving.remember_fingerprint(model)
+    fingerprint = state.remember_fingerprint(model)
     for p in model.parameters():
         if not p.requires_grad:
             p.data = p.data.to(torch.bfloat16)  # storage changes, the backbone it came from does not
-    assert saving.backbone_fingerprint(model) == fingerprint
+    assert state.backbone_fingerprint(model) == fingerprint
     save_adapter(model, tmp_path)
     load_adapter(_fresh_backbone(), tmp_path)  # the fp32 original is accepted
 

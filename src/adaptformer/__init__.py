@@ -9,8 +9,11 @@
 The names below are the public API; everything else is reachable through its module.
 """
 
+from .backbones import VideoVisionTransformer
+from .backbones.checkpoints.load import load_pretrained, register_converter
 from .errors import CheckpointError, UnsupportedModelError
 from .factory import build_backbone, create_model
+from .inference.multitask import MultiTaskModel
 from .methods import (
     AdapterPlusConfig,
     AdaptFormerConfig,
@@ -27,10 +30,7 @@ from .methods import (
     unmerge_lora,
 )
 from .model import ModelSpec, ParameterReport, adapt, apply_method, count_trainable, parameter_report
-from .models import VideoVisionTransformer  # registers the video ViTs with timm
-from .multitask import MultiTaskModel
 from .preprocessing import Preprocessing
-from .pretrained import load_pretrained, register_converter
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .speed import SpeedConfig, apply_speed
 

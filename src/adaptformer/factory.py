@@ -17,9 +17,9 @@ import timm
 import torch
 import torch.nn as nn
 
+from .backbones.checkpoints.load import load_pretrained
 from .methods import MethodConfig
 from .model import ModelSpec, adapt
-from .pretrained import load_pretrained
 from .validation import check_types
 
 logger = logging.getLogger(__name__)

@@ -14,12 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .heads import HEADS, classifier_paths, set_head
+from .heads import HEADS, set_head
 from .methods import Method, MethodConfig, get_method, method_of, resolve_method
+from .methods.state import SPEC_ATTR, get_spec, require_spec, task_state_dict, trainable_groups
 from .validation import check_choice, from_mapping
-
-SPEC_ATTR = "adaptformer_spec"
-HEAD_GROUP = "head"
 
 
 @dataclass(frozen=True)
@@ -92,10 +90,6 @@ class ModelSpec:
         return from_mapping(cls, data, "model spec")
 
 
-def get_spec(model: nn.Module) -> ModelSpec | None:
-    return getattr(model, SPEC_ATTR, None)
-
-
 def apply_method(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """Give ``model`` the task head and method of ``spec`` in place, freeze by the method's rule, return it."""
     if get_spec(model) is not None:
@@ -128,34 +122,15 @@ def adapt(
     return apply_method(model, replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ()))))
 
 
-def _require_spec(model: nn.Module) -> ModelSpec:
-    spec = get_spec(model)
-    if spec is None:
-        raise ValueError("the model has no method applied; build it with create_model() or apply_method()")
-    return spec
-
-
-def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
-    """The task-specific modules, as (dotted name, module), by group: the method's (e.g. "adapters") and "head"."""
-    spec = _require_spec(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    head_names = [*classifier_paths(model), *spec.extra_trainable]
-    groups = {HEAD_GROUP: [(n, model.get_submodule(n)) for n in head_names]}
-    method_modules = spec.registered.modules(model)
-    if method_modules:
-        groups = {spec.registered.group: [(names[id(m)], m) for m in method_modules], **groups}
-    return groups
-
-
 def method_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of the modules the model's method added (adapters, prompts, ...)."""
-    return [p for m in _require_spec(model).registered.modules(model) for p in m.parameters()]
+    return [p for m in require_spec(model).registered.modules(model) for p in m.parameters()]
 
 
 def freeze(model: nn.Module) -> None:
     """Set ``requires_grad`` by the rule of the model's method: everything for a method that trains the backbone,
     else only the method's modules and the head."""
-    spec = _require_spec(model)
+    spec = require_spec(model)
     trains_all = spec.registered.trains_backbone
     for p in model.parameters():
         p.requires_grad_(trains_all)
@@ -165,19 +140,6 @@ def freeze(model: nn.Module) -> None:
         for _, module in modules:
             for p in module.parameters():
                 p.requires_grad_(True)
-
-
-def task_state_dict(model: nn.Module) -> dict[str, Any]:
-    """The tensors that make the task: everything when the backbone trains, else the trainable groups' tensors
-    (with their buffers, e.g. the head's BatchNorm statistics)."""
-    spec = _require_spec(model)
-    if spec.registered.trains_backbone:
-        return model.state_dict()
-    state: dict[str, Any] = {}
-    for modules in trainable_groups(model).values():
-        for name, module in modules:
-            state.update(module.state_dict(prefix=f"{name}."))
-    return state
 
 
 def task_tensor_mismatch(tensors: dict[str, Any], own: dict[str, torch.Tensor]) -> str | None:

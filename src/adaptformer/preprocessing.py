@@ -77,3 +77,9 @@ class Preprocessing:
             interpolation=cfg.get("interpolation", default.interpolation) or default.interpolation,
             crop_pct=float(cfg.get("crop_pct", default.crop_pct) or default.crop_pct),
         )
+
+
+def clip_frames(model: nn.Module) -> int | None:
+    """Frames per clip a video backbone takes (its configuration records them); None for image backbones."""
+    frames = (getattr(model, "pretrained_cfg", None) or {}).get("num_frames")
+    return int(frames) if frames is not None else None

@@ -15,11 +15,8 @@ written by adaptformer 0.1 (format_version 1, with a separate task.json) are rea
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
-import secrets
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -32,7 +29,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .factory import BackboneSource, build_backbone, get_source, missing_checkpoint
-from .model import ModelSpec, apply_method, get_spec, task_state_dict, task_tensor_mismatch
+from .files import atomic_write_bytes
+from .methods.state import backbone_fingerprint, get_spec, task_state_dict
+from .model import ModelSpec, apply_method, task_tensor_mismatch
 from .preprocessing import Preprocessing
 from .validation import check_types, from_mapping
 
@@ -41,7 +40,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 V01_TASK_NAME = "task.json"  # adaptformer 0.1's second description, read for old folders
 FORMAT = "adaptformer-adapter"
 FORMAT_VERSION = 2
-FINGERPRINT_ATTR = "adaptformer_fingerprint"
 _SPEC_FIELDS = ("backbone", "method", "method_config", "num_classes", "head", "extra_trainable")
 _V01_FIELDS = ("adapter", "vpt")
 _REQUIRED_FIELDS = ("backbone", "method", "num_classes")  # the rest have defaults (0.1 wrote these three too)
@@ -94,71 +92,6 @@ class AdapterInfo:
     num_parameters: int | None = None
     format_version: int = FORMAT_VERSION
     multi_label: bool = False  # several classes per image: one sigmoid per class (absent in older files: False)
-
-
-def _temporary_name(path: Path) -> Path:
-    """A fresh name beside ``path`` for :func:`atomic_write_bytes`'s temporary file: ``.<name>.<random>.tmp``."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-def leftover_temporaries(path: Path) -> list[Path]:
-    """The temporary files of :func:`atomic_write_bytes` for ``path`` that are still there: a process killed while
-    writing ``path`` leaves one behind (``path`` itself then still holds its previous content)."""
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename.
-
-    The file gets the permissions ``open()`` would give a new file (0o666 less the umask; the kernel applies it), not
-    the owner-only 0o600 of ``tempfile.mkstemp``.
-    """
-    while True:
-        tmp = _temporary_name(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:  # a name drawn twice: draw another
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remember_fingerprint(model: nn.Module) -> str | None:
-    """Compute the backbone fingerprint now and keep it on the model, for code that is about to change the frozen
-    tensors' storage without changing what they mean (e.g. keeping the frozen backbone in bf16 for speed)."""
-    setattr(model, FINGERPRINT_ATTR, None)
-    fingerprint = backbone_fingerprint(model)
-    setattr(model, FINGERPRINT_ATTR, fingerprint)
-    return fingerprint
-
-
-def backbone_fingerprint(model: nn.Module) -> str | None:
-    """SHA-256 over the names, dtypes, shapes and bytes of every frozen (non-task) tensor; None if there is none.
-
-    A fingerprint remembered by ``remember_fingerprint`` is returned as it was.
-    """
-    remembered = getattr(model, FINGERPRINT_ATTR, None)
-    if remembered is not None:
-        return remembered
-    task_keys = set(task_state_dict(model)) if get_spec(model) is not None else set()
-    digest = hashlib.sha256()
-    count = 0
-    for name, tensor in sorted(model.state_dict().items()):
-        if name in task_keys:
-            continue
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        count += 1
-    return f"sha256:{digest.hexdigest()}" if count else None
 
 
 def _architecture(name: str) -> str:

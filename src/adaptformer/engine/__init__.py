@@ -1,5 +1,5 @@
 """The training engine: configuration, optimizer and schedule, the epoch loop and evaluation, training state,
-data-parallel helpers and progress reporting. ``adaptformer.train.train`` wires them into a run. Image and video
+data-parallel helpers and progress reporting. ``adaptformer.engine.train.train`` wires them into a run. Image and video
 datasets reach it through one interface (:mod:`.datasets`: load a split, build it for the model, score it).
 
     cfg = TrainConfig(data=DataConfig(dataset="cifar100", data_dir="data/"), model=ModelConfig(backbone=...))
@@ -9,18 +9,9 @@ datasets reach it through one interface (:mod:`.datasets`: load a split, build i
 
 from ..precision import Precision, resolve_precision
 from .checkpointing import STATE_FILE, TrainingStateError, load_training_state, save_training_state
-from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, VideoConfig
-from .data import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
-from .datasets import DataSpec, ImageSplit, VideoSettings, VideoSplit, load_split
+from .config.sections import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, VideoConfig
 from .distributed import DistributedContext, init_distributed, wrap_model
-from .inference import (
-    FilePrediction,
-    class_names,
-    evaluate_split,
-    load_trained_model,
-    predict_files,
-    predict_images,
-)
+from .loaders import ShardSampler, TrainBatchSampler, eval_loader, load_image_split, train_loader, with_transform
 from .loop import (
     EpochStats,
     NonFiniteLossError,
@@ -34,6 +25,7 @@ from .loop import (
 from .optim import build_optimizer, param_groups, scaled_lr
 from .progress import Progress
 from .schedule import WarmupCosine
+from .splits import DataSpec, ImageSplit, VideoSettings, VideoSplit, load_split
 
 __all__ = [
     "STATE_FILE",
@@ -41,7 +33,6 @@ __all__ = [
     "DataSpec",
     "DistributedContext",
     "EpochStats",
-    "FilePrediction",
     "ImageSplit",
     "ModelConfig",
     "NonFiniteLossError",
@@ -60,20 +51,15 @@ __all__ = [
     "VideoSplit",
     "WarmupCosine",
     "build_optimizer",
-    "class_names",
     "classification_metrics",
     "eval_loader",
     "evaluate",
-    "evaluate_split",
     "init_distributed",
     "load_image_split",
     "load_split",
-    "load_trained_model",
     "load_training_state",
     "multi_view_metrics",
     "param_groups",
-    "predict_files",
-    "predict_images",
     "resolve_precision",
     "save_training_state",
     "scaled_lr",

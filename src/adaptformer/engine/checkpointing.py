@@ -20,9 +20,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..model import task_state_dict, task_tensor_mismatch
-from ..pretrained import first_line
-from ..saving import atomic_write_bytes
+from ..backbones.checkpoints.load import first_line
+from ..files import atomic_write_bytes
+from ..methods.state import task_state_dict
+from ..model import task_tensor_mismatch
 from ..validation import is_of_type, type_names
 
 logger = logging.getLogger(__name__)

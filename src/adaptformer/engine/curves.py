@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..saving import atomic_write_bytes
-from .config import TrainConfig
+from ..files import atomic_write_bytes
+from .config.sections import TrainConfig
 
 logger = logging.getLogger(__name__)
 

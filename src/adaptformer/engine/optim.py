@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..model import get_spec, method_parameters
+from ..methods.state import get_spec
+from ..model import method_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..saving import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..saving import CONFIG_NAME, WEIGHTS_NAME, leftover_temporaries
+from ..files import leftover_temporaries
+from ..saving import CONFIG_NAME, WEIGHTS_NAME
 from .checkpointing import STATE_FILE
 from .curves import CURVES_FILE
 from .records import METRICS_FILE, TENSORBOARD_DIR, TEST_FILE

@@ -34,7 +34,7 @@ from timm.models.vision_transformer import Block
 from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
-from ..families import block_width, chosen_blocks, install
+from ..backbones.families import block_width, chosen_blocks, install
 from ..validation import check_block_indices
 from .registry import Method, MethodConfig
 
@@ -152,7 +152,7 @@ class AdapterPlusTorchvisionSwinBlock(TorchvisionSwinBlock):
         return self.adapter_plus(super().forward(x))
 
 
-# backbone family name (adaptformer.families.FAMILIES) -> its Adapter+ block class (a subclass of the family's block)
+# backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the family's block)
 ADAPTER_PLUS_BLOCKS: dict[str, type[nn.Module]] = {
     "vit": AdapterPlusViTBlock,
     "swin": AdapterPlusSwinBlock,

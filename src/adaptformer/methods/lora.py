@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from timm.layers.attention import Attention
 from timm.models.swin_transformer import WindowAttention
 
+from ..backbones.families import family_blocks, qualified_name
+from ..backbones.video_vit import QVBiasAttention
 from ..errors import UnsupportedModelError
-from ..families import family_blocks, qualified_name
-from ..models.video_vit import QVBiasAttention
 from ..validation import check_block_indices
 from .registry import Method, MethodConfig
 
@@ -254,7 +254,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     is an error; :func:`unmerge_lora` subtracts the updates again (exact up to float rounding). Over frozen weights
     stored in bf16/fp16 the update is rounded to that dtype.
     """
-    from ..saving import FINGERPRINT_ATTR, remember_fingerprint  # saving imports this package: import when merging
+    from .state import FINGERPRINT_ATTR, remember_fingerprint
 
     linears = _lora_linears(model)
     if getattr(model, FINGERPRINT_ATTR, None) is None:  # once: after an unmerge the weights differ by rounding

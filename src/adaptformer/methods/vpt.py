@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from ..backbones.families import qualified_name
 from ..errors import UnsupportedModelError
-from ..families import qualified_name
 from .registry import Method, MethodConfig
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ..engine.config_data import merge_config, read_yaml_mapping
+from ..engine.config.layers import merge_config, read_yaml_mapping
 
 TABLES = ("table1.yaml", "table2.yaml", "table6.yaml", "table7.yaml", "ablations.yaml", "vtab_fgvc.yaml")
 

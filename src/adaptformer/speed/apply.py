@@ -28,9 +28,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import UnsupportedModelError
-from ..model import get_spec
+from ..methods.state import get_spec, remember_fingerprint
 from ..precision import DTYPES
-from ..saving import remember_fingerprint
 from .attention import attention_tokens, set_attention
 from .blocks import set_class_token_tail
 from .class_token_tail import class_token_tail_reason

@@ -2,7 +2,7 @@
 (``adaptformer study``) and the demo built on it (``adaptformer demo``).
 
 - :mod:`.run`: the methods, tasks and recipes of the comparison, and :func:`run_study`, which trains every
-  (task, method, seed) cell through :func:`adaptformer.train.train` and writes the report;
+  (task, method, seed) cell through :func:`adaptformer.engine.train.train` and writes the report;
 - :mod:`.report`: the markdown table and the accuracy-versus-trainable-parameters plot (the paper's Figure 1);
 - :mod:`.demo`: :func:`run_demo`, three methods on the digits task.
 

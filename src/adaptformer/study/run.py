@@ -3,7 +3,7 @@
 Every method of the paper's comparison (linear probe, VPT-deep with 1/4/16/64 prompt tokens, AdaptFormer with
 bottleneck 1/4/16/64, full fine-tuning), and beside them the baselines of today's PETL benchmarks at about
 AdaptFormer-4/16/64's trainable parameters (LoRA on q, v with rank 2/8/32; Adapter+ with bottleneck 4/16/64), is
-trained on tasks that need no download, a few seeds each, through the same :func:`adaptformer.train.train` that
+trained on tasks that need no download, a few seeds each, through the same :func:`adaptformer.engine.train.train` that
 users run:
 
 - ``digits``: scikit-learn's real 8x8 handwritten digits (upscaled to 32x32 by the transform), adapted from the tiny
@@ -15,7 +15,7 @@ users run:
 
 The paper's ablations (adapters in the first or last half of the blocks, the sequential form, the scale s) are
 variants of adaptformer-64 (``METHODS`` with an ``ablation``), reported in their own table. After the runs, the
-AdaptFormer adapters of the first seed are inspected on test images (:mod:`adaptformer.inspection`: the adapter's
+AdaptFormer adapters of the first seed are inspected on test images (:mod:`adaptformer.inference.inspection`: the adapter's
 output relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block),
 drawn in ``adapters_inside.png``.
 
@@ -47,11 +47,11 @@ from typing import Any
 
 import torch
 
-from ..engine.config import OptimConfig
-from ..engine.config_data import merge_config
+from ..backbones.shapes_vit import SHAPES_VIT_FILE
+from ..engine.config.layers import merge_config
+from ..engine.config.sections import OptimConfig
 from ..engine.metrics import LABELS
 from ..methods import get_method
-from ..models.shapes_vit import SHAPES_VIT_FILE
 from .report import plot_accuracy_vs_params, plot_adapters_inside, require_matplotlib, write_markdown
 from .tasks import METHODS, Task, default_tasks
 
@@ -151,11 +151,11 @@ def build_cells(settings: StudySettings) -> list[Cell]:
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
-    """Train one cell with :func:`adaptformer.train.train`; its test and validation score (top-1, or mAP for a
+    """Train one cell with :func:`adaptformer.engine.train.train`; its test and validation score (top-1, or mAP for a
     multi-label task), size and time."""
-    from ..engine.config import TrainConfig
+    from ..engine.config.sections import TrainConfig
+    from ..engine.train import build_model, train
     from ..model import count_trainable
-    from ..train import build_model, train
 
     cfg = TrainConfig.from_dict(cell.config)
     weightless = replace(cfg, model=replace(cfg.model, checkpoint=None))  # the count does not need the weights
@@ -344,13 +344,14 @@ def chance_score(task: Task, settings: StudySettings) -> float:
 
 
 def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) -> list[dict[str, Any]]:
-    """What the AdaptFormer adapters of the first seed do inside (:func:`adaptformer.inspection.inspect_adapter` on
+    """What the AdaptFormer adapters of the first seed do inside (:func:`adaptformer.inference.inspection.inspect_adapter` on
     ``INSPECT_SAMPLES`` test images of their task), image tasks only: one record per (task, method)."""
     from torch.utils.data import DataLoader
 
-    from ..engine.datasets import DataSpec, clip_frames, load_split
-    from ..engine.inference import load_trained_model
-    from ..inspection import inspect_adapter
+    from ..engine.splits import DataSpec, load_split
+    from ..inference.evaluate import load_trained_model
+    from ..inference.inspection import inspect_adapter
+    from ..preprocessing import clip_frames
 
     chosen = [r for r in runs if r["family"] == "adaptformer" and r["seed"] == settings.seeds[0]]
     records, splits = [], {}  # the test split read once per task, built for each adapter's model

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.config_data import merge_config
+from ..backbones.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
+from ..engine.config.layers import merge_config
 from ..methods import get_method
-from ..models.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Task:
     """A dataset, the backbone adapted to it and the recipe, identical for every method (as in the paper).
 
     ``config`` is nested TrainConfig data (model, data, optim and run sections, no method); ``quick`` is merged over
-    it for ``--quick`` (:func:`adaptformer.engine.config.merge_config`). ``checkpoint`` is the pre-trained weights
+    it for ``--quick`` (:func:`adaptformer.engine.config.sections.`merge_config`). ``checkpoint`` is the pre-trained weights
     (None: random initialisation). ``method_settings`` maps a method family to fields of its config that this task
     sets (they apply to that family's runs only; a point's own fields, such as its size, win). ``full_lr_scale``
     multiplies the learning rate (``optim.lr``, else ``optim.blr``) of the methods that train the backbone (full

@@ -110,7 +110,7 @@ def check_settings(settings: BenchmarkSettings) -> tuple[Suite, tuple[str, ...]]
 def _check_flags(settings: BenchmarkSettings, suite: Suite, task: str, point: dict[str, Any]) -> None:
     """Parse a stage's configuration here, as ``adaptformer train`` will, so that a bad train flag or grid value
     stops the benchmark before any task starts."""
-    from ..engine.config_parser import parse_cli
+    from ..engine.config.parser import parse_cli
     from ..recipes import recipe_config
 
     recipe = suite.recipe(task, settings.method)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..saving import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .driver import RESULT_FILE, SETTINGS_FILE, BenchmarkError
 from .tasks import Suite, get_suite
 

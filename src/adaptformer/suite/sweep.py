@@ -202,7 +202,7 @@ def dotted(config: dict[str, Any], key: str) -> Any:
 def check_sweep(settings: SweepSettings) -> None:
     """Parse every point's configuration as ``adaptformer train`` will, so that a bad key, value or train flag stops
     the sweep before any run starts."""
-    from ..engine.config_parser import parse_cli
+    from ..engine.config.parser import parse_cli
     from ..recipes import load_recipe
 
     for flag in settings.train_flags:

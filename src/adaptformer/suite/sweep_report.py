@@ -15,7 +15,7 @@ import yaml
 
 from ..engine.metrics import LABELS, PRIMARY
 from ..engine.records import TEST_FILE
-from ..saving import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .stages import SuiteError, read_run
 from .sweep import SWEEP_FILE, Sweep, SweepPoint, dotted, failed_file
 

@@ -1,0 +1,129 @@
+"""Backbone families: which transformer blocks a model is built of, in forward order, with their stage index.
+
+Methods attach to blocks found here. A family is one :class:`BlockFamily` entry in ``FAMILIES``: a name and the block
+class of the library that defines it. Its blocks are the modules of exactly that class, in registration order (the
+forward order of every supported model); a block's stage counts how often the block width changed before it (0 for an
+isotropic ViT, one stage per resolution for a hierarchical Swin). A method that supports the family adds its own
+adapted block class for it (e.g. :data:`adaptformer.methods.adaptformer.ADAPTED_BLOCKS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+from timm.models.beit import Block as BeitBlock
+from timm.models.eva import EvaBlock
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.vision_transformer import Block
+from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
+from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
+
+from ..errors import UnsupportedModelError
+
+
+def block_width(block: nn.Module) -> int:
+    """The channel count a block's feed-forward branch reads (and an adapter beside it): the input width of the
+    first Linear of its ``mlp`` (``fc1`` of timm's Mlp, ``fc1_g`` of its SwiGLU, ``mlp[0]`` of torchvision's MLP)."""
+    first = next((m for m in block.mlp.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise UnsupportedModelError(f"{type(block).__name__}.mlp has no Linear layer to read the block width from")
+    return first.in_features
+
+
+@dataclass(frozen=True)
+class BlockFamily:
+    """A kind of transformer block that methods can attach to.
+
+    Args:
+        name: the family's short name ("vit", "swin", "eva", ...), what methods key their adapted blocks by.
+        block_type: the library's block class; only modules of exactly this class are the family's blocks (a subclass
+            computes something else: torchvision's Swin V2 block subclasses the V1 block).
+    """
+
+    name: str
+    block_type: type[nn.Module]
+
+    def is_block(self, module: nn.Module) -> bool:
+        """Whether ``module`` is a plain block of this family, or one a method already adapted (a subclass that some
+        method made it by swapping its class; those live in ``adaptformer.methods``)."""
+        cls = type(module)
+        return cls is self.block_type or (
+            issubclass(cls, self.block_type) and cls.__module__.startswith("adaptformer.")
+        )
+
+    def blocks(self, model: nn.Module) -> list[tuple[int, nn.Module]]:
+        """``model``'s blocks of this family in forward order, as ``(stage, block)`` pairs."""
+        found, stage, width = [], -1, None
+        for module in model.modules():
+            if self.is_block(module):
+                if block_width(module) != width:
+                    stage, width = stage + 1, block_width(module)
+                found.append((stage, module))
+        return found
+
+
+FAMILIES: tuple[BlockFamily, ...] = (
+    BlockFamily("vit", Block),  # timm ViT, DeiT, MAE; adaptformer's VideoMAE video ViT and shapes ViT
+    BlockFamily("swin", SwinTransformerBlock),  # timm Swin
+    BlockFamily("eva", EvaBlock),  # timm EVA, EVA-02, the RoPE ViTs (vit_*_rope_*)
+    BlockFamily("beit", BeitBlock),  # timm BEiT, BEiT v2
+    BlockFamily("tv_vit", TorchvisionViTBlock),  # torchvision ViT (tv_vit_*)
+    BlockFamily("tv_swin", TorchvisionSwinBlock),  # torchvision Swin V1 (tv_swin_*) and Swin3D (tv_swin3d_*)
+)
+
+
+def qualified_name(cls: type) -> str:
+    """``module.Class``: timm has several classes named ``Block`` (ViT's, BEiT's, ...), so the module says which."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def find_family(model: nn.Module, supported: tuple[str, ...] | None = None, what: str = "a method") -> BlockFamily:
+    """The family whose blocks ``model`` is built of (among ``supported`` names, default all); an
+    :class:`UnsupportedModelError` naming its block types and ``what`` could not be attached otherwise."""
+    candidates = [f for f in FAMILIES if supported is None or f.name in supported]
+    for family in candidates:
+        if any(family.is_block(m) for m in model.modules()):
+            return family
+    block_types = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
+    found = ", ".join(block_types) if block_types else f"no transformer blocks in {type(model).__name__}"
+    names = ", ".join(f"{f.name} ({qualified_name(f.block_type)})" for f in candidates)
+    raise UnsupportedModelError(
+        f"cannot attach {what} to {type(model).__name__} with blocks: {found}; supported: {names}"
+    )
+
+
+def family_blocks(
+    model: nn.Module, supported: tuple[str, ...] | None = None, what: str = "a method"
+) -> tuple[BlockFamily, list[tuple[int, nn.Module]]]:
+    """``model``'s family and its blocks as ``(stage, block)`` pairs in forward order."""
+    family = find_family(model, supported, what)
+    return family, family.blocks(model)
+
+
+def chosen_blocks(
+    model: nn.Module, supported: tuple[str, ...], layers: tuple[int, ...] | None, what: str
+) -> tuple[BlockFamily, list[tuple[int, nn.Module]], list[int]]:
+    """What a method attaching per block needs: ``model``'s family (among ``supported``), all its blocks as ``(stage,
+    block)`` pairs, and the indices ``layers`` chooses (None: every block), all checked before anything changes: in
+    range (ValueError) and each a plain block of its family, not one another method made its own
+    (UnsupportedModelError)."""
+    family, blocks = family_blocks(model, supported, what)
+    wanted = list(range(len(blocks))) if layers is None else list(layers)
+    missing = [i for i in wanted if i >= len(blocks)]
+    if missing:
+        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
+    for index in wanted:
+        block = blocks[index][1]
+        if type(block) is not family.block_type:
+            name = family.block_type.__name__
+            raise UnsupportedModelError(f"block {index} is {type(block).__name__}, a subclass of {name}")
+    return family, blocks, wanted
+
+
+def install(block: nn.Module, name: str, module: nn.Module, adapted: type[nn.Module]) -> None:
+    """Give ``block`` a method's ``module`` as child ``name`` (on the block's device; it keeps its own dtype: the
+    trained weights stay fp32 over a low-precision backbone) and make it the method's ``adapted`` subclass of its
+    class, whose ``forward`` uses the module. The block's own parameter names do not change."""
+    block.add_module(name, module.to(device=next(block.parameters()).device))
+    block.__class__ = adapted

@@ -1,0 +1,84 @@
+"""``adaptformer inspect --adapter DIR``: what a trained AdaptFormer adapter does inside the network, per block, on
+real inputs of its dataset (:mod:`adaptformer.inference.inspection`): OUT/inspect.json, inspect.md and inspect.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from ..data import IMAGE_DATASETS
+    from ..data.video import VIDEO_DATASETS
+    from ..engine.splits import DataSpec, load_split
+    from ..inference.evaluate import load_trained_model
+    from ..inference.inspection import check_out_dir, inspect_adapter, write_inspection
+    from ..saving import read_adapter_config
+    from .args import adapter_data
+
+    info = read_adapter_config(args.adapter)
+    if info.spec.method != "adaptformer":
+        raise ValueError(
+            f"--adapter {args.adapter}: an adapter of method {info.spec.method!r}; inspect supports AdaptFormer "
+            "adapters (method 'adaptformer': parallel or sequential, any scale, input, layernorm and layers)"
+        )
+    out = check_out_dir(args.out or Path(args.adapter).resolve().parent / "inspect", args.overwrite)
+    data = adapter_data(args, info)  # eval's --data.* flags over what training recorded
+    kind = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset]
+    if args.split not in kind.splits:
+        raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(kind.splits)}")
+    spec = DataSpec.from_config(data)
+    model, info = load_trained_model(
+        args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs, init_seed=args.init_seed
+    )
+    dataset = load_split(spec, args.split).build(model, "eval")  # one deterministic view per sample
+    count = min(args.num_samples, len(dataset))  # type: ignore[arg-type]
+    # evenly spread over the split (whose samples may be ordered by class), the same ones every time
+    picked = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()  # type: ignore[arg-type]
+    loader = DataLoader(Subset(dataset, picked), batch_size=args.batch_size)
+    report = inspect_adapter(model, loader, device=args.device)
+    files = write_inspection(report, out, overwrite=args.overwrite)
+    summary = {"out": str(out), "files": sorted(files), "dataset": spec.kind, "split": args.split,
+               "num_samples": report.num_samples, "feature": report.feature,
+               "adapter_mlp": {r.block: round(r.adapter_mlp, 6) for r in report.adapters}}  # fmt: skip
+    print(json.dumps(summary))
+    return 0
+
+
+def add_inspect_command(sub: Any) -> None:
+    """The ``inspect`` subcommand."""
+    from ..backbones.checkpoints.load import CONVERTERS
+    from .args import at_least, device_name, yaml_mapping
+
+    parser = sub.add_parser(
+        "inspect", help="what a trained AdaptFormer adapter does per block: its size next to the MLP branch and the "
+        "residual stream, and how far the class token moves from the frozen backbone's",
+        description="Runs the adapted model (fp32, eval mode) on --num-samples inputs of a dataset split, spread "
+        "evenly over it, and once more with every adapter's output replaced by zeros (the frozen backbone). Per "
+        "adapted block: adapter/MLP = ||s*A|| / ||MLP(LN(x'))|| and adapter/residual = ||s*A|| / ||x'|| (per-token L2 "
+        "norms; headline: the ratio of RMS norms, also the mean per-token ratio); per block: the relative L2 drift "
+        "and cosine similarity of the class token (mean over tokens for backbones without one, e.g. video ViTs) "
+        "against the frozen backbone's, and of the pooled feature the head reads. Writes inspect.json, inspect.md "
+        "and inspect.png to --out. The dataset flags are eval's (--data.dataset, --data.data_dir, --data.options, "
+        "--data.skip_bad_images, ...; default: what training recorded).",
+    )  # fmt: skip
+    recorded = "(default: as recorded in the adapter's adapter_config.json)"
+    parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
+    parser.add_argument("--split", default="test", help="split to read inputs from: test, val or train (default: test)")
+    parser.add_argument("--num-samples", type=at_least(1), default=256, help="inputs to average over (default: 256)")
+    parser.add_argument("--batch-size", type=at_least(1), default=64, help="inputs per forward pass (default: 64)")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: OUT/inspect beside the adapter folder)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    parser.add_argument("--checkpoint", default=None, help=f"pre-trained backbone weights {recorded}")
+    parser.add_argument("--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout {recorded}")
+    parser.add_argument("--model-kwargs", type=yaml_mapping, default=None, help=f"timm kwargs {recorded}")
+    parser.add_argument("--init-seed", type=at_least(0), default=None, help=f"backbone seed (0.1 folders) {recorded}")
+    parser.set_defaults(func=_cmd_inspect)

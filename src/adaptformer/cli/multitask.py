@@ -1,0 +1,108 @@
+"""``adaptformer predict --adapter A --adapter B ... FILES``: every task's top-k for every file, with one frozen
+backbone (:class:`adaptformer.inference.multitask.MultiTaskModel`): images as mixed-task batches, video files through each video
+task's recorded test views (as single-adapter predict)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from typing import Any
+
+from ..factory import BackboneSource
+
+
+def _source(args: argparse.Namespace) -> BackboneSource | None:
+    """The first adapter's recorded backbone with the command line's overrides (None: as recorded)."""
+    from ..saving import read_adapter_config
+
+    overrides = {"checkpoint": args.checkpoint, "checkpoint_source": args.checkpoint_source,
+                 "kwargs": args.model_kwargs, "init_seed": args.init_seed}  # fmt: skip
+    if all(v is None for v in overrides.values()):
+        return None
+    source = read_adapter_config(args.adapter[0]).source or BackboneSource()
+    return replace(source, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _recorded_precisions(records: dict[str, Any]) -> dict[str, str]:
+    return {t: r.training.precision if r.training is not None else "auto" for t, r in records.items()}
+
+
+def image_precision(given: str | None, recorded: dict[str, str], image_tasks: list[str]) -> str:
+    """The precision of the image tasks' shared forward: ``given``, else the one they all recorded (as single-adapter
+    predict uses), else auto."""
+    shared = {recorded[t] for t in image_tasks}
+    return given or (shared.pop() if len(shared) == 1 else "auto")
+
+
+def serve_precision(model: Any, given: str | None) -> str:
+    from ..saving import read_adapter_config
+
+    records = {t: read_adapter_config(model.task(t).directory) for t in model.tasks}
+    return image_precision(given, _recorded_precisions(records), [t for t in model.tasks if not model.task(t).is_video])
+
+
+def predict_many(args: argparse.Namespace) -> int:
+    from ..data import ImageDecodeError, load_rgb
+    from ..engine.distributed import resolve_device
+    from ..inference.evaluate import predict_files, video_settings
+    from ..inference.multitask import MultiTaskModel
+    from ..saving import read_adapter_config
+
+    if args.class_names is not None:
+        raise ValueError("--class-names names one adapter's classes; with several --adapter each uses its own")
+    device = resolve_device(args.device)
+    model = MultiTaskModel.from_adapters(args.adapter, source=_source(args)).to(device).eval()
+    tasks = model.tasks
+    records = {t: read_adapter_config(model.task(t).directory) for t in tasks}
+    recorded = _recorded_precisions(records)
+    image_tasks = [t for t in tasks if not model.task(t).is_video]
+    precision = image_precision(args.precision, recorded, image_tasks)
+    answers: list[dict[str, Any]] = [{} for _ in args.files]  # per file: task -> top list, or an error message
+    if image_tasks:
+        images, where = [], []
+        for i, path in enumerate(args.files):
+            try:
+                images.append(load_rgb(path))
+                where.append(i)
+            except ImageDecodeError as e:
+                answers[i].update({t: str(e) for t in image_tasks})
+        results = model.classify(images, [image_tasks] * len(images), args.top_k or 5, precision) if images else []
+        for i, result in zip(where, results, strict=True):
+            answers[i].update(result)
+    for task in tasks:
+        if task in image_tasks:
+            continue
+        info = model.task(task)
+        single = model.task_model(task)
+        settings = video_settings(records[task])
+        top_k = min(args.top_k or 5, len(info.classes))
+        own = args.precision or recorded[task]
+        for i, found in enumerate(predict_files(single, args.files, top_k, own, args.device, settings)):
+            answers[i][task] = found.error if found.error else [(info.classes[j], j, p) for j, p in found.top]
+    return _print(args, tasks, answers)
+
+
+def _print(args: argparse.Namespace, tasks: tuple[str, ...], answers: list[dict[str, Any]]) -> int:
+    failed = 0
+    for path, answer in zip(args.files, answers, strict=True):
+        per_task = {}
+        for task in tasks:
+            found = answer[task]
+            if isinstance(found, str):
+                failed += 1
+                per_task[task] = {"error": found}
+                if not args.json:
+                    print(f"{path} [{task}]: error: {found}")
+            else:
+                per_task[task] = {"top": [{"class": c, "index": j, "prob": p} for c, j, p in found]}
+                if not args.json:
+                    print(f"{path} [{task}]: " + ", ".join(f"{c} {p:.3f}" for c, _, p in found))
+        if args.json:
+            print(json.dumps({"file": str(path), "tasks": per_task}))
+    if failed:
+        print(f"error: {failed} of {len(args.files) * len(tasks)} (file, task) pairs could not be classified",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0

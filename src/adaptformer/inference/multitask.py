@@ -1,0 +1,361 @@
+"""One frozen backbone serving many tasks (the "scalable visual recognition" of the AdaptFormer paper's title).
+
+:class:`MultiTaskModel` loads any number of saved adapter folders trained on the same backbone (name and weights
+fingerprint checked) once, and runs **mixed-task batches**: one forward over samples of different tasks (a task id
+per sample), where the frozen computation runs once for the whole batch and, at each adapted site, a router runs
+every task's own module on that task's rows only; each task's head reads its rows. Per sample this is exactly what the
+task's single-task model computes (to the rounding of batched matrix products).
+
+How it is built: each task is loaded (:func:`adaptformer.saving.load_adapter`) into a copy of the backbone's module
+tree that *shares its tensors* (no copy of the weights per task), which checks the files exactly as single-task loading
+does and keeps that task's single-task model at hand (video tasks and ``task_model``). The trunk is one more such
+copy whose adapted blocks hold :class:`Router` s over the tasks' modules and whose classifier is an identity (the
+pooled features), so switching tasks costs nothing and adding or removing a task touches no other task's modules.
+
+Methods: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and linear probes; modules a backbone
+trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become part of the task's
+head. VPT adds tokens (the
+sequence length would differ per task), LoRA changes the frozen projections' own outputs, and full fine-tuning has
+its own backbone: those are refused, naming the adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..data import build_image_transform
+from ..errors import UnsupportedModelError
+from ..factory import BackboneSource
+from ..heads import classifier_paths
+from ..precision import resolve_precision
+from ..preprocessing import Preprocessing, clip_frames
+from ..saving import AdapterFileError, AdapterInfo, build_adapter_backbone, load_adapter, read_adapter_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MULTITASK_METHODS", "MultiTaskModel", "Router", "TaskInfo", "UnknownTaskError"]
+
+# method -> the name of the module it puts into each adapted block (None: no block module, only the head)
+MULTITASK_METHODS: dict[str, str | None] = {"adaptformer": "adaptmlp", "adapter_plus": "adapter_plus", "linear": None}
+
+
+class UnknownTaskError(KeyError):
+    """A task name the model does not have; the message lists the ones it has."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task of a :class:`MultiTaskModel`: what its adapter folder records."""
+
+    name: str
+    classes: list[str]
+    method: str
+    num_parameters: int
+    directory: Path
+    is_video: bool
+    preprocessing: Preprocessing
+
+
+class _Rows:
+    """Which rows of the batch in flight belong to which task (shared by every router of one model)."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[str, torch.Tensor] = {}
+
+
+class Router(nn.Module):
+    """At one adapted site: each task's module (``tasks[name]``) applied to that task's rows only.
+
+    For AdaptFormer's ``AdaptMLP`` the block calls :meth:`add` (residual stream, normed input, MLP branch); for
+    Adapter+ it calls the router on the block's output. Rows of tasks without a module here pass unchanged (the plain
+    block's result)."""
+
+    def __init__(self, rows: _Rows) -> None:
+        super().__init__()
+        self.tasks = nn.ModuleDict()
+        self._rows = rows
+
+    def _present(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        return [(self.tasks[n], r) for n, r in self._rows.by_task.items() if n in self.tasks and r.numel()]
+
+    def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The block's feed-forward half for every row: ``x + h`` (the plain block's) plus, on a task's rows, what
+        that task's ``AdaptMLP.add`` adds. x, normed, h: (B, ..., C)."""
+        out = x + h  # a fresh tensor: written in place below
+        for module, rows in self._present():
+            if module.form == "parallel":  # x + h + s * mlp(input): only the input rows are gathered
+                source = normed if module.input == "normed" else x
+                out.index_add_(0, rows, module(source.index_select(0, rows)).to(out.dtype))
+            else:  # sequential: x + (h + adapter(h)), in that order
+                picked = (x.index_select(0, rows), normed.index_select(0, rows), h.index_select(0, rows))
+                out.index_copy_(0, rows, module.add(*picked).to(out.dtype))
+        return out
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """A post-block adapter (Adapter+): ``y`` on rows of tasks without one, the task's module on its rows."""
+        present = self._present()
+        if not present:
+            return y
+        out = y.clone()
+        for module, rows in present:
+            out.index_copy_(0, rows, module(y.index_select(0, rows)).to(out.dtype))
+        return out
+
+
+def _shared_copy(model: nn.Module, own: Sequence[str] = ()) -> nn.Module:
+    """A copy of ``model``'s module tree that shares every parameter and buffer with it, except those of the modules
+    named in ``own`` (a task's own copies: loading its adapter writes into them)."""
+    private = {id(t) for name in own for t in nn.Module.state_dict(model.get_submodule(name), keep_vars=True).values()}
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in private}
+    return deepcopy(model, memo=shared)
+
+
+def default_task_name(directory: Path) -> str:
+    """A run's ``OUT/adapter`` is named after ``OUT``; any other folder after itself."""
+    directory = Path(directory).resolve()
+    return directory.parent.name if directory.name == "adapter" else directory.name
+
+
+class MultiTaskModel(nn.Module):
+    """One frozen backbone + the adapters and heads of many tasks; see the module docstring.
+
+    Build it with :meth:`from_adapters`. ``forward(x, task_ids)`` takes a batch and one task index per sample (into
+    :attr:`tasks`) and returns each present task's logits for its rows, in batch order."""
+
+    def __init__(self, backbone: nn.Module, backbone_name: str, max_batch: int = 64) -> None:
+        super().__init__()
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone_name = backbone_name
+        self.max_batch = max_batch
+        # the plain backbone every task copy shares its tensors with (not a submodule: its tensors are the trunk's)
+        self._plain = (backbone.eval(),)
+        self._rows = _Rows()
+        self.trunk = _shared_copy(backbone).eval()
+        paths = classifier_paths(self.trunk)
+        if len(paths) != 1:
+            raise UnsupportedModelError(f"{backbone_name} has {len(paths)} classifiers {list(paths)}; a multi-task "
+                                        "model needs one (the pooled features feed every task's head)")  # fmt: skip
+        self._head_path = paths[0]
+        self.trunk.set_submodule(self._head_path, nn.Identity())
+        self.heads = nn.ModuleDict()
+        self.routers = nn.ModuleDict()  # block path (dots as "/") -> its Router
+        self._infos: dict[str, TaskInfo] = {}
+        self._models: dict[str, nn.Module] = {}
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    @classmethod
+    def from_adapters(
+        cls,
+        dirs: Sequence[str | Path],
+        names: Sequence[str] | None = None,
+        source: BackboneSource | None = None,
+        max_batch: int = 64,
+    ) -> MultiTaskModel:
+        """Load every adapter folder in ``dirs`` on the backbone the first one records (or ``source``)."""
+        if not dirs:
+            raise ValueError("a multi-task model needs at least one adapter folder")
+        names = list(names) if names is not None else [default_task_name(Path(d)) for d in dirs]
+        if len(names) != len(dirs):
+            raise ValueError(f"{len(names)} task names for {len(dirs)} adapter folders")
+        seen: dict[str, Path] = {}
+        for name, directory in zip(names, dirs, strict=True):
+            if name in seen:
+                raise ValueError(f"two adapters would be task {name!r}: {seen[name]} and {directory}; name them")
+            seen[name] = Path(directory)
+        first = read_adapter_config(dirs[0])
+        model = cls(build_adapter_backbone(dirs[0], source, info=first), first.spec.backbone, max_batch)
+        for name, directory in zip(names, dirs, strict=True):
+            model.add_task(name, directory)
+        return model
+
+    def add_task(self, name: str, directory: str | Path) -> TaskInfo:
+        """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched."""
+        directory = Path(directory)
+        if not name or "." in name or "/" in name:
+            raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
+        if name in self._infos:
+            raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
+        info = read_adapter_config(directory)
+        method = info.spec.registered.name
+        if method not in MULTITASK_METHODS:
+            raise UnsupportedModelError(
+                f"{directory}: method {method!r} cannot share a backbone in a mixed-task batch (supported: "
+                f"{list(MULTITASK_METHODS)}; VPT changes the token count, LoRA the frozen projections, full "
+                "fine-tuning has its own backbone); load it as a single-task model (create_model_from_adapter)"
+            )
+        if info.multi_label:
+            raise UnsupportedModelError(
+                f"{directory}: a multi-label adapter (one sigmoid per class) cannot join a multi-task model, which "
+                "reports each task's softmax top-k; load it alone (create_model_from_adapter, or adaptformer predict "
+                "with this one --adapter, which prints the classes above --threshold)"
+            )
+        if info.spec.backbone != self.backbone_name:
+            raise AdapterFileError(
+                f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "
+                f"{self.backbone_name!r}"
+            )
+        copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
+        task_model = load_adapter(copy, directory, info=info).eval()  # the fingerprint is checked there
+        task_model.to(next(self.trunk.parameters()).device)  # its new modules where the shared backbone is
+        paths = classifier_paths(task_model)
+        if paths != (self._head_path,):
+            raise UnsupportedModelError(f"{directory}: its classifiers {list(paths)} differ from the backbone's")
+        self._attach(name, task_model, MULTITASK_METHODS[method], directory)
+        # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
+        # trunk stops before them and the task's head starts with them
+        for module_name in info.spec.extra_trainable:
+            self.trunk.set_submodule(module_name, nn.Identity())
+        extras = [task_model.get_submodule(m) for m in info.spec.extra_trainable]
+        head = task_model.get_submodule(self._head_path)
+        self.heads[name] = nn.Sequential(*extras, head) if extras else head
+        self._models[name] = task_model
+        self._infos[name] = self._task_info(name, info, task_model, directory, method)
+        logger.info("task %s: %s from %s", name, method, directory)
+        return self._infos[name]
+
+    def _attach(self, name: str, task_model: nn.Module, attribute: str | None, directory: Path) -> None:
+        """Give every router of the blocks ``task_model`` adapts the task's module (creating the router the first
+        time a block is adapted). Every block is checked before any router changes."""
+        if attribute is None:
+            return
+        sites = []
+        for path, block in task_model.named_modules():
+            module = getattr(block, attribute, None) if path else None
+            if not isinstance(module, nn.Module):
+                continue
+            trunk_block, key = self.trunk.get_submodule(path), path.replace(".", "/")
+            fresh = type(trunk_block) is type(self._plain[0].get_submodule(path))
+            if (key not in self.routers and not fresh) or (
+                key in self.routers and getattr(trunk_block, attribute, None) is not self.routers[key]
+            ):
+                raise UnsupportedModelError(
+                    f"{directory}: block {path} holds another method's adapters ({type(trunk_block).__name__}); "
+                    "AdaptFormer and Adapter+ tasks cannot adapt the same blocks"
+                )
+            sites.append((key, trunk_block, type(block), module))
+        for key, trunk_block, adapted, module in sites:
+            if key not in self.routers:
+                trunk_block.__class__ = adapted
+                trunk_block.add_module(attribute, Router(self._rows))
+                self.routers[key] = getattr(trunk_block, attribute)
+            self.routers[key].tasks[name] = module
+
+    @staticmethod
+    def _task_info(name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str) -> TaskInfo:
+        classes = list(info.classes) if info.classes else [str(i) for i in range(int(model.num_classes))]
+        trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+        return TaskInfo(name, classes, method, trainable, directory, clip_frames(model) is not None,
+                        Preprocessing.from_model(model))  # fmt: skip
+
+    def remove_task(self, name: str) -> None:
+        """Drop task ``name``: its modules and head; the other tasks' outputs do not change."""
+        self.task(name)
+        for router in self.routers.values():
+            if name in router.tasks:
+                del router.tasks[name]
+        del self.heads[name], self._models[name], self._infos[name]
+
+    # ------------------------------------------------------------------------------------------------ reading
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self._infos)
+
+    def task(self, name: str) -> TaskInfo:
+        if name not in self._infos:
+            raise UnknownTaskError(f"unknown task {name!r}; this model has {list(self._infos)}")
+        return self._infos[name]
+
+    def task_model(self, name: str) -> nn.Module:
+        """Task ``name``'s single-task model (sharing this model's backbone tensors)."""
+        self.task(name)
+        return self._models[name]
+
+    # ------------------------------------------------------------------------------------------------ running
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x`` (B, ...) and ``task_ids`` (B,) indices into :attr:`tasks` -> {task: logits (n_t, classes_t)}."""
+        if task_ids.shape != (x.shape[0],):
+            raise ValueError(f"task_ids must have shape ({x.shape[0]},) (one per sample), got {tuple(task_ids.shape)}")
+        names = self.tasks
+        if len(task_ids) and (int(task_ids.min()) < 0 or int(task_ids.max()) >= len(names)):
+            raise UnknownTaskError(f"task ids must be in 0..{len(names) - 1} (tasks {list(names)})")
+        task_ids = task_ids.to(x.device)
+        rows = {names[k]: (task_ids == k).nonzero().squeeze(1) for k in torch.unique(task_ids).tolist()}
+        self._rows.by_task = rows
+        try:
+            features = self.trunk(x)  # (B, F): the pooled features, every row through its task's adapters
+        finally:
+            self._rows.by_task = {}
+        return {name: self.heads[name](features.index_select(0, r)) for name, r in rows.items()}
+
+    def task_ids(self, names: Sequence[str]) -> torch.Tensor:
+        """The ids ``forward`` takes for a list of task names."""
+        index = {n: i for i, n in enumerate(self.tasks)}
+        for n in names:
+            self.task(n)
+        return torch.tensor([index[n] for n in names], dtype=torch.long)
+
+    @torch.no_grad()
+    def classify(
+        self,
+        images: Sequence[Any],
+        tasks: Sequence[Sequence[str]] | None = None,
+        top_k: int = 5,
+        precision: str = "fp32",
+    ) -> list[dict[str, list[tuple[str, int, float]]]]:
+        """For each PIL image, each requested task's top-k ``(class, index, probability)``, best first. ``tasks``:
+        one list of task names per image (None: every image task). All (image, task) pairs run as mixed-task batches
+        of at most ``max_batch`` samples, under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if tasks is None:
+            tasks = [[n for n, i in self._infos.items() if not i.is_video]] * len(images)
+        if len(tasks) != len(images):
+            raise ValueError(f"{len(tasks)} task lists for {len(images)} images")
+        for wanted in tasks:
+            for name in wanted:
+                if self.task(name).is_video:
+                    raise ValueError(f"task {name!r} classifies video clips, not images")
+        device = next(self.trunk.parameters()).device
+        autocast = resolve_precision(precision, device).autocast
+        transforms: dict[Preprocessing, Any] = {}
+        samples: list[tuple[int, str, torch.Tensor]] = []
+        for i, (image, wanted) in enumerate(zip(images, tasks, strict=True)):
+            tensors: dict[Preprocessing, torch.Tensor] = {}
+            for name in wanted:
+                pre = self._infos[name].preprocessing
+                if pre not in tensors:
+                    transform = transforms.setdefault(pre, build_image_transform(pre, train=False))
+                    tensors[pre] = transform(image.convert("RGB"))
+                samples.append((i, name, tensors[pre]))
+        results: list[dict[str, list[tuple[str, int, float]]]] = [{} for _ in images]
+        self.eval()
+        for start in range(0, len(samples), self.max_batch):
+            chunk = samples[start : start + self.max_batch]
+            x = torch.stack([s[2] for s in chunk]).to(device)
+            names = [s[1] for s in chunk]
+            with autocast():
+                logits = self(x, self.task_ids(names))
+            seen = dict.fromkeys(names, 0)
+            for image_index, name, _ in chunk:
+                row = logits[name][seen[name]].float().softmax(dim=0)
+                seen[name] += 1
+                classes = self._infos[name].classes
+                values, indices = row.topk(min(top_k, len(classes)))
+                results[image_index][name] = [(classes[j], j, v) for j, v in zip(indices.tolist(), values.tolist(),
+                                                                                strict=True)]  # fmt: skip
+        return results
