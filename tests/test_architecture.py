@@ -87,6 +87,12 @@ def test_every_room_has_a_layer() -> None:
     assert rooms <= set(LAYER_OF), f"place these in LAYERS: {sorted(rooms - set(LAYER_OF))}"
 
 
+def test_every_source_folder_is_a_package() -> None:
+    """setuptools' package discovery skips a folder without ``__init__.py``: a wheel would then lack its modules."""
+    folders = {p.parent for p in SRC.rglob("*.py")}
+    assert sorted(str(f.relative_to(SRC)) for f in folders if not (f / "__init__.py").is_file()) == []
+
+
 def test_only_shared_helpers_and_the_core_sit_at_the_top() -> None:
     top = {p.stem for p in SRC.glob("*.py")}
     assert top <= TOP_LEVEL_MODULES, f"move into a subpackage: {sorted(top - TOP_LEVEL_MODULES)}"

@@ -139,7 +139,7 @@ def test_timm_pretrained_file_mechanism(tmp_path: Path, source_model: torch.nn.M
 
 
 def test_one_converter_table_lists_every_source() -> None:
-    """pretrained.py's table names every source itself: no import side effect elsewhere (convert_video only defines
+    """checkpoints/load.py's table names every source itself: no import side effect elsewhere (videomae.py only defines
     the video functions, it does not even see the table), so nothing but pretrained needs importing."""
     code = (
         "import sys; from adaptformer.backbones.checkpoints.load import CONVERTERS; print(sorted(CONVERTERS)); "

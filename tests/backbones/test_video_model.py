@@ -186,7 +186,7 @@ def test_adapter_round_trip_gives_equal_logits(tmp_path: Path, clips: torch.Tens
 def test_compiled_adapted_model_gives_the_same_output(clips: torch.Tensor) -> None:
     model = create_model(VIDEO, 5, **tiny()).eval()
     _perturb(adapter_modules(model))
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, backend="aot_eager")  # graph capture; kernels: see test_families.py
     with torch.no_grad():
         torch.testing.assert_close(compiled(clips), model(clips), rtol=1e-4, atol=1e-5)
 

@@ -16,7 +16,6 @@ from adaptformer.backbones.shapes_vit import SHAPES_VIT_FILE
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig
 from adaptformer.engine.splits import DataSpec
-from adaptformer.errors import MissingDependencyError
 from adaptformer.methods import get_method, method_names
 from adaptformer.study import (
     METHODS,
@@ -247,26 +246,6 @@ def test_the_library_never_imports_the_study_or_matplotlib() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["[]", "[]"]
-
-
-def test_plot_without_matplotlib_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when it is not installed
-    rows = [{"task": "t", "method": "full", "family": "full", "size": None, "trainable_params": 10, "mean_score": 50.0,
-             "std_score": None}]  # fmt: skip
-    with pytest.raises(MissingDependencyError, match=r"matplotlib.*pip install 'adaptformer\[demo\]'"):
-        plot_accuracy_vs_params(tmp_path / "plot.png", rows, ["t"])
-    assert not (tmp_path / "plot.png").exists()
-
-
-@pytest.mark.parametrize("command", ["study", "demo"])
-def test_commands_without_matplotlib_stop_before_training(
-    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert main([command, "--quick", "--output-dir", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "pip install 'adaptformer[demo]'" in err and "bash setup.sh demo" in err
-    assert not (tmp_path / "out").exists()  # no run was started
 
 
 @pytest.mark.skipif(not SHAPES_VIT_FILE.is_file(), reason="the shipped shapes ViT weights are not built yet")

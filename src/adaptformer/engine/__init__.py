@@ -1,6 +1,6 @@
 """The training engine: configuration, optimizer and schedule, the epoch loop and evaluation, training state,
 data-parallel helpers and progress reporting. ``adaptformer.engine.train.train`` wires them into a run. Image and video
-datasets reach it through one interface (:mod:`.datasets`: load a split, build it for the model, score it).
+datasets reach it through one interface (:mod:`.splits`: load a split, build it for the model, score it).
 
     cfg = TrainConfig(data=DataConfig(dataset="cifar100", data_dir="data/"), model=ModelConfig(backbone=...))
     stats = train_one_epoch(model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=0)

@@ -1,7 +1,7 @@
 """The engine: ``train_one_epoch`` and ``evaluate`` (MAE's engine_finetune, for any classification input).
 
 Inputs may be images ``(B, C, H, W)`` or clips ``(B, C, T, H, W)``: the loop never looks inside them. Batches are
-``(inputs, labels, ids)`` (see :mod:`.data`). ``evaluate`` returns the gathered logits, labels and ids rather than
+``(inputs, labels, ids)`` (see :mod:`.loaders`). ``evaluate`` returns the gathered logits, labels and ids rather than
 only accuracies, so a caller can first average the views of a video (``data.video.aggregate_views``) and then
 score with :func:`classification_metrics`.
 """
@@ -181,7 +181,7 @@ def evaluate(
     Labels are class indices ``(N,)``, or multi-hot ``(N, K)`` for a ``multi_label`` task (what an empty shard
     contributes must have the others' shape).
 
-    With the shard sampler of :mod:`.data` every sample is predicted by exactly one process, so the gathered result
+    With the shard sampler of :mod:`.loaders` every sample is predicted by exactly one process, so the gathered result
     holds each sample once; it is sorted by id (stable), so it does not depend on the number of processes.
     ``progress`` advances by one per batch and shows the samples done and the rate (all processes, estimated as this
     one's times their number).

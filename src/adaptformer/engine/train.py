@@ -29,7 +29,7 @@ split never influences training or selection. Training samples that no epoch's b
 samples that do not fill an optimizer step) are read once at the start, so an unreadable file fails the run wherever
 it lies in the split.
 
-Image and video datasets run through the same code: ``engine.datasets`` loads a split, builds it for the model
+Image and video datasets run through the same code: ``engine.splits`` loads a split, builds it for the model
 (transforms from the backbone's preprocessing) and scores it; only those three steps know which kind of data it is.
 """
 

@@ -54,7 +54,7 @@ def _disarm_tail(model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
 
 def set_class_token_tail(model: nn.Module, enable: bool) -> str | None:
     """Let the last block compute the class token only during ``model.forward`` (or stop); returns None when done,
-    else why the model does not allow it (then nothing changes). See :mod:`adaptformer.class_token_tail`."""
+    else why the model does not allow it (then nothing changes). See :mod:`.class_token_tail`."""
     for handle in model.__dict__.pop(_TAIL_HOOKS_ATTR, ()):
         handle.remove()
     if isinstance(getattr(model, "blocks", None), FastBlocks):

@@ -7,7 +7,7 @@
 - :mod:`.demo`: :func:`run_demo`, three methods on the digits task.
 
 The library never imports this package (only the command line does, inside its ``study`` and ``demo`` commands).
-The plot uses matplotlib (a dependency of the package; a broken install gets :data:`.report.INSTALL_HINT`).
+The plots use matplotlib, a dependency of the package.
 """
 
 from .demo import DEMO_METHODS, run_demo

@@ -2,19 +2,14 @@
 parameters), the ablations' table, the accuracy-versus-trainable-parameters plot of the AdaptFormer paper's Figure 1
 (log x, one panel per task) and the plot of what the adapters do inside.
 
-The plot needs matplotlib, an optional dependency (the ``demo`` extra); it is imported only when a plot is drawn.
+matplotlib (a dependency of the package) is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
-
-from ..errors import MissingDependencyError
-
-INSTALL_HINT = "pip install 'adaptformer[demo]' (or, in a checkout, bash setup.sh demo)"
 
 FAMILY_STYLE = {  # family: (label, colour, marker); other families are drawn as (name, the next colour, "o")
     "linear": ("linear probe", "tab:gray", "s"),
@@ -178,24 +173,15 @@ def recipe_line(info: dict[str, Any]) -> str:
     return f"{info['description']}; {recipe}; {checkpoint}"
 
 
-def require_matplotlib() -> ModuleType:
-    """The matplotlib module; a MissingDependencyError naming the fix when it is not installed."""
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the study's plot needs matplotlib, an optional dependency that is not installed: {INSTALL_HINT}"
-        ) from e
-    return matplotlib
-
-
 def plot_accuracy_vs_params(
     path: Path, rows: Sequence[dict[str, Any]], tasks: Sequence[str], chance: dict[str, float] | None = None
 ) -> None:
     """Test score (mean, std as error bars) versus trainable parameters (log x), one panel per task (paper Fig. 1);
     ``chance`` (the score of a guess per task) is drawn as a dashed line. Ablation variants are left out (their own
     table)."""
-    require_matplotlib().use("Agg")  # files only, no display
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     # constrained layout makes room for the (wrapped) title, the labels and the legends at any number of panels
@@ -234,7 +220,9 @@ def plot_accuracy_vs_params(
 def plot_adapters_inside(path: Path, inside: Sequence[dict[str, Any]]) -> None:
     """Per task (a row of panels): the adapter's output relative to the frozen MLP branch per block, and the class
     token's relative drift from the frozen backbone's per block, one line per inspected adapter."""
-    require_matplotlib().use("Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in inside))

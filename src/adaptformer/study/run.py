@@ -52,7 +52,7 @@ from ..engine.config.layers import merge_config
 from ..engine.config.sections import OptimConfig
 from ..engine.metrics import LABELS
 from ..methods import get_method
-from .report import plot_accuracy_vs_params, plot_adapters_inside, require_matplotlib, write_markdown
+from .report import plot_accuracy_vs_params, plot_adapters_inside, write_markdown
 from .tasks import METHODS, Task, default_tasks
 
 logger = logging.getLogger(__name__)
@@ -258,10 +258,7 @@ class StudyReport:
 
 
 def run_study(settings: StudySettings) -> StudyReport:
-    """Run every cell of ``settings`` and write results.json, results.md and the plot to ``settings.output_dir``.
-
-    Fails before training, naming the fix, when matplotlib (the ``demo`` extra) is not installed."""
-    require_matplotlib()
+    """Run every cell of ``settings`` and write results.json, results.md and the plot to ``settings.output_dir``."""
     tasks = default_tasks(settings.pretrained)
     for name in settings.tasks:
         checkpoint = tasks[name].checkpoint

@@ -28,7 +28,6 @@ from adaptformer.data.video.decode import (
     count_frames_by_decoding,
     decode_clip,
     probe_video,
-    read_frames,
 )
 from adaptformer.data.video.kinds import (
     VIDEO_DATASETS,
@@ -90,7 +89,6 @@ __all__ = [
     "prepare_hmdb51",
     "prepare_ssv2",
     "probe_video",
-    "read_frames",
     "read_video_list",
     "sample_indices",
     "scan_videos",

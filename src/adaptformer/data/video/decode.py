@@ -38,7 +38,6 @@ __all__ = [
     "count_frames_by_decoding",
     "decode_clip",
     "probe_video",
-    "read_frames",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,7 +246,3 @@ def decode_clip(path: str | os.PathLike[str], indices: Sequence[int], info: Vide
     clip = torch.from_numpy(np.stack([frames[i] for i in indices]))  # (T, H, W, C)
     return DecodedClip(clip, decoded, used_seek, end_of_stream)
 
-
-def read_frames(path: str | os.PathLike[str], indices: Sequence[int], info: VideoInfo | None = None) -> torch.Tensor:
-    """uint8 RGB frames ``(T, H, W, C)`` at ``indices``; shorthand for ``decode_clip(...).frames``."""
-    return decode_clip(path, indices, info).frames

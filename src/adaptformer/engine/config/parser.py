@@ -8,7 +8,7 @@ flag's help from the field's line in the class docstring. What this module adds 
   names of the method registry; jsonargparse's form (``class_path`` / ``init_args``) stays inside this module;
 - layers, later ones winning: the defaults < a recipe (``--recipe NAME|FILE``) < a config file (``--config FILE``,
   e.g. a run's config.yaml) < flags;
-- adaptformer 0.1's flat files are upgraded (:mod:`.config_v01`), and its flat flags get a message naming the new one;
+- adaptformer 0.1's flat files are upgraded (:mod:`.v01`), and its flat flags get a message naming the new one;
 - errors name where the value came from: the flag as typed (``--optim.epochs``) or the file (or recipe) and its key
   (``my.yaml: optim.epochs``); the dataclasses' own messages name dotted keys, which are rewritten to their origin.
 """

@@ -7,7 +7,7 @@
     run     output folder, device, seed, model selection, checkpointing and logging
 
 Each section validates its values on construction (ValueError naming the field); :class:`TrainConfig` checks what
-spans sections. Files and the command line go through :mod:`.config_parser` (jsonargparse: types, nested groups,
+spans sections. Files and the command line go through :mod:`.parser` (jsonargparse: types, nested groups,
 help texts from the docstrings below); YAML mirrors the nesting, with the method as ``{name: <registered name>,
 <its fields>}``. A run writes its configuration to ``<run.output_dir>/config.yaml``; passing that back with
 ``--config`` repeats the run.
