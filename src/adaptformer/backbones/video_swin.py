@@ -6,7 +6,7 @@ Kinetics weights) halve the spatial grid between stages (patch merging), and the
 output averaged over T, H and W. torchvision ported the official weights; this module subclasses its model unchanged
 (same submodules, same parameter names: ``patch_embed.proj``, ``features.{2i}`` = stage i, ``features.{2i+1}`` = its
 patch merging, ``norm``, ``head``), so torchvision's weight files load as they are (checkpoint source
-``torchvision``) and the official release loads through :func:`adaptformer.backbones.checkpoints.video_swin.convert_video_swin`.
+``torchvision``) and the official release loads through :func:`.checkpoints.video_swin.convert_video_swin`.
 
 What the subclass adds is what the library reads from a timm model: ``get_classifier()`` / ``reset_classifier``,
 ``num_classes`` / ``num_features``, ``forward_features`` / ``forward_head``, a ``pretrained_cfg`` with the clip

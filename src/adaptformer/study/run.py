@@ -15,8 +15,8 @@ users run:
 
 The paper's ablations (adapters in the first or last half of the blocks, the sequential form, the scale s) are
 variants of adaptformer-64 (``METHODS`` with an ``ablation``), reported in their own table. After the runs, the
-AdaptFormer adapters of the first seed are inspected on test images (:mod:`adaptformer.inference.inspection`: the adapter's
-output relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block),
+AdaptFormer adapters of the first seed are inspected on test images (:mod:`~adaptformer.inference.inspection`: the
+adapter's output relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block),
 drawn in ``adapters_inside.png``.
 
 Model selection uses the validation split carved from the training data; the reported number is the test split's
@@ -341,8 +341,8 @@ def chance_score(task: Task, settings: StudySettings) -> float:
 
 
 def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) -> list[dict[str, Any]]:
-    """What the AdaptFormer adapters of the first seed do inside (:func:`adaptformer.inference.inspection.inspect_adapter` on
-    ``INSPECT_SAMPLES`` test images of their task), image tasks only: one record per (task, method)."""
+    """What the AdaptFormer adapters of the first seed do inside
+    (:func:`~adaptformer.inference.inspection.inspect_adapter` on ``INSPECT_SAMPLES`` test images of their task), image tasks only: one record per (task, method)."""
     from torch.utils.data import DataLoader
 
     from ..engine.splits import DataSpec, load_split

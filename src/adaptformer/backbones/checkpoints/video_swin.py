@@ -1,6 +1,6 @@
 """Checkpoint converters for Video Swin (:mod:`adaptformer.backbones.video_swin`), one pure function per source.
 
-Each is ``fn(state_dict, model) -> state_dict`` and is listed by name in :data:`adaptformer.backbones.checkpoints.load.CONVERTERS`:
+Each is ``fn(state_dict, model) -> state_dict`` and is listed by name in :data:`.load.CONVERTERS`:
 
     "video-swin"          the official Video Swin release (SwinTransformer/Video-Swin-Transformer, mmaction2:
                           ``swin_base_patch244_window877_kinetics400_22k.pth``, ...): ``backbone.*`` + ``cls_head.*``.

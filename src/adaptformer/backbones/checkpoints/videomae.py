@@ -1,6 +1,6 @@
 """Checkpoint converters for the video ViT (:mod:`adaptformer.backbones.video_vit`), one pure function per source.
 
-Each is ``fn(state_dict, model) -> state_dict`` and is listed by name in :data:`adaptformer.backbones.checkpoints.load.CONVERTERS`:
+Each is ``fn(state_dict, model) -> state_dict`` and is listed by name in :data:`.load.CONVERTERS`:
 
     "videomae"       official VideoMAE .pth files (MCG-NJU/VideoMAE): pre-training (``encoder.`` + decoder) and
                      fine-tuning checkpoints. Names are already ours; the decoder side is dropped.
@@ -10,7 +10,7 @@ Each is ``fn(state_dict, model) -> state_dict`` and is listed by name in :data:`
 
 A converter only renames and reshapes; it drops an explicit list of keys that have no place in the video model
 (decoders, mask tokens, CLS tokens, ...) and passes every other key through under its converted name, so a key it does
-not know reaches :func:`adaptformer.backbones.checkpoints.load.load_pretrained` unchanged and fails there, named, as unexpected.
+not know reaches :func:`.load.load_pretrained` unchanged and fails there, named, as unexpected.
 """
 
 from __future__ import annotations
