@@ -13,11 +13,11 @@ users run:
   paper's Table 4 setting;
 - ``digits-multilabel``: 1-3 of those digits per image, multi-label (the paper's Table 2 kind of task), scored by mAP.
 
-The paper's ablations (adapters in the first or last half of the blocks, the sequential form, the scale s) are
-variants of adaptformer-64 (``METHODS`` with an ``ablation``), reported in their own table. After the runs, the
-AdaptFormer adapters of the first seed are inspected on test images (:mod:`~adaptformer.inference.inspection`: the
-adapter's output relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block),
-drawn in ``adapters_inside.png``.
+The paper's ablations (adapters in the first or last half of the blocks, the sequential form, the scale s) are variants
+of adaptformer-64 (``METHODS`` with an ``ablation``), reported in their own table. After the runs, the AdaptFormer
+adapters of the first seed are inspected on test images (:mod:`~adaptformer.inference.inspection`: the adapter's output
+relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block), drawn in
+``adapters_inside.png``.
 
 Model selection uses the validation split carved from the training data; the reported number is the test split's
 top-1 (mAP for a multi-label task) of the selected adapter. :func:`run_study` writes ``results.json`` (every run),
@@ -342,7 +342,8 @@ def chance_score(task: Task, settings: StudySettings) -> float:
 
 def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) -> list[dict[str, Any]]:
     """What the AdaptFormer adapters of the first seed do inside
-    (:func:`~adaptformer.inference.inspection.inspect_adapter` on ``INSPECT_SAMPLES`` test images of their task), image tasks only: one record per (task, method)."""
+    (:func:`~adaptformer.inference.inspection.inspect_adapter` on ``INSPECT_SAMPLES`` test images of their task), image
+    tasks only: one record per (task, method)."""
     from torch.utils.data import DataLoader
 
     from ..engine.splits import DataSpec, load_split

@@ -75,11 +75,11 @@ METHODS: dict[str, Method] = {
 class Task:
     """A dataset, the backbone adapted to it and the recipe, identical for every method (as in the paper).
 
-    ``config`` is nested TrainConfig data (model, data, optim and run sections, no method); ``quick`` is merged over
-    it for ``--quick`` (:func:`~adaptformer.engine.config.layers.merge_config`). ``checkpoint`` is the pre-trained
-    weights (None: random initialisation). ``method_settings`` maps a method family to fields of its config that this task
-    sets (they apply to that family's runs only; a point's own fields, such as its size, win). ``full_lr_scale``
-    multiplies the learning rate (``optim.lr``, else ``optim.blr``) of the methods that train the backbone (full
+    ``config`` is nested TrainConfig data (model, data, optim and run sections, no method); ``quick`` is merged over it
+    for ``--quick`` (:func:`~adaptformer.engine.config.layers.merge_config`). ``checkpoint`` is the pre-trained weights
+    (None: random initialisation). ``method_settings`` maps a method family to fields of its config that this task sets
+    (they apply to that family's runs only; a point's own fields, such as its size, win). ``full_lr_scale`` multiplies
+    the learning rate (``optim.lr``, else ``optim.blr``) of the methods that train the backbone (full
     fine-tuning) only, as the paper did for SVHN and Food-101 (0.1x, "unstable otherwise"); ``lr_scales`` multiplies
     it for the named method families (chosen on the validation split: see the comment at the digits task).
     """
