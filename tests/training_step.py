@@ -22,14 +22,15 @@ def move_trainable(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Modul
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> Step:
-    """Logits and the trainable parameters' gradients of one forward/backward (5 classes)."""
+    """Logits and the trainable parameters' gradients of one forward/backward (5 classes), on ``x``'s device; both
+    returned on the CPU."""
     torch.manual_seed(2)  # the same dropout / drop-path draws in both paths
     model.zero_grad(set_to_none=True)
-    with Precision(precision, "cpu").autocast():
+    with Precision(precision, x.device.type).autocast():
         logits = model(x)
-    F.cross_entropy(logits.float(), torch.arange(x.shape[0]) % 5).backward()
+    F.cross_entropy(logits.float(), torch.arange(x.shape[0], device=x.device) % 5).backward()
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return logits.detach().float(), grads
+    return logits.detach().float().cpu(), {n: g.cpu() for n, g in grads.items()}
 
 
 def assert_same_step(a: Step, b: Step, tol: dict, every_gradient_nonzero: bool = False) -> None:

@@ -1,0 +1,45 @@
+"""``benchmarks/gpu_check.sh``, the script a GPU machine runs at once: its steps and its one report, checked here with
+``--quick`` (tiny models on the CPU; the CUDA tests skip), and a failed or timed-out step reported as such."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.paths import ROOT
+
+
+def test_quick_run_writes_one_json_and_one_table(tmp_path: Path) -> None:
+    out = tmp_path / "gpu"
+    command = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--quick", str(out)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert {s: v["state"] for s, v in report["steps"].items()} == dict.fromkeys(
+        ("cuda_tests", "train_step", "multitask", "serve_load"), "ok"
+    )
+    assert report["cuda_tests"]["tests"] == report["cuda_tests"]["skipped"] > 0  # no GPU here
+    train = report["train_step"]
+    assert {"full", train["adaptformer"]} <= set(train["methods"]) and train["adaptformer_vs_full"]["time"] > 0
+    assert [r["tasks"] for r in report["multitask"]["results"]] == [1, 2]
+    assert [r["clients"] for r in report["serve_load"]["results"]] == [1, 4, 16]
+    table = (out / "gpu_check.md").read_text()
+    assert table == done.stdout and "| serve_load | ok |" in table and "adaptformer-64 / full: time" in table
+
+
+def test_a_failed_and_a_timed_out_step_are_reported_and_fail_the_check(tmp_path: Path) -> None:
+    (tmp_path / "train_step.status.json").write_text('{"exit": 124, "seconds": 150}')
+    (tmp_path / "train_step.log").write_text("... building vit_base_patch16_224\n")
+    (tmp_path / "multitask.status.json").write_text('{"exit": 1, "seconds": 3}')
+    (tmp_path / "multitask.log").write_text("RuntimeError: CUDA out of memory\n")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_report.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
+    assert [steps[s]["state"] for s in ("cuda_tests", "train_step", "multitask")] == ["not run", "timed out", "failed"]
+    assert "CUDA out of memory" in steps["multitask"]["log_tail"]
+    assert "| train_step | timed out | 150 |" in done.stdout
