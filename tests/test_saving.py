@@ -23,6 +23,7 @@ from adaptformer import (
     read_adapter_config,
     save_adapter,
 )
+from adaptformer.saving import TrainingRecord
 
 
 def _trained(name: str = VIT, method: str = "adaptformer", **kwargs: object) -> torch.nn.Module:
@@ -162,6 +163,18 @@ def test_read_adapter_config_returns_spec_and_preprocessing(tmp_path: Path) -> N
     info = read_adapter_config(tmp_path)
     spec, extras = info.spec, {"preprocessing": info.preprocessing}
     assert spec.method == "adaptformer" and extras["preprocessing"].input_size == (3, 32, 32)
+
+
+def test_video_settings_of_a_02_adapter_read_under_their_03_name(tmp_path: Path) -> None:
+    """0.2 recorded the sampling stride as ``stride``; 0.3 names it ``sampling_stride``, as the data section does."""
+    video = {"sampling": "dense", "sampling_stride": 2, "flip": False, "test_clips": 2, "test_crops": 3}
+    save_adapter(_trained(), tmp_path, training=TrainingRecord(dataset="videofolder", video=video))
+    config = tmp_path / "adapter_config.json"
+    data = json.loads(config.read_text())
+    assert data["training"]["video"] == video  # written under the new name
+    data["training"]["video"] = {("stride" if k == "sampling_stride" else k): v for k, v in video.items()}
+    config.write_text(json.dumps(data))
+    assert read_adapter_config(tmp_path).training.video == video
 
 
 def test_remembered_fingerprint_survives_a_storage_cast(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ class TrainingRecord:
     Args:
         dataset: the dataset kind it was trained on.
         dataset_options: the per-kind dataset options training used.
-        video: for video datasets, the clip sampling and test views (``VideoSettings`` fields, defaults resolved).
+        video: for video datasets, the clip sampling and test views (``VideoSettings`` fields, defaults resolved;
+            0.2's ``stride`` is read as ``sampling_stride``).
         precision: the autocast precision evaluation ran in.
         eval_batch_size: the batch size evaluation ran with.
     """
@@ -76,6 +77,9 @@ class TrainingRecord:
                            "precision": str, "eval_batch_size": int})  # fmt: skip
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.video is not None and "stride" in self.video:  # adaptformer 0.2's name of sampling_stride
+            video = {("sampling_stride" if k == "stride" else k): v for k, v in self.video.items()}
+            object.__setattr__(self, "video", video)
 
 
 @dataclass(frozen=True)

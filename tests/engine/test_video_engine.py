@@ -88,7 +88,7 @@ def test_train_reports_multi_and_single_view_test_accuracy(setup: dict[str, Path
     task = json.loads((setup["out"] / "adapter" / "adapter_config.json").read_text())
     assert task["training"]["dataset"] == "videolist" and task["classes"] == CLASSES
     video = task["training"]["video"]
-    assert video == {"sampling": "dense", "stride": 4, "flip": False, "test_clips": 4, "test_crops": 3}
+    assert video == {"sampling": "dense", "sampling_stride": 4, "flip": False, "test_clips": 4, "test_crops": 3}
 
 
 def test_eval_from_the_adapter_folder_reproduces_the_test_numbers(
@@ -186,9 +186,9 @@ def test_validation_is_carved_from_train_as_for_images(setup: dict[str, Path]) -
 
 
 def test_kinds_choose_their_sampling_and_image_and_video_do_not_mix() -> None:
-    assert VideoSettings().resolved("ssv2") == VideoSettings(sampling="segment", stride=4)
-    assert VideoSettings().resolved("hmdb51") == VideoSettings(sampling="dense", stride=4)
-    assert VideoSettings(stride=2).resolved("videolist").stride == 2
+    assert VideoSettings().resolved("ssv2") == VideoSettings(sampling="segment", sampling_stride=4)
+    assert VideoSettings().resolved("hmdb51") == VideoSettings(sampling="dense", sampling_stride=4)
+    assert VideoSettings(sampling_stride=2).resolved("videolist").sampling_stride == 2
     with pytest.raises(ValueError, match="data.video.num_frames apply to video datasets only"):
         DataConfig(dataset="cifar100", video=VideoConfig(num_frames=8))
     with pytest.raises(ValueError, match="test_crops must be 1"):
@@ -309,7 +309,7 @@ def test_video_recipes_follow_table5(name: str) -> None:
     assert (o.epochs, o.warmup_epochs) == (90, 10.0) and scaled_lr(o.blr, 1024) == pytest.approx(0.4)
     assert (v.test_clips, v.test_crops, cfg.data.flip) == (4, 3, False)
     sampling = DataSpec.from_config(cfg).video.resolved(dataset)
-    assert (sampling.sampling, sampling.stride) == (("segment", 4) if dataset == "ssv2" else ("dense", 4))
+    assert (sampling.sampling, sampling.sampling_stride) == (("segment", 4) if dataset == "ssv2" else ("dense", 4))
 
 
 @pytest.mark.parametrize(

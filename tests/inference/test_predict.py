@@ -31,7 +31,7 @@ VIDEO = "video_vit_base_patch16_224"
 VIDEO_TINY = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}
 # recorded by "training": 2 temporal clips x 3 crops, dense sampling with stride 2 (not the defaults, so a test that
 # passes shows the recorded views were used)
-VIDEO_RECORD = {"sampling": "dense", "stride": 2, "flip": False, "test_clips": 2, "test_crops": 3}
+VIDEO_RECORD = {"sampling": "dense", "sampling_stride": 2, "flip": False, "test_clips": 2, "test_crops": 3}
 
 
 @pytest.fixture(scope="module")

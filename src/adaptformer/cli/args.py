@@ -116,9 +116,9 @@ def adapter_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
     if record is not None and record.dataset == kind:  # the recorded options and views belong to that kind
         defaults["options"] = record.dataset_options
         if record.video:
-            v = record.video  # VideoSettings' names -> the data section's
+            v = record.video  # VideoSettings: the data section's names, and the flip of training clips
             defaults["video"] = {
-                "sampling": v.get("sampling"), "sampling_stride": v.get("stride"),
+                "sampling": v.get("sampling"), "sampling_stride": v.get("sampling_stride"),
                 "test_clips": v.get("test_clips", PAPER_TEST_VIEWS[0]),
                 "test_crops": v.get("test_crops", PAPER_TEST_VIEWS[1]),
             }  # fmt: skip

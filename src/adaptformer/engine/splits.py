@@ -59,18 +59,20 @@ Purpose = Literal["train", "eval", "test"]
 
 @dataclass(frozen=True)
 class VideoSettings:
-    """How clips are cut from videos (the frame count is the backbone's).
+    """How clips are cut from videos (the frame count is the backbone's): the ``data.video`` section's fields
+    (:class:`~.config.sections.VideoConfig`, same names) with the flip of training clips, as a run uses them and an
+    adapter records them.
 
     Args:
         sampling: "segment" (TSN, SSv2) or "dense"; None: the dataset kind's default.
-        stride: frames between sampled frames for dense sampling; None: the kind's default (4).
+        sampling_stride: frames between sampled frames for dense sampling; None: the kind's default (4).
         flip: random horizontal flip of training clips (off in the paper's video recipe).
         test_clips: temporal clips per test video.
         test_crops: spatial crops per test clip (1 = centre, 3 = along the long side).
     """
 
     sampling: str | None = None
-    stride: int | None = None
+    sampling_stride: int | None = None
     flip: bool = False
     test_clips: int = PAPER_TEST_VIEWS[0]
     test_crops: int = PAPER_TEST_VIEWS[1]
@@ -78,14 +80,16 @@ class VideoSettings:
     def __post_init__(self) -> None:
         if self.sampling is not None:
             check_choice("sampling", self.sampling, STRATEGIES)
-        if self.stride is not None and self.stride < 1:
-            raise ValueError(f"sampling stride must be >= 1, got {self.stride}")
+        if self.sampling_stride is not None and self.sampling_stride < 1:
+            raise ValueError(f"sampling_stride must be >= 1, got {self.sampling_stride}")
         TestViews(self.test_clips, self.test_crops)  # validates the view grid
 
     def resolved(self, kind: str) -> VideoSettings:
         """These settings with the defaults of dataset ``kind`` filled in."""
         spec = VIDEO_DATASETS[kind]
-        return replace(self, sampling=self.sampling or spec.sampling, stride=self.stride or spec.stride)
+        return replace(
+            self, sampling=self.sampling or spec.sampling, sampling_stride=self.sampling_stride or spec.stride
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,9 +149,9 @@ def video_pipeline(
     and views from resolved ``settings``): the frame sampler, the transform and the view grid (1 x 1 unless
     testing). Shared by dataset splits and ``predict``."""
     frames = clip_frames(model)
-    if frames is None or settings.sampling is None or settings.stride is None:
+    if frames is None or settings.sampling is None or settings.sampling_stride is None:
         raise ValueError(f"a video backbone and resolved video settings are needed, got {frames} frames, {settings}")
-    sampler = SamplerConfig(settings.sampling, frames, settings.stride)  # type: ignore[arg-type]
+    sampler = SamplerConfig(settings.sampling, frames, settings.sampling_stride)  # type: ignore[arg-type]
     transform = VideoTransform(Preprocessing.from_model(model), VideoTransformConfig(flip=settings.flip))
     views = TestViews(settings.test_clips, settings.test_crops) if purpose == "test" else TestViews(1, 1)
     return sampler, transform, views
