@@ -156,7 +156,8 @@ class AdapterPlusTorchvisionSwinBlock(TorchvisionSwinBlock):
         return self.adapter_plus(super().forward(x))
 
 
-# backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the family's block)
+# backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the
+# family's block)
 ADAPTER_PLUS_BLOCKS: dict[str, type[nn.Module]] = {
     "vit": AdapterPlusViTBlock,
     "swin": AdapterPlusSwinBlock,
