@@ -448,3 +448,5 @@ def test_readme_python_block(block: Block, tmp_path: Path, monkeypatch: pytest.M
         assert number in printed
     if "normtune" in block.text:
         assert "1,536" in printed and "1,930" in printed
+    if "scaleshift" in block.text:
+        assert "4,608" in printed and "1,930" in printed

@@ -287,4 +287,4 @@ def test_the_adapter_adds_in_the_streams_dtype_whatever_it_reads(form: dict) -> 
     x, h = torch.randn(2, 3, 8, dtype=torch.bfloat16), torch.randn(2, 3, 8, dtype=torch.bfloat16)
     normed = torch.randn(2, 3, 8)  # fp32, as CUDA autocast's layer_norm returns
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert adapter.add(x, normed, h).dtype == torch.bfloat16
+        assert adapter(x, normed, h).dtype == torch.bfloat16

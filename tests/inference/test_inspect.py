@@ -1,5 +1,5 @@
-"""``adaptformer inspect`` and :mod:`adaptformer.inference.inspection`: adapter/MLP and adapter/residual norm ratios per adapted
-block and the class token's drift from the frozen backbone, on the shipped tiny ViT and a tiny video ViT."""
+"""``adaptformer inspect`` and :mod:`adaptformer.inference.inspection`: adapter/MLP and adapter/residual norm ratios per
+adapted block and the class token's drift from the frozen backbone, on the shipped tiny ViT and a tiny video ViT."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adaptformer import AdaptFormerConfig, LoRAConfig, UnsupportedModelError, VPTConfig, create_model, save_adapter
+from adaptformer import (
+    AdapterPlusConfig,
+    AdaptFormerConfig,
+    LoRAConfig,
+    UnsupportedModelError,
+    VPTConfig,
+    create_model,
+    save_adapter,
+)
 from adaptformer.cli import main
-from adaptformer.inference.inspection import FILES, adapters_off, inspect_adapter, trace_features
+from adaptformer.inference.inspection import FILES, adapters_off, format_markdown, inspect_adapter, trace_features
 from adaptformer.methods import adapter_modules
 from adaptformer.saving import TrainingRecord
 
@@ -73,7 +81,7 @@ def _hand_ratios(model: nn.Module, block: int, x: torch.Tensor) -> tuple[float, 
         h = blk.mlp(blk.norm2(residual))
         adapter = blk.adaptmlp
         read = h if adapter.form == "sequential" else blk.norm2(residual) if adapter.input == "normed" else residual
-        a = adapter(read)
+        a = adapter.branch(read)
     a_norm, h_norm, x_norm = a.norm(dim=-1), h.norm(dim=-1), residual.norm(dim=-1)
     rms = (a_norm.square().mean() / h_norm.square().mean()).sqrt().item()
     return rms, (a_norm / h_norm).mean().item(), (a_norm.square().mean() / x_norm.square().mean()).sqrt().item()
@@ -204,3 +212,27 @@ def test_command_refuses_num_samples_below_one(tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(SystemExit) as exit_info:
         main(["inspect", "--adapter", str(tmp_path), "--num-samples", "0"])
     assert exit_info.value.code == 2 and "--num-samples" in capsys.readouterr().err
+
+
+def test_adapter_plus_gets_an_adapter_residual_ratio_and_no_mlp_ratio() -> None:
+    model = _model(AdapterPlusConfig(bottleneck=4, layers=[2, 3]))
+    x = _images()
+    report = inspect_adapter(model, [x])
+    assert report.method == "Adapter+" and report.form == "post-block" and [r.block for r in report.adapters] == [2, 3]
+    block = model.blocks[2]
+    captured = {}
+    handle = block.adapter_plus.register_forward_pre_hook(lambda m, args: captured.setdefault("y", args[0]))
+    with torch.no_grad():
+        model(x)
+        handle.remove()
+        y = captured["y"]  # the plain block's output, (B, N, C)
+        a = block.adapter_plus(y) - y  # the adapter branch (no drop path in eval)
+    a_norm, y_norm = a.norm(dim=-1), y.norm(dim=-1)
+    row = report.adapters[0]
+    assert row.adapter_mlp is None and row.adapter_mlp_token_mean is None
+    assert row.adapter_residual == pytest.approx(
+        (a_norm.square().mean() / y_norm.square().mean()).sqrt().item(), rel=1e-4
+    )
+    assert row.adapter_residual_token_mean == pytest.approx((a_norm / y_norm).mean().item(), rel=1e-4)
+    assert [d.relative_l2 == 0.0 for d in report.drift] == [True, True, False, False, False, False]
+    assert "| 2 | – | " in format_markdown(report)  # no MLP column value for a post-block adapter

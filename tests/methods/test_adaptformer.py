@@ -1,4 +1,4 @@
-"""AdaptFormerConfig validation and the AdaptMLP forward, checked against the formula computed in the test."""
+"""AdaptFormerConfig validation and the AdaptMLP branch, checked against the formula computed in the test."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_lora_init_zeroes_output_and_biases() -> None:
     assert torch.count_nonzero(m.up_proj.weight) == 0
     assert torch.count_nonzero(m.down_proj.bias) == 0 and torch.count_nonzero(m.up_proj.bias) == 0
     assert torch.count_nonzero(m.down_proj.weight) > 0
-    assert torch.count_nonzero(m(torch.randn(2, 5, 16))) == 0
+    assert torch.count_nonzero(m.branch(torch.randn(2, 5, 16))) == 0
 
 
 @pytest.mark.parametrize("layernorm", ["none", "in", "out"])
@@ -89,7 +89,7 @@ def test_forward_matches_formula(layernorm: str, scale: object) -> None:
     ref = ref * s
     if layernorm == "out":
         ref = F.layer_norm(ref, (16,), m.norm.weight, m.norm.bias)
-    torch.testing.assert_close(m(x), ref)
+    torch.testing.assert_close(m.branch(x), ref)
 
 
 def test_dropout_after_relu_only_in_training() -> None:
@@ -98,6 +98,6 @@ def test_dropout_after_relu_only_in_training() -> None:
         m.up_proj.weight.normal_()
     x = torch.randn(3, 16)
     m.eval()
-    assert torch.equal(m(x), m(x))
+    assert torch.equal(m.branch(x), m.branch(x))
     m.train()
-    assert not torch.equal(m(x), m(x))
+    assert not torch.equal(m.branch(x), m.branch(x))

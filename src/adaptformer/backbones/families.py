@@ -10,6 +10,7 @@ adapted block class for it (e.g. :data:`adaptformer.methods.adaptformer.ADAPTED_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from weakref import WeakSet
 
 import torch.nn as nn
 from timm.models.beit import Block as BeitBlock
@@ -45,12 +46,10 @@ class BlockFamily:
     block_type: type[nn.Module]
 
     def is_block(self, module: nn.Module) -> bool:
-        """Whether ``module`` is a plain block of this family, or one a method already adapted (a subclass that some
-        method made it by swapping its class; those live in ``adaptformer.methods``)."""
+        """Whether ``module`` is a plain block of this family, or one a method already adapted (its class is a
+        subclass that :func:`install` swapped in, or a subclass of one: a speed option's variant of it)."""
         cls = type(module)
-        return cls is self.block_type or (
-            issubclass(cls, self.block_type) and cls.__module__.startswith("adaptformer.")
-        )
+        return cls is self.block_type or (issubclass(cls, self.block_type) and is_adapted_block(cls))
 
     def blocks(self, model: nn.Module) -> list[tuple[int, nn.Module]]:
         """``model``'s blocks of this family in forward order, as ``(stage, block)`` pairs."""
@@ -121,9 +120,23 @@ def chosen_blocks(
     return family, blocks, wanted
 
 
+# the block classes methods swapped in with install(): a subclass of a family's block counts as that family's only if
+# it is one of these (or derives from one), since a library subclass may compute something else (Swin V2's block)
+_ADAPTED_BLOCKS: WeakSet[type] = WeakSet()
+
+
+def is_adapted_block(cls: type) -> bool:
+    """Whether ``cls`` is a block class some method installed (:func:`install`), or a subclass of one."""
+    return any(base in _ADAPTED_BLOCKS for base in cls.__mro__)
+
+
 def install(block: nn.Module, name: str, module: nn.Module, adapted: type[nn.Module]) -> None:
     """Give ``block`` a method's ``module`` as child ``name`` (on the block's device; it keeps its own dtype: the
     trained weights stay fp32 over a low-precision backbone) and make it the method's ``adapted`` subclass of its
-    class, whose ``forward`` uses the module. The block's own parameter names do not change."""
+    class, whose ``forward`` uses the module. The block's own parameter names do not change; from now on blocks of
+    class ``adapted`` count as their family's (:meth:`BlockFamily.is_block`), wherever the class is defined."""
+    if not issubclass(adapted, type(block)):
+        raise ValueError(f"{qualified_name(adapted)} does not subclass the block's class {qualified_name(type(block))}")
+    _ADAPTED_BLOCKS.add(adapted)
     block.add_module(name, module.to(device=next(block.parameters()).device))
     block.__class__ = adapted

@@ -1,4 +1,4 @@
-"""``adaptformer inspect --adapter DIR``: what a trained AdaptFormer adapter does inside the network, per block, on
+"""``adaptformer inspect --adapter DIR``: what a trained adapter's modules do inside the network, per block, on
 real inputs of its dataset (:mod:`adaptformer.inference.inspection`): OUT/inspect.json, inspect.md and inspect.png."""
 
 from __future__ import annotations
@@ -17,15 +17,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..data.video import VIDEO_DATASETS
     from ..engine.splits import DataSpec, load_split
     from ..inference.evaluate import load_trained_model
-    from ..inference.inspection import check_out_dir, inspect_adapter, write_inspection
+    from ..inference.inspection import (
+        check_out_dir,
+        inspect_adapter,
+        inspectable,
+        inspectable_titles,
+        write_inspection,
+    )
     from ..saving import read_adapter_config
     from .args import adapter_data
 
     info = read_adapter_config(args.adapter)
-    if info.spec.method != "adaptformer":
+    if not inspectable(info.spec.registered):
         raise ValueError(
-            f"--adapter {args.adapter}: an adapter of method {info.spec.method!r}; inspect supports AdaptFormer "
-            "adapters (method 'adaptformer': parallel or sequential, any scale, input, layernorm and layers)"
+            f"--adapter {args.adapter}: an adapter of method {info.spec.method!r}, which declares nothing for inspect "
+            f"to measure in its blocks; inspect supports {', '.join(inspectable_titles())} adapters"
         )
     out = check_out_dir(args.out or Path(args.adapter).resolve().parent / "inspect", args.overwrite)
     data = adapter_data(args, info)  # eval's --data.* flags over what training recorded
@@ -45,7 +51,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     files = write_inspection(report, out, overwrite=args.overwrite)
     summary = {"out": str(out), "files": sorted(files), "dataset": spec.kind, "split": args.split,
                "num_samples": report.num_samples, "feature": report.feature,
-               "adapter_mlp": {r.block: round(r.adapter_mlp, 6) for r in report.adapters}}  # fmt: skip
+               "adapter_residual": {r.block: round(r.adapter_residual, 6) for r in report.adapters},
+               "adapter_mlp": {r.block: round(r.adapter_mlp, 6) for r in report.adapters
+                               if r.adapter_mlp is not None}}  # fmt: skip
     print(json.dumps(summary))
     return 0
 
@@ -56,16 +64,17 @@ def add_inspect_command(sub: Any) -> None:
     from .args import at_least, device_name, yaml_mapping
 
     parser = sub.add_parser(
-        "inspect", help="what a trained AdaptFormer adapter does per block: its size next to the MLP branch and the "
-        "residual stream, and how far the class token moves from the frozen backbone's",
+        "inspect", help="what a trained adapter (AdaptFormer, Adapter+, any method that declares a measurement) does "
+        "per block: its size next to the MLP branch and the residual stream, and how far the class token moves from "
+        "the frozen backbone's",
         description="Runs the adapted model (fp32, eval mode) on --num-samples inputs of a dataset split, spread "
-        "evenly over it, and once more with every adapter's output replaced by zeros (the frozen backbone). Per "
-        "adapted block: adapter/MLP = ||s*A|| / ||MLP(LN(x'))|| and adapter/residual = ||s*A|| / ||x'|| (per-token L2 "
-        "norms; headline: the ratio of RMS norms, also the mean per-token ratio); per block: the relative L2 drift "
-        "and cosine similarity of the class token (mean over tokens for backbones without one, e.g. video ViTs) "
-        "against the frozen backbone's, and of the pooled feature the head reads. Writes inspect.json, inspect.md "
-        "and inspect.png to --out. The dataset flags are eval's (--data.dataset, --data.data_dir, --data.options, "
-        "--data.skip_bad_images, ...; default: what training recorded).",
+        "evenly over it, and once more with every adapter bypassed (the frozen backbone). Per adapted block: "
+        "adapter/MLP = ||a|| / ||MLP(LN(x'))|| (AdaptFormer's a = s*A, beside the MLP) and adapter/residual = ||a|| / "
+        "||x|| (per-token L2 norms; headline: the ratio of RMS norms, also the mean per-token ratio); per block: "
+        "the relative L2 drift and cosine similarity of the class token (mean over tokens for backbones without one, "
+        "e.g. video ViTs) against the frozen backbone's, and of the pooled feature the head reads. Writes "
+        "inspect.json, inspect.md and inspect.png to --out. The dataset flags are eval's (--data.dataset, "
+        "--data.data_dir, --data.options, --data.skip_bad_images, ...; default: what training recorded).",
     )  # fmt: skip
     recorded = "(default: as recorded in the adapter's adapter_config.json)"
     parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")

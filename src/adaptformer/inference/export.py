@@ -1,12 +1,13 @@
 """Export a trained adapter's whole network (frozen backbone + method + head) to ONNX, checked with ONNX Runtime.
 
-:func:`export_onnx` builds the adapted model as ``eval``/``predict`` do (LoRA updates merged into the weights), exports
-it with PyTorch's exporter (``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``) with a dynamic batch
-axis, then runs the file in ONNX Runtime on random inputs of two batch sizes and compares with PyTorch: only a file
-within ``tolerance`` (max-abs logit difference, fp32) and with the same top-1 is kept. The file is written beside its
-destination and moved there only after the check, so a failed export leaves nothing behind; an existing file is
-replaced only when asked. A sidecar ``<file>.json`` records what a user without adaptformer needs: the input's name
-and shape, the preprocessing (mean, std, size, interpolation, crop), the class names.
+:func:`export_onnx` takes the adapted model as ``eval``/``predict`` build it, first folds into the frozen weights what
+its method merges before inference (``Method.merge``: LoRA's updates), exports it with PyTorch's exporter
+(``torch.onnx.export(..., dynamo=True)``, which needs ``onnxscript``) with a dynamic batch axis, then runs the file in
+ONNX Runtime on random inputs of two batch sizes and compares with PyTorch: only a file within ``tolerance`` (max-abs
+logit difference, fp32) and with the same top-1 is kept. The file is written beside its destination and moved there
+only after the check, so a failed export leaves nothing behind; an existing file is replaced only when asked. A
+sidecar ``<file>.json`` records what a user without adaptformer needs: the input's name and shape, the preprocessing
+(mean, std, size, interpolation, crop), the class names.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn as nn
 
 from ..errors import MissingDependencyError
 from ..files import atomic_write_bytes
+from ..methods.state import get_spec
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import AdapterInfo
 
@@ -97,7 +99,6 @@ def export_onnx(
     """Write ``model`` (an adapted model in eval mode, e.g. ``create_model_from_adapter``) to ``path`` as ONNX and
     check it with ONNX Runtime; see the module docstring. ``info``: the adapter's config, for the sidecar."""
     ort = require_onnx()
-    from ..methods import lora_modules, merge_lora
 
     path = Path(path)
     sidecar = path.with_name(path.name + ".json")
@@ -106,8 +107,9 @@ def export_onnx(
             raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
-    if lora_modules(model):
-        merge_lora(model)  # one plain Linear per projection in the graph
+    spec = get_spec(model)
+    if spec is not None and spec.registered.merge is not None:
+        spec.registered.merge(model)  # e.g. one plain Linear per LoRA projection in the graph
     shape = _input_shape(model)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, *shape, generator=generator)

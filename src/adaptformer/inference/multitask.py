@@ -12,11 +12,12 @@ does and keeps that task's single-task model at hand (video tasks and ``task_mod
 copy whose adapted blocks hold :class:`Router` s over the tasks' modules and whose classifier is an identity (the
 pooled features), so switching tasks costs nothing and adding or removing a task touches no other task's modules.
 
-Methods: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and linear probes; modules a backbone
+Methods: every method whose protocol (:mod:`adaptformer.methods.protocol`) says its tasks can share a batch
+(``Method.batch_refusal`` None): the router at each of its ``block_modules`` hands the call to the method's ``route``.
+Built in: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and linear probes. Modules a backbone
 trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become part of the task's
-head. VPT adds tokens (the
-sequence length would differ per task), LoRA changes the frozen projections' own outputs, and full fine-tuning has
-its own backbone: those are refused, naming the adapter.
+head. A method that cannot share a batch (VPT, LoRA, full fine-tuning) is refused with the reason it declares, naming
+the adapter.
 """
 
 from __future__ import annotations
@@ -31,20 +32,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..backbones.families import find_family
 from ..data import build_image_transform
 from ..errors import UnsupportedModelError
 from ..factory import BackboneSource
 from ..heads import classifier_paths
+from ..methods.protocol import BlockModule
+from ..methods.registry import Method
 from ..precision import resolve_precision
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import AdapterFileError, AdapterInfo, build_adapter_backbone, load_adapter, read_adapter_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MULTITASK_METHODS", "MultiTaskModel", "Router", "TaskInfo", "UnknownTaskError"]
-
-# method -> the name of the module it puts into each adapted block (None: no block module, only the head)
-MULTITASK_METHODS: dict[str, str | None] = {"adaptformer": "adaptmlp", "adapter_plus": "adapter_plus", "linear": None}
+__all__ = ["MultiTaskModel", "Router", "TaskInfo", "UnknownTaskError"]
 
 
 class UnknownTaskError(KeyError):
@@ -75,42 +76,19 @@ class _Rows:
 
 
 class Router(nn.Module):
-    """At one adapted site: each task's module (``tasks[name]``) applied to that task's rows only.
+    """Stands in for a method's module at one adapted site of the trunk (the block calls it as it calls the module):
+    each task's module (``tasks[name]``) applies to that task's rows only, as the method's protocol routes them
+    (:attr:`BlockModule.route`); rows of tasks without a module here get the plain block's result."""
 
-    For AdaptFormer's ``AdaptMLP`` the block calls :meth:`add` (residual stream, normed input, MLP branch); for
-    Adapter+ it calls the router on the block's output. Rows of tasks without a module here pass unchanged (the plain
-    block's result)."""
-
-    def __init__(self, rows: _Rows) -> None:
+    def __init__(self, rows: _Rows, site: BlockModule) -> None:
         super().__init__()
         self.tasks = nn.ModuleDict()
+        self.site = site
         self._rows = rows
 
-    def _present(self) -> list[tuple[nn.Module, torch.Tensor]]:
-        return [(self.tasks[n], r) for n, r in self._rows.by_task.items() if n in self.tasks and r.numel()]
-
-    def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The block's feed-forward half for every row: ``x + h`` (the plain block's) plus, on a task's rows, what
-        that task's ``AdaptMLP.add`` adds. x, normed, h: (B, ..., C)."""
-        out = x + h  # a fresh tensor: written in place below
-        for module, rows in self._present():
-            if module.form == "parallel":  # x + h + s * mlp(input): only the input rows are gathered
-                source = normed if module.input == "normed" else x
-                out.index_add_(0, rows, module(source.index_select(0, rows)).to(out.dtype))
-            else:  # sequential: x + (h + adapter(h)), in that order
-                picked = (x.index_select(0, rows), normed.index_select(0, rows), h.index_select(0, rows))
-                out.index_copy_(0, rows, module.add(*picked).to(out.dtype))
-        return out
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """A post-block adapter (Adapter+): ``y`` on rows of tasks without one, the task's module on its rows."""
-        present = self._present()
-        if not present:
-            return y
-        out = y.clone()
-        for module, rows in present:
-            out.index_copy_(0, rows, module(y.index_select(0, rows)).to(out.dtype))
-        return out
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        present = [(self.tasks[n], r) for n, r in self._rows.by_task.items() if n in self.tasks and r.numel()]
+        return self.site.routed(present, inputs)
 
 
 def _shared_copy(model: nn.Module, own: Sequence[str] = ()) -> nn.Module:
@@ -150,7 +128,8 @@ class MultiTaskModel(nn.Module):
         self._head_path = paths[0]
         self.trunk.set_submodule(self._head_path, nn.Identity())
         self.heads = nn.ModuleDict()
-        self.routers = nn.ModuleDict()  # block path (dots as "/") -> its Router
+        self.routers = nn.ModuleDict()  # "block path/attribute" (dots as "/") -> its Router
+        self._owners: dict[str, str] = {}  # block path -> the title of the method whose class the trunk block has
         self._infos: dict[str, TaskInfo] = {}
         self._models: dict[str, nn.Module] = {}
 
@@ -189,12 +168,12 @@ class MultiTaskModel(nn.Module):
         if name in self._infos:
             raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
         info = read_adapter_config(directory)
-        method = info.spec.registered.name
-        if method not in MULTITASK_METHODS:
+        registered = info.spec.registered
+        method = registered.name
+        if registered.batch_refusal is not None:
             raise UnsupportedModelError(
-                f"{directory}: method {method!r} cannot share a backbone in a mixed-task batch (supported: "
-                f"{list(MULTITASK_METHODS)}; VPT changes the token count, LoRA the frozen projections, full "
-                "fine-tuning has its own backbone); load it as a single-task model (create_model_from_adapter)"
+                f"{directory}: method {method!r} cannot share a backbone in a mixed-task batch: "
+                f"{registered.batch_refusal}; load it as a single-task model (create_model_from_adapter)"
             )
         if info.multi_label:
             raise UnsupportedModelError(
@@ -213,7 +192,7 @@ class MultiTaskModel(nn.Module):
         paths = classifier_paths(task_model)
         if paths != (self._head_path,):
             raise UnsupportedModelError(f"{directory}: its classifiers {list(paths)} differ from the backbone's")
-        self._attach(name, task_model, MULTITASK_METHODS[method], directory)
+        self._attach(name, task_model, registered, directory)
         # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
         # trunk stops before them and the task's head starts with them
         for module_name in info.spec.extra_trainable:
@@ -226,31 +205,36 @@ class MultiTaskModel(nn.Module):
         logger.info("task %s: %s from %s", name, method, directory)
         return self._infos[name]
 
-    def _attach(self, name: str, task_model: nn.Module, attribute: str | None, directory: Path) -> None:
-        """Give every router of the blocks ``task_model`` adapts the task's module (creating the router the first
-        time a block is adapted). Every block is checked before any router changes."""
-        if attribute is None:
+    def _attach(self, name: str, task_model: nn.Module, method: Method, directory: Path) -> None:
+        """Give every router of the blocks ``task_model`` adapts the task's module there (creating the router, and
+        making the trunk's block the method's class, the first time a block is adapted). A trunk block holds one
+        method's modules: every block is checked before any router changes."""
+        if not method.block_modules:
             return
+        paths = {id(m): p for p, m in task_model.named_modules()}
         sites = []
-        for path, block in task_model.named_modules():
-            module = getattr(block, attribute, None) if path else None
-            if not isinstance(module, nn.Module):
-                continue
-            trunk_block, key = self.trunk.get_submodule(path), path.replace(".", "/")
-            fresh = type(trunk_block) is type(self._plain[0].get_submodule(path))
-            if (key not in self.routers and not fresh) or (
-                key in self.routers and getattr(trunk_block, attribute, None) is not self.routers[key]
-            ):
-                raise UnsupportedModelError(
-                    f"{directory}: block {path} holds another method's adapters ({type(trunk_block).__name__}); "
-                    "AdaptFormer and Adapter+ tasks cannot adapt the same blocks"
-                )
-            sites.append((key, trunk_block, type(block), module))
-        for key, trunk_block, adapted, module in sites:
+        for _, block in find_family(task_model, what=method.title).blocks(task_model):
+            path = paths[id(block)]
+            for site in method.block_modules:
+                module = getattr(block, site.attribute, None)
+                if not isinstance(module, nn.Module):
+                    continue
+                trunk_block = self.trunk.get_submodule(path)
+                plain = type(self._plain[0].get_submodule(path))
+                if type(trunk_block) not in (plain, type(block)):
+                    owner = self._owners.get(path, type(trunk_block).__name__)
+                    raise UnsupportedModelError(
+                        f"{directory}: block {path} holds another method's modules ({type(trunk_block).__name__}); "
+                        f"{owner} and {method.title} tasks cannot adapt the same blocks"
+                    )
+                sites.append((path, site, trunk_block, type(block), module))
+        for path, site, trunk_block, adapted, module in sites:
+            key = f"{path}/{site.attribute}".replace(".", "/")
             if key not in self.routers:
                 trunk_block.__class__ = adapted
-                trunk_block.add_module(attribute, Router(self._rows))
-                self.routers[key] = getattr(trunk_block, attribute)
+                trunk_block.add_module(site.attribute, Router(self._rows, site))
+                self.routers[key] = getattr(trunk_block, site.attribute)
+                self._owners[path] = method.title
             self.routers[key].tasks[name] = module
 
     @staticmethod

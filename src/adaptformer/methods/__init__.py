@@ -7,7 +7,8 @@
     lora         low-rank updates of the attention projections (:mod:`.lora`)
     adapter_plus Adapter+ bottlenecks after every block (:mod:`.adapter_plus`)
 
-``register_method(Method(...))`` adds a method defined anywhere; see :mod:`.registry`.
+``register_method(Method(...))`` adds a method defined anywhere; see :mod:`.registry`, and :mod:`.protocol` for how a
+method declares its behaviour in a mixed-task batch, before export and under ``inspect``.
 """
 
 from .adapter_plus import AdapterPlus, AdapterPlusConfig, adapter_plus_modules
@@ -15,6 +16,7 @@ from .adaptformer import AdaptFormerConfig, AdaptMLP, adapter_modules
 from .full import FullConfig
 from .linear import LinearConfig
 from .lora import LoRA, LoRAConfig, LoRALinear, lora_modules, merge_lora, unmerge_lora
+from .protocol import BlockModule, Measurement
 from .registry import (
     Method,
     MethodConfig,
@@ -32,11 +34,13 @@ __all__ = [
     "AdaptMLP",
     "AdapterPlus",
     "AdapterPlusConfig",
+    "BlockModule",
     "FullConfig",
     "LinearConfig",
     "LoRA",
     "LoRAConfig",
     "LoRALinear",
+    "Measurement",
     "Method",
     "MethodConfig",
     "PromptTokens",

@@ -36,6 +36,7 @@ from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViT
 
 from ..backbones.families import block_width, chosen_blocks, install
 from ..validation import check_block_indices
+from .protocol import BlockModule, Measurement
 from .registry import Method, MethodConfig
 
 HOULSBY_STD = 0.01  # the paper's value (Houlsby et al.'s code uses 1e-3); truncated at +-2 std
@@ -86,10 +87,13 @@ class AdapterPlus(nn.Module):
             nn.init.zeros_(linear.bias)
         self.scale.fill_(1.0)
 
+    def branch(self, y: torch.Tensor) -> torch.Tensor:
+        """The adapter branch ``s * up(GELU(down(y)))`` alone, (..., d) -> (..., d)."""
+        return self.up_proj(self.act(self.down_proj(y))) * self.scale
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        branch = self.up_proj(self.act(self.down_proj(y))) * self.scale  # (..., d)
         # Under autocast the fp32 scale would promote the branch: the stream keeps its dtype for the frozen blocks.
-        return y + self.drop_path(branch.to(y.dtype))
+        return y + self.drop_path(self.branch(y).to(y.dtype))
 
 
 class AdapterPlusViTBlock(Block):
@@ -152,7 +156,8 @@ class AdapterPlusTorchvisionSwinBlock(TorchvisionSwinBlock):
         return self.adapter_plus(super().forward(x))
 
 
-# backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the family's block)
+# backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the
+# family's block)
 ADAPTER_PLUS_BLOCKS: dict[str, type[nn.Module]] = {
     "vit": AdapterPlusViTBlock,
     "swin": AdapterPlusSwinBlock,
@@ -184,6 +189,22 @@ def attach(model: nn.Module, config: AdapterPlusConfig) -> nn.Module:
     return model
 
 
+# ------------------------------------------------------------------------------------------------ the protocol
+
+
+def without_adapter(y: torch.Tensor) -> torch.Tensor:
+    """The plain block's output: what an Adapter+ block has before its adapter."""
+    return y
+
+
+def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> Measurement:
+    """``inspect``'s view of one Adapter+ call: the adapter branch against the residual stream y it is added to (drop
+    path is the identity in eval)."""
+    assert isinstance(module, AdapterPlus)
+    (y,) = inputs
+    return Measurement(output=module.branch(y), residual=y, form="post-block")
+
+
 METHOD = Method(
     name="adapter_plus",
     config=AdapterPlusConfig,
@@ -191,4 +212,7 @@ METHOD = Method(
     modules=adapter_plus_modules,
     summary="Adapter+: a scaled bottleneck adapter after every block (Steitz & Roth, CVPR 2024)",
     group="adapters",
+    title="Adapter+",
+    block_modules=(BlockModule("adapter_plus", bypass=without_adapter, measure=measure),),
+    batch_refusal=None,
 )

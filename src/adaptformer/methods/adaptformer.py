@@ -32,6 +32,7 @@ from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViT
 
 from ..backbones.families import block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_choice
+from .protocol import BlockModule, Measurement
 from .registry import Method, MethodConfig
 
 SCALE_LEARNABLE = "learnable"
@@ -137,7 +138,8 @@ __all__ = ["AdaptFormerConfig", "AdaptMLP", "AdaptedSwinBlock", "AdaptedViTBlock
 class AdaptMLP(nn.Module):
     """The AdaptFormer bottleneck: ``s * up(dropout(relu(down(x))))``, with optional LayerNorm in or out.
 
-    ``forward`` returns only the adapter's contribution; :meth:`add` puts it into a block's feed-forward half.
+    ``forward(x, normed, h)`` is the block's feed-forward half with the adapter in it (what an adapted block calls);
+    :meth:`branch` is the adapter's contribution alone.
     """
 
     def __init__(self, dim: int, bottleneck: int, config: AdaptFormerConfig) -> None:
@@ -169,7 +171,8 @@ class AdaptMLP(nn.Module):
         if isinstance(self.scale, nn.Parameter):
             self.scale.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's contribution ``s * A(x)`` for what it reads, (..., C) -> (..., C)."""
         if self.layernorm == "in":
             x = self.norm(x)
         out = self.up_proj(self.dropout(self.act(self.down_proj(x)))) * self.scale
@@ -177,15 +180,19 @@ class AdaptMLP(nn.Module):
             out = self.norm(out)
         return out
 
-    def add(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The feed-forward half's output given the residual stream ``x`` (x'), ``normed = norm2(x)`` and the
         (drop-path'ed) MLP branch ``h``. Ordered so that a zero adapter output gives exactly ``x + h``."""
         # the contribution in the residual stream's dtype: under autocast a learnable fp32 scale, an adapter norm or
         # an fp32 LayerNorm output read as input would otherwise promote the stream to fp32 (more memory, and a
         # bf16-stored frozen LayerNorm downstream refuses it)
         if self.form == "sequential":
-            return x + (h + self(h).to(x.dtype))
-        return x + h + self(normed if self.input == "normed" else x).to(x.dtype)
+            return x + (h + self.branch(h).to(x.dtype))
+        return x + h + self.branch(self.reads(x, normed)).to(x.dtype)
+
+    def reads(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """What the parallel adapter reads: the residual stream x' or its LayerNorm."""
+        return normed if self.input == "normed" else x
 
     def extra_repr(self) -> str:
         scale = "learnable" if isinstance(self.scale, nn.Parameter) else self.scale
@@ -193,10 +200,10 @@ class AdaptMLP(nn.Module):
 
 
 # The adapted block of each backbone family: the family's own ``forward`` with the feed-forward half put together by
-# the block's ``adaptmlp`` (AdaptMLP.add). Each subclasses the library's block, so parameter names, the attention half
-# and everything the block owns stay the library's; only the class of an existing block is swapped. ``add(x, normed,
-# h)`` returns exactly ``x + h`` while the adapter outputs zero, so each ``forward`` computes bit for bit what the
-# plain block computes at init.
+# the block's ``adaptmlp`` (AdaptMLP.forward). Each subclasses the library's block, so parameter names, the attention
+# half and everything the block owns stay the library's; only the class of an existing block is swapped.
+# ``adaptmlp(x, normed, h)`` returns exactly ``x + h`` while the adapter outputs zero, so each ``forward`` computes bit
+# for bit what the plain block computes at init.
 
 
 class AdaptedViTBlock(Block):
@@ -207,7 +214,7 @@ class AdaptedViTBlock(Block):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
         normed = self.norm2(x)
-        return self.adaptmlp.add(x, normed, self.drop_path2(self.ls2(self.mlp(normed))))
+        return self.adaptmlp(x, normed, self.drop_path2(self.ls2(self.mlp(normed))))
 
 
 class AdaptedSwinBlock(SwinTransformerBlock):
@@ -220,7 +227,7 @@ class AdaptedSwinBlock(SwinTransformerBlock):
         x = x + self.drop_path1(self._attn(self.norm1(x)))
         x = x.reshape(B, -1, C)  # (B, H*W, C)
         normed = self.norm2(x)
-        x = self.adaptmlp.add(x, normed, self.drop_path2(self.mlp(normed)))
+        x = self.adaptmlp(x, normed, self.drop_path2(self.mlp(normed)))
         return x.reshape(B, H, W, C)
 
 
@@ -245,7 +252,7 @@ class AdaptedEvaBlock(EvaBlock):
         x_mlp = self.mlp(normed)
         if self.gamma_2 is not None:
             x_mlp = self.gamma_2 * x_mlp
-        return self.adaptmlp.add(x, normed, self.drop_path2(x_mlp))
+        return self.adaptmlp(x, normed, self.drop_path2(x_mlp))
 
 
 class AdaptedBeitBlock(BeitBlock):
@@ -258,7 +265,7 @@ class AdaptedBeitBlock(BeitBlock):
         x = x + self.drop_path1(x_attn if self.gamma_1 is None else self.gamma_1 * x_attn)
         normed = self.norm2(x)
         x_mlp = self.mlp(normed)
-        return self.adaptmlp.add(x, normed, self.drop_path2(x_mlp if self.gamma_2 is None else self.gamma_2 * x_mlp))
+        return self.adaptmlp(x, normed, self.drop_path2(x_mlp if self.gamma_2 is None else self.gamma_2 * x_mlp))
 
 
 class AdaptedTorchvisionViTBlock(TorchvisionViTBlock):
@@ -272,7 +279,7 @@ class AdaptedTorchvisionViTBlock(TorchvisionViTBlock):
         x, _ = self.self_attention(x, x, x, need_weights=False)
         x = self.dropout(x) + input  # x': the residual stream after attention
         normed = self.ln_2(x)
-        return self.adaptmlp.add(x, normed, self.mlp(normed))
+        return self.adaptmlp(x, normed, self.mlp(normed))
 
 
 class AdaptedTorchvisionSwinBlock(TorchvisionSwinBlock):
@@ -285,7 +292,7 @@ class AdaptedTorchvisionSwinBlock(TorchvisionSwinBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.stochastic_depth(self.attn(self.norm1(x)))
         normed = self.norm2(x)
-        return self.adaptmlp.add(x, normed, self.stochastic_depth(self.mlp(normed)))
+        return self.adaptmlp(x, normed, self.stochastic_depth(self.mlp(normed)))
 
 
 # backbone family name (backbones.families.FAMILIES) -> its adapted block class (a subclass of the family's block)
@@ -327,6 +334,22 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
     return model
 
 
+# ------------------------------------------------------------------------------------------------ the protocol
+
+
+def without_adapter(x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The feed-forward half of the plain block, from the arguments an adapted block gives its AdaptMLP."""
+    return x + h
+
+
+def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> Measurement:
+    """``inspect``'s view of one AdaptMLP call: ``s * A(.)`` against the MLP branch h and the residual stream x'."""
+    assert isinstance(module, AdaptMLP)
+    x, normed, h = inputs
+    read = h if module.form == "sequential" else module.reads(x, normed)
+    return Measurement(output=module.branch(read), residual=x, mlp=h, form=module.form)
+
+
 METHOD = Method(
     name="adaptformer",
     config=AdaptFormerConfig,
@@ -334,4 +357,7 @@ METHOD = Method(
     modules=adapter_modules,
     summary="AdaptMLP bottleneck adapters beside every block's MLP (Chen et al., NeurIPS 2022)",
     group="adapters",
+    title="AdaptFormer",
+    block_modules=(BlockModule("adaptmlp", bypass=without_adapter, measure=measure),),
+    batch_refusal=None,
 )

@@ -20,4 +20,5 @@ METHOD = Method(
     modules=no_modules,
     summary="full fine-tuning: every parameter trains",
     trains_backbone=True,
+    batch_refusal="full fine-tuning has its own backbone",
 )

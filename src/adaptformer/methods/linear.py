@@ -29,4 +29,5 @@ METHOD = Method(
     attach=attach,
     modules=no_modules,
     summary="linear probe: only the task head trains",
+    batch_refusal=None,  # only the head differs per task
 )

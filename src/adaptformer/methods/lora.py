@@ -279,4 +279,8 @@ METHOD = Method(
     modules=lora_modules,
     summary="LoRA: low-rank updates of the attention's q/v (k, o) projections (Hu et al., ICLR 2022)",
     group="lora",
+    title="LoRA",
+    batch_refusal="LoRA changes the outputs of the frozen projections themselves, which every task shares",
+    merge=merge_lora,
+    unmerge=unmerge_lora,
 )

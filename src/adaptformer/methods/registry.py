@@ -6,9 +6,11 @@ A method has three roles, each in its own module of this package:
     attach     adds the method's modules to a backbone in place, WHERE they go (backbone names never change);
     modules    finds those modules again by structure (module type), so WHAT TRAINS never depends on key names.
 
-Everything else (freezing, the parameter report, saving adapters, optimizer groups, the command line, recipes, the
-study) reads :func:`get_method` / :func:`method_names` and never names a method. A method defined outside the package
-becomes known everywhere with one :func:`register_method` call.
+How it behaves in every other mode (a mixed-task batch, a merge before export, what ``inspect`` measures) it declares
+through the protocol fields of :class:`Method` (see :mod:`.protocol`). Everything else (freezing, the parameter report,
+saving adapters, optimizer groups, the command line, recipes, the study, the multi-task model, export, inspect) reads
+:func:`get_method` / :func:`method_names` and never names a method. A method defined outside the package becomes known
+everywhere with one :func:`register_method` call.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 import torch.nn as nn
 
 from ..validation import from_mapping, to_plain
+from .protocol import BlockModule
 
 C = TypeVar("C", bound="MethodConfig")
 
@@ -50,6 +53,15 @@ class Method:
         group: the name of its row in the parameter report ("adapters", "prompts", ...).
         trains_backbone: True if every backbone parameter trains too (full fine-tuning).
         weight_decay: whether its matrices take weight decay (VPT's prompt tokens do not; biases and norms never do).
+        title: its name in prose and reports ("AdaptFormer"); default: ``name``.
+        block_modules: the modules it installs as children of the blocks it adapts, and how each serves a mixed-task
+            batch and ``inspect`` (:class:`~adaptformer.methods.protocol.BlockModule`); empty: none (head only).
+        batch_refusal: why its tasks cannot share a frozen backbone in one mixed-task batch, as the refusal prints it;
+            None: they can (the multi-task trunk routes its ``block_modules``). The default refuses a method that has
+            not said: its trained tensors might be frozen backbone tensors that every task shares.
+        merge: ``merge(model)`` folds its updates into the frozen weights, in place, before inference or export (LoRA);
+            None: nothing to merge.
+        unmerge: undoes ``merge`` (training works again); given exactly when ``merge`` is.
     """
 
     name: str
@@ -60,12 +72,27 @@ class Method:
     group: str = "method"
     trains_backbone: bool = False
     weight_decay: bool = True
+    title: str = ""
+    block_modules: tuple[BlockModule, ...] = ()
+    batch_refusal: str | None = "it declares no mixed-batch behaviour (Method.batch_refusal=None and block_modules)"
+    merge: Callable[[nn.Module], nn.Module] | None = None
+    unmerge: Callable[[nn.Module], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"a method name is letters, digits, '-' and '_', got {self.name!r}")
         if not (isinstance(self.config, type) and issubclass(self.config, MethodConfig)):
             raise ValueError(f"method {self.name!r}: config must be a MethodConfig subclass, got {self.config!r}")
+        object.__setattr__(self, "block_modules", tuple(self.block_modules))
+        if not all(isinstance(b, BlockModule) for b in self.block_modules):
+            raise ValueError(f"method {self.name!r}: block_modules must be BlockModule entries: {self.block_modules!r}")
+        attributes = [b.attribute for b in self.block_modules]
+        if len(set(attributes)) != len(attributes):
+            raise ValueError(f"method {self.name!r}: block_modules name an attribute twice: {attributes}")
+        if (self.merge is None) != (self.unmerge is None):
+            raise ValueError(f"method {self.name!r}: give merge and unmerge together, or neither")
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
 
 
 def _builtin_methods() -> tuple[Method, ...]:

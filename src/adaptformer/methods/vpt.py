@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from ..backbones.families import qualified_name
+from ..backbones.families import block_width, chosen_blocks, install, qualified_name
 from ..errors import UnsupportedModelError
 from .registry import Method, MethodConfig
 
@@ -84,25 +84,27 @@ def prompt_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
-    """Attach VPT prompts to a ViT-family model in place (UnsupportedModelError for other block families)."""
-    blocks = [m for m in model.modules() if type(m) is Block]
-    if not blocks:
+    """Attach VPT prompts to a ViT-family model in place (UnsupportedModelError for other block families, or for ViT
+    blocks another method adapted already)."""
+    if prompt_modules(model):
+        raise ValueError(f"{type(model).__name__} already has prompts")
+    try:
+        _, blocks, _ = chosen_blocks(model, ("vit",), None, what="VPT")
+    except UnsupportedModelError as error:
+        if any(isinstance(m, Block) for m in model.modules()):
+            raise  # ViT blocks that another method made its own: chosen_blocks names the block
         kinds = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
         raise UnsupportedModelError(
             f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds}"
-        )
-    if prompt_modules(model):
-        raise ValueError(f"{type(model).__name__} already has prompts")
+        ) from error
     last = len(blocks) - 1
-    for i, block in enumerate(blocks):
+    for i, (_, block) in enumerate(blocks):
         prepend = config.deep or i == 0
         strip = config.deep or i == last
         if not (prepend or strip):
             continue
-        dim = block.mlp.fc1.in_features
-        tokens = PromptTokens(dim, config.num_tokens, prepend, strip, config.dropout)
-        block.add_module("vpt", tokens.to(next(block.parameters()).device))
-        block.__class__ = PromptedViTBlock
+        tokens = PromptTokens(block_width(block), config.num_tokens, prepend, strip, config.dropout)
+        install(block, "vpt", tokens, PromptedViTBlock)
     return model
 
 
@@ -114,4 +116,6 @@ METHOD = Method(
     summary="visual prompt tuning: learnable tokens prepended at every block (deep) or the first (Jia et al., 2022)",
     group="prompts",
     weight_decay=False,
+    title="VPT",
+    batch_refusal="VPT adds tokens, so the sequence length would differ per task",
 )

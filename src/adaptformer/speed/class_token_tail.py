@@ -91,7 +91,7 @@ def _adapted_tail(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tenso
     attended = _class_token_attention(block.attn, block.norm1(x), 0, fused)
     x = x[:, :1] + block.drop_path1(block.ls1(attended))
     normed = block.norm2(x)
-    return block.adaptmlp.add(x, normed, block.drop_path2(block.ls2(block.mlp(normed))))
+    return block.adaptmlp(x, normed, block.drop_path2(block.ls2(block.mlp(normed))))
 
 
 def _prompted_tail(block: nn.Module, x: torch.Tensor, fused: bool) -> torch.Tensor:

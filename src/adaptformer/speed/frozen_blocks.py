@@ -48,7 +48,7 @@ class FrozenBackwardAdaptedViTBlock(AdaptedViTBlock):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(_attention_half(self, x, attn_mask, is_causal)))
         h, normed = _mlp_half(self, x)
-        return self.adaptmlp.add(x, normed, self.drop_path2(self.ls2(h)))
+        return self.adaptmlp(x, normed, self.drop_path2(self.ls2(h)))
 
 
 class FrozenBackwardPromptedViTBlock(PromptedViTBlock):

@@ -363,5 +363,6 @@ def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) ->
             splits[run["task"]] = load_split(spec, "test")
         test = splits[run["task"]].build(model, "eval")
         report = inspect_adapter(model, DataLoader(test, batch_size=128), INSPECT_SAMPLES, device="cpu")
-        records.append({"task": run["task"], "method": run["method"], **report.to_dict()})
+        # the study's method name (e.g. "adaptformer-64-blocks1-3") over the report's method title
+        records.append({**report.to_dict(), "task": run["task"], "method": run["method"]})
     return records
