@@ -21,6 +21,12 @@ def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def check_probability(name: str, value: object) -> None:
+    """A dropout-like probability: a number (not a bool) in [0, 1); ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+
+
 def from_mapping(cls: type[T], data: Any, what: str | None = None) -> T:
     """``cls(**data)`` for a dataclass ``cls``, refusing non-mappings and unknown keys with a message that lists the
     known ones (``what`` names the thing being read, default the class name)."""

@@ -35,7 +35,7 @@ from torchvision.models.swin_transformer import SwinTransformerBlock as Torchvis
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
 from ..backbones.families import block_width, chosen_blocks, install
-from ..validation import check_block_indices
+from ..validation import check_block_indices, check_probability
 from .protocol import BlockModule, Measurement
 from .registry import Method, MethodConfig
 
@@ -60,10 +60,8 @@ class AdapterPlusConfig(MethodConfig):
         b = self.bottleneck
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"bottleneck must be a positive int, got {b!r}")
-        p = self.drop_path
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
-            raise ValueError(f"drop_path must be a probability in [0, 1), got {p!r}")
-        object.__setattr__(self, "drop_path", float(p))
+        check_probability("drop_path", self.drop_path)
+        object.__setattr__(self, "drop_path", float(self.drop_path))
         object.__setattr__(self, "layers", check_block_indices("layers", self.layers))
 
 

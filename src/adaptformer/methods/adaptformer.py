@@ -31,7 +31,7 @@ from torchvision.models.swin_transformer import SwinTransformerBlock as Torchvis
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
 from ..backbones.families import block_width, chosen_blocks, install
-from ..validation import check_block_indices, check_choice
+from ..validation import check_block_indices, check_choice, check_probability
 from .protocol import BlockModule, Measurement
 from .registry import Method, MethodConfig
 
@@ -102,8 +102,7 @@ class AdaptFormerConfig(MethodConfig):
             raise ValueError(
                 'input="normed" applies to the parallel form only: the sequential adapter reads the MLP branch output'
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        check_probability("dropout", self.dropout)
         object.__setattr__(self, "dropout", float(self.dropout))
         object.__setattr__(self, "layers", check_block_indices("layers", self.layers))
 

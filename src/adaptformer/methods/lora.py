@@ -40,7 +40,7 @@ from timm.models.swin_transformer import WindowAttention
 from ..backbones.families import family_blocks, qualified_name
 from ..backbones.video_vit import QVBiasAttention
 from ..errors import UnsupportedModelError
-from ..validation import check_block_indices
+from ..validation import check_block_indices, check_probability
 from .registry import Method, MethodConfig
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,7 @@ class LoRAConfig(MethodConfig):
             raise ValueError(f"targets names a projection twice: {list(self.targets)} (proj is o)")
         order = (*QKV_TARGETS, OUTPUT_TARGET)
         object.__setattr__(self, "targets", tuple(sorted(targets, key=order.index)))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        check_probability("dropout", self.dropout)
         object.__setattr__(self, "dropout", float(self.dropout))
         object.__setattr__(self, "layers", check_block_indices("layers", self.layers))
 

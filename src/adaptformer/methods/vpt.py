@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 
 from ..backbones.families import block_width, chosen_blocks, install, qualified_name
 from ..errors import UnsupportedModelError
+from ..validation import check_probability
 from .registry import Method, MethodConfig
 
 
@@ -39,8 +40,7 @@ class VPTConfig(MethodConfig):
             raise ValueError(f"num_tokens must be a positive int, got {self.num_tokens!r}")
         if not isinstance(self.deep, bool):
             raise ValueError(f"deep must be true or false, got {self.deep!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        check_probability("dropout", self.dropout)
 
 
 class PromptTokens(nn.Module):

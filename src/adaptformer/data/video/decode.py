@@ -245,4 +245,3 @@ def decode_clip(path: str | os.PathLike[str], indices: Sequence[int], info: Vide
         raise VideoDecodeError(path, f"decoding failed ({err})") from err
     clip = torch.from_numpy(np.stack([frames[i] for i in indices]))  # (T, H, W, C)
     return DecodedClip(clip, decoded, used_seek, end_of_stream)
-
