@@ -57,7 +57,8 @@ class UnknownTaskError(KeyError):
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """One task of a :class:`MultiTaskModel`: what its adapter folder records."""
+    """One task of a :class:`MultiTaskModel`: what its adapter folder records (``adapter``: its adapter_config.json,
+    read once when the task was added)."""
 
     name: str
     classes: list[str]
@@ -66,6 +67,7 @@ class TaskInfo:
     directory: Path
     is_video: bool
     preprocessing: Preprocessing
+    adapter: AdapterInfo
 
 
 class _Rows:
@@ -142,8 +144,10 @@ class MultiTaskModel(nn.Module):
         names: Sequence[str] | None = None,
         source: BackboneSource | None = None,
         max_batch: int = 64,
+        infos: Sequence[AdapterInfo] | None = None,
     ) -> MultiTaskModel:
-        """Load every adapter folder in ``dirs`` on the backbone the first one records (or ``source``)."""
+        """Load every adapter folder in ``dirs`` on the backbone the first one records (or ``source``). ``infos``: the
+        folders' adapter_config.json as the caller already read them (each is read here otherwise, once)."""
         if not dirs:
             raise ValueError("a multi-task model needs at least one adapter folder")
         names = list(names) if names is not None else [default_task_name(Path(d)) for d in dirs]
@@ -154,20 +158,23 @@ class MultiTaskModel(nn.Module):
             if name in seen:
                 raise ValueError(f"two adapters would be task {name!r}: {seen[name]} and {directory}; name them")
             seen[name] = Path(directory)
-        first = read_adapter_config(dirs[0])
-        model = cls(build_adapter_backbone(dirs[0], source, info=first), first.spec.backbone, max_batch)
-        for name, directory in zip(names, dirs, strict=True):
-            model.add_task(name, directory)
+        infos = list(infos) if infos is not None else [read_adapter_config(d) for d in dirs]
+        if len(infos) != len(dirs):
+            raise ValueError(f"{len(infos)} adapter configs for {len(dirs)} adapter folders")
+        model = cls(build_adapter_backbone(dirs[0], source, info=infos[0]), infos[0].spec.backbone, max_batch)
+        for name, directory, info in zip(names, dirs, infos, strict=True):
+            model.add_task(name, directory, info)
         return model
 
-    def add_task(self, name: str, directory: str | Path) -> TaskInfo:
-        """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched."""
+    def add_task(self, name: str, directory: str | Path, info: AdapterInfo | None = None) -> TaskInfo:
+        """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched. ``info``: its
+        adapter_config.json, if already read."""
         directory = Path(directory)
         if not name or "." in name or "/" in name:
             raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
         if name in self._infos:
             raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
-        info = read_adapter_config(directory)
+        info = info if info is not None else read_adapter_config(directory)
         registered = info.spec.registered
         method = registered.name
         if registered.batch_refusal is not None:
@@ -242,7 +249,7 @@ class MultiTaskModel(nn.Module):
         classes = list(info.classes) if info.classes else [str(i) for i in range(int(model.num_classes))]
         trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
         return TaskInfo(name, classes, method, trainable, directory, clip_frames(model) is not None,
-                        Preprocessing.from_model(model))  # fmt: skip
+                        Preprocessing.from_model(model), info)  # fmt: skip
 
     def remove_task(self, name: str) -> None:
         """Drop task ``name``: its modules and head; the other tasks' outputs do not change."""

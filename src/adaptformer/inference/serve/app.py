@@ -1,5 +1,5 @@
-"""The HTTP service of ``adaptformer serve``: a JSON API over a :class:`~adaptformer.inference.multitask.MultiTaskModel`, plus a
-small page to try it (FastAPI app, served by uvicorn).
+"""The HTTP service of ``adaptformer serve``: a JSON API over a
+:class:`~adaptformer.inference.multitask.MultiTaskModel`, plus a small page to try it (FastAPI app, served by uvicorn).
 
 - ``GET /health``: ``{"status": "ok", "tasks": N, "requests": ..., "batches": ...}``;
 - ``GET /tasks``: each task's name, classes, method, trainable parameters;

@@ -1,6 +1,7 @@
 """Concurrent requests into mixed-task batches: requests wait in a queue; one worker takes the first, collects more
 until ``max_batch`` samples or ``max_wait_ms`` have passed, and runs them as ONE
-:meth:`~adaptformer.inference.multitask.MultiTaskModel.classify` call in a thread (the event loop keeps serving meanwhile)."""
+:meth:`~adaptformer.inference.multitask.MultiTaskModel.classify` call in a thread (the event loop keeps serving
+meanwhile)."""
 
 from __future__ import annotations
 
