@@ -59,7 +59,7 @@ def test_v01_adapters_give_v01_logits(name: str) -> None:
 
 
 def test_a_checkpoint_less_v01_adapter_needs_and_takes_its_seed() -> None:
-    with pytest.raises(AdapterFileError, match="initial seed is not recorded.*--init-seed"):
+    with pytest.raises(AdapterFileError, match="initial seed is not recorded.*--model.init_seed"):
         load_trained_model(V01 / "linear_random_init")
     seed = yaml.safe_load((V01 / "configs" / "linear_random_init.yaml").read_text())["seed"]
     # The seed rebuilds the backbone up to float rounding: on another CPU model than the fixtures' the seeded init
