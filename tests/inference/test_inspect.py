@@ -1,5 +1,6 @@
-"""``adaptformer inspect`` and :mod:`adaptformer.inference.inspection`: adapter/MLP and adapter/residual norm ratios per adapted
-block and the class token's drift from the frozen backbone, on the shipped tiny ViT and a tiny video ViT."""
+"""``adaptformer inspect`` and :mod:`adaptformer.inference.inspection`: adapter/MLP and adapter/residual norm ratios
+per adapted block and the class token's drift from the frozen backbone, on the shipped tiny ViT and a tiny video
+ViT."""
 
 from __future__ import annotations
 
