@@ -37,7 +37,7 @@ VALUES: dict[str, tuple[str, Any, str]] = {
     "--run.device": ("cpu", "cpu", "cuda:1"),
 }
 CASES = [
-    pytest.param(command, flag, id=f"{command}{flag}")
+    pytest.param(command, flag, id=f"{command}{flag.name}")
     for command in COMMANDS
     for flag in (*BACKBONE_FLAGS, *((DEVICE_FLAG,) if command in RUNS_THE_MODEL else ()))
 ]
