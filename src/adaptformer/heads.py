@@ -1,9 +1,10 @@
 """Task heads. The paper trains MAE's linear-probe head: BatchNorm1d(affine=False) then Linear, on the pooled feature.
 
 Pooling is left to the backbone (CLS token after the final norm, or its global average pool): only the classifier
-module that timm's ``get_classifier()`` returns is replaced, wherever the backbone keeps it (``head`` for ViT,
-``head.fc`` for Swin). The paper head is an ``nn.Sequential`` so its keys are MAE's (``head.0.running_mean``,
-``head.1.weight``).
+module is replaced, wherever the backbone keeps it (``head`` for ViT, ``head.fc`` for Swin). It is what timm's
+``get_classifier()`` returns; a module without that method (a plain torchvision model) is read by torchvision's
+conventions: the last module of ``heads`` (ViT), else ``head`` (Swin, Swin3D, MViT), else ``fc`` (the CNNs). The
+paper head is an ``nn.Sequential`` so its keys are MAE's (``head.0.running_mean``, ``head.1.weight``).
 
 A model with more than one classifier (DeiT's distilled ViTs: ``get_classifier()`` returns ``head`` and
 ``head_dist``, for the class and the distillation token) gets a new head of the same kind in each place; all of them
@@ -21,6 +22,8 @@ from .errors import UnsupportedModelError
 from .validation import check_choice
 
 HEADS = ("paper", "linear")
+# Where torchvision models keep their classifier, in the order tried (module docstring).
+TORCHVISION_HEADS = ("heads", "head", "fc")
 
 
 def paper_head(in_features: int, num_classes: int, init_std: float = 0.01) -> nn.Sequential:
@@ -32,9 +35,23 @@ def paper_head(in_features: int, num_classes: int, init_std: float = 0.01) -> nn
 
 
 def classifiers(model: nn.Module) -> tuple[nn.Module, ...]:
-    """The model's classifier modules: what ``get_classifier()`` returns (one module, or a tuple of them)."""
-    found = model.get_classifier()
-    return tuple(found) if isinstance(found, tuple | list) else (found,)
+    """The model's classifier modules: what ``get_classifier()`` returns (one module, or a tuple of them), else the
+    module at torchvision's place for it (:data:`TORCHVISION_HEADS`); an :class:`UnsupportedModelError` naming the
+    model's type and what can be passed when there is neither."""
+    if callable(getattr(model, "get_classifier", None)):
+        found = model.get_classifier()
+        return tuple(found) if isinstance(found, tuple | list) else (found,)
+    for name in TORCHVISION_HEADS:
+        module = getattr(model, name, None)
+        if name == "heads" and isinstance(module, nn.Sequential) and len(module) > 0:
+            return (module[-1],)  # torchvision ViT: [pre_logits, act,] head
+        if name != "heads" and isinstance(module, nn.Module):
+            return (module,)
+    raise UnsupportedModelError(
+        f"cannot find the classifier of {type(model).__name__}: it has no get_classifier() (timm's API) and none of "
+        f"torchvision's attributes {list(TORCHVISION_HEADS)}; pass a timm model, a torchvision ViT or Swin, a model "
+        "of adaptformer.create_model, or a module whose get_classifier() returns its classifier module(s)"
+    )
 
 
 def classifier_paths(model: nn.Module) -> tuple[str, ...]:
@@ -44,20 +61,31 @@ def classifier_paths(model: nn.Module) -> tuple[str, ...]:
     for classifier in classifiers(model):
         if id(classifier) not in names:
             raise UnsupportedModelError(
-                f"{type(model).__name__}.get_classifier() returned a {type(classifier).__name__} that is not inside "
-                "the model"
+                f"the classifier of {type(model).__name__} (get_classifier() or torchvision's place for it) is a "
+                f"{type(classifier).__name__} that is not inside the model"
             )
         paths.append(names[id(classifier)])
     return tuple(paths)
 
 
+def classifier_linear(classifier: nn.Module) -> nn.Linear | None:
+    """The Linear layer of a classifier: itself, or the first one of a Sequential (the paper head, MViT's
+    Dropout + Linear); None for one without (an Identity: a model built with ``num_classes=0``)."""
+    if isinstance(classifier, nn.Sequential):
+        return next((m for m in classifier if isinstance(m, nn.Linear)), None)
+    return classifier if isinstance(classifier, nn.Linear) else None
+
+
 def classifier_in_features(classifier: nn.Module, model: nn.Module) -> int:
     """The feature width ``classifier`` reads (the model's ``num_features`` if it has no Linear, e.g. Identity)."""
-    linear = classifier if isinstance(classifier, nn.Linear) else None
-    if isinstance(classifier, nn.Sequential):
-        linear = next((m for m in classifier if isinstance(m, nn.Linear)), None)
+    linear = classifier_linear(classifier)
     if linear is not None:
         return linear.in_features
+    if not hasattr(model, "num_features"):
+        raise UnsupportedModelError(
+            f"the classifier of {type(model).__name__} is a {type(classifier).__name__} with no Linear layer, and the "
+            "model has no num_features: cannot tell the width of the feature a new head reads"
+        )
     return int(model.num_features)
 
 

@@ -1,7 +1,8 @@
 """An adapted model: a backbone, a task head and one adaptation method, frozen by the method's rule.
 
 Freezing is decided by the registered method (:mod:`adaptformer.methods`) over modules found by structure (the
-method's modules by type, the head by timm's ``get_classifier()``), never by which keys a checkpoint happened to lack.
+method's modules by type, the head by timm's ``get_classifier()`` or torchvision's conventions, :mod:`.heads`), never
+by which keys a checkpoint happened to lack.
 ``ModelSpec`` records what was applied; it is stored on the model and written into the adapter file, so a saved
 adapter can be re-applied to a fresh backbone.
 """
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .heads import HEADS, set_head
+from .errors import UnsupportedModelError
+from .heads import HEADS, classifier_linear, classifier_paths, classifiers, set_head
 from .methods import Method, MethodConfig, get_method, method_of, resolve_method
 from .methods.state import SPEC_ATTR, get_spec, require_spec, task_state_dict, trainable_groups
 from .validation import check_choice, from_mapping
@@ -96,12 +98,26 @@ def apply_method(model: nn.Module, spec: ModelSpec) -> nn.Module:
         raise ValueError(f"{type(model).__name__} already has a method applied ({get_spec(model)}); build a new model")
     for name in spec.extra_trainable:
         model.get_submodule(name)  # fails early, naming the module, if it does not exist
+    old_heads = {path: model.get_submodule(path) for path in classifier_paths(model)}  # no head: raises, naming why
+    old_classes = getattr(model, "num_classes", None)
     # A backbone may ask for its own head init scale (the paper's video head uses 0.001) via `head_init_std`.
     set_head(model, spec.head, spec.num_classes, init_std=getattr(model, "head_init_std", 0.01))
-    spec.registered.attach(model, spec.method_config)
+    try:
+        spec.registered.attach(model, spec.method_config)  # checks the blocks before it changes any
+    except UnsupportedModelError:
+        _put_back(model, old_heads, old_classes)  # a model the method cannot adapt is left as it was passed in
+        raise
     setattr(model, SPEC_ATTR, spec)
     freeze(model)
     return model
+
+
+def _put_back(model: nn.Module, heads: dict[str, nn.Module], num_classes: Any) -> None:
+    for path, head in heads.items():
+        parent_name, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, head)
+    if num_classes is not None:
+        model.num_classes = num_classes
 
 
 def adapt(
@@ -112,14 +128,29 @@ def adapt(
     backbone: str | None = None,
 ) -> nn.Module:
     """Apply ``method`` (a config, or a registered name for its defaults) with a new ``head`` for ``num_classes``
-    (default: the model's own count) to a timm model, in place; freeze by the method's rule. ``backbone`` is the name
-    the spec records (default: the model's timm architecture); modules the backbone names in ``task_modules`` (a video
-    model's fc_norm) train with the head."""
+    (default: the model's own count) to ``model`` in place; freeze by the method's rule.
+
+    ``model`` is any module whose blocks are of a known family (:mod:`adaptformer.backbones.families`: timm's ViT,
+    Swin, EVA, BEiT; torchvision's ViT and Swin; the library's video models) and whose classifier can be found: timm's
+    ``get_classifier()``, else torchvision's ``heads`` / ``head`` / ``fc`` (:func:`adaptformer.heads.classifiers`).
+    Otherwise an :class:`~adaptformer.errors.UnsupportedModelError` names the module's type and what can be passed,
+    and ``model`` is left as it was. ``backbone`` is the name the spec records (default: the model's timm
+    architecture, else its class name); modules the backbone names in ``task_modules`` (a video model's fc_norm)
+    train with the head."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = backbone or cfg.get("architecture") or type(model).__name__
-    classes = num_classes if num_classes is not None else int(getattr(model, "num_classes", 0))
+    classes = num_classes if num_classes is not None else _own_classes(model)
     spec = ModelSpec.for_method(name, method, num_classes=classes, head=head)
     return apply_method(model, replace(spec, extra_trainable=tuple(getattr(model, "task_modules", ()))))
+
+
+def _own_classes(model: nn.Module) -> int:
+    """The class count of ``model``'s head: its ``num_classes`` (timm, torchvision ViT), else its classifier's
+    outputs; 0 (refused by :class:`ModelSpec`, naming num_classes) when neither tells."""
+    if getattr(model, "num_classes", None):
+        return int(model.num_classes)
+    linear = classifier_linear(classifiers(model)[0])
+    return linear.out_features if linear is not None else 0
 
 
 def method_parameters(model: nn.Module) -> list[nn.Parameter]:

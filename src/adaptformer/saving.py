@@ -340,11 +340,11 @@ def build_adapter_backbone(
         raise AdapterFileError(
             f"{directory}: the adapter was trained on a backbone with no checkpoint whose initial seed is not "
             "recorded (an adaptformer 0.1 folder?); give the seed the run used (its config.yaml: seed), e.g. "
-            "--init-seed N"
+            "--model.init_seed N"
         )
     elif missing_checkpoint(checkpoint):
         raise FileNotFoundError(
-            f"{directory}: the adapter's backbone checkpoint {checkpoint} does not exist; pass --checkpoint PATH "
+            f"{directory}: the adapter's backbone checkpoint {checkpoint} does not exist; pass --model.checkpoint PATH "
             "(the same weights)"
         )
     return build_backbone(

@@ -266,6 +266,6 @@ def test_a_damaged_backbone_checkpoint_is_one_error_line(
     write, _ = READERS["checkpoint.pth"]
     path = write(tmp_path)
     DAMAGE[damage]("checkpoint.pth")(path)
-    assert main(["predict", "--adapter", str(adapter), "--checkpoint", str(path), str(tmp_path / "any.png")]) == 2
+    assert main(["predict", "--adapter", str(adapter), "--model.checkpoint", str(path), str(tmp_path / "any.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}"), err

@@ -89,7 +89,7 @@ def test_eval_reproduces_the_logged_test_accuracy(
 ) -> None:
     capsys.readouterr()
     caplog.set_level(logging.INFO, logger="adaptformer.engine.progress")
-    args = ["eval", "--model", VIT, "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
+    args = ["eval", "--model.backbone", VIT, "--adapter", str(setup["out"] / "adapter"), "--data.dataset", "cifar100",
             "--data.data_dir", str(setup["data"]), "--split", "test", "--data.verify_checksums", "false"]  # fmt: skip
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -264,10 +264,10 @@ def _exit_code(args: list[str]) -> int:
         (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
         (["--split", "nonsense"], "error: --split 'nonsense': 'cifar100' has the splits ['train', 'test']"),
         (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
-        (["--device", "gpu0"], "argument --device: device 'gpu0' is not auto or a torch device"),
-        (["--init-seed", "-1"], "argument --init-seed: expected an integer >= 0, got -1"),
-        (["--checkpoint-source", "caffe"], "argument --checkpoint-source: invalid choice: 'caffe'"),
-        (["--model-kwargs", "{img_size:32}"], "--model-kwargs: '{img_size:32}': the mapping: key 'img_size:32'"),
+        (["--run.device", "gpu0"], "argument --run.device: device 'gpu0' is not auto or a torch device"),
+        (["--model.init_seed", "-1"], "argument --model.init_seed: expected an integer >= 0, got -1"),
+        (["--model.checkpoint_source", "caffe"], "argument --model.checkpoint_source: invalid choice: 'caffe'"),
+        (["--model.kwargs", "{img_size:32}"], "--model.kwargs: '{img_size:32}': the mapping: key 'img_size:32'"),
         (["--data.num_workers", "-1"], "error: --data.num_workers must be >= 0, got -1"),
         (["--data.options", "{colour: 1}"], "error: --data.options ['colour'] are not options of 'cifar100'"),
     ],

@@ -59,7 +59,7 @@ def test_v01_adapters_give_v01_logits(name: str) -> None:
 
 
 def test_a_checkpoint_less_v01_adapter_needs_and_takes_its_seed() -> None:
-    with pytest.raises(AdapterFileError, match="initial seed is not recorded.*--init-seed"):
+    with pytest.raises(AdapterFileError, match="initial seed is not recorded.*--model.init_seed"):
         load_trained_model(V01 / "linear_random_init")
     seed = yaml.safe_load((V01 / "configs" / "linear_random_init.yaml").read_text())["seed"]
     # The seed rebuilds the backbone up to float rounding: on another CPU model than the fixtures' the seeded init
@@ -76,7 +76,7 @@ def test_a_checkpoint_less_v01_adapter_needs_and_takes_its_seed() -> None:
 
 
 def test_a_v01_folder_evaluates_from_the_command_line(capsys: pytest.CaptureFixture) -> None:
-    args = ["eval", "--adapter", str(V01 / "adaptformer_digits"), "--checkpoint", str(SHAPES_VIT_FILE)]
+    args = ["eval", "--adapter", str(V01 / "adaptformer_digits"), "--model.checkpoint", str(SHAPES_VIT_FILE)]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     test_of_run = json.loads((V01 / "manifest.json").read_text())["fixtures"]["adaptformer_digits"]["test_of_run"]

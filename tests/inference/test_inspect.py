@@ -184,7 +184,7 @@ def test_command_writes_json_markdown_and_png(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_command_default_out_is_beside_the_adapter(tmp_path: Path) -> None:
-    assert main(["inspect", "--adapter", str(_saved(tmp_path)), "--num-samples", "2", "--device", "cpu"]) == 0
+    assert main(["inspect", "--adapter", str(_saved(tmp_path)), "--num-samples", "2", "--run.device", "cpu"]) == 0
     assert (tmp_path / "run" / "inspect" / "inspect.json").is_file()
 
 

@@ -5,6 +5,8 @@ section of an adapter's evaluation."""
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from ..validation import check_free_form
 
 
 def yaml_mapping(text: str) -> dict[str, Any]:
-    """An argparse type (``--model-kwargs``, ``prepare --options``): a YAML/JSON mapping (keys checked:
+    """An argparse type (``--model.kwargs``, ``prepare --options``): a YAML/JSON mapping (keys checked:
     ``{img_size:32}`` lacks YAML's space after ':')."""
     try:
         value = yaml.safe_load(text)
@@ -26,6 +28,7 @@ def yaml_mapping(text: str) -> dict[str, Any]:
     except (yaml.YAMLError, ValueError) as e:
         raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
     return value
+
 
 def at_least(low: int, what: str | None = None) -> Any:
     """An argparse type: an int >= ``low`` (``what`` names it in the error, default "an integer >= low")."""
@@ -42,14 +45,16 @@ def at_least(low: int, what: str | None = None) -> Any:
 
     return parse
 
+
 def device_name(text: str) -> str:
-    """``--device``: auto or a torch device name (cpu, cuda, cuda:1, ...)."""
+    """``--run.device``: auto or a torch device name (cpu, cuda, cuda:1, ...)."""
     from ..engine.distributed import check_device_name
 
     try:
         return check_device_name(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
 
 def probability(text: str) -> float:
     """``--threshold``: a number in (0, 1)."""
@@ -61,10 +66,12 @@ def probability(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value:g}")
     return value
 
+
 def folder(text: str) -> str:
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {text}")
     return text
+
 
 def extension(text: str) -> str:
     if not text.startswith(".") or len(text) < 2:
@@ -73,32 +80,107 @@ def extension(text: str) -> str:
         )
     return text
 
+
 def comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
+
+class Spelled(argparse.Action):
+    """Store a flag's value, remembering which spelling gave it: a 0.2 spelling (``renamed_to`` set) prints one
+    warning line naming the new flag, and two spellings of one setting with different values are an error naming
+    both (the same value twice is harmless: a script half-way through its update)."""
+
+    def __init__(self, option_strings: list[str], dest: str, renamed_to: str | None = None, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.renamed_to = renamed_to
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        flag = option_string or self.dest
+        given: dict[str, tuple[str, Any]] = vars(namespace).setdefault("given_spellings", {})
+        if self.renamed_to is not None and not any(f == flag for f, _ in given.values()):
+            print(f"warning: {flag} is deprecated since 0.3; use {self.renamed_to}", file=sys.stderr)
+        earlier = given.get(self.dest)
+        if earlier is not None and earlier[0] != flag and earlier[1] != values:
+            new = self.renamed_to or flag
+            parser.error(f"{earlier[0]} {earlier[1]!r} and {flag} {values!r} set the same thing; give only {new}")
+        given[self.dest] = (flag, values)
+        setattr(namespace, self.dest, values)
+
+
+@dataclass(frozen=True)
+class BackboneFlag:
+    """A setting of the backbone group: its name (train's nested one), its 0.2 spelling, the namespace attribute
+    it fills, and argparse's options for it."""
+
+    name: str
+    old: str
+    dest: str
+    options: dict[str, Any]
+
+
+RECORDED = "(default: as recorded in the adapter's adapter_config.json)"
+BACKBONE_FLAGS = (
+    BackboneFlag("--model.backbone", "--model", "backbone", {
+        "metavar": "NAME", "help": "backbone name, checked against the adapter's (default: not checked)"}),
+    BackboneFlag("--model.checkpoint", "--checkpoint", "checkpoint", {
+        "metavar": "PATH", "help": f"pre-trained backbone weights {RECORDED}"}),
+    BackboneFlag("--model.checkpoint_source", "--checkpoint-source", "checkpoint_source", {
+        "choices": tuple(CONVERTERS), "help": f"key layout of --model.checkpoint {RECORDED}"}),
+    BackboneFlag("--model.kwargs", "--model-kwargs", "model_kwargs", {
+        "type": yaml_mapping, "metavar": "YAML",
+        "help": f"timm kwargs, e.g. '{{img_size: 32}}' (YAML: a space after ':') {RECORDED}"}),
+    BackboneFlag("--model.init_seed", "--init-seed", "init_seed", {
+        "type": at_least(0), "metavar": "N",
+        "help": f"seed of a backbone trained without checkpoint (adaptformer 0.1 folders) {RECORDED}"}),
+)  # fmt: skip
+DEVICE_FLAG = BackboneFlag("--run.device", "--device", "device", {
+    "type": device_name, "default": "auto", "metavar": "DEVICE", "help": "auto, cpu, cuda, cuda:1, ... (default: auto)"
+})  # fmt: skip
+RENAMED = {f.old: f.name for f in (*BACKBONE_FLAGS, DEVICE_FLAG)}  # 0.2 spelling -> the flag that replaces it
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """The backbone group of every command that rebuilds an adapter's backbone (eval, predict, inspect, export,
+    serve): train's names for the same settings, and ``--run.device`` where the command runs the model. Each 0.2
+    spelling fills the same attribute (hidden from the help; a warning when given) until 0.4."""
+    group = parser.add_argument_group(
+        "backbone", "override single parts of how the adapter's backbone is rebuilt; the names are those of "
+        f"`adaptformer train`. The 0.2 spellings ({', '.join(RENAMED)}) still work until 0.4, with a warning.",
+    )  # fmt: skip
+    for flag in (*BACKBONE_FLAGS, *((DEVICE_FLAG,) if device else ())):
+        options = {"default": None, **flag.options}
+        group.add_argument(flag.name, dest=flag.dest, action=Spelled, **options)
+        hidden = {**options, "help": argparse.SUPPRESS}
+        group.add_argument(flag.old, dest=flag.dest, action=Spelled, renamed_to=flag.name, **hidden)
+
+
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
-    recorded = "(default: as recorded in the adapter's adapter_config.json)"
+    """``--adapter`` (one or several), the backbone group and ``--precision``: eval, predict and serve."""
     parser.add_argument(
         "--adapter", required=True, action="append",
         help="adapter folder written by training (OUT/adapter); predict takes several (one frozen backbone, every "
         "task's top-k per file)",
     )  # fmt: skip
-    parser.add_argument("--checkpoint", default=None, help=f"pre-trained backbone weights {recorded}")
-    parser.add_argument(
-        "--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout of --checkpoint {recorded}"
-    )
-    parser.add_argument(
-        "--model-kwargs", type=yaml_mapping, default=None,
-        help=f"timm kwargs, e.g. '{{img_size: 32}}' (YAML: a space after ':') {recorded}",
+    parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=f"autocast {RECORDED}")
+    add_backbone_arguments(parser)
+
+
+def trained_model(args: argparse.Namespace, adapter: str) -> tuple[Any, AdapterInfo]:
+    """The trained model of ``adapter`` (eval mode, CPU), its backbone rebuilt as recorded with the backbone group's
+    overrides (:func:`adaptformer.inference.evaluate.load_trained_model`)."""
+    from ..inference.evaluate import load_trained_model
+
+    return load_trained_model(
+        adapter, checkpoint=args.checkpoint, checkpoint_source=args.checkpoint_source, model_kwargs=args.model_kwargs,
+        model_name=args.backbone, init_seed=args.init_seed,
     )  # fmt: skip
-    parser.add_argument(
-        "--init-seed", type=at_least(0), default=None,
-        help=f"seed of a backbone trained without checkpoint, needed for adaptformer 0.1 folders {recorded}",
-    )  # fmt: skip
-    parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=f"autocast {recorded}")
-    parser.add_argument(
-        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)"
-    )
+
 
 def adapter_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
     """The data to evaluate (or inspect) on: the ``--data.*`` flags over what training recorded (for the same dataset

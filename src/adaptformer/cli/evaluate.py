@@ -12,17 +12,8 @@ from typing import Any
 from ..data import IMAGE_DATASETS
 from ..data.video import VIDEO_DATASETS
 from ..engine.metrics import THRESHOLD
-from ..saving import AdapterInfo
-from .args import adapter_data, add_adapter_arguments, at_least, probability
+from .args import adapter_data, add_adapter_arguments, at_least, probability, trained_model
 
-
-def _load(args: argparse.Namespace) -> tuple[Any, AdapterInfo]:
-    from ..inference.evaluate import load_trained_model
-
-    return load_trained_model(
-        args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs, getattr(args, "model", None),
-        init_seed=args.init_seed,
-    )  # fmt: skip
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     if len(args.adapter) > 1:
@@ -35,7 +26,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     ctx = init_distributed(args.device)
     try:
-        model, info = _load(args)
+        model, info = trained_model(args, args.adapter)
         data = adapter_data(args, info)
         splits = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset].splits
         if args.split not in splits:
@@ -49,6 +40,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(json.dumps(metrics))
     return 0
+
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if len(args.adapter) > 1:
@@ -65,7 +57,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..inference.evaluate import check_classes, class_names, predict_files, read_class_names, video_settings
     from ..preprocessing import clip_frames
 
-    model, info = _load(args)
+    model, info = trained_model(args, args.adapter)
     classes = read_class_names(args.class_names) if args.class_names is not None else class_names(info)
     check_classes(model.num_classes, classes, None, "the class-name list")
     precision = args.precision or (info.training.precision if info.training is not None else "auto")
@@ -96,6 +88,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 2
     return 0
 
+
 def add_adapter_commands(sub: Any) -> None:
     """The ``eval`` and ``predict`` subcommands."""
     evaluate = sub.add_parser(
@@ -107,7 +100,6 @@ def add_adapter_commands(sub: Any) -> None:
         "dataset kind (for video the same views, multi-view acc1/acc5 with n = videos, plus single_view_acc1/acc5).",
     )
     add_adapter_arguments(evaluate)
-    evaluate.add_argument("--model", default=None, help="backbone name; checked against the adapter's")
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--batch-size", type=at_least(1), default=None, help="batch size (default: as in training)")
     evaluate.set_defaults(func=_cmd_eval)

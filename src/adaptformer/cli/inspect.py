@@ -16,7 +16,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from ..data import IMAGE_DATASETS
     from ..data.video import VIDEO_DATASETS
     from ..engine.splits import DataSpec, load_split
-    from ..inference.evaluate import load_trained_model
     from ..inference.inspection import (
         check_out_dir,
         inspect_adapter,
@@ -25,7 +24,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         write_inspection,
     )
     from ..saving import read_adapter_config
-    from .args import adapter_data
+    from .args import adapter_data, trained_model
 
     info = read_adapter_config(args.adapter)
     if not inspectable(info.spec.registered):
@@ -39,9 +38,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.split not in kind.splits:
         raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(kind.splits)}")
     spec = DataSpec.from_config(data)
-    model, info = load_trained_model(
-        args.adapter, args.checkpoint, args.checkpoint_source, args.model_kwargs, init_seed=args.init_seed
-    )
+    model, info = trained_model(args, args.adapter)
     dataset = load_split(spec, args.split).build(model, "eval")  # one deterministic view per sample
     count = min(args.num_samples, len(dataset))  # type: ignore[arg-type]
     # evenly spread over the split (whose samples may be ordered by class), the same ones every time
@@ -60,8 +57,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def add_inspect_command(sub: Any) -> None:
     """The ``inspect`` subcommand."""
-    from ..backbones.checkpoints.load import CONVERTERS
-    from .args import at_least, device_name, yaml_mapping
+    from .args import add_backbone_arguments, at_least
 
     parser = sub.add_parser(
         "inspect", help="what a trained adapter (AdaptFormer, Adapter+, any method that declares a measurement) does "
@@ -76,18 +72,11 @@ def add_inspect_command(sub: Any) -> None:
         "inspect.json, inspect.md and inspect.png to --out. The dataset flags are eval's (--data.dataset, "
         "--data.data_dir, --data.options, --data.skip_bad_images, ...; default: what training recorded).",
     )  # fmt: skip
-    recorded = "(default: as recorded in the adapter's adapter_config.json)"
     parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
     parser.add_argument("--split", default="test", help="split to read inputs from: test, val or train (default: test)")
     parser.add_argument("--num-samples", type=at_least(1), default=256, help="inputs to average over (default: 256)")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="inputs per forward pass (default: 64)")
-    parser.add_argument(
-        "--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)"
-    )
     parser.add_argument("--out", default=None, help="output folder (default: OUT/inspect beside the adapter folder)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    parser.add_argument("--checkpoint", default=None, help=f"pre-trained backbone weights {recorded}")
-    parser.add_argument("--checkpoint-source", default=None, choices=tuple(CONVERTERS), help=f"key layout {recorded}")
-    parser.add_argument("--model-kwargs", type=yaml_mapping, default=None, help=f"timm kwargs {recorded}")
-    parser.add_argument("--init-seed", type=at_least(0), default=None, help=f"backbone seed (0.1 folders) {recorded}")
+    add_backbone_arguments(parser)
     parser.set_defaults(func=_cmd_inspect)

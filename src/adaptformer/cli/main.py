@@ -60,6 +60,7 @@ USER_ERRORS = (
     VideoDecodeError,
 )
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..engine.loop import NonFiniteLossError
 

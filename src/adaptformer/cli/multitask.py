@@ -1,6 +1,6 @@
 """``adaptformer predict --adapter A --adapter B ... FILES``: every task's top-k for every file, with one frozen
-backbone (:class:`adaptformer.inference.multitask.MultiTaskModel`): images as mixed-task batches, video files through each video
-task's recorded test views (as single-adapter predict)."""
+backbone (:class:`adaptformer.inference.multitask.MultiTaskModel`): images as mixed-task batches, video files through
+each video task's recorded test views (as single-adapter predict)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from ..factory import BackboneSource
 
 
 def _source(args: argparse.Namespace) -> BackboneSource | None:
-    """The first adapter's recorded backbone with the command line's overrides (None: as recorded)."""
+    """The first adapter's recorded backbone with the command line's overrides (None: as recorded); every adapter
+    checked against ``--model.backbone`` when given."""
+    from ..inference.evaluate import check_backbone_name
     from ..saving import read_adapter_config
 
+    for directory in args.adapter if args.backbone is not None else ():
+        check_backbone_name(directory, read_adapter_config(directory), args.backbone)
     overrides = {"checkpoint": args.checkpoint, "checkpoint_source": args.checkpoint_source,
                  "kwargs": args.model_kwargs, "init_seed": args.init_seed}  # fmt: skip
     if all(v is None for v in overrides.values()):

@@ -24,6 +24,7 @@ def _cmd_write_builtin(args: argparse.Namespace) -> int:
     print(json.dumps(export_dataset(args.release, args.out, options, num_frames=args.num_frames)))
     return 0
 
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from ..data.video import prepare_hmdb51, prepare_ssv2
 
@@ -37,6 +38,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     print(json.dumps({"dataset": args.release, "data_dir": str(Path(args.out)), "lists": lists,
                       "classes": len(prepared.classes), "videos": prepared.counts}))  # fmt: skip
     return 0
+
 
 def add_prepare_command(sub: Any) -> None:
     prepare = sub.add_parser(

@@ -1,4 +1,5 @@
-"""``adaptformer serve --adapter A --adapter B ...``: the HTTP service of :mod:`adaptformer.inference.serve` under uvicorn."""
+"""``adaptformer serve --adapter A --adapter B ...``: the HTTP service of :mod:`adaptformer.inference.serve` under
+uvicorn."""
 
 from __future__ import annotations
 

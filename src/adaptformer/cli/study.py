@@ -15,6 +15,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(output_dir=args.output_dir, epochs=args.epochs, jobs=args.jobs, quick=args.quick)
     return 0
 
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from ..study import StudySettings, format_table, run_study
 
@@ -27,6 +28,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     print(format_table(report.rows, settings.tasks))
     print(f"{len(report.runs)} runs in {report.seconds / 60:.1f} min; " + ", ".join(map(str, report.files.values())))
     return 0
+
 
 def add_study_commands(sub: Any) -> None:
     """The ``demo`` and ``study`` subcommands."""

@@ -1,6 +1,6 @@
 """``adaptformer train``, ``params`` and ``recipes``: the commands that read the nested training configuration
-(:class:`~adaptformer.engine.config.sections.TrainConfig`) through jsonargparse (``--optim.epochs 5``, ``--model.method vpt``),
-layered over a recipe and a config file."""
+(:class:`~adaptformer.engine.config.sections.TrainConfig`) through jsonargparse (``--optim.epochs 5``,
+``--model.method vpt``), layered over a recipe and a config file."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ DESCRIPTIONS = {
     "--model.checkpoint names must exist, but is not read: counting needs only the shapes. " + CONFIG_HELP,
 }
 
+
 def _config_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """The recipe and the config file given, as layers under the flags (later ones win)."""
     from ..engine.config.layers import read_yaml_mapping
@@ -47,6 +48,7 @@ def _config_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]
         layers.append((args.config, read_yaml_mapping(args.config)))
     return layers
 
+
 def _cmd_params(args: argparse.Namespace) -> int:
     import torch
 
@@ -64,6 +66,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
         model = build_model(cfg, args.num_classes)
     print(parameter_report(model))
     return 0
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..engine.config.parser import parse_cli
@@ -87,6 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     return 0
 
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from ..recipes import recipe_names, recipe_summary, recipe_text
 
@@ -97,6 +101,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{name:<24} {recipe_summary(name)}")
     return 0
 
+
 def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``train`` / ``params`` besides the configuration flags (which jsonargparse reads; see
     :func:`_config_command`); declared here for the help text."""
@@ -104,6 +109,7 @@ def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, metavar="NAME|FILE", help=recipe)
     config = "a YAML configuration, e.g. a run's OUT/config.yaml, over the recipe"
     parser.add_argument("--config", default=None, metavar="FILE", help=config)
+
 
 def config_command(command: str, argv: list[str]) -> argparse.Namespace:
     """``train`` / ``params``: their own options (``--recipe``, ``--config``, ``--num-classes``) taken out of

@@ -57,6 +57,13 @@ def read_class_names(path: str | Path) -> list[str]:
     return names
 
 
+def check_backbone_name(adapter_dir: str | Path, info: AdapterInfo, name: str | None) -> None:
+    """A guard against mixing up folders: ``name`` (None: no check), pretrained tag aside, must be the backbone the
+    adapter in ``adapter_dir`` names."""
+    if name is not None and name.split(".")[0] != info.spec.backbone.split(".")[0]:
+        raise ValueError(f"{adapter_dir} holds an adapter for {info.spec.backbone!r}, not for {name!r}")
+
+
 def load_trained_model(
     adapter_dir: str | Path,
     checkpoint: str | None = None,
@@ -72,8 +79,7 @@ def load_trained_model(
     backbone the adapter names (a guard against mixing up folders).
     """
     info = read_adapter_config(adapter_dir)
-    if model_name is not None and model_name.split(".")[0] != info.spec.backbone.split(".")[0]:
-        raise ValueError(f"{adapter_dir} holds an adapter for {info.spec.backbone!r}, not for {model_name!r}")
+    check_backbone_name(adapter_dir, info, model_name)
     source = info.source or BackboneSource()
     overrides = {"checkpoint": checkpoint, "checkpoint_source": checkpoint_source, "kwargs": model_kwargs,
                  "init_seed": init_seed}  # fmt: skip
