@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from adaptformer.engine.config.layers import merge_config
 
 import adaptformer.engine.train as train_module
+from adaptformer.engine.config.layers import merge_config
 from adaptformer.study.run import StudySettings, build_cells, machine, run_cell
 from adaptformer.study.tasks import VIDEO_KWARGS
 

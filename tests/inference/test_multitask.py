@@ -200,3 +200,25 @@ def test_predict_with_several_adapters_prints_every_tasks_top_k(
     assert main([*argv, files[0]]) == 0  # text: one line per file and task
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == [f"{files[0]} [af8]", f"{files[0]} [linear]"]
+
+
+def test_multi_task_predict_reads_each_adapter_config_once(
+    adapters: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.2 read each adapter_config.json up to three times (the overrides, the model, the precisions)."""
+    import adaptformer.saving as saving
+    from adaptformer.cli import main
+
+    reads: list[Path] = []
+    read_json = saving._read_json
+
+    def counting(path: Path) -> dict:
+        reads.append(Path(path))
+        return read_json(path)
+
+    monkeypatch.setattr(saving, "_read_json", counting)
+    Image.new("RGB", (32, 32), (60, 120, 200)).save(tmp_path / "0.png")
+    names = ("af8", "linear")
+    argv = [arg for name in names for arg in ("--adapter", str(adapters[name]))]
+    assert main(["predict", *argv, "--model.init_seed", "0", str(tmp_path / "0.png")]) == 0  # an override too
+    assert sorted(reads) == sorted(adapters[name] / "adapter_config.json" for name in names)

@@ -8,25 +8,31 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..factory import BackboneSource
 
+if TYPE_CHECKING:
+    from ..inference.multitask import MultiTaskModel
 
-def _source(args: argparse.Namespace) -> BackboneSource | None:
-    """The first adapter's recorded backbone with the command line's overrides (None: as recorded); every adapter
-    checked against ``--model.backbone`` when given."""
+
+def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskModel:
+    """The multi-task model of every ``--adapter``, each adapter_config.json read once: every adapter checked against
+    ``--model.backbone`` when given, the backbone the first one records with the command line's overrides."""
     from ..inference.evaluate import check_backbone_name
+    from ..inference.multitask import MultiTaskModel
     from ..saving import read_adapter_config
 
-    for directory in args.adapter if args.backbone is not None else ():
-        check_backbone_name(directory, read_adapter_config(directory), args.backbone)
+    infos = [read_adapter_config(directory) for directory in args.adapter]
+    if args.backbone is not None:
+        for directory, info in zip(args.adapter, infos, strict=True):
+            check_backbone_name(directory, info, args.backbone)
     overrides = {"checkpoint": args.checkpoint, "checkpoint_source": args.checkpoint_source,
                  "kwargs": args.model_kwargs, "init_seed": args.init_seed}  # fmt: skip
-    if all(v is None for v in overrides.values()):
-        return None
-    source = read_adapter_config(args.adapter[0]).source or BackboneSource()
-    return replace(source, **{k: v for k, v in overrides.items() if v is not None})
+    source = None  # as recorded
+    if any(v is not None for v in overrides.values()):
+        source = replace(infos[0].source or BackboneSource(), **{k: v for k, v in overrides.items() if v is not None})
+    return MultiTaskModel.from_adapters(args.adapter, source=source, max_batch=max_batch, infos=infos)
 
 
 def _recorded_precisions(records: dict[str, Any]) -> dict[str, str]:
@@ -40,10 +46,8 @@ def image_precision(given: str | None, recorded: dict[str, str], image_tasks: li
     return given or (shared.pop() if len(shared) == 1 else "auto")
 
 
-def serve_precision(model: Any, given: str | None) -> str:
-    from ..saving import read_adapter_config
-
-    records = {t: read_adapter_config(model.task(t).directory) for t in model.tasks}
+def serve_precision(model: MultiTaskModel, given: str | None) -> str:
+    records = {t: model.task(t).adapter for t in model.tasks}
     return image_precision(given, _recorded_precisions(records), [t for t in model.tasks if not model.task(t).is_video])
 
 
@@ -51,15 +55,13 @@ def predict_many(args: argparse.Namespace) -> int:
     from ..data import ImageDecodeError, load_rgb
     from ..engine.distributed import resolve_device
     from ..inference.evaluate import predict_files, video_settings
-    from ..inference.multitask import MultiTaskModel
-    from ..saving import read_adapter_config
 
     if args.class_names is not None:
         raise ValueError("--class-names names one adapter's classes; with several --adapter each uses its own")
     device = resolve_device(args.device)
-    model = MultiTaskModel.from_adapters(args.adapter, source=_source(args)).to(device).eval()
+    model = load_multitask(args).to(device).eval()
     tasks = model.tasks
-    records = {t: read_adapter_config(model.task(t).directory) for t in tasks}
+    records = {t: model.task(t).adapter for t in tasks}
     recorded = _recorded_precisions(records)
     image_tasks = [t for t in tasks if not model.task(t).is_video]
     precision = image_precision(args.precision, recorded, image_tasks)

@@ -14,16 +14,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: form uploads)
+        import python_multipart  # noqa: F401  (form uploads)
         import uvicorn
     except ImportError as e:
         raise MissingDependencyError(f"serve needs {e.name}, which is not installed: {INSTALL_HINT}") from e
     from ..engine.distributed import resolve_device
-    from ..inference.multitask import MultiTaskModel
     from ..inference.serve import create_app
-    from .multitask import _source, serve_precision
+    from .multitask import load_multitask, serve_precision
 
-    model = MultiTaskModel.from_adapters(args.adapter, source=_source(args), max_batch=args.max_batch)
+    model = load_multitask(args, args.max_batch)
     model = model.to(resolve_device(args.device)).eval()
     app = create_app(
         model, args.max_batch, args.max_wait_ms, args.max_upload_mb, serve_precision(model, args.precision)
