@@ -176,3 +176,21 @@ def test_importing_the_library_loads_no_engine_cli_decoder_or_server() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# adaptformer 0.2's public API (its ``adaptformer.__all__``): every name still imports from the package top.
+PUBLIC_0_2 = ("AdaptFormerConfig", "AdapterFileError", "AdapterPlusConfig", "CheckpointError", "FullConfig",
+              "LinearConfig", "LoRAConfig", "Method", "MethodConfig", "ModelSpec", "MultiTaskModel", "ParameterReport",
+              "Preprocessing", "SpeedConfig", "UnsupportedModelError", "VPTConfig", "VideoVisionTransformer", "adapt",
+              "apply_method", "apply_speed", "build_backbone", "count_trainable", "create_model", "get_method",
+              "load_adapter", "load_pretrained", "merge_lora", "method_names", "parameter_report",
+              "read_adapter_config", "register_converter", "register_method", "save_adapter",
+              "unmerge_lora")  # fmt: skip
+
+
+def test_the_public_api_of_0_2_still_imports() -> None:
+    import adaptformer
+
+    assert set(PUBLIC_0_2) <= set(adaptformer.__all__)
+    missing = [name for name in PUBLIC_0_2 if not hasattr(adaptformer, name)]
+    assert missing == []
