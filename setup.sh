@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 case "${1:-demo}" in
   demo) target="."; then_run=(.venv/bin/adaptformer demo) ;;
-  test) target=".[dev]"; then_run=(.venv/bin/python -m pytest -q -n auto); bash scripts/install_browser.sh ;;
+  test) target=".[dev]"; then_run=(.venv/bin/python -m pytest -q -n auto --durations=20); bash scripts/install_browser.sh ;;
   *) echo "usage: bash setup.sh [demo|test]" >&2; exit 2 ;;
 esac
 [ -x .venv/bin/python ] || python3 -m venv .venv
