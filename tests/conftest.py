@@ -12,6 +12,8 @@ import pytest
 import torch
 from tests.video_files import CODECS, write_video
 
+from adaptformer.engine.config.parser import parse_mapping
+
 VIT = "vit_tiny_patch16_224"
 SWIN = "swin_tiny_patch4_window7_224"
 
@@ -94,4 +96,4 @@ def changed(cfg: Any, **flat: Any) -> Any:
     """``cfg`` (a TrainConfig) with fields changed, given by their flat names (see :func:`nested`)."""
     from adaptformer.engine.config.layers import merge_config
 
-    return type(cfg).from_dict(merge_config(cfg.to_dict(), nested(**flat)))
+    return parse_mapping(merge_config(cfg.to_dict(), nested(**flat)))

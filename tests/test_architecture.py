@@ -1,6 +1,7 @@
-"""The architecture's promises, checked on the source: the folders are layers that import downward only, no module-level
-import cycle, methods and the model core never reach into the speed options (those install themselves from outside),
-and ``import adaptformer`` loads neither the training engine, the command line, the video decoder nor the server."""
+"""The architecture's promises, checked on the source: the folders are layers that import downward only, no import
+cycle (inside functions too, but for the method registry's lazy import of its own built-ins), methods and the model
+core never reach into the speed options (those install themselves from outside), and ``import adaptformer`` loads
+neither the training engine, the command line, the video decoder nor the server."""
 
 from __future__ import annotations
 
@@ -140,11 +141,21 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_no_module_level_import_cycles() -> None:
-    """Module-level imports form no cycle. The method registry's lazy import of its own built-ins runs inside a
-    function, so it does not count."""
-    graph = {m: {i.target for i in imports(p) if not i.lazy and i.target in MODULES and i.target != m}
-             for m, p in MODULES.items()}  # fmt: skip
+def test_no_import_cycles() -> None:
+    """No cycle, counting imports inside functions too, except the method registry's lazy import of its own built-ins
+    (the one place a lower module names the modules that register with it)."""
+
+    def allowed(module: str, imported: Import) -> bool:
+        return (
+            module == "adaptformer.methods.registry"
+            and imported.lazy
+            and imported.target.startswith("adaptformer.methods.")
+        )
+
+    graph = {
+        m: {i.target for i in imports(p) if i.target in MODULES and i.target != m and not allowed(m, i)}
+        for m, p in MODULES.items()
+    }
     assert _cycles(graph) == []
 
 
@@ -152,7 +163,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-CORE = [m for m in MODULES if m != "adaptformer" and LAYER_OF[room(m)] <= LAYER_OF["model"]]
+CORE = [m for m in MODULES if m != "adaptformer" and LAYER_OF.get(room(m), 9) <= LAYER_OF["model"]]
 
 
 @pytest.mark.parametrize("module", sorted(CORE))

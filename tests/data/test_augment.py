@@ -8,7 +8,7 @@ import torch
 
 from adaptformer.data import PAPER_CROP_SCALE, ImageAugment, build_image_transform
 from adaptformer.engine import DataConfig, TrainConfig
-from adaptformer.engine.config.parser import parse_cli
+from adaptformer.engine.config.parser import parse_cli, parse_mapping, read_config
 from adaptformer.engine.rng import seeded
 from adaptformer.engine.splits import DataSpec, load_split
 from adaptformer.preprocessing import Preprocessing
@@ -87,7 +87,7 @@ def test_augment_rejects_bad_values(kwargs: dict, message: str) -> None:
 
 
 def _data(**data: object) -> TrainConfig:
-    return TrainConfig.from_dict({"data": {"dataset": "synthetic", **data}})
+    return parse_mapping({"data": {"dataset": "synthetic", **data}})
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_cli_flags_and_yaml_round_trip(tmp_path) -> None:
     assert cfg.data.crop_scale == (0.5, 1.0) and cfg.data.flip is False
     assert parse_cli(["--data.dataset", "digits"]).data.flip is None  # unset: the paper's default for the modality
     (tmp_path / "c.yaml").write_text(cfg.to_yaml())
-    assert TrainConfig.from_yaml(tmp_path / "c.yaml") == cfg
+    assert read_config(tmp_path / "c.yaml") == cfg
 
 
 # -- seeding ------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from adaptformer.data import DatasetFileError, build_image_dataset
 from adaptformer.data.image.fgvc import FGVC_DATASETS
 from adaptformer.data.image.vtab import VTAB_GROUPS, VTAB_TASKS
 from adaptformer.data.transforms import ImageAugment, build_image_transform
-from adaptformer.engine import TrainConfig
+from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.splits import DataSpec, given_val_split, resolve_test_split
 from adaptformer.engine.train import build_model
 from adaptformer.model import count_trainable
@@ -260,7 +260,7 @@ def test_protocol_recipes_are_listed() -> None:
 
 @pytest.mark.parametrize("name", PROTOCOL_RECIPES)
 def test_protocol_recipe_is_a_valid_config(name: str) -> None:
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     assert cfg.model.backbone == "vit_base_patch16_224.augreg_in21k" and cfg.model.head == "linear"
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 1e-4)
     assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.batch_size) == (100, 10, 64)
@@ -274,7 +274,7 @@ def test_protocol_recipe_is_a_valid_config(name: str) -> None:
 @pytest.mark.parametrize("value", [-0.1, 1.0])
 def test_label_smoothing_outside_0_1_is_refused(value: float) -> None:
     with pytest.raises(ValueError, match=r"optim\.label_smoothing must be in \[0, 1\)"):
-        TrainConfig.from_dict({"data": {"dataset": "digits"}, "optim": {"label_smoothing": value}})
+        parse_mapping({"data": {"dataset": "digits"}, "optim": {"label_smoothing": value}})
 
 
 # ViT-B/16: 12 blocks of width 768. AdaptFormer-b: 12 * (768*b + b + b*768 + 768) [+ 12 * 2*768 with LayerNorm in];
@@ -290,7 +290,7 @@ def test_label_smoothing_outside_0_1_is_refused(value: float) -> None:
     ],
 )
 def test_protocol_recipe_builds_the_expected_trainable_count(row: str, adapter: int) -> None:
-    cfg = TrainConfig.from_dict(load_recipe(f"vtab_cifar_{row}"))
+    cfg = parse_mapping(load_recipe(f"vtab_cifar_{row}"))
     with torch.device("meta"):  # shapes only
         model = build_model(cfg, VTAB_TASKS["cifar"].num_classes)
     assert count_trainable(model) == adapter + 769 * 100

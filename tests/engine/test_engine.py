@@ -42,7 +42,7 @@ from adaptformer.engine import (
     train_one_epoch,
 )
 from adaptformer.engine.config.layers import merge_config
-from adaptformer.engine.config.parser import parse_cli, train_parser
+from adaptformer.engine.config.parser import parse_cli, parse_mapping, read_config, train_parser
 from adaptformer.engine.loaders import SeededSamples, load_image_split, with_transform
 from adaptformer.engine.records import MetricsLog
 from adaptformer.engine.train import build_model, train
@@ -69,7 +69,7 @@ def tiny_backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
     """A tiny run; ``changes`` by their flat names (tests.conftest.nested)."""
-    base = TrainConfig.from_dict({
+    base = parse_mapping({
         "model": {"backbone": VIT, "kwargs": TINY, "checkpoint": str(backbone)},
         "data": {"dataset": "synthetic", "options": {"num_samples": 48, "image_size": 16}, "val_split": 0.25,
                  "num_workers": 0},
@@ -103,23 +103,23 @@ def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
 )
 def test_config_rejects_bad_values(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        TrainConfig.from_dict(merge_config(nested(dataset="synthetic"), nested(**changes)))
+        parse_mapping(merge_config(nested(dataset="synthetic"), nested(**changes)))
 
 
 def test_config_yaml_round_trip_keeps_types(tmp_path: Path) -> None:
-    cfg = TrainConfig.from_dict(
+    cfg = parse_mapping(
         nested(dataset="synthetic", lr=1e-3, val_split=100, bottleneck=[4, 8], model_kwargs={"img_size": 32})
     )
     path = tmp_path / "config.yaml"
     path.write_text(cfg.to_yaml())
-    again = TrainConfig.from_yaml(path)
+    again = read_config(path)
     assert again == cfg
     assert isinstance(again.data.val_split, int) and isinstance(again.optim.lr, float)
     assert again.model.method == AdaptFormerConfig(bottleneck=(4, 8))
     with pytest.raises(ValueError, match="configuration: unknown key optim.learning_rate"):
-        TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "optim": {"learning_rate": 0.1}})
+        parse_mapping({"data": {"dataset": "synthetic"}, "optim": {"learning_rate": 0.1}})
     with pytest.raises(ValueError, match=r"unknown configuration sections \['training'\]"):
-        TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "training": {}})
+        parse_mapping({"data": {"dataset": "synthetic"}, "training": {}})
 
 
 def test_cli_flags_are_typed_and_every_field_has_help() -> None:
@@ -306,7 +306,7 @@ def test_run_writes_metrics_config_adapter_and_test(tmp_path: Path, backbone_fil
     best = max(records, key=lambda r: (r["val_acc1"], -r["epoch"]))["epoch"]
     assert result.best_epoch == best and result.test["epoch"] == best and result.test["n"] == 48
     assert json.loads((tmp_path / "test.json").read_text())["acc1"] == result.test["acc1"]
-    assert TrainConfig.from_yaml(tmp_path / "config.yaml") == tiny_config(tmp_path, backbone_file, epochs=3)
+    assert read_config(tmp_path / "config.yaml") == tiny_config(tmp_path, backbone_file, epochs=3)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     info = read_adapter_config(tmp_path / "adapter")
     assert info.classes[0] == "class_0" and info.training.dataset == "synthetic"

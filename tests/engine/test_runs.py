@@ -21,6 +21,7 @@ import adaptformer.engine.curves
 import adaptformer.engine.train
 from adaptformer.cli import main
 from adaptformer.engine import TrainConfig, load_training_state
+from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.records import MetricsLog
 from adaptformer.engine.run_folder import CONFIG_HEADER, RunFolderError, check_run_folder
 from adaptformer.engine.train import TrainResult, train
@@ -111,7 +112,7 @@ def test_a_new_run_refuses_a_folder_with_an_earlier_run_and_changes_nothing(tmp_
 
 def test_resume_and_overwrite_exclude_each_other() -> None:
     with pytest.raises(ValueError, match=r"run.resume \(continue the run\) and run.overwrite"):
-        TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "run": {"resume": True, "overwrite": True}})
+        parse_mapping({"data": {"dataset": "synthetic"}, "run": {"resume": True, "overwrite": True}})
 
 
 CIFAR = {"dataset": "cifar100", "dataset_options": {}}
@@ -180,7 +181,7 @@ def test_resume_from_a_config_yaml_continues_the_run_of_its_folder(
 ) -> None:
     config = tmp_path / config_name
     config.parent.mkdir()
-    cfg = TrainConfig.from_dict({"data": {"dataset": "synthetic"}, "run": {"output_dir": str(tmp_path / "original")}})
+    cfg = parse_mapping({"data": {"dataset": "synthetic"}, "run": {"output_dir": str(tmp_path / "original")}})
     config.write_text(cfg.to_yaml())
     seen: list[TrainConfig] = []
 

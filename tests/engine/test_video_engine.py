@@ -19,6 +19,7 @@ from adaptformer.cli import main
 from adaptformer.data import train_val_split
 from adaptformer.data.video import VIDEO_DATASETS, VideoDecodeError
 from adaptformer.engine import DataConfig, Predictions, TrainConfig, VideoConfig, scaled_lr
+from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.loop import multi_view_metrics
 from adaptformer.engine.splits import DataSpec, VideoSettings, load_split
 from adaptformer.engine.train import build_model
@@ -192,7 +193,7 @@ def test_kinds_choose_their_sampling_and_image_and_video_do_not_mix() -> None:
     with pytest.raises(ValueError, match="data.video.num_frames apply to video datasets only"):
         DataConfig(dataset="cifar100", video=VideoConfig(num_frames=8))
     with pytest.raises(ValueError, match="test_crops must be 1"):
-        TrainConfig.from_dict({"data": {"dataset": "ssv2", "video": {"test_crops": 2}}})
+        parse_mapping({"data": {"dataset": "ssv2", "video": {"test_crops": 2}}})
     image_model = create_model("vit_tiny_patch16_224", 4, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     split = load_split(DataSpec("synthetic-video", options={"num_samples": 4}), "test")
     with pytest.raises(ValueError, match="backbone takes images"):
@@ -297,7 +298,7 @@ VIDEO_RECIPES = [f"{d}_{m}" for d in ("ssv2", "hmdb51") for m in VIDEO_ROWS]
 @pytest.mark.parametrize("name", VIDEO_RECIPES)
 def test_video_recipes_follow_table5(name: str) -> None:
     assert name in recipe_names()
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     dataset, row = name.split("_")
     method, bottleneck = VIDEO_ROWS[row]
     m, o, v = cfg.model, cfg.optim, cfg.data.video
@@ -319,7 +320,7 @@ def test_video_recipes_follow_table5(name: str) -> None:
 )  # fmt: skip
 def test_video_recipes_build_the_paper_parameter_counts(name: str, classes: int, trainable: int) -> None:
     with torch.device("meta"):  # shapes only: ViT-B without allocating its weights
-        model = build_model(TrainConfig.from_dict(load_recipe(name)), classes)
+        model = build_model(parse_mapping(load_recipe(name)), classes)
     assert count_trainable(model) == trainable
 
 

@@ -11,8 +11,8 @@ import torch
 from tests.paths import FIXTURES, ROOT
 
 from adaptformer.data import eval_resize_size
-from adaptformer.engine import TrainConfig, scaled_lr
-from adaptformer.engine.config.parser import parse_cli
+from adaptformer.engine import scaled_lr
+from adaptformer.engine.config.parser import parse_cli, parse_mapping
 from adaptformer.engine.train import build_model
 from adaptformer.model import count_trainable
 from adaptformer.preprocessing import Preprocessing
@@ -41,8 +41,8 @@ def test_every_table1_image_row_has_a_recipe() -> None:
 @pytest.mark.parametrize("name", sorted(V01))
 def test_every_v01_recipe_resolves_to_the_same_configuration(name: str) -> None:
     """0.1 shipped 30 recipe files; 0.2 derives them from one table. The effective configurations are equal."""
-    old = TrainConfig.from_dict(V01[name])  # 0.1's flat effective config, read through the 0.1 upgrade
-    new = TrainConfig.from_dict(recipe_config(name)).to_dict()
+    old = parse_mapping(V01[name])  # 0.1's flat effective config, read through the 0.1 upgrade
+    new = parse_mapping(recipe_config(name)).to_dict()
     old = old.to_dict()
     assert (old["data"].pop("num_workers"), new["data"].pop("num_workers")) == (4, None)  # 0.2: null, fit to the CPUs
     assert new == old
@@ -50,7 +50,7 @@ def test_every_v01_recipe_resolves_to_the_same_configuration(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_recipe_follows_table5(name: str) -> None:
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     dataset, method_key = name.split("_")
     method, bottleneck = METHODS[method_key]
     m, o = cfg.model, cfg.optim
@@ -80,7 +80,7 @@ def test_recipe_follows_table5(name: str) -> None:
     ],
 )
 def test_recipe_builds_the_paper_parameter_count(name: str, trainable: int) -> None:
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     with torch.device("meta"):  # shapes only: counts without allocating ViT-B weights
         model = build_model(cfg, DATASETS[cfg.data.dataset])
     assert count_trainable(model) == trainable
@@ -98,7 +98,7 @@ def test_table7_counts_average_the_papers_figure_and_are_the_readmes() -> None:
     counts = {}
     for dataset, classes in (("cifar100", 100), ("svhn", 10), ("food101", 101), ("ssv2", 174), ("hmdb51", 51)):
         with torch.device("meta"):
-            model = build_model(TrainConfig.from_dict(load_recipe(f"{dataset}_swin_adaptformer")), classes)
+            model = build_model(parse_mapping(load_recipe(f"{dataset}_swin_adaptformer")), classes)
         counts[dataset] = count_trainable(model)
     assert round(sum(counts.values()) / 5 / 1e6, 2) == 1.25
     readme = (ROOT / "README.md").read_text()
@@ -110,7 +110,7 @@ def test_table7_counts_average_the_papers_figure_and_are_the_readmes() -> None:
 def test_table7_image_recipes_build_swin_b_with_the_papers_count(dataset: str) -> None:
     name = f"{dataset}_swin_adaptformer"
     classes, paper = TABLE7_IMAGE[dataset]
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     assert name in recipe_names("Table 7") and f"paper Table 7 reports {paper:.2f} top-1" in recipe_summary(name)
     notes = " ".join(line[2:] for line in recipe_text(name).splitlines() if line.startswith("# "))
     assert "release swin_base_patch4_window7_224_22k.pth with --model.checkpoint_source swin" in notes
@@ -126,7 +126,7 @@ def test_table7_image_recipes_build_swin_b_with_the_papers_count(dataset: str) -
 @pytest.mark.parametrize(("dataset", "classes", "paper"), [("ssv2", 174, 54.09), ("hmdb51", 51, 74.65)])
 def test_table7_video_recipes_build_video_swin_b_with_the_count(dataset: str, classes: int, paper: float) -> None:
     name = f"{dataset}_swin_adaptformer"
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     assert f"paper Table 7 reports {paper:.2f} top-1" in recipe_summary(name)
     assert (cfg.model.backbone, cfg.model.checkpoint_source) == ("tv_swin3d_b", "video-swin")
     assert (cfg.data.video.num_frames, cfg.model.method.dropout, cfg.optim.epochs) == (8, 0.0, 90)
@@ -137,7 +137,7 @@ def test_table7_video_recipes_build_video_swin_b_with_the_count(dataset: str, cl
 
 
 def test_recipe_evaluates_at_resize_256_crop_224() -> None:
-    cfg = TrainConfig.from_dict(load_recipe("food101_adaptformer64"))
+    cfg = parse_mapping(load_recipe("food101_adaptformer64"))
     with torch.device("meta"):
         pre = Preprocessing.from_model(build_model(cfg, 101))
     assert pre.image_size == (224, 224) and eval_resize_size(pre) == 256 and pre.mean == (0.485, 0.456, 0.406)
@@ -176,7 +176,7 @@ TABLE6 = {
 def test_table6_recipes_use_the_in21k_backbone_and_its_normalisation(dataset: str) -> None:
     name = f"{dataset}_in21k_adaptformer64"
     classes, paper, trainable = TABLE6[dataset]
-    cfg = TrainConfig.from_dict(load_recipe(name))
+    cfg = parse_mapping(load_recipe(name))
     assert name in recipe_names("Table 6") and f"paper Table 6 reports {paper:.2f} top-1" in recipe_summary(name)
     video = dataset in ("ssv2", "hmdb51")
     image = ("vit_base_patch16_224.augreg_in21k", "timm")
@@ -217,8 +217,8 @@ ABLATIONS = {
 @pytest.mark.parametrize("name", ABLATIONS)
 def test_ablation_recipes_change_one_setting_of_table1_ssv2(name: str) -> None:
     changed, paper, method_parameters = ABLATIONS[name]
-    cfg = TrainConfig.from_dict(load_recipe(name))
-    base = TrainConfig.from_dict(load_recipe("ssv2_vpt" if "vpt" in name else "ssv2_adaptformer64"))
+    cfg = parse_mapping(load_recipe(name))
+    base = parse_mapping(load_recipe("ssv2_vpt" if "vpt" in name else "ssv2_adaptformer64"))
     assert name in recipe_names("Ablations")
     assert cfg.to_dict()["model"]["method"] == {**base.to_dict()["model"]["method"], **changed}
     assert {k: v for k, v in cfg.to_dict().items() if k != "model"} == {

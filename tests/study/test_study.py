@@ -14,7 +14,7 @@ from tests.paths import FIXTURES, ROOT
 
 from adaptformer.backbones.shapes_vit import SHAPES_VIT_FILE
 from adaptformer.cli import main
-from adaptformer.engine import TrainConfig
+from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.splits import DataSpec
 from adaptformer.methods import get_method, method_names
 from adaptformer.study import (
@@ -61,7 +61,7 @@ def test_study_methods_come_from_the_registry() -> None:
 
 
 def _effective(config: dict) -> dict:
-    effective = TrainConfig.from_dict(config).to_dict()
+    effective = parse_mapping(config).to_dict()
     if effective["model"]["checkpoint"]:
         effective["model"]["checkpoint"] = portable_path(effective["model"]["checkpoint"])
     return effective
@@ -100,7 +100,7 @@ def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
         task_cells = [c for c in cells if c.task == task]
         shared = []
         for cell in task_cells:
-            config = TrainConfig.from_dict(cell.config).to_dict()
+            config = parse_mapping(cell.config).to_dict()
             del config["model"]["method"], config["run"]["seed"], config["run"]["output_dir"]
             del config["optim"]["lr"], config["optim"]["blr"]
             shared.append(config)
@@ -108,16 +108,16 @@ def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
     digits = {c.method: c.config for c in cells if c.task == "digits" and c.seed == 0}
     assert digits["full"]["optim"]["blr"] == pytest.approx(0.1 * digits["linear"]["optim"]["blr"])  # paper's 0.1x
     # digits are neither mirror-symmetric nor big enough for the paper's 8% crops
-    augment = DataSpec.from_config(TrainConfig.from_dict(digits["adaptformer-16"])).image
+    augment = DataSpec.from_config(parse_mapping(digits["adaptformer-16"])).image
     assert augment.flip is False and augment.crop_scale[0] >= 0.5
     motion = {c.method: c.config for c in cells if c.task == "motion" and c.seed == 0}
     assert motion["linear"]["model"]["checkpoint_source"] == "inflate-image"
     assert motion["linear"]["model"]["kwargs"]["embed_dim"] == 128
     # the task's method settings reach that family only: no adapter dropout on motion (the paper's video setting)
-    methods = {name: TrainConfig.from_dict(config).model.method for name, config in motion.items()}
+    methods = {name: parse_mapping(config).model.method for name, config in motion.items()}
     assert all(methods[f"adaptformer-{n}"].dropout == 0.0 for n in (1, 4, 16, 64))
     assert methods["adaptformer-16"].bottleneck == 16 and methods["vpt-4"].num_tokens == 4
-    assert TrainConfig.from_dict(digits["adaptformer-16"]).model.method.dropout == 0.1  # digits keeps the default
+    assert parse_mapping(digits["adaptformer-16"]).model.method.dropout == 0.1  # digits keeps the default
 
 
 def test_full_lr_scale_applies_to_lr_or_blr() -> None:
@@ -280,7 +280,7 @@ def test_motion_controls_script_runs(tmp_path: Path) -> None:
 def test_ablation_points_reach_the_method_config() -> None:
     names = ("adaptformer-64-blocks4-6", "adaptformer-64-sequential", "adaptformer-64-s0.01")
     cells = build_cells(StudySettings(tasks=("digits",), methods=names, seeds=(0,)))
-    methods = {c.method: TrainConfig.from_dict(c.config).model.method for c in cells}
+    methods = {c.method: parse_mapping(c.config).model.method for c in cells}
     assert methods["adaptformer-64-blocks4-6"].layers == (3, 4, 5) and methods["adaptformer-64-s0.01"].scale == 0.01
     assert methods["adaptformer-64-sequential"].form == "sequential"
     assert all(m.bottleneck == 64 for m in methods.values())

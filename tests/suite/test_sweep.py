@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adaptformer.cli import main
-from adaptformer.engine import TrainConfig
+from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.recipes import recipe_paper_score
 from adaptformer.suite.sweep import SweepSettings, check_sweep, load_sweep, shipped_sweeps
 
@@ -116,7 +116,7 @@ def test_every_shipped_sweep_expands_to_valid_configs(tmp_path: Path, name: str)
     for point in sweep.points:
         from adaptformer.recipes import load_recipe
 
-        cfg = TrainConfig.from_dict(load_recipe(point.recipe))
+        cfg = parse_mapping(load_recipe(point.recipe))
         assert cfg.run.recipe == point.recipe and not point.overrides
     scores = [recipe_paper_score(p.recipe) for p in sweep.points]
     if name == "table6":
@@ -124,7 +124,7 @@ def test_every_shipped_sweep_expands_to_valid_configs(tmp_path: Path, name: str)
     if name == "ablation-bottleneck":
         assert scores == [50.03, 54.70, 57.62, 58.27, 59.02, 58.95, 58.87, 58.98]
     if name == "params-vs-accuracy":
-        assert {TrainConfig.from_dict(load_recipe(p.recipe)).model.method_name for p in sweep.points} == {
+        assert {parse_mapping(load_recipe(p.recipe)).model.method_name for p in sweep.points} == {
             "vpt", "adaptformer"}  # fmt: skip
 
 

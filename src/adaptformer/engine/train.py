@@ -53,6 +53,7 @@ from ..precision import resolve_precision
 from ..saving import TrainingRecord, load_adapter, save_adapter
 from ..speed import apply_speed
 from .checkpointing import STATE_FILE, TrainingStateError, load_task_tensors, load_training_state, save_training_state
+from .config.parser import parse_mapping
 from .config.sections import TrainConfig
 from .curves import draw_run_curves
 from .distributed import (
@@ -339,7 +340,7 @@ def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | N
         return None
     state = load_training_state(state_path)
     try:
-        saved = TrainConfig.from_dict(state["config"])
+        saved = parse_mapping(state["config"])
     except ValueError as e:
         raise TrainingStateError(f"{state_path}: its config is not one this library reads: {e}") from e
     differences = saved.training_differences(cfg)
@@ -395,7 +396,7 @@ def _restore(
         logger.warning(
             "resuming on %d processes a state saved by %d: RNG streams restart", ctx.world_size, len(state["rng"])
         )
-        seed_everything(TrainConfig.from_dict(state["config"]).run.seed + state["global_step"] + ctx.rank)
+        seed_everything(parse_mapping(state["config"]).run.seed + state["global_step"] + ctx.rank)
     return RunPosition(
         state["epoch"],
         state["step_in_epoch"],

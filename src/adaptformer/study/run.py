@@ -49,6 +49,7 @@ import torch
 
 from ..backbones.shapes_vit import SHAPES_VIT_FILE
 from ..engine.config.layers import merge_config
+from ..engine.config.parser import parse_mapping
 from ..engine.config.sections import OptimConfig
 from ..engine.metrics import LABELS
 from ..methods import get_method
@@ -153,11 +154,10 @@ def build_cells(settings: StudySettings) -> list[Cell]:
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Train one cell with :func:`adaptformer.engine.train.train`; its test and validation score (top-1, or mAP for a
     multi-label task), size and time."""
-    from ..engine.config.sections import TrainConfig
     from ..engine.train import build_model, train
     from ..model import count_trainable
 
-    cfg = TrainConfig.from_dict(cell.config)
+    cfg = parse_mapping(cell.config)
     weightless = replace(cfg, model=replace(cfg.model, checkpoint=None))  # the count does not need the weights
     logging.disable(logging.WARNING)  # train() warns about a missing checkpoint itself
     try:

@@ -22,12 +22,13 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ...methods import MethodConfig, get_method, method_names, method_of
-from .layers import FREE_FORM, dotted, merge_config
+from .layers import FREE_FORM, dotted, merge_config, read_yaml_mapping
 from .sections import DATASET_KINDS, DataConfig, TrainConfig
 from .v01 import V01_FLAGS, is_v01, upgrade_v01
 
@@ -250,6 +251,11 @@ def _build(namespace: Namespace, origins: dict[str, str], fallback: str) -> Trai
         return TrainConfig(**{section: built[section] for section in SECTIONS})
     except (TypeError, ValueError) as e:
         raise ConfigError(_named(_qualified(str(e), namespace), origins, fallback)) from e
+
+
+def read_config(path: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` a YAML file holds (e.g. a run's ``config.yaml``); errors name the file and the key."""
+    return parse_mapping(read_yaml_mapping(path), str(path))
 
 
 def parse_mapping(data: dict[str, Any], where: str = "configuration") -> TrainConfig:

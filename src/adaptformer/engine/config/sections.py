@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -30,7 +29,7 @@ from ...precision import PRECISION_CHOICES
 from ...speed import SpeedConfig
 from ...validation import check_choice, check_free_form, to_plain
 from ..distributed import check_device_name
-from .layers import dotted, read_yaml_mapping
+from .layers import dotted
 
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
 WARMUP_FRACTION = 0.2  # optim.warmup_epochs null: the paper's 20 warmup epochs of 100 (Table 5)
@@ -392,23 +391,9 @@ class TrainConfig:
         data["model"]["method"] = {"name": self.model.method_name, **self.model.method.to_dict()}
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from nested plain data (or an adaptformer 0.1 flat mapping); types are checked, unknown keys and bad
-        values are errors that name the key."""
-        from .parser import parse_mapping
-
-        return parse_mapping(data)
-
     def to_yaml(self) -> str:
         header = "# adaptformer training configuration: `adaptformer train --config THIS_FILE` repeats the run\n"
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        from .parser import parse_mapping
-
-        return parse_mapping(read_yaml_mapping(path), str(path))
 
     def training_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Dotted keys (other than run-control ones) whose values differ: (self, other)."""
