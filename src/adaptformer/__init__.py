@@ -34,7 +34,7 @@ from .preprocessing import Preprocessing
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .speed import SpeedConfig, apply_speed
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AdaptFormerConfig",

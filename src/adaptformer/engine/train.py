@@ -37,23 +37,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from ..data import train_val_split
 from ..factory import create_model, require_checkpoint
 from ..methods import method_of
-from ..methods.state import task_state_dict
 from ..model import count_trainable, parameter_report
 from ..precision import resolve_precision
 from ..saving import TrainingRecord, load_adapter, save_adapter
 from ..speed import apply_speed
-from .checkpointing import STATE_FILE, TrainingStateError, load_task_tensors, load_training_state, save_training_state
-from .config.parser import parse_mapping
+from .checkpointing import STATE_FILE, save_training_state
 from .config.sections import TrainConfig
 from .curves import draw_run_curves
 from .distributed import (
@@ -66,11 +63,12 @@ from .distributed import (
     wrap_model,
 )
 from .loaders import TrainBatchSampler, eval_loader, read_undrawn, resolve_num_workers, train_loader
-from .loop import EpochStats, StepInfo, evaluate, train_one_epoch
+from .loop import StepInfo, evaluate, train_one_epoch
 from .optim import build_optimizer, scaled_lr
 from .progress import Progress, RunEta
 from .records import TEST_FILE, MetricsLog, peak_memory, write_json
-from .rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
+from .resume import RunPosition, read_resume_state, restore_training_state, training_state
+from .rng import capture_rng_state, derive_seed, seed_everything
 from .run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
 from .schedule import WarmupCosine
 from .splits import DataSpec, check_same_classes, given_val_split, load_split
@@ -79,17 +77,6 @@ logger = logging.getLogger(__name__)
 
 # the validation scores metrics.jsonl records per epoch (as val_<name>): top-1/top-5, or mAP and F1 (multi-label)
 VAL_RECORDED = ("acc1", "acc5", "map", "of1", "cf1", "loss")
-
-
-@dataclass
-class RunPosition:
-    """Where the run stands; saved in the training state."""
-
-    epoch: int = 0  # the epoch in progress (or next to start), counted from 0 (the user reads epoch + 1)
-    step_in_epoch: int = 0  # optimizer steps of ``epoch`` already done
-    best_val: float | None = None  # the best validation score (top-1, or mAP for a multi-label task)
-    best_epoch: int | None = None
-    stats: EpochStats = field(default_factory=EpochStats)
 
 
 @dataclass(frozen=True)
@@ -156,7 +143,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     state_path = out / STATE_FILE
     require_checkpoint(cfg.model.checkpoint)
     earlier = check_run_folder(out, cfg.run.resume, cfg.run.overwrite)
-    resume_state = _read_resume_state(cfg, state_path)
+    resume_state = read_resume_state(cfg, state_path)
     seed_everything(cfg.run.seed)
 
     # Data: the splits (images or videos), untransformed until the model says which input it needs.
@@ -227,7 +214,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     # Resume: weights, optimizer, schedule, scaler, RNG, position. Data order follows from (seed, epoch, step).
     pos = RunPosition()
     if resume_state is not None:
-        pos = _restore(resume_state, model, optimizer, scheduler, scaler, ctx, state_path)
+        pos = restore_training_state(resume_state, model, optimizer, scheduler, scaler, ctx, state_path)
         logger.info("resumed from %s at epoch %d/%d, step %d", state_path, pos.epoch + 1, o.epochs, pos.step_in_epoch)
 
     # The output folder: every input checked, the run may now write (an earlier run's files go first, if asked to).
@@ -248,7 +235,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     def save_state() -> None:
         rng = all_gather_objects(capture_rng_state(), ctx)  # every process's generators
         if ctx.is_main:
-            save_training_state(state_path, _state_dict(cfg, model, optimizer, scheduler, scaler, pos, rng))
+            save_training_state(state_path, training_state(cfg, model, optimizer, scheduler, scaler, pos, rng))
 
     def on_step(info: StepInfo) -> None:
         pos.step_in_epoch, pos.stats = info.step_in_epoch, info.stats
@@ -330,77 +317,3 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         write_json(out / TEST_FILE, report)
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)
     return TrainResult(out, report, best_epoch, pos.best_val, False, ctx.is_main, primary)
-
-
-def _read_resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any] | None:
-    if not cfg.run.resume:
-        return None
-    if not state_path.is_file():
-        logger.warning("run.resume: no training state at %s; starting from the beginning", state_path)
-        return None
-    state = load_training_state(state_path)
-    try:
-        saved = parse_mapping(state["config"])
-    except ValueError as e:
-        raise TrainingStateError(f"{state_path}: its config is not one this library reads: {e}") from e
-    differences = saved.training_differences(cfg)
-    if differences:
-        raise TrainingStateError(
-            f"{state_path} was written by a run with a different configuration (saved, now): {differences}; "
-            f"resume with the same settings (e.g. --config {state_path.parent / CONFIG_FILE} --run.resume true)"
-        )
-    return state
-
-
-def _state_dict(
-    cfg: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: WarmupCosine,
-    scaler: torch.amp.GradScaler,
-    pos: RunPosition,
-    rng: list[dict[str, Any]],
-) -> dict[str, Any]:
-    return {
-        "config": cfg.to_dict(),
-        "epoch": pos.epoch,
-        "step_in_epoch": pos.step_in_epoch,
-        "global_step": scheduler.step_count,
-        "best_val": pos.best_val,
-        "best_epoch": pos.best_epoch,
-        "epoch_stats": pos.stats.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in task_state_dict(model).items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng,
-    }
-
-
-def _restore(
-    state: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: WarmupCosine,
-    scaler: torch.amp.GradScaler,
-    ctx: DistributedContext,
-    source: Path,
-) -> RunPosition:
-    load_task_tensors(model, state["model"], source)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    if len(state["rng"]) == ctx.world_size:
-        restore_rng_state(state["rng"][ctx.rank])
-    else:
-        logger.warning(
-            "resuming on %d processes a state saved by %d: RNG streams restart", ctx.world_size, len(state["rng"])
-        )
-        seed_everything(parse_mapping(state["config"]).run.seed + state["global_step"] + ctx.rank)
-    return RunPosition(
-        state["epoch"],
-        state["step_in_epoch"],
-        state["best_val"],
-        state["best_epoch"],
-        EpochStats(**state["epoch_stats"]),
-    )

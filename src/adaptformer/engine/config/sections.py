@@ -29,13 +29,9 @@ from ...precision import PRECISION_CHOICES
 from ...speed import SpeedConfig
 from ...validation import check_choice, check_free_form, to_plain
 from ..distributed import check_device_name
-from .layers import dotted
 
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
 WARMUP_FRACTION = 0.2  # optim.warmup_epochs null: the paper's 20 warmup epochs of 100 (Table 5)
-# Sections and fields that steer how a run executes but not what it computes; a resumed run may change them.
-RUN_CONTROL = ("speed.grad_checkpointing", "speed.compile", "run.resume", "run.stop_after_steps", "run.log_every",
-               "run.tensorboard", "run.recipe", "run.output_dir", "run.overwrite", "data.num_workers")  # fmt: skip
 
 
 def may_have_val_split(kind: str) -> bool:
@@ -394,14 +390,3 @@ class TrainConfig:
     def to_yaml(self) -> str:
         header = "# adaptformer training configuration: `adaptformer train --config THIS_FILE` repeats the run\n"
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def training_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """Dotted keys (other than run-control ones) whose values differ: (self, other)."""
-        a, b = dotted(self.to_dict()), dotted(other.to_dict())
-        keys = sorted(set(a) | set(b))
-        control = tuple(RUN_CONTROL)
-        return {
-            k: (a.get(k), b.get(k))
-            for k in keys
-            if a.get(k) != b.get(k) and not any(k == c or k.startswith(c + ".") for c in control)
-        }
