@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from tests.data.test_image_kinds import WRITERS, _cifar_rows, _images
+from tests.data.release_files import WRITERS, cifar_rows, random_images
 from tests.video_files import PRE, write_video
 
 from adaptformer.cli import main
@@ -107,7 +107,7 @@ def _write_imagefolder(root: Path) -> None:
     for split in ("train", "test"):
         for label, name in enumerate(("cat", "dog")):
             (root / split / name).mkdir(parents=True)
-            Image.fromarray(_images(1, size=64, seed=label)[0]).save(root / split / name / "a.png")
+            Image.fromarray(random_images(1, size=64, seed=label)[0]).save(root / split / name / "a.png")
 
 
 def _read_images(root: Path) -> object:
@@ -136,7 +136,7 @@ def _hmdb51_cli(root: Path, scratch: Path) -> list[str]:
     return ["prepare", "hmdb51", "--root", str(root), "--out", str(scratch / "lists")]
 
 
-_ROWS = _cifar_rows(_images(2))
+_ROWS = cifar_rows(random_images(2))
 READERS: dict[str, Reader] = {
     "cifar10 batch": Reader(
         lambda root: WRITERS["cifar10"](root),
