@@ -378,9 +378,9 @@ def test_two_process_eval_scores_every_image_once(trained: Path) -> None:
 
 
 def test_prepare_writes_digits_multilabel_as_a_list_that_reads_back(tmp_path: Path) -> None:
-    from adaptformer.data.export import export_dataset
+    from adaptformer.data.builtin_files import write_builtin_dataset
 
-    written = export_dataset("digits-multilabel", tmp_path / "out", {"num_samples": 40})
+    written = write_builtin_dataset("digits-multilabel", tmp_path / "out", {"num_samples": 40})
     assert written["dataset"] == "multilabel-list" and written["samples"] == {"train": 40, "test": 40}
     for split in ("train", "test"):
         files = build_image_dataset("multilabel-list", tmp_path / "out", split, None)

@@ -14,14 +14,14 @@ from .args import at_least, extension, folder
 def _cmd_write_builtin(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..data.export import export_dataset
+    from ..data.builtin_files import write_builtin_dataset
     from ..validation import check_free_form
 
     options = yaml.safe_load(args.options) if args.options else {}
     if not isinstance(options, dict):
         raise ValueError(f"--options must be a YAML mapping such as '{{num_samples: 256}}', got {args.options!r}")
     check_free_form("--options", options)  # {num_samples:8}: YAML's missing space after ':'
-    print(json.dumps(export_dataset(args.release, args.out, options, num_frames=args.num_frames)))
+    print(json.dumps(write_builtin_dataset(args.release, args.out, options, num_frames=args.num_frames)))
     return 0
 
 
@@ -68,9 +68,9 @@ def add_prepare_command(sub: Any) -> None:
     hmdb.add_argument(
         "--split-dir", type=folder, default=None, help="folder of the *_test_split<N>.txt files (default: found)"
     )
-    from ..data.export import EXPORTABLE, MULTI_LABEL
+    from ..data.builtin_files import BUILTIN_KINDS, MULTI_LABEL
 
-    for kind in EXPORTABLE:
+    for kind in BUILTIN_KINDS:
         video = kind == "synthetic-video"
         layout = (
             "OUT/{train,test}/<class>/<n>.mp4 (--data.dataset videofolder)" if video

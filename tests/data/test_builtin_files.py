@@ -12,7 +12,7 @@ import pytest
 
 from adaptformer.cli import main
 from adaptformer.data import build_image_dataset
-from adaptformer.data.export import EXPORTABLE, export_dataset
+from adaptformer.data.builtin_files import BUILTIN_KINDS, write_builtin_dataset
 from adaptformer.data.video import load_video_split
 from adaptformer.data.video.synthetic import SyntheticMotionDataset
 
@@ -22,7 +22,7 @@ from adaptformer.data.video.synthetic import SyntheticMotionDataset
 )
 def test_exported_images_read_back_pixel_exact(tmp_path: Path, kind: str, options: dict) -> None:
     out = tmp_path / kind
-    result = export_dataset(kind, out, options)
+    result = write_builtin_dataset(kind, out, options)
     assert result["dataset"] == "imagefolder"
     for split in ("train", "test"):
         source = build_image_dataset(kind, None, split, None, **options)
@@ -39,7 +39,7 @@ def test_exported_images_read_back_pixel_exact(tmp_path: Path, kind: str, option
 
 def test_exported_clips_decode_close_to_the_rendered_frames(tmp_path: Path) -> None:
     out = tmp_path / "motion"
-    result = export_dataset("synthetic-video", out, {"num_samples": 8, "num_classes": 4}, num_frames=6)
+    result = write_builtin_dataset("synthetic-video", out, {"num_samples": 8, "num_classes": 4}, num_frames=6)
     assert result == {"dataset": "videofolder", "data_dir": str(out), "samples": {"train": 8, "test": 8}}
     files = load_video_split("videofolder", out, "test")
     assert sorted(files.classes) == ["down", "left", "right", "up"] and len(files) == 8
@@ -59,14 +59,14 @@ def test_export_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="full exists"):
-        export_dataset("digits", tmp_path / "full")
+        write_builtin_dataset("digits", tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="only the built-in kinds"):
-        export_dataset("cifar100", tmp_path / "c")
+        write_builtin_dataset("cifar100", tmp_path / "c")
     with pytest.raises(ValueError, match="unknown options"):
-        export_dataset("synthetic", tmp_path / "s", {"num_sample": 3})
+        write_builtin_dataset("synthetic", tmp_path / "s", {"num_sample": 3})
     with pytest.raises(ValueError, match="even"):
-        export_dataset("synthetic-video", tmp_path / "v", {"num_samples": 4, "size": [31, 32]})
+        write_builtin_dataset("synthetic-video", tmp_path / "v", {"num_samples": 4, "size": [31, 32]})
     assert main(["prepare", "shapes", "--out", str(tmp_path / "x"), "--options", "[1]"]) == 2
     assert "--options must be a YAML mapping" in capsys.readouterr().err
     assert main(["prepare", "shapes", "--out", str(tmp_path / "x"), "--options", "{num_samples:8}"]) == 2
@@ -74,7 +74,7 @@ def test_export_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_prepare_command_writes_every_built_in_kind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    for kind in EXPORTABLE:
+    for kind in BUILTIN_KINDS:
         special = {"digits": "{test_fraction: 0.5}", "digits-multilabel": "{num_samples: 40}"}  # every class present
         options = special.get(kind, "{num_samples: 8}")
         assert main(["prepare", kind, "--out", str(tmp_path / kind), "--options", options]) == 0

@@ -27,11 +27,11 @@ from adaptformer.data.image.kinds import IMAGE_DATASETS, build_image_dataset
 from adaptformer.data.video.kinds import SyntheticVideos, load_video_split
 from adaptformer.data.video.synthetic import SyntheticMotionDataset
 
-__all__ = ["EXPORTABLE", "export_dataset"]
+__all__ = ["BUILTIN_KINDS", "write_builtin_dataset"]
 
 log = logging.getLogger(__name__)
 
-EXPORTABLE = ("digits", "synthetic", "shapes", "synthetic-video", "digits-multilabel")
+BUILTIN_KINDS = ("digits", "synthetic", "shapes", "synthetic-video", "digits-multilabel")
 MULTI_LABEL = ("digits-multilabel",)  # written in the multilabel-list layout
 SPLITS = ("train", "test")
 
@@ -42,7 +42,7 @@ def _target(out: Path, split: str, label: str, index: int, suffix: str) -> Path:
     return folder / f"{index:05d}{suffix}"
 
 
-def _export_images(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
+def _write_images(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
     dataset = build_image_dataset(kind, None, split, None, **options)
     for index in range(len(dataset)):
         image, label = dataset[index]  # uint8 (C, H, W)
@@ -55,7 +55,7 @@ def _png(image: Any) -> Image.Image:
     return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))  # (H, W[, C])
 
 
-def _export_multilabel(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
+def _write_multilabel(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
     dataset = build_image_dataset(kind, None, split, None, **options)
     folder = out / "images" / split
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
     return path
 
 
-def _export_clips(out: Path, split: str, options: dict[str, Any], num_frames: int) -> int:
+def _write_clips(out: Path, split: str, options: dict[str, Any], num_frames: int) -> int:
     source = load_video_split("synthetic-video", None, split, **options)
     assert isinstance(source, SyntheticVideos)
     size = source.size or (32, 32)
@@ -97,18 +97,22 @@ def _export_clips(out: Path, split: str, options: dict[str, Any], num_frames: in
     return len(clips)
 
 
-def export_dataset(kind: str, out: str | Path, options: dict[str, Any] | None = None, num_frames: int = 16) -> dict:
+def write_builtin_dataset(
+    kind: str, out: str | Path, options: dict[str, Any] | None = None, num_frames: int = 16
+) -> dict:
     """Write the train and test splits of built-in ``kind`` under ``out``; returns ``{split: count}`` plus the kind
     to pass as ``--data.dataset``.
 
     Args:
-        kind: one of :data:`EXPORTABLE`.
+        kind: one of :data:`BUILTIN_KINDS`.
         out: a folder that does not exist yet or is empty.
         options: the kind's options, as ``--data.options`` takes them (e.g. ``{num_samples: 256}``).
         num_frames: frames per written clip (``synthetic-video``; at least the backbone's frame count).
     """
-    if kind not in EXPORTABLE:
-        raise ValueError(f"cannot export {kind!r}: only the built-in kinds {list(EXPORTABLE)} are generated here")
+    if kind not in BUILTIN_KINDS:
+        raise ValueError(
+            f"cannot write {kind!r} as files: only the built-in kinds {list(BUILTIN_KINDS)} are generated here"
+        )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; choose another --out")
@@ -116,14 +120,14 @@ def export_dataset(kind: str, out: str | Path, options: dict[str, Any] | None = 
     if kind == "synthetic-video":
         if num_frames < 2:
             raise ValueError(f"--num-frames must be >= 2, got {num_frames}")
-        counts = {split: _export_clips(out, split, options, num_frames) for split in SPLITS}
+        counts = {split: _write_clips(out, split, options, num_frames) for split in SPLITS}
         dataset = "videofolder"
     elif kind in MULTI_LABEL:
-        counts = {split: _export_multilabel(kind, out, split, options) for split in SPLITS}
+        counts = {split: _write_multilabel(kind, out, split, options) for split in SPLITS}
         dataset = "multilabel-list"
     else:
         assert not IMAGE_DATASETS[kind].needs_root
-        counts = {split: _export_images(kind, out, split, options) for split in SPLITS}
+        counts = {split: _write_images(kind, out, split, options) for split in SPLITS}
         dataset = "imagefolder"
     log.info("wrote %s as %s files under %s: %s", kind, dataset, out, counts)
     return {"dataset": dataset, "data_dir": str(out), "samples": counts}
