@@ -12,7 +12,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 quick=()
-if [ "${1:-}" = "--quick" ]; then quick=(--quick); shift; fi
+expect=(--expect-cuda)
+if [ "${1:-}" = "--quick" ]; then quick=(--quick); expect=(); shift; fi
 out=${1:-reports/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-.venv/bin/python}
@@ -28,16 +29,17 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, keep its log
 
 if [ ${#quick[@]} -eq 0 ]; then
   device=(--device cuda)
-  step cuda_tests 90 "$py" -m pytest -q -m cuda -p no:cacheprovider --junitxml "$out/cuda_tests.xml" tests/test_cuda.py
+  step cuda_tests 60 "$py" -m pytest -q -m cuda -p no:cacheprovider --junitxml "$out/cuda_tests.xml" tests/test_cuda.py
   step train_step 150 "$py" benchmarks/bench.py --only image --precisions bf16 --batch 64 "${device[@]}" \
     --json "$out/train_step.json"
-  step multitask 180 "$py" benchmarks/multitask.py --tasks 1,8,64 --batch 64 --precision bf16 "${device[@]}" \
+  step multitask 210 "$py" benchmarks/multitask.py --tasks 1,8,64 --batch 64 --precision bf16 "${device[@]}" \
     --json "$out/multitask.json"
-  step serve_load 60 "$py" benchmarks/serve_load.py --json "$out/serve_load.json"
+  step serve_load 60 "$py" benchmarks/serve_load.py --backbone vit_base_patch16_224 --precision bf16 \
+    --json "$out/serve_load.json"
 else
   step cuda_tests 120 "$py" -m pytest -q -m cuda -p no:cacheprovider --junitxml "$out/cuda_tests.xml" tests/test_cuda.py
   step train_step 120 "$py" benchmarks/bench.py --quick --only image --precisions bf16 --json "$out/train_step.json"
   step multitask 120 "$py" benchmarks/multitask.py --quick --json "$out/multitask.json"
   step serve_load 120 "$py" benchmarks/serve_load.py --quick --json "$out/serve_load.json"
 fi
-"$py" benchmarks/gpu_report.py "$out"
+"$py" benchmarks/gpu_report.py "${expect[@]}" "$out"

@@ -65,14 +65,20 @@ def _train_step(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return row
 
 
-def collect(out: Path) -> dict[str, Any]:
+def collect(out: Path, expect_cuda: bool = False) -> dict[str, Any]:
+    """The report of the steps in ``out``; ``expect_cuda``: the CUDA tests must have run (on a GPU machine a skipped
+    or missing one means the check did not happen, which is not "ok")."""
     train = _read_json(out / "train_step.json")
     multitask = _read_json(out / "multitask.json")
     serve = _read_json(out / "serve_load.json")
+    steps = {step: _status(out, step) for step in STEPS}
+    tests = _cuda_tests(out)
+    if expect_cuda and steps["cuda_tests"]["state"] == "ok" and (not tests or tests["skipped"] or not tests["passed"]):
+        steps["cuda_tests"]["state"] = "no CUDA test ran"
     return {
         "machine": (train or {}).get("machine") or (multitask or {}).get("machine"),
-        "steps": {step: _status(out, step) for step in STEPS},
-        "cuda_tests": _cuda_tests(out),
+        "steps": steps,
+        "cuda_tests": tests,
         "train_step": _train_step(train),
         "multitask": multitask and {k: multitask[k] for k in ("backbone", "batch", "precision", "results")},
         "serve_load": serve and {k: serve[k] for k in ("backbone", "tasks", "max_batch", "precision", "results")},
@@ -135,8 +141,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the folder gpu_check.sh wrote its steps to")
+    parser.add_argument("--expect-cuda", action="store_true", help="fail unless the CUDA tests ran (a GPU machine)")
     args = parser.parse_args(argv)
-    report = collect(args.out)
+    report = collect(args.out, args.expect_cuda)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     (args.out / "gpu_check.md").write_text(text)

@@ -17,6 +17,7 @@ single-task models (each holds its own backbone).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from measure import Case, machine_info, median_ratio, storage_bytes, time_interl
 from adaptformer import AdaptFormerConfig, create_model, save_adapter
 from adaptformer.inference.multitask import MultiTaskModel
 from adaptformer.precision import resolve_precision
-from adaptformer.saving import create_model_from_adapter
+from adaptformer.saving import build_adapter_backbone, load_adapter
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
@@ -44,18 +45,22 @@ def _unique_bytes(*models: torch.nn.Module) -> int:
 def measure(n: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     device = torch.device(args.device)
     kwargs = TINY if args.quick else {}
+    # one randomly initialised backbone (init_seed 0) built once; each task's adapter and head: its initial values
+    # plus its own random offsets (building a ViT-B per task would take minutes at N = 64)
+    model = create_model(args.backbone, 100, method=AdaptFormerConfig(bottleneck=args.bottleneck), init_seed=0,
+                         **kwargs)  # fmt: skip
+    initial = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     dirs = []
-    for k in range(n):  # the same randomly initialised backbone (init_seed 0, same class count), its own adapter
-        torch.manual_seed(k)
-        model = create_model(args.backbone, 100, method=AdaptFormerConfig(bottleneck=args.bottleneck), init_seed=0,
-                             **kwargs)  # fmt: skip
+    for k in range(n):
+        generator = torch.Generator().manual_seed(k)
         with torch.no_grad():
-            for p in model.parameters():
+            for name, p in model.named_parameters():
                 if p.requires_grad:
-                    p.add_(0.02 * torch.randn_like(p))
+                    p.copy_(initial[name] + 0.02 * torch.randn(p.shape, generator=generator))
         dirs.append(save_adapter(model, folder / f"n{n}" / f"task{k}"))
     multi = MultiTaskModel.from_adapters(dirs, max_batch=args.batch).to(device).eval()
-    singles = [create_model_from_adapter(d).to(device).eval() for d in dirs]
+    backbone = build_adapter_backbone(dirs[0])  # N separate models: copies of one built backbone, each its adapter
+    singles = [load_adapter(copy.deepcopy(backbone), d).to(device).eval() for d in dirs]
     size = multi.task_model(multi.tasks[0]).pretrained_cfg["input_size"][1] if not args.quick else 32
     x = torch.randn(args.batch, 3, size, size, device=device)
     ids = torch.arange(args.batch) % n

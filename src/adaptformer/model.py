@@ -104,7 +104,7 @@ def apply_method(model: nn.Module, spec: ModelSpec) -> nn.Module:
     set_head(model, spec.head, spec.num_classes, init_std=getattr(model, "head_init_std", 0.01))
     try:
         spec.registered.attach(model, spec.method_config)  # checks the blocks before it changes any
-    except UnsupportedModelError:
+    except Exception:  # UnsupportedModelError, a ValueError of its config (layers the model lacks), ...
         _put_back(model, old_heads, old_classes)  # a model the method cannot adapt is left as it was passed in
         raise
     setattr(model, SPEC_ATTR, spec)

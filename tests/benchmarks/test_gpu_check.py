@@ -43,3 +43,16 @@ def test_a_failed_and_a_timed_out_step_are_reported_and_fail_the_check(tmp_path:
     assert [steps[s]["state"] for s in ("cuda_tests", "train_step", "multitask")] == ["not run", "timed out", "failed"]
     assert "CUDA out of memory" in steps["multitask"]["log_tail"]
     assert "| train_step | timed out | 150 |" in done.stdout
+
+
+def test_on_a_gpu_machine_skipped_cuda_tests_fail_the_check(tmp_path: Path) -> None:
+    for step in ("cuda_tests", "train_step", "multitask", "serve_load"):
+        (tmp_path / f"{step}.status.json").write_text('{"exit": 0, "seconds": 1}')
+    (tmp_path / "cuda_tests.xml").write_text(
+        '<testsuites><testsuite tests="8" failures="0" errors="0" skipped="8"></testsuite></testsuites>'
+    )
+    script = str(ROOT / "benchmarks" / "gpu_report.py")
+    assert subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, timeout=60).returncode == 0
+    done = subprocess.run([sys.executable, script, "--expect-cuda", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "| cuda_tests | no CUDA test ran |" in done.stdout

@@ -69,6 +69,8 @@ def test_export_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Capture
         write_builtin_dataset("synthetic-video", tmp_path / "v", {"num_samples": 4, "size": [31, 32]})
     assert main(["prepare", "shapes", "--out", str(tmp_path / "x"), "--options", "[1]"]) == 2
     assert "--options must be a YAML mapping" in capsys.readouterr().err
+    assert main(["prepare", "shapes", "--out", str(tmp_path / "x"), "--options", "{a: [}"]) == 2
+    assert "error: --options '{a: [}' is not YAML" in capsys.readouterr().err
     assert main(["prepare", "shapes", "--out", str(tmp_path / "x"), "--options", "{num_samples:8}"]) == 2
     assert "YAML needs a space after ':' (write {num_samples: 8}" in capsys.readouterr().err
 

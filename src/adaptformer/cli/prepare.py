@@ -17,7 +17,10 @@ def _cmd_write_builtin(args: argparse.Namespace) -> int:
     from ..data.builtin_files import write_builtin_dataset
     from ..validation import check_free_form
 
-    options = yaml.safe_load(args.options) if args.options else {}
+    try:
+        options = yaml.safe_load(args.options) if args.options else {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--options {args.options!r} is not YAML: {e}") from None
     if not isinstance(options, dict):
         raise ValueError(f"--options must be a YAML mapping such as '{{num_samples: 256}}', got {args.options!r}")
     check_free_form("--options", options)  # {num_samples:8}: YAML's missing space after ':'

@@ -154,7 +154,7 @@ def export_onnx(
         "method": info.spec.to_dict().get("method") if info is not None else None,
         "max_abs_diff": worst,
     }  # fmt: skip
-    from .. import __version__
+    from ..version import __version__
 
     record["adaptformer_version"] = __version__
     atomic_write_bytes(sidecar, (json.dumps(record, indent=2) + "\n").encode())
