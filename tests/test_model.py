@@ -62,6 +62,15 @@ def test_adapt_defaults_to_the_class_count_of_the_torchvision_head() -> None:
     assert model.adaptformer_spec.backbone == "SwinTransformer"  # no timm architecture: the class name
 
 
+def test_a_method_config_the_model_cannot_take_leaves_the_model_as_passed() -> None:
+    model = tvm.VisionTransformer(**TINY_VIT, num_classes=7)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="layers"):
+        adapt(model, AdaptFormerConfig(layers=(5,)), num_classes=3)  # 2 blocks: index 5 does not exist
+    assert model.heads.head.out_features == 7 and model.num_classes == 7
+    assert model.state_dict().keys() == before.keys() and not hasattr(model, "adaptformer_spec")
+
+
 class HeadlessViT(nn.Module):
     """torchvision ViT blocks (a known family) and nothing that tells where a classifier is."""
 
