@@ -33,8 +33,7 @@ from .model import ModelSpec, ParameterReport, adapt, apply_method, count_traina
 from .preprocessing import Preprocessing
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from .speed import SpeedConfig, apply_speed
-from .version import __version__
-
+from .version import __version__ as __version__
 
 __all__ = [
     "AdaptFormerConfig",

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import UnsupportedModelError
 from .heads import HEADS, classifier_linear, classifier_paths, classifiers, set_head
 from .methods import Method, MethodConfig, get_method, method_of, resolve_method
 from .methods.state import SPEC_ATTR, get_spec, require_spec, task_state_dict, trainable_groups
