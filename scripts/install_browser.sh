@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium and ChromeDriver for the page test of `adaptformer serve` (tests/test_serve.py drives the page
+# Debian's Chromium and ChromeDriver for the page test of `adaptformer serve` (tests/inference/test_serve.py drives the page
 # headless with Selenium). Does nothing when both are installed; needs root (or sudo) otherwise.
 set -euo pipefail
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then

@@ -188,5 +188,5 @@ def test_help_texts_have_no_doubled_defaults_or_internal_names(command: str, cap
     assert text.count("usage: adaptformer") >= 1
     for entry in text.split(" --"):
         assert entry.count("default:") <= 1, entry
-    for internal in ("class_path", "known subclasses", "--data-dir", "--dataset ", "init_args", "cli.py"):
+    for internal in ("class_path", "known subclasses", "--data-dir", "--dataset ", "init_args", "cli/", "__main__"):
         assert internal not in text

@@ -1,6 +1,6 @@
 """Two CPU processes under torchrun (gloo) against one process with the same effective batch.
 
-Tolerance: with dropout off and fp32, the two runs see the same micro-batches (see engine/data.py) and differ only in
+Tolerance: with dropout off and fp32, the two runs see the same micro-batches (see engine/loaders.py) and differ only in
 the order gradients are summed (DDP's all-reduce vs. accumulation in one process), so every saved tensor agrees to
 within 1e-5 absolute after a few SGD steps.
 """

@@ -60,7 +60,7 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Writes the tiny ViT of ``TINY`` (seed 0) as a timm safetensors file; shared with tests/test_runs.py."""
+    """Writes the tiny ViT of ``TINY`` (seed 0) as a timm safetensors file; shared with tests/engine/test_runs.py."""
     path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
     torch.manual_seed(0)
     save_file(build_backbone(VIT, 10, **TINY).state_dict(), str(path))

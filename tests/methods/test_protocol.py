@@ -221,7 +221,8 @@ def test_inspect_reports_an_outside_methods_measurement(adapters: dict[str, Path
 
 def test_the_inspect_command_takes_an_outside_method(adapters: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "inspect"
-    argv = ["inspect", "--adapter", str(adapters["ss_a"]), "--num-samples", "8", "--device", "cpu", "--out", str(out)]
+    argv = ["inspect", "--adapter", str(adapters["ss_a"]), "--num-samples", "8", "--run.device", "cpu",
+            "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert sorted(json.loads(capsys.readouterr().out)["adapter_mlp"]) == ["0", "1", "2"]
     assert "ScaleShift (on the MLP branch)" in (out / "inspect.md").read_text()

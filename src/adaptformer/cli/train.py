@@ -104,7 +104,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``train`` / ``params`` besides the configuration flags (which jsonargparse reads; see
-    :func:`_config_command`); declared here for the help text."""
+    :func:`config_command`); declared here for the help text."""
     recipe = "a shipped recipe (see `adaptformer recipes`) or a YAML file: the first layer"
     parser.add_argument("--recipe", default=None, metavar="NAME|FILE", help=recipe)
     config = "a YAML configuration, e.g. a run's OUT/config.yaml, over the recipe"

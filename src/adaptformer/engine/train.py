@@ -16,7 +16,7 @@ reads them):
                     selected epoch, the trainable parameters and the peak memory (CUDA: max allocated; CPU: max RSS)
 
 A new run needs a missing or empty ``run.output_dir`` (``run.resume`` continues the run there, ``run.overwrite``
-removes it first; :mod:`.engine.run_folder`), and nothing there changes before the run's inputs (weights file,
+removes it first; :mod:`.run_folder`), and nothing there changes before the run's inputs (weights file,
 dataset, model, training state) have been read and checked.
 
 Model selection uses only a validation split: the dataset's own ``val`` split when it has one next to its test split

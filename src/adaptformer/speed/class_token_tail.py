@@ -9,7 +9,7 @@ in the forward and in the backward. For ViT-B/16 at 224 that removes about 1/15 
 training (every method) and in inference.
 
 The result is the same function: the same operations on the same rows. Only the query/key/value GEMMs are split into
-two products of other shapes, which may round differently in the last bit (tests/test_class_token_tail.py compares
+two products of other shapes, which may round differently in the last bit (tests/speed/test_class_token_tail.py compares
 logits and gradients with the full block). Two things differ by construction: the adapter's dropout draws masks for
 the class token only (same distribution, other random numbers), and the model's ``forward`` is the only caller that
 gets it: ``forward_features`` still returns every token (``adaptformer.speed`` arms the tail only while

@@ -23,7 +23,7 @@ no gate and no active dropout, whose MLP is ``Linear -> exact GELU -> Linear`` w
 frozen and stored in the dtype the block computes in (the input's dtype: bf16/fp16 frozen storage under autocast, or
 fp32 without autocast), and only while autograd records a graph that needs the input's gradient. Anything else falls
 back to the module's own forward. Logits and gradients match plain autograd's within rounding
-(tests/test_frozen_backward.py).
+(tests/speed/test_frozen_backward.py).
 """
 
 from __future__ import annotations

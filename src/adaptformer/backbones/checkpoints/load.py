@@ -120,7 +120,8 @@ def convert_mae(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[s
 
 Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 
-# Every checkpoint source by name (``load_pretrained(source=...)``, ``--checkpoint-source``): one pure function each.
+# Every checkpoint source by name (``load_pretrained(source=...)``, ``--model.checkpoint_source``): one pure function
+# each.
 CONVERTERS: dict[str, Converter] = {
     "timm": convert_timm,
     "torchvision": convert_torchvision,

@@ -1,4 +1,4 @@
-"""Configuration files and the command line for :class:`~.config.TrainConfig`, through jsonargparse.
+"""Configuration files and the command line for :class:`~.sections.TrainConfig`, through jsonargparse.
 
 jsonargparse (the library Lightning's CLI is built on) turns the nested dataclasses into command-line groups
 (``--optim.epochs``, ``--model.method.bottleneck``), checks every value's type against the annotations and takes each
