@@ -29,8 +29,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.data.release_files import write_cifar100, write_food101, write_imagefolder, write_svhn
-from tests.data.test_vtab_fgvc import write_vtab_task
+from tests.data.release_files import write_cifar100, write_food101, write_imagefolder, write_svhn, write_vtab_task
 from tests.paths import ROOT
 from tests.video_files import write_video
 

@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 
 
-def _temporary_name(path: Path) -> Path:
+def temporary_name(path: Path) -> Path:
     """A fresh name beside ``path`` for :func:`atomic_write_bytes`'s temporary file: ``.<name>.<random>.tmp``."""
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
@@ -27,7 +27,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     the owner-only 0o600 of ``tempfile.mkstemp``.
     """
     while True:
-        tmp = _temporary_name(path)
+        tmp = temporary_name(path)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break

@@ -12,6 +12,8 @@ import scipy.io
 from PIL import Image
 
 from adaptformer.data import build_image_dataset
+from adaptformer.data.image.fgvc import FGVC_DATASETS
+from adaptformer.data.image.vtab import VTAB_TASKS
 from adaptformer.preprocessing import Preprocessing
 
 
@@ -134,3 +136,43 @@ def build_kind(kind: str, root: Path, split: str, transform=None, **options):
     if kind in CHECKSUMMED:
         options.setdefault("verify_checksums", False)
     return build_image_dataset(kind, root, split, transform, **options)
+
+
+# The PETL benchmarks' layouts: VTAB-1k task folders (NOAH/VPT archives) and FGVC datasets (VPT's JSON lists)
+
+
+def png_file(path: Path, value: int = 0, size: tuple[int, int] = (12, 8)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, 255 - value, 50)).save(path)
+
+
+LISTS = {"train800.txt": 2, "val200.txt": 1, "train800val200.txt": 3, "test.txt": 2}  # images per class
+
+
+def write_vtab_task(root: Path, task: str) -> Path:
+    """A tiny VTAB-1k task folder (as the NOAH/VPT archives): images/ + the four list files, every class present."""
+    folder = root / task
+    for list_name, per_class in LISTS.items():
+        lines = []
+        for label in range(VTAB_TASKS[task].num_classes):
+            for k in range(per_class):
+                name = f"images/{list_name[:-4]}/{label}_{k}.png"
+                png_file(folder / name, value=label * 40)
+                lines.append(f"{name} {label}")
+        (folder / list_name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_fgvc(root: Path, dataset: str, labels: tuple[int, ...] = (3, 7)) -> Path:
+    """A tiny FGVC dataset in VPT's layout: JSONs beside the dataset's image root."""
+    folder = root / dataset
+    images = folder / FGVC_DATASETS[dataset].images
+    for split, per_class in (("train", 2), ("val", 1), ("test", 1)):
+        listing = {}
+        for label in labels:
+            for k in range(per_class):
+                name = f"{label:03d}.class/{split}_{k}.png"
+                png_file(images / name, value=label * 20)
+                listing[name] = label
+        (folder / f"{split}.json").write_text(json.dumps(listing))
+    return folder

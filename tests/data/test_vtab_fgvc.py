@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tests.data.release_files import png_file, write_fgvc, write_vtab_task
 
 from adaptformer.cli import main
 from adaptformer.data import DatasetFileError, build_image_dataset
@@ -22,28 +23,6 @@ from adaptformer.engine.train import build_model
 from adaptformer.model import count_trainable
 from adaptformer.preprocessing import Preprocessing
 from adaptformer.recipes import load_recipe, recipe_names, recipe_text
-
-
-def _png(path: Path, value: int = 0, size: tuple[int, int] = (12, 8)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (value, 255 - value, 50)).save(path)
-
-
-LISTS = {"train800.txt": 2, "val200.txt": 1, "train800val200.txt": 3, "test.txt": 2}  # images per class
-
-
-def write_vtab_task(root: Path, task: str) -> Path:
-    """A tiny VTAB-1k task folder (as the NOAH/VPT archives): images/ + the four list files, every class present."""
-    folder = root / task
-    for list_name, per_class in LISTS.items():
-        lines = []
-        for label in range(VTAB_TASKS[task].num_classes):
-            for k in range(per_class):
-                name = f"images/{list_name[:-4]}/{label}_{k}.png"
-                _png(folder / name, value=label * 40)
-                lines.append(f"{name} {label}")
-        (folder / list_name).write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def test_task_table_is_the_vtab_suite() -> None:
@@ -117,21 +96,6 @@ def test_vtab_final_has_no_val_split(tmp_path: Path) -> None:
         build_image_dataset("vtab1k", tmp_path, "val", None, task="patch_camelyon", stage="final")
 
 
-def write_fgvc(root: Path, dataset: str, labels: tuple[int, ...] = (3, 7)) -> Path:
-    """A tiny FGVC dataset in VPT's layout: JSONs beside the dataset's image root."""
-    folder = root / dataset
-    images = folder / FGVC_DATASETS[dataset].images
-    for split, per_class in (("train", 2), ("val", 1), ("test", 1)):
-        listing = {}
-        for label in labels:
-            for k in range(per_class):
-                name = f"{label:03d}.class/{split}_{k}.png"
-                _png(images / name, value=label * 20)
-                listing[name] = label
-        (folder / f"{split}.json").write_text(json.dumps(listing))
-    return folder
-
-
 @pytest.mark.parametrize("dataset", list(FGVC_DATASETS))
 @pytest.mark.parametrize(
     ("stage", "split", "count"),
@@ -187,7 +151,7 @@ def write_cub(root: Path) -> Path:
         [(1, "001.Albatross/a.png", 1), (1, "001.Albatross/b.png", 0), (2, "002.Auklet/c.png", 1),
          (2, "002.Auklet/d.png", 0)], start=1,
     ):  # fmt: skip
-        _png(base / "images" / name, value=cls * 50)
+        png_file(base / "images" / name, value=cls * 50)
         images.append(f"{image_id} {name}")
         labels.append(f"{image_id} {cls}")
         split.append(f"{image_id} {train}")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.data.test_vtab_fgvc import write_fgvc, write_vtab_task
+from tests.data.release_files import write_fgvc, write_vtab_task
 
 from adaptformer.cli import main
 from adaptformer.data.image.vtab import VTAB_GROUPS, VTAB_TASKS

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import MissingDependencyError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, temporary_name
 from ..methods.state import get_spec
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import AdapterInfo
@@ -114,7 +113,7 @@ def export_onnx(
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, *shape, generator=generator)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    temporary = temporary_name(path)
     try:
         with torch.no_grad():
             program = torch.onnx.export(

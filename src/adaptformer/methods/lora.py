@@ -42,6 +42,7 @@ from ..backbones.video_vit import QVBiasAttention
 from ..errors import UnsupportedModelError
 from ..validation import check_block_indices, check_probability
 from .registry import Method, MethodConfig
+from .state import FINGERPRINT_ATTR, remember_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
     is an error; :func:`unmerge_lora` subtracts the updates again (exact up to float rounding). Over frozen weights
     stored in bf16/fp16 the update is rounded to that dtype.
     """
-    from .state import FINGERPRINT_ATTR, remember_fingerprint
 
     linears = _lora_linears(model)
     if getattr(model, FINGERPRINT_ATTR, None) is None:  # once: after an unmerge the weights differ by rounding
