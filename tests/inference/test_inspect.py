@@ -188,6 +188,16 @@ def test_command_default_out_is_beside_the_adapter(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "inspect" / "inspect.json").is_file()
 
 
+def test_command_reads_the_adapter_config_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adaptformer.saving as saving
+
+    adapter, reads = _saved(tmp_path), []
+    read_json = saving._read_json
+    monkeypatch.setattr(saving, "_read_json", lambda path: reads.append(path) or read_json(path))
+    assert main(["inspect", "--adapter", str(adapter), "--num-samples", "2", "--run.device", "cpu"]) == 0
+    assert reads == [adapter / "adapter_config.json"]
+
+
 @pytest.mark.parametrize(
     ("method", "flags", "named"),
     [

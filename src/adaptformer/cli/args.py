@@ -171,14 +171,14 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
 
 
-def trained_model(args: argparse.Namespace, adapter: str) -> tuple[Any, AdapterInfo]:
+def trained_model(args: argparse.Namespace, adapter: str, info: AdapterInfo | None = None) -> tuple[Any, AdapterInfo]:
     """The trained model of ``adapter`` (eval mode, CPU), its backbone rebuilt as recorded with the backbone group's
     overrides (:func:`adaptformer.inference.evaluate.load_trained_model`)."""
     from ..inference.evaluate import load_trained_model
 
     return load_trained_model(
         adapter, checkpoint=args.checkpoint, checkpoint_source=args.checkpoint_source, model_kwargs=args.model_kwargs,
-        model_name=args.backbone, init_seed=args.init_seed,
+        model_name=args.backbone, init_seed=args.init_seed, info=info,
     )  # fmt: skip
 
 

@@ -38,7 +38,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.split not in kind.splits:
         raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(kind.splits)}")
     spec = DataSpec.from_config(data)
-    model, info = trained_model(args, args.adapter)
+    model, info = trained_model(args, args.adapter, info)
     dataset = load_split(spec, args.split).build(model, "eval")  # one deterministic view per sample
     count = min(args.num_samples, len(dataset))  # type: ignore[arg-type]
     # evenly spread over the split (whose samples may be ordered by class), the same ones every time

@@ -7,10 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
-
-from ..factory import BackboneSource
 
 if TYPE_CHECKING:
     from ..inference.multitask import MultiTaskModel
@@ -19,7 +16,7 @@ if TYPE_CHECKING:
 def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskModel:
     """The multi-task model of every ``--adapter``, each adapter_config.json read once: every adapter checked against
     ``--model.backbone`` when given, the backbone the first one records with the command line's overrides."""
-    from ..inference.evaluate import check_backbone_name
+    from ..inference.evaluate import check_backbone_name, overridden_source
     from ..inference.multitask import MultiTaskModel
     from ..saving import read_adapter_config
 
@@ -29,9 +26,8 @@ def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskMo
             check_backbone_name(directory, info, args.backbone)
     overrides = {"checkpoint": args.checkpoint, "checkpoint_source": args.checkpoint_source,
                  "kwargs": args.model_kwargs, "init_seed": args.init_seed}  # fmt: skip
-    source = None  # as recorded
-    if any(v is not None for v in overrides.values()):
-        source = replace(infos[0].source or BackboneSource(), **{k: v for k, v in overrides.items() if v is not None})
+    given = any(v is not None for v in overrides.values())
+    source = overridden_source(infos[0], **overrides) if given else None  # None: as the first adapter records
     return MultiTaskModel.from_adapters(args.adapter, source=source, max_batch=max_batch, infos=infos)
 
 

@@ -64,6 +64,12 @@ def check_backbone_name(adapter_dir: str | Path, info: AdapterInfo, name: str | 
         raise ValueError(f"{adapter_dir} holds an adapter for {info.spec.backbone!r}, not for {name!r}")
 
 
+def overridden_source(info: AdapterInfo, **overrides: Any) -> BackboneSource:
+    """The backbone an adapter records (:class:`BackboneSource`), with the parts given as non-None ``overrides``
+    (``checkpoint``, ``checkpoint_source``, ``kwargs``, ``init_seed``) replaced."""
+    return replace(info.source or BackboneSource(), **{k: v for k, v in overrides.items() if v is not None})
+
+
 def load_trained_model(
     adapter_dir: str | Path,
     checkpoint: str | None = None,
@@ -71,19 +77,19 @@ def load_trained_model(
     model_kwargs: dict[str, Any] | None = None,
     model_name: str | None = None,
     init_seed: int | None = None,
+    info: AdapterInfo | None = None,
 ) -> tuple[nn.Module, AdapterInfo]:
-    """The trained model of ``adapter_dir`` (eval mode, CPU) and what its config records.
+    """The trained model of ``adapter_dir`` (eval mode, CPU) and what its config records (``info``: already read).
 
     The backbone is built as recorded; ``checkpoint``, ``checkpoint_source``, ``model_kwargs`` and ``init_seed``
     override single parts of that (e.g. the same weights at another path). ``model_name``, if given, must be the
     backbone the adapter names (a guard against mixing up folders).
     """
-    info = read_adapter_config(adapter_dir)
+    info = info if info is not None else read_adapter_config(adapter_dir)
     check_backbone_name(adapter_dir, info, model_name)
-    source = info.source or BackboneSource()
-    overrides = {"checkpoint": checkpoint, "checkpoint_source": checkpoint_source, "kwargs": model_kwargs,
-                 "init_seed": init_seed}  # fmt: skip
-    source = replace(source, **{k: v for k, v in overrides.items() if v is not None})
+    source = overridden_source(
+        info, checkpoint=checkpoint, checkpoint_source=checkpoint_source, kwargs=model_kwargs, init_seed=init_seed
+    )
     model = create_model_from_adapter(adapter_dir, source, info=info)
     return model.eval(), info
 
