@@ -22,6 +22,9 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {
     SWIN: {"img_size": 32, "patch_size": 4, "window_size": 4, "embed_dim": 32, "depths": (2, 2), "num_heads": (2, 4)},
 }
 
+# a tiny VideoMAE-layout video ViT (video_vit_*): 4 frames of 32 px, tubelet 2
+VIDEO_KWARGS = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
 
 def tiny_kwargs(name: str, **extra: Any) -> dict[str, Any]:
     return {**TINY_KWARGS[name], **extra}

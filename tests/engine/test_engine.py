@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tests.conftest import VIT, changed, nested
+from tests.engine.tiny_runs import TINY, tiny_backbone_file, tiny_config
 
 from adaptformer import AdaptFormerConfig, VPTConfig, create_model
 from adaptformer.engine import (
@@ -29,7 +30,6 @@ from adaptformer.engine import (
     RunConfig,
     ShardSampler,
     TrainBatchSampler,
-    TrainConfig,
     TrainingStateError,
     WarmupCosine,
     build_optimizer,
@@ -46,10 +46,8 @@ from adaptformer.engine.config.parser import parse_cli, parse_mapping, read_conf
 from adaptformer.engine.loaders import SeededSamples, load_image_split, with_transform
 from adaptformer.engine.records import MetricsLog
 from adaptformer.engine.train import build_model, train
-from adaptformer.factory import build_backbone
 from adaptformer.saving import read_adapter_config
 
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 CPU = DistributedContext()
 
 
@@ -57,27 +55,6 @@ CPU = DistributedContext()
 def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ViT saved as a timm checkpoint: the stand-in for pre-trained weights."""
     return tiny_backbone_file(tmp_path_factory)
-
-
-def tiny_backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Writes the tiny ViT of ``TINY`` (seed 0) as a timm safetensors file; shared with tests/engine/test_runs.py."""
-    path = tmp_path_factory.mktemp("backbone") / "tiny.safetensors"
-    torch.manual_seed(0)
-    save_file(build_backbone(VIT, 10, **TINY).state_dict(), str(path))
-    return path
-
-
-def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
-    """A tiny run; ``changes`` by their flat names (tests.conftest.nested)."""
-    base = parse_mapping({
-        "model": {"backbone": VIT, "kwargs": TINY, "checkpoint": str(backbone)},
-        "data": {"dataset": "synthetic", "options": {"num_samples": 48, "image_size": 16}, "val_split": 0.25,
-                 "num_workers": 0},
-        "optim": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8, "effective_batch": 16, "blr": 2.0,
-                  "precision": "fp32"},
-        "run": {"output_dir": str(out)},
-    })  # fmt: skip
-    return changed(base, **changes)
 
 
 # -- configuration ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from tests.conftest import VIT, changed
-from tests.engine.test_engine import TINY, tiny_backbone_file, tiny_config
+from tests.engine.tiny_runs import TINY, tiny_backbone_file, tiny_config
 
 import adaptformer.engine.curves
 import adaptformer.engine.train

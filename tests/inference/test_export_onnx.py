@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.inference.onnx_alone import RUN_ALONE
 from tests.training_step import move_trainable
 
 from adaptformer import AdapterPlusConfig, LoRAConfig, create_model, save_adapter
@@ -22,15 +23,6 @@ NAME = "vit_shapes_patch8_32"
 VIDEO_TINY = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
 # ONNX Runtime alone: the file and numpy, with adaptformer made unimportable
-RUN_ALONE = """
-import sys
-sys.modules["adaptformer"] = None
-import json, numpy as np, onnxruntime as ort
-path, x_path, out_path = sys.argv[1:]
-meta = json.load(open(path + ".json"))
-session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-np.save(out_path, session.run(None, {meta["input"]["name"]: np.load(x_path)})[0])
-"""
 
 
 def _adapter(tmp_path: Path, method, name: str = NAME, classes: int = 6, **kwargs) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from tests.inference.test_export_onnx import RUN_ALONE
+from tests.inference.onnx_alone import RUN_ALONE
 from tests.training_step import move_trainable
 from timm.models.vision_transformer import Block
 

@@ -8,9 +8,8 @@ import copy
 
 import pytest
 import torch
-from tests.conftest import VIT, tiny_kwargs
-from tests.speed.test_speed import BF16_TOL, FP32_TOL, VIDEO_KWARGS, _model
-from tests.training_step import assert_same_step, train_step
+from tests.conftest import VIDEO_KWARGS, VIT, tiny_kwargs
+from tests.training_step import BF16_TOL, FP32_TOL, assert_same_step, train_step, trainable_model
 
 from adaptformer import VPTConfig, create_model
 from adaptformer.speed import FastBlocks, SpeedConfig, apply_speed, resolve, speed_config
@@ -39,7 +38,7 @@ METHODS = {
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("attention", ["math", "fused"])
 def test_same_logits_and_gradients_as_the_full_last_block(method: str, attention: str, images: torch.Tensor) -> None:
-    plain = _model(METHODS[method])
+    plain = trainable_model(METHODS[method])
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(class_token_tail="on", attention=attention), "cpu", "fp32")
     reference = apply_speed(plain, SpeedConfig(class_token_tail="off", attention=attention), "cpu", "fp32")
     rows = _last_mlp_rows(fast)
@@ -52,14 +51,14 @@ def test_same_logits_and_gradients_as_the_full_last_block(method: str, attention
 
 
 def test_bf16_frozen_backbone_with_the_hand_written_backward(images: torch.Tensor) -> None:
-    plain = _model()
+    plain = trainable_model()
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(class_token_tail="on", frozen_backward="on"), "cpu", "bf16")
     reference = apply_speed(plain, SpeedConfig(class_token_tail="off", frozen_backward="on"), "cpu", "bf16")
     assert_same_step(train_step(fast, images, "bf16"), train_step(reference, images, "bf16"), BF16_TOL)
 
 
 def test_only_the_models_own_forward_gets_the_tail(images: torch.Tensor) -> None:
-    model = apply_speed(_model(), ON, "cpu", "fp32")
+    model = apply_speed(trainable_model(), ON, "cpu", "fp32")
     rows = _last_mlp_rows(model)
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens
     assert model.forward_features(images).shape == (images.shape[0], tokens, model.embed_dim)
@@ -70,7 +69,7 @@ def test_only_the_models_own_forward_gets_the_tail(images: torch.Tensor) -> None
 
 
 def test_a_failing_forward_leaves_the_tail_disarmed(images: torch.Tensor) -> None:
-    model = apply_speed(_model(), ON, "cpu", "fp32")
+    model = apply_speed(trainable_model(), ON, "cpu", "fp32")
     with pytest.raises(RuntimeError):
         model(images[:, :2])  # two channels: the patch embedding refuses them
     assert not model.blocks.tail_armed
@@ -97,8 +96,8 @@ def test_auto_stays_off_where_the_head_reads_more_and_on_is_refused(name: str, k
 
 
 def test_auto_is_on_for_a_class_token_head_and_off_when_compiled_or_checkpointed() -> None:
-    assert speed_config(apply_speed(_model(), SpeedConfig(), "cpu", "fp32")).class_token_tail == "on"
-    off = apply_speed(_model(), OFF, "cpu", "fp32")
+    assert speed_config(apply_speed(trainable_model(), SpeedConfig(), "cpu", "fp32")).class_token_tail == "on"
+    off = apply_speed(trainable_model(), OFF, "cpu", "fp32")
     assert speed_config(off).class_token_tail == "off" and not getattr(off.blocks, "class_token_tail", False)
     assert resolve(SpeedConfig(compile=True), "cpu", "fp32").class_token_tail == "off"
     assert resolve(SpeedConfig(grad_checkpointing=True), "cpu", "fp32").class_token_tail == "off"

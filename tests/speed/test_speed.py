@@ -8,30 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import SWIN, VIT, tiny_kwargs
-from tests.training_step import assert_same_step, move_trainable, train_step
+from tests.conftest import SWIN, VIDEO_KWARGS, VIT, tiny_kwargs
+from tests.training_step import BF16_TOL, FP32_TOL, assert_same_step, train_step, trainable_model
 
 import adaptformer.speed as speed
 from adaptformer import AdaptFormerConfig, VPTConfig, build_backbone, create_model, load_adapter, save_adapter
 from adaptformer.precision import Precision
 from adaptformer.speed import SpeedConfig, apply_speed, resolve, speed_config
 
-BF16_TOL = {"atol": 5e-2, "rtol": 5e-2}  # bf16 keeps 8 bits of mantissa; a 3-block network stays well within this
-VIDEO_KWARGS = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
-FP32_TOL = {"atol": 1e-5, "rtol": 1e-4}  # fp32, summation order may differ between kernels
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(method: object = "adaptformer", name: str = VIT, **kwargs: object) -> torch.nn.Module:
-    """A tiny model whose trainable tensors are moved away from their init (so gradients reach everything); method
-    "adaptformer" means AdaptFormer without dropout."""
-    torch.manual_seed(1)
-    method = AdaptFormerConfig(dropout=0.0) if method == "adaptformer" else method
-    model = create_model(name, 5, method=method, **tiny_kwargs(name), **kwargs)
-    move_trainable(model)
-    return model.train()
 
 
 @pytest.mark.parametrize(
@@ -107,7 +92,7 @@ def test_low_precision_storage_needs_matching_autocast() -> None:
     ],
 )
 def test_bf16_storage_matches_the_autocast_path(name: str, method: str, kwargs: dict, images: torch.Tensor) -> None:
-    plain = _model(method, name, **kwargs)
+    plain = trainable_model(method, name, **kwargs)
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(frozen_dtype="bf16", attention="math"), "cpu", "bf16")
     for p in fast.parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16)
@@ -120,7 +105,7 @@ def test_bf16_storage_matches_the_autocast_path(name: str, method: str, kwargs: 
 
 
 def test_training_with_a_bf16_backbone_reduces_the_loss(images: torch.Tensor) -> None:
-    model = apply_speed(_model(), SpeedConfig(), "cpu", "bf16")
+    model = apply_speed(trainable_model(), SpeedConfig(), "cpu", "bf16")
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     labels = torch.arange(images.shape[0]) % 5
     losses = []
@@ -138,7 +123,7 @@ def test_training_with_a_bf16_backbone_reduces_the_loss(images: torch.Tensor) ->
 
 
 def test_adapter_saved_from_a_bf16_backbone_loads_on_the_fp32_one(tmp_path: Path, images: torch.Tensor) -> None:
-    model = apply_speed(_model(), SpeedConfig(), "cpu", "bf16").eval()
+    model = apply_speed(trainable_model(), SpeedConfig(), "cpu", "bf16").eval()
     save_adapter(model, tmp_path)
     torch.manual_seed(1)  # _model's backbone weights
     restored = load_adapter(build_backbone(VIT, 5, **tiny_kwargs(VIT)), tmp_path).eval()
@@ -148,7 +133,7 @@ def test_adapter_saved_from_a_bf16_backbone_loads_on_the_fp32_one(tmp_path: Path
 
 @pytest.mark.parametrize("method", ["adaptformer", "full", "vpt"])
 def test_math_and_fused_attention_agree(method: str, images: torch.Tensor) -> None:
-    plain = _model(method)
+    plain = trainable_model(method)
     fused = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused"), "cpu", "fp32")
     math = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="math"), "cpu", "fp32")
     flags = [m.fused_attn for m in math.modules() if hasattr(m, "fused_attn")]
@@ -158,7 +143,7 @@ def test_math_and_fused_attention_agree(method: str, images: torch.Tensor) -> No
 
 
 def test_split_attention_trains_with_math_and_infers_fused(images: torch.Tensor) -> None:
-    plain = _model()
+    plain = trainable_model()
     # every attention module runs through its own forward (the class-token tail decides its kernel by itself)
     split = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="split", class_token_tail="off"), "cpu", "fp32")
     math = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="math", class_token_tail="off"), "cpu", "fp32")
@@ -191,7 +176,7 @@ def test_video_attention_honours_the_switch() -> None:
 
 
 def test_blocks_keep_their_names_under_the_speed_options(images: torch.Tensor) -> None:
-    plain = _model(AdaptFormerConfig(dropout=0.0, layers=(2,)))
+    plain = trainable_model(AdaptFormerConfig(dropout=0.0, layers=(2,)))
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention="fused", class_token_tail="on"), "cpu", "fp32")
     assert isinstance(fast.blocks, speed.FastBlocks)
     assert list(fast.state_dict()) == list(plain.state_dict())
@@ -209,7 +194,7 @@ def test_blocks_keep_their_names_under_the_speed_options(images: torch.Tensor) -
 @pytest.mark.parametrize("attention", ["fused", "split"])
 def test_grad_checkpointing_gives_equal_gradients(name: str, method: str, kwargs: dict, attention: str) -> None:
     x = torch.randn(4, 3, 32, 32)
-    plain = _model(method, name, **kwargs)
+    plain = trainable_model(method, name, **kwargs)
     speed.set_attention(plain, "math" if attention == "split" else "fused")  # what the training step runs
     fast = apply_speed(copy.deepcopy(plain), SpeedConfig(attention=attention, grad_checkpointing=True), "cpu", "fp32")
     result = train_step(fast, x)
@@ -223,12 +208,12 @@ def test_grad_checkpointing_refuses_reentrant_mode(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(timm.layers, "use_reentrant_ckpt", lambda: True)
     with pytest.raises(ValueError, match="re-entrant"):
-        apply_speed(_model(), SpeedConfig(grad_checkpointing=True), "cpu", "fp32")
+        apply_speed(trainable_model(), SpeedConfig(grad_checkpointing=True), "cpu", "fp32")
 
 
 @pytest.mark.parametrize("attention", ["fused", "split"])
 def test_compile_keeps_outputs_and_names(attention: str, images: torch.Tensor) -> None:
-    plain = _model()
+    plain = trainable_model()
     config = SpeedConfig(attention=attention, compile=True)
     fast = apply_speed(copy.deepcopy(plain), config, "cpu", "fp32", compile_kwargs={"backend": "aot_eager"})
     assert list(fast.state_dict()) == list(plain.state_dict())
@@ -239,15 +224,15 @@ def test_compile_keeps_outputs_and_names(attention: str, images: torch.Tensor) -
 
 def test_compiled_model_with_frozen_backward_on_takes_the_plain_path(images: torch.Tensor) -> None:
     """The hand-written backward is eager-only: compiled blocks fall back to their plain path (bf16, packed weights)."""
-    plain = apply_speed(_model(), SpeedConfig(frozen_backward="off"), "cpu", "bf16")
+    plain = apply_speed(trainable_model(), SpeedConfig(frozen_backward="off"), "cpu", "bf16")
     config = SpeedConfig(frozen_backward="on", compile=True)
-    fast = apply_speed(_model(), config, "cpu", "bf16", compile_kwargs={"backend": "aot_eager"})
+    fast = apply_speed(trainable_model(), config, "cpu", "bf16", compile_kwargs={"backend": "aot_eager"})
     assert resolve(SpeedConfig(compile=True), "cpu", "bf16").frozen_backward == "off"
     assert_same_step(train_step(fast, images, "bf16"), train_step(plain, images, "bf16"), BF16_TOL)
 
 
 def test_apply_speed_records_the_resolved_config_once() -> None:
-    model = apply_speed(_model(), None, "cpu", "bf16")
+    model = apply_speed(trainable_model(), None, "cpu", "bf16")
     assert speed_config(model) == resolve(SpeedConfig(), "cpu", "bf16", tokens=17)
     with pytest.raises(ValueError, match="already applied"):
         apply_speed(model, None, "cpu", "bf16")
