@@ -48,7 +48,7 @@ def serve_precision(model: MultiTaskModel, given: str | None) -> str:
 
 
 def predict_many(args: argparse.Namespace) -> int:
-    from ..data import ImageDecodeError, load_rgb
+    from ..data import ACCEPTED_FORMATS, ImageDecodeError, load_rgb
     from ..engine.distributed import resolve_device
     from ..inference.evaluate import predict_files, video_settings
 
@@ -66,7 +66,7 @@ def predict_many(args: argparse.Namespace) -> int:
         images, where = [], []
         for i, path in enumerate(args.files):
             try:
-                images.append(load_rgb(path))
+                images.append(load_rgb(path, formats=ACCEPTED_FORMATS))
                 where.append(i)
             except ImageDecodeError as e:
                 answers[i].update({t: str(e) for t in image_tasks})

@@ -6,13 +6,18 @@ train, val = train_val_split(dataset, 0.1, seed=0, val_dataset=same_data_with_ev
 
 from .files import DatasetFileError
 from .image import (
+    ACCEPTED_FORMATS,
     IMAGE_DATASETS,
     ArrayImageDataset,
     ImageDatasetKind,
     ImageDecodeError,
     ImageFileDataset,
+    ImageFormatError,
+    ImageTooLargeError,
     build_image_dataset,
     load_rgb,
+    read_image,
+    to_rgb,
 )
 from .splits import dataset_labels, train_val_split, train_val_split_indices
 from .transforms import (
@@ -25,6 +30,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "ACCEPTED_FORMATS",
     "IMAGE_DATASETS",
     "PAPER_CROP_SCALE",
     "ArrayImageDataset",
@@ -33,6 +39,8 @@ __all__ = [
     "ImageDatasetKind",
     "ImageDecodeError",
     "ImageFileDataset",
+    "ImageFormatError",
+    "ImageTooLargeError",
     "ToRGBImage",
     "build_image_dataset",
     "build_image_transform",
@@ -40,6 +48,8 @@ __all__ = [
     "eval_resize_size",
     "load_rgb",
     "normalize_transform",
+    "read_image",
+    "to_rgb",
     "train_val_split",
     "train_val_split_indices",
 ]

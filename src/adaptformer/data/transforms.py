@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
+from adaptformer.data.image.reading import to_rgb
 from adaptformer.preprocessing import Preprocessing
 
 __all__ = [
@@ -78,13 +79,14 @@ class ImageAugment:
 class ToRGBImage:
     """Turn a PIL image, a numpy ``(H, W[, C])`` uint8 array or a ``([C,] H, W)`` tensor into a 3-channel image.
 
-    Grayscale (one channel) is repeated to RGB; PIL images of any mode (L, P, RGBA, CMYK...) are converted by PIL.
+    Grayscale (one channel) is repeated to RGB; PIL images of any mode (16-bit, float, palette, alpha, CMYK...) are
+    converted by :func:`~adaptformer.data.image.reading.to_rgb`.
     Any other channel count is an error rather than a silent reinterpretation.
     """
 
     def __call__(self, image: Any) -> tv_tensors.Image:
         if isinstance(image, Image.Image):
-            image = image.convert("RGB")
+            image = to_rgb(image)
         elif not isinstance(image, (np.ndarray, torch.Tensor)):
             raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(image).__name__}")
         out = v2.functional.to_image(image)  # (C, H, W); 2-D inputs get C = 1

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data import ImageDecodeError, build_image_transform, load_rgb
+from ..data import ACCEPTED_FORMATS, ImageDecodeError, build_image_transform, load_rgb
 from ..data.files import read_class_names as read_text_class_names
 from ..data.video import VIDEO_DATASETS, VideoClipDataset, VideoDecodeError, VideoEntry, aggregate_views, probe_video
 from ..engine.distributed import DistributedContext, resolve_device
@@ -182,7 +182,7 @@ def _view_reader(
     be decoded raises its ImageDecodeError / VideoDecodeError."""
     if clip_frames(model) is None:
         transform = build_image_transform(Preprocessing.from_model(model), train=False)
-        return lambda i: transform(load_rgb(paths[i])).unsqueeze(0)
+        return lambda i: transform(load_rgb(paths[i], formats=ACCEPTED_FORMATS)).unsqueeze(0)
     sampler, clip_transform, views = video_pipeline(model, video or video_settings(None), "test")
     dataset = VideoClipDataset([VideoEntry(Path(p), 0) for p in paths], sampler, clip_transform, "test", views)
     n = dataset.views_per_video

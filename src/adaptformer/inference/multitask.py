@@ -331,7 +331,7 @@ class MultiTaskModel(nn.Module):
                 pre = self._infos[name].preprocessing
                 if pre not in tensors:
                     transform = transforms.setdefault(pre, build_image_transform(pre, train=False))
-                    tensors[pre] = transform(image.convert("RGB"))
+                    tensors[pre] = transform(image)  # its ToRGBImage converts any mode (reading.to_rgb)
                 samples.append((i, name, tensors[pre]))
         results: list[dict[str, list[tuple[str, int, float]]]] = [{} for _ in images]
         self.eval()

@@ -22,33 +22,13 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from adaptformer.data.files import file_error_fields
+from adaptformer.data.image.reading import ImageDecodeError, open_image, read_image
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ArrayImageDataset", "ImageDecodeError", "ImageFileDataset", "Transform", "load_rgb"]
 
 Transform = Callable[[Any], Any]
-
-
-class ImageDecodeError(OSError):
-    """An image file could not be opened or decoded: ``ImageDecodeError(path, reason)``, message
-    "cannot read image file PATH: REASON".
-
-    As :class:`~adaptformer.data.video.VideoDecodeError`, the one-argument form rebuilds the error from a text that
-    holds its message (torch's DataLoader re-raises a worker's error by calling its type with the worker's traceback
-    as text), so an unreadable image read in a loader worker still reaches the user as one line naming the file.
-    """
-
-    def __init__(self, path: str | Path, reason: str | None = None) -> None:
-        self.path, self.reason = file_error_fields(path, reason, _IMAGE_ERROR, "ImageDecodeError")
-        super().__init__(f"{_IMAGE_ERROR} {self.path}: {self.reason}")
-
-    def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[Path, str]]:
-        return type(self), (self.path, self.reason)
-
-
-_IMAGE_ERROR = "cannot read image file"
 
 
 def _check_labels(targets: Sequence[Any], num_classes: int, source: str, multi_label: bool = False) -> None:
@@ -115,23 +95,22 @@ class ArrayImageDataset(Dataset):
         return (self.transform(image) if self.transform else image), self._labels.item(index)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file to PIL RGB; any failure raises :class:`ImageDecodeError` naming the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__  # one line
-        raise ImageDecodeError(path, reason) from exc
+def load_rgb(path: str | Path, *, formats: Sequence[str] | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file to 8-bit RGB (:func:`~.reading.read_image`: every mode converted, EXIF orientation
+    applied); any failure raises :class:`ImageDecodeError` naming the file. ``formats`` and ``max_pixels`` are the
+    format allow-list and pixel limit (default: any format Pillow reads, Pillow's own size limit)."""
+    return read_image(path, formats=formats, max_pixels=max_pixels)
 
 
 def _decode_problem(path: Path) -> str | None:
     """Why ``path`` cannot be decoded, or None. Decodes fully (``verify()`` misses truncated JPEGs); JPEGs are
     decoded at reduced scale (``draft``), which still reads the whole entropy-coded stream but is cheap."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.draft("RGB", (1, 1))
             image.load()
+    except ImageDecodeError as exc:
+        return exc.reason
     except Exception as exc:  # PIL raises many types for corrupt data
         return f"{type(exc).__name__}: {exc}"
     return None
