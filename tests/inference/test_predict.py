@@ -79,6 +79,33 @@ def test_json_rows_carry_per_file_errors(image_adapter: Path, tmp_path: Path, ca
     assert main(["predict", "--adapter", str(image_adapter), "--json", first, second]) == 0  # all good: exit 0
 
 
+def test_a_16_bit_png_is_classified_as_the_same_picture_in_8_bit(image_adapter: Path, tmp_path: Path, capsys) -> None:
+    """Pillow alone binarises 16-bit grey (I;16 -> RGB clips at 255), which changed the predicted class; both files
+    now give the same probabilities."""
+    grey = np.random.default_rng(7).integers(0, 256, (40, 40), dtype=np.uint8)
+    eight, sixteen = tmp_path / "g8.png", tmp_path / "g16.png"
+    Image.fromarray(grey).save(eight)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(sixteen)
+    assert (
+        main(["predict", "--adapter", str(image_adapter), "--json", "--precision", "fp32", str(eight), str(sixteen)])
+        == 0
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert rows[0]["top"] == rows[1]["top"]
+
+
+def test_predict_accepts_only_the_allowed_formats_by_their_bytes(image_adapter: Path, tmp_path: Path, capsys) -> None:
+    good, _, _ = _images(tmp_path)
+    tiff = tmp_path / "scan.png"  # a TIFF named .png: judged by its bytes
+    Image.open(good).save(tiff, "TIFF")
+    assert main(["predict", "--adapter", str(image_adapter), good, str(tiff)]) == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1] == (
+        f"{tiff}: error: cannot read image file {tiff}: not one of the accepted formats (PNG, JPEG, WEBP, BMP, GIF), "
+        "judged by its bytes"
+    )
+
+
 @pytest.mark.parametrize("top_k", ["0", "-1", "two"])
 def test_top_k_must_be_a_positive_integer(image_adapter: Path, tmp_path: Path, capsys, top_k: str) -> None:
     first, _, _ = _images(tmp_path)

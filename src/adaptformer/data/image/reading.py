@@ -34,6 +34,7 @@ sRGB: their profile is not applied.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,7 +110,10 @@ def open_image(
     label = name if name is not None else ("<bytes>" if isinstance(source, bytes) else source)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        image = Image.open(stream, formats=list(formats) if formats is not None else None)
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # the limit below decides; Pillow's warning would only repeat it in the log
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream, formats=list(formats) if formats is not None else None)
     except Image.UnidentifiedImageError:
         if formats is None:
             raise ImageDecodeError(label, "not an image file Pillow can identify") from None
