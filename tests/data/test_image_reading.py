@@ -186,6 +186,15 @@ def test_an_animated_gif_is_read_as_its_first_frame(tmp_path: Path) -> None:
     assert (_read(path) == 40).all()
 
 
+def test_a_file_of_an_unsupported_mode_is_an_error_or_skipped_as_unreadable(tmp_path: Path) -> None:
+    lab = _saved(Image.new("LAB", (4, 4)), tmp_path / "lab.tif", "TIFF")
+    good = _saved(Image.fromarray(GREY), tmp_path / "g.png", "PNG")
+    with pytest.raises(ImageDecodeError, match=r"lab\.tif: image mode 'LAB' is not supported \(supported: 1, CMYK"):
+        load_rgb(lab)
+    dataset = ImageFileDataset([(lab, 0), (good, 0)], ["a"], None, skip_bad_images=True)
+    assert dataset.skipped == [str(lab)] and len(dataset) == 1
+
+
 def test_to_rgb_refuses_an_unsupported_mode_by_name() -> None:
     with pytest.raises(ValueError, match="image mode 'HSV' is not supported"):
         to_rgb(Image.new("HSV", (4, 4)))

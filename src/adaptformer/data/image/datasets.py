@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from adaptformer.data.image.reading import ImageDecodeError, open_image, read_image
+from adaptformer.data.image.reading import SUPPORTED_MODES, ImageDecodeError, open_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def _decode_problem(path: Path) -> str | None:
     decoded at reduced scale (``draft``), which still reads the whole entropy-coded stream but is cheap."""
     try:
         with open_image(path) as image:
+            if image.mode not in SUPPORTED_MODES:
+                return f"image mode {image.mode!r} is not supported"
             image.draft("RGB", (1, 1))
             image.load()
     except ImageDecodeError as exc:

@@ -46,6 +46,7 @@ from adaptformer.data.files import file_error_fields
 __all__ = [
     "ACCEPTED_FORMATS",
     "BACKGROUND",
+    "SUPPORTED_MODES",
     "ImageDecodeError",
     "ImageFormatError",
     "ImageTooLargeError",
@@ -65,6 +66,9 @@ BACKGROUND = (255, 255, 255)
 _IMAGE_ERROR = "cannot read image file"
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_PLAIN_MODES = {"1", "L", "P", "RGB", "CMYK", "YCbCr"}
+SUPPORTED_MODES = frozenset(_ALPHA_MODES | _SIXTEEN_BIT | _PLAIN_MODES | {"I", "F"})
+"""The Pillow modes :func:`to_rgb` converts; others are refused by name."""
 
 
 class ImageDecodeError(OSError):
@@ -152,10 +156,9 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
         rgba = image.convert("RGBA")  # premultiplied and palette forms become straight RGBA here
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    if mode in {"1", "L", "P", "RGB", "CMYK", "YCbCr"}:
+    if mode in _PLAIN_MODES:
         return image.convert("RGB")
-    raise ValueError(f"image mode {mode!r} is not supported (supported: 1, L, P, RGB, CMYK, YCbCr, I;16, I, F, and "
-                     f"their forms with alpha)")  # fmt: skip
+    raise ValueError(f"image mode {mode!r} is not supported (supported: {', '.join(sorted(SUPPORTED_MODES))})")
 
 
 def read_image(
