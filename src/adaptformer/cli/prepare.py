@@ -48,8 +48,9 @@ def add_prepare_command(sub: Any) -> None:
         "prepare", help="turn an official SSv2/HMDB51 release into list files, or write a built-in dataset as files",
         description="ssv2|hmdb51: write VideoMAE list files (train.txt, test.txt, classes.txt) for --data.dataset "
         "ssv2|hmdb51 --data.data_dir OUT; test.txt is the split the paper reports (SSv2: the official validation set; "
-        "HMDB51: the test half of the chosen split). digits|synthetic|shapes|synthetic-video: write the built-in "
-        "dataset as image or video files in the imagefolder/videofolder layout, to try the file pipeline offline.",
+        "HMDB51: the test half of the chosen split). digits|synthetic|shapes|synthetic-video|digits-multilabel|"
+        "digits-seg: write the built-in dataset as image, video or image + mask files in the layout of its file kind "
+        "(imagefolder, videofolder, multilabel-list, segfolder), to try the file pipeline offline.",
     )  # fmt: skip
     releases = prepare.add_subparsers(dest="release", required=True)
     ssv2 = releases.add_parser("ssv2", help="Something-Something v2: labels/train/validation json + videos")
@@ -71,13 +72,14 @@ def add_prepare_command(sub: Any) -> None:
     hmdb.add_argument(
         "--split-dir", type=folder, default=None, help="folder of the *_test_split<N>.txt files (default: found)"
     )
-    from ..data.builtin_files import BUILTIN_KINDS, MULTI_LABEL
+    from ..data.builtin_files import BUILTIN_KINDS, MULTI_LABEL, SEGMENTATION
 
     for kind in BUILTIN_KINDS:
         video = kind == "synthetic-video"
         layout = (
             "OUT/{train,test}/<class>/<n>.mp4 (--data.dataset videofolder)" if video
             else "OUT/images/, classes.txt, {train,test}.txt (--data.dataset multilabel-list)" if kind in MULTI_LABEL
+            else "OUT/images/, masks/, classes.txt (--data.dataset segfolder)" if kind in SEGMENTATION
             else "OUT/{train,test}/<class>/<n>.png (--data.dataset imagefolder)"
         )  # fmt: skip
         built_in = releases.add_parser(kind, help=f"write the built-in {kind} dataset as files: {layout}")

@@ -1,5 +1,5 @@
-"""Write a built-in dataset (``digits``, ``synthetic``, ``shapes``, ``synthetic-video``, ``digits-multilabel``) as
-real files.
+"""Write a built-in dataset (``digits``, ``synthetic``, ``shapes``, ``synthetic-video``, ``digits-multilabel``,
+``digits-seg``) as real files.
 
 The result has the layout the file-based kinds read, so a newcomer can run the whole file pipeline (train, eval,
 predict) offline and see what their own data has to look like:
@@ -8,6 +8,8 @@ predict) offline and see what their own data has to look like:
     clips:   OUT/{train,test}/<class>/<index>.mp4   -> --data.dataset videofolder --data.data_dir OUT
     multi-label images: OUT/images/{train,test}/<index>.png, OUT/classes.txt and OUT/{train,test}.txt with
              "images/train/00000.png 3,7" lines          -> --data.dataset multilabel-list --data.data_dir OUT
+    segmentation: OUT/images/{train,test}/<index>.png, OUT/masks/{train,test}/<index>.png (palette PNGs of the class
+             indices), OUT/classes.txt                  -> --data.dataset segfolder --data.data_dir OUT
 
 Images are written losslessly (PNG, grayscale kept grayscale); clips as H.264 at constant quantiser 0 (yuv420p), at
 25 frames per second. Nothing is overwritten: an existing non-empty ``OUT`` is an error.
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from adaptformer.data.image.kinds import IMAGE_DATASETS, build_image_dataset
+from adaptformer.data.segmentation import build_segmentation_dataset, voc_palette
 from adaptformer.data.video.kinds import SyntheticVideos, load_video_split
 from adaptformer.data.video.synthetic import SyntheticMotionDataset
 
@@ -31,8 +34,9 @@ __all__ = ["BUILTIN_KINDS", "write_builtin_dataset"]
 
 log = logging.getLogger(__name__)
 
-BUILTIN_KINDS = ("digits", "synthetic", "shapes", "synthetic-video", "digits-multilabel")
+BUILTIN_KINDS = ("digits", "synthetic", "shapes", "synthetic-video", "digits-multilabel", "digits-seg")
 MULTI_LABEL = ("digits-multilabel",)  # written in the multilabel-list layout
+SEGMENTATION = ("digits-seg",)  # written in the segfolder layout
 SPLITS = ("train", "test")
 
 
@@ -67,6 +71,22 @@ def _write_multilabel(kind: str, out: Path, split: str, options: dict[str, Any])
         lines.append(f"images/{split}/{index:05d}.png {names}")
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
     (out / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    return len(dataset)
+
+
+def _write_segmentation(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
+    dataset = build_segmentation_dataset(kind, None, split, None, **options)
+    colours = [*dataset.palette, *voc_palette(256)[len(dataset.palette) :]]  # 255, the ignore index, included
+    for folder in ("images", "masks"):
+        (out / folder / split).mkdir(parents=True, exist_ok=True)
+    for index in range(len(dataset)):
+        image, mask = dataset[index]  # uint8 (3, H, W), int64 (H, W)
+        grey = bool((image == image[:1]).all())
+        _png(image[:1] if grey else image).save(out / "images" / split / f"{index:05d}.png")
+        indices = Image.fromarray(mask.numpy().astype(np.uint8))  # mode L
+        indices.putpalette([channel for colour in colours for channel in colour])  # L -> P: the indices kept
+        indices.save(out / "masks" / split / f"{index:05d}.png")
+    (out / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
     return len(dataset)
 
 
@@ -122,6 +142,9 @@ def write_builtin_dataset(
             raise ValueError(f"--num-frames must be >= 2, got {num_frames}")
         counts = {split: _write_clips(out, split, options, num_frames) for split in SPLITS}
         dataset = "videofolder"
+    elif kind in SEGMENTATION:
+        counts = {split: _write_segmentation(kind, out, split, options) for split in SPLITS}
+        dataset = "segfolder"
     elif kind in MULTI_LABEL:
         counts = {split: _write_multilabel(kind, out, split, options) for split in SPLITS}
         dataset = "multilabel-list"
