@@ -82,5 +82,7 @@ def test_prepare_command_writes_every_built_in_kind(tmp_path: Path, capsys: pyte
         assert main(["prepare", kind, "--out", str(tmp_path / kind), "--options", options]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["data_dir"] == str(tmp_path / kind) and sum(printed["samples"].values()) >= 16
-        test_files = tmp_path / kind / ("images/test" if printed["dataset"] == "multilabel-list" else "test")
+        test_files = (
+            tmp_path / kind / ("images/test" if printed["dataset"] in ("multilabel-list", "segfolder") else "test")
+        )
         assert len(list(test_files.rglob("*.*"))) == printed["samples"]["test"]

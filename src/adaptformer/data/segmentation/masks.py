@@ -9,8 +9,8 @@ Cityscapes' label ids -> train ids, ...); a value the map does not know is an er
 
 EXIF orientation: images are read upright (:func:`~adaptformer.data.image.reading.read_image` applies their EXIF
 orientation), and a mask is taken to be drawn on its image's stored pixels, so the image's orientation is applied to
-the mask as well; a mask with an orientation tag of its own gets its own instead. The release datasets carry no
-orientation tags, so this only matters for photos in a folder dataset.
+the mask as well; a mask with an orientation tag of its own (1: upright as stored) gets its own instead. The release
+datasets carry no orientation tags, so this only matters for photos in a folder dataset.
 """
 
 from __future__ import annotations
@@ -100,16 +100,17 @@ class LabelMap:
         return mapped.astype(np.uint8)
 
 
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation tag of an opened image (1, upright, when it has none or an invalid one)."""
-    value = image.getexif().get(ExifTags.Base.Orientation, 1)
-    return value if value in _UPRIGHT else 1
+def exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image: None when it has none, 1 (upright) for an invalid one."""
+    value = image.getexif().get(ExifTags.Base.Orientation)
+    return None if value is None else value if value in _UPRIGHT else 1
 
 
 def read_mask_values(path: str | Path, orientation: int = 1) -> np.ndarray:
     """The values stored in mask file ``path`` as an ``(H, W)`` array (uint8 for ``P``/``L``/``1``, wider integers
-    for 16- and 32-bit PNGs), made upright by the mask's own EXIF orientation or, without one, ``orientation`` (its
-    image's). A file that is not an index image is a :class:`MaskError`; an unreadable one an ``ImageDecodeError``."""
+    for 16- and 32-bit PNGs), made upright by the mask's own EXIF orientation (a mask tagged 1 is upright as stored)
+    or, without one, ``orientation`` (its image's). A file that is not an index image is a :class:`MaskError`; an
+    unreadable one an ``ImageDecodeError``."""
     path = Path(path)
     with open_image(path) as mask:
         if mask.format == "JPEG":
@@ -123,7 +124,7 @@ def read_mask_values(path: str | Path, orientation: int = 1) -> np.ndarray:
                 "(a palette PNG saved again as RGB has lost its indices)",
             )
         own = exif_orientation(mask)
-        transpose = _UPRIGHT.get(own if own != 1 else orientation)
+        transpose = _UPRIGHT.get(own if own is not None else orientation)
         try:
             mask.load()
             upright = mask.transpose(transpose) if transpose is not None else mask
@@ -138,11 +139,12 @@ def read_pair(image_path: Path, mask_path: Path, label_map: LabelMap) -> tuple[I
     mapped by ``label_map``); a mask of another size than its image is a :class:`MaskError` naming both."""
     image = read_image(image_path)
     with open_image(image_path) as header:  # the header again, for the orientation read_image applied
-        orientation = exif_orientation(header)
+        orientation = exif_orientation(header) or 1
     values = read_mask_values(mask_path, orientation)
     height, width = values.shape
     if (width, height) != image.size:
-        turned = f" (after the EXIF orientation {orientation} of the image, applied to the mask too)"
+        turned = (f" (upright by the image's EXIF orientation {orientation}, which turns the mask too unless it has an "
+                  "orientation tag of its own)")  # fmt: skip
         raise MaskError(
             mask_path,
             f"{width}x{height} pixels, but its image {image_path} is {image.size[0]}x{image.size[1]}"
