@@ -10,7 +10,8 @@ for a seed on every machine.
 
 The shipped tiny backbone ``vit_shapes_patch8_32`` takes 32x32 inputs: train it on 32x32 crops with ``base_size``
 64 (digits at their drawn size), or build it with ``img_size=64`` (its position table is resampled) for whole
-canvases; ``image_size: 32`` with ``digit_size: [10, 14]`` gives native-size canvases.
+canvases; ``image_size: 32`` with ``digit_size: [10, 14]`` gives native-size canvases. A mirrored digit is another
+symbol (or none): train with ``SegmentationAugment(flip=False)``.
 """
 
 from __future__ import annotations
