@@ -109,12 +109,18 @@ def _scan(folder: Path, suffixes: Iterable[str], ending: str = "") -> dict[str, 
     return found
 
 
-def _pairs(kind: str, root: Path, image_dir: Path, mask_dir: Path, images: dict, masks: dict) -> list:
+def _pairs(
+    kind: str, root: Path, image_dir: Path, mask_dir: Path, image_suffixes: Iterable[str], endings: tuple[str, str]
+) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs of a split's two folders: images with ``image_suffixes``, PNG masks, their stems
+    ending with ``endings`` (image, mask) around the shared name."""
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
             raise _missing(kind, folder, root)
+    images = _scan(image_dir, image_suffixes, endings[0])
     if not images:
         raise _missing(kind, image_dir / "<images>", root, f"\nhint: {image_dir} holds no image files")
+    masks = _scan(mask_dir, [".png"], endings[1])
     return pair_files(images, masks, f"{kind} {image_dir} and {mask_dir}")
 
 
@@ -129,12 +135,10 @@ def build_ade20k(root: Path, split: str, transform: JointTransform | None) -> Se
     """ADE20K's SceneParsing release (150 classes; 0 = "other" is ignored)."""
     base = _ade20k_base(root)
     image_dir, mask_dir = base / "images" / _ADE20K_SPLITS[split], base / "annotations" / _ADE20K_SPLITS[split]
-    images = _scan(image_dir, [".jpg"]) if image_dir.is_dir() else {}
-    masks = _scan(mask_dir, [".png"]) if mask_dir.is_dir() else {}
     mapping = {0: IGNORE_INDEX, **{value: value - 1 for value in range(1, 151)}}
     label_map = LabelMap.from_mapping(mapping, "ADE20K values 0 (other, ignored) and 1..150 (the classes)")
-    return SegmentationFileDataset(_pairs("ade20k", root, image_dir, mask_dir, images, masks), ADE20K_CLASSES,
-                                   transform, label_map=label_map, palette=ADE20K_PALETTE)  # fmt: skip
+    samples = _pairs("ade20k", root, image_dir, mask_dir, [".jpg"], ("", ""))
+    return SegmentationFileDataset(samples, ADE20K_CLASSES, transform, label_map=label_map, palette=ADE20K_PALETTE)
 
 
 # ------------------------------------------------------------------------------------------------ Pascal VOC 2012
@@ -222,18 +226,17 @@ def build_cityscapes(
         raise ValueError(f"cityscapes option labels must be one of {list(_CITYSCAPES_LABELS)}, got {labels!r}")
     base = _base(root, (root,), "leftImg8bit", "cityscapes")
     image_dir, mask_dir = base / "leftImg8bit" / split, base / "gtFine" / split
-    images = _scan(image_dir, [".png"], "_leftImg8bit") if image_dir.is_dir() else {}
-    masks = _scan(mask_dir, [".png"], f"_gtFine_{labels}") if mask_dir.is_dir() else {}
     if labels == "labelIds":
         mapping = {i: CITYSCAPES_TRAIN_IDS.get(i, IGNORE_INDEX) for i in CITYSCAPES_LABEL_IDS}
         expected = "Cityscapes label ids 0..33"
     else:
         mapping = {**{i: i for i in range(len(CITYSCAPES_CLASSES))}, IGNORE_INDEX: IGNORE_INDEX}
         expected = "Cityscapes train ids 0..18 or 255 (ignored)"
+    samples = _pairs("cityscapes", root, image_dir, mask_dir, [".png"], ("_leftImg8bit", f"_gtFine_{labels}"))
+    label_map = LabelMap.from_mapping(mapping, expected)
     return SegmentationFileDataset(
-        _pairs("cityscapes", root, image_dir, mask_dir, images, masks), CITYSCAPES_CLASSES, transform,
-        label_map=LabelMap.from_mapping(mapping, expected), palette=CITYSCAPES_PALETTE,
-    )  # fmt: skip
+        samples, CITYSCAPES_CLASSES, transform, label_map=label_map, palette=CITYSCAPES_PALETTE
+    )
 
 
 # -------------------------------------------------------------------------------------------------- generic folder
@@ -255,12 +258,10 @@ def build_segfolder(
         raise ValueError(f"segfolder option ignore_value must be an integer in {len(classes)}..65535 (not a class "
                          f"of {classes_file}), got {ignore_value!r}")  # fmt: skip
     image_dir, mask_dir = root / "images" / split, root / "masks" / split
-    images = _scan(image_dir, IMG_EXTENSIONS) if image_dir.is_dir() else {}
-    masks = _scan(mask_dir, [".png"]) if mask_dir.is_dir() else {}
     expected = f"class indices 0..{len(classes) - 1} (the lines of {classes_file}) or {ignore_value} (ignored)"
     mapping = {**{i: i for i in range(len(classes))}, ignore_value: IGNORE_INDEX}
-    return SegmentationFileDataset(_pairs("segfolder", root, image_dir, mask_dir, images, masks), classes, transform,
-                                   label_map=LabelMap.from_mapping(mapping, expected))  # fmt: skip
+    samples = _pairs("segfolder", root, image_dir, mask_dir, IMG_EXTENSIONS, ("", ""))
+    return SegmentationFileDataset(samples, classes, transform, label_map=LabelMap.from_mapping(mapping, expected))
 
 
 # ------------------------------------------------------------------------------------------ where a split is on disk
