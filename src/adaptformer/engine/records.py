@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_write_bytes
+from ..files import append_text, atomic_write_bytes, writing
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class MetricsLog:
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(output_dir / TENSORBOARD_DIR))
+                with writing(output_dir / TENSORBOARD_DIR) as folder:
+                    self.writer = SummaryWriter(str(folder))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -93,8 +94,7 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {k: _clean(v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)):
