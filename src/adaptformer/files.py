@@ -102,6 +102,13 @@ def leftover_temporaries(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
+def discard(path: Path) -> None:
+    """Remove the file ``path`` if it is there (a temporary file after a failure). Only a file that is there is
+    removed: a read-only file system refuses to remove even a missing one, and that would hide the first error."""
+    if os.path.lexists(path):
+        path.unlink(missing_ok=True)
+
+
 def _write_temporary(path: Path, data: bytes) -> Path:
     """``data`` in a new temporary file beside ``path``, on disk (fsync); removed again if that fails.
 
@@ -121,7 +128,7 @@ def _write_temporary(path: Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())  # a full disk may only say so here (delayed allocation)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
     return tmp
 
@@ -140,7 +147,7 @@ def atomic_write_files(contents: Mapping[Path, bytes]) -> None:
                 os.replace(tmp, path)
     finally:
         for tmp in temporaries.values():
-            tmp.unlink(missing_ok=True)  # renamed ones are gone already
+            discard(tmp)  # renamed ones are gone already
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import MissingDependencyError
-from ..files import atomic_write_bytes, check_file_path, make_folder, temporary_name, writing
+from ..files import atomic_write_bytes, check_file_path, discard, make_folder, temporary_name, writing
 from ..methods.state import get_spec
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import AdapterInfo
@@ -143,7 +143,7 @@ def export_onnx(
         with writing(path):
             os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        discard(temporary)
     logger.info("wrote %s (max-abs difference to PyTorch %.3g over batches %s)", path, worst, batches)
     return ExportReport(path, sidecar, "input", ["batch", *shape], worst, batches)
 
