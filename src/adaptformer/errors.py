@@ -30,4 +30,6 @@ class OutputError(OSError):
     ``cannot write PATH: CAUSE``."""
 
     def __str__(self) -> str:
+        if self.filename is None:  # raised as OutputError("message")
+            return super().__str__()
         return f"cannot write {self.filename}: {self.strerror}"

@@ -109,8 +109,8 @@ def discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _write_temporary(path: Path, data: bytes) -> Path:
-    """``data`` in a new temporary file beside ``path``, on disk (fsync); removed again if that fails.
+def _write_temporary(path: Path, data: bytes, sync: bool) -> Path:
+    """``data`` in a new temporary file beside ``path``, on disk if ``sync`` (fsync); removed again if that fails.
 
     The file gets the permissions ``open()`` would give a new file (0o666 less the umask; the kernel applies it), not
     the owner-only 0o600 of ``tempfile.mkstemp``.
@@ -126,22 +126,24 @@ def _write_temporary(path: Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())  # a full disk may only say so here (delayed allocation)
+            if sync:
+                os.fsync(f.fileno())  # a full disk may only say so here (delayed allocation)
     except BaseException:
         discard(tmp)
         raise
     return tmp
 
 
-def atomic_write_files(contents: Mapping[Path, bytes]) -> None:
+def atomic_write_files(contents: Mapping[Path, bytes], sync: bool = True) -> None:
     """Write each ``{path: data}`` through a temporary file in its folder and an atomic rename. Every temporary file
     is written before the first rename, so a failure while writing (a full disk) leaves all the files as they were:
-    an adapter's weights never sit beside another save's config."""
+    an adapter's weights never sit beside another save's config. ``sync=False`` skips the fsync, for the thousands of
+    small files of a written dataset (4x faster for ``prepare digits``), which a power loss may leave empty."""
     temporaries: dict[Path, Path] = {}
     try:
         for path, data in contents.items():
             with writing(check_file_path(path)):
-                temporaries[path] = _write_temporary(path, data)
+                temporaries[path] = _write_temporary(path, data, sync)
         for path, tmp in temporaries.items():
             with writing(path):
                 os.replace(tmp, path)
@@ -150,9 +152,9 @@ def atomic_write_files(contents: Mapping[Path, bytes]) -> None:
             discard(tmp)  # renamed ones are gone already
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    atomic_write_files({Path(path): data})
+    atomic_write_files({Path(path): data}, sync)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -5,6 +5,7 @@ run resumes, to the same adapter, once space is freed."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,16 @@ def test_export_onto_a_full_disk(small_disk: Path, adapter: Path, capsys: pytest
     filler.unlink()
     assert main(["export", "--adapter", str(adapter), "--out", str(path)]) == 0
     assert sorted(p.name for p in small_disk.iterdir()) == ["model.onnx", "model.onnx.json"]
+
+
+def test_prepare_onto_a_full_disk(small_disk: Path, capsys: pytest.CaptureFixture) -> None:
+    fill(small_disk, leave=8 * PAGE)  # a few dozen of the dataset's PNG files
+    out = small_disk / "digits"
+    assert main(["prepare", "digits", "--out", str(out)]) == 2
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(out))}/\S+\.png: no space left on the device",
+                        _error_line(capsys))  # fmt: skip
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert written and all(p.suffix == ".png" and p.stat().st_size > 0 for p in written)  # no temporary, no half
 
 
 def test_a_full_disk_stops_train_with_one_line_and_the_run_resumes_after_freeing_space(

@@ -27,7 +27,7 @@ from PIL import Image
 from adaptformer.data.image.kinds import IMAGE_DATASETS, build_image_dataset
 from adaptformer.data.video.kinds import SyntheticVideos, load_video_split
 from adaptformer.data.video.synthetic import SyntheticMotionDataset
-from adaptformer.files import atomic_write_bytes, atomic_write_text, make_folder, writing
+from adaptformer.files import atomic_write_bytes, atomic_write_text, make_folder
 
 __all__ = ["BUILTIN_KINDS", "write_builtin_dataset"]
 
@@ -52,8 +52,10 @@ def _write_images(kind: str, out: Path, split: str, options: dict[str, Any]) -> 
 
 def _save_png(image: Any, path: Path) -> None:
     array = image.numpy()  # uint8 (C, H, W)
-    with writing(path):  # Pillow removes the file it created if saving fails
-        Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)).save(path)  # (H, W[, C])
+    pixels = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)  # (H, W[, C])
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue(), sync=False)  # encoded first: never a half-written file
 
 
 def _write_multilabel(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
@@ -81,7 +83,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), sync=False)
     return path
 
 

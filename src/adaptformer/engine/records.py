@@ -60,6 +60,7 @@ class MetricsLog:
 
     def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
         self.path = output_dir / METRICS_FILE
+        self.tensorboard_dir = output_dir / TENSORBOARD_DIR
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
@@ -68,8 +69,8 @@ class MetricsLog:
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
-                with writing(output_dir / TENSORBOARD_DIR) as folder:
-                    self.writer = SummaryWriter(str(folder))
+                with writing(self.tensorboard_dir):
+                    self.writer = SummaryWriter(str(self.tensorboard_dir))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -96,11 +97,13 @@ class MetricsLog:
         record = {k: _clean(v) for k, v in record.items()}
         append_text(self.path, json.dumps(record) + "\n")
         if self.writer is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key.replace("/", "_per_"), value, record["epoch"])
-            self.writer.flush()
+            with writing(self.tensorboard_dir):  # an OSError in its writer thread is raised at a later call
+                for key, value in record.items():
+                    if key != "epoch" and isinstance(value, (int, float)):
+                        self.writer.add_scalar(key.replace("/", "_per_"), value, record["epoch"])
+                self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with writing(self.tensorboard_dir):
+                self.writer.close()

@@ -115,6 +115,8 @@ def export_onnx(
     batch = torch.export.Dim("batch", min=1, max=4096)
     temporary = temporary_name(path)
     try:
+        with writing(path):
+            temporary.touch(exist_ok=False)  # a folder that refuses files (read-only) is said now, not after the work
         with torch.no_grad():
             program = torch.onnx.export(
                 model, (example,), dynamo=True, input_names=["input"], output_names=["logits"],
