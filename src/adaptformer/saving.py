@@ -147,9 +147,9 @@ def save_adapter(
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "multi_label": bool(multi_label),
     }
+    described = (json.dumps(config, indent=2) + "\n").encode()
     # both files or neither: a full disk leaves the previous save whole
-    atomic_write_files({directory / WEIGHTS_NAME: blob,
-                        directory / CONFIG_NAME: (json.dumps(config, indent=2) + "\n").encode()})  # fmt: skip
+    atomic_write_files({directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described})
     return directory
 
 
