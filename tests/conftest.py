@@ -1,5 +1,6 @@
-"""Shared by the tests: tiny timm backbones (width 32-64, depth 2-4, built through the public factory) and a set of
-tiny real video files (``tests/video_files.py``)."""
+"""Shared by the tests: tiny timm backbones (width 32-64, depth 2-4, built through the public factory), a set of
+tiny real video files (``tests/video_files.py``), and real file-system faults (``tests/disks.py``): a small disk that
+fills up and a read-only folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.disks import DISK_SIZE, ReadOnlyFolder, mount_tmpfs, unmount
 from tests.video_files import CODECS, write_video
 
 from adaptformer.engine.config.parser import parse_mapping
@@ -68,6 +70,38 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["vfr"] = write_video(root / "vfr.mp4", pts=vfr)
     out["short"] = write_video(root / "short.mp4", num_frames=5)
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A disk of 2 MiB (a tmpfs) mounted for the test and unmounted after it; root only (skipped otherwise, saying
+    why)."""
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, DISK_SIZE)
+    try:
+        yield disk
+    finally:
+        unmount(disk)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[ReadOnlyFolder]:
+    """An empty folder that refuses writes, and the cause the library names: mode 0o555 for a user, a tmpfs mounted
+    read-only for root (who writes through modes)."""
+    folder = tmp_path / "read_only"
+    if os.geteuid() == 0:
+        mount_tmpfs(folder, DISK_SIZE, read_only=True)
+        try:
+            yield ReadOnlyFolder(folder, "the file system is read-only")
+        finally:
+            unmount(folder)
+    else:
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            yield ReadOnlyFolder(folder, "permission denied")
+        finally:
+            folder.chmod(0o755)
 
 
 @pytest.fixture

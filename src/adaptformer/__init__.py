@@ -11,7 +11,7 @@ The names below are the public API; everything else is reachable through its mod
 
 from .backbones import VideoVisionTransformer
 from .backbones.checkpoints.load import load_pretrained, register_converter
-from .errors import CheckpointError, UnsupportedModelError
+from .errors import CheckpointError, OutputError, UnsupportedModelError
 from .factory import build_backbone, create_model
 from .inference.multitask import MultiTaskModel
 from .methods import (
@@ -47,6 +47,7 @@ __all__ = [
     "MethodConfig",
     "ModelSpec",
     "MultiTaskModel",
+    "OutputError",
     "ParameterReport",
     "Preprocessing",
     "SpeedConfig",

@@ -29,7 +29,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .factory import BackboneSource, build_backbone, get_source, missing_checkpoint
-from .files import atomic_write_bytes
+from .files import atomic_write_files, make_folder
 from .methods.state import backbone_fingerprint, get_spec, task_state_dict
 from .model import ModelSpec, apply_method, task_tensor_mismatch
 from .preprocessing import Preprocessing
@@ -130,8 +130,7 @@ def save_adapter(
         raise ValueError("the model has no method applied; build it with create_model() or apply_method()")
     if classes is not None and len(classes) != spec.num_classes:
         raise ValueError(f"{len(classes)} class names for a head of {spec.num_classes} classes")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_folder(directory)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in task_state_dict(model).items()}
     blob = save_safetensors(tensors, metadata={"format": FORMAT, "method": spec.method})
     source = get_source(model)
@@ -148,8 +147,9 @@ def save_adapter(
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "multi_label": bool(multi_label),
     }
-    atomic_write_bytes(directory / WEIGHTS_NAME, blob)
-    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+    described = (json.dumps(config, indent=2) + "\n").encode()
+    # both files or neither: a full disk leaves the previous save whole
+    atomic_write_files({directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described})
     return directory
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import VIT, changed
-from tests.engine.tiny_runs import TINY, tiny_backbone_file, tiny_config
+from tests.conftest import changed
+from tests.engine.tiny_runs import TINY, cli_args, tiny_backbone_file, tiny_config
 
 import adaptformer.engine.curves
 import adaptformer.engine.train
@@ -155,15 +155,6 @@ def test_overwrite_removes_the_earlier_runs_files_before_writing(tmp_path: Path,
 
 
 # -- resuming a copied run folder (item 13) -------------------------------------------------------------------------
-
-
-def cli_args(out: Path, backbone: Path) -> list[str]:
-    return [
-        "train", "--model.backbone", VIT, "--model.kwargs", json.dumps(TINY), "--model.checkpoint", str(backbone),
-        "--data.dataset", "synthetic", "--data.options", "{num_samples: 32, image_size: 16}", "--data.val_split", "8",
-        "--data.num_workers", "0", "--optim.epochs", "1", "--optim.warmup_epochs", "0", "--optim.batch_size", "8",
-        "--optim.precision", "fp32", "--run.output_dir", str(out),
-    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """A tiny training run for the engine's tests: the ViT settings, its weights written as a timm checkpoint, and a
-configuration of a few seconds on the synthetic dataset."""
+configuration of a few seconds on the synthetic dataset (as a TrainConfig, or as ``adaptformer train`` flags)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,13 @@ def tiny_config(out: Path, backbone: Path, **changes) -> TrainConfig:
         "run": {"output_dir": str(out)},
     })  # fmt: skip
     return changed(base, **changes)
+
+
+def cli_args(out: Path, backbone: Path) -> list[str]:
+    """``adaptformer train`` and the flags of a one-epoch tiny run (4 optimizer steps) into ``out``."""
+    return [
+        "train", "--model.backbone", VIT, "--model.kwargs", json.dumps(TINY), "--model.checkpoint", str(backbone),
+        "--data.dataset", "synthetic", "--data.options", "{num_samples: 32, image_size: 16}", "--data.val_split", "8",
+        "--data.num_workers", "0", "--optim.epochs", "1", "--optim.warmup_epochs", "0", "--optim.batch_size", "8",
+        "--optim.precision", "fp32", "--run.output_dir", str(out),
+    ]  # fmt: skip

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ..data import ImageDecodeError
 from ..data.video import VideoDecodeError
-from ..errors import MissingDependencyError, UnsupportedModelError
+from ..errors import MissingDependencyError, OutputError, UnsupportedModelError
 from .benchmark import add_benchmark_command
 from .evaluate import add_adapter_commands
 from .export import add_export_command
@@ -54,6 +54,7 @@ USER_ERRORS = (
     ValueError,  # the library's file/config errors (CheckpointError, AdapterFileError, ConfigError, ...) among them
     FileNotFoundError,
     FileExistsError,  # a new run or export into a folder that holds something
+    OutputError,  # a file or folder that cannot be written: read-only, a full disk, a path below a file
     UnsupportedModelError,
     MissingDependencyError,
     ImageDecodeError,

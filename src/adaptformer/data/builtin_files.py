@@ -17,6 +17,7 @@ Images are written losslessly (PNG, grayscale kept grayscale); clips as H.264 at
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from adaptformer.data.image.kinds import IMAGE_DATASETS, build_image_dataset
 from adaptformer.data.segmentation import build_segmentation_dataset, voc_palette
 from adaptformer.data.video.kinds import SyntheticVideos, load_video_split
 from adaptformer.data.video.synthetic import SyntheticMotionDataset
+from adaptformer.files import atomic_write_bytes, atomic_write_text, make_folder
 
 __all__ = ["BUILTIN_KINDS", "write_builtin_dataset"]
 
@@ -41,36 +43,36 @@ SPLITS = ("train", "test")
 
 
 def _target(out: Path, split: str, label: str, index: int, suffix: str) -> Path:
-    folder = out / split / label
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{index:05d}{suffix}"
+    return make_folder(out / split / label) / f"{index:05d}{suffix}"
 
 
 def _write_images(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
     dataset = build_image_dataset(kind, None, split, None, **options)
     for index in range(len(dataset)):
         image, label = dataset[index]  # uint8 (C, H, W)
-        _png(image).save(_target(out, split, dataset.classes[label], index, ".png"))
+        _save_png(image, _target(out, split, dataset.classes[label], index, ".png"))
     return len(dataset)
 
 
-def _png(image: Any) -> Image.Image:
+def _save_png(image: Any, path: Path) -> None:
     array = image.numpy()  # uint8 (C, H, W)
-    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))  # (H, W[, C])
+    pixels = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)  # (H, W[, C])
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue(), sync=False)  # encoded first: never a half-written file
 
 
 def _write_multilabel(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
     dataset = build_image_dataset(kind, None, split, None, **options)
-    folder = out / "images" / split
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(out / "images" / split)
     lines = []
     for index in range(len(dataset)):
         image, _ = dataset[index]
-        _png(image).save(folder / f"{index:05d}.png")
+        _save_png(image, folder / f"{index:05d}.png")
         names = ",".join(dataset.classes[c] for c in dataset.label_sets[index])
         lines.append(f"images/{split}/{index:05d}.png {names}")
-    (out / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
-    (out / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
+    atomic_write_text(out / "classes.txt", "".join(f"{name}\n" for name in dataset.classes))
+    atomic_write_text(out / f"{split}.txt", "".join(f"{line}\n" for line in lines))
     return len(dataset)
 
 
@@ -91,14 +93,17 @@ def _write_segmentation(kind: str, out: Path, split: str, options: dict[str, Any
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
-    """Encode uint8 RGB frames ``(T, H, W, 3)`` (even H and W) as H.264 at quantiser 0."""
+    """Encode uint8 RGB frames ``(T, H, W, 3)`` (even H and W) as H.264 at quantiser 0, in memory, then write the
+    file atomically."""
     _, height, width, _ = frames.shape
-    with av.open(str(path), "w") as container:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps, options={"qp": "0"})
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
+    atomic_write_bytes(path, buffer.getvalue(), sync=False)
     return path
 
 

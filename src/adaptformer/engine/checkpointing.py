@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..backbones.checkpoints.load import first_line
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, make_folder
 from ..methods.state import task_state_dict
 from ..model import task_tensor_mismatch
 from ..validation import is_of_type, type_names
@@ -48,7 +48,7 @@ class TrainingStateError(ValueError):
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` (see the module docstring for its keys) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -6,13 +6,12 @@ resume included) with matplotlib's object-oriented API: no pyplot, no global bac
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_bytes
+from ..files import save_figure
 from .config.sections import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -57,10 +56,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, wrap=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def draw_run_curves(cfg: TrainConfig, records: Sequence[dict[str, Any]], out: Path) -> Path | None:

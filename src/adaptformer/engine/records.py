@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_write_bytes
+from ..files import append_text, atomic_write_bytes, writing
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class MetricsLog:
 
     def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
         self.path = output_dir / METRICS_FILE
+        self.tensorboard_dir = output_dir / TENSORBOARD_DIR
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
@@ -68,7 +69,8 @@ class MetricsLog:
             else:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(output_dir / TENSORBOARD_DIR))
+                with writing(self.tensorboard_dir):
+                    self.writer = SummaryWriter(str(self.tensorboard_dir))
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -93,14 +95,15 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {k: _clean(v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self.writer is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key.replace("/", "_per_"), value, record["epoch"])
-            self.writer.flush()
+            with writing(self.tensorboard_dir):  # an OSError in its writer thread is raised at a later call
+                for key, value in record.items():
+                    if key != "epoch" and isinstance(value, (int, float)):
+                        self.writer.add_scalar(key.replace("/", "_per_"), value, record["epoch"])
+                self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with writing(self.tensorboard_dir):
+                self.writer.close()

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..files import leftover_temporaries
+from ..files import leftover_temporaries, make_folder, writing
 from ..saving import CONFIG_NAME, WEIGHTS_NAME
 from .checkpointing import STATE_FILE
 from .curves import CURVES_FILE
@@ -105,6 +105,13 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
 def prepare_run_folder(out: Path, earlier: Sequence[Path]) -> None:
     """Remove ``earlier`` (what :func:`check_run_folder` returned) and the temporary files of interrupted saves, then
     create ``out``. Only the main process calls this, after the run's inputs were validated."""
+    with writing(out):  # a read-only folder refuses the first removal
+        _clear(out, earlier)
+    make_folder(out)
+
+
+def _clear(out: Path, earlier: Sequence[Path]) -> None:
+    """Remove ``earlier`` and the temporary files of interrupted saves from ``out``."""
     if earlier:
         logger.info("run.overwrite: removing the earlier run's %s from %s", _names(earlier), out)
         for path in earlier:
@@ -121,7 +128,6 @@ def prepare_run_folder(out: Path, earlier: Sequence[Path]) -> None:
         others = sorted(out.iterdir())
         if others:
             logger.info("run.overwrite: keeping what is not a run's file in %s: %s", out, _names(others))
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def run_config_folder(config_file: str | Path | None) -> Path | None:

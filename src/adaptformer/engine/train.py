@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from ..data import train_val_split
 from ..factory import create_model, require_checkpoint
+from ..files import atomic_write_text
 from ..methods import method_of
 from ..model import count_trainable, parameter_report
 from ..precision import resolve_precision
@@ -222,7 +223,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     if ctx.is_main:
         prepare_run_folder(out, earlier)
         saved_run = replace(cfg.run, resume=False, overwrite=False, stop_after_steps=None)
-        (out / CONFIG_FILE).write_text(replace(cfg, run=saved_run).to_yaml())
+        atomic_write_text(out / CONFIG_FILE, replace(cfg, run=saved_run).to_yaml())
     metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
     metrics.keep_finished(pos.epoch)
     evaluation = TrainingRecord(cfg.data.dataset, dict(cfg.data.options), spec.video_record(), precision.name,

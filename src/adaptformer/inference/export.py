@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import MissingDependencyError
-from ..files import atomic_write_bytes, temporary_name
+from ..files import atomic_write_bytes, check_file_path, discard, make_folder, temporary_name, writing
 from ..methods.state import get_spec
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import AdapterInfo
@@ -99,12 +99,12 @@ def export_onnx(
     check it with ONNX Runtime; see the module docstring. ``info``: the adapter's config, for the sidecar."""
     ort = require_onnx()
 
-    path = Path(path)
+    path = check_file_path(path)  # not a folder, not below a file: said now, before the export's work
     sidecar = path.with_name(path.name + ".json")
     for target in (path, sidecar):
         if target.exists() and not overwrite:
             raise ExportError(f"{target} exists; pass --overwrite to replace it, or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     model = model.float().eval()
     spec = get_spec(model)
     if spec is not None and spec.registered.merge is not None:
@@ -115,12 +115,15 @@ def export_onnx(
     batch = torch.export.Dim("batch", min=1, max=4096)
     temporary = temporary_name(path)
     try:
+        with writing(path):
+            temporary.touch(exist_ok=False)  # a folder that refuses files (read-only) is said now, not after the work
         with torch.no_grad():
             program = torch.onnx.export(
                 model, (example,), dynamo=True, input_names=["input"], output_names=["logits"],
                 dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
             )  # fmt: skip
-        program.save(str(temporary))
+        with writing(path):
+            program.save(str(temporary))
         session = ort.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
         worst, batches = 0.0, (2, 3)
         for size in batches:
@@ -137,11 +140,22 @@ def export_onnx(
                     f"the exported model differs from PyTorch at batch {size}: max-abs logit difference {diff:.3g} "
                     f"(tolerance {tolerance:g}); nothing was written"
                 )
-        os.replace(temporary, path)
+        # the sidecar first: a full disk then leaves the file pair as it was
+        atomic_write_bytes(sidecar, (json.dumps(_sidecar(model, info, shape, worst), indent=2) + "\n").encode())
+        with writing(path):
+            os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        discard(temporary)
+    logger.info("wrote %s (max-abs difference to PyTorch %.3g over batches %s)", path, worst, batches)
+    return ExportReport(path, sidecar, "input", ["batch", *shape], worst, batches)
+
+
+def _sidecar(model: nn.Module, info: AdapterInfo | None, shape: tuple[int, ...], worst: float) -> dict[str, Any]:
+    """What ``<file>.json`` records: what a user without adaptformer needs to run the file."""
+    from ..version import __version__
+
     pre = Preprocessing.from_model(model)
-    record = {
+    return {
         "input": {"name": "input", "shape": ["batch", *shape], "dtype": "float32",
                   "layout": "NCHW" if len(shape) == 3 else "NCTHW"},
         "output": {"name": "logits", "shape": ["batch", int(model.num_classes)],
@@ -152,10 +166,5 @@ def export_onnx(
         "backbone": info.spec.backbone if info is not None else None,
         "method": info.spec.to_dict().get("method") if info is not None else None,
         "max_abs_diff": worst,
+        "adaptformer_version": __version__,
     }  # fmt: skip
-    from ..version import __version__
-
-    record["adaptformer_version"] = __version__
-    atomic_write_bytes(sidecar, (json.dumps(record, indent=2) + "\n").encode())
-    logger.info("wrote %s (max-abs difference to PyTorch %.3g over batches %s)", path, worst, batches)
-    return ExportReport(path, sidecar, "input", ["batch", *shape], worst, batches)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_files, make_folder
 
 if TYPE_CHECKING:
     from .inspection import InspectionReport
@@ -99,15 +99,12 @@ def plot_inspection(report: InspectionReport) -> bytes:
 def write_inspection(report: InspectionReport, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write ``inspect.json``, ``inspect.md`` and ``inspect.png`` to ``out_dir`` (created; each file atomically) and
     return their paths by name. A non-empty ``out_dir`` is refused (FileExistsError) unless ``overwrite``."""
-    out = check_out_dir(out_dir, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(check_out_dir(out_dir, overwrite))
     contents = {
         "inspect.json": (json.dumps(report.to_dict(), indent=2) + "\n").encode(),
         "inspect.md": format_markdown(report).encode(),
         "inspect.png": plot_inspection(report),
     }
-    paths = {}
-    for name, data in contents.items():
-        atomic_write_bytes(out / name, data)
-        paths[name] = out / name
+    paths = {name: out / name for name in contents}
+    atomic_write_files({paths[name]: data for name, data in contents.items()})
     return paths

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text, save_figure
+
 FAMILY_STYLE = {  # family: (label, colour, marker); other families are drawn as (name, the next colour, "o")
     "linear": ("linear probe", "tab:gray", "s"),
     "vpt": ("VPT-deep (tokens)", "tab:blue", "o"),
@@ -118,7 +120,7 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str, inside_na
     lines += ["", f"![accuracy versus trainable parameters]({plot_name})", ""]
     if inside_name is not None:
         lines += _inside_lines(record["inside"], inside_name)
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def _ablation_lines(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
@@ -213,7 +215,7 @@ def plot_accuracy_vs_params(
         ax.legend(fontsize=8, loc="best")
     fig.suptitle("AdaptFormer miniature reproduction: accuracy vs trainable parameters (mean ± std over seeds)",
                  wrap=True)  # fmt: skip
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -243,5 +245,5 @@ def plot_adapters_inside(path: Path, inside: Sequence[dict[str, Any]]) -> None:
         drift_ax.legend(fontsize=7, loc="best")
     fig.suptitle("What the adapters do inside: adapter output vs the frozen MLP branch, and the drift from the frozen "
                  "backbone, per block (first seed)", wrap=True)  # fmt: skip
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

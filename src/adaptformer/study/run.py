@@ -52,6 +52,7 @@ from ..engine.config.layers import merge_config
 from ..engine.config.parser import parse_mapping
 from ..engine.config.sections import OptimConfig
 from ..engine.metrics import LABELS
+from ..files import atomic_write_text, make_folder
 from ..methods import get_method
 from .report import plot_accuracy_vs_params, plot_adapters_inside, write_markdown
 from .tasks import METHODS, Task, default_tasks
@@ -275,8 +276,7 @@ def run_study(settings: StudySettings) -> StudyReport:
     seconds = time.perf_counter() - started
     rows = summarise(runs)
 
-    out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(settings.output_dir)
     record = {
         "command": settings.command(), "settings": asdict(settings), "seconds": round(seconds, 1), "machine": env,
         "tasks": task_records(settings), "summary": rows, "runs": runs,
@@ -287,7 +287,7 @@ def run_study(settings: StudySettings) -> StudyReport:
         record["inside"] = inside
         files["inside"] = out / INSIDE_FILE
         plot_adapters_inside(files["inside"], inside)
-    files["json"].write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(files["json"], json.dumps(record, indent=1) + "\n")
     write_markdown(files["markdown"], record, PLOT_FILE, INSIDE_FILE if inside else None)
     chance = {n: chance_score(tasks[n], settings) for n in settings.tasks}
     plot_accuracy_vs_params(files["plot"], rows, settings.tasks, chance)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, save_figure, writing
 from .driver import RESULT_FILE, SETTINGS_FILE, BenchmarkError
 from .tasks import Suite, get_suite
 
@@ -162,7 +162,7 @@ def plot_report(report: BenchmarkReport, path: Path) -> Path:
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -172,7 +172,8 @@ def write_report(output_dir: Path) -> dict[str, Path]:
     turns (a lock around reading the results and writing the files), so the last one writes what every worker
     finished, and each file is replaced atomically."""
     read_report(output_dir)  # a folder `adaptformer benchmark` wrote, before anything is written into it
-    lock = (output_dir / ".report.lock").open("a")
+    with writing(output_dir / ".report.lock") as path:
+        lock = path.open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _write_report(output_dir)
@@ -186,8 +187,5 @@ def _write_report(output_dir: Path) -> dict[str, Path]:
     atomic_write_bytes(files["markdown"], format_markdown(report).encode())
     atomic_write_bytes(files["json"], (json.dumps(report.to_dict(), indent=2) + "\n").encode())
     if report.results:
-        tmp = output_dir / f".results.{id(report)}.png"
-        plot_report(report, tmp)
-        tmp.replace(output_dir / "results.png")
-        files["plot"] = output_dir / "results.png"
+        files["plot"] = plot_report(report, output_dir / "results.png")
     return files

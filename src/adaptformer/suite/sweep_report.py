@@ -15,7 +15,7 @@ import yaml
 
 from ..engine.metrics import LABELS, PRIMARY
 from ..engine.records import TEST_FILE
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, save_figure, writing
 from .stages import SuiteError, read_run
 from .sweep import SWEEP_FILE, Sweep, SweepPoint, dotted, failed_file
 
@@ -139,7 +139,7 @@ def plot_sweep(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -148,7 +148,9 @@ def write_sweep_report(output_dir: Path) -> dict[str, Path]:
     """``results.md``, ``results.json`` and ``results.png`` in ``output_dir`` (under a lock, each replaced
     atomically, like the benchmark's report)."""
     read_sweep_results(output_dir)  # a folder `adaptformer sweep` wrote, before anything is written into it
-    with (output_dir / ".report.lock").open("a") as lock:
+    with writing(output_dir / ".report.lock") as path:
+        lock = path.open("a")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sweep, rows = read_sweep_results(output_dir)
         files = {"markdown": output_dir / "results.md", "json": output_dir / "results.json"}
@@ -156,8 +158,5 @@ def write_sweep_report(output_dir: Path) -> dict[str, Path]:
         summary = {"sweep": sweep.to_dict(), "points": rows, "missing": [r["name"] for r in rows
                    if r["status"] != "done"]}  # fmt: skip
         atomic_write_bytes(files["json"], (json.dumps(summary, indent=2) + "\n").encode())
-        tmp = output_dir / ".results.tmp.png"
-        plot_sweep(sweep, rows, tmp)
-        tmp.replace(output_dir / "results.png")
-        files["plot"] = output_dir / "results.png"
+        files["plot"] = plot_sweep(sweep, rows, output_dir / "results.png")
     return files

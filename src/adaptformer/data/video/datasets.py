@@ -33,6 +33,7 @@ from adaptformer.data.files import DatasetFileError, read_text
 from adaptformer.data.video.decode import VideoDecodeError, VideoInfo, decode_clip, probe_video
 from adaptformer.data.video.sampling import SamplerConfig, TestViews, View, sample_indices
 from adaptformer.data.video.transforms import VideoTransform
+from adaptformer.files import atomic_write_text, make_folder
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -101,8 +102,8 @@ def write_video_list(entries: Sequence[VideoEntry], list_file: str | os.PathLike
     for entry in entries:
         if any(c.isspace() for c in str(entry.path)):
             raise ValueError(f"video path {entry.path} contains whitespace, which list files cannot hold")
-    list_file.parent.mkdir(parents=True, exist_ok=True)
-    list_file.write_text("".join(f"{e.path} {e.label}\n" for e in entries))
+    make_folder(list_file.parent)
+    atomic_write_text(list_file, "".join(f"{e.path} {e.label}\n" for e in entries))
     return list_file
 
 

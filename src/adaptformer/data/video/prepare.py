@@ -26,6 +26,7 @@ from pathlib import Path
 
 from adaptformer.data.files import DatasetFileError, read_json, read_text
 from adaptformer.data.video.datasets import VideoEntry, write_video_list
+from adaptformer.files import atomic_write_text, make_folder
 
 __all__ = ["HMDB51_LAYOUT", "SSV2_LAYOUT", "PreparedLists", "prepare_hmdb51", "prepare_ssv2"]
 
@@ -102,7 +103,7 @@ def _write(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction > 0:
         splits["train"], splits["val"] = _split_val(splits["train"], val_fraction, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     lists = {}
     for name, entries in splits.items():
         if relative_to is not None:
@@ -112,7 +113,7 @@ def _write(
         else:
             entries = [VideoEntry(e.path.resolve(), e.label) for e in entries]
         lists[name] = write_video_list(entries, out_dir / f"{name}.txt")
-    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    atomic_write_text(out_dir / "classes.txt", "".join(f"{c}\n" for c in classes))
     counts = {name: len(entries) for name, entries in splits.items()}
     logger.info("wrote %s to %s (%d classes)", counts, out_dir, len(classes))
     return PreparedLists(lists, classes, counts)
