@@ -79,16 +79,17 @@ def _write_multilabel(kind: str, out: Path, split: str, options: dict[str, Any])
 def _write_segmentation(kind: str, out: Path, split: str, options: dict[str, Any]) -> int:
     dataset = build_segmentation_dataset(kind, None, split, None, **options)
     colours = [*dataset.palette, *voc_palette(256)[len(dataset.palette) :]]  # 255, the ignore index, included
-    for folder in ("images", "masks"):
-        (out / folder / split).mkdir(parents=True, exist_ok=True)
+    images, masks = make_folder(out / "images" / split), make_folder(out / "masks" / split)
     for index in range(len(dataset)):
         image, mask = dataset[index]  # uint8 (3, H, W), int64 (H, W)
         grey = bool((image == image[:1]).all())
-        _png(image[:1] if grey else image).save(out / "images" / split / f"{index:05d}.png")
+        _save_png(image[:1] if grey else image, images / f"{index:05d}.png")
         indices = Image.fromarray(mask.numpy().astype(np.uint8))  # mode L
         indices.putpalette([channel for colour in colours for channel in colour])  # L -> P: the indices kept
-        indices.save(out / "masks" / split / f"{index:05d}.png")
-    (out / "classes.txt").write_text("".join(f"{name}\n" for name in dataset.classes))
+        buffer = io.BytesIO()
+        indices.save(buffer, format="png")
+        atomic_write_bytes(masks / f"{index:05d}.png", buffer.getvalue(), sync=False)
+    atomic_write_text(out / "classes.txt", "".join(f"{name}\n" for name in dataset.classes))
     return len(dataset)
 
 
