@@ -124,13 +124,13 @@ def _field(name: str, value: bytes) -> bytes:
 MULTIPART = "multipart/form-data"
 SENDS = {  # id: (request, status, part of the message)
     "json-body": (lambda u: httpx.post(f"{u}/classify", json={"image": "x"}), 415, "expected a multipart/form-data"),
-    "not-an-image": (lambda u: _classify(u, [b"not an image at all"]), 415, "0.png: not one of the accepted formats"),
-    "truncated-png": (lambda u: _classify(u, [_png(7)[:60]]), 400, "0.png: image file is truncated"),
+    "not-an-image": (lambda u: _classify(u, [b"not an image at all"]), 415, "'0.png': not one of the accepted formats"),
+    "truncated-png": (lambda u: _classify(u, [_png(7)[:60]]), 400, "'0.png': image file is truncated"),
     "unknown-task": (lambda u: _classify(u, [_png(1)], tasks="digits,cars"), 404, "unknown task 'cars'; this service"),
     "many-unknown-tasks": (lambda u: _classify(u, [_png(1)], tasks="x" * 9000), 404, "unknown task 'xxxxxxxx"),
     "too-large": (lambda u: _classify(u, [_noise_png(200)]), 413, "'0.png' is over the limit of 0.05 MB a file"),
     "pixels-over-the-limit": (lambda u: _classify(u, [_header_only_png(12000, 12000)]), 413,
-                              "0.png: 12000x12000 = 144000000 pixels; the limit is 40000000 pixels"),
+                              "'0.png': 12000x12000 = 144000000 pixels; the limit is 40000000 pixels"),
     "pillows-bomb-limit": (lambda u: _classify(u, [_header_only_png(20000, 20000)]), 413, "decompression bomb"),
     "needle-shape": (lambda u: _classify(u, [_header_only_png(1, 5000)]), 422, "more than 100 times as long"),
     "top-k-zero": (lambda u: _classify(u, [_png(1)], top_k="0"), 422, "top_k must be a positive integer"),

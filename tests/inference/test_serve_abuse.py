@@ -174,7 +174,7 @@ def test_health_answers_while_large_images_decode(server: Server) -> None:
         f"{max(waits):.3f} s"
     )
     assert len(decoding) == 2 and len(waits) >= 5
-    assert max(waits) < 0.5 < max(decoding)
+    assert max(waits) < 1.0 and max(decoding) > 2 * max(waits)  # decoded on the event loop, /health waited seconds
 
 
 def test_a_chunked_body_over_the_limit_is_cut_off_while_it_streams(server: Server) -> None:

@@ -26,6 +26,7 @@ as one line. The service keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -206,7 +207,7 @@ def create_app(
             return [await f for f in futures]
         except ImageDecodeError as error:
             status = next(s for kind, s in _STATUS if isinstance(error, kind))
-            raise Refused(status, f"{error.path}: {error.reason}") from None
+            raise Refused(status, f"{clipped(str(error.path))}: {error.reason}") from None
         finally:
             for f in futures:
                 if not f.done():
@@ -214,13 +215,22 @@ def create_app(
                 elif not f.cancelled():
                     f.exception()  # retrieved, so asyncio logs no "exception was never retrieved"
 
-    @app.post("/classify")
-    async def classify(request: Request) -> dict[str, Any]:
+    async def admitted() -> None:
+        """A slot among ``max_uploads``, waited for up to ``body_timeout`` (then 503); the caller releases it."""
+        acquire = asyncio.ensure_future(uploads.acquire())
+        done, _ = await asyncio.wait({acquire}, timeout=limits.body_timeout)
+        if not done:
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+            if not acquire.cancelled():  # acquired as the wait ended (asyncio.wait_for could lose such a slot)
+                uploads.release()
+            raise Refused(503, f"busy: {limits.max_uploads} uploads in progress; try again")
+
+    async def read_and_prepare(request: Request) -> tuple[list[str], list[str], int, list[dict[str, torch.Tensor]]]:
+        """A request's file names, tasks, top-k and input tensors; its bytes are dropped on return."""
         boundary = multipart_boundary(request.headers, limits)
-        try:
-            await asyncio.wait_for(uploads.acquire(), limits.body_timeout)
-        except asyncio.TimeoutError:
-            raise Refused(503, f"busy: {limits.max_uploads} uploads in progress; try again") from None
+        await admitted()
         try:
             upload = await read_upload(request.receive, boundary, limits)
             if not upload.files:
@@ -230,16 +240,21 @@ def create_app(
             inputs = await in_pool(prepare, upload.files, wanted)
         finally:
             uploads.release()
+        return [name for name, _ in upload.files], wanted, top_k, inputs
+
+    @app.post("/classify")
+    async def classify(request: Request) -> dict[str, Any]:
+        names, wanted, top_k, inputs = await read_and_prepare(request)
         results = await batcher.submit(inputs, [wanted] * len(inputs), top_k)
         return {"results": [
             {"file": name, "tasks": {t: [{"class": c, "index": j, "prob": p} for c, j, p in top]
                                      for t, top in result.items()}}
-            for (name, _), result in zip(upload.files, results, strict=True)
+            for name, result in zip(names, results, strict=True)
         ]}  # fmt: skip
 
     page = (resources.files(__package__) / "page.html").read_text()
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> str:
         return page
 
