@@ -63,14 +63,14 @@ def predict_many(args: argparse.Namespace) -> int:
     precision = image_precision(args.precision, recorded, image_tasks)
     answers: list[dict[str, Any]] = [{} for _ in args.files]  # per file: task -> top list, or an error message
     if image_tasks:
-        images, where = [], []
+        inputs, where = [], []
         for i, path in enumerate(args.files):
-            try:
-                images.append(load_rgb(path, formats=ACCEPTED_FORMATS))
+            try:  # each file's input tensors, its full-size image dropped at once: memory does not grow with files
+                inputs.append(model.prepare(load_rgb(path, formats=ACCEPTED_FORMATS), image_tasks))
                 where.append(i)
             except ImageDecodeError as e:
                 answers[i].update({t: str(e) for t in image_tasks})
-        results = model.classify(images, [image_tasks] * len(images), args.top_k or 5, precision) if images else []
+        results = model.classify_inputs(inputs, args.top_k or 5, precision) if inputs else []
         for i, result in zip(where, results, strict=True):
             answers[i].update(result)
     for task in tasks:

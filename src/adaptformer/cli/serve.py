@@ -1,9 +1,11 @@
 """``adaptformer serve --adapter A --adapter B ...``: the HTTP service of :mod:`adaptformer.inference.serve` under
-uvicorn."""
+uvicorn. Its limits are :class:`~adaptformer.inference.serve.ServeLimits`, one flag per field."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import fields
 from typing import Any
 
 INSTALL_HINT = "pip install 'adaptformer[serve]' (fastapi, uvicorn, python-multipart)"
@@ -15,26 +17,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401  (form uploads)
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as e:
         raise MissingDependencyError(f"serve needs {e.name}, which is not installed: {INSTALL_HINT}") from e
     from ..engine.distributed import resolve_device
-    from ..inference.serve import create_app
+    from ..inference.serve import ServeLimits
+    from ..inference.serve.app import create_app
+    from ..inference.serve.server import run
     from .multitask import load_multitask, serve_precision
 
+    limits = ServeLimits(**{f.name: getattr(args, f.name) for f in fields(ServeLimits)})
     model = load_multitask(args, args.max_batch)
     model = model.to(resolve_device(args.device)).eval()
-    app = create_app(
-        model, args.max_batch, args.max_wait_ms, args.max_upload_mb, serve_precision(model, args.precision)
-    )
+    app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits,
+                     precision=serve_precision(model, args.precision))  # fmt: skip
     print(f"adaptformer serve: {len(model.tasks)} tasks ({', '.join(model.tasks)}) on http://{args.host}:{args.port}/"
           " (Ctrl-C or SIGTERM stops it)", flush=True)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    run(app, args.host, args.port, header_timeout=limits.body_timeout)
     return 0
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 def add_serve_command(sub: Any) -> None:
     """The ``serve`` subcommand."""
+    from ..inference.serve import ServeLimits
     from .args import add_adapter_arguments, at_least
 
     parser = sub.add_parser(
@@ -42,6 +58,8 @@ def add_serve_command(sub: Any) -> None:
         description="Loads every --adapter on one backbone and serves GET /health, GET /tasks, POST /classify "
         "(multipart 'files', optional 'tasks' comma-separated and 'top_k'), and a page at /. Concurrent requests are "
         "batched into mixed-task batches of at most --max-batch samples, waiting at most --max-wait-ms for company. "
+        "Accepts PNG, JPEG, WebP, BMP and GIF (first frame), judged by their bytes; every error is "
+        '{"error": MESSAGE}. '
         f"Stops on Ctrl-C or SIGTERM. Needs the serve extra: {INSTALL_HINT}.",
     )  # fmt: skip
     add_adapter_arguments(parser)
@@ -49,5 +67,9 @@ def add_serve_command(sub: Any) -> None:
     parser.add_argument("--port", type=at_least(0), default=8000, help="port (default: 8000)")
     parser.add_argument("--max-batch", type=at_least(1), default=64, help="samples per batch at most (default: 64)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait, ms (default: 5)")
-    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image file, MB (default: 10)")
+    limits = parser.add_argument_group("limits (a request over one is refused before it costs more)")
+    for f in fields(ServeLimits):
+        kind = _positive if f.type == "float" else at_least(1)
+        limits.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                            help=f"{f.metadata['help']} (default: {f.default})")  # fmt: skip
     parser.set_defaults(func=_cmd_serve)

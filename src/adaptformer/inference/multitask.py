@@ -101,6 +101,11 @@ def _shared_copy(model: nn.Module, own: Sequence[str] = ()) -> nn.Module:
     return deepcopy(model, memo=shared)
 
 
+def _check_top_k(top_k: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+
+
 def default_task_name(directory: Path) -> str:
     """A run's ``OUT/adapter`` is named after ``OUT``; any other folder after itself."""
     directory = Path(directory).resolve()
@@ -311,29 +316,38 @@ class MultiTaskModel(nn.Module):
         """For each PIL image, each requested task's top-k ``(class, index, probability)``, best first. ``tasks``:
         one list of task names per image (None: every image task). All (image, task) pairs run as mixed-task batches
         of at most ``max_batch`` samples, under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        _check_top_k(top_k)
         if tasks is None:
             tasks = [[n for n, i in self._infos.items() if not i.is_video]] * len(images)
         if len(tasks) != len(images):
             raise ValueError(f"{len(tasks)} task lists for {len(images)} images")
-        for wanted in tasks:
-            for name in wanted:
-                if self.task(name).is_video:
-                    raise ValueError(f"task {name!r} classifies video clips, not images")
+        return self.classify_inputs([self.prepare(i, t) for i, t in zip(images, tasks, strict=True)], top_k, precision)
+
+    def prepare(self, image: Any, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One PIL image (any mode) as each image task's input tensor, ``{task: (C, H, W)}`` (tasks of one
+        preprocessing share a tensor): :meth:`classify` in two steps, so a server can preprocess in its own threads
+        and drop the full-size image before it waits for a batch."""
+        tensors: dict[Preprocessing, torch.Tensor] = {}
+        inputs: dict[str, torch.Tensor] = {}
+        for name in tasks:
+            if self.task(name).is_video:
+                raise ValueError(f"task {name!r} classifies video clips, not images")
+            pre = self._infos[name].preprocessing
+            if pre not in tensors:
+                tensors[pre] = build_image_transform(pre, train=False)(image)  # its ToRGBImage converts any mode
+            inputs[name] = tensors[pre]
+        return inputs
+
+    @torch.no_grad()
+    def classify_inputs(
+        self, inputs: Sequence[dict[str, torch.Tensor]], top_k: int = 5, precision: str = "fp32"
+    ) -> list[dict[str, list[tuple[str, int, float]]]]:
+        """:meth:`classify` of images already :meth:`prepare` d: one ``{task: tensor}`` per image."""
+        _check_top_k(top_k)
         device = next(self.trunk.parameters()).device
         autocast = resolve_precision(precision, device).autocast
-        transforms: dict[Preprocessing, Any] = {}
-        samples: list[tuple[int, str, torch.Tensor]] = []
-        for i, (image, wanted) in enumerate(zip(images, tasks, strict=True)):
-            tensors: dict[Preprocessing, torch.Tensor] = {}
-            for name in wanted:
-                pre = self._infos[name].preprocessing
-                if pre not in tensors:
-                    transform = transforms.setdefault(pre, build_image_transform(pre, train=False))
-                    tensors[pre] = transform(image)  # its ToRGBImage converts any mode (reading.to_rgb)
-                samples.append((i, name, tensors[pre]))
-        results: list[dict[str, list[tuple[str, int, float]]]] = [{} for _ in images]
+        samples = [(i, name, x) for i, one in enumerate(inputs) for name, x in one.items()]
+        results: list[dict[str, list[tuple[str, int, float]]]] = [{} for _ in inputs]
         self.eval()
         for start in range(0, len(samples), self.max_batch):
             chunk = samples[start : start + self.max_batch]

@@ -34,7 +34,6 @@ sRGB: their profile is not applied.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -114,10 +113,9 @@ def open_image(
     label = name if name is not None else ("<bytes>" if isinstance(source, bytes) else source)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with warnings.catch_warnings():
-            if max_pixels is not None:  # the limit below decides; Pillow's warning would only repeat it in the log
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=list(formats) if formats is not None else None)
+        # Pillow warns above its MAX_IMAGE_PIXELS (once per process, by Python's default filter); not silenced here:
+        # warnings.catch_warnings is not thread-safe, and serve decodes in a thread pool
+        image = Image.open(stream, formats=list(formats) if formats is not None else None)
     except Image.UnidentifiedImageError:
         if formats is None:
             raise ImageDecodeError(label, "not an image file Pillow can identify") from None

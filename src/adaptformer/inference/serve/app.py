@@ -1,140 +1,260 @@
 """The HTTP service of ``adaptformer serve``: a JSON API over a
 :class:`~adaptformer.inference.multitask.MultiTaskModel`, plus a small page to try it (FastAPI app, served by uvicorn).
 
-- ``GET /health``: ``{"status": "ok", "tasks": N, "requests": ..., "batches": ...}``;
+- ``GET /health`` (and ``HEAD``): ``{"status": "ok", "tasks": N, "requests": ..., "batches": ...}``;
 - ``GET /tasks``: each task's name, classes, method, trainable parameters;
 - ``POST /classify``: multipart form with one or more ``files`` (images), optional ``tasks`` (comma-separated; default:
-  every image task) and ``top_k`` (default 5) -> ``{"results": [{"file": NAME, "tasks": {TASK: [{"class", "index",
-  "prob"}, ...]}}]}``. Concurrent requests are batched together (:class:`~.batcher.Batcher`);
-- ``GET /``: the page.
+  every image task) and ``top_k`` (ASCII digits, default 5) -> ``{"results": [{"file": NAME, "tasks": {TASK:
+  [{"class", "index", "prob"}, ...]}}]}``. Concurrent requests are batched together (:class:`~.batcher.Batcher`);
+- ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference.
 
-Bad requests get a 4xx with ``{"error": MESSAGE}``: 400 not an image or no file, 404 unknown task, 413 too large
-(an image over the limit, or more than ``MAX_FILES`` images),
-415 not a multipart form, 422 a bad ``top_k``. The service keeps serving.
+Images are accepted by their bytes, never their names: PNG, JPEG, WebP, BMP and GIF (its first frame)
+(:data:`~adaptformer.data.image.reading.ACCEPTED_FORMATS`; no other Pillow plugin ever parses a client's bytes). The
+body is read within :class:`~.limits.ServeLimits` as it streams (:mod:`.upload`); each file's header is checked
+(format, pixel count) before anything is decoded, and decoding and preprocessing run in a pool of
+``decode_workers`` threads, never on the event loop.
+
+Every error, whatever its status, is ``{"error": MESSAGE}`` (one line, never a repr of a Python object): 400 not an
+image, no file, a malformed form; 404 an unknown task or endpoint; 405 a method an endpoint does not take; 408 a body
+slower than ``body_timeout``; 413 a file, image (pixels), form or request over its limit; 415 a format outside the
+allow-list, or not a multipart form; 422 a bad ``top_k``, a field given twice, an image over 100 times as long as it
+is wide; 431 headers over 16 KB; 503 too many uploads at once; 500 a bug (logged with its traceback). An answer sent
+before the request's body was read to its end closes the connection. A client that disconnects mid-upload is logged
+as one line. The service keeps serving.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import contextlib
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request  # module level: FastAPI reads the handlers' annotations from here
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image, UnidentifiedImageError
-from starlette.datastructures import UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
 
+from ...data.image.reading import (
+    ACCEPTED_FORMATS,
+    ImageDecodeError,
+    ImageFormatError,
+    ImageTooLargeError,
+    open_image,
+    read_image,
+)
+from ...precision import resolve_precision
 from ..multitask import MultiTaskModel
 from .batcher import Batcher
+from .limits import MAX_FILES, Refused, ServeLimits, clipped
+from .upload import ClientGone, multipart_boundary, read_upload
 
-__all__ = ["MAX_FILES", "create_app"]
+logger = logging.getLogger(__name__)
 
-MAX_FILES = 64  # images per request
+__all__ = ["HEADER_BYTES", "MAX_ASPECT", "MAX_FILES", "create_app"]
+
+MAX_ASPECT = 100
+"""The longest side of an accepted image, at most this many times its shortest: resizing the shorter side to the
+model's input multiplies the pixel count by the aspect ratio (a 1 x 40,000,000 image would become gigapixels)."""
+HEADER_BYTES = 16 * 2**10
+"""A request's headers, at most (h11's limit for headers that arrive in pieces)."""
+_STATUS = ((ImageFormatError, 415), (ImageTooLargeError, 413), (ImageDecodeError, 400))
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every error: ``{"error": MESSAGE}``, reprs of Python objects cut out."""
+    return JSONResponse({"error": _REPR.sub("<object>", message)}, status_code=status, headers=headers)
+
+
+class GuardHeadersAndBodies:
+    """ASGI middleware: a request whose headers exceed :data:`HEADER_BYTES` is refused (431; uvicorn's own limit only
+    holds for headers that arrive in pieces), and an answer sent before the request's body was read to its end (a
+    refusal mid-upload) carries ``Connection: close``, so the server closes the connection instead of reading and
+    discarding the rest."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        headers = dict(scope["headers"])
+        unread = b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0"
+
+        async def receiving() -> dict[str, Any]:
+            nonlocal unread
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                unread = False
+            return message
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and unread:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        if size > HEADER_BYTES:
+            refusal = _error(431, f"request headers of {size} bytes; the limit is {HEADER_BYTES // 1024} KB")
+            return await refusal(scope, receiving, sending)
+        await self.app(scope, receiving, sending)
+
+
+def _options(fields: dict[str, str], model: MultiTaskModel, image_tasks: list[str]) -> tuple[list[str], int]:
+    """The tasks (each once, in the order given) and the top-k a form asks for."""
+    named = [t.strip() for t in fields.get("tasks", "").split(",") if t.strip()]
+    wanted = list(dict.fromkeys(named)) or image_tasks
+    for name in wanted:
+        if name not in model.tasks:
+            raise Refused(404, f"unknown task {clipped(name)}; this service has {list(model.tasks)}")
+        if model.task(name).is_video:
+            raise Refused(400, f"task {name!r} classifies videos, not images")
+    top_text = fields.get("top_k", "5").strip()
+    if not re.fullmatch(r"[0-9]{1,9}", top_text) or int(top_text) < 1:  # ASCII digits: int() takes others too
+        raise Refused(422, f"top_k must be a positive integer (ASCII digits), got {clipped(top_text)}")
+    return wanted, int(top_text)
 
 
 def create_app(
     model: MultiTaskModel,
     max_batch: int = 64,
     max_wait_ms: float = 5.0,
-    max_upload_mb: float = 10.0,
+    limits: ServeLimits | None = None,
     precision: str = "fp32",
 ) -> Any:
-    """The FastAPI app serving ``model`` (in eval mode, on its device)."""
+    """The FastAPI app serving ``model`` (in eval mode, on its device) within ``limits`` (default
+    :class:`~.limits.ServeLimits`)."""
+    limits = limits if limits is not None else ServeLimits()
     model.eval()
-    batcher = Batcher(lambda images, tasks, k: model.classify(images, tasks, k, precision), max_batch, max_wait_ms)
-    limit = int(max_upload_mb * 2**20)
+    precision = resolve_precision(precision, next(model.parameters()).device).name  # "auto" resolved (and logged) once
+    batcher = Batcher(lambda inputs, tasks, k: model.classify_inputs(inputs, k, precision), max_batch, max_wait_ms)
+    pool = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="serve-decode")
+    uploads = asyncio.Semaphore(limits.max_uploads)
+    image_tasks = [t for t in model.tasks if not model.task(t).is_video]
 
     @asynccontextmanager
     async def lifespan(app: Any):
         batcher.start()
         yield
         await batcher.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="adaptformer serve", lifespan=lifespan)
-
-    class Refused(Exception):
-        def __init__(self, status: int, message: str) -> None:
-            self.status, self.message = status, message
+    app = FastAPI(title="adaptformer serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(GuardHeadersAndBodies)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, error: Refused) -> JSONResponse:
-        return JSONResponse({"error": error.message}, status_code=error.status)
+        return _error(error.status, error.message)
 
-    @app.exception_handler(Exception)
-    async def failed(request: Request, error: Exception) -> JSONResponse:  # a bug: say so in JSON, keep serving
-        return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, error: ClientGone) -> Response:
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        logger.info("client %s disconnected during the upload (%d bytes received)", client, error.received)
+        return Response(status_code=400)  # nobody reads it: the server drops it
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"no such endpoint: {request.method} {clipped(request.url.path)}"
+        elif error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail)
+        return _error(error.status_code, message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=422)
+        return _error(422, "; ".join(str(e.get("msg", "invalid request")) for e in error.errors()))
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, error: Any) -> JSONResponse:
-        return JSONResponse({"error": f"no such endpoint: {request.method} {request.url.path}"}, status_code=404)
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:  # a bug: uvicorn logs its traceback
+        return _error(500, f"internal error ({type(error).__name__}); the server log has the details")
 
-    @app.exception_handler(405)
-    async def not_allowed(request: Request, error: Any) -> JSONResponse:
-        return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}"}, status_code=405)
-
-    image_tasks = [t for t in model.tasks if not model.task(t).is_video]
-
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict[str, Any]:
         s = batcher.stats
         return {"status": "ok", "tasks": len(model.tasks), "requests": s.requests, "batches": s.batches,
                 "samples": s.samples, "largest_batch": s.largest_batch}  # fmt: skip
 
-    @app.get("/tasks")
+    @app.api_route("/tasks", methods=["GET", "HEAD"])
     async def tasks() -> dict[str, Any]:
         return {"tasks": [{"name": i.name, "classes": i.classes, "method": i.method, "trainable_parameters":
                            i.num_parameters, "video": i.is_video} for i in map(model.task, model.tasks)]}  # fmt: skip
 
+    def check(data: bytes, name: str) -> None:  # the header only: format, pixel count, shape
+        with open_image(data, name=name, formats=ACCEPTED_FORMATS, max_pixels=limits.max_pixels) as image:
+            width, height = image.size
+        if max(width, height) > MAX_ASPECT * min(width, height):  # its shorter side scaled up to the input's
+            raise Refused(422, f"{clipped(name)}: {width}x{height} pixels, more than {MAX_ASPECT} times as long as "
+                               "it is wide")  # fmt: skip
+
+    def prepare(data: bytes, name: str, wanted: list[str]) -> dict[str, torch.Tensor]:
+        return model.prepare(read_image(data, name=name, formats=ACCEPTED_FORMATS, max_pixels=limits.max_pixels),
+                             wanted)  # fmt: skip
+
+    async def in_pool(work: Any, files: list[tuple[str, bytes]], *args: Any) -> list[Any]:
+        """``work(data, name, *args)`` for every file in the pool; the first failure (in file order) refuses."""
+        loop = asyncio.get_running_loop()
+        names = [name or f"file {i + 1}" for i, (name, _) in enumerate(files)]
+        futures = [loop.run_in_executor(pool, work, data, n, *args) for n, (_, data) in zip(names, files, strict=True)]
+        try:
+            return [await f for f in futures]
+        except ImageDecodeError as error:
+            status = next(s for kind, s in _STATUS if isinstance(error, kind))
+            raise Refused(status, f"{clipped(str(error.path))}: {error.reason}") from None
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()  # not started yet: never will; running: its result is dropped
+                elif not f.cancelled():
+                    f.exception()  # retrieved, so asyncio logs no "exception was never retrieved"
+
+    async def admitted() -> None:
+        """A slot among ``max_uploads``, waited for up to ``body_timeout`` (then 503); the caller releases it."""
+        acquire = asyncio.ensure_future(uploads.acquire())
+        done, _ = await asyncio.wait({acquire}, timeout=limits.body_timeout)
+        if not done:
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+            if not acquire.cancelled():  # acquired as the wait ended (asyncio.wait_for could lose such a slot)
+                uploads.release()
+            raise Refused(503, f"busy: {limits.max_uploads} uploads in progress; try again")
+
+    async def read_and_prepare(request: Request) -> tuple[list[str], list[str], int, list[dict[str, torch.Tensor]]]:
+        """A request's file names, tasks, top-k and input tensors; its bytes are dropped on return."""
+        boundary = multipart_boundary(request.headers, limits)
+        await admitted()
+        try:
+            upload = await read_upload(request.receive, boundary, limits)
+            if not upload.files:
+                raise Refused(400, "no image: upload one or more files in the form field 'files'")
+            wanted, top_k = _options(upload.fields, model, image_tasks)
+            await in_pool(check, upload.files)  # a bad file refuses the request before any is decoded
+            inputs = await in_pool(prepare, upload.files, wanted)
+        finally:
+            uploads.release()
+        return [name for name, _ in upload.files], wanted, top_k, inputs
+
     @app.post("/classify")
     async def classify(request: Request) -> dict[str, Any]:
-        kind = request.headers.get("content-type", "")
-        if not kind.startswith("multipart/form-data"):
-            raise Refused(415, f"expected a multipart/form-data upload (field 'files'), got content type {kind!r}")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit * MAX_FILES:
-            raise Refused(413, f"request of {int(length)} bytes; the limit is {MAX_FILES} images of "
-                               f"{max_upload_mb:g} MB")  # fmt: skip
-        form = await request.form()
-        uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-        if not uploads:
-            raise Refused(400, "no image: upload one or more files in the form field 'files'")
-        if len(uploads) > MAX_FILES:
-            raise Refused(413, f"{len(uploads)} images in one request; the limit is {MAX_FILES}")
-        wanted = [t.strip() for t in str(form.get("tasks") or "").split(",") if t.strip()] or image_tasks
-        for name in wanted:
-            if name not in model.tasks:
-                raise Refused(404, f"unknown task {name!r}; this service has {list(model.tasks)}")
-            if model.task(name).is_video:
-                raise Refused(400, f"task {name!r} classifies videos, not images")
-        top_text = str(form.get("top_k") or "5")
-        if not top_text.isdigit() or int(top_text) < 1:
-            raise Refused(422, f"top_k must be a positive integer, got {top_text!r}")
-        images = []
-        for upload in uploads:
-            data = await upload.read()
-            if len(data) > limit:
-                raise Refused(413, f"{upload.filename}: {len(data)} bytes; the limit is {max_upload_mb:g} MB")
-            try:
-                with Image.open(io.BytesIO(data)) as opened:
-                    images.append(opened.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as error:
-                raise Refused(400, f"{upload.filename}: not an image ({error})") from None
-        results = await batcher.submit(images, [list(wanted)] * len(images), int(top_text))
+        names, wanted, top_k, inputs = await read_and_prepare(request)
+        results = await batcher.submit(inputs, [wanted] * len(inputs), top_k)
         return {"results": [
-            {"file": upload.filename, "tasks": {t: [{"class": c, "index": j, "prob": p} for c, j, p in top]
-                                                for t, top in result.items()}}
-            for upload, result in zip(uploads, results, strict=True)
+            {"file": name, "tasks": {t: [{"class": c, "index": j, "prob": p} for c, j, p in top]
+                                     for t, top in result.items()}}
+            for name, result in zip(names, results, strict=True)
         ]}  # fmt: skip
 
     page = (resources.files(__package__) / "page.html").read_text()
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> str:
         return page
 

@@ -1,7 +1,8 @@
 """Concurrent requests into mixed-task batches: requests wait in a queue; one worker takes the first, collects more
-until ``max_batch`` samples or ``max_wait_ms`` have passed, and runs them as ONE
-:meth:`~adaptformer.inference.multitask.MultiTaskModel.classify` call in a thread (the event loop keeps serving
-meanwhile)."""
+until ``max_batch`` samples or ``max_wait_ms`` have passed, and runs them as ONE call of its ``classify`` in a thread
+(the event loop keeps serving meanwhile). The server's is
+:meth:`~adaptformer.inference.multitask.MultiTaskModel.classify_inputs`: its requests arrive decoded and preprocessed
+(:meth:`~adaptformer.inference.multitask.MultiTaskModel.prepare`, in the server's decode pool)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Batcher"]
 
-# images, one task list per image, top_k -> one {task: top list} per image
+# images (or their prepared inputs), one task list per image, top_k -> one {task: top list} per image
 Classify = Callable[[Sequence[Any], Sequence[Sequence[str]], int], list[dict[str, Any]]]
 
 
