@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, default_collate
 
 from ..data import IMAGE_DATASETS, build_image_dataset
 from .rng import derive_seed, seeded
@@ -240,4 +240,21 @@ def eval_loader(
     group = int(getattr(dataset, "views_per_clip", 1))
     sampler = ShardSampler(len(dataset), world_size, rank, group)  # type: ignore[arg-type]
     batches = BatchSampler(sampler, max(group, batch_size - batch_size % group), drop_last=False)
-    return DataLoader(Indexed(dataset), batch_sampler=batches, **_loader_kwargs(num_workers, device))
+    return DataLoader(
+        Indexed(dataset), batch_sampler=batches, collate_fn=collate_eval, **_loader_kwargs(num_workers, device)
+    )
+
+
+def collate_eval(batch: list[tuple[Any, ...]]) -> Any:
+    """Evaluation items ``(inputs, label, id)`` stacked as usual, except segmentation pairs of several sizes (their
+    label a (H, W) mask kept at full resolution): then images and masks come as lists, ids as a tensor."""
+    first_label = batch[0][1]
+    if isinstance(first_label, torch.Tensor) and first_label.ndim == 2:
+        sizes = {(tuple(item[0].shape), tuple(item[1].shape)) for item in batch}
+        if len(sizes) > 1:
+            return (
+                [item[0] for item in batch],
+                [item[1] for item in batch],
+                torch.as_tensor([item[2] for item in batch]),
+            )
+    return default_collate(batch)

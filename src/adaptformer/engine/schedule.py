@@ -1,4 +1,5 @@
-"""The recipe's learning-rate schedule: linear warmup from 0, then half a cosine down to ``min_lr``, per iteration.
+"""The recipe's learning-rate schedule: linear warmup from 0, then half a cosine down to ``min_lr``, per iteration (or
+the polynomial decay of the segmentation recipes, ``(1 - progress) ** power``).
 
 One "iteration" is one optimizer step (after gradient accumulation). Its state is just the step counter, so a
 resumed run continues on exactly the same curve.
@@ -21,11 +22,22 @@ class WarmupCosine:
         warmup_steps: steps of linear warmup from 0.
         total_steps: steps of the whole run; the cosine reaches ``min_lr`` here.
         min_lr: final lr.
+        decay: after the warmup, "cosine" (half a cosine) or "poly" (``(1 - progress) ** power``; power 1 is linear).
+        power: the poly decay's exponent.
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+        self,
+        optimizer: torch.optim.Optimizer,
+        peak_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+        min_lr: float = 0.0,
+        decay: str = "cosine",
+        power: float = 1.0,
     ) -> None:
+        if decay not in ("cosine", "poly"):
+            raise ValueError(f"decay must be 'cosine' or 'poly', got {decay!r}")
         if not 0 <= warmup_steps <= total_steps or total_steps < 1:
             raise ValueError(
                 f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, got {warmup_steps}, {total_steps}"
@@ -35,6 +47,8 @@ class WarmupCosine:
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_lr = min_lr
+        self.decay = decay
+        self.power = power
         self.step_count = 0
 
     def lr_at(self, step: int) -> float:
@@ -43,6 +57,8 @@ class WarmupCosine:
             return self.peak_lr * step / self.warmup_steps
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         progress = min(progress, 1.0)
+        if self.decay == "poly":
+            return self.min_lr + (self.peak_lr - self.min_lr) * (1.0 - progress) ** self.power
         return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def apply(self) -> float:

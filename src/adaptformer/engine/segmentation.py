@@ -85,11 +85,12 @@ def _pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(image, (0, max(0, width - image.shape[-1]), 0, max(0, height - image.shape[-2])))
 
 
-def whole_logits(model: nn.Module, image: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+def whole_logits(model: nn.Module, image: torch.Tensor, multiple: int | tuple[int, int] = 1) -> torch.Tensor:
     """The model's logits (B, K, H, W) for the whole ``image`` (B, 3, H, W), padded to a multiple of ``multiple``
-    for the model and cut back."""
+    ((height, width), or one number for both) for the model and cut back."""
     height, width = image.shape[-2:]
-    padded = _pad_to(image, math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
+    step_h, step_w = (multiple, multiple) if isinstance(multiple, int) else multiple
+    padded = _pad_to(image, math.ceil(height / step_h) * step_h, math.ceil(width / step_w) * step_w)
     return model(padded)[..., :height, :width]
 
 
@@ -119,7 +120,7 @@ def segment(
     *,
     input_size: tuple[int, int],
     num_classes: int,
-    multiple: int = 1,
+    multiple: int | tuple[int, int] = 1,
 ) -> torch.Tensor:
     """Class probabilities (B, K, *out_size) of ``image`` (B, 3, H, W): for each scale (and its flip), the logits by
     ``inference.mode``, resized bilinearly to ``out_size``, softmaxed; the probabilities averaged (one view: exactly
@@ -217,7 +218,7 @@ def evaluate_segmentation(
     *,
     num_classes: int,
     input_size: tuple[int, int],
-    multiple: int = 1,
+    multiple: int | tuple[int, int] = 1,
     class_names: Sequence[str] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:

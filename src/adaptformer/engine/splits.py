@@ -16,6 +16,11 @@ selection the dataset's own ``val`` split when it also has a test split (:func:`
 ``data.val_split`` is not used), else a part carved from ``train`` (``data.val_split``). A split with no samples
 (none listed, or all of them unreadable and skipped) is an error, never a score of NaN.
 
+Segmentation datasets (``SEGMENTATION_DATASETS``) are a third kind of split: (image, mask) pairs under a joint
+transform, segmented whole or by sliding window and scored by mIoU from one confusion matrix
+(:mod:`.segmentation`). Every split kind answers :meth:`~ImageSplit.validate` and :meth:`~ImageSplit.test` the same
+way, so the training loop does not ask which kind it holds.
+
 Images and videos differ in exactly three places: how a split is read (``IMAGE_DATASETS`` / ``VIDEO_DATASETS``),
 which transform turns a sample into the model's input (both from the backbone's :class:`Preprocessing`, never from a
 file name; for clips the frame count comes from the backbone too), and how a test split is scored: a video's views
@@ -34,6 +39,12 @@ from torch.utils.data import Dataset
 
 from ..data import IMAGE_DATASETS, DatasetFileError, ImageAugment, build_image_transform
 from ..data.kinds import DatasetKind, split_location
+from ..data.segmentation import (
+    SEGMENTATION_DATASETS,
+    SegmentationAugment,
+    build_segmentation_dataset,
+    build_segmentation_transform,
+)
 from ..data.video import (
     PAPER_TEST_VIEWS,
     STRATEGIES,
@@ -45,12 +56,16 @@ from ..data.video import (
     VideoTransformConfig,
     load_video_split,
 )
+from ..precision import Precision
 from ..preprocessing import Preprocessing, clip_frames
 from ..validation import check_choice
 from .config.sections import DATASET_KINDS, DataConfig, TrainConfig
+from .distributed import DistributedContext
 from .loaders import load_image_split, with_transform
-from .loop import Predictions, multi_view_metrics
+from .loop import Predictions, evaluate, multi_view_metrics
 from .metrics import PRIMARY, score_predictions
+from .progress import Progress
+from .segmentation import SegmentationInference, evaluate_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +122,8 @@ class DataSpec:
         skip_bad: leave unreadable images / undecodable videos out (counted) instead of failing.
         video: clip sampling and test views (video kinds only).
         image: random crop range and flip of training images (image kinds only).
+        segmentation: training geometry of (image, mask) pairs (segmentation kinds only).
+        inference: how evaluation segments an image (segmentation kinds only).
     """
 
     kind: str
@@ -116,6 +133,8 @@ class DataSpec:
     skip_bad: bool = False
     video: VideoSettings = field(default_factory=VideoSettings)
     image: ImageAugment = field(default_factory=ImageAugment)
+    segmentation: SegmentationAugment = field(default_factory=SegmentationAugment)
+    inference: SegmentationInference = field(default_factory=SegmentationInference)
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
@@ -124,6 +143,10 @@ class DataSpec:
     @property
     def is_video(self) -> bool:
         return self.kind in VIDEO_DATASETS
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.kind in SEGMENTATION_DATASETS
 
     def video_record(self) -> dict[str, Any] | None:
         """The video settings with the kind's defaults filled in, as an adapter records them; None for images."""
@@ -138,7 +161,8 @@ class DataSpec:
         return cls(
             d.dataset, d.data_dir, dict(d.options), d.verify_checksums,
             d.skip_bad_videos if d.is_video else d.skip_bad_images, settings,
-            ImageAugment() if d.is_video else d.image_augment(),
+            ImageAugment() if d.is_video or d.is_segmentation else d.image_augment(),
+            d.segmentation.augment(d.flips()), d.segmentation.inference_settings(),
         )  # fmt: skip
 
 
@@ -184,6 +208,24 @@ class ImageSplit:
         transform = build_image_transform(Preprocessing.from_model(model), purpose == "train", self.augment)
         return with_transform(self.dataset, transform)
 
+    def validate(
+        self, model: nn.Module, loader: Any, precision: Precision, ctx: DistributedContext, progress: Progress | None
+    ) -> dict[str, Any]:
+        """The scores of model selection over ``loader`` (:meth:`metrics` of every process's predictions)."""
+        return self.metrics(evaluate(model, loader, precision, ctx, progress, self.multi_label))
+
+    def test(
+        self,
+        model: nn.Module,
+        loader: Any,
+        precision: Precision,
+        ctx: DistributedContext,
+        progress: Progress | None,
+        dataset: Dataset,
+    ) -> dict[str, Any]:
+        """The test report's scores over ``loader`` of ``dataset`` (:meth:`score`)."""
+        return self.score(evaluate(model, loader, precision, ctx, progress, self.multi_label), dataset)
+
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
         """acc1, acc5, loss and n (:func:`.loop.classification_metrics`; multi-label: mAP, F1 and each class's AP,
         :func:`.metrics.multilabel_metrics`), and the number of unreadable image files left out (never predicted)."""
@@ -217,6 +259,9 @@ class VideoSplit:
         sampler, transform, views = video_pipeline(model, self.settings, purpose)
         return self.source.dataset(sampler, transform, "train" if purpose == "train" else "test", views)
 
+    validate = ImageSplit.validate
+    test = ImageSplit.test
+
     def score(self, predictions: Predictions, dataset: Dataset) -> dict[str, Any]:
         """Multi-view metrics over ``dataset``'s views per video (see :func:`multi_view_metrics`) and the number of
         videos left out as undecodable (never predicted, so neither right nor wrong)."""
@@ -224,7 +269,76 @@ class VideoSplit:
         return {**multi_view_metrics(predictions, views), "skipped": self.skipped}
 
 
+class SegmentationSplit:
+    """One split (``name``) of a segmentation dataset: (image, mask) pairs; the joint transform follows the model it
+    is built for, and evaluation segments each image by ``inference`` and scores mIoU over the whole split."""
+
+    primary = "miou"
+    multi_label = False
+    skipped = 0  # a bad image or mask is always an error
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        augment: SegmentationAugment | None = None,
+        inference: SegmentationInference | None = None,
+        name: str = "train",
+    ) -> None:
+        self.name = name
+        self.dataset = dataset
+        self.augment = augment or SegmentationAugment()
+        self.inference = inference or SegmentationInference()
+        self.classes: list[str] = list(dataset.classes)  # type: ignore[attr-defined]
+
+    def build(self, model: nn.Module, purpose: Purpose) -> Dataset:
+        """The pairs with the training transform (random scale, crop, flip, colour) or the evaluation one (the image
+        resized, the mask kept at its resolution)."""
+        if getattr(model, "adaptformer_task", None) is None:
+            raise ValueError(
+                "this is a segmentation dataset but the model is a classifier; build a segmentation model "
+                "(adaptformer.segmentation.create_segmentation_model, --model.head linear|upernet)"
+            )
+        transform = build_segmentation_transform(Preprocessing.from_model(model), purpose == "train", self.augment)
+        return with_transform(self.dataset, transform)
+
+    def _scores(self, model: nn.Module, loader: Any, precision: Precision, ctx: DistributedContext,
+                progress: Progress | None) -> dict[str, Any]:  # fmt: skip
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        layout = inner.layout  # segmentation.features.FeatureLayout
+        if self.inference.mode == "whole" and layout.fixed_size is not None:
+            raise ValueError(
+                f"data.segmentation.inference whole needs a backbone that takes any input size, but this one takes "
+                f"{layout.fixed_size[0]}x{layout.fixed_size[1]} only: use slide, or build it with model.kwargs "
+                "{dynamic_img_size: true} (timm ViT) / {strict_img_size: false} (timm Swin)"
+            )
+        pre = Preprocessing.from_model(inner)
+        return evaluate_segmentation(
+            model, loader, precision, ctx, self.inference, num_classes=len(self.classes),
+            input_size=tuple(pre.image_size), multiple=layout.divisor, class_names=self.classes, progress=progress,
+        )  # fmt: skip
+
+    def validate(
+        self, model: nn.Module, loader: Any, precision: Precision, ctx: DistributedContext, progress: Progress | None
+    ) -> dict[str, Any]:
+        """mIoU, mean accuracy, pixel accuracy and per-class IoU over the split (:mod:`.segmentation`)."""
+        return self._scores(model, loader, precision, ctx, progress)
+
+    def test(
+        self,
+        model: nn.Module,
+        loader: Any,
+        precision: Precision,
+        ctx: DistributedContext,
+        progress: Progress | None,
+        dataset: Dataset,
+    ) -> dict[str, Any]:
+        """:meth:`validate`'s scores, with ``skipped`` (always 0) for the test report."""
+        return {**self._scores(model, loader, precision, ctx, progress), "skipped": 0}
+
+
 def _registry_entry(spec: DataSpec) -> DatasetKind:
+    if spec.is_segmentation:
+        return SEGMENTATION_DATASETS[spec.kind]  # type: ignore[return-value]
     return VIDEO_DATASETS[spec.kind] if spec.is_video else IMAGE_DATASETS[spec.kind]
 
 
@@ -256,14 +370,21 @@ def given_val_split(spec: DataSpec, val_split: float = 0.0) -> str | None:
     return "val"
 
 
-def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
+Split = ImageSplit | VideoSplit | SegmentationSplit
+
+
+def load_split(spec: DataSpec, split: str) -> Split:
     """The ``split`` of ``spec``'s dataset, untransformed until :meth:`build` is given the model; "test" is
     :func:`resolve_test_split`'s choice. A split without samples is a :class:`DatasetFileError`."""
     name = resolve_test_split(spec) if split == "test" else split
     if spec.is_video:
         source = load_video_split(spec.kind, spec.root, name, skip_bad_videos=spec.skip_bad, **spec.options)
-        loaded: ImageSplit | VideoSplit = VideoSplit(source, spec.video.resolved(spec.kind), name)
+        loaded: Split = VideoSplit(source, spec.video.resolved(spec.kind), name)
         where, count = getattr(source, "origin", spec.kind), len(source)
+    elif spec.is_segmentation:
+        pairs = build_segmentation_dataset(spec.kind, spec.root, name, None, **spec.options)
+        loaded = SegmentationSplit(pairs, spec.segmentation, spec.inference, name)
+        where, count = f"{spec.kind} {spec.root or ''}".strip(), len(pairs)  # type: ignore[arg-type]
     else:
         dataset = load_image_split(
             spec.kind, spec.root, name, options=spec.options, verify_checksums=spec.verify_checksums,
@@ -279,7 +400,7 @@ def load_split(spec: DataSpec, split: str) -> ImageSplit | VideoSplit:
     return loaded
 
 
-def check_same_classes(reference: ImageSplit | VideoSplit, other: ImageSplit | VideoSplit, kind: str) -> None:
+def check_same_classes(reference: Split, other: Split, kind: str) -> None:
     """Splits whose class lists differ would map labels to the wrong classes: an error naming the difference."""
     if other.classes != reference.classes:
         missing = sorted(set(reference.classes) - set(other.classes))

@@ -50,6 +50,7 @@ from ..methods import method_of
 from ..model import count_trainable, parameter_report
 from ..precision import resolve_precision
 from ..saving import TrainingRecord, load_adapter, save_adapter
+from ..segmentation import create_segmentation_model
 from ..speed import apply_speed
 from .checkpointing import STATE_FILE, save_training_state
 from .config.sections import TrainConfig
@@ -64,7 +65,7 @@ from .distributed import (
     wrap_model,
 )
 from .loaders import TrainBatchSampler, eval_loader, read_undrawn, resolve_num_workers, train_loader
-from .loop import StepInfo, evaluate, train_one_epoch
+from .loop import StepInfo, train_one_epoch
 from .optim import build_optimizer, scaled_lr
 from .progress import Progress, RunEta
 from .records import TEST_FILE, MetricsLog, peak_memory, write_json
@@ -72,12 +73,13 @@ from .resume import RunPosition, read_resume_state, restore_training_state, trai
 from .rng import capture_rng_state, derive_seed, seed_everything
 from .run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
 from .schedule import WarmupCosine
-from .splits import DataSpec, check_same_classes, given_val_split, load_split
+from .segmentation import segmentation_loss
+from .splits import DataSpec, SegmentationSplit, check_same_classes, given_val_split, load_split
 
 logger = logging.getLogger(__name__)
 
 # the validation scores metrics.jsonl records per epoch (as val_<name>): top-1/top-5, or mAP and F1 (multi-label)
-VAL_RECORDED = ("acc1", "acc5", "map", "of1", "cf1", "loss")
+VAL_RECORDED = ("acc1", "acc5", "map", "of1", "cf1", "loss", "miou", "macc", "aacc")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ class _StopRequested(Exception):
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The backbone with its pre-trained weights, the task head and the adaptation method of ``cfg``.
+    """The backbone with its pre-trained weights, the task head and the adaptation method of ``cfg``; for a
+    segmentation dataset a :class:`~adaptformer.segmentation.SegmentationModel` (its decode head over the adapted
+    backbone's patch features).
 
     Without a checkpoint the backbone's random initialisation follows the run's seed, set here, so that the same
     backbone can be built again from the seed alone (``adaptformer eval`` does, for such an adapter).
@@ -108,6 +112,13 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     m = cfg.model
     if m.checkpoint is None and not method_of(m.method).trains_backbone:
         logger.warning("no model.checkpoint: the frozen backbone is randomly initialised (seed %d)", cfg.run.seed)
+    if cfg.data.is_segmentation:
+        return create_segmentation_model(
+            m.backbone, num_classes, method=m.method, head=m.head or "linear", layers=m.decode.layers,
+            channels=m.decode.channels, checkpoint=m.checkpoint, checkpoint_source=m.checkpoint_source,
+            init_seed=cfg.run.seed if m.checkpoint is None else None, drop_path_rate=m.drop_path,
+            **cfg.backbone_kwargs(),
+        )  # fmt: skip
     return create_model(
         m.backbone, num_classes, method=m.method, head=m.head, checkpoint=m.checkpoint,
         checkpoint_source=m.checkpoint_source, init_seed=cfg.run.seed if m.checkpoint is None else None,
@@ -158,6 +169,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             "test split; set --data.val_split > 0 (carved from train) or --run.select last"
         )
     classes, multi_label, primary = train_split.classes, train_split.multi_label, train_split.primary
+    segmenting = isinstance(train_split, SegmentationSplit)
     for other in (test_split, val_split):
         if other is not None:
             check_same_classes(train_split, other, cfg.data.dataset)
@@ -206,10 +218,15 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         logger.info(
             "optim.warmup_epochs null: %g warmup epochs (20%% of %d, the paper's proportion)", o.warmup(), o.epochs
         )
-    scheduler = WarmupCosine(optimizer, lr, round(o.warmup() * steps), o.epochs * steps, o.min_lr)
+    scheduler = WarmupCosine(
+        optimizer, lr, round(o.warmup() * steps), o.epochs * steps, o.min_lr, decay=o.schedule, power=o.poly_power
+    )
     scaler = precision.grad_scaler()
-    # one softmax over the classes, or one sigmoid per class (multi-label: labels are multi-hot vectors)
+    # one softmax over the classes, or one sigmoid per class (multi-label: labels are multi-hot vectors), or one
+    # softmax per labelled pixel (segmentation)
     criterion = nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
+    if segmenting:
+        criterion = segmentation_loss
     ddp_model = wrap_model(model, ctx)
 
     # Resume: weights, optimizer, schedule, scaler, RNG, position. Data order follows from (seed, epoch, step).
@@ -268,7 +285,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
             last = epoch + 1 == o.epochs
             if val_loader is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
                 with eval_progress(val_loader, f"validation after epoch {epoch + 1}/{o.epochs}") as progress:
-                    val = train_split.metrics(evaluate(ddp_model, val_loader, precision, ctx, progress, multi_label))
+                    val = train_split.validate(ddp_model, val_loader, precision, ctx, progress)
                 record.update({f"val_{k}": v for k, v in val.items() if k in VAL_RECORDED})
                 if pos.best_val is None or val[primary] > pos.best_val:
                     pos.best_val, pos.best_epoch = val[primary], epoch
@@ -299,14 +316,14 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     barrier(ctx)
     load_adapter(model, out / ADAPTER_DIR)
     with eval_progress(test_loader, "test") as progress:
-        test = test_split.score(evaluate(model, test_loader, precision, ctx, progress, multi_label), test_part)
+        test = test_split.test(model, test_loader, precision, ctx, progress, test_part)
     selected_epoch = best_epoch if cfg.run.select == "best" else o.epochs
     selected_val = pos.best_val
     if cfg.run.select == "last" and ctx.is_main:
         selected_val = next((r.get(f"val_{primary}") for r in metrics.read() if r["epoch"] == selected_epoch), None)
     report = {
         "split": test_split.name,
-        "task": "multi-label" if multi_label else "single-label",
+        "task": "segmentation" if segmenting else "multi-label" if multi_label else "single-label",
         **test,
         "select": cfg.run.select,
         "epoch": selected_epoch,

@@ -1,7 +1,8 @@
 """``TrainConfig``: a training run as five nested dataclasses, the same ones the Python API takes.
 
     model   the backbone, its weights, the head and the method (``method`` is the method's own config class)
-    data    the dataset and how it is read and augmented (``video``: clip sampling and test views)
+    data    the dataset and how it is read and augmented (``video``: clip sampling and test views; ``segmentation``:
+            the training pairs' geometry and how images are segmented for evaluation)
     optim   optimizer, schedule, batch and precision
     speed   :class:`adaptformer.speed.SpeedConfig`
     run     output folder, device, seed, model selection, checkpointing and logging
@@ -23,20 +24,24 @@ import yaml
 
 from ...backbones.checkpoints.load import CONVERTERS
 from ...data import IMAGE_DATASETS, PAPER_CROP_SCALE, ImageAugment
+from ...data.segmentation import SEGMENTATION_DATASETS, SegmentationAugment
 from ...data.video import PAPER_TEST_VIEWS, STRATEGIES, VIDEO_DATASETS
 from ...methods import AdaptFormerConfig, MethodConfig, method_of
 from ...precision import PRECISION_CHOICES
 from ...speed import SpeedConfig
 from ...validation import check_choice, check_free_form, to_plain
 from ..distributed import check_device_name
+from ..segmentation import SegmentationInference
 
-DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS)
+DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS, *SEGMENTATION_DATASETS)
+CLASSIFICATION_HEADS = ("paper", "linear")
+SEGMENTATION_HEADS = ("linear", "upernet")
 WARMUP_FRACTION = 0.2  # optim.warmup_epochs null: the paper's 20 warmup epochs of 100 (Table 5)
 
 
 def may_have_val_split(kind: str) -> bool:
     """Whether dataset ``kind`` can bring its own val split on disk (folders, list files), which selection then uses."""
-    entry = IMAGE_DATASETS.get(kind) or VIDEO_DATASETS.get(kind)
+    entry = IMAGE_DATASETS.get(kind) or VIDEO_DATASETS.get(kind) or SEGMENTATION_DATASETS.get(kind)
     return entry is not None and "val" in entry.splits
 
 
@@ -51,6 +56,27 @@ def _probability(name: str, value: float) -> None:
 
 
 @dataclass
+class DecodeConfig:
+    """What a segmentation model's decode head reads (segmentation datasets only).
+
+    Args:
+        layers: blocks (ViT) or stages (Swin) whose outputs the head reads, negative from the end; null: the head's
+            default (linear: the last block; upernet: four evenly spaced blocks of a ViT, every stage of a Swin).
+        channels: UPerNet's width.
+    """
+
+    layers: list[int] | None = None
+    channels: int = 256
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            if not self.layers or any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers):
+                raise ValueError(f"model.decode.layers must be a non-empty list of indices, got {self.layers!r}")
+            self.layers = list(self.layers)
+        _at_least("model.decode.channels", self.channels, 1)
+
+
+@dataclass
 class ModelConfig:
     """The backbone, its pre-trained weights, the task head and the adaptation method.
 
@@ -61,7 +87,10 @@ class ModelConfig:
             run's seed, recorded so the adapter can be evaluated later).
         checkpoint_source: key layout of the checkpoint file (timm, torchvision, swin, mae, videomae, hf-videomae,
             inflate-image, video-swin, inflate-image-swin).
-        head: task head: paper (BatchNorm1d without affine + Linear, MAE's) or linear.
+        head: task head: classification: paper (BatchNorm1d without affine + Linear, MAE's) or linear; segmentation:
+            linear (BatchNorm + 1x1 conv over patch features) or upernet (UPerNet; ViTDet's simple pyramid on a ViT);
+            null: the task's first (paper, or linear for a segmentation dataset).
+        decode: segmentation: which blocks / stages the decode head reads and UPerNet's width.
         drop_path: stochastic depth rate of the backbone's residual branches.
         method: the adaptation method and its settings (--model.method NAME, then --model.method.FIELD VALUE).
     """
@@ -70,13 +99,15 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     checkpoint_source: str = "timm"
-    head: Literal["paper", "linear"] = "paper"
+    head: Literal["paper", "linear", "upernet"] | None = None
+    decode: DecodeConfig = field(default_factory=lambda: DecodeConfig())
     drop_path: float = 0.0
     method: MethodConfig = field(default_factory=AdaptFormerConfig)
 
     def __post_init__(self) -> None:
         check_choice("model.checkpoint_source", self.checkpoint_source, tuple(CONVERTERS))
-        check_choice("model.head", self.head, ("paper", "linear"))
+        if self.head is not None:
+            check_choice("model.head", self.head, (*CLASSIFICATION_HEADS, "upernet"))
         check_free_form("model.kwargs", self.kwargs)
         _probability("model.drop_path", self.drop_path)
         if not isinstance(self.method, MethodConfig):
@@ -119,6 +150,55 @@ class VideoConfig:
             )
 
 
+@dataclass
+class SegmentationConfig:
+    """Segmentation datasets: the random geometry of training pairs, and how evaluation segments an image.
+
+    Args:
+        scale: [min, max] ratio of a training image's random short side to base_size (then a random crop of the
+            input size, padded with the ignore label when smaller).
+        base_size: the short side scale applies to, and evaluation's; null: the backbone's input size.
+        photometric: random colour jitter of training images.
+        eval_resize: evaluation images' short side resized to base_size (masks always keep their resolution: the
+            prediction is resized to the mask); false: images as they are.
+        inference: evaluation: slide (windows of the input size, averaged where they overlap; any backbone) or whole
+            (the image at once; the backbone must take any size, e.g. model.kwargs {dynamic_img_size: true}).
+        stride: slide: pixels between windows; null: two thirds of the input size.
+        eval_flip: evaluation also segments the mirrored image and averages the probabilities.
+        eval_scales: evaluation segments the image at each of these scales and averages the probabilities.
+    """
+
+    scale: tuple[float, float] = (0.5, 2.0)
+    base_size: int | None = None
+    photometric: bool = True
+    eval_resize: bool = True
+    inference: Literal["slide", "whole"] = "slide"
+    stride: int | None = None
+    eval_flip: bool = False
+    eval_scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(self.scale)  # type: ignore[assignment]
+        self.eval_scales = tuple(self.eval_scales)
+        check_choice("data.segmentation.inference", self.inference, ("slide", "whole"))
+        _at_least("data.segmentation.base_size", self.base_size, 1)
+        _at_least("data.segmentation.stride", self.stride, 1)
+        try:
+            self.augment(flip=False)
+            self.inference_settings()
+        except ValueError as e:
+            raise ValueError(f"data.segmentation.{e}") from e  # its message starts with the field's name
+
+    def augment(self, flip: bool) -> SegmentationAugment:
+        """The training geometry (and eval resize) of :mod:`adaptformer.data.segmentation.transforms`."""
+        return SegmentationAugment(tuple(self.scale), self.base_size, flip, self.photometric, self.eval_resize)  # type: ignore[arg-type]
+
+    def inference_settings(self) -> SegmentationInference:
+        """How evaluation segments an image (:class:`adaptformer.engine.segmentation.SegmentationInference`)."""
+        stride = None if self.stride is None else (self.stride, self.stride)
+        return SegmentationInference(self.inference, None, stride, self.eval_flip, tuple(self.eval_scales))
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """The dataset, how it is read, split and augmented.
@@ -142,6 +222,7 @@ class DataConfig:
         resize: image kinds: eval geometry, crop (resize to size / crop_pct + centre crop) or full (whole image resized
             to the input size, no crop: the VTAB-1k protocol).
         video: clip sampling and test views (video kinds).
+        segmentation: training geometry and evaluation inference (segmentation kinds).
     """
 
     dataset: str
@@ -158,6 +239,7 @@ class DataConfig:
     augment: bool = True
     resize: Literal["crop", "full"] = "crop"
     video: VideoConfig = field(default_factory=VideoConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     def __post_init__(self) -> None:
         if not self.dataset:
@@ -167,7 +249,7 @@ class DataConfig:
         for name in ("split_seed", "num_workers"):
             _at_least(f"data.{name}", getattr(self, name), 0)
         check_free_form("data.options", self.options)
-        kind = (VIDEO_DATASETS if self.is_video else IMAGE_DATASETS)[self.dataset]
+        kind = {**IMAGE_DATASETS, **VIDEO_DATASETS, **SEGMENTATION_DATASETS}[self.dataset]
         unknown = sorted(set(self.options) - set(kind.options))
         if unknown:
             raise ValueError(
@@ -176,8 +258,12 @@ class DataConfig:
         v = self.val_split
         if isinstance(v, bool) or v < 0 or (isinstance(v, float) and not v < 1.0):
             raise ValueError(f"data.val_split must be 0, a fraction in (0, 1) or a sample count >= 1, got {v!r}")
+        if not self.is_segmentation and self.segmentation != SegmentationConfig():
+            raise ValueError(f"data.segmentation applies to segmentation datasets only; {self.dataset!r} is not one")
         if self.is_video:
             self._check_video()
+        elif self.is_segmentation:
+            self._check_segmentation()
         else:
             changed = [f"data.video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
             changed += ["data.skip_bad_videos"] if self.skip_bad_videos else []
@@ -206,9 +292,27 @@ class DataConfig:
                 f"data.augment and data.resize apply to image datasets only; {self.dataset!r} is a video dataset"
             )
 
+    def _check_segmentation(self) -> None:
+        changed = [f"data.video.{f.name}" for f in fields(VideoConfig) if getattr(self.video, f.name) != f.default]
+        changed += ["data.skip_bad_videos"] if self.skip_bad_videos else []
+        changed += ["data.skip_bad_images"] if self.skip_bad_images else []
+        changed += ["data.crop_scale"] if tuple(self.crop_scale) != PAPER_CROP_SCALE else []
+        changed += ["data.augment"] if not self.augment else []
+        changed += ["data.resize"] if self.resize != "crop" else []
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} do not apply to segmentation datasets ({self.dataset!r}): their training pairs "
+                "are set by data.segmentation (scale, base_size, photometric) and data.flip, and a bad image or mask "
+                "is always an error"
+            )
+
     @property
     def is_video(self) -> bool:
         return self.dataset in VIDEO_DATASETS
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.dataset in SEGMENTATION_DATASETS
 
     def flips(self) -> bool:
         """Whether training inputs are flipped: ``flip``, or the paper's default for the modality (video: off)."""
@@ -225,8 +329,11 @@ class OptimConfig:
 
     Args:
         epochs: training epochs.
-        warmup_epochs: epochs of linear lr warmup from 0 (per iteration), then cosine; null: 20% of the epochs (the
-            paper's 20 of 100).
+        warmup_epochs: epochs of linear lr warmup from 0 (per iteration), then the decay; null: 20% of the epochs
+            (the paper's 20 of 100).
+        schedule: the decay after the warmup, per iteration: cosine (the paper's) or poly (linear to min_lr,
+            (1 - progress) ** poly_power: the segmentation recipes').
+        poly_power: the exponent of the poly decay.
         batch_size: samples per device per forward pass (micro-batch).
         effective_batch: samples per optimizer step over all devices (gradient accumulation); null: batch_size x
             devices.
@@ -245,6 +352,8 @@ class OptimConfig:
 
     epochs: int = 100
     warmup_epochs: float | None = None
+    schedule: Literal["cosine", "poly"] = "cosine"
+    poly_power: float = 1.0
     batch_size: int = 128
     effective_batch: int | None = None
     eval_batch_size: int = 256
@@ -261,6 +370,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_choice("optim.optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("optim.schedule", self.schedule, ("cosine", "poly"))
+        if not (math.isfinite(self.poly_power) and self.poly_power > 0):
+            raise ValueError(f"optim.poly_power must be a positive number, got {self.poly_power!r}")
         check_choice("optim.precision", self.precision, PRECISION_CHOICES)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             _at_least(f"optim.{name}", getattr(self, name), 1)
@@ -356,6 +468,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        self._check_task_head()
         if self.model.head == "paper" and self.optim.batch_size < 2:
             raise ValueError(
                 f"optim.batch_size {self.optim.batch_size} cannot train model.head 'paper': its BatchNorm1d needs at "
@@ -374,6 +487,19 @@ class TrainConfig:
         frames = self.data.video.num_frames
         if frames is not None and given is not None and given != frames:
             raise ValueError(f"data.video.num_frames {frames} contradicts model.kwargs num_frames {given}")
+
+    def _check_task_head(self) -> None:
+        heads = SEGMENTATION_HEADS if self.data.is_segmentation else CLASSIFICATION_HEADS
+        task = "segmentation" if self.data.is_segmentation else "classification"
+        if self.model.head is None:
+            self.model.head = heads[0]  # type: ignore[assignment]
+        if self.model.head not in heads:
+            raise ValueError(
+                f"model.head {self.model.head!r} is not a {task} head; data.dataset {self.data.dataset!r} is a {task} "
+                f"dataset: use one of {list(heads)}"
+            )
+        if not self.data.is_segmentation and self.model.decode != DecodeConfig():
+            raise ValueError(f"model.decode applies to segmentation datasets only; {self.data.dataset!r} is not one")
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """The timm kwargs of the backbone: ``model.kwargs``, plus ``num_frames`` when set."""
