@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("methods",),  # the registry and one module per method
     ("model",),  # spec, freezing, parameter report
     ("factory", "saving"),  # building a model; the adapter file
+    ("segmentation",),  # an adapted backbone's patch features, decode heads, the segmentation model
     ("speed",),  # options installed from outside
     ("engine",),  # training: config, splits, loaders, loop, optim, schedule, run folders
     ("inference",),  # evaluate/predict/loading, multi-task, export, inspect, serve

@@ -5,7 +5,8 @@
                                      checkpoint, or the seed of a checkpoint-less backbone), a fingerprint of the
                                      frozen backbone weights, the preprocessing, the class names, what training used
                                      for evaluation (dataset, its options, video views, precision, batch size), and
-                                     the SHA-256 of the weights file
+                                     the SHA-256 of the weights file; for a task other than classification, its
+                                     record ("task": {"type": "segmentation", the decode head, ...})
     <dir>/adapter_model.safetensors  adapters + head (+ prompts, + task norms); the whole model for method "full"
 
 Each file is written to a temporary name and renamed into place, weights first, so a crash leaves the previous pair
@@ -30,7 +31,7 @@ from safetensors.torch import save as save_safetensors
 
 from .factory import BackboneSource, build_backbone, get_source, missing_checkpoint
 from .files import atomic_write_files, make_folder
-from .methods.state import backbone_fingerprint, get_spec, task_state_dict
+from .methods.state import backbone_fingerprint, get_spec, get_task, task_state_dict
 from .model import ModelSpec, apply_method, task_tensor_mismatch
 from .preprocessing import Preprocessing
 from .validation import check_types, from_mapping
@@ -46,7 +47,13 @@ _REQUIRED_FIELDS = ("backbone", "method", "num_classes")  # the rest have defaul
 _V01_TASK_FIELDS = ("classes", "dataset", "model_kwargs", "checkpoint", "checkpoint_source", "precision",
                     "eval_batch_size", "dataset_options", "video")  # fmt: skip
 _FILE_FIELDS = ("source", "classes", "training", "backbone_fingerprint", "preprocessing", "num_parameters",
-                "weights_sha256", "multi_label")  # fmt: skip
+                "weights_sha256", "multi_label", "task")  # fmt: skip
+CLASSIFICATION = "classification"  # the task of an adapter whose config has no "task" record
+# how to rebuild a model of each task from its adapter folder, for the error that refuses another task's folder
+_REBUILD = {
+    CLASSIFICATION: "rebuild it with adaptformer.saving.create_model_from_adapter (adaptformer eval / predict)",
+    "segmentation": "rebuild it with adaptformer.segmentation.load_segmentation_model",
+}
 
 
 class AdapterFileError(ValueError):
@@ -96,6 +103,7 @@ class AdapterInfo:
     num_parameters: int | None = None
     format_version: int = FORMAT_VERSION
     multi_label: bool = False  # several classes per image: one sigmoid per class (absent in older files: False)
+    task: dict[str, Any] | None = None  # the task record of a model that is not a classifier (segmentation)
 
 
 def _architecture(name: str) -> str:
@@ -147,6 +155,8 @@ def save_adapter(
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "multi_label": bool(multi_label),
     }
+    if get_task(model) is not None:
+        config["task"] = get_task(model)
     described = (json.dumps(config, indent=2) + "\n").encode()
     # both files or neither: a full disk leaves the previous save whole
     atomic_write_files({directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described})
@@ -225,10 +235,32 @@ def read_adapter_config(directory: str | Path) -> AdapterInfo:
     multi_label = data.get("multi_label", False)
     if not isinstance(multi_label, bool):
         raise AdapterFileError(f"{path}: multi_label must be true or false, got {multi_label!r}")
+    task = data.get("task")
+    if task is not None and not (isinstance(task, dict) and isinstance(task.get("type"), str)):
+        raise AdapterFileError(f'{path}: task must be an object with a "type", got {task!r}')
     return AdapterInfo(
         spec, source, classes, training, preprocessing, data.get("backbone_fingerprint"), data.get("weights_sha256"),
-        data.get("num_parameters"), version, multi_label,
+        data.get("num_parameters"), version, multi_label, task,
     )  # fmt: skip
+
+
+def task_type(task: dict[str, Any] | None) -> str:
+    """The type of a task record ("segmentation", ...); "classification" for none."""
+    return CLASSIFICATION if task is None else str(task["type"])
+
+
+def check_task(directory: str | Path, info: AdapterInfo, task: dict[str, Any] | None) -> None:
+    """AdapterFileError unless the adapter's task record is ``task`` (a model's :func:`get_task`): a segmentation
+    adapter is no classifier, and the reverse."""
+    if task_type(info.task) != task_type(task):
+        raise AdapterFileError(
+            f"{directory}: a {task_type(info.task)} adapter, but a {task_type(task)} model was asked for; "
+            f"{_REBUILD.get(task_type(info.task), 'rebuild it for its own task')}"
+        )
+    if info.task != task:
+        raise AdapterFileError(
+            f"{directory}: the model's task differs from the adapter's (model, file): {task}, {info.task}"
+        )
 
 
 def load_adapter(
@@ -245,6 +277,7 @@ def load_adapter(
     """
     directory = Path(directory)
     info = info or read_adapter_config(directory)
+    check_task(directory, info, get_task(model))
     spec = info.spec
     name = _model_backbone_name(model)
     if _architecture(name) != _architecture(spec.backbone) and not allow_backbone_mismatch:
@@ -319,6 +352,7 @@ def create_model_from_adapter(
     method "full" the adapter holds every weight and the checkpoint is not needed. ``info``: the folder's
     :func:`read_adapter_config`, if the caller has read it already."""
     info = info or read_adapter_config(directory)
+    check_task(directory, info, None)  # before the backbone is built
     backbone = build_adapter_backbone(directory, source, allow_backbone_mismatch, info)
     return load_adapter(backbone, directory, allow_backbone_mismatch=allow_backbone_mismatch, info=info)
 

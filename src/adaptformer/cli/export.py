@@ -11,14 +11,30 @@ from typing import Any
 
 def _cmd_export_model(args: argparse.Namespace) -> int:
     from ..inference.export import export_onnx, require_onnx
-    from .args import trained_model
 
     require_onnx()  # before the model is built
-    model, info = trained_model(args, args.adapter)
+    model, info = _trained_model(args)
     out = Path(args.out) if args.out else Path(args.adapter).resolve().parent / "model.onnx"
     report = export_onnx(model, out, info, opset=args.opset, tolerance=args.tolerance, overwrite=args.overwrite)
     print(json.dumps(report.to_dict()))
     return 0
+
+
+def _trained_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The adapter's model as eval/predict build it: a classifier, or a segmentation model for a segmentation
+    adapter, with the backbone group's overrides."""
+    from ..inference.evaluate import check_backbone_name, overridden_source
+    from ..saving import read_adapter_config, task_type
+    from ..segmentation.model import TASK, load_segmentation_model
+    from .args import trained_model
+
+    info = read_adapter_config(args.adapter)
+    if task_type(info.task) != TASK:
+        return trained_model(args, args.adapter, info)
+    check_backbone_name(args.adapter, info, args.backbone)
+    source = overridden_source(info, checkpoint=args.checkpoint, checkpoint_source=args.checkpoint_source,
+                               kwargs=args.model_kwargs, init_seed=args.init_seed)  # fmt: skip
+    return load_segmentation_model(args.adapter, source, info=info), info
 
 
 def add_export_command(sub: Any) -> None:

@@ -7,7 +7,8 @@ ONNX Runtime on random inputs of two batch sizes and compares with PyTorch: only
 logit difference, fp32) and with the same top-1 is kept. The file is written beside its destination and moved there
 only after the check, so a failed export leaves nothing behind; an existing file is replaced only when asked. A
 sidecar ``<file>.json`` records what a user without adaptformer needs: the input's name and shape, the preprocessing
-(mean, std, size, interpolation, crop), the class names.
+(mean, std, size, interpolation, crop), the class names; for a segmentation model (logits (batch, K, H, W)) also
+its task record.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn as nn
 
 from ..errors import MissingDependencyError
 from ..files import atomic_write_bytes, check_file_path, discard, make_folder, temporary_name, writing
-from ..methods.state import get_spec
+from ..methods.state import get_spec, get_task
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import AdapterInfo
 
@@ -155,10 +156,12 @@ def _sidecar(model: nn.Module, info: AdapterInfo | None, shape: tuple[int, ...],
     from ..version import __version__
 
     pre = Preprocessing.from_model(model)
+    task = get_task(model)  # a segmentation model's logits keep the input's height and width
+    output_shape = ["batch", int(model.num_classes), *(shape[-2:] if task is not None else ())]
     return {
         "input": {"name": "input", "shape": ["batch", *shape], "dtype": "float32",
                   "layout": "NCHW" if len(shape) == 3 else "NCTHW"},
-        "output": {"name": "logits", "shape": ["batch", int(model.num_classes)],
+        "output": {"name": "logits", "shape": output_shape,
                    "activation": "sigmoid" if info is not None and info.multi_label else "softmax"},
         "preprocessing": {"mean": list(pre.mean), "std": list(pre.std), "input_size": list(pre.input_size),
                           "interpolation": pre.interpolation, "crop_pct": pre.crop_pct},
@@ -167,4 +170,5 @@ def _sidecar(model: nn.Module, info: AdapterInfo | None, shape: tuple[int, ...],
         "method": info.spec.to_dict().get("method") if info is not None else None,
         "max_abs_diff": worst,
         "adaptformer_version": __version__,
+        **({"task": task} if task is not None else {}),
     }  # fmt: skip

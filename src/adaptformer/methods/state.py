@@ -20,12 +20,18 @@ if TYPE_CHECKING:
     from ..model import ModelSpec
 
 SPEC_ATTR = "adaptformer_spec"
+TASK_ATTR = "adaptformer_task"  # a model's task record, e.g. {"type": "segmentation", ...}; none: classification
 HEAD_GROUP = "head"
 FINGERPRINT_ATTR = "adaptformer_fingerprint"
 
 
 def get_spec(model: nn.Module) -> ModelSpec | None:
     return getattr(model, SPEC_ATTR, None)
+
+
+def get_task(model: nn.Module) -> dict[str, Any] | None:
+    """The task record of a model that is not a classifier (adapter files keep it); None for a classifier."""
+    return getattr(model, TASK_ATTR, None)
 
 
 def require_spec(model: nn.Module) -> ModelSpec:
