@@ -10,6 +10,9 @@ groups and adapter files treat the decode head as the task head: ``parameter_rep
 method's modules, and ``save_adapter`` writes its tensors (``decode_head.*``) beside the method's
 (``backbone.blocks.N.adaptmlp.*``) and the task record (head, feature layers, ignore index) into
 ``adapter_config.json``. The spec's ``head`` field, a classification notion, is always "linear" here.
+
+The head reads raw block outputs, as the adapted classifier's blocks compute them: the backbone's final norm is not
+applied (with method ``full`` its parameters train but get no gradient).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UnsupportedModelError
 from ..factory import BackboneSource, build_backbone, get_source
 from ..heads import classifier_paths
 from ..methods import MethodConfig
@@ -193,10 +197,14 @@ def segmentation_model(backbone: nn.Module, spec: ModelSpec, config: Segmentatio
         raise ValueError(f"{type(backbone).__name__} already has a method applied; pass a plain backbone")
     layout = feature_layout(backbone)  # refuses a backbone without known blocks before anything changes
     config = config.resolved(layout)
-    for path in classifier_paths(backbone):
+    try:
+        classifiers = classifier_paths(backbone)
+    except UnsupportedModelError:  # nothing to remove: the decode head is the only head
+        classifiers = ()
+    spec.registered.attach(backbone, spec.method_config)  # checks the blocks before it changes any
+    for path in classifiers:
         parent, _, name = path.rpartition(".")
         setattr(backbone.get_submodule(parent) if parent else backbone, name, nn.Identity())
-    spec.registered.attach(backbone, spec.method_config)
     device = next(backbone.parameters()).device
     model = SegmentationModel(backbone, decode_head(config, layout, spec.num_classes).to(device), spec, config)
     freeze(model)
