@@ -30,6 +30,7 @@ def test_logits_have_the_input_size(name: str, head: str, size: tuple[int, int])
     with torch.no_grad():
         logits = model(torch.randn(2, 3, *size))
     assert logits.shape == (2, CLASSES, *size) and torch.isfinite(logits).all()
+    assert model.input_multiple == 8 and model.layout.fixed_size is None  # ViT: patch 8; Swin: patch 4, 2 stages
 
 
 METHODS = [m for m in method_names() if m != "vpt"]

@@ -99,3 +99,11 @@ def test_loading_into_a_model_with_another_head_or_backbone_is_refused(tmp_path:
     other_seed = replace(info.source, init_seed=1)
     with pytest.raises(AdapterFileError, match="the backbone weights differ from those the adapter was trained on"):
         load_segmentation_model(tmp_path, other_seed)
+
+
+def test_a_task_record_without_a_type_is_a_bad_file(tmp_path: Path) -> None:
+    save_adapter(_trained(VIT, "linear", "linear"), tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "task": "segmentation"}))
+    with pytest.raises(AdapterFileError, match="task must be an object with a \"type\", got 'segmentation'"):
+        read_adapter_config(tmp_path)

@@ -17,6 +17,7 @@ applied (with method ``full`` its parameters train but get no gradient).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,7 @@ class SegmentationModel(nn.Module):
         layout: the backbone's :class:`~adaptformer.segmentation.features.FeatureLayout`.
         num_classes: classes of the logits.
         ignore_index: the mask value that carries no loss.
+        input_multiple: what input sizes must be multiples of.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: ModelSpec, config: SegmentationConfig) -> None:
@@ -175,6 +177,12 @@ class SegmentationModel(nn.Module):
         """The backbone's pretrained config with the input size it was built for (what preprocessing reads)."""
         cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
         return {**cfg, "input_size": Preprocessing.from_model(self.backbone).input_size}
+
+    @property
+    def input_multiple(self) -> int:
+        """What input heights and widths must be multiples of (pad to it for whole-image inference); whether other
+        sizes than the built one are taken at all: ``layout.fixed_size`` (None: any multiple)."""
+        return math.lcm(*self.layout.divisor)
 
     def get_classifier(self) -> nn.Module:
         """The task head, as timm's API names it: the decode head."""
