@@ -41,7 +41,7 @@ from ..saving import (
     read_adapter_config,
     task_type,
 )
-from ..validation import check_choice, from_mapping, to_plain
+from ..validation import check_choice, from_mapping, is_of_type, to_plain
 from .features import FeatureLayout, feature_layout, patch_features
 from .heads import LinearHead, UperNetHead
 
@@ -88,10 +88,10 @@ class SegmentationConfig:
             if not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
                 raise ValueError(f"layers must be a non-empty list of block / stage indices, got {self.layers!r}")
             object.__setattr__(self, "layers", layers)
-        for name in ("channels", "ignore_index"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "channels" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'channels' else 0}, got {value!r}")
+        if not is_of_type(self.channels, int) or self.channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {self.channels!r}")
+        if not is_of_type(self.ignore_index, int) or self.ignore_index < 0:
+            raise ValueError(f"ignore_index must be an int >= 0, got {self.ignore_index!r}")
 
     def to_task(self) -> dict[str, Any]:
         """The task record adapter files keep: ``{"type": "segmentation", **fields}``."""
