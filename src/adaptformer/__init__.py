@@ -32,6 +32,7 @@ from .methods import (
 from .model import ModelSpec, ParameterReport, adapt, apply_method, count_trainable, parameter_report
 from .preprocessing import Preprocessing
 from .saving import AdapterFileError, load_adapter, read_adapter_config, save_adapter
+from .segmentation import SegmentationConfig, SegmentationModel, create_segmentation_model, load_segmentation_model
 from .speed import SpeedConfig, apply_speed
 from .version import __version__ as __version__
 
@@ -50,6 +51,8 @@ __all__ = [
     "OutputError",
     "ParameterReport",
     "Preprocessing",
+    "SegmentationConfig",
+    "SegmentationModel",
     "SpeedConfig",
     "UnsupportedModelError",
     "VPTConfig",
@@ -60,9 +63,11 @@ __all__ = [
     "build_backbone",
     "count_trainable",
     "create_model",
+    "create_segmentation_model",
     "get_method",
     "load_adapter",
     "load_pretrained",
+    "load_segmentation_model",
     "merge_lora",
     "method_names",
     "parameter_report",

@@ -50,8 +50,10 @@ _FILE_FIELDS = ("source", "classes", "training", "backbone_fingerprint", "prepro
                 "weights_sha256", "multi_label", "task")  # fmt: skip
 CLASSIFICATION = "classification"  # the task of an adapter whose config has no "task" record
 # how to rebuild a model of each task from its adapter folder, for the error that refuses another task's folder
-_REBUILD = {CLASSIFICATION: "rebuild it with adaptformer.saving.create_model_from_adapter (adaptformer eval / predict)",
-            "segmentation": "rebuild it with adaptformer.segmentation.load_segmentation_model"}  # fmt: skip
+_REBUILD = {
+    CLASSIFICATION: "rebuild it with adaptformer.saving.create_model_from_adapter (adaptformer eval / predict)",
+    "segmentation": "rebuild it with adaptformer.segmentation.load_segmentation_model",
+}
 
 
 class AdapterFileError(ValueError):
@@ -256,8 +258,9 @@ def check_task(directory: str | Path, info: AdapterInfo, task: dict[str, Any] | 
             f"{_REBUILD.get(task_type(info.task), 'rebuild it for its own task')}"
         )
     if info.task != task:
-        raise AdapterFileError(f"{directory}: the model's task differs from the adapter's (model, file): {task}, "
-                               f"{info.task}")  # fmt: skip
+        raise AdapterFileError(
+            f"{directory}: the model's task differs from the adapter's (model, file): {task}, {info.task}"
+        )
 
 
 def load_adapter(

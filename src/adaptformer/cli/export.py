@@ -32,8 +32,13 @@ def _trained_model(args: argparse.Namespace) -> tuple[Any, Any]:
     if task_type(info.task) != TASK:
         return trained_model(args, args.adapter, info)
     check_backbone_name(args.adapter, info, args.backbone)
-    source = overridden_source(info, checkpoint=args.checkpoint, checkpoint_source=args.checkpoint_source,
-                               kwargs=args.model_kwargs, init_seed=args.init_seed)  # fmt: skip
+    source = overridden_source(
+        info,
+        checkpoint=args.checkpoint,
+        checkpoint_source=args.checkpoint_source,
+        kwargs=args.model_kwargs,
+        init_seed=args.init_seed,
+    )
     return load_segmentation_model(args.adapter, source, info=info), info
 
 

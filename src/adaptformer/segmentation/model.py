@@ -10,10 +10,14 @@ groups and adapter files treat the decode head as the task head: ``parameter_rep
 method's modules, and ``save_adapter`` writes its tensors (``decode_head.*``) beside the method's
 (``backbone.blocks.N.adaptmlp.*``) and the task record (head, feature layers, ignore index) into
 ``adapter_config.json``. The spec's ``head`` field, a classification notion, is always "linear" here.
+
+The head reads raw block outputs, as the adapted classifier's blocks compute them: the backbone's final norm is not
+applied (with method ``full`` its parameters train but get no gradient).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UnsupportedModelError
 from ..factory import BackboneSource, build_backbone, get_source
 from ..heads import classifier_paths
 from ..methods import MethodConfig
@@ -36,7 +41,7 @@ from ..saving import (
     read_adapter_config,
     task_type,
 )
-from ..validation import check_choice, from_mapping, to_plain
+from ..validation import check_choice, from_mapping, is_of_type, to_plain
 from .features import FeatureLayout, feature_layout, patch_features
 from .heads import LinearHead, UperNetHead
 
@@ -83,10 +88,10 @@ class SegmentationConfig:
             if not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
                 raise ValueError(f"layers must be a non-empty list of block / stage indices, got {self.layers!r}")
             object.__setattr__(self, "layers", layers)
-        for name in ("channels", "ignore_index"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "channels" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'channels' else 0}, got {value!r}")
+        if not is_of_type(self.channels, int) or self.channels < 1:
+            raise ValueError(f"channels must be an int >= 1, got {self.channels!r}")
+        if not is_of_type(self.ignore_index, int) or self.ignore_index < 0:
+            raise ValueError(f"ignore_index must be an int >= 0, got {self.ignore_index!r}")
 
     def to_task(self) -> dict[str, Any]:
         """The task record adapter files keep: ``{"type": "segmentation", **fields}``."""
@@ -142,6 +147,7 @@ class SegmentationModel(nn.Module):
         layout: the backbone's :class:`~adaptformer.segmentation.features.FeatureLayout`.
         num_classes: classes of the logits.
         ignore_index: the mask value that carries no loss.
+        input_multiple: what input sizes must be multiples of.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, spec: ModelSpec, config: SegmentationConfig) -> None:
@@ -172,6 +178,12 @@ class SegmentationModel(nn.Module):
         cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
         return {**cfg, "input_size": Preprocessing.from_model(self.backbone).input_size}
 
+    @property
+    def input_multiple(self) -> int:
+        """What input heights and widths must be multiples of (pad to it for whole-image inference); whether other
+        sizes than the built one are taken at all: ``layout.fixed_size`` (None: any multiple)."""
+        return math.lcm(*self.layout.divisor)
+
     def get_classifier(self) -> nn.Module:
         """The task head, as timm's API names it: the decode head."""
         return self.decode_head
@@ -193,10 +205,14 @@ def segmentation_model(backbone: nn.Module, spec: ModelSpec, config: Segmentatio
         raise ValueError(f"{type(backbone).__name__} already has a method applied; pass a plain backbone")
     layout = feature_layout(backbone)  # refuses a backbone without known blocks before anything changes
     config = config.resolved(layout)
-    for path in classifier_paths(backbone):
+    try:
+        classifiers = classifier_paths(backbone)
+    except UnsupportedModelError:  # nothing to remove: the decode head is the only head
+        classifiers = ()
+    spec.registered.attach(backbone, spec.method_config)  # checks the blocks before it changes any
+    for path in classifiers:
         parent, _, name = path.rpartition(".")
         setattr(backbone.get_submodule(parent) if parent else backbone, name, nn.Identity())
-    spec.registered.attach(backbone, spec.method_config)
     device = next(backbone.parameters()).device
     model = SegmentationModel(backbone, decode_head(config, layout, spec.num_classes).to(device), spec, config)
     freeze(model)
