@@ -71,6 +71,8 @@ class TrainingRecord:
             0.2's ``stride`` is read as ``sampling_stride``).
         precision: the autocast precision evaluation ran in.
         eval_batch_size: the batch size evaluation ran with.
+        segmentation: for segmentation datasets, the ``data.segmentation`` section (its eval resize and inference:
+            whole or sliding window, flip, scales).
     """
 
     dataset: str | None = None
@@ -78,10 +80,12 @@ class TrainingRecord:
     video: dict[str, Any] | None = None
     precision: str = "auto"
     eval_batch_size: int = 256
+    segmentation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_types(self, {"dataset": (str, type(None)), "dataset_options": dict, "video": (dict, type(None)),
-                           "precision": str, "eval_batch_size": int})  # fmt: skip
+                           "precision": str, "eval_batch_size": int,
+                           "segmentation": (dict, type(None))})  # fmt: skip
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.video is not None and "stride" in self.video:  # adaptformer 0.2's name of sampling_stride

@@ -204,4 +204,6 @@ def adapter_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
                 "test_clips": v.get("test_clips", PAPER_TEST_VIEWS[0]),
                 "test_crops": v.get("test_crops", PAPER_TEST_VIEWS[1]),
             }  # fmt: skip
+        if record.segmentation:
+            defaults["segmentation"] = record.segmentation
     return parse_data_cli(flags, defaults)

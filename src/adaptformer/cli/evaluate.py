@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ..data import IMAGE_DATASETS
+from ..data.segmentation import SEGMENTATION_DATASETS
 from ..data.video import VIDEO_DATASETS
 from ..engine.metrics import THRESHOLD
 from .args import adapter_data, add_adapter_arguments, at_least, probability, trained_model
@@ -28,7 +29,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     try:
         model, info = trained_model(args, args.adapter)
         data = adapter_data(args, info)
-        splits = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset].splits
+        splits = {**IMAGE_DATASETS, **VIDEO_DATASETS, **SEGMENTATION_DATASETS}[data.dataset].splits
         if args.split not in splits:
             raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(splits)}")
         metrics = evaluate_split(

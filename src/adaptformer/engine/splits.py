@@ -205,6 +205,7 @@ class ImageSplit:
         """The samples with the train (random crop [+ flip], ``augment``) or eval (resize + centre crop) transform."""
         if clip_frames(model) is not None:
             raise ValueError("this is an image dataset but the backbone takes video clips; choose a video dataset kind")
+        _refuse_segmentation_model(model, self.name)
         transform = build_image_transform(Preprocessing.from_model(model), purpose == "train", self.augment)
         return with_transform(self.dataset, transform)
 
@@ -230,6 +231,14 @@ class ImageSplit:
         """acc1, acc5, loss and n (:func:`.loop.classification_metrics`; multi-label: mAP, F1 and each class's AP,
         :func:`.metrics.multilabel_metrics`), and the number of unreadable image files left out (never predicted)."""
         return {**score_predictions(predictions, self.multi_label, per_class=True), "skipped": self.skipped}
+
+
+def _refuse_segmentation_model(model: nn.Module, split: str) -> None:
+    if getattr(model, "adaptformer_task", None) is not None:
+        raise ValueError(
+            f"the {split} split is a classification dataset but the model segments images (a segmentation adapter); "
+            "choose a segmentation dataset kind (ade20k, voc, cityscapes, segfolder, digits-seg)"
+        )
 
 
 class VideoSplit:

@@ -52,6 +52,7 @@ from ..precision import resolve_precision
 from ..saving import TrainingRecord, load_adapter, save_adapter
 from ..segmentation import create_segmentation_model
 from ..speed import apply_speed
+from ..validation import to_plain
 from .checkpointing import STATE_FILE, save_training_state
 from .config.sections import TrainConfig
 from .curves import draw_run_curves
@@ -243,8 +244,10 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
         atomic_write_text(out / CONFIG_FILE, replace(cfg, run=saved_run).to_yaml())
     metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
     metrics.keep_finished(pos.epoch)
-    evaluation = TrainingRecord(cfg.data.dataset, dict(cfg.data.options), spec.video_record(), precision.name,
-                            o.eval_batch_size)  # fmt: skip
+    evaluation = TrainingRecord(
+        cfg.data.dataset, dict(cfg.data.options), spec.video_record(), precision.name, o.eval_batch_size,
+        segmentation=to_plain(cfg.data.segmentation) if segmenting else None,
+    )  # fmt: skip
 
     def save_selected() -> None:
         if ctx.is_main:

@@ -23,13 +23,14 @@ from ..data.files import read_class_names as read_text_class_names
 from ..data.video import VIDEO_DATASETS, VideoClipDataset, VideoDecodeError, VideoEntry, aggregate_views, probe_video
 from ..engine.distributed import DistributedContext, resolve_device
 from ..engine.loaders import eval_loader
-from ..engine.loop import evaluate
 from ..engine.progress import Progress
 from ..engine.splits import DataSpec, VideoSettings, load_split, video_pipeline
 from ..factory import BackboneSource
 from ..precision import resolve_precision
 from ..preprocessing import Preprocessing, clip_frames
-from ..saving import AdapterInfo, create_model_from_adapter, read_adapter_config
+from ..saving import AdapterInfo, create_model_from_adapter, read_adapter_config, task_type
+from ..segmentation import load_segmentation_model
+from ..segmentation.model import TASK as SEGMENTATION
 from ..speed import SpeedConfig, apply_speed
 from ..validation import from_mapping
 
@@ -90,6 +91,8 @@ def load_trained_model(
     source = overridden_source(
         info, checkpoint=checkpoint, checkpoint_source=checkpoint_source, kwargs=model_kwargs, init_seed=init_seed
     )
+    if task_type(info.task) == SEGMENTATION:
+        return load_segmentation_model(adapter_dir, source, info=info), info
     model = create_model_from_adapter(adapter_dir, source, info=info)
     return model.eval(), info
 
@@ -129,6 +132,17 @@ def evaluate_split(
     torchrun every view is predicted by exactly one process and every video is scored once. ``speed``, if given, is
     applied to ``model`` in place first (:func:`adaptformer.speed.apply_speed`, e.g. frozen weights stored in bf16).
     """
+    segments = getattr(model, "adaptformer_task", None) is not None
+    if segments and not spec.is_segmentation:
+        raise ValueError(
+            f"{spec.kind} is a classification dataset but the model segments images (a segmentation adapter); "
+            "evaluate it on a segmentation dataset kind (ade20k, voc, cityscapes, segfolder, digits-seg)"
+        )
+    if spec.is_segmentation and not segments:
+        raise ValueError(
+            f"{spec.kind} is a segmentation dataset but the adapter is a classifier; train a segmentation adapter "
+            "(--model.head linear|upernet on a segmentation dataset)"
+        )
     data = load_split(spec, split)
     check_classes(model.num_classes, data.classes, info, f"{spec.kind} {split}")
     if info is not None and info.multi_label != data.multi_label:
@@ -145,8 +159,7 @@ def evaluate_split(
     if speed is not None:
         apply_speed(model, speed, ctx.device, chosen.name)
     with Progress(len(loader), f"{spec.kind} {split}", ctx.is_main, log_every=max(1, len(loader) // 10)) as progress:
-        predictions = evaluate(model.to(ctx.device), loader, chosen, ctx, progress, data.multi_label)
-    return data.score(predictions, dataset)
+        return data.test(model.to(ctx.device), loader, chosen, ctx, progress, dataset)
 
 
 @dataclass(frozen=True)
