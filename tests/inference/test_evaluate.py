@@ -1,5 +1,6 @@
 """``adaptformer eval`` matches a dataset's classes to the adapter's by name: the same names in another order give
-the metrics of the original order (single- and multi-label), other names are refused, naming the difference."""
+the metrics of the original order (single- and multi-label), other names are refused, naming the difference; and
+``eval`` / ``predict`` refuse backbone kwargs that change the architecture the adapter recorded, saying how."""
 
 from __future__ import annotations
 
@@ -81,3 +82,48 @@ def test_other_class_names_are_refused_naming_the_difference(tmp_path: Path, cap
         "error: the classes of food101 test are not those the adapter was trained with (only the adapter's: "
         "['ramen']; only in food101 test: ['sushi']); the adapter's classes are ['apple_pie', 'ramen']"
     ]
+
+
+@pytest.fixture(scope="module")
+def shapes_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter on the shipped tiny backbone (6 blocks of width 128, 4 heads), evaluated on synthetic data."""
+    torch.manual_seed(0)
+    model = move_trainable(create_model("vit_shapes_patch8_32", 10, checkpoint="timm", drop_path_rate=0.0))
+    record = TrainingRecord("synthetic", {"num_samples": 8, "image_size": 32}, precision="fp32", eval_batch_size=8)
+    return save_adapter(model.eval(), tmp_path_factory.mktemp("shapes") / "adapter", None, record)
+
+
+RECORDED = "vit_shapes_patch8_32 with kwargs {'drop_path_rate': 0.0} has 6 blocks of width 128 with 4 heads"
+
+
+@pytest.mark.parametrize(
+    ("command", "kwargs", "how"),
+    [
+        ("eval", "{embed_dim: 64}", "the kwargs {'embed_dim': 64} make 6 blocks of width 64 with 4 heads"),
+        ("predict", "{num_heads: 3}", "model kwargs {'num_heads': 3} do not build 'vit_shapes_patch8_32': dim "
+         "should be divisible by num_heads"),
+        ("eval", "{depth: 4}", "the kwargs {'depth': 4} make 4 blocks of width 128 with 4 heads"),
+        ("predict", "{num_heads: 2}", "the kwargs {'num_heads': 2} make 6 blocks of width 128 with 2 heads"),
+        ("eval", "{patch_size: 16}", "the kwargs {'patch_size': 16} change its tensors: pos_embed (1, 17, 128) -> "
+         "(1, 5, 128); patch_embed.proj.weight (128, 3, 8, 8) -> (128, 3, 16, 16)"),
+    ],
+)  # fmt: skip
+def test_kwargs_that_change_the_recorded_architecture_are_refused_saying_how(
+    shapes_adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, kwargs: str, how: str
+) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    files = [str(image)] if command == "predict" else []
+    assert main([command, "--adapter", str(shapes_adapter), "--model.kwargs", kwargs, *files]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {shapes_adapter}: the architecture differs from the one the adapter recorded: {RECORDED}"
+        f"{'; ' if 'do not build' in how else ', '}{how}; give the kwargs it records, or leave them out"
+    ]
+
+
+def test_kwargs_that_keep_the_architecture_are_taken(shapes_adapter: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", "--adapter", str(shapes_adapter), "--run.device", "cpu"]) == 0
+    recorded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    argv = ["eval", "--adapter", str(shapes_adapter), "--run.device", "cpu", "--model.kwargs", "{drop_path_rate: 0.1}"]
+    assert main(argv) == 0  # drop path is off in evaluation: the same model, the same numbers
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == recorded
