@@ -71,6 +71,8 @@ def interrupted(command: str | None, argv: list[str], stop: KeyboardInterrupt) -
         return f"{what}; to continue from its last saved state: {resume}"
     if command in ("sweep", "benchmark"):
         return f"{what}; to resume, run the same command again (what finished is kept): adaptformer {shlex.join(argv)}"
+    if command in ("study", "demo"):
+        return f"{what}; it does not resume: run the same command again to start it over"
     return what
 
 
