@@ -139,7 +139,7 @@ def run_folder_lock(out: Path, resume: bool, overwrite: bool, earlier: Sequence[
     """Hold ``out`` (created if missing) for one run: an exclusive ``flock`` on the folder itself, so it gains no
     file, released when the run ends or its process dies. A process that finds it held is refused; once held, the
     folder is checked again (another run may have written it since :func:`check_run_folder` saw it)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     fd = os.open(out, os.O_RDONLY)
     try:
         try:
