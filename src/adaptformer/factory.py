@@ -2,7 +2,8 @@
 
 Every backbone built here carries its :class:`BackboneSource` (``model.adaptformer_source``): the timm kwargs, the
 checkpoint, and for a backbone with no checkpoint the seed its random initialisation came from, so that a saved
-adapter says how to build its frozen backbone again.
+adapter says how to build its frozen backbone again. :func:`architecture_difference` says how other kwargs change
+that backbone's architecture (built on the meta device: no memory, no weights), before anything is loaded into it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from .backbones.checkpoints.load import load_pretrained
+from .backbones.families import FAMILIES, block_width
+from .errors import CheckpointError
 from .methods import MethodConfig
 from .model import ModelSpec, adapt
 from .validation import check_types
@@ -90,6 +93,11 @@ def build_backbone(
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ValueError(f"unknown model {name!r}: not a timm or adaptformer model name") from e
+        if use_timm and "Error(s) in loading state_dict" in str(e):  # timm's weights, a model of other shapes
+            raise CheckpointError(
+                f"timm's pretrained weights for {name!r} do not fit the model built with kwargs {timm_kwargs}: "
+                f"{_load_errors(str(e))}"
+            ) from None
         raise
     except TypeError as e:  # a keyword the model's constructor does not take: the caller's kwargs, not a bug here
         if not timm_kwargs:
@@ -97,6 +105,10 @@ def build_backbone(
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))  # name only the one it refused
         named = [unexpected.group(1)] if unexpected else sorted(timm_kwargs)
         raise ValueError(f"model kwargs {named} do not fit {name!r}: {e}") from e
+    except AssertionError as e:  # timm's constructors assert what their arguments must satisfy
+        if not timm_kwargs:
+            raise
+        raise ValueError(f"model kwargs {timm_kwargs} do not build {name!r}: {e}") from None
     except OSError as e:  # no network and nothing cached
         raise FileNotFoundError(
             f"timm could not fetch pretrained weights for {name!r} ({e}); pass a local file as checkpoint, or "
@@ -109,6 +121,61 @@ def build_backbone(
                             init_seed if checkpoint is None else None)  # fmt: skip
     setattr(model, SOURCE_ATTR, source)
     return model
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, the shape "
+    r"in current model is torch\.Size\(\[([^\]]*)\]\)"
+)
+
+
+def _load_errors(message: str) -> str:
+    """torch's ``load_state_dict`` error as ``key: file (...) vs model (...)`` per shape mismatch (its other lines as
+    they are)."""
+    mismatched = [f"{k}: file {_shape(a)} vs model {_shape(b)}" for k, a, b in _SIZE_MISMATCH.findall(message)]
+    if not mismatched:
+        return " ".join(line.strip() for line in message.splitlines()[1:4])
+    return f"shape mismatch for {len(mismatched)} keys: " + "; ".join(mismatched[:20])
+
+
+def _shape(sizes: str) -> tuple[int, ...]:
+    return tuple(int(size) for size in sizes.split(",") if size.strip())
+
+
+def _outline(model: nn.Module) -> str:
+    """The block count, widths and heads of a backbone's transformer blocks, as a reader compares them."""
+    blocks = [block for family in FAMILIES for _, block in family.blocks(model)]
+    widths = sorted({block_width(b) for b in blocks})
+    heads = sorted({m.num_heads for b in blocks for m in b.modules() if isinstance(getattr(m, "num_heads", None), int)})
+    return f"{len(blocks)} blocks of width {'/'.join(map(str, widths))} with {'/'.join(map(str, heads)) or '?'} heads"
+
+
+def architecture_difference(name: str, num_classes: int, recorded: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """How the timm kwargs ``given`` change the architecture of backbone ``name`` built with ``recorded``: its blocks
+    (count, widths, heads), or else the tensors that differ (names, shapes), or that they cannot build it; None when
+    nothing differs (e.g. another drop_path_rate)."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        theirs = build_backbone(name, num_classes, None, **recorded)
+        recorded_outline = _outline(theirs)
+        before = f"the architecture differs from the one the adapter recorded: {name} with kwargs {recorded} has "
+        before += recorded_outline
+        try:
+            ours = build_backbone(name, num_classes, None, **given)
+        except ValueError as e:
+            return f"{before}; {e}"
+    if _outline(ours) != recorded_outline:
+        return f"{before}, the kwargs {given} make {_outline(ours)}"
+    old, new = _shapes(theirs), _shapes(ours)
+    tensors = [f"{k} {shape} -> {new[k]}" for k, shape in old.items() if k in new and new[k] != shape]
+    tensors += [f"no {k}" for k in old if k not in new] + [f"a new {k}" for k in new if k not in old]
+    if not tensors:
+        return None
+    shown = "; ".join(tensors[:5]) + (f"; and {len(tensors) - 5} more" if len(tensors) > 5 else "")
+    return f"{before}, the kwargs {given} change its tensors: {shown}"
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def create_model(

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .factory import BackboneSource, build_backbone, get_source, missing_checkpoint
+from .factory import BackboneSource, architecture_difference, build_backbone, get_source, missing_checkpoint
 from .files import atomic_write_files, make_folder
 from .methods.state import backbone_fingerprint, get_spec, get_task, task_state_dict
 from .model import ModelSpec, apply_method, task_tensor_mismatch
@@ -368,9 +368,15 @@ def build_adapter_backbone(
     info: AdapterInfo | None = None,
 ) -> nn.Module:
     """The plain pre-trained backbone ``directory``'s adapter was trained on (see :func:`create_model_from_adapter`),
-    without the adapter."""
+    without the adapter. Kwargs in ``source`` that change the recorded architecture are an AdapterFileError saying
+    how, unless ``allow_backbone_mismatch``."""
     info = info or read_adapter_config(directory)
-    source = source or info.source or BackboneSource()
+    recorded = info.source or BackboneSource()
+    source = source or recorded
+    if source.kwargs != recorded.kwargs and not allow_backbone_mismatch:  # before any weights are loaded into it
+        difference = architecture_difference(info.spec.backbone, info.spec.num_classes, recorded.kwargs, source.kwargs)
+        if difference is not None:
+            raise AdapterFileError(f"{directory}: {difference}; give the kwargs it records, or leave them out")
     checkpoint = source.checkpoint
     if info.spec.registered.trains_backbone:
         checkpoint = None  # every weight is in the adapter

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tests.paths import ROOT
 
 from adaptformer import count_trainable, create_model
 from adaptformer.backbones.shapes_vit import SHAPES_VIT_FILE
+from adaptformer.errors import CheckpointError
 
 # scripts/pretrain_shapes.py printed this for the committed file (see BENCHMARKS.md)
 SHIPPED_SHA256 = "8b1afa1a5ac7c2c651a86035a4939bf787387b53122a8e522137898ddd151096"
@@ -27,6 +29,21 @@ def test_loads_by_name_with_timm_pretrained_mechanism() -> None:
         assert torch.equal(model.state_dict()[name], shipped[name].float()), name
     assert count_trainable(model) == 6 * (128 * 64 + 64 + 64 * 128 + 128) + 129 * 10
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"embed_dim": 64}, CheckpointError, r"timm's pretrained weights for 'vit_shapes_patch8_32' do not fit the "
+         r"model built with kwargs \{'embed_dim': 64\}: shape mismatch for \d+ keys: cls_token: file \(1, 1, 128\) vs "
+         r"model \(1, 1, 64\); pos_embed: file \(1, 17, 128\) vs model \(1, 17, 64\)"),
+        ({"num_heads": 3}, ValueError, r"model kwargs \{'num_heads': 3\} do not build 'vit_shapes_patch8_32': dim "
+         "should be divisible by num_heads"),
+    ],
+)  # fmt: skip
+def test_kwargs_that_do_not_fit_the_timm_weights_are_named(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        create_model("vit_shapes_patch8_32", 10, checkpoint="timm", **kwargs)
 
 
 def test_the_pretraining_script_passes_flags_that_parse(capsys) -> None:

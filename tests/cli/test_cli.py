@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tests.conftest import VIT
 
+import adaptformer.cli.evaluate
 import adaptformer.engine.train
 from adaptformer.cli import build_parser, main
 from adaptformer.engine.loaders import resolve_num_workers
@@ -334,3 +335,25 @@ def test_a_short_run_with_the_defaults_trains_without_warnings(
     assert not [w for w in recwarn if "worker" in str(w.message)]  # DataLoader's "suggested max number of worker"
     recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert recorded["optim"]["warmup_epochs"] is None and recorded["data"]["num_workers"] is None
+
+
+def _stopped(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt  # Ctrl-C, wherever it lands
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["train", "--data.dataset", "synthetic", "--run.output_dir", "out", "--run.overwrite", "true"],
+         "interrupted: adaptformer train stopped; to continue from its last saved state: adaptformer train "
+         "--data.dataset synthetic --run.output_dir out --run.resume true"),
+        (["eval", "--adapter", "out/adapter"], "interrupted: adaptformer eval stopped"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_leaves_one_line_naming_what_stopped_and_how_to_resume(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    monkeypatch.setattr(adaptformer.engine.train, "train", _stopped)
+    monkeypatch.setattr(adaptformer.cli.evaluate, "trained_model", _stopped)
+    assert main(argv) == 130  # the shell's code for a process stopped by SIGINT
+    assert capsys.readouterr().err.splitlines() == [line]

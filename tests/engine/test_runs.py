@@ -1,8 +1,10 @@
-"""A run's folder and what the user reads of a run: starting in a folder that holds files, resuming a copied run,
-leftovers of interrupted saves, file permissions, epochs numbered from 1, progress lines and the training curves."""
+"""A run's folder and what the user reads of a run: starting in a folder that holds files or that another process
+trains in, resuming a copied run, leftovers of interrupted saves, file permissions, epochs numbered from 1, progress
+lines and the training curves."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ from adaptformer.cli import main
 from adaptformer.engine import TrainConfig, load_training_state
 from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.records import MetricsLog
-from adaptformer.engine.run_folder import CONFIG_HEADER, RunFolderError, check_run_folder
+from adaptformer.engine.run_folder import CONFIG_HEADER, RunFolderError, check_run_folder, run_folder_lock
 from adaptformer.engine.train import TrainResult, train
 from adaptformer.files import atomic_write_bytes
 
@@ -108,6 +110,28 @@ def test_a_new_run_refuses_a_folder_with_an_earlier_run_and_changes_nothing(tmp_
     assert f"--run.output_dir {tmp_path} is not empty" in message
     assert "--run.resume true" in message and "--run.overwrite true (removes config.yaml, metrics.jsonl" in message
     assert contents(tmp_path) == before
+
+
+def test_a_folder_another_process_trains_in_is_refused(tmp_path: Path, backbone: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    other = os.open(out, os.O_RDONLY)  # another run's hold on the folder (a process of its own holds it the same way)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunFolderError, match=rf"--run.output_dir {out}: another process is training in it now"):
+            train(tiny_config(out, backbone, epochs=1))
+    finally:
+        os.close(other)
+    assert list(out.iterdir()) == []  # nothing written beside the other run
+    assert train(tiny_config(out, backbone, epochs=1)).test is not None  # released: the folder is free again
+
+
+def test_a_folder_written_between_the_check_and_the_hold_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    earlier = check_run_folder(out, resume=False, overwrite=False)  # empty: a new run may start
+    earlier_run(out)  # ... but another run finished there meanwhile
+    with pytest.raises(RunFolderError, match="is not empty"), run_folder_lock(out, False, False, earlier):
+        pass
 
 
 def test_resume_and_overwrite_exclude_each_other() -> None:

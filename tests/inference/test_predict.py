@@ -132,6 +132,23 @@ def test_top_k_above_the_class_count_shows_every_class(image_adapter: Path, tmp_
     assert len(json.loads(capsys.readouterr().out)["top"]) == 3 and "asked for" not in caplog.text
 
 
+def test_a_class_names_file_is_matched_to_the_adapters_by_name(image_adapter: Path, tmp_path: Path, capsys) -> None:
+    first, _, _ = _images(tmp_path)
+    assert main(["predict", "--adapter", str(image_adapter), "--json", first]) == 0
+    recorded = capsys.readouterr().out
+    (tmp_path / "names.txt").write_text("emu\ncat\ndog\n")  # the same names in another order: labels by name
+    assert main(["predict", "--adapter", str(image_adapter), "--class-names", str(tmp_path / "names.txt"), "--json",
+                 first]) == 0  # fmt: skip
+    assert capsys.readouterr().out == recorded
+    (tmp_path / "names.txt").write_text("cat\ndog\nfox\n")  # other names: refused
+    assert main(["predict", "--adapter", str(image_adapter), "--class-names", str(tmp_path / "names.txt"), first]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: the classes of --class-names {tmp_path / 'names.txt'} are not those the adapter was trained with "
+        f"(only the adapter's: ['emu']; only in --class-names {tmp_path / 'names.txt'}: ['fox']); the adapter's "
+        "classes are ['cat', 'dog', 'emu']"
+    ]
+
+
 @pytest.fixture(scope="module")
 def video_setup(tmp_path_factory: pytest.TempPathFactory, videos: dict[str, Path]) -> dict[str, Path]:
     """A tiny video adapter whose record names 2 x 3 views, and a videofolder dataset of three test videos."""

@@ -1,10 +1,14 @@
-"""The miniature reproduction (``adaptformer study``) and the demo built on it, end to end in their quick setting."""
+"""The miniature reproduction (``adaptformer study``) and the demo built on it, end to end in their quick setting, and
+Ctrl-C of a study whose runs are on worker processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +216,26 @@ def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.C
     assert "Wall time:" in markdown and "accuracy_vs_params.png" in markdown
     assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| adaptformer-4 |" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_a_study_on_worker_processes_at_once_with_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "adaptformer.cli", "study", "--tasks", "digits", "--methods", "linear", "--seeds",
+               "0,1,2,3,4,5,6,7", "--jobs", "2", "--quick", "--output-dir", str(tmp_path / "report"), "--runs-dir",
+               str(tmp_path / "runs")]  # fmt: skip
+    study = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in study.stderr:  # type: ignore[union-attr]
+        seen.append(line)
+        if "[1/8]" in line:  # a worker finished a run; both are training the next ones
+            break
+    os.killpg(study.pid, signal.SIGINT)  # Ctrl-C: the study and its worker processes get SIGINT
+    started = time.monotonic()
+    err = "".join(seen) + study.communicate(timeout=60)[1]
+    assert study.returncode == 130 and time.monotonic() - started < 20  # not after the remaining runs
+    assert "Traceback" not in err and "[8/8]" not in err
+    assert [line for line in err.splitlines() if not line.startswith("INFO ")] == [
+        "interrupted: adaptformer study stopped; it does not resume: run the same command again to start it over"
+    ]
 
 
 def test_reports_show_shipped_files_portably(tmp_path: Path) -> None:

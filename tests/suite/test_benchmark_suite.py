@@ -287,3 +287,43 @@ def test_racing_workers_on_a_fresh_task_get_one_claim(tmp_path: Path) -> None:
     for t in threads:
         t.join(timeout=10)
     assert len(won) == 1
+
+
+class _TrainingRun:
+    """A stand-in for a stage's ``adaptformer train`` process that Ctrl-C reaches while it trains: the driver's first
+    wait is interrupted, the run then stops by itself or (``stubborn``) has to be terminated."""
+
+    def __init__(self, command: list[str], stubborn: bool, **options: object) -> None:
+        self.stubborn, self.waits, self.terminated = stubborn, 0, False
+        _TrainingRun.last = self
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.waits += 1
+        if self.waits == 1:
+            raise KeyboardInterrupt
+        if self.stubborn and not self.terminated:
+            raise subprocess.TimeoutExpired("train", timeout or 0)
+        return -15 if self.terminated else 130
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+@pytest.mark.parametrize("stubborn", [False, True])
+def test_ctrl_c_stops_a_benchmark_with_one_line_and_frees_its_claim(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stubborn: bool
+) -> None:
+    data, out = tmp_path / "vtab-1k", tmp_path / "bench"
+    write_vtab_task(data, "kitti")
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **options: _TrainingRun(command, stubborn, **options))
+    argv = ["benchmark", "vtab", "--method", "lora8", "--data-dir", str(data), "--out", str(out), "--tasks", "kitti",
+            "--no-tune", "--", *TINY]  # fmt: skip
+    assert main(argv) == 130
+    folder = out / "kitti" / "final"
+    assert capsys.readouterr().err.splitlines() == [
+        f"interrupted: adaptformer benchmark stopped while training {folder} (its log: {out / 'kitti' / 'train.log'}); "
+        f"to resume, run the same command again (what finished is kept): adaptformer {' '.join(argv)}"
+    ]
+    assert _TrainingRun.last.terminated == stubborn  # a run that does not stop by itself is terminated
+    assert not (out / "kitti" / CLAIM_FILE).exists()  # another worker, or the next run, takes the task at once
+    assert not (out / "kitti" / RESULT_FILE).exists() and not (out / "kitti" / "failed.json").exists()

@@ -1,10 +1,18 @@
 """``adaptformer sweep``: a user YAML sweep end to end on the tiny backbone (table = the points' test.json, plot, a
 re-run that trains nothing, other settings refused, a failed point beside finished ones), the errors that stop a
-sweep before any run, and the shipped sweeps, each point of which must build a valid configuration."""
+sweep before any run, the shipped sweeps, each point of which must build a valid configuration, and real sweep
+processes: two sharing one folder (each point trained once), and Ctrl-C (one line, exit 130)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +20,7 @@ import pytest
 from adaptformer.cli import main
 from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.recipes import recipe_paper_score
+from adaptformer.suite.stages import SuiteError, failed_since, pin_settings
 from adaptformer.suite.sweep import SweepSettings, check_sweep, load_sweep, shipped_sweeps
 
 TINY = ["--model.backbone", "vit_shapes_patch8_32", "--data.dataset", "synthetic",
@@ -139,3 +148,80 @@ def test_a_damaged_run_folder_is_a_suite_error_naming_it(tmp_path: Path) -> None
     (tmp_path / "metrics.jsonl").unlink()
     with pytest.raises(SuiteError, match="metrics.jsonl"):
         read_run(tmp_path)
+
+
+def _sweep_process(spec: Path, out: Path, *flags: str, **options) -> subprocess.Popen:
+    command = [sys.executable, "-m", "adaptformer.cli", "sweep", str(spec), "--out", str(out), "--", *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+
+
+def test_two_sweep_processes_on_one_folder_train_each_point_once(tmp_path: Path) -> None:
+    spec, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    spec.write_text("grid: {model.method.bottleneck: [2, 4]}\n")
+    points = ["bottleneck=2", "bottleneck=4"]
+    workers = [_sweep_process(spec, out, *TINY) for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+    summaries = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    assert sorted(p for s in summaries for p in s["ran"]) == points  # every point by exactly one of the two
+    for summary in summaries:  # what one did not train, the other held or had finished
+        assert sorted(summary["ran"] + summary["held_by_other_workers"] + summary["already_done"]) == points
+    for point in points:
+        assert (out / "logs" / f"{point}.log").read_text().count("$ ") == 1  # one training command started
+        assert len((out / point / "metrics.jsonl").read_text().splitlines()) == 1  # one epoch, recorded once
+    assert not list((out / "logs").glob("*.claim.json"))
+    # the process that ended last wrote the table with both points
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["points"]] == ["done", "done"]
+
+
+def test_ctrl_c_stops_a_sweep_with_one_line_naming_the_run_and_the_resume_command(tmp_path: Path) -> None:
+    spec, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    spec.write_text("grid: {optim.lr: [0.01, 0.02]}\n")
+    long_run = [*TINY, "--data.options", "{num_samples: 4000, image_size: 32}", "--optim.epochs", "20"]
+    worker = _sweep_process(spec, out, *long_run, start_new_session=True)  # its own process group, as a terminal's
+    started = time.monotonic()
+    while not (out / "lr=0.01" / "config.yaml").is_file() and worker.poll() is None:  # training has begun
+        assert time.monotonic() - started < 120
+        time.sleep(0.1)
+    os.killpg(worker.pid, signal.SIGINT)  # Ctrl-C: the sweep and its training run get SIGINT
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 130 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]
+    log = out / "logs" / "lr=0.01.log"
+    assert lines == [
+        f"interrupted: adaptformer sweep stopped while training {out / 'lr=0.01'} (its log: {log}); to resume, run "
+        f"the same command again (what finished is kept): adaptformer sweep {spec} --out {out} -- "
+        + shlex.join(long_run)
+    ]
+    assert "Traceback" not in log.read_text()  # the training run said it stopped, in one line
+    assert log.read_text().splitlines()[-1].startswith("interrupted: adaptformer train stopped; to continue from its")
+    assert not (out / "logs" / "lr=0.01.claim.json").exists() and not (out / "lr=0.02").exists()
+
+
+def test_a_point_another_worker_saw_fail_is_not_tried_again_in_the_same_round(tmp_path: Path) -> None:
+    failed = tmp_path / "p.failed.json"
+    failed.write_text(json.dumps({"error": "the training run failed"}))
+    assert failed_since(failed, time.time() + 60) is None  # failed in an earlier round: tried again
+    assert failed_since(failed, time.time() - 60) == "the training run failed"  # failed in this one: not again
+    assert failed_since(tmp_path / "missing.failed.json", 0.0) is None
+
+
+def test_workers_starting_together_with_other_settings_cannot_both_pin_them(tmp_path: Path) -> None:
+    for attempt in range(10):
+        path, barrier, outcomes = tmp_path / f"{attempt}" / "sweep.json", threading.Barrier(2), []
+
+        def pin(value: int, path: Path = path, barrier: threading.Barrier = barrier, outcomes: list = outcomes) -> None:
+            barrier.wait()
+            try:
+                pin_settings(path, {"train_flags": [str(value)]}, "sweep")
+                outcomes.append("pinned")
+            except SuiteError:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=pin, args=(value,)) for value in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["pinned", "refused"]
+        assert [p.name for p in path.parent.iterdir()] == ["sweep.json"]  # no temporary file left

@@ -171,6 +171,17 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     add_backbone_arguments(parser)
 
 
+def add_worker_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--worker`` and ``--stale-after``: benchmark and sweep, whose workers share OUT and claim each ``unit``
+    ("task", "point") atomically."""
+    parser.add_argument("--worker", default=None, help=f"this worker's name in {unit} claims (default: host:pid)")
+    parser.add_argument(
+        "--stale-after", type=at_least(1), default=10,
+        help=f"minutes without heartbeat after which a claimed {unit} counts as abandoned and is taken over "
+        "(default: 10)",
+    )  # fmt: skip
+
+
 def trained_model(args: argparse.Namespace, adapter: str, info: AdapterInfo | None = None) -> tuple[Any, AdapterInfo]:
     """The trained model of ``adapter`` (eval mode, CPU), its backbone rebuilt as recorded with the backbone group's
     overrides (:func:`adaptformer.inference.evaluate.load_trained_model`)."""

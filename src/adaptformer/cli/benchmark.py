@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import at_least
+from .args import add_worker_arguments
 
 DESCRIPTION = (
     "Run every task of a PETL benchmark suite with a shipped protocol recipe (recipes/vtab_fgvc.yaml): per task, "
@@ -82,10 +82,6 @@ def add_benchmark_command(sub: Any) -> None:
         help="command that runs `-m adaptformer.cli train ...` for each stage (default: this Python); e.g. "
         "'torchrun --nproc_per_node 8' to train each task on 8 GPUs",
     )  # fmt: skip
-    parser.add_argument("--worker", default=None, help="this worker's name in task claims (default: host:pid)")
-    parser.add_argument(
-        "--stale-after", type=at_least(1), default=10,
-        help="minutes without heartbeat after which a claimed task counts as abandoned and is taken over (default: 10)",
-    )  # fmt: skip
+    add_worker_arguments(parser, "task")
     parser.add_argument("--report-only", action="store_true", help="only (re)write OUT's table and plot")
     parser.set_defaults(func=_cmd_benchmark)

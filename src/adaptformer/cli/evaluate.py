@@ -55,12 +55,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         return predict_many(args)
     args.adapter = args.adapter[0]
-    from ..inference.evaluate import check_classes, class_names, predict_files, read_class_names, video_settings
+    from ..inference.evaluate import class_names, match_classes, predict_files, read_class_names, video_settings
     from ..preprocessing import clip_frames
 
     model, info = trained_model(args, args.adapter)
-    classes = read_class_names(args.class_names) if args.class_names is not None else class_names(info)
-    check_classes(model.num_classes, classes, None, "the class-name list")
+    classes = class_names(info)
+    if args.class_names is not None:  # printed by the adapter's order: the names it records, else the file's in order
+        given = read_class_names(args.class_names)
+        match_classes(model.num_classes, given, info, f"--class-names {args.class_names}")
+        classes = classes if info.classes else given
     precision = args.precision or (info.training.precision if info.training is not None else "auto")
     video = video_settings(info) if clip_frames(model) is not None else None
     if args.threshold is not None and not info.multi_label:
@@ -114,7 +117,11 @@ def add_adapter_commands(sub: Any) -> None:
         "and the views' logits are averaged.",
     )
     add_adapter_arguments(predict)
-    predict.add_argument("--class-names", default=None, help="class names file (default: the adapter's)")
+    predict.add_argument(
+        "--class-names", default=None,
+        help="class names file, for an adapter that records none (default: the adapter's; one that records them "
+        "takes only the same names, in any order)",
+    )  # fmt: skip
     predict.add_argument(
         "--top-k", type=at_least(1, "a positive integer"), default=None,
         help="classes to print per file (default: 5, or all if fewer; more than the adapter's prints all, with a note; "

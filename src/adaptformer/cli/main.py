@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -62,10 +63,36 @@ USER_ERRORS = (
 )
 
 
+def interrupted(command: str | None, argv: list[str], stop: KeyboardInterrupt) -> str:
+    """The one line Ctrl-C leaves (instead of a traceback): what stopped (with the run a driver names in ``stop``)
+    and, for a command that resumes, the command line that does."""
+    what = f"interrupted: adaptformer {command} stopped" + (f" {stop}" if str(stop) else "")
+    if command == "train":
+        resume = shlex.join(["adaptformer", *_without_run_mode(argv), "--run.resume", "true"])
+        return f"{what}; to continue from its last saved state: {resume}"
+    if command in ("sweep", "benchmark"):
+        return f"{what}; to resume, run the same command again (what finished is kept): adaptformer {shlex.join(argv)}"
+    if command in ("study", "demo"):
+        return f"{what}; it does not resume: run the same command again to start it over"
+    return what
+
+
+def _without_run_mode(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--run.resume`` / ``--run.overwrite`` flags and their values."""
+    flags = ("--run.resume", "--run.overwrite")
+    kept, value_next = [], False
+    for arg in argv:
+        if not value_next and arg not in flags and not arg.startswith(tuple(f"{f}=" for f in flags)):
+            kept.append(arg)
+        value_next = arg in flags and not value_next
+    return kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..engine.loop import NonFiniteLossError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(argv)
     verbose = any(a in ("-v", "--verbose") for a in argv[:1])
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in ("train", "params"):  # nested configuration flags: read by jsonargparse, not argparse
@@ -93,3 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line, not the traceback of wherever it landed
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(interrupted(command, given, stop), file=sys.stderr)
+        return 130  # the shell's code for a process stopped by SIGINT

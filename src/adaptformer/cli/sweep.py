@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .args import add_worker_arguments
+
 DESCRIPTION = (
     "Run a set of `adaptformer train` runs that differ by a few settings, then write one table and one plot. SWEEP is "
     "a shipped sweep (--list: paper Tables 2 and 6, the SSv2 ablations, the accuracy-vs-parameters figure) or a YAML "
@@ -18,11 +20,14 @@ DESCRIPTION = (
     "table is OUT/results.md and results.json (settings, trainable parameters, validation and test metric, selected "
     "epoch, train minutes, the paper's number for a shipped recipe), the plot OUT/results.png. Resumable: run the "
     "same command again and finished points are skipped, an interrupted one resumes; OUT/sweep.json refuses other "
-    "settings. Train flags for every point go after --, e.g. -- --data.data_dir DATA --model.checkpoint ckpt.pth."
+    "settings. Several workers may share OUT (one per GPU, or array jobs on a cluster): each claims an unfinished "
+    "point atomically, so every point is trained once. Train flags for every point go after --, e.g. "
+    "-- --data.data_dir DATA --model.checkpoint ckpt.pth."
 )
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ..suite.claims import default_worker_name
     from ..suite.driver import split_launcher
     from ..suite.sweep import SweepSettings, load_sweep, run_sweep, shipped_sweeps
     from ..suite.sweep_report import write_sweep_report
@@ -40,12 +45,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if args.sweep is None:
         raise ValueError("adaptformer sweep needs SWEEP: a shipped sweep name (see --list) or a YAML file")
-    settings = SweepSettings(sweep=load_sweep(args.sweep), output_dir=out, train_flags=tuple(args.train_flags),
-                             launcher=split_launcher(args.launcher))  # fmt: skip
+    settings = SweepSettings(
+        sweep=load_sweep(args.sweep), output_dir=out, train_flags=tuple(args.train_flags),
+        launcher=split_launcher(args.launcher), worker=args.worker or default_worker_name(),
+        stale_after_s=args.stale_after * 60,
+    )  # fmt: skip
     summary = run_sweep(settings)
     files = write_sweep_report(out)
     print(files["markdown"].read_text(), end="")
-    print(json.dumps({"ran": summary.ran, "already_done": summary.already_done, "failed": list(summary.failed),
+    print(json.dumps({"ran": summary.ran, "already_done": summary.already_done,
+                      "held_by_other_workers": summary.held_elsewhere, "failed": list(summary.failed),
                       **{k: str(v) for k, v in files.items()}}))  # fmt: skip
     if summary.failed:
         print(f"error: {len(summary.failed)} point(s) failed: {', '.join(summary.failed)} (see OUT/logs/<point>.log; "
@@ -68,5 +77,6 @@ def add_sweep_command(sub: Any) -> None:
         help="command that runs `-m adaptformer.cli train ...` for each point (default: this Python); e.g. "
         "'torchrun --nproc_per_node 8'",
     )  # fmt: skip
+    add_worker_arguments(parser, "point")
     parser.add_argument("--report-only", action="store_true", help="only (re)write OUT's table and plot")
     parser.set_defaults(func=_cmd_sweep)

@@ -7,14 +7,18 @@ entry point validates its inputs (weights, data, model, training state) before :
 anything, so a run that fails on bad input leaves the folder as it was.
 
 Files are saved atomically (a temporary file renamed into place); a process killed while saving leaves the temporary
-file behind, and the next run in the folder removes it.
+file behind, and the next run in the folder removes it. While a run trains it holds the folder
+(:func:`run_folder_lock`), so a second process started on the same folder is refused instead of training beside it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..files import leftover_temporaries, make_folder, writing
@@ -128,6 +132,30 @@ def _clear(out: Path, earlier: Sequence[Path]) -> None:
         others = sorted(out.iterdir())
         if others:
             logger.info("run.overwrite: keeping what is not a run's file in %s: %s", out, _names(others))
+
+
+@contextmanager
+def run_folder_lock(out: Path, resume: bool, overwrite: bool, earlier: Sequence[Path]) -> Iterator[None]:
+    """Hold ``out`` (created if missing) for one run: an exclusive ``flock`` on the folder itself, so it gains no
+    file, released when the run ends or its process dies. A process that finds it held is refused; once held, the
+    folder is checked again (another run may have written it since :func:`check_run_folder` saw it)."""
+    make_folder(out)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"--run.output_dir {out}: another process is training in it now; wait for it to end (then continue "
+                "it with --run.resume true), or choose another --run.output_dir"
+            ) from None
+        except OSError as e:  # a file system without locks on folders (some network ones): not guarded
+            logger.debug("cannot lock %s (%s); a second run started there would not be refused", out, e)
+        if check_run_folder(out, resume, overwrite) != list(earlier):
+            raise RunFolderError(f"--run.output_dir {out}: another run wrote into it since this one checked it")
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_config_folder(config_file: str | Path | None) -> Path | None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ from .progress import Progress, RunEta
 from .records import TEST_FILE, MetricsLog, peak_memory, write_json
 from .resume import RunPosition, read_resume_state, restore_training_state, training_state
 from .rng import capture_rng_state, derive_seed, seed_everything
-from .run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder
+from .run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder, run_folder_lock
 from .schedule import WarmupCosine
 from .segmentation import segmentation_loss
 from .splits import DataSpec, SegmentationSplit, check_same_classes, given_val_split, load_split
@@ -145,12 +146,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run the training that ``cfg`` describes (one process, or one rank of a ``torchrun`` job)."""
     ctx = init_distributed(cfg.run.device)
     try:
-        return _train(cfg, ctx)
+        with ExitStack() as held:  # the run folder, held by the main process while it trains
+            return _train(cfg, ctx, held)
     finally:
         shutdown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
+def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainResult:
     # The inputs first, cheapest first: the output folder is written only once they all check out.
     out = Path(cfg.run.output_dir)
     state_path = out / STATE_FILE
@@ -239,6 +241,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext) -> TrainResult:
     # The output folder: every input checked, the run may now write (an earlier run's files go first, if asked to).
     barrier(ctx)  # every process has checked the folder before the main one changes it
     if ctx.is_main:
+        held.enter_context(run_folder_lock(out, cfg.run.resume, cfg.run.overwrite, earlier))
         prepare_run_folder(out, earlier)
         saved_run = replace(cfg.run, resume=False, overwrite=False, stop_after_steps=None)
         atomic_write_text(out / CONFIG_FILE, replace(cfg, run=saved_run).to_yaml())

@@ -23,6 +23,7 @@ from ..data.files import read_class_names as read_text_class_names
 from ..data.video import VIDEO_DATASETS, VideoClipDataset, VideoDecodeError, VideoEntry, aggregate_views, probe_video
 from ..engine.distributed import DistributedContext, resolve_device
 from ..engine.loaders import eval_loader
+from ..engine.loop import Predictions, evaluate
 from ..engine.progress import Progress
 from ..engine.splits import DataSpec, VideoSettings, load_split, video_pipeline
 from ..factory import BackboneSource
@@ -102,15 +103,49 @@ def class_names(info: AdapterInfo) -> list[str]:
     return list(info.classes) if info.classes else [str(i) for i in range(info.spec.num_classes)]
 
 
-def check_classes(num_outputs: int, classes: list[str], info: AdapterInfo | None, where: str) -> None:
-    """A head/class-count mismatch is an error; differing class names (same count) only a warning."""
+def match_classes(num_outputs: int, classes: list[str], info: AdapterInfo | None, where: str) -> list[int] | None:
+    """Where each of ``classes`` (a dataset's, or a class-name list's) sits among the adapter's outputs.
+
+    None when they are the adapter's own list, or the adapter records no names (then they are taken in order); for
+    the same names in another order, the adapter's index of each (labels are then matched by name, logged). Another
+    class count, or other names, is an error naming the difference: scoring by index would be silently wrong.
+    """
     if num_outputs != len(classes):
         raise ValueError(
             f"the adapter's head has {num_outputs} classes but {where} has {len(classes)}; "
             "this adapter was trained for a different task"
         )
-    if info is not None and info.classes and info.classes != classes:
-        logger.warning("class names of %s differ from those the adapter was trained with", where)
+    recorded = list(info.classes) if info is not None and info.classes else None
+    if recorded is None or recorded == classes:
+        return None
+    if sorted(recorded) != sorted(classes) or len(set(classes)) != len(classes):
+        only_adapter = [c for c in recorded if c not in set(classes)]
+        only_given = [c for c in classes if c not in set(recorded)]
+        raise ValueError(
+            f"the classes of {where} are not those the adapter was trained with (only the adapter's: "
+            f"{_some(only_adapter)}; only in {where}: {_some(only_given)}"
+            f"{'; repeated names cannot be matched by name' if not only_adapter and not only_given else ''}); "
+            f"the adapter's classes are {_some(recorded)}"
+        )
+    logger.info("%s lists the adapter's classes in another order: labels are matched to them by name", where)
+    position = {name: k for k, name in enumerate(recorded)}
+    return [position[name] for name in classes]
+
+
+def _some(names: list[str]) -> str:
+    return f"{names[:10]}{f' and {len(names) - 10} more' if len(names) > 10 else ''}"
+
+
+def in_adapter_order(predictions: Predictions, order: list[int], multi_label: bool) -> Predictions:
+    """``predictions`` whose labels index the data's classes, relabelled to index the adapter's (``order``: the
+    adapter's index of each data class, :func:`match_classes`), so that every metric compares the same classes."""
+    index = torch.tensor(order)
+    if multi_label:  # multi-hot (N, K): the data's column k is the adapter's column order[k]
+        labels = torch.zeros_like(predictions.labels)
+        labels[:, index] = predictions.labels
+    else:  # class indices (N,)
+        labels = index[predictions.labels]
+    return replace(predictions, labels=labels)
 
 
 def evaluate_split(
@@ -125,7 +160,8 @@ def evaluate_split(
     num_workers: int = 0,
     speed: SpeedConfig | None = None,
 ) -> dict[str, Any]:
-    """acc1, acc5, loss and n of ``model`` on a dataset split, preprocessed as the backbone requires.
+    """acc1, acc5, loss and n of ``model`` on a dataset split, preprocessed as the backbone requires; the split's
+    classes are matched to the adapter's by name (:func:`match_classes`).
 
     Video datasets are tested on every view of every video: acc1/acc5/loss/n are multi-view (per video), with
     single_view_acc1/acc5, views_per_video and the number of ``skipped`` undecodable videos next to them. Under
@@ -144,7 +180,12 @@ def evaluate_split(
             "(--model.head linear|upernet on a segmentation dataset)"
         )
     data = load_split(spec, split)
-    check_classes(model.num_classes, data.classes, info, f"{spec.kind} {split}")
+    order = match_classes(model.num_classes, data.classes, info, f"{spec.kind} {split}")
+    if order is not None and spec.is_segmentation:
+        raise ValueError(
+            f"{spec.kind} {split} has the adapter's classes in another order; its masks' values would name other "
+            "classes than the adapter's: write the classes (and masks) in the adapter's order"
+        )
     if info is not None and info.multi_label != data.multi_label:
         task = ("multi-label", "single-label")
         raise ValueError(
@@ -159,7 +200,12 @@ def evaluate_split(
     if speed is not None:
         apply_speed(model, speed, ctx.device, chosen.name)
     with Progress(len(loader), f"{spec.kind} {split}", ctx.is_main, log_every=max(1, len(loader) // 10)) as progress:
-        return data.test(model.to(ctx.device), loader, chosen, ctx, progress, dataset)
+        if spec.is_segmentation:  # scored over the whole split as it streams: nothing to reorder afterwards
+            return data.test(model.to(ctx.device), loader, chosen, ctx, progress, dataset)
+        predictions = evaluate(model.to(ctx.device), loader, chosen, ctx, progress, data.multi_label)
+    if order is not None:
+        predictions = in_adapter_order(predictions, order, data.multi_label)
+    return data.score(predictions, dataset)
 
 
 @dataclass(frozen=True)

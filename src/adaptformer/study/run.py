@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import statistics
 import time
 from collections.abc import Sequence
@@ -183,6 +184,14 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 def _init_worker() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Ctrl-C reaches the workers too. A worker that raised KeyboardInterrupt would report it as its cell's result and
+    # take the next cell, so the pool (and the study) would not stop; it ends at once instead, and the main process,
+    # stopped by the same Ctrl-C, finds the pool broken and says what stopped.
+    signal.signal(signal.SIGINT, _stop_worker)
+
+
+def _stop_worker(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
 
 
 def _cost(cell: Cell) -> float:

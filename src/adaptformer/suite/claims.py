@@ -1,7 +1,8 @@
 """Atomic task claims in a shared folder, so that independent workers (one per GPU, array jobs of a cluster
 scheduler, several machines on a shared file system) split a suite between them with no scheduler of their own.
 
-A worker owns a task while ``<task>/claim.json`` is its file: created with ``O_CREAT | O_EXCL`` (atomic on local file
+A worker owns a task while its claim file (``<task>/claim.json``; a sweep's points: ``OUT/logs/<point>.claim.json``,
+outside the run folder) is its own: created with ``O_CREAT | O_EXCL`` (atomic on local file
 systems and on NFS v3+), kept fresh by a heartbeat (its modification time, touched every ``heartbeat_s``), removed
 when the task ends. A claim whose heartbeat is older than ``stale_after_s`` belongs to a worker that died: another
 worker takes it over under an exclusive takeover lock (one takeover at a time, and a claim created meanwhile is never
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["CLAIM_FILE", "Claim", "default_worker_name", "try_claim"]
 
 CLAIM_FILE = "claim.json"
-TAKEOVER_LOCK = ".claim.takeover"
 LOCK_STALE_S = 60.0  # a takeover takes milliseconds; a lock this old was left by a worker that died in one
 
 
@@ -83,21 +83,23 @@ def _create(path: Path, worker: str) -> bool:
     return True
 
 
-def try_claim(folder: Path, worker: str, stale_after_s: float, heartbeat_s: float = 30.0) -> Claim | None:
-    """Claim the task whose folder is ``folder`` for ``worker``; None if another live worker holds it.
+def try_claim(
+    folder: Path, worker: str, stale_after_s: float, heartbeat_s: float = 30.0, name: str = CLAIM_FILE
+) -> Claim | None:
+    """Claim the task whose claim file is ``folder / name`` for ``worker``; None if another live worker holds it.
 
     ``stale_after_s`` must exceed ``heartbeat_s`` by a margin (a busy file system delays a touch)."""
     if stale_after_s <= heartbeat_s:
         raise ValueError(f"stale_after ({stale_after_s} s) must be longer than the heartbeat ({heartbeat_s} s)")
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CLAIM_FILE
+    path = folder / name
     if _create(path, worker):
         return Claim(path, worker, heartbeat_s)
     if _age(path) <= stale_after_s:
         return None
     # Taking over a stale claim: one worker at a time (an exclusive takeover lock), so that no worker removes a claim
     # another one has just created.
-    lock = folder / TAKEOVER_LOCK
+    lock = folder / f".{name}.takeover"
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError:

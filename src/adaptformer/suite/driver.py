@@ -12,8 +12,9 @@ Each stage is one run folder (``tune-<k>/``, ``final/``) of ``adaptformer train`
 ``<suite>_<task>_<method>``, the user's train flags and the stage's ``data.options``, started with ``--launcher``
 (``python`` by default; ``torchrun --nproc_per_node 8`` runs the task on 8 GPUs). A stage whose ``test.json`` exists
 is done and skipped; an unfinished one resumes (``--run.resume true``). A task is done when ``result.json`` is
-written; workers sharing ``OUT`` claim tasks atomically (:mod:`.claims`). ``OUT/benchmark.json`` records the
-settings, so every later worker or re-run must use the same ones.
+written; workers sharing ``OUT`` claim tasks atomically (:mod:`.claims`), and a task one of them saw fail is not
+tried again by the others in the same round. ``OUT/benchmark.json`` records the settings, so every later worker or
+re-run must use the same ones.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 from ..engine.records import write_json
 from .claims import default_worker_name, try_claim
-from .stages import SuiteError, grid_points, overrides_flags, pin_settings, run_stage, train_command
+from .stages import SuiteError, failed_since, grid_points, overrides_flags, pin_settings, run_stage, train_command
 from .tasks import Suite, get_suite
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def run_benchmark(settings: BenchmarkSettings) -> WorkerSummary:
     """Work through the suite's unfinished tasks this worker can claim (see the module docstring)."""
     suite, tasks = check_settings(settings)
     record_settings(settings, tasks)
+    started = time.time()
     summary = WorkerSummary()
     for task in tasks:
         folder = settings.output_dir / task
@@ -199,6 +201,10 @@ def run_benchmark(settings: BenchmarkSettings) -> WorkerSummary:
         with claim:
             if (folder / RESULT_FILE).is_file():  # finished by another worker between our look and our claim
                 summary.already_done.append(task)
+                continue
+            tried = failed_since(folder / FAILED_FILE, started)
+            if tried is not None:  # another worker of this round saw it fail; the next run of the command retries it
+                summary.failed[task] = tried
                 continue
             (folder / FAILED_FILE).unlink(missing_ok=True)
             logger.info("%s %s: task %s (worker %s)", suite.name, settings.method, task, settings.worker)

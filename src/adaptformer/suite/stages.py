@@ -1,8 +1,11 @@
 """What ``adaptformer benchmark`` and ``adaptformer sweep`` share: one training run ("stage") is an ordinary
 ``adaptformer train`` run folder started as a subprocess (through ``--launcher``), skipped when its ``test.json``
 exists and resumed (``--run.resume true``) when its folder does; grids of dotted train keys become train flags; and
-the settings an output folder was started with are pinned in one JSON file, so a later run with other settings is
-refused instead of mixing two experiments in one table.
+the settings an output folder was started with are pinned in one JSON file, so a later run (or a worker started at
+the same moment) with other settings is refused instead of mixing two experiments in one table.
+
+Ctrl-C reaches the training run too (one process group): the driver waits for it to stop, then raises a
+``KeyboardInterrupt`` naming the run folder, which the command line reports in one line with how to resume.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,9 @@ from ..engine.records import METRICS_FILE, TEST_FILE, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SuiteError", "grid_points", "overrides_flags", "pin_settings", "run_stage", "train_command"]
+__all__ = ["SuiteError", "failed_since", "grid_points", "overrides_flags", "pin_settings", "run_stage", "train_command"]
+
+STOP_GRACE_S = 10.0  # after Ctrl-C, how long a training run may take to stop by itself before it is terminated
 
 
 class SuiteError(ValueError):
@@ -58,7 +65,7 @@ def run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
         with log.open("a") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()
-            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+            code = _wait(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), folder, log)
         if code != 0 or not (folder / TEST_FILE).is_file():
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise SuiteError(f"{folder}: the training run failed (exit {code}); its log {log} ends:\n{tail}")
@@ -67,6 +74,31 @@ def run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
     best = max(vals, key=lambda v: v[0]) if vals else (None, None)  # max keeps the first of equal values
     return {"test": test, "best_val_acc1": best[0], "best_val_epoch": best[1],
             "train_seconds": sum(r.get("seconds") or 0.0 for r in epochs), "epochs": len(epochs)}  # fmt: skip
+
+
+def _wait(process: subprocess.Popen, folder: Path, log: Path) -> int:
+    """The exit status of a training run; on Ctrl-C, the run is stopped (it saw the Ctrl-C too, or is terminated
+    after :data:`STOP_GRACE_S`) and a ``KeyboardInterrupt`` naming it is raised (its last saved state is kept)."""
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait()
+        raise KeyboardInterrupt(f"while training {folder} (its log: {log})") from None
+
+
+def failed_since(path: Path, started: float) -> str | None:
+    """The error recorded in the failure file ``path`` if it was written after ``started`` (by another worker of the
+    same round, which tried the run already: not retried until the command is run again); else None."""
+    try:
+        if path.stat().st_mtime < started:
+            return None
+        return str(json.loads(path.read_text()).get("error"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -82,14 +114,21 @@ def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def pin_settings(path: Path, mine: dict[str, Any], command: str) -> None:
-    """Write ``path`` on first use; later runs (and workers) must give the same settings."""
-    if path.is_file():
-        theirs = json.loads(path.read_text())
-        differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if differ:
-            lines = "; ".join(f"{k}: recorded {a!r}, given {b!r}" for k, (a, b) in differ.items())
-            raise SuiteError(f"{path}: this folder's {command} was started with other settings ({lines}); use the "
-                             "same settings to continue it, or another --out")  # fmt: skip
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, mine)
+    """Write ``path`` on first use; later runs (and workers) must give the same settings. Of workers starting at
+    the same moment exactly one writes it (a hard link never replaces a file), and the others are compared to it."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine_file = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        write_json(mine_file, mine)
+        try:
+            os.link(mine_file, path)
+        except FileExistsError:
+            pass  # another worker was first
+        finally:
+            mine_file.unlink()
+    theirs, mine = json.loads(path.read_text()), json.loads(json.dumps(mine))  # both as JSON reads them
+    differ = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if differ:
+        lines = "; ".join(f"{k}: recorded {a!r}, given {b!r}" for k, (a, b) in differ.items())
+        raise SuiteError(f"{path}: this folder's {command} was started with other settings ({lines}); use the "
+                         "same settings to continue it, or another --out")  # fmt: skip

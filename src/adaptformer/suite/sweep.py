@@ -14,6 +14,11 @@ Everything that needs no training is checked first (every point's configuration 
 bad sweep stops before any run starts. A point whose ``test.json`` exists is done and skipped; an unfinished one
 resumes (``--run.resume true``); a failed one is logged (``OUT/logs/<point>.log``, ``<point>.failed.json``) while
 the others go on. ``OUT/sweep.json`` pins the sweep and the train flags: a re-run with others is refused.
+
+Several ``adaptformer sweep`` processes may share ``OUT`` (one per GPU, array jobs of a cluster): each point is
+claimed atomically (``OUT/logs/<point>.claim.json``, :mod:`.claims`, as the benchmark's tasks are), so each is trained
+by one of them, and a point one of them saw fail is not tried again by the others in the same round. The table is
+rewritten by each process as it ends, under a lock; the last one to end writes the complete table.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,7 +35,8 @@ from typing import Any
 import yaml
 
 from ..engine.records import TEST_FILE, write_json
-from .stages import SuiteError, grid_points, overrides_flags, pin_settings, run_stage, train_command
+from .claims import default_worker_name, try_claim
+from .stages import SuiteError, failed_since, grid_points, overrides_flags, pin_settings, run_stage, train_command
 
 __all__ = ["SWEEP_FILE", "Sweep", "SweepPoint", "SweepSettings", "load_sweep", "run_sweep", "shipped_sweeps"]
 
@@ -171,12 +178,15 @@ def expand_sweep(definition: Any, name: str, where: str, folder: Path | None = N
 @dataclass(frozen=True)
 class SweepSettings:
     """What a sweep run is: the sweep, its folder, the train flags of every point (recorded in ``OUT/sweep.json``),
-    and the command that runs ``-m adaptformer.cli train`` (default: this Python)."""
+    the command that runs ``-m adaptformer.cli train`` (default: this Python), this worker's name in point claims
+    (default ``host:pid``) and how long a claim without heartbeat lasts before another worker takes the point over."""
 
     sweep: Sweep
     output_dir: Path
     train_flags: tuple[str, ...] = ()
     launcher: tuple[str, ...] = ()
+    worker: str = field(default_factory=default_worker_name)
+    stale_after_s: float = 600.0
 
     def recorded(self) -> dict[str, Any]:
         return {"sweep": self.sweep.to_dict(), "train_flags": list(self.train_flags)}
@@ -243,6 +253,7 @@ class SweepSummary:
 
     ran: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
+    held_elsewhere: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -251,22 +262,41 @@ def failed_file(output_dir: Path, name: str) -> Path:
 
 
 def run_sweep(settings: SweepSettings) -> SweepSummary:
-    """Every unfinished point of the sweep (see the module docstring)."""
+    """Every unfinished point of the sweep that this worker can claim (see the module docstring)."""
     check_sweep(settings)
     pin_settings(settings.output_dir / SWEEP_FILE, settings.recorded(), "sweep")
+    started = time.time()
     summary = SweepSummary()
     for point in settings.sweep.points:
-        folder = settings.output_dir / point.name
-        if (folder / TEST_FILE).is_file():
+        if (settings.output_dir / point.name / TEST_FILE).is_file():
             summary.already_done.append(point.name)
             continue
-        command = train_command(settings.launcher, train_arguments(settings, point), folder)
-        try:
-            run_stage(command, folder, settings.output_dir / LOG_DIR / f"{point.name}.log")
-        except SuiteError as error:
-            summary.failed[point.name] = str(error)
-            write_json(failed_file(settings.output_dir, point.name), {"error": str(error)})
+        logs = settings.output_dir / LOG_DIR
+        claim = try_claim(logs, settings.worker, settings.stale_after_s, name=f"{point.name}.claim.json")
+        if claim is None:
+            summary.held_elsewhere.append(point.name)
             continue
-        failed_file(settings.output_dir, point.name).unlink(missing_ok=True)
-        summary.ran.append(point.name)
+        with claim:
+            _run_point(settings, point, started, summary)
     return summary
+
+
+def _run_point(settings: SweepSettings, point: SweepPoint, started: float, summary: SweepSummary) -> None:
+    """Train one claimed point, unless it finished or failed (another worker's try) since this worker started."""
+    folder, failed = settings.output_dir / point.name, failed_file(settings.output_dir, point.name)
+    if (folder / TEST_FILE).is_file():  # finished by another worker between our look and our claim
+        summary.already_done.append(point.name)
+        return
+    error = failed_since(failed, started)
+    if error is not None:
+        summary.failed[point.name] = error
+        return
+    command = train_command(settings.launcher, train_arguments(settings, point), folder)
+    try:
+        run_stage(command, folder, settings.output_dir / LOG_DIR / f"{point.name}.log")
+    except SuiteError as error:
+        summary.failed[point.name] = str(error)
+        write_json(failed, {"worker": settings.worker, "error": str(error)})
+        return
+    failed.unlink(missing_ok=True)
+    summary.ran.append(point.name)
