@@ -49,7 +49,7 @@ def _parse(*flags: str) -> TrainConfig:
         ("--data.options '{num_samples:8}'", "YAML needs a space after each ':': '{num_samples: 8}'"),
         ("--model.kwargs '{img_size:32,patch_size:8}'", "after each ':': '{img_size: 32,patch_size: 8}'"),
         ("--model.kwargs '{img_size: 32, patch_size:8}'", "--model.kwargs: key 'patch_size:8' has no value"),
-        ("--model.head mlp", "--model.head: Expected a typing.Literal['paper', 'linear', 'upernet']"),
+        ("--model.head mlp", "--model.head: Does not validate against any of the Union subtypes"),
         ("--model.drop_path 1", r"--model.drop_path must be in [0, 1)"),
         ("--model.checkpoint_source caffe", "--model.checkpoint_source must be one of"),
         ("--model.method dora", "--model.method: unknown method 'dora'"),

@@ -16,7 +16,6 @@ from tests.segmentation.tiny_segmenters import CLASSES, TV_VIT, tiny_segmenter
 from tests.training_step import move_trainable
 
 from adaptformer import AdapterFileError, VPTConfig, create_model, get_method, load_adapter, save_adapter
-from adaptformer.inference.evaluate import load_trained_model
 from adaptformer.saving import CONFIG_NAME, WEIGHTS_NAME, create_model_from_adapter, read_adapter_config
 from adaptformer.segmentation import SegmentationModel, load_segmentation_model
 
@@ -82,8 +81,6 @@ def test_a_segmentation_adapter_is_no_classifier_and_the_reverse(tmp_path: Path,
     with pytest.raises(AdapterFileError, match=refusal):
         create_model_from_adapter(segmentation)
     with pytest.raises(AdapterFileError, match=refusal):
-        load_trained_model(segmentation)
-    with pytest.raises(AdapterFileError, match=refusal):
         load_adapter(create_model(VIT, CLASSES, init_seed=0, **tiny_kwargs(VIT)), segmentation)
     with pytest.raises(AdapterFileError, match="a classification adapter, but a segmentation model was asked for"):
         load_segmentation_model(classifier)
@@ -107,3 +104,16 @@ def test_a_task_record_without_a_type_is_a_bad_file(tmp_path: Path) -> None:
     (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "task": "segmentation"}))
     with pytest.raises(AdapterFileError, match="task must be an object with a \"type\", got 'segmentation'"):
         read_adapter_config(tmp_path)
+
+
+def test_load_trained_model_rebuilds_either_task(tmp_path: Path) -> None:
+    """eval and predict load any adapter folder: a segmentation one comes back as a SegmentationModel."""
+    from adaptformer.inference.evaluate import load_trained_model
+
+    model = _trained(VIT, "adaptformer", "linear")
+    save_adapter(model, tmp_path)
+    loaded, info = load_trained_model(tmp_path)
+    assert isinstance(loaded, SegmentationModel) and info.task["type"] == "segmentation"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
