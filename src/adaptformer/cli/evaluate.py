@@ -65,6 +65,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         match_classes(model.num_classes, given, info, f"--class-names {args.class_names}")
         classes = classes if info.classes else given
     precision = args.precision or (info.training.precision if info.training is not None else "auto")
+    if getattr(model, "adaptformer_task", None) is not None:
+        return _predict_masks(args, model, info, classes, precision)
+    if args.out is not None or args.overwrite:
+        raise ValueError("--out and --overwrite apply to segmentation adapters (their label PNGs); this one classifies")
     video = video_settings(info) if clip_frames(model) is not None else None
     if args.threshold is not None and not info.multi_label:
         raise ValueError(
@@ -93,6 +97,56 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_masks(args: argparse.Namespace, model: Any, info: Any, classes: list[str], precision: str) -> int:
+    """``predict`` with a segmentation adapter: a label PNG and an overlay PNG per image under ``--out``."""
+    from pathlib import Path
+
+    from ..engine.config.sections import SegmentationConfig
+    from ..inference.segmenting import mask_files, segment_files, write_mask_files
+    from ..validation import from_mapping
+
+    for flag, value in (("--top-k", args.top_k), ("--threshold", args.threshold)):
+        if value is not None:
+            raise ValueError(f"{flag} applies to classification adapters; a segmentation adapter writes label PNGs")
+    if args.out is None:
+        raise ValueError("a segmentation adapter writes a label PNG and an overlay PNG per image: give --out DIR")
+    out = Path(args.out)
+    stems: dict[str, str] = {}
+    for path in args.files:
+        other = stems.setdefault(Path(path).stem, path)
+        if other != path:
+            raise ValueError(f"{other} and {path} would write the same files under --out {out}: rename one")
+    existing = [str(f) for path in args.files for f in mask_files(out, path) if f.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(
+            f"--out {out} already holds {len(existing)} of the files to write ({', '.join(existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}); pass --overwrite to replace them, or choose another --out"
+        )
+    record = info.training.segmentation if info.training is not None else None
+    settings = from_mapping(SegmentationConfig, record or {}, "the adapter's training.segmentation")
+    failed = []
+    for result in segment_files(model, args.files, settings.augment(False), settings.inference_settings(),
+                                precision, args.device):  # fmt: skip
+        if result.error is not None:
+            failed.append(result.path)
+            print(json.dumps({"image": result.path, "error": result.error}) if args.json else
+                  f"{result.path}: error: {result.error}")  # fmt: skip
+            continue
+        label, overlay = write_mask_files(result, out, len(classes))
+        fractions = dict(zip(classes, result.fractions, strict=True))
+        if args.json:
+            print(json.dumps({"image": result.path, "label": str(label), "overlay": str(overlay),
+                              "fractions": fractions}))  # fmt: skip
+        else:
+            shown = sorted(((f, c) for c, f in fractions.items() if f > 0), reverse=True)[:5]
+            print(f"{result.path}: {label}, {overlay}; " + ", ".join(f"{c} {f:.3f}" for f, c in shown))
+    if failed:
+        print(f"error: {len(failed)} of {len(args.files)} files could not be segmented: {', '.join(failed)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0
+
+
 def add_adapter_commands(sub: Any) -> None:
     """The ``eval`` and ``predict`` subcommands."""
     evaluate = sub.add_parser(
@@ -110,11 +164,14 @@ def add_adapter_commands(sub: Any) -> None:
 
     predict = sub.add_parser(
         "predict",
-        help="classify image or video files with a trained adapter; prints top-k classes",
+        help="classify image or video files with a trained adapter (prints top-k classes), or segment images with a "
+        "segmentation adapter (writes label and overlay PNGs)",
         description="Prints one line per file, in order: its top-k classes, or 'FILE: error: ...' for a file that "
         "cannot be decoded (the others are still classified; the exit status is then 2). A video adapter classifies "
         "video files: each is cut into the test views training recorded (clips x crops, as `adaptformer eval`), "
-        "and the views' logits are averaged.",
+        "and the views' logits are averaged. A segmentation adapter writes, per image, a label PNG and an overlay PNG "
+        "under --out (the image's own size; segmented as eval does) and prints each class's fraction of pixels "
+        "(--json: all of them).",
     )
     add_adapter_arguments(predict)
     predict.add_argument(
@@ -136,5 +193,13 @@ def add_adapter_commands(sub: Any) -> None:
         "--json", action="store_true",
         help='print one JSON object per file: {"image" or "video": FILE, "top": [...]} or {..., "error": MESSAGE}',
     )  # fmt: skip
+    predict.add_argument(
+        "--out", default=None,
+        help="segmentation adapters: the folder for each image's label PNG (<stem>.png: class indices, VOC colours) "
+        "and overlay (<stem>_overlay.png)",
+    )  # fmt: skip
+    predict.add_argument(
+        "--overwrite", action="store_true", help="segmentation adapters: replace label/overlay files already in --out"
+    )
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files (video files for a video adapter)")
     predict.set_defaults(func=_cmd_predict)

@@ -41,7 +41,14 @@ from ..methods.protocol import BlockModule
 from ..methods.registry import Method
 from ..precision import resolve_precision
 from ..preprocessing import Preprocessing, clip_frames
-from ..saving import AdapterFileError, AdapterInfo, build_adapter_backbone, load_adapter, read_adapter_config
+from ..saving import (
+    AdapterFileError,
+    AdapterInfo,
+    build_adapter_backbone,
+    load_adapter,
+    read_adapter_config,
+    task_type,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +193,11 @@ class MultiTaskModel(nn.Module):
             raise UnsupportedModelError(
                 f"{directory}: method {method!r} cannot share a backbone in a mixed-task batch: "
                 f"{registered.batch_refusal}; load it as a single-task model (create_model_from_adapter)"
+            )
+        if task_type(info.task) != "classification":
+            raise UnsupportedModelError(
+                f"{directory}: a {task_type(info.task)} adapter cannot join a multi-task model, which classifies "
+                "images; load it alone (adaptformer predict with this one --adapter writes its label PNGs)"
             )
         if info.multi_label:
             raise UnsupportedModelError(
