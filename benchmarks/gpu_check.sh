@@ -34,7 +34,7 @@ if [ ${#quick[@]} -eq 0 ]; then
   step cuda_tests 60 "$py" -m pytest -q -m cuda -p no:cacheprovider --junitxml "$out/cuda_tests.xml" tests/test_cuda.py
   step train_step 150 "$py" benchmarks/bench.py --only image --precisions bf16 --batch 64 "${device[@]}" \
     --json "$out/train_step.json"
-  step segmentation_step 150 "$py" benchmarks/segmentation.py --batch 16 --rounds 5 --precision bf16 "${device[@]}" \
+  step segmentation_step 120 "$py" benchmarks/segmentation.py --batch 16 --rounds 5 --precision bf16 "${device[@]}" \
     --json "$out/segmentation_step.json"
   step multitask 210 "$py" benchmarks/multitask.py --tasks 1,8,64 --batch 64 --precision bf16 "${device[@]}" \
     --json "$out/multitask.json"
