@@ -24,14 +24,19 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def block_products(
-    dim: int = 768, tokens: int = 1576, heads: int = 12, seq: int = 197, dtype: torch.dtype = torch.bfloat16
+    dim: int = 768,
+    tokens: int = 1576,
+    heads: int = 12,
+    seq: int = 197,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
 ) -> tuple[Callable[[], None], ...]:
     """The (forward, input-gradient, weight-gradient, attention forward, attention backward) products of one pre-norm
-    ViT block as closures."""
+    ViT block as closures, on ``device``."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(dtype)
+        return torch.randn(*shape, generator=g).to(device, dtype)
 
     layers = [(dim, 3 * dim), (dim, dim), (dim, 4 * dim), (4 * dim, dim)]  # qkv, proj, fc1, fc2: (in, out)
     data = [(rand(tokens, i), rand(o, i), rand(tokens, o)) for i, o in layers]  # input, weight, output gradient

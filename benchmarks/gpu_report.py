@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-STEPS = ("cuda_tests", "train_step", "multitask", "serve_load")
+STEPS = ("cuda_tests", "train_step", "segmentation_step", "multitask", "serve_load")
 TIMED_OUT = (124, 137)  # timeout(1)'s status, and a KILL after it
 
 
@@ -65,10 +65,25 @@ def _train_step(report: dict[str, Any] | None) -> dict[str, Any] | None:
     return row
 
 
+def _segmentation_step(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not report or not report.get("results"):
+        return None
+    keep = ("median_s", "samples_per_s", "peak_memory_mib", "trainable_params")
+    return {
+        "shape": report["shape"],
+        "device": report["machine"].get("device"),
+        "methods": {name: {k: r.get(k) for k in keep} for name, r in report["results"].items()},
+        "adaptformer_vs_full": report["ratios"].get("adaptformer-64/full"),
+        "gemm_floor": report["gemm_floor"].get("floor"),
+        "sliding_eval_images_per_s": report["sliding_eval"].get("images_per_s"),
+    }
+
+
 def collect(out: Path, expect_cuda: bool = False) -> dict[str, Any]:
     """The report of the steps in ``out``; ``expect_cuda``: the CUDA tests must have run (on a GPU machine a skipped
     or missing one means the check did not happen, which is not "ok")."""
     train = _read_json(out / "train_step.json")
+    segmentation = _read_json(out / "segmentation_step.json")
     multitask = _read_json(out / "multitask.json")
     serve = _read_json(out / "serve_load.json")
     steps = {step: _status(out, step) for step in STEPS}
@@ -80,6 +95,7 @@ def collect(out: Path, expect_cuda: bool = False) -> dict[str, Any]:
         "steps": steps,
         "cuda_tests": tests,
         "train_step": _train_step(train),
+        "segmentation_step": _segmentation_step(segmentation),
         "multitask": multitask and {k: multitask[k] for k in ("backbone", "batch", "precision", "results")},
         "serve_load": serve and {k: serve[k] for k in ("backbone", "tasks", "max_batch", "precision", "results")},
     }
@@ -111,6 +127,19 @@ def markdown(report: dict[str, Any]) -> str:
         vs = train.get("adaptformer_vs_full")
         if vs:
             lines.append(f"\n{train['adaptformer']} / full: time {_number(vs['time'])}, memory {_number(vs['memory'])}")
+    seg = report.get("segmentation_step")
+    if seg:
+        shape = seg["shape"]
+        lines += ["", f"Segmentation training step, {shape['backbone']} + UperNet {shape['channels']}, batch "
+                  f"{shape['batch']} x {shape['crop']}^2, {shape['precision']}:", "",
+                  "| case | median (s) | samples/s | peak memory (MiB) |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
+        for name, r in seg["methods"].items():
+            lines.append(f"| {name} | {_number(r['median_s'], 4)} | {_number(r['samples_per_s'], 1)} | "
+                         f"{_number(r['peak_memory_mib'], 0)} |")  # fmt: skip
+        vs = seg.get("adaptformer_vs_full") or {}
+        lines.append(f"\nadaptformer-64 / full: time {_number(vs.get('time'))}, memory {_number(vs.get('memory'))}; "
+                     f"GEMM floor {_number(seg['gemm_floor'])}; sliding-window evaluation "
+                     f"{_number(seg['sliding_eval_images_per_s'], 2)} images/s")  # fmt: skip
     multitask = report.get("multitask")
     if multitask:
         lines += [

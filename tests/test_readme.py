@@ -342,6 +342,56 @@ def _c100_run(work: Path) -> None:
     run(command, work, {"train": IMAGE_RUN})
 
 
+SEG_VIT = {"img_size": 64, "depth": 1, "dynamic_img_size": True}  # the recipes' backbones, small enough for a test
+SEG_SWIN = {
+    "img_size": 64,
+    "strict_img_size": False,
+    "embed_dim": 32,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 1, 1],
+}
+SEG_RUN = [*SMALL_RUN, "--data.segmentation.base_size", "64", "--model.decode.channels", "32"]
+
+
+def _segmentation_files(work: Path) -> None:
+    """ADE20K and VOC 2012 + SBD release trees of tiny images, and the block's three weight files at the size flags'
+    shapes: MAE's, a ViT-B/16 ImageNet-21k file in timm's layout, and Microsoft's Swin-L release layout."""
+    from tests.data.segmentation.seg_release_files import write_ade20k, write_voc
+
+    write_ade20k(work / "DATA")
+    write_voc(work / "VOC", augmented=True)
+    _mae_checkpoint(work / "mae_pretrain_vit_base.pth", **SEG_VIT)
+    state = build_backbone("vit_base_patch16_224.augreg_in21k", 10, **SEG_VIT).state_dict()
+    torch.save({k: v for k, v in state.items() if not k.startswith("head.")}, work / "vit_base_patch16_224_in21k.pth")
+    swin = build_backbone("swin_large_patch4_window7_224.ms_in22k", 10, **SEG_SWIN).state_dict()
+    release = {  # Microsoft's layout: downsampling at the end of a stage, the classifier named head
+        re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k).replace(
+            "head.fc.", "head."
+        ): v
+        for k, v in swin.items()
+    }
+    torch.save({"model": release}, work / "swin_large_patch4_window7_224_22k.pth")
+
+
+def _check_segmentation_recipes(outputs: list[str], work: Path) -> None:
+    """The block's commands as written, each with the size flags of its backbone: the recipes train, `eval` scores
+    the val split as the run's test did."""
+    block = next(b for b in _shell_blocks() if "--recipe ade20k_vitb_mae_adaptformer64" in b.text)
+    for command in block.commands:
+        size = SEG_SWIN if "_swinl_" in command else SEG_VIT
+        outputs.append(run(command, work, {"train": [*SEG_RUN, "--model.kwargs", json.dumps(size)]}))
+    scores = json.loads(outputs[1].strip().splitlines()[-1])
+    test = json.loads((work / "runs/ade20k_af64/test.json").read_text())
+    assert scores["n"] == test["n"] == 2 and abs(scores["miou"] - test["miou"]) < 1e-6 and len(scores["iou"]) == 150
+    for run_dir, recipe, classes in (
+        ("ade20k_swinl_full", "ade20k_swinl_full", 150),
+        ("voc_lora64", "voc_vitb_in21k_lora64", 21),
+    ):
+        report = json.loads((work / "runs" / run_dir / "test.json").read_text())
+        assert report["task"] == "segmentation" and len(report["iou"]) == classes, run_dir
+        assert f"recipe: {recipe}" in (work / "runs" / run_dir / "config.yaml").read_text()
+
+
 FLOWS = [
     Flow("bash setup.sh demo", check=_check_setup, run_commands=False),
     Flow("# scikit-learn's real 8x8 digits as an image folder", check=_check_digits),
@@ -402,6 +452,12 @@ FLOWS = [
             "train": ["--optim.epochs", "1", "--optim.batch_size", "8"],
         },
         check=_check_segmentation,
+    ),
+    Flow(
+        "--recipe ade20k_vitb_mae_adaptformer64",
+        setup=(_segmentation_files,),
+        check=_check_segmentation_recipes,
+        run_commands=False,
     ),
     Flow(
         "adaptformer inspect --adapter runs/digits/adapter",

@@ -20,15 +20,19 @@ def test_quick_run_writes_one_json_and_one_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert {s: v["state"] for s, v in report["steps"].items()} == dict.fromkeys(
-        ("cuda_tests", "train_step", "multitask", "serve_load"), "ok"
+        ("cuda_tests", "train_step", "segmentation_step", "multitask", "serve_load"), "ok"
     )
     assert report["cuda_tests"]["tests"] == report["cuda_tests"]["skipped"] > 0  # no GPU here
     train = report["train_step"]
     assert {"full", train["adaptformer"]} <= set(train["methods"]) and train["adaptformer_vs_full"]["time"] > 0
+    seg = report["segmentation_step"]
+    assert set(seg["methods"]) == {"full", "linear", "adaptformer-64"} and seg["adaptformer_vs_full"]["memory"] > 0
+    assert seg["gemm_floor"] > 0 and seg["sliding_eval_images_per_s"] > 0
     assert [r["tasks"] for r in report["multitask"]["results"]] == [1, 2]
     assert [r["clients"] for r in report["serve_load"]["results"]] == [1, 4, 16]
     table = (out / "gpu_check.md").read_text()
     assert table == done.stdout and "| serve_load | ok |" in table and "adaptformer-64 / full: time" in table
+    assert "| segmentation_step | ok |" in table and "Segmentation training step" in table
 
 
 def test_a_failed_and_a_timed_out_step_are_reported_and_fail_the_check(tmp_path: Path) -> None:
@@ -46,7 +50,7 @@ def test_a_failed_and_a_timed_out_step_are_reported_and_fail_the_check(tmp_path:
 
 
 def test_on_a_gpu_machine_skipped_cuda_tests_fail_the_check(tmp_path: Path) -> None:
-    for step in ("cuda_tests", "train_step", "multitask", "serve_load"):
+    for step in ("cuda_tests", "train_step", "segmentation_step", "multitask", "serve_load"):
         (tmp_path / f"{step}.status.json").write_text('{"exit": 0, "seconds": 1}')
     (tmp_path / "cuda_tests.xml").write_text(
         '<testsuites><testsuite tests="8" failures="0" errors="0" skipped="8"></testsuite></testsuites>'

@@ -5,8 +5,10 @@ supervised ImageNet-21k ViT-B/16, inflated to video for SSv2 and HMDB51), Table 
 Swin-B and Video Swin-B, per-stage bottleneck dim // 12) and the SSv2 ablations (adapter blocks, form, scale,
 bottleneck; VPT prompt counts for the accuracy-vs-parameters figure); beside them the PETL community's VTAB-1k and
 FGVC protocols (``vtab_fgvc.yaml``: each of the 19 VTAB-1k tasks and 5 FGVC datasets x AdaptFormer variants, LoRA,
-Adapter+), which a benchmark driver runs per task. ``sweeps.yaml`` groups recipes into the sets ``adaptformer sweep``
-runs (one table and plot per paper table or ablation).
+Adapter+), which a benchmark driver runs per task, and semantic segmentation (``segmentation.yaml``: ADE20K and
+Pascal VOC 2012 with UperNet on ViT-B/16 MAE / ImageNet-21k and Swin-B / Swin-L, full / frozen / AdaptFormer-64 /
+LoRA / Adapter+, on the schedule V-PETL Bench and Mona use). ``sweeps.yaml`` groups recipes into the sets
+``adaptformer sweep`` runs (one table and plot per paper table or ablation).
 
 They are data, one YAML file per paper table (``table1.yaml``, ``table2.yaml``, ``table6.yaml``, ``table7.yaml``,
 ``ablations.yaml``), each in the same form: each dataset's settings once, each method row once, the few exceptions
@@ -29,7 +31,15 @@ import yaml
 
 from ..engine.config.layers import merge_config, read_yaml_mapping
 
-TABLES = ("table1.yaml", "table2.yaml", "table6.yaml", "table7.yaml", "ablations.yaml", "vtab_fgvc.yaml")
+TABLES = (
+    "table1.yaml",
+    "table2.yaml",
+    "table6.yaml",
+    "table7.yaml",
+    "ablations.yaml",
+    "vtab_fgvc.yaml",
+    "segmentation.yaml",
+)
 
 
 @functools.cache
