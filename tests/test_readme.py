@@ -308,6 +308,22 @@ def _check_multilabel(outputs: list[str], work: Path) -> None:
     assert re.fullmatch(rf"data/ml_digits/images/test/00001\.png: {shown}", line), line
 
 
+def _check_segmentation(outputs: list[str], work: Path) -> None:
+    """The segmentation flow at test size: eval reproduces the run's test scores from the adapter alone, and predict
+    writes a label PNG (the image's size, palette mode) and an overlay per image."""
+    test = json.loads((work / "runs/digits_seg/test.json").read_text())
+    scores = json.loads(outputs[2].strip().splitlines()[-1])
+    assert test["task"] == "segmentation" and scores["n"] == test["n"] == 24 and len(scores["iou"]) == 11
+    assert abs(scores["miou"] - test["miou"]) < 1e-9 and scores["pixels"] == 24 * 64 * 64
+    lines = outputs[3].strip().splitlines()
+    out = work / "runs/digits_seg/predictions"
+    for line, stem in zip(lines, ("00000", "00001"), strict=True):
+        assert line.startswith(f"data/digits_seg/images/test/{stem}.png: runs/digits_seg/predictions/{stem}.png, ")
+        label = Image.open(out / f"{stem}.png")
+        assert label.mode == "P" and label.size == (64, 64)
+        assert Image.open(out / f"{stem}_overlay.png").size == (64, 64)
+
+
 def _check_inspect(outputs: list[str], work: Path) -> None:
     out = work / "runs/digits/inspect"
     assert json.loads(outputs[0])["files"] == ["inspect.json", "inspect.md", "inspect.png"]
@@ -357,7 +373,7 @@ def _segmentation_files(work: Path) -> None:
     torch.save({"model": release}, work / "swin_large_patch4_window7_224_22k.pth")
 
 
-def _check_segmentation(outputs: list[str], work: Path) -> None:
+def _check_segmentation_recipes(outputs: list[str], work: Path) -> None:
     """The block's commands as written, each with the size flags of its backbone: the recipes train, `eval` scores
     the val split as the run's test did."""
     block = next(b for b in _shell_blocks() if "--recipe ade20k_vitb_mae_adaptformer64" in b.text)
@@ -430,9 +446,17 @@ FLOWS = [
         check=_check_multilabel,
     ),
     Flow(
+        "adaptformer prepare digits-seg --out data/digits_seg",
+        extra={
+            "prepare": ["--options", "{num_samples: 24}"],
+            "train": ["--optim.epochs", "1", "--optim.batch_size", "8"],
+        },
+        check=_check_segmentation,
+    ),
+    Flow(
         "--recipe ade20k_vitb_mae_adaptformer64",
         setup=(_segmentation_files,),
-        check=_check_segmentation,
+        check=_check_segmentation_recipes,
         run_commands=False,
     ),
     Flow(

@@ -19,6 +19,7 @@ from tests.paths import FIXTURES, ROOT
 from adaptformer.backbones.shapes_vit import SHAPES_VIT_FILE
 from adaptformer.cli import main
 from adaptformer.engine.config.parser import parse_mapping
+from adaptformer.engine.config.sections import DecodeConfig, SegmentationConfig
 from adaptformer.engine.splits import DataSpec
 from adaptformer.methods import get_method, method_names
 from adaptformer.study import (
@@ -33,6 +34,7 @@ from adaptformer.study import (
     write_markdown,
 )
 from adaptformer.study.run import PLOT_FILE, portable_path, task_records
+from adaptformer.validation import to_plain
 
 QUICK_METHODS = ("linear", "vpt-1", "adaptformer-4", "full")
 # Effective configurations of a few cells as the flat 0.1 study code built them (see "about" in the file).
@@ -92,7 +94,15 @@ def test_cells_keep_the_effective_configuration_of_the_reported_study() -> None:
 
 
 # fields the configuration gained after the study ran, with the default that keeps its behaviour
-ADDED_SINCE = [("data", "augment", True), ("data", "resize", "crop"), ("optim", "label_smoothing", 0.0)]
+ADDED_SINCE = [
+    ("data", "augment", True),
+    ("data", "resize", "crop"),
+    ("optim", "label_smoothing", 0.0),
+    ("optim", "schedule", "cosine"),  # segmentation (0.3): the poly schedule, segmentation sections
+    ("optim", "poly_power", 1.0),
+    ("data", "segmentation", to_plain(SegmentationConfig())),
+    ("model", "decode", to_plain(DecodeConfig())),
+]
 
 
 def test_cells_cover_every_task_method_seed_with_one_recipe() -> None:
