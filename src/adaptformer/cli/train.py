@@ -153,7 +153,7 @@ def add_train_commands(sub: Any) -> None:
     params.set_defaults(func=_cmd_params)
 
     recipes = sub.add_parser(
-        "recipes", help="list the shipped recipes (paper Tables 1, 2, 6, 7, ablations; VTAB, FGVC)"
+        "recipes", help="list the shipped recipes (paper Tables 1, 2, 6, 7, ablations; VTAB, FGVC; segmentation)"
     )
     recipes.add_argument("--show", default=None, metavar="NAME", help="print one recipe")
     recipes.set_defaults(func=_cmd_recipes)
