@@ -149,3 +149,14 @@ def test_layers_the_backbone_or_head_cannot_take_are_refused(config, layout, mes
 def test_a_bad_config_is_a_value_error(fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SegmentationConfig(**fields)
+
+
+def test_the_backbones_no_weight_decay_names_reach_the_optimizer() -> None:
+    """Under full fine-tuning the position embedding and class token stay out of weight decay, as for a classifier."""
+    from adaptformer.engine.optim import param_groups
+
+    model = tiny_segmenter(VIT, "full")
+    assert {"backbone.pos_embed", "backbone.cls_token"} <= model.no_weight_decay()
+    decayed = {id(p) for group in param_groups(model, 0.05) if group["weight_decay"] for p in group["params"]}
+    assert id(model.backbone.pos_embed) not in decayed and id(model.backbone.cls_token) not in decayed
+    assert id(model.backbone.blocks[0].attn.qkv.weight) in decayed

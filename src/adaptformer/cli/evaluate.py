@@ -30,7 +30,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model, info = trained_model(args, args.adapter)
         data = adapter_data(args, info)
         splits = {**IMAGE_DATASETS, **VIDEO_DATASETS, **SEGMENTATION_DATASETS}[data.dataset].splits
-        if args.split not in splits:
+        if args.split not in splits and not (args.split == "test" and "val" in splits):  # test: val if no test
             raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(splits)}")
         metrics = evaluate_split(
             model, info, DataSpec.from_config(data), args.split, ctx, batch_size=args.batch_size,

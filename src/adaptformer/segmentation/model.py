@@ -188,6 +188,12 @@ class SegmentationModel(nn.Module):
         """The task head, as timm's API names it: the decode head."""
         return self.decode_head
 
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's own parameters without weight decay (timm: position embeddings, class token), by this
+        model's names (``backbone.pos_embed``): the optimizer groups read them as for a classifier."""
+        own = getattr(self.backbone, "no_weight_decay", None)
+        return {f"backbone.{name}" for name in own()} if callable(own) else set()
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The maps the decode head reads: (B, C_i, H / s_i, W / s_i) per configured layer."""
         assert self.config.layers is not None
