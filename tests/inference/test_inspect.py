@@ -1,5 +1,6 @@
 """``adaptformer inspect`` and :mod:`adaptformer.inference.inspection`: adapter/MLP and adapter/residual norm ratios per
-adapted block and the class token's drift from the frozen backbone, on the shipped tiny ViT and a tiny video ViT."""
+adapted block and the class token's drift from the frozen backbone, on the shipped tiny ViT and a tiny video ViT; and
+on segmentation models, the per-patch-token drift of their backbone's blocks and of the maps the decode head reads."""
 
 from __future__ import annotations
 
@@ -21,9 +22,18 @@ from adaptformer import (
     save_adapter,
 )
 from adaptformer.cli import main
-from adaptformer.inference.inspection import FILES, adapters_off, format_markdown, inspect_adapter, trace_features
+from adaptformer.data.segmentation.digits import DIGITS_SEG_CLASSES
+from adaptformer.inference.inspection import (
+    FILES,
+    PATCH_TOKENS,
+    adapters_off,
+    format_markdown,
+    inspect_adapter,
+    trace_features,
+)
 from adaptformer.methods import adapter_modules
 from adaptformer.saving import TrainingRecord
+from adaptformer.segmentation import SegmentationModel, create_segmentation_model, patch_features
 
 NAME = "vit_shapes_patch8_32"  # 6 blocks, with a class token
 VIDEO = "video_vit_base_patch16_224"
@@ -246,3 +256,98 @@ def test_adapter_plus_gets_an_adapter_residual_ratio_and_no_mlp_ratio() -> None:
     assert row.adapter_residual_token_mean == pytest.approx((a_norm / y_norm).mean().item(), rel=1e-4)
     assert [d.relative_l2 == 0.0 for d in report.drift] == [True, True, False, False, False, False]
     assert "| 2 | – | " in format_markdown(report)  # no MLP column value for a post-block adapter
+
+
+# ------------------------------------------------------------------------------------------- segmentation models
+
+
+def _segmenter(method: Any = None, head: str = "linear", **extra: Any) -> SegmentationModel:
+    """The shipped ViT (32x32 inputs only) as a segmentation model of digits-seg's 11 classes."""
+    torch.manual_seed(0)
+    method = method if method is not None else AdaptFormerConfig(bottleneck=8, dropout=0.0)
+    return create_segmentation_model(NAME, 11, method=method, head=head, checkpoint="timm", **extra).eval()
+
+
+def _canvases(n: int = 2, size: int = 64) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("head", ["linear", "upernet"])
+def test_segmentation_at_init_every_ratio_and_drift_is_exactly_zero(head: str) -> None:
+    report = inspect_adapter(_segmenter(head=head), [(_canvases(), torch.zeros(2, 64, 64))])
+    assert report.feature == PATCH_TOKENS and report.num_samples == 2  # images, each read as four 32x32 windows
+    assert [r.block for r in report.adapters] == [d.block for d in report.drift] == list(range(6))
+    for row in report.adapters:
+        assert row.adapter_mlp == row.adapter_mlp_token_mean == row.adapter_residual == 0.0
+    assert all(d.relative_l2 == 0.0 and d.cosine == pytest.approx(1.0) for d in report.drift)
+    assert report.pooled.relative_l2 == 0.0
+
+
+def _token_drift(adapted: torch.Tensor, frozen: torch.Tensor) -> tuple[float, float]:
+    """Mean over tokens of the relative L2 distance and cosine of (B, C, h, w) maps, per token."""
+    a, f = (m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in (adapted, frozen))  # (tokens, C)
+    relative = ((a - f).norm(dim=-1) / f.norm(dim=-1)).mean().item()
+    return relative, torch.nn.functional.cosine_similarity(a, f, dim=-1).mean().item()
+
+
+def test_segmentation_drift_is_per_patch_token_of_every_window() -> None:
+    """A 64x64 canvas is read as the 4 windows of 32x32 the backbone takes; every block's drift is the mean over
+    their patch tokens (the class token left out) of each token's distance from a linear probe's, the frozen
+    backbone, and the decode head's input (the last block, for the linear head) drifts as that block."""
+    adapted, probe = _segmenter(), _segmenter("linear")
+    _set_up_proj(adapted.backbone, 2)
+    x = _canvases()
+    report = inspect_adapter(adapted, [x])
+    corners = [(top, left) for top in (0, 32) for left in (0, 32)]
+    windows = torch.cat([x[..., top : top + 32, left : left + 32] for top, left in corners])  # (8, 3, 32, 32)
+    for block in (1, 2, 5):
+        with torch.no_grad():
+            ours, theirs = (patch_features(m.backbone, windows, [block], m.layout)[0] for m in (adapted, probe))
+        relative, cosine = _token_drift(ours, theirs)
+        assert report.drift[block].relative_l2 == pytest.approx(relative, rel=1e-4, abs=1e-7)
+        assert report.drift[block].cosine == pytest.approx(cosine, rel=1e-5)
+    assert report.drift[1].relative_l2 == 0.0 and report.drift[2].relative_l2 > 0.01
+    assert report.pooled.relative_l2 == pytest.approx(report.drift[5].relative_l2, rel=1e-6)
+    assert report.adapters[2].adapter_mlp > 0.01 and report.adapters[1].adapter_mlp == 0.0
+
+
+def test_segmentation_images_of_several_sizes_and_an_early_last_block() -> None:
+    """Images of different sizes (a list, as the segmentation collate gives them) are padded and cut each on its
+    own; a decode head that reads block 2 stops the backbone there, so blocks 3-5 get no rows."""
+    model = _segmenter(layers=[2])
+    _set_up_proj(model.backbone, 1)
+    images = [torch.randn(3, 40, 72, generator=torch.Generator().manual_seed(3)), _canvases(1, 32)[0]]
+    report = inspect_adapter(model, [(images, None)])
+    assert report.num_samples == 2 and [d.block for d in report.drift] == [0, 1, 2]
+    assert [r.block for r in report.adapters] == [0, 1, 2]
+    assert report.drift[0].relative_l2 == 0.0 and report.drift[1].relative_l2 > 0
+    assert report.pooled.relative_l2 == pytest.approx(report.drift[2].relative_l2, rel=1e-6)
+
+
+def test_segmentation_frozen_reference_is_the_linear_probes_backbone() -> None:
+    adapted, probe = _segmenter(), _segmenter("linear")
+    for module in adapter_modules(adapted):
+        nn.init.normal_(module.up_proj.weight, std=0.2)
+    x = _canvases(2, 32)
+    with adapters_off(adapted):
+        frozen = trace_features(adapted, x)
+    reference = trace_features(probe, x)
+    assert frozen.blocks[0].shape == (2 * 16, 128)  # (B * patch tokens, C): the class token left out
+    for ours, theirs in zip((*frozen.blocks, frozen.pooled), (*reference.blocks, reference.pooled), strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_command_inspects_a_segmentation_adapter_on_its_recorded_data(tmp_path: Path) -> None:
+    model = _segmenter()
+    _set_up_proj(model.backbone, 3)
+    record = TrainingRecord(dataset="digits-seg", dataset_options={"num_samples": 6}, segmentation={"base_size": 64})
+    adapter = save_adapter(model, tmp_path / "run" / "adapter", classes=list(DIGITS_SEG_CLASSES), training=record)
+    assert main(["inspect", "--adapter", str(adapter), "--batch-size", "4", "--run.device", "cpu"]) == 0
+    out = tmp_path / "run" / "inspect"
+    data = json.loads((out / "inspect.json").read_text())
+    assert data["feature"] == PATCH_TOKENS and data["num_samples"] == 6 and len(data["drift"]) == 6
+    assert data["adapters"][3]["adapter_mlp"] > 0 and data["drift"][2]["relative_l2"] == 0.0
+    assert data["drift"][3]["relative_l2"] > 0 and data["pooled"]["relative_l2"] > 0
+    table = (out / "inspect.md").read_text()
+    assert "| block (from 0) | adapter/MLP | adapter/residual | patch tokens relative drift | cosine |" in table
+    assert "| decode head input (patch tokens) |" in table

@@ -1,5 +1,6 @@
 """``adaptformer inspect --adapter DIR``: what a trained adapter's modules do inside the network, per block, on
-real inputs of its dataset (:mod:`adaptformer.inference.inspection`): OUT/inspect.json, inspect.md and inspect.png."""
+real inputs of its dataset (:mod:`adaptformer.inference.inspection`): OUT/inspect.json, inspect.md and inspect.png.
+A segmentation adapter is inspected on its backbone's blocks, with the drift per patch token."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
     from ..data import IMAGE_DATASETS
+    from ..data.segmentation import SEGMENTATION_DATASETS, collate_segmentation
     from ..data.video import VIDEO_DATASETS
     from ..engine.splits import DataSpec, load_split
     from ..inference.inspection import (
@@ -34,7 +36,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         )
     out = check_out_dir(args.out or Path(args.adapter).resolve().parent / "inspect", args.overwrite)
     data = adapter_data(args, info)  # eval's --data.* flags over what training recorded
-    kind = (VIDEO_DATASETS if data.is_video else IMAGE_DATASETS)[data.dataset]
+    kinds = VIDEO_DATASETS if data.is_video else SEGMENTATION_DATASETS if data.is_segmentation else IMAGE_DATASETS
+    kind = kinds[data.dataset]
     if args.split not in kind.splits:
         raise ValueError(f"--split {args.split!r}: {data.dataset!r} has the splits {list(kind.splits)}")
     spec = DataSpec.from_config(data)
@@ -43,7 +46,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     count = min(args.num_samples, len(dataset))  # type: ignore[arg-type]
     # evenly spread over the split (whose samples may be ordered by class), the same ones every time
     picked = torch.linspace(0, len(dataset) - 1, count).round().long().unique().tolist()  # type: ignore[arg-type]
-    loader = DataLoader(Subset(dataset, picked), batch_size=args.batch_size)
+    collate = collate_segmentation if spec.is_segmentation else None  # eval masks keep each image's own size
+    loader = DataLoader(Subset(dataset, picked), batch_size=args.batch_size, collate_fn=collate)
     report = inspect_adapter(model, loader, device=args.device)
     files = write_inspection(report, out, overwrite=args.overwrite)
     summary = {"out": str(out), "files": sorted(files), "dataset": spec.kind, "split": args.split,
@@ -61,14 +65,15 @@ def add_inspect_command(sub: Any) -> None:
 
     parser = sub.add_parser(
         "inspect", help="what a trained adapter (AdaptFormer, Adapter+, any method that declares a measurement) does "
-        "per block: its size next to the MLP branch and the residual stream, and how far the class token moves from "
-        "the frozen backbone's",
+        "per block: its size next to the MLP branch and the residual stream, and how far the class token (a "
+        "segmentation model: each patch token) moves from the frozen backbone's",
         description="Runs the adapted model (fp32, eval mode) on --num-samples inputs of a dataset split, spread "
         "evenly over it, and once more with every adapter bypassed (the frozen backbone). Per adapted block: "
         "adapter/MLP = ||a|| / ||MLP(LN(x'))|| (AdaptFormer's a = s*A, beside the MLP) and adapter/residual = ||a|| / "
         "||x|| (per-token L2 norms; headline: the ratio of RMS norms, also the mean per-token ratio); per block: "
         "the relative L2 drift and cosine similarity of the class token (mean over tokens for backbones without one, "
-        "e.g. video ViTs) against the frozen backbone's, and of the pooled feature the head reads. Writes "
+        "e.g. video ViTs; for a segmentation adapter, of each patch token, averaged over tokens, its images cut into "
+        "the windows the backbone takes) against the frozen backbone's, and of the feature the head reads. Writes "
         "inspect.json, inspect.md and inspect.png to --out. The dataset flags are eval's (--data.dataset, "
         "--data.data_dir, --data.options, --data.skip_bad_images, ...; default: what training recorded).",
     )  # fmt: skip

@@ -17,6 +17,12 @@ distance ``||f_a - f_f|| / ||f_f||`` and the cosine similarity, averaged over sa
 the head reads. Backbones without a class token (the video ViT, Swin) are compared on the mean over tokens, and the
 report says which.
 
+A segmentation model (:class:`~adaptformer.segmentation.SegmentationModel`) is measured on its backbone's blocks, and
+its drift is per patch token: every patch token after a block (and every token of the maps the decode head reads)
+against the frozen backbone's token at the same place, averaged over the tokens of every input, since its head reads
+each token, not a pooled feature. Its inputs are what its evaluation feeds the backbone: an image larger than a
+backbone built for one input size is cut into windows of that size (non-overlapping, the last at the border).
+
 Everything is read through forward hooks on the blocks, the method's modules and the head, removed when done.
 """
 
@@ -34,19 +40,30 @@ import torch.nn.functional as F
 
 from ..backbones.families import find_family
 from ..engine.distributed import resolve_device
+from ..engine.segmentation import window_starts
 from ..errors import UnsupportedModelError
 from ..heads import classifiers
 from ..methods.protocol import BlockModule, Measurement
 from ..methods.registry import Method, get_method, method_names
 from ..methods.state import get_spec
-from .inspection_files import FILES, HEADLINE, check_out_dir, format_markdown, plot_inspection, write_inspection
+from ..segmentation import SegmentationModel
+from .inspection_files import (
+    FILES,
+    HEADLINE,
+    PATCH_TOKENS,
+    check_out_dir,
+    format_markdown,
+    plot_inspection,
+    write_inspection,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILES", "AdapterRow", "DriftRow", "FeatureTrace", "InspectionReport", "adapters_off", "check_out_dir",
-           "format_markdown", "inspect_adapter", "inspectable", "inspectable_titles", "plot_inspection",
-           "trace_features", "write_inspection"]  # fmt: skip
+__all__ = ["FILES", "PATCH_TOKENS", "AdapterRow", "DriftRow", "FeatureTrace", "InspectionReport", "adapters_off",
+           "check_out_dir", "format_markdown", "inspect_adapter", "inspectable", "inspectable_titles",
+           "plot_inspection", "trace_features", "write_inspection"]  # fmt: skip
 _TINY = 1e-12  # a zero denominator (an all-zero token) gives ratio 0 for a zero numerator, never NaN
+CLASS_TOKEN, MEAN_OVER_TOKENS = "class token", "mean over tokens"  # what the drift compares (or PATCH_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -70,7 +87,8 @@ class AdapterRow:
 
 @dataclass(frozen=True)
 class DriftRow:
-    """How far a feature moved from the frozen backbone's, averaged over samples.
+    """How far a feature moved from the frozen backbone's, averaged over samples (over every patch token of every
+    sample for a segmentation model).
 
     Args:
         block: the block's index in forward order, or None for the pooled feature the head reads.
@@ -92,10 +110,12 @@ class InspectionReport:
         method: the method's title ("AdaptFormer", "Adapter+", ...).
         form: how its modules are wired, as its measurement says (AdaptFormer: parallel or sequential).
         num_samples: the inputs the numbers are averaged over.
-        feature: what the drift compares per block: "class token" or "mean over tokens".
+        feature: what the drift compares per block: "class token", "mean over tokens", or "patch tokens" (a
+            segmentation model: each patch token, averaged over tokens).
         adapters: one row per adapted block, in forward order.
         drift: one row per block (adapted or not), in forward order.
-        pooled: the drift of the pooled feature the head reads.
+        pooled: the drift of the pooled feature the head reads (a segmentation model: of the tokens of the maps its
+            decode head reads).
     """
 
     backbone: str
@@ -164,20 +184,54 @@ def _has_class_token(model: nn.Module) -> bool:
     return any(getattr(model, name, None) is not None for name in ("cls_token", "class_token"))
 
 
-def _feature(tokens: torch.Tensor, class_token: bool) -> torch.Tensor:
-    """(B, ..., C) block output -> (B, C): the class token (index 0) or the mean over all tokens."""
-    if class_token:
+def _feature_kind(model: nn.Module) -> str:
+    """What the drift compares: a segmentation model's patch tokens, else the class token or the mean over tokens."""
+    if isinstance(model, SegmentationModel):
+        return PATCH_TOKENS
+    return CLASS_TOKEN if _has_class_token(model) else MEAN_OVER_TOKENS
+
+
+def _feature(tokens: torch.Tensor, kind: str, patches: int | None = None) -> torch.Tensor:
+    """(B, ..., C) block output -> the rows the drift compares: (B, C), the class token (index 0) or the mean over all
+    tokens; or (B * patches, C), every patch token (the last ``patches`` tokens, after any prefix token; None: every
+    token, as in a Swin stage's (B, h, w, C) map)."""
+    if kind == CLASS_TOKEN:
         return tokens[:, 0]
-    return tokens.reshape(tokens.shape[0], -1, tokens.shape[-1]).mean(dim=1)
+    flat = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])  # (B, N, C)
+    if kind == MEAN_OVER_TOKENS:
+        return flat.mean(dim=1)
+    patches = flat.shape[1] if patches is None else patches
+    return flat[:, flat.shape[1] - patches :].reshape(-1, flat.shape[-1])  # (B * patches, C)
+
+
+def _head_rows(head_input: Any) -> torch.Tensor:
+    """What the head reads as rows to compare: a classifier's (B, ...) input flattened to (B, D); a decode head's maps
+    (B, C_i, h_i, w_i) as one row per token, all maps' rows stacked, zero-padded to the widest map (zeros change
+    neither a row's L2 norm nor its dot products, so each token's drift is exactly its own)."""
+    if isinstance(head_input, torch.Tensor):
+        return head_input.flatten(1)
+    rows = [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in head_input]  # (B * h_i * w_i, C_i) per map
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([F.pad(r, (0, width - r.shape[1])) for r in rows])
+
+
+def _patch_count(model: nn.Module, inputs: torch.Tensor) -> int | None:
+    """How many patch tokens a plain ViT block of a segmentation model outputs for ``inputs``; None for every token (a
+    hierarchical backbone's stage maps, or a classifier, whose drift does not compare patch tokens)."""
+    if not isinstance(model, SegmentationModel) or model.layout.hierarchical:
+        return None
+    return (inputs.shape[-2] // model.layout.patch[0]) * (inputs.shape[-1] // model.layout.patch[1])
 
 
 @dataclass(frozen=True)
 class FeatureTrace:
-    """The features the drift compares: after each block (class token or mean over tokens) and the head's input.
+    """The features the drift compares: after each block (class token, mean over tokens or patch tokens) and the
+    head's input.
 
     Args:
-        blocks: one (B, C) tensor per block, in forward order.
-        pooled: (B, D), what the (first) classifier reads.
+        blocks: one (B, C) tensor per block that ran, in forward order ((B * patches, C) for a segmentation model).
+        pooled: (B, D), what the (first) classifier reads; a segmentation model: (tokens, C), every token of the maps
+            its decode head reads.
     """
 
     blocks: tuple[torch.Tensor, ...]
@@ -187,16 +241,40 @@ class FeatureTrace:
 @torch.no_grad()
 def trace_features(model: nn.Module, inputs: torch.Tensor) -> FeatureTrace:
     """Run ``model`` on ``inputs`` and keep :class:`FeatureTrace`'s features (wrap in :func:`adapters_off` for the
-    frozen backbone's)."""
+    frozen backbone's). A segmentation model that reads an early block only stops there: the blocks after it did
+    not run and have no feature."""
     blocks = _blocks(model)
     head = classifiers(model)[0]
-    class_token = _has_class_token(model)
+    kind, patches = _feature_kind(model), _patch_count(model, inputs)
     watched = {**{f"block{i}": b for i, b in enumerate(blocks)}, "head": head}
     with _recording(watched) as seen:
         model(inputs)
+    ran = [i for i in range(len(blocks)) if f"block{i}" in seen]  # forward order: the blocks before an early stop
     return FeatureTrace(
-        tuple(_feature(seen[f"block{i}"][1], class_token) for i in range(len(blocks))), seen["head"][0][0].flatten(1)
+        tuple(_feature(seen[f"block{i}"][1], kind, patches) for i in ran), _head_rows(seen["head"][0][0])
     )
+
+
+def _model_inputs(model: nn.Module, inputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """The batches ``model`` reads of ``inputs`` (a batch, or a list of (C, H, W) images of different sizes, as a
+    segmentation dataset's evaluation gives them): the batch itself for a classifier; for a segmentation model each
+    image padded to a multiple of what its backbone takes and, for a backbone built for one input size, cut into
+    windows of that size as sliding-window evaluation reads it (here without overlap: the last window at the border),
+    the windows of a batch stacked on its batch dimension."""
+    if not isinstance(model, SegmentationModel):
+        return [inputs if isinstance(inputs, torch.Tensor) else torch.stack(inputs)]
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else [image[None] for image in inputs]
+    fixed, (step_h, step_w) = model.layout.fixed_size, model.layout.divisor
+    views = []
+    for x in batches:
+        height, width = x.shape[-2:]
+        crop_h, crop_w = fixed or (-(-height // step_h) * step_h, -(-width // step_w) * step_w)
+        x = F.pad(x, (0, max(0, crop_w - width), 0, max(0, crop_h - height)))  # zeros: the normalised mean colour
+        windows = [x[..., top : top + crop_h, left : left + crop_w]
+                   for top in window_starts(x.shape[-2], crop_h, crop_h)
+                   for left in window_starts(x.shape[-1], crop_w, crop_w)]  # fmt: skip
+        views.append(torch.cat(windows))  # (B * windows, C, crop_h, crop_w)
+    return views
 
 
 class _Sums:
@@ -207,8 +285,10 @@ class _Sums:
         self.adapter_sq = self.branch_sq = self.residual_sq = 0.0
         self.mlp_ratio = self.residual_ratio = 0.0
         self.has_mlp = True
+        self.form = ""
 
     def add(self, measured: Measurement) -> None:
+        self.form = self.form or measured.form
         width = measured.output.shape[-1]
         a = measured.output.reshape(-1, width)  # (tokens, C): the module's output
         a_norm, x_norm = a.norm(dim=-1), measured.residual.reshape(-1, width).norm(dim=-1)
@@ -277,8 +357,9 @@ def _measured_sites(model: nn.Module) -> tuple[Method, dict[int, tuple[BlockModu
     return spec.registered, sites
 
 
-def _inputs(batch: Any) -> torch.Tensor:
-    """A batch's inputs: the tensor itself, or the first item of an ``(inputs, labels, ...)`` batch."""
+def _inputs(batch: Any) -> torch.Tensor | list[torch.Tensor]:
+    """A batch's inputs: the tensor itself, or the first item of an ``(inputs, labels, ...)`` batch (a tensor, or a
+    list of images of different sizes)."""
     return batch[0] if isinstance(batch, tuple | list) else batch
 
 
@@ -289,9 +370,11 @@ def inspect_adapter(
     """Measure what ``model``'s method modules do on ``batches`` (see the module docstring).
 
     Args:
-        model: an adapted model (``create_model(..., method=AdaptFormerConfig(...))`` or a loaded adapter); moved to
-            ``device`` in fp32 and put in eval mode (its training mode is restored afterwards).
-        batches: input tensors, or ``(inputs, labels, ...)`` batches such as a DataLoader's.
+        model: an adapted model (``create_model(..., method=AdaptFormerConfig(...))``, a segmentation model or a
+            loaded adapter); moved to ``device`` in fp32 and put in eval mode (its training mode is restored
+            afterwards).
+        batches: input tensors, or ``(inputs, labels, ...)`` batches such as a DataLoader's (for a segmentation
+            model, images of any size: see the module docstring).
         num_samples: stop after this many inputs (None: all of ``batches``).
         device: where to compute: "auto" (a GPU if there is one), "cpu", "cuda:1", ...
 
@@ -303,33 +386,35 @@ def inspect_adapter(
     device = resolve_device(device) if isinstance(device, str) else device
     blocks = _blocks(model)
     method, sites = _measured_sites(model)
-    class_token = _has_class_token(model)
+    kind = _feature_kind(model)
     was_training = model.training
     model.to(device=device, dtype=torch.float32).eval()
     watched = {f"module{i}": module for i, (_, module) in sites.items()}
     sums = {i: _Sums() for i in sites}
     drift = [_DriftSums() for _ in blocks]
     pooled = _DriftSums()
-    seen_samples, form = 0, ""
+    seen_samples = 0
     try:
         for batch in batches:
             x = _inputs(batch)
             if num_samples is not None:
                 x = x[: num_samples - seen_samples]
-            x = x.to(device=device, dtype=torch.float32)
-            with _recording(watched) as seen:
-                trace = trace_features(model, x)
-            for i, (site, module) in sites.items():
-                assert site.measure is not None
-                measured = site.measure(module, *seen[f"module{i}"])
-                sums[i].add(measured)
-                form = form or measured.form
-            with adapters_off(model):
-                frozen = trace_features(model, x)
-            for i, sums_i in enumerate(drift):
-                sums_i.add(trace.blocks[i], frozen.blocks[i])
-            pooled.add(trace.pooled, frozen.pooled)
-            seen_samples += x.shape[0]
+            if len(x) == 0:
+                continue
+            for view in _model_inputs(model, x):
+                view = view.to(device=device, dtype=torch.float32)
+                with _recording(watched) as seen:
+                    trace = trace_features(model, view)
+                for i, (site, module) in sites.items():
+                    if f"module{i}" in seen:  # not in a block after a segmentation model's last read block
+                        assert site.measure is not None
+                        sums[i].add(site.measure(module, *seen[f"module{i}"]))
+                with adapters_off(model):
+                    frozen = trace_features(model, view)
+                for i, (adapted, reference) in enumerate(zip(trace.blocks, frozen.blocks, strict=True)):
+                    drift[i].add(adapted, reference)
+                pooled.add(trace.pooled, frozen.pooled)
+            seen_samples += len(x)
             if num_samples is not None and seen_samples >= num_samples:
                 break
     finally:
@@ -340,10 +425,10 @@ def inspect_adapter(
     return InspectionReport(
         backbone=spec.backbone if spec is not None else type(model).__name__,
         method=method.title,
-        form=form,
+        form=next((s.form for s in sums.values() if s.form), ""),
         num_samples=seen_samples,
-        feature="class token" if class_token else "mean over tokens",
-        adapters=tuple(s.row(i) for i, s in sums.items()),
-        drift=tuple(d.row(i) for i, d in enumerate(drift)),
+        feature=kind,
+        adapters=tuple(s.row(i) for i, s in sums.items() if s.tokens),
+        drift=tuple(d.row(i) for i, d in enumerate(drift) if d.samples),
         pooled=pooled.row(None),
     )

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 FILES = ("inspect.json", "inspect.md", "inspect.png")
 HEADLINE = "ratio of RMS norms over all tokens and samples"
+PATCH_TOKENS = "patch tokens"  # a segmentation model's drift: each patch token against its frozen counterpart
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -41,6 +42,9 @@ def format_markdown(report: InspectionReport) -> str:
     feature."""
     rows = {r.block: r for r in report.adapters}
     feature = report.feature
+    per_token = feature == PATCH_TOKENS
+    averaged = "every patch token of every input (each against its frozen counterpart)" if per_token else "inputs"
+    head = "decode head input (patch tokens)" if per_token else "head input (pooled)"
     lines = [
         f"# What the adapters do: {report.backbone}, {_title(report)}, {report.num_samples} inputs",
         "",
@@ -48,7 +52,7 @@ def format_markdown(report: InspectionReport) -> str:
         "AdaptFormer's s·A; x: the residual stream it is added to; per-token L2 norms over the channels; headline: the "
         f"{HEADLINE}, in brackets: the mean of the per-token ratio; adapter/MLP only for a module beside the MLP). "
         f"Drift: the {feature} after the block vs the frozen backbone's (adapters off), relative L2 distance and "
-        "cosine similarity, averaged over inputs.",
+        f"cosine similarity, averaged over {averaged}.",
         "",
         f"| block (from 0) | adapter/MLP | adapter/residual | {feature} relative drift | cosine |",
         "| --- | --- | --- | --- | --- |",
@@ -60,7 +64,7 @@ def format_markdown(report: InspectionReport) -> str:
         residual = f"{_number(r.adapter_residual)} ({_number(r.adapter_residual_token_mean)})" if r else "–"
         lines.append(f"| {d.block} | {mlp} | {residual} | {_number(d.relative_l2)} | {d.cosine:.6f} |")
     p = report.pooled
-    lines.append(f"| head input (pooled) | – | – | {_number(p.relative_l2)} | {p.cosine:.6f} |")
+    lines.append(f"| {head} | – | – | {_number(p.relative_l2)} | {p.cosine:.6f} |")
     return "\n".join(lines) + "\n"
 
 
