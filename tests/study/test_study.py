@@ -341,3 +341,40 @@ def test_quick_study_scores_multilabel_by_map_shows_ablations_and_looks_inside(t
     assert len(inside["digits", "adaptformer-64"]["drift"]) == 6
     assert "## What the adapters do inside" in markdown
     assert (out / "adapters_inside.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_segmentation_study_scores_miou_and_inspects_patch_tokens(tmp_path: Path) -> None:
+    """digits-seg end to end at a toy size: mIoU from each run's test.json, the report's table and chance line, and the
+    first seed's AdaptFormer adapter inspected per patch token on the windows its backbone takes."""
+    out = tmp_path / "report"
+    argv = ["study", "--quick", "--tasks", "digits-seg", "--seeds", "0", "--methods", "linear,adaptformer-16",
+            "--output-dir", str(out), "--runs-dir", str(tmp_path / "runs"), "--jobs", "1",
+            *_random_init_flag()]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["metric"]) for r in record["runs"]} == {("linear", "mIoU"), ("adaptformer-16", "mIoU")}
+    for r in record["runs"]:
+        test = json.loads((Path(r["output_dir"]) / "test.json").read_text())
+        assert r["test_score"] == test["miou"] and test["task"] == "segmentation"
+    params = {r["method"]: r["trainable_params"] for r in record["summary"]}
+    assert params["linear"] == 2 * 128 + 128 * 11 + 11  # the decode head: BatchNorm (weight, bias) + 1x1 conv
+    markdown = (out / "results.md").read_text()
+    assert "digits-seg mIoU (%)" in markdown and "or mIoU (mean over classes of intersection over union" in markdown
+    (inside,) = record["inside"]
+    assert inside["feature"] == "patch tokens" and inside["method"] == "adaptformer-16"
+    assert [d["block"] for d in inside["drift"]] == list(range(6)) and len(inside["adapters"]) == 6
+    assert "a segmentation task: of each patch token the decode head reads" in markdown
+    assert (out / "adapters_inside.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_segmentation_chance_is_the_most_common_class_everywhere() -> None:
+    from adaptformer.data.segmentation import build_segmentation_dataset
+    from adaptformer.study.run import chance_score
+    from adaptformer.study.tasks import default_tasks
+
+    settings = StudySettings(tasks=("digits-seg",), quick=True)
+    task = default_tasks()["digits-seg"]
+    masks = build_segmentation_dataset("digits-seg", None, "test", None, **task.quick["data"]["options"]).masks
+    background = (masks == 0).mean()
+    assert chance_score(task, settings) == pytest.approx(100 * background / len(np.unique(masks)))
+    assert 0 < chance_score(task, settings) < 100 / 11  # the background share, over the 11 classes present

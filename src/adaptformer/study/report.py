@@ -1,4 +1,4 @@
-"""The study's report: a markdown table (task x method, mean +/- std test score, top-1 or mAP, and trainable
+"""The study's report: a markdown table (task x method, mean +/- std test score, top-1, mAP or mIoU, and trainable
 parameters), the ablations' table, the accuracy-versus-trainable-parameters plot of the AdaptFormer paper's Figure 1
 (log x, one panel per task) and the plot of what the adapters do inside.
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text, save_figure
+from ..inference.inspection_files import PATCH_TOKENS
 
 FAMILY_STYLE = {  # family: (label, colour, marker); other families are drawn as (name, the next colour, "o")
     "linear": ("linear probe", "tab:gray", "s"),
@@ -28,7 +29,7 @@ def _methods_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _metric(rows: Sequence[dict[str, Any]], task: str) -> str:
-    """The score a task is reported in: top-1, or mAP for a multi-label task."""
+    """The score a task is reported in: top-1, mAP for a multi-label task, mIoU for a segmentation task."""
     return next((r.get("metric", "top-1") for r in rows if r["task"] == task), "top-1")
 
 
@@ -100,6 +101,12 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str, inside_na
         "Test score (%) of the adapter selected by the same score on the validation split (10% of the training "
         "split): top-1, or mAP (mean over classes of average precision) for a multi-label task, "
         + (
+            "or mIoU (mean over classes of intersection over union, over every pixel of the test split) for a "
+            "segmentation task, "
+            if any(r.get("metric") == "mIoU" for r in rows)
+            else ""
+        )
+        + (
             f"mean ± sample standard deviation over seeds {seeds}"
             if len(settings["seeds"]) > 1
             else f"seed {seeds} (one seed: no standard deviation)"
@@ -142,7 +149,14 @@ def _inside_lines(inside: Sequence[dict[str, Any]], inside_name: str) -> list[st
         f"`adaptformer inspect` on the first seed's AdaptFormer adapters, {inside[0]['num_samples']} test images each: "
         "the adapter's output relative to the frozen MLP branch and to the residual stream (ratio of RMS norms over "
         "tokens and images, mean over adapted blocks), and the drift of the feature the head reads from the frozen "
-        "backbone's (relative L2 distance, cosine similarity). Per block in the figure.",
+        "backbone's (relative L2 distance, cosine similarity"
+        + (
+            "; a segmentation task: of each patch token the decode head reads, averaged over tokens, its images read "
+            "as the windows its evaluation feeds the backbone"
+            if any(r["feature"] == PATCH_TOKENS for r in inside)
+            else ""
+        )
+        + "). Per block in the figure.",
         "",
         "| task | adapter | adapter / MLP | adapter / residual | head feature drift | cosine |",
         "|---|---|---|---|---|---|",
@@ -160,9 +174,11 @@ def recipe_line(info: dict[str, Any]) -> str:
     data shared by every run of the task), ``method_settings`` (per method family) and ``full_lr_scale``."""
     config = info["config"]
     model, data, optim = config.get("model", {}), config.get("data", {}), config.get("optim", {})
-    keys = ["epochs", "warmup_epochs", "batch_size", "optimizer", "lr" if optim.get("lr") else "blr", "precision"]
+    keys = ["epochs", "warmup_epochs", "batch_size", "optimizer", "lr" if optim.get("lr") else "blr", "schedule",
+            "precision"]  # fmt: skip
     recipe = ", ".join(f"{k} {optim[k]}" for k in keys if k in optim)
-    recipe += "".join(f", {k} {data[k]}" for k in ("crop_scale", "flip") if data.get(k) is not None)
+    recipe += "".join(f", {k} {data[k]}" for k in ("crop_scale", "flip", "segmentation") if data.get(k) is not None)
+    recipe += f", model.head {model['head']}" if model.get("head") else ""
     if data.get("options"):
         recipe += f", data.options {data['options']}"
     for family, settings in info.get("method_settings", {}).items():
@@ -236,7 +252,8 @@ def plot_adapters_inside(path: Path, inside: Sequence[dict[str, Any]]) -> None:
             drift_ax.plot([d["block"] for d in r["drift"]], [d["relative_l2"] for d in r["drift"]], marker="o",
                           label=r["method"])  # fmt: skip
         ratio_ax.set_ylabel("||s A|| / ||MLP branch||")
-        drift_ax.set_ylabel(f"{inside[0]['feature']} drift (relative L2)")
+        feature = next(r["feature"] for r in inside if r["task"] == task)
+        drift_ax.set_ylabel(f"{feature} drift (relative L2)")
         for ax in (ratio_ax, drift_ax):
             ax.set_title(task)
             ax.set_xlabel("block (from 0, as inspect.json and AdaptFormerConfig.layers count)")

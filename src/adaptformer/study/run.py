@@ -11,18 +11,20 @@ users run:
 - ``motion``: synthetic clips whose class is the direction of motion, on a video ViT of the same size whose weights
   are the shapes ViT inflated to video (``inflate-image``): an image-pre-trained backbone on a temporal task, the
   paper's Table 4 setting;
-- ``digits-multilabel``: 1-3 of those digits per image, multi-label (the paper's Table 2 kind of task), scored by mAP.
+- ``digits-multilabel``: 1-3 of those digits per image, multi-label (the paper's Table 2 kind of task), scored by mAP;
+- ``digits-seg``: semantic segmentation of those digits on larger canvases, scored by mIoU: the paper's first open
+  question, whether AdaptFormer works for dense prediction.
 
 The paper's ablations (adapters in the first or last half of the blocks, the sequential form, the scale s) are variants
 of adaptformer-64 (``METHODS`` with an ``ablation``), reported in their own table. After the runs, the AdaptFormer
 adapters of the first seed are inspected on test images (:mod:`~adaptformer.inference.inspection`: the adapter's output
-relative to the frozen MLP branch, and how far the class token moves from the frozen backbone's, per block), drawn in
-``adapters_inside.png``.
+relative to the frozen MLP branch, and how far the class token (a segmentation model: each patch token) moves from the
+frozen backbone's, per block), drawn in ``adapters_inside.png``.
 
 Model selection uses the validation split carved from the training data; the reported number is the test split's
-top-1 (mAP for a multi-label task) of the selected adapter. :func:`run_study` writes ``results.json`` (every run),
-``results.md`` (mean +/- std over seeds and trainable parameters) and ``accuracy_vs_params.png`` (the paper's Figure
-1, one panel per task).
+top-1 (mAP for a multi-label task, mIoU for a segmentation task) of the selected adapter. :func:`run_study` writes
+``results.json`` (every run), ``results.md`` (mean +/- std over seeds and trainable parameters) and
+``accuracy_vs_params.png`` (the paper's Figure 1, one panel per task).
 
 Runs go to a pool of worker processes with one intra-op thread each: these models are tiny, and on a shared 2-core
 machine two single-threaded runs side by side are faster than one run on two threads (which stalls whenever the
@@ -46,6 +48,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..backbones.shapes_vit import SHAPES_VIT_FILE
@@ -55,6 +58,7 @@ from ..engine.config.sections import OptimConfig
 from ..engine.metrics import LABELS
 from ..files import atomic_write_text, make_folder
 from ..methods import get_method
+from ..segmentation import IGNORE_INDEX
 from .report import plot_accuracy_vs_params, plot_adapters_inside, write_markdown
 from .tasks import METHODS, Task, default_tasks
 
@@ -65,6 +69,7 @@ RESULTS_MD = "results.md"
 PLOT_FILE = "accuracy_vs_params.png"
 INSIDE_FILE = "adapters_inside.png"
 INSPECT_SAMPLES = 256  # test images each inspected adapter is measured on
+METRIC_LABELS = {**LABELS, "miou": "mIoU"}  # how the report names each task's score
 
 
 @dataclass(frozen=True)
@@ -154,8 +159,8 @@ def build_cells(settings: StudySettings) -> list[Cell]:
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
-    """Train one cell with :func:`adaptformer.engine.train.train`; its test and validation score (top-1, or mAP for a
-    multi-label task), size and time."""
+    """Train one cell with :func:`adaptformer.engine.train.train`; its test and validation score (top-1, mAP for a
+    multi-label task, mIoU for a segmentation task), size and time."""
     from ..engine.train import build_model, train
     from ..model import count_trainable
 
@@ -175,7 +180,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return {
         "task": cell.task, "method": cell.method, "family": method.family, "size": method.size,
         "ablation": method.ablation, "seed": cell.seed, "trainable_params": trainable,
-        "metric": LABELS[result.metric], "test_score": float(result.test[result.metric]),
+        "metric": METRIC_LABELS[result.metric], "test_score": float(result.test[result.metric]),
         "val_score": result.best_val, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
         "seconds": round(seconds, 2), "output_dir": str(result.output_dir),
     }  # fmt: skip
@@ -332,16 +337,23 @@ def portable_path(path: str) -> str:
 
 
 def chance_score(task: Task, settings: StudySettings) -> float:
-    """The test score of guessing (percent): 1 / classes top-1, or for a multi-label task the mAP of scores that
-    ignore the image, which is the mean over classes of the share of test images that have the class."""
+    """The test score of guessing (percent): 1 / classes top-1; for a multi-label task the mAP of scores that ignore
+    the image, which is the mean over classes of the share of test images that have the class; for a segmentation
+    task the mIoU of the most common class predicted everywhere (its IoU is its share of the pixels, every other
+    class present scores 0)."""
     config = task_recipe(task, settings)
     from ..data import build_image_dataset
     from ..data.image import IMAGE_DATASETS
+    from ..data.segmentation import SEGMENTATION_DATASETS, build_segmentation_dataset
 
-    kind = config["data"]["dataset"]
+    kind, options = config["data"]["dataset"], config["data"].get("options", {})
+    if kind in SEGMENTATION_DATASETS and not SEGMENTATION_DATASETS[kind].needs_root:
+        masks = build_segmentation_dataset(kind, None, "test", None, **options).masks  # type: ignore[attr-defined]
+        counts = np.bincount(masks[masks != IGNORE_INDEX].ravel(), minlength=task.num_classes)
+        return 100.0 * counts.max() / counts.sum() / np.count_nonzero(counts)
     if kind not in IMAGE_DATASETS or IMAGE_DATASETS[kind].needs_root:
         return 100.0 / task.num_classes
-    test = build_image_dataset(kind, None, "test", None, **config["data"].get("options", {}))
+    test = build_image_dataset(kind, None, "test", None, **options)
     label_sets = getattr(test, "label_sets", None)
     if label_sets is None:
         return 100.0 / task.num_classes
@@ -351,10 +363,12 @@ def chance_score(task: Task, settings: StudySettings) -> float:
 
 def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) -> list[dict[str, Any]]:
     """What the AdaptFormer adapters of the first seed do inside
-    (:func:`~adaptformer.inference.inspection.inspect_adapter` on ``INSPECT_SAMPLES`` test images of their task), image
-    tasks only: one record per (task, method)."""
+    (:func:`~adaptformer.inference.inspection.inspect_adapter` on ``INSPECT_SAMPLES`` test images of their task, read
+    as their evaluation reads them), image tasks only: one record per (task, method)."""
     from torch.utils.data import DataLoader
 
+    from ..data.segmentation import collate_segmentation
+    from ..engine.config.parser import parse_data_cli
     from ..engine.splits import DataSpec, load_split
     from ..inference.evaluate import load_trained_model
     from ..inference.inspection import inspect_adapter
@@ -367,11 +381,16 @@ def inspect_adapters(runs: Sequence[dict[str, Any]], settings: StudySettings) ->
         model, info = load_trained_model(adapter)
         if clip_frames(model) is not None or info.training is None:
             continue  # video: the question is asked of the image tasks
+        record = info.training
+        data = {"dataset": record.dataset, "options": dict(record.dataset_options), "num_workers": 0}
+        data |= {"segmentation": record.segmentation} if record.segmentation else {}  # its eval resize
+        spec = DataSpec.from_config(parse_data_cli([], data))
         if run["task"] not in splits:
-            spec = DataSpec(info.training.dataset, None, dict(info.training.dataset_options))
             splits[run["task"]] = load_split(spec, "test")
         test = splits[run["task"]].build(model, "eval")
-        report = inspect_adapter(model, DataLoader(test, batch_size=128), INSPECT_SAMPLES, device="cpu")
+        collate = collate_segmentation if spec.is_segmentation else None
+        loader = DataLoader(test, batch_size=128, collate_fn=collate)
+        report = inspect_adapter(model, loader, INSPECT_SAMPLES, device="cpu")
         # the study's method name (e.g. "adaptformer-64-blocks1-3") over the report's method title
         records.append({**report.to_dict(), "task": run["task"], "method": run["method"]})
     return records
