@@ -23,9 +23,10 @@ the adapter.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,18 @@ from ..saving import (
     load_adapter,
     read_adapter_config,
     task_type,
+)
+from .tasktypes import (
+    Answer,
+    SegmentationTask,
+    TaskKind,
+    TaskTypeError,
+    VideoTask,
+    check_threshold,
+    default_threshold,
+    label_answer,
+    load_segmentation_task,
+    task_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,6 +88,8 @@ class TaskInfo:
     is_video: bool
     preprocessing: Preprocessing
     adapter: AdapterInfo
+    kind: TaskKind = "single-label"  # what the task takes and answers (:mod:`.tasktypes`)
+    threshold: float | None = None  # a multi-label task's: classes whose sigmoid probability reaches it are answered
 
 
 class _Rows:
@@ -146,6 +161,7 @@ class MultiTaskModel(nn.Module):
         self._owners: dict[str, str] = {}  # block path -> the title of the method whose class the trunk block has
         self._infos: dict[str, TaskInfo] = {}
         self._models: dict[str, nn.Module] = {}
+        self._alone: dict[str, VideoTask | SegmentationTask] = {}  # tasks that run on their own models, not the trunk
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -178,9 +194,12 @@ class MultiTaskModel(nn.Module):
             model.add_task(name, directory, info)
         return model
 
-    def add_task(self, name: str, directory: str | Path, info: AdapterInfo | None = None) -> TaskInfo:
+    def add_task(
+        self, name: str, directory: str | Path, info: AdapterInfo | None = None, threshold: float | None = None
+    ) -> TaskInfo:
         """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched. ``info``: its
-        adapter_config.json, if already read."""
+        adapter_config.json, if already read; ``threshold``: a multi-label task's (default: :func:`default_threshold`;
+        :meth:`set_threshold` changes it)."""
         directory = Path(directory)
         if not name or "." in name or "/" in name:
             raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
@@ -194,23 +213,20 @@ class MultiTaskModel(nn.Module):
                 f"{directory}: method {method!r} cannot share a backbone in a mixed-task batch: "
                 f"{registered.batch_refusal}; load it as a single-task model (create_model_from_adapter)"
             )
-        if task_type(info.task) != "classification":
-            raise UnsupportedModelError(
-                f"{directory}: a {task_type(info.task)} adapter cannot join a multi-task model, which classifies "
-                "images; load it alone (adaptformer predict with this one --adapter writes its label PNGs)"
-            )
-        if info.multi_label:
-            raise UnsupportedModelError(
-                f"{directory}: a multi-label adapter (one sigmoid per class) cannot join a multi-task model, which "
-                "reports each task's softmax top-k; load it alone (create_model_from_adapter, or adaptformer predict "
-                "with this one --adapter, which prints the classes above --threshold)"
-            )
+        if task_type(info.task) not in ("classification", "segmentation"):
+            raise UnsupportedModelError(f"{directory}: a {task_type(info.task)} adapter cannot join a multi-task model")
+        if threshold is not None and not info.multi_label:
+            raise ValueError(f"task {name!r} ({directory}): a threshold applies to multi-label tasks; this one is not")
+        threshold = check_threshold(threshold, f"task {name!r}") if threshold is not None else default_threshold(info)
         if info.spec.backbone != self.backbone_name:
             raise AdapterFileError(
                 f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "
                 f"{self.backbone_name!r}"
             )
         copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
+        if task_type(info.task) == "segmentation":  # its own model: a decode head over several blocks' features
+            task_model = load_segmentation_task(copy, self._plain[0], directory, info)
+            return self._add_segmentation(name, task_model, directory, info, method)
         task_model = load_adapter(copy, directory, info=info).eval()  # the fingerprint is checked there
         task_model.to(next(self.trunk.parameters()).device)  # its new modules where the shared backbone is
         paths = classifier_paths(task_model)
@@ -225,8 +241,21 @@ class MultiTaskModel(nn.Module):
         head = task_model.get_submodule(self._head_path)
         self.heads[name] = nn.Sequential(*extras, head) if extras else head
         self._models[name] = task_model
-        self._infos[name] = self._task_info(name, info, task_model, directory, method)
+        self._infos[name] = self._task_info(name, info, task_model, directory, method, threshold)
+        if self._infos[name].kind == "video":  # its views go through its own model (the trunk takes images)
+            self._alone[name] = VideoTask(task_model, info, self._infos[name].classes)
         logger.info("task %s: %s from %s", name, method, directory)
+        return self._infos[name]
+
+    def _add_segmentation(
+        self, name: str, task_model: nn.Module, directory: Path, info: AdapterInfo, method: str
+    ) -> TaskInfo:
+        """A segmentation task is its single-task model only: no router in the trunk, no head in the mixed batch."""
+        task_model = task_model.eval().to(next(self.trunk.parameters()).device)
+        self._models[name] = task_model
+        self._infos[name] = self._task_info(name, info, task_model, directory, method, None)
+        self._alone[name] = SegmentationTask(task_model, info, self._infos[name].classes)
+        logger.info("task %s: %s segmentation from %s", name, method, directory)
         return self._infos[name]
 
     def _attach(self, name: str, task_model: nn.Module, method: Method, directory: Path) -> None:
@@ -262,11 +291,21 @@ class MultiTaskModel(nn.Module):
             self.routers[key].tasks[name] = module
 
     @staticmethod
-    def _task_info(name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str) -> TaskInfo:
+    def _task_info(
+        name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str, threshold: float | None
+    ) -> TaskInfo:
         classes = list(info.classes) if info.classes else [str(i) for i in range(int(model.num_classes))]
         trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
-        return TaskInfo(name, classes, method, trainable, directory, clip_frames(model) is not None,
-                        Preprocessing.from_model(model), info)  # fmt: skip
+        is_video = clip_frames(model) is not None
+        return TaskInfo(name, classes, method, trainable, directory, is_video, Preprocessing.from_model(model), info,
+                        task_kind(info, is_video), threshold)  # fmt: skip
+
+    def set_threshold(self, name: str, threshold: float) -> None:
+        """Change multi-label task ``name``'s threshold (a number in (0, 1))."""
+        if self.task(name).threshold is None:
+            raise ValueError(f"task {name!r} is a {self._infos[name].kind} task; a threshold applies to multi-label "
+                             "tasks")  # fmt: skip
+        self._infos[name] = replace(self._infos[name], threshold=check_threshold(threshold, f"task {name!r}"))
 
     def remove_task(self, name: str) -> None:
         """Drop task ``name``: its modules and head; the other tasks' outputs do not change."""
@@ -274,7 +313,10 @@ class MultiTaskModel(nn.Module):
         for router in self.routers.values():
             if name in router.tasks:
                 del router.tasks[name]
-        del self.heads[name], self._models[name], self._infos[name]
+        if name in self.heads:  # a segmentation task has none
+            del self.heads[name]
+        self._alone.pop(name, None)
+        del self._models[name], self._infos[name]
 
     # ------------------------------------------------------------------------------------------------ reading
 
@@ -317,6 +359,11 @@ class MultiTaskModel(nn.Module):
             self.task(n)
         return torch.tensor([index[n] for n in names], dtype=torch.long)
 
+    def tasks_for(self, item: Any) -> list[str]:
+        """The tasks that take ``item`` (a video file's path: the video tasks; an image: every other task)."""
+        video = _is_video_input(item)
+        return [n for n, i in self._infos.items() if (i.kind == "video") == video]
+
     @torch.no_grad()
     def classify(
         self,
@@ -324,27 +371,38 @@ class MultiTaskModel(nn.Module):
         tasks: Sequence[Sequence[str]] | None = None,
         top_k: int = 5,
         precision: str = "fp32",
-    ) -> list[dict[str, list[tuple[str, int, float]]]]:
-        """For each PIL image, each requested task's top-k ``(class, index, probability)``, best first. ``tasks``:
-        one list of task names per image (None: every image task). All (image, task) pairs run as mixed-task batches
-        of at most ``max_batch`` samples, under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
+    ) -> list[dict[str, Answer]]:
+        """For each input (a PIL image; for video tasks a video file's path), each requested task's answer in its
+        type's shape (:mod:`.tasktypes`): a single-label task's top-k ``(class, index, probability)``, best first; a
+        multi-label task's :class:`~.tasktypes.MultiLabelAnswer`; a segmentation task's
+        :class:`~.tasktypes.MaskAnswer`. ``tasks``: one list of task names per input (None: every task that takes the
+        input, :meth:`tasks_for`). Image classification rows run as mixed-task batches of at most ``max_batch``
+        samples, the other tasks on their own models; all under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
         _check_top_k(top_k)
         if tasks is None:
-            tasks = [[n for n, i in self._infos.items() if not i.is_video]] * len(images)
+            tasks = [self.tasks_for(i) for i in images]
         if len(tasks) != len(images):
             raise ValueError(f"{len(tasks)} task lists for {len(images)} images")
         return self.classify_inputs([self.prepare(i, t) for i, t in zip(images, tasks, strict=True)], top_k, precision)
 
-    def prepare(self, image: Any, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
-        """One PIL image (any mode) as each image task's input tensor, ``{task: (C, H, W)}`` (tasks of one
-        preprocessing share a tensor): :meth:`classify` in two steps, so a server can preprocess in its own threads
-        and drop the full-size image before it waits for a batch."""
+    def prepare(self, image: Any, tasks: Sequence[str]) -> dict[str, Any]:
+        """One input as each task's input (:meth:`classify` in two steps, so a server can preprocess in its own
+        threads and drop the full-size image before it waits for a batch): a PIL image (any mode) as each image task's
+        tensor ``(C, H, W)`` (tasks of one preprocessing share it) or each segmentation task's ``(x, (H, W))``; a video
+        file's path as each video task's views ``(V, C, T, H, W)``. A task that takes the other kind of input is a
+        :class:`~.tasktypes.TaskTypeError` naming it and its type."""
+        video = _is_video_input(image)
         tensors: dict[Preprocessing, torch.Tensor] = {}
-        inputs: dict[str, torch.Tensor] = {}
+        inputs: dict[str, Any] = {}
         for name in tasks:
-            if self.task(name).is_video:
-                raise ValueError(f"task {name!r} classifies video clips, not images")
-            pre = self._infos[name].preprocessing
+            info = self.task(name)
+            if (info.kind == "video") != video:
+                takes = "video files, not images" if info.kind == "video" else f"images, not video files ({image})"
+                raise TaskTypeError(f"task {name!r} is a {info.kind} task: it takes {takes}")
+            if name in self._alone:
+                inputs[name] = self._alone[name].prepare(image)
+                continue
+            pre = info.preprocessing
             if pre not in tensors:
                 tensors[pre] = build_image_transform(pre, train=False)(image)  # its ToRGBImage converts any mode
             inputs[name] = tensors[pre]
@@ -352,14 +410,14 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def classify_inputs(
-        self, inputs: Sequence[dict[str, torch.Tensor]], top_k: int = 5, precision: str = "fp32"
-    ) -> list[dict[str, list[tuple[str, int, float]]]]:
-        """:meth:`classify` of images already :meth:`prepare` d: one ``{task: tensor}`` per image."""
+        self, inputs: Sequence[dict[str, Any]], top_k: int = 5, precision: str = "fp32"
+    ) -> list[dict[str, Answer]]:
+        """:meth:`classify` of inputs already :meth:`prepare` d: one ``{task: input}`` per image or video."""
         _check_top_k(top_k)
         device = next(self.trunk.parameters()).device
         autocast = resolve_precision(precision, device).autocast
-        samples = [(i, name, x) for i, one in enumerate(inputs) for name, x in one.items()]
-        results: list[dict[str, list[tuple[str, int, float]]]] = [{} for _ in inputs]
+        samples = [(i, name, x) for i, one in enumerate(inputs) for name, x in one.items() if name not in self._alone]
+        results: list[dict[str, Answer]] = [{} for _ in inputs]
         self.eval()
         for start in range(0, len(samples), self.max_batch):
             chunk = samples[start : start + self.max_batch]
@@ -369,10 +427,20 @@ class MultiTaskModel(nn.Module):
                 logits = self(x, self.task_ids(names))
             seen = dict.fromkeys(names, 0)
             for image_index, name, _ in chunk:
-                row = logits[name][seen[name]].float().softmax(dim=0)
+                info = self._infos[name]
+                results[image_index][name] = label_answer(logits[name][seen[name]], info.classes, top_k, info.threshold)
                 seen[name] += 1
-                classes = self._infos[name].classes
-                values, indices = row.topk(min(top_k, len(classes)))
-                results[image_index][name] = [(classes[j], j, v) for j, v in zip(indices.tolist(), values.tolist(),
-                                                                                strict=True)]  # fmt: skip
-        return results
+        for name, alone in self._alone.items():  # grouped per task, on the task's own model
+            mine = [i for i, one in enumerate(inputs) if name in one]
+            if mine:
+                with autocast():
+                    answers = alone.answers([inputs[i][name] for i in mine], top_k, self._infos[name].threshold,
+                                            self.max_batch)  # fmt: skip
+                for i, answer in zip(mine, answers, strict=True):
+                    results[i][name] = answer
+        return [{name: result[name] for name in one} for one, result in zip(inputs, results, strict=True)]
+
+
+def _is_video_input(item: Any) -> bool:
+    """A path is a video file (images are given decoded, as PIL images)."""
+    return isinstance(item, (str, os.PathLike))
