@@ -31,7 +31,6 @@ from ..precision import resolve_precision
 from ..preprocessing import Preprocessing
 from ..saving import AdapterInfo
 from ..validation import from_mapping
-from .tasktypes import SegmentationInput
 
 __all__ = [
     "OVERLAY_ALPHA",
@@ -101,12 +100,14 @@ def segmentation_settings(info: AdapterInfo) -> SegmentationSettings:
     return from_mapping(SegmentationSettings, record or {}, "the adapter's training.segmentation")
 
 
-def segmentation_input(model: nn.Module, augment: SegmentationAugment) -> Callable[[Image.Image], SegmentationInput]:
+def segmentation_input(
+    model: nn.Module, augment: SegmentationAugment
+) -> Callable[[Image.Image], tuple[torch.Tensor, tuple[int, int]]]:
     """``prepare(image)``: a PIL image as ``model``'s evaluation transform makes it, ``(x (3, h, w), (H, W))``: resized
     (short side to ``base_size``) and normalised, and the image's own size, which the class map comes back at."""
     transform = build_segmentation_transform(Preprocessing.from_model(model), train=False, augment=augment)
 
-    def prepare(image: Image.Image) -> SegmentationInput:
+    def prepare(image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
         placeholder = tv_tensors.Mask(torch.zeros(image.height, image.width, dtype=torch.uint8))
         x, full = transform(image, placeholder)  # (3, h, w) resized and normalised; (H, W) at the file's size
         return x, (int(full.shape[-2]), int(full.shape[-1]))
