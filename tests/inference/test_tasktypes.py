@@ -12,45 +12,25 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import VIT, tiny_kwargs
+from tests.conftest import VIT
+from tests.inference.task_adapters import image_task_adapters, video_task_adapters
 from tests.segmentation.tiny_segmenters import tiny_segmenter
-from tests.training_step import move_trainable
 
-from adaptformer import create_model, save_adapter
+from adaptformer import save_adapter
 from adaptformer.cli import main
 from adaptformer.data import build_image_transform
 from adaptformer.inference.evaluate import load_trained_model, predict_files, video_settings
 from adaptformer.inference.multitask import MultiTaskModel
 from adaptformer.inference.tasktypes import MaskAnswer, MultiLabelAnswer, TaskTypeError
 from adaptformer.preprocessing import Preprocessing
-from adaptformer.saving import AdapterFileError, TrainingRecord, create_model_from_adapter, read_adapter_config
+from adaptformer.saving import AdapterFileError, create_model_from_adapter, read_adapter_config
 
 ATOL = 1e-5
-KWARGS = tiny_kwargs(VIT, dynamic_img_size=True)  # the segmenter's backbone build: every task is trained on it
-SEG_RECORD = {"base_size": 32, "inference": "slide", "stride": 16, "eval_flip": True}
-VIDEO = "video_vit_base_patch16_224"
-VIDEO_TINY = {"img_size": 32, "patch_size": 8, "num_frames": 4, "embed_dim": 64, "depth": 2, "num_heads": 2}
-VIDEO_RECORD = {"sampling": "dense", "sampling_stride": 2, "flip": False, "test_clips": 2, "test_crops": 3}
-
-
-def _classifier(directory: Path, classes: list[str], multi_label: bool, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = move_trainable(create_model(VIT, len(classes), method="adaptformer", init_seed=0, **KWARGS), 0.5)
-    return save_adapter(model.eval(), directory, classes, multi_label=multi_label)
 
 
 @pytest.fixture(scope="module")
 def image_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("types")
-    segmenter = move_trainable(tiny_segmenter(VIT, "adaptformer", "linear"), 0.5).train()
-    with torch.no_grad():
-        segmenter(torch.randn(4, 3, 32, 32))  # BatchNorm statistics off their init
-    record = TrainingRecord(dataset="segfolder", precision="fp32", segmentation=SEG_RECORD)
-    return {
-        "animals": _classifier(root / "animals" / "adapter", ["cat", "dog", "emu"], False, 1),
-        "tags": _classifier(root / "tags" / "adapter", ["red", "round", "shiny"], True, 2),
-        "scene": save_adapter(segmenter.eval(), root / "scene" / "adapter", ["sky", "road", "tree"], record),
-    }
+    return image_task_adapters(tmp_path_factory.mktemp("types"))
 
 
 def _images(n: int, seed: int) -> list[Image.Image]:
@@ -155,15 +135,7 @@ def test_a_segmentation_adapter_of_another_backbone_build_is_refused(
 
 @pytest.fixture(scope="module")
 def video_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("video-types")
-    record = TrainingRecord(dataset="videofolder", video=VIDEO_RECORD, precision="fp32", eval_batch_size=4)
-    out = {}
-    for name, classes, multi_label, seed in (("motion", 2, False, 0), ("labels", 2, True, 1)):
-        torch.manual_seed(seed)
-        model = move_trainable(create_model(VIDEO, classes, init_seed=0, **VIDEO_TINY), scale=0.5)
-        names = [f"{name}{i}" for i in range(classes)]
-        out[name] = save_adapter(model.eval(), root / name / "adapter", names, record, multi_label=multi_label)
-    return out
+    return video_task_adapters(tmp_path_factory.mktemp("video-types"))
 
 
 def test_video_tasks_answer_as_predict_and_refuse_images(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +51,7 @@ __all__ = [
     "default_threshold",
     "label_answer",
     "task_kind",
+    "top_k_of",
 ]
 
 TaskKind = Literal["single-label", "multi-label", "video", "segmentation"]
@@ -138,6 +139,13 @@ def label_answer(logits: torch.Tensor, classes: Sequence[str], top_k: int, thres
     ranked_values, ranked = probabilities.sort(descending=True)
     above = [(classes[j], j, v) for j, v in zip(ranked.tolist(), ranked_values.tolist(), strict=True) if v >= threshold]
     return MultiLabelAnswer(threshold, above, top)
+
+
+def top_k_of(answer: Answer, top_k: int) -> Answer:
+    """``answer`` with its top-k cut to ``top_k`` (a batch of requests is answered at the largest top-k they ask)."""
+    if isinstance(answer, MultiLabelAnswer):
+        return replace(answer, top=answer.top[:top_k])
+    return answer if isinstance(answer, MaskAnswer) else answer[:top_k]
 
 
 def _device(model: nn.Module) -> torch.device:
