@@ -116,6 +116,8 @@ def test_a_segmentation_task_shares_the_backbone_and_is_removed_cleanly(image_ad
     plain = {id(t) for t in (*multi._plain[0].parameters(), *multi._plain[0].buffers())}
     frozen = [p for p in multi.task_model("scene").backbone.parameters() if not p.requires_grad]
     assert frozen and all(id(p) in plain for p in frozen)  # no copy of the backbone for the segmentation task
+    with pytest.raises(TaskTypeError, match="task 'scene' is a segmentation task: it runs on its own model"):
+        multi.task_ids(["animals", "scene"])
     multi.remove_task("scene")
     assert multi.tasks == ("animals",)
     assert list(multi.classify(_images(1, 4))[0]) == ["animals"]

@@ -18,6 +18,11 @@ Built in: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and
 trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become part of the task's
 head. A method that cannot share a batch (VPT, LoRA, full fine-tuning) is refused with the reason it declares, naming
 the adapter.
+
+Task types (:mod:`.tasktypes`): single- and multi-label image tasks share the mixed batch; video tasks (a video
+backbone's) and segmentation tasks run on their own single-task models (sharing the backbone's tensors, grouped per
+task), because a video's test views and a segmentation decode head's multi-block features are not the trunk's pooled
+image features. :meth:`MultiTaskModel.classify` answers each task in its type's shape.
 """
 
 from __future__ import annotations
@@ -356,7 +361,9 @@ class MultiTaskModel(nn.Module):
         """The ids ``forward`` takes for a list of task names."""
         index = {n: i for i, n in enumerate(self.tasks)}
         for n in names:
-            self.task(n)
+            if self.task(n).kind == "segmentation":
+                raise TaskTypeError(f"task {n!r} is a segmentation task: it runs on its own model (task_model({n!r}) "
+                                    "or classify), not in forward's mixed batch")  # fmt: skip
         return torch.tensor([index[n] for n in names], dtype=torch.long)
 
     def tasks_for(self, item: Any) -> list[str]:

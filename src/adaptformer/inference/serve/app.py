@@ -306,8 +306,14 @@ def create_app(
     async def classify(request: Request) -> dict[str, Any]:
         names, top_k, inputs = await read_and_prepare(request)
         results = await batcher.submit(inputs, [list(one) for one in inputs], top_k)
-        return {"results": [{"file": name, "tasks": {t: _answer(a) for t, a in result.items()}}
-                            for name, result in zip(names, results, strict=True)]}  # fmt: skip
+
+        def answers() -> dict[str, Any]:
+            return {"results": [{"file": name, "tasks": {t: _answer(a) for t, a in result.items()}}
+                                for name, result in zip(names, results, strict=True)]}  # fmt: skip
+
+        if any(isinstance(a, MaskAnswer) for result in results for a in result.values()):
+            return await asyncio.get_running_loop().run_in_executor(pool, answers)  # PNG encoding: off the loop
+        return answers()
 
     page = (resources.files(__package__) / "page.html").read_text()
 
