@@ -28,7 +28,6 @@ image features. :meth:`MultiTaskModel.classify` answers each task in its type's 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, replace
@@ -39,13 +38,11 @@ import torch
 import torch.nn as nn
 
 from ..backbones.families import find_family
-from ..data import build_image_transform
 from ..errors import UnsupportedModelError
 from ..factory import BackboneSource
 from ..heads import classifier_paths
 from ..methods.protocol import BlockModule
 from ..methods.registry import Method
-from ..precision import resolve_precision
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import (
     AdapterFileError,
@@ -61,10 +58,12 @@ from .tasktypes import (
     TaskKind,
     TaskTypeError,
     VideoTask,
+    answer_inputs,
     check_threshold,
     default_threshold,
-    label_answer,
+    is_video_input,
     load_segmentation_task,
+    prepare_inputs,
     task_kind,
 )
 
@@ -368,7 +367,7 @@ class MultiTaskModel(nn.Module):
 
     def tasks_for(self, item: Any) -> list[str]:
         """The tasks that take ``item`` (a video file's path: the video tasks; an image: every other task)."""
-        video = _is_video_input(item)
+        video = is_video_input(item)
         return [n for n, i in self._infos.items() if (i.kind == "video") == video]
 
     @torch.no_grad()
@@ -398,22 +397,7 @@ class MultiTaskModel(nn.Module):
         tensor ``(C, H, W)`` (tasks of one preprocessing share it) or each segmentation task's ``(x, (H, W))``; a video
         file's path as each video task's views ``(V, C, T, H, W)``. A task that takes the other kind of input is a
         :class:`~.tasktypes.TaskTypeError` naming it and its type."""
-        video = _is_video_input(image)
-        tensors: dict[Preprocessing, torch.Tensor] = {}
-        inputs: dict[str, Any] = {}
-        for name in tasks:
-            info = self.task(name)
-            if (info.kind == "video") != video:
-                takes = "video files, not images" if info.kind == "video" else f"images, not video files ({image})"
-                raise TaskTypeError(f"task {name!r} is a {info.kind} task: it takes {takes}")
-            if name in self._alone:
-                inputs[name] = self._alone[name].prepare(image)
-                continue
-            pre = info.preprocessing
-            if pre not in tensors:
-                tensors[pre] = build_image_transform(pre, train=False)(image)  # its ToRGBImage converts any mode
-            inputs[name] = tensors[pre]
-        return inputs
+        return prepare_inputs(self, image, tasks)
 
     @torch.no_grad()
     def classify_inputs(
@@ -421,33 +405,9 @@ class MultiTaskModel(nn.Module):
     ) -> list[dict[str, Answer]]:
         """:meth:`classify` of inputs already :meth:`prepare` d: one ``{task: input}`` per image or video."""
         _check_top_k(top_k)
-        device = next(self.trunk.parameters()).device
-        autocast = resolve_precision(precision, device).autocast
-        samples = [(i, name, x) for i, one in enumerate(inputs) for name, x in one.items() if name not in self._alone]
-        results: list[dict[str, Answer]] = [{} for _ in inputs]
-        self.eval()
-        for start in range(0, len(samples), self.max_batch):
-            chunk = samples[start : start + self.max_batch]
-            x = torch.stack([s[2] for s in chunk]).to(device)
-            names = [s[1] for s in chunk]
-            with autocast():
-                logits = self(x, self.task_ids(names))
-            seen = dict.fromkeys(names, 0)
-            for image_index, name, _ in chunk:
-                info = self._infos[name]
-                results[image_index][name] = label_answer(logits[name][seen[name]], info.classes, top_k, info.threshold)
-                seen[name] += 1
-        for name, alone in self._alone.items():  # grouped per task, on the task's own model
-            mine = [i for i, one in enumerate(inputs) if name in one]
-            if mine:
-                with autocast():
-                    answers = alone.answers([inputs[i][name] for i in mine], top_k, self._infos[name].threshold,
-                                            self.max_batch)  # fmt: skip
-                for i, answer in zip(mine, answers, strict=True):
-                    results[i][name] = answer
-        return [{name: result[name] for name in one} for one, result in zip(inputs, results, strict=True)]
+        return answer_inputs(self, inputs, top_k, precision)
 
-
-def _is_video_input(item: Any) -> bool:
-    """A path is a video file (images are given decoded, as PIL images)."""
-    return isinstance(item, (str, os.PathLike))
+    def runner(self, name: str) -> VideoTask | SegmentationTask | None:
+        """How task ``name`` runs on its own model (a video or segmentation task); None: in the mixed batch."""
+        self.task(name)
+        return self._alone.get(name)

@@ -33,10 +33,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..preprocessing import Preprocessing
 from ..saving import AdapterInfo, task_type
 
 if TYPE_CHECKING:
     from ..engine.segmentation import SegmentationInference
+    from .multitask import MultiTaskModel
 
 __all__ = [
     "Answer",
@@ -47,9 +49,12 @@ __all__ = [
     "TaskTypeError",
     "TopK",
     "VideoTask",
+    "answer_inputs",
     "check_threshold",
     "default_threshold",
+    "is_video_input",
     "label_answer",
+    "prepare_inputs",
     "task_kind",
     "top_k_of",
 ]
@@ -233,3 +238,68 @@ def load_segmentation_task(copy: nn.Module, plain: nn.Module, directory: Path, i
             f"model's backbone was built with {theirs}; train the tasks on one backbone build, or load it alone"
         )
     return load_segmentation_model(directory, info=info, backbone=copy)
+
+
+def is_video_input(item: Any) -> bool:
+    """A path is a video file (images are given decoded, as PIL images)."""
+    return isinstance(item, (str, os.PathLike))
+
+
+def prepare_inputs(model: MultiTaskModel, item: Any, tasks: Sequence[str]) -> dict[str, Any]:
+    """:meth:`MultiTaskModel.prepare`: ``item`` (a PIL image, or a video file's path) as each task's input."""
+    from ..data import build_image_transform
+
+    video = is_video_input(item)
+    tensors: dict[Preprocessing, torch.Tensor] = {}
+    inputs: dict[str, Any] = {}
+    for name in tasks:
+        info = model.task(name)
+        if (info.kind == "video") != video:
+            takes = "video files, not images" if info.kind == "video" else f"images, not video files ({item})"
+            raise TaskTypeError(f"task {name!r} is a {info.kind} task: it takes {takes}")
+        runner = model.runner(name)
+        if runner is not None:
+            inputs[name] = runner.prepare(item)
+            continue
+        if info.preprocessing not in tensors:  # its ToRGBImage converts any mode
+            tensors[info.preprocessing] = build_image_transform(info.preprocessing, train=False)(item)
+        inputs[name] = tensors[info.preprocessing]
+    return inputs
+
+
+def answer_inputs(
+    model: MultiTaskModel, inputs: Sequence[dict[str, Any]], top_k: int, precision: str
+) -> list[dict[str, Answer]]:
+    """:meth:`MultiTaskModel.classify_inputs`: the image classification rows as mixed-task batches of at most
+    ``max_batch`` samples, then each task that runs on its own model with all its inputs; every answer in its type's
+    shape, each input's tasks in the order it asked them."""
+    from ..precision import resolve_precision
+
+    device = next(model.trunk.parameters()).device
+    autocast = resolve_precision(precision, device).autocast
+    runners = {name: model.runner(name) for one in inputs for name in one}
+    samples = [(i, name, x) for i, one in enumerate(inputs) for name, x in one.items() if runners[name] is None]
+    results: list[dict[str, Answer]] = [{} for _ in inputs]
+    model.eval()
+    for start in range(0, len(samples), model.max_batch):
+        chunk = samples[start : start + model.max_batch]
+        x = torch.stack([s[2] for s in chunk]).to(device)
+        names = [s[1] for s in chunk]
+        with autocast():
+            logits = model(x, model.task_ids(names))
+        seen = dict.fromkeys(names, 0)
+        for index, name, _ in chunk:
+            info = model.task(name)
+            results[index][name] = label_answer(logits[name][seen[name]], info.classes, top_k, info.threshold)
+            seen[name] += 1
+    for name, runner in runners.items():  # grouped per task, on the task's own model
+        if runner is None:
+            continue
+        mine = [i for i, one in enumerate(inputs) if name in one]
+        with autocast():
+            answers = runner.answers(
+                [inputs[i][name] for i in mine], top_k, model.task(name).threshold, model.max_batch
+            )
+        for i, answer in zip(mine, answers, strict=True):
+            results[i][name] = answer
+    return [{name: result[name] for name in one} for one, result in zip(inputs, results, strict=True)]
