@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -82,6 +83,28 @@ def test_one_request_answers_every_image_task_type_as_the_offline_model(image_se
                 _same_top(got[task], answer)  # the single-label shape of every earlier version
 
 
+def test_concurrent_requests_of_every_type_share_batches_and_equal_the_offline_model(image_server: dict) -> None:
+    url, offline = image_server["url"], image_server["offline"]
+    asks = ["animals", "tags", "scene", "animals,tags", "scene,animals", "tags,scene,animals"]
+    images = [_png(10 + i, (32, 40)) for i in range(len(asks))]
+    before = httpx.get(f"{url}/health").json()
+    with ThreadPoolExecutor(len(asks)) as pool:
+        pairs = zip(images, asks, strict=True)
+        responses = list(pool.map(lambda p: _post(url, [("x.png", p[0])], tasks=p[1], top_k="3"), pairs))
+    assert [r.status_code for r in responses] == [200] * len(asks)
+    assert httpx.get(f"{url}/health").json()["batches"] - before["batches"] < len(asks)  # requests shared batches
+    for data, ask, response in zip(images, asks, responses, strict=True):
+        got = response.json()["results"][0]["tasks"]
+        assert list(got) == ask.split(",")
+        (expected,) = offline.classify([Image.open(io.BytesIO(data))], [ask.split(",")], 3)
+        if "animals" in got:
+            _same_top(got["animals"], expected["animals"])
+        if "tags" in got:
+            _same_top(got["tags"]["above"], expected["tags"].above)
+        if "scene" in got:
+            assert base64.b64decode(got["scene"]["mask"]) == expected["scene"].png()
+
+
 def test_image_tasks_refuse_a_video_and_unknown_bytes_name_both_kinds(image_server: dict, videos) -> None:
     url = image_server["url"]
     mp4 = Path(videos["mp4"]).read_bytes()
@@ -97,7 +120,9 @@ def test_image_tasks_refuse_a_video_and_unknown_bytes_name_both_kinds(image_serv
 def video_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     dirs = video_task_adapters(tmp_path_factory.mktemp("serve-video"))
     args = [a for d in dirs.values() for a in ("--adapter", str(d))]
-    with running_server([*args, "--precision", "fp32", "--max-video-frames", "30", "--max-upload-mb", "1"]) as url:
+    with running_server(
+        [*args, "--precision", "fp32", "--max-video-frames", "30", "--max-video-seconds", "2", "--max-upload-mb", "1"]
+    ) as url:
         yield {"url": url, "offline": MultiTaskModel.from_adapters(list(dirs.values())).eval()}
 
 
@@ -124,10 +149,11 @@ def test_video_uploads_are_classified_as_predict_does(video_server: dict, videos
             413,
             "'long.webm' (WebM/Matroska): more than 30 frames",
         ),  # no count in its header: its packets are counted
+        (lambda v, t: ("vfr.mp4", v["vfr"].read_bytes()), 413, "'vfr.mp4' (MP4/MOV): 3.24 s long; the limit is 2 s"),
         (lambda v, t: ("cut.mp4", v["mp4"].read_bytes()[:400]), 400, "'cut.mp4' (MP4/MOV): "),
         (lambda v, t: ("notes.txt", b"plain text, no video"), 415, "or a video (MP4/MOV, WebM/Matroska, AVI)"),
     ],
-    ids=["image-to-video-tasks", "too-many-frames", "too-many-packets", "truncated", "neither"],
+    ids=["image-to-video-tasks", "too-many-frames", "too-many-packets", "too-long", "truncated", "neither"],
 )
 def test_bad_video_requests_are_refused_and_the_server_keeps_serving(
     video_server: dict, videos, tmp_path: Path, upload, status: int, message: str
