@@ -20,6 +20,7 @@ from tests.servers import running_server
 from tests.video_files import write_video
 
 from adaptformer.inference.multitask import MultiTaskModel
+from adaptformer.inference.serve.video import video_container
 from adaptformer.inference.tasktypes import MaskAnswer, MultiLabelAnswer
 
 ATOL = 1e-5
@@ -45,7 +46,7 @@ def _same_top(got: list[dict], expected: list[tuple[str, int, float]]) -> None:
 def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     dirs = image_task_adapters(tmp_path_factory.mktemp("serve-types"))
     args = [a for d in dirs.values() for a in ("--adapter", str(d))]
-    with running_server([*args, "--threshold", "tags=0.3", "--precision", "fp32", "--max-wait-ms", "50"]) as url:
+    with running_server([*args, "--threshold", "tags=0.3", "--precision", "fp32", "--max-wait-ms", "200"]) as url:
         offline = MultiTaskModel.from_adapters(list(dirs.values())).eval()
         offline.set_threshold("tags", 0.3)
         yield {"url": url, "offline": offline}
@@ -166,3 +167,20 @@ def test_bad_video_requests_are_refused_and_the_server_keeps_serving(
     named = _post(url, [("x.png", _png(3, (32, 32)))], tasks="motion")
     assert named.json()["error"] == "'x.png' is an image, but task 'motion' is a video task: it takes video files"
     assert _post(url, [("a.mp4", videos["mp4"].read_bytes())]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("make", "container"),
+    [
+        (lambda v: v["mp4"].read_bytes(), "mp4"),
+        (lambda v: v["webm"].read_bytes(), "webm"),
+        (lambda v: v["mkv"].read_bytes(), "webm"),  # Matroska: WebM's container
+        (lambda v: v["avi"].read_bytes(), "avi"),
+        (lambda v: _png(0, (8, 8)), None),
+        (lambda v: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", None),  # a HEIF still image
+        (lambda v: b"RIFF\x10\x00\x00\x00WEBPVP8 ", None),  # RIFF, but WebP
+    ],
+    ids=["mp4", "webm", "mkv", "avi", "png", "heic", "webp"],
+)
+def test_video_containers_are_judged_by_their_bytes(videos, make, container: str | None) -> None:
+    assert video_container(make(videos)) == container

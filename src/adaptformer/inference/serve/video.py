@@ -35,11 +35,13 @@ VIDEO_CONTAINERS = {"mp4": "mov", "webm": "matroska", "avi": "avi"}
 _NAMES = {"mp4": "MP4/MOV", "webm": "WebM/Matroska", "avi": "AVI"}
 ACCEPTED_VIDEOS = ", ".join(_NAMES.values())
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError)
+_STILL_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+"""ISO base media brands of still images (HEIF, AVIF): an ``ftyp`` box, but not a video this server accepts."""
 
 
 def video_container(data: bytes) -> str | None:
     """The container ``data`` is by its signature (a key of :data:`VIDEO_CONTAINERS`), or None."""
-    if data[4:8] == b"ftyp":
+    if data[4:8] == b"ftyp" and data[8:12] not in _STILL_BRANDS:
         return "mp4"
     if data[:4] == b"\x1a\x45\xdf\xa3":
         return "webm"
