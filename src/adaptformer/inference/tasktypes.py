@@ -33,8 +33,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..factory import BackboneSource, get_source
 from ..preprocessing import Preprocessing
-from ..saving import AdapterInfo, task_type
+from ..saving import AdapterFileError, AdapterInfo, task_type
+from ..segmentation import load_segmentation_model
 
 if TYPE_CHECKING:
     from ..engine.segmentation import SegmentationInference
@@ -193,7 +195,7 @@ class VideoTask:
 
 class SegmentationTask:
     """A segmentation task's input and computation, as ``adaptformer predict`` segments: ``prepare(image)`` is the
-    evaluation transform its adapter records (:func:`~.segmenting.segmentation_input`), ``answer`` segments one
+    evaluation transform its adapter records (:func:`~.segmenting.segmentation_input`), ``answers`` segments each
     prepared image (:func:`~.segmenting.segment_input`)."""
 
     def __init__(self, model: nn.Module, info: AdapterInfo, classes: list[str]) -> None:
@@ -205,11 +207,7 @@ class SegmentationTask:
         self.prepare: Callable[[Any], SegmentationInput] = segmentation_input(model, settings.augment(False))
 
     def answers(
-        self,
-        images: Sequence[tuple[torch.Tensor, tuple[int, int]]],
-        top_k: int,
-        threshold: float | None,
-        max_batch: int,
+        self, images: Sequence[SegmentationInput], top_k: int, threshold: float | None, max_batch: int
     ) -> list[Answer]:
         """Each prepared image's :class:`MaskAnswer`, one image at a time (each has its own size); ``top_k``,
         ``threshold`` and ``max_batch`` do not apply."""
@@ -226,10 +224,6 @@ def load_segmentation_task(copy: nn.Module, plain: nn.Module, directory: Path, i
     """A segmentation adapter's single-task model on ``copy`` (a plain backbone sharing ``plain``'s tensors). The
     adapter must record the backbone kwargs ``plain`` was built with: a segmentation backbone is often built to take
     other input sizes (``dynamic_img_size``), which changes what its blocks compute."""
-    from ..factory import BackboneSource, get_source
-    from ..saving import AdapterFileError
-    from ..segmentation import load_segmentation_model
-
     mine = (info.source or BackboneSource()).kwargs
     theirs = (get_source(plain) or BackboneSource()).kwargs
     if mine != theirs:
