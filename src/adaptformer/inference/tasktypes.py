@@ -155,8 +155,11 @@ def top_k_of(answer: Answer, top_k: int) -> Answer:
     return answer if isinstance(answer, MaskAnswer) else answer[:top_k]
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def _on(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``: a task model shares the multi-task model's parameters, which ``MultiTaskModel.to``
+    moves, but not its buffers (``to`` gives the trunk new buffer tensors) nor, for segmentation, its decode head (not
+    a submodule of the multi-task model); both follow here (a no-op once they are there)."""
+    return model.to(device)
 
 
 class VideoTask:
@@ -176,21 +179,22 @@ class VideoTask:
 
         return view_reader(self.model, [Path(path)], self.settings)(0)  # (V, C, T, H, W)
 
-    def logits(self, videos: Sequence[torch.Tensor], max_batch: int) -> list[torch.Tensor]:
-        """``(K,)`` per video (fp32, CPU), under the caller's autocast."""
+    def logits(self, videos: Sequence[torch.Tensor], max_batch: int, device: torch.device) -> list[torch.Tensor]:
+        """``(K,)`` per video (fp32, CPU), run on ``device`` under the caller's autocast."""
         from .evaluate import average_views
 
         if not videos:
             return []
+        model = _on(self.model, device)
         views = torch.cat(list(videos))  # (sum of V, C, T, H, W)
-        device = _device(self.model)
-        out = torch.cat([self.model(views[s : s + max_batch].to(device)) for s in range(0, len(views), max_batch)])
+        out = torch.cat([model(views[s : s + max_batch].to(device)) for s in range(0, len(views), max_batch)])
         return [average_views(part) for part in out.split([len(v) for v in videos])]
 
     def answers(
-        self, videos: Sequence[torch.Tensor], top_k: int, threshold: float | None, max_batch: int
+        self, videos: Sequence[torch.Tensor], top_k: int, threshold: float | None, max_batch: int, device: torch.device
     ) -> list[Answer]:
-        return [label_answer(one, self.classes, top_k, threshold) for one in self.logits(videos, max_batch)]
+        logits = self.logits(videos, max_batch, device)
+        return [label_answer(one, self.classes, top_k, threshold) for one in logits]
 
 
 class SegmentationTask:
@@ -207,15 +211,21 @@ class SegmentationTask:
         self.prepare: Callable[[Any], SegmentationInput] = segmentation_input(model, settings.augment(False))
 
     def answers(
-        self, images: Sequence[SegmentationInput], top_k: int, threshold: float | None, max_batch: int
+        self,
+        images: Sequence[SegmentationInput],
+        top_k: int,
+        threshold: float | None,
+        max_batch: int,
+        device: torch.device,
     ) -> list[Answer]:
-        """Each prepared image's :class:`MaskAnswer`, one image at a time (each has its own size); ``top_k``,
-        ``threshold`` and ``max_batch`` do not apply."""
+        """Each prepared image's :class:`MaskAnswer`, one image at a time (each has its own size) on ``device``;
+        ``top_k``, ``threshold`` and ``max_batch`` do not apply."""
         from .segmenting import segment_input
 
+        model = _on(self.model, device)
         answers: list[Answer] = []
         for x, size in images:
-            labels, fractions = segment_input(self.model, x, size, self.inference)
+            labels, fractions = segment_input(model, x, size, self.inference)
             answers.append(MaskAnswer(labels, self.classes, fractions))
         return answers
 
@@ -290,10 +300,9 @@ def answer_inputs(
         if runner is None:
             continue
         mine = [i for i, one in enumerate(inputs) if name in one]
+        threshold = model.task(name).threshold
         with autocast():
-            answers = runner.answers(
-                [inputs[i][name] for i in mine], top_k, model.task(name).threshold, model.max_batch
-            )
+            answers = runner.answers([inputs[i][name] for i in mine], top_k, threshold, model.max_batch, device)
         for i, answer in zip(mine, answers, strict=True):
             results[i][name] = answer
     return [{name: result[name] for name in one} for one, result in zip(inputs, results, strict=True)]
