@@ -140,13 +140,16 @@ def video_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return video_task_adapters(tmp_path_factory.mktemp("video-types"))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
 def test_video_tasks_answer_as_predict_and_refuse_images(
-    video_adapters: dict[str, Path], videos: dict[str, Path]
+    video_adapters: dict[str, Path], videos: dict[str, Path], seed: int
 ) -> None:
     multi = MultiTaskModel.from_adapters(list(video_adapters.values()), list(video_adapters), max_batch=4).eval()
     assert [multi.task(t).kind for t in multi.tasks] == ["video", "video"]
-    files = [videos["webm"], videos["mp4"], videos["long"]]
-    results = multi.classify(files, [["labels", "motion"], ["motion"], ["labels"]], top_k=2)
+    order = random.Random(seed)
+    files = order.sample([videos["webm"], videos["mp4"], videos["long"], videos["avi"]], 4)
+    asked = [["labels", "motion"], ["motion"], ["labels"], ["motion", "labels"]]  # each task: 3 of the 4 files
+    results = multi.classify(files, asked, top_k=2)
     for name, directory in video_adapters.items():
         info = read_adapter_config(directory)
         model, _ = load_trained_model(directory)
@@ -154,7 +157,7 @@ def test_video_tasks_answer_as_predict_and_refuse_images(
         mine = [(f, r[name]) for f, r in zip(files, results, strict=True) if name in r]
         top_k = len(info.classes) if info.multi_label else 2  # multi-label: predict lists every class at the threshold
         expected = predict_files(model, [f for f, _ in mine], top_k, "fp32", "cpu", video_settings(info), threshold)
-        assert len(expected) == 2
+        assert len(expected) == 3
         for (_, answer), want in zip(mine, expected, strict=True):
             found = answer.above if info.multi_label else answer
             assert [j for _, j, _ in found] == [j for j, _ in want.top]
