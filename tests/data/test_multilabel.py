@@ -335,14 +335,6 @@ def test_threshold_is_refused_for_a_single_label_adapter(tmp_path: Path, capsys:
     assert "--threshold 0.5 applies to multi-label adapters" in capsys.readouterr().err
 
 
-def test_a_multi_label_adapter_cannot_join_a_multi_task_model(trained: Path) -> None:
-    from adaptformer import MultiTaskModel
-    from adaptformer.errors import UnsupportedModelError
-
-    with pytest.raises(UnsupportedModelError, match="multi-label adapter .* cannot join a multi-task model"):
-        MultiTaskModel.from_adapters([trained / "adapter"])
-
-
 def test_resume_after_a_stop_gives_the_uninterrupted_run(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     assert main([*TRAIN, "--run.output_dir", str(out), "--run.stop_after_steps", "6"]) == 0

@@ -21,8 +21,6 @@ from adaptformer.cli import main
 from adaptformer.data import read_image
 from adaptformer.data.segmentation import SegmentationAugment, build_segmentation_transform, voc_palette
 from adaptformer.engine.segmentation import SegmentationInference, segment
-from adaptformer.errors import UnsupportedModelError
-from adaptformer.inference.multitask import MultiTaskModel
 from adaptformer.inference.segmenting import OVERLAY_ALPHA
 from adaptformer.preprocessing import Preprocessing
 from adaptformer.saving import TrainingRecord
@@ -129,8 +127,3 @@ def test_two_files_of_one_name_would_collide(adapter: Path, tmp_path: Path, caps
     first, second = _image(tmp_path / "a" / "x.png", 4), _image(tmp_path / "b" / "x.png", 5)
     assert main(["predict", "--adapter", str(adapter), "--out", str(tmp_path / "o"), str(first), str(second)]) == 2
     assert "would write the same files" in capsys.readouterr().err
-
-
-def test_a_segmentation_adapter_cannot_join_a_multitask_model(adapter: Path) -> None:
-    with pytest.raises(UnsupportedModelError, match="a segmentation adapter cannot join a multi-task model"):
-        MultiTaskModel.from_adapters([adapter])

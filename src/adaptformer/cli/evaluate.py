@@ -101,9 +101,7 @@ def _predict_masks(args: argparse.Namespace, model: Any, info: Any, classes: lis
     """``predict`` with a segmentation adapter: a label PNG and an overlay PNG per image under ``--out``."""
     from pathlib import Path
 
-    from ..engine.config.sections import SegmentationConfig
-    from ..inference.segmenting import mask_files, segment_files, write_mask_files
-    from ..validation import from_mapping
+    from ..inference.segmenting import mask_files, segment_files, segmentation_settings, write_mask_files
 
     for flag, value in (("--top-k", args.top_k), ("--threshold", args.threshold)):
         if value is not None:
@@ -122,8 +120,7 @@ def _predict_masks(args: argparse.Namespace, model: Any, info: Any, classes: lis
             f"--out {out} already holds {len(existing)} of the files to write ({', '.join(existing[:3])}"
             f"{', ...' if len(existing) > 3 else ''}); pass --overwrite to replace them, or choose another --out"
         )
-    record = info.training.segmentation if info.training is not None else None
-    settings = from_mapping(SegmentationConfig, record or {}, "the adapter's training.segmentation")
+    settings = segmentation_settings(info)
     failed = []
     for result in segment_files(model, args.files, settings.augment(False), settings.inference_settings(),
                                 precision, args.device):  # fmt: skip

@@ -57,6 +57,12 @@ def predict_many(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_multitask(args).to(device).eval()
     tasks = model.tasks
+    other = [f"{t} ({model.task(t).kind})" for t in tasks if model.task(t).kind in ("multi-label", "segmentation")]
+    if other:
+        raise ValueError(
+            f"predict with several --adapter prints single-label top-k; {', '.join(other)} answer otherwise: predict "
+            "each alone, or serve them (adaptformer serve) or use MultiTaskModel.classify"
+        )
     records = {t: model.task(t).adapter for t in tasks}
     recorded = _recorded_precisions(records)
     image_tasks = [t for t in tasks if not model.task(t).is_video]

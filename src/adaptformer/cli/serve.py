@@ -28,6 +28,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(**{f.name: getattr(args, f.name) for f in fields(ServeLimits)})
     model = load_multitask(args, args.max_batch)
+    for name, value in args.threshold:
+        if name not in model.tasks:
+            raise ValueError(f"--threshold {name}={value:g}: no task {name!r}; the tasks are {list(model.tasks)}")
+        model.set_threshold(name, value)
     model = model.to(resolve_device(args.device)).eval()
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits,
                      precision=serve_precision(model, args.precision))  # fmt: skip
@@ -46,6 +50,18 @@ def _positive(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    """An argparse type: ``NAME=VALUE``, VALUE a number in (0, 1)."""
+    name, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not name or not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"expected TASK=VALUE with VALUE in (0, 1), e.g. tags=0.3; got {text!r}")
+    return name, number
 
 
 def add_serve_command(sub: Any) -> None:
@@ -67,6 +83,11 @@ def add_serve_command(sub: Any) -> None:
     parser.add_argument("--port", type=at_least(0), default=8000, help="port (default: 8000)")
     parser.add_argument("--max-batch", type=at_least(1), default=64, help="samples per batch at most (default: 64)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait, ms (default: 5)")
+    parser.add_argument(
+        "--threshold", type=_threshold, action="append", default=[], metavar="TASK=VALUE",
+        help="a multi-label task's threshold: the classes whose sigmoid probability reaches it are answered "
+        "(repeatable; default: 0.5, as predict)",
+    )  # fmt: skip
     limits = parser.add_argument_group("limits (a request over one is refused before it costs more)")
     for f in fields(ServeLimits):
         kind = _positive if f.type == "float" else at_least(1)

@@ -233,7 +233,7 @@ def video_settings(info: AdapterInfo | None) -> VideoSettings:
     return settings
 
 
-def _view_reader(
+def view_reader(
     model: nn.Module, paths: list[str | Path], video: VideoSettings | None
 ) -> Callable[[int], torch.Tensor]:
     """``read(i)``: file ``i`` as a batch of its views: ``(1, 3, H, W)`` for an image (eval's resize and centre crop),
@@ -252,6 +252,13 @@ def _view_reader(
         return torch.stack([clip for clip, _, _ in dataset.__getitems__(range(i * n, (i + 1) * n))])  # (V, C, T, H, W)
 
     return read
+
+
+def average_views(logits: torch.Tensor) -> torch.Tensor:
+    """One file's view logits ``(V, K)`` -> ``(K,)`` (fp32, on the CPU): eval's multi-view average (an image has one
+    view)."""
+    ids = torch.zeros(len(logits), dtype=torch.long)
+    return aggregate_views(logits.float().cpu(), ids, ids).logits[0]
 
 
 @torch.no_grad()
@@ -290,7 +297,7 @@ def predict_files(
     target = resolve_device(device)
     chosen = resolve_precision(precision, target)
     model = model.to(target).eval()
-    read = _view_reader(model, paths, video)
+    read = view_reader(model, paths, video)
     results = []
     for i, path in enumerate(paths):
         try:
@@ -300,8 +307,7 @@ def predict_files(
             continue
         with chosen.autocast():
             logits = model(batch.to(target))  # (V, K)
-        ids = torch.zeros(len(logits), dtype=torch.long)
-        averaged = aggregate_views(logits.float().cpu(), ids, ids).logits[0]  # (K,), eval's multi-view average
+        averaged = average_views(logits)  # (K,)
         probabilities = averaged.softmax(dim=0) if threshold is None else averaged.sigmoid()
         values, indices = probabilities.topk(top_k)
         top = [

@@ -18,6 +18,11 @@ Built in: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and
 trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become part of the task's
 head. A method that cannot share a batch (VPT, LoRA, full fine-tuning) is refused with the reason it declares, naming
 the adapter.
+
+Task types (:mod:`.tasktypes`): single- and multi-label image tasks share the mixed batch; video tasks (a video
+backbone's) and segmentation tasks run on their own single-task models (sharing the backbone's tensors, grouped per
+task), because a video's test views and a segmentation decode head's multi-block features are not the trunk's pooled
+image features. :meth:`MultiTaskModel.classify` answers each task in its type's shape.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +38,11 @@ import torch
 import torch.nn as nn
 
 from ..backbones.families import find_family
-from ..data import build_image_transform
 from ..errors import UnsupportedModelError
 from ..factory import BackboneSource
 from ..heads import classifier_paths
 from ..methods.protocol import BlockModule
 from ..methods.registry import Method
-from ..precision import resolve_precision
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import (
     AdapterFileError,
@@ -48,6 +51,20 @@ from ..saving import (
     load_adapter,
     read_adapter_config,
     task_type,
+)
+from .tasktypes import (
+    Answer,
+    SegmentationTask,
+    TaskKind,
+    TaskTypeError,
+    VideoTask,
+    answer_inputs,
+    check_threshold,
+    default_threshold,
+    is_video_input,
+    load_segmentation_task,
+    prepare_inputs,
+    task_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,6 +92,8 @@ class TaskInfo:
     is_video: bool
     preprocessing: Preprocessing
     adapter: AdapterInfo
+    kind: TaskKind = "single-label"  # what the task takes and answers (:mod:`.tasktypes`)
+    threshold: float | None = None  # a multi-label task's: classes whose sigmoid probability reaches it are answered
 
 
 class _Rows:
@@ -146,6 +165,7 @@ class MultiTaskModel(nn.Module):
         self._owners: dict[str, str] = {}  # block path -> the title of the method whose class the trunk block has
         self._infos: dict[str, TaskInfo] = {}
         self._models: dict[str, nn.Module] = {}
+        self._alone: dict[str, VideoTask | SegmentationTask] = {}  # tasks that run on their own models, not the trunk
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -178,9 +198,12 @@ class MultiTaskModel(nn.Module):
             model.add_task(name, directory, info)
         return model
 
-    def add_task(self, name: str, directory: str | Path, info: AdapterInfo | None = None) -> TaskInfo:
+    def add_task(
+        self, name: str, directory: str | Path, info: AdapterInfo | None = None, threshold: float | None = None
+    ) -> TaskInfo:
         """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched. ``info``: its
-        adapter_config.json, if already read."""
+        adapter_config.json, if already read; ``threshold``: a multi-label task's (default: :func:`default_threshold`;
+        :meth:`set_threshold` changes it)."""
         directory = Path(directory)
         if not name or "." in name or "/" in name:
             raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
@@ -194,23 +217,20 @@ class MultiTaskModel(nn.Module):
                 f"{directory}: method {method!r} cannot share a backbone in a mixed-task batch: "
                 f"{registered.batch_refusal}; load it as a single-task model (create_model_from_adapter)"
             )
-        if task_type(info.task) != "classification":
-            raise UnsupportedModelError(
-                f"{directory}: a {task_type(info.task)} adapter cannot join a multi-task model, which classifies "
-                "images; load it alone (adaptformer predict with this one --adapter writes its label PNGs)"
-            )
-        if info.multi_label:
-            raise UnsupportedModelError(
-                f"{directory}: a multi-label adapter (one sigmoid per class) cannot join a multi-task model, which "
-                "reports each task's softmax top-k; load it alone (create_model_from_adapter, or adaptformer predict "
-                "with this one --adapter, which prints the classes above --threshold)"
-            )
+        if task_type(info.task) not in ("classification", "segmentation"):
+            raise UnsupportedModelError(f"{directory}: a {task_type(info.task)} adapter cannot join a multi-task model")
+        if threshold is not None and not info.multi_label:
+            raise ValueError(f"task {name!r} ({directory}): a threshold applies to multi-label tasks; this one is not")
+        threshold = check_threshold(threshold, f"task {name!r}") if threshold is not None else default_threshold(info)
         if info.spec.backbone != self.backbone_name:
             raise AdapterFileError(
                 f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "
                 f"{self.backbone_name!r}"
             )
         copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
+        if task_type(info.task) == "segmentation":  # its own model: a decode head over several blocks' features
+            task_model = load_segmentation_task(copy, self._plain[0], directory, info)
+            return self._add_segmentation(name, task_model, directory, info, method)
         task_model = load_adapter(copy, directory, info=info).eval()  # the fingerprint is checked there
         task_model.to(next(self.trunk.parameters()).device)  # its new modules where the shared backbone is
         paths = classifier_paths(task_model)
@@ -225,8 +245,21 @@ class MultiTaskModel(nn.Module):
         head = task_model.get_submodule(self._head_path)
         self.heads[name] = nn.Sequential(*extras, head) if extras else head
         self._models[name] = task_model
-        self._infos[name] = self._task_info(name, info, task_model, directory, method)
+        self._infos[name] = self._task_info(name, info, task_model, directory, method, threshold)
+        if self._infos[name].kind == "video":  # its views go through its own model (the trunk takes images)
+            self._alone[name] = VideoTask(task_model, info, self._infos[name].classes)
         logger.info("task %s: %s from %s", name, method, directory)
+        return self._infos[name]
+
+    def _add_segmentation(
+        self, name: str, task_model: nn.Module, directory: Path, info: AdapterInfo, method: str
+    ) -> TaskInfo:
+        """A segmentation task is its single-task model only: no router in the trunk, no head in the mixed batch."""
+        task_model = task_model.eval().to(next(self.trunk.parameters()).device)
+        self._models[name] = task_model
+        self._infos[name] = self._task_info(name, info, task_model, directory, method, None)
+        self._alone[name] = SegmentationTask(task_model, info, self._infos[name].classes)
+        logger.info("task %s: %s segmentation from %s", name, method, directory)
         return self._infos[name]
 
     def _attach(self, name: str, task_model: nn.Module, method: Method, directory: Path) -> None:
@@ -262,11 +295,21 @@ class MultiTaskModel(nn.Module):
             self.routers[key].tasks[name] = module
 
     @staticmethod
-    def _task_info(name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str) -> TaskInfo:
+    def _task_info(
+        name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str, threshold: float | None
+    ) -> TaskInfo:
         classes = list(info.classes) if info.classes else [str(i) for i in range(int(model.num_classes))]
         trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
-        return TaskInfo(name, classes, method, trainable, directory, clip_frames(model) is not None,
-                        Preprocessing.from_model(model), info)  # fmt: skip
+        is_video = clip_frames(model) is not None
+        return TaskInfo(name, classes, method, trainable, directory, is_video, Preprocessing.from_model(model), info,
+                        task_kind(info, is_video), threshold)  # fmt: skip
+
+    def set_threshold(self, name: str, threshold: float) -> None:
+        """Change multi-label task ``name``'s threshold (a number in (0, 1))."""
+        if self.task(name).threshold is None:
+            raise ValueError(f"task {name!r} is a {self._infos[name].kind} task; a threshold applies to multi-label "
+                             "tasks")  # fmt: skip
+        self._infos[name] = replace(self._infos[name], threshold=check_threshold(threshold, f"task {name!r}"))
 
     def remove_task(self, name: str) -> None:
         """Drop task ``name``: its modules and head; the other tasks' outputs do not change."""
@@ -274,7 +317,10 @@ class MultiTaskModel(nn.Module):
         for router in self.routers.values():
             if name in router.tasks:
                 del router.tasks[name]
-        del self.heads[name], self._models[name], self._infos[name]
+        if name in self.heads:  # a segmentation task has none
+            del self.heads[name]
+        self._alone.pop(name, None)
+        del self._models[name], self._infos[name]
 
     # ------------------------------------------------------------------------------------------------ reading
 
@@ -314,8 +360,15 @@ class MultiTaskModel(nn.Module):
         """The ids ``forward`` takes for a list of task names."""
         index = {n: i for i, n in enumerate(self.tasks)}
         for n in names:
-            self.task(n)
+            if self.task(n).kind == "segmentation":
+                raise TaskTypeError(f"task {n!r} is a segmentation task: it runs on its own model (task_model({n!r}) "
+                                    "or classify), not in forward's mixed batch")  # fmt: skip
         return torch.tensor([index[n] for n in names], dtype=torch.long)
+
+    def tasks_for(self, item: Any) -> list[str]:
+        """The tasks that take ``item`` (a video file's path: the video tasks; an image: every other task)."""
+        video = is_video_input(item)
+        return [n for n, i in self._infos.items() if (i.kind == "video") == video]
 
     @torch.no_grad()
     def classify(
@@ -324,55 +377,37 @@ class MultiTaskModel(nn.Module):
         tasks: Sequence[Sequence[str]] | None = None,
         top_k: int = 5,
         precision: str = "fp32",
-    ) -> list[dict[str, list[tuple[str, int, float]]]]:
-        """For each PIL image, each requested task's top-k ``(class, index, probability)``, best first. ``tasks``:
-        one list of task names per image (None: every image task). All (image, task) pairs run as mixed-task batches
-        of at most ``max_batch`` samples, under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
+    ) -> list[dict[str, Answer]]:
+        """For each input (a PIL image; for video tasks a video file's path), each requested task's answer in its
+        type's shape (:mod:`.tasktypes`): a single-label task's top-k ``(class, index, probability)``, best first; a
+        multi-label task's :class:`~.tasktypes.MultiLabelAnswer`; a segmentation task's
+        :class:`~.tasktypes.MaskAnswer`. ``tasks``: one list of task names per input (None: every task that takes the
+        input, :meth:`tasks_for`). Image classification rows run as mixed-task batches of at most ``max_batch``
+        samples, the other tasks on their own models; all under ``precision``'s autocast (fp32, bf16, fp16, auto)."""
         _check_top_k(top_k)
         if tasks is None:
-            tasks = [[n for n, i in self._infos.items() if not i.is_video]] * len(images)
+            tasks = [self.tasks_for(i) for i in images]
         if len(tasks) != len(images):
             raise ValueError(f"{len(tasks)} task lists for {len(images)} images")
         return self.classify_inputs([self.prepare(i, t) for i, t in zip(images, tasks, strict=True)], top_k, precision)
 
-    def prepare(self, image: Any, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
-        """One PIL image (any mode) as each image task's input tensor, ``{task: (C, H, W)}`` (tasks of one
-        preprocessing share a tensor): :meth:`classify` in two steps, so a server can preprocess in its own threads
-        and drop the full-size image before it waits for a batch."""
-        tensors: dict[Preprocessing, torch.Tensor] = {}
-        inputs: dict[str, torch.Tensor] = {}
-        for name in tasks:
-            if self.task(name).is_video:
-                raise ValueError(f"task {name!r} classifies video clips, not images")
-            pre = self._infos[name].preprocessing
-            if pre not in tensors:
-                tensors[pre] = build_image_transform(pre, train=False)(image)  # its ToRGBImage converts any mode
-            inputs[name] = tensors[pre]
-        return inputs
+    def prepare(self, image: Any, tasks: Sequence[str]) -> dict[str, Any]:
+        """One input as each task's input (:meth:`classify` in two steps, so a server can preprocess in its own
+        threads and drop the full-size image before it waits for a batch): a PIL image (any mode) as each image task's
+        tensor ``(C, H, W)`` (tasks of one preprocessing share it) or each segmentation task's ``(x, (H, W))``; a video
+        file's path as each video task's views ``(V, C, T, H, W)``. A task that takes the other kind of input is a
+        :class:`~.tasktypes.TaskTypeError` naming it and its type."""
+        return prepare_inputs(self, image, tasks)
 
     @torch.no_grad()
     def classify_inputs(
-        self, inputs: Sequence[dict[str, torch.Tensor]], top_k: int = 5, precision: str = "fp32"
-    ) -> list[dict[str, list[tuple[str, int, float]]]]:
-        """:meth:`classify` of images already :meth:`prepare` d: one ``{task: tensor}`` per image."""
+        self, inputs: Sequence[dict[str, Any]], top_k: int = 5, precision: str = "fp32"
+    ) -> list[dict[str, Answer]]:
+        """:meth:`classify` of inputs already :meth:`prepare` d: one ``{task: input}`` per image or video."""
         _check_top_k(top_k)
-        device = next(self.trunk.parameters()).device
-        autocast = resolve_precision(precision, device).autocast
-        samples = [(i, name, x) for i, one in enumerate(inputs) for name, x in one.items()]
-        results: list[dict[str, list[tuple[str, int, float]]]] = [{} for _ in inputs]
-        self.eval()
-        for start in range(0, len(samples), self.max_batch):
-            chunk = samples[start : start + self.max_batch]
-            x = torch.stack([s[2] for s in chunk]).to(device)
-            names = [s[1] for s in chunk]
-            with autocast():
-                logits = self(x, self.task_ids(names))
-            seen = dict.fromkeys(names, 0)
-            for image_index, name, _ in chunk:
-                row = logits[name][seen[name]].float().softmax(dim=0)
-                seen[name] += 1
-                classes = self._infos[name].classes
-                values, indices = row.topk(min(top_k, len(classes)))
-                results[image_index][name] = [(classes[j], j, v) for j, v in zip(indices.tolist(), values.tolist(),
-                                                                                strict=True)]  # fmt: skip
-        return results
+        return answer_inputs(self, inputs, top_k, precision)
+
+    def runner(self, name: str) -> VideoTask | SegmentationTask | None:
+        """How task ``name`` runs on its own model (a video or segmentation task); None: in the mixed batch."""
+        self.task(name)
+        return self._alone.get(name)

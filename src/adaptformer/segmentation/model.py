@@ -253,9 +253,11 @@ def load_segmentation_model(
     source: BackboneSource | None = None,
     allow_backbone_mismatch: bool = False,
     info: AdapterInfo | None = None,
+    backbone: nn.Module | None = None,
 ) -> SegmentationModel:
     """The segmentation model of an adapter folder (eval mode, CPU): its backbone built as recorded (or as ``source``
-    says), its method, decode head and tensors restored. A classification adapter is an AdapterFileError."""
+    says; or ``backbone``, a plain backbone at hand, e.g. one whose tensors a multi-task model shares), its method,
+    decode head and tensors restored. A classification adapter is an AdapterFileError."""
     info = info or read_adapter_config(directory)
     if task_type(info.task) != TASK:
         raise AdapterFileError(
@@ -266,7 +268,8 @@ def load_segmentation_model(
         config = SegmentationConfig.from_task(info.task)
     except ValueError as e:
         raise AdapterFileError(f"{directory}: {e}") from e
-    backbone = build_adapter_backbone(directory, source, allow_backbone_mismatch, info)
+    if backbone is None:
+        backbone = build_adapter_backbone(directory, source, allow_backbone_mismatch, info)
     model = segmentation_model(backbone, info.spec, config)
     load_adapter(model, directory, allow_backbone_mismatch=allow_backbone_mismatch, info=info)
     return model.eval()

@@ -2,21 +2,40 @@
 :class:`~adaptformer.inference.multitask.MultiTaskModel`, plus a small page to try it (FastAPI app, served by uvicorn).
 
 - ``GET /health`` (and ``HEAD``): ``{"status": "ok", "tasks": N, "requests": ..., "batches": ...}``;
-- ``GET /tasks``: each task's name, classes, method, trainable parameters;
-- ``POST /classify``: multipart form with one or more ``files`` (images), optional ``tasks`` (comma-separated; default:
-  every image task) and ``top_k`` (ASCII digits, default 5) -> ``{"results": [{"file": NAME, "tasks": {TASK:
-  [{"class", "index", "prob"}, ...]}}]}``. Concurrent requests are batched together (:class:`~.batcher.Batcher`);
+- ``GET /tasks``: each task's name, classes, method, trainable parameters, ``type`` (``single-label``,
+  ``multi-label``, ``video``, ``segmentation``), ``threshold`` (multi-label tasks; else null) and ``video``;
+- ``POST /classify``: multipart form with one or more ``files`` (images or videos), optional ``tasks``
+  (comma-separated; default: every task that takes each file: the video tasks for a video, the others for an image)
+  and ``top_k`` (ASCII digits, default 5) -> ``{"results": [{"file": NAME, "tasks": {TASK: ANSWER}}]}``, one ANSWER
+  per task in its type's shape:
+
+  - single-label (an image or a video task): ``[{"class", "index", "prob"}, ...]``, the softmax top-k, best first
+    (the answer of every earlier version);
+  - multi-label (an image or a video task): ``{"threshold": T, "above": [{"class", "index", "prob"}, ...], "top":
+    [...]}``: every class whose sigmoid probability is at least the task's threshold (``serve --threshold
+    TASK=VALUE``; default 0.5) and the top-k, both best first;
+  - segmentation: ``{"mask": BASE64, "width": W, "height": H, "classes": [{"class", "index", "fraction"}, ...]}``:
+    the label PNG ``adaptformer predict`` writes (palette mode, a pixel's value its class index, the image's own
+    size), base64 in the JSON (one request answers every task of every file), and the classes present, most pixels
+    first.
+
+  A video task's answer averages its recorded test views, as ``predict`` does. Image classification rows of
+  concurrent requests are batched together as mixed-task batches (:class:`~.batcher.Batcher`), video and
+  segmentation tasks run on their own models in the same batch call, grouped per task;
 - ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference.
 
 Images are accepted by their bytes, never their names: PNG, JPEG, WebP, BMP and GIF (its first frame)
-(:data:`~adaptformer.data.image.reading.ACCEPTED_FORMATS`; no other Pillow plugin ever parses a client's bytes). The
-body is read within :class:`~.limits.ServeLimits` as it streams (:mod:`.upload`); each file's header is checked
-(format, pixel count) before anything is decoded, and decoding and preprocessing run in a pool of
-``decode_workers`` threads, never on the event loop.
+(:data:`~adaptformer.data.image.reading.ACCEPTED_FORMATS`; no other Pillow plugin ever parses a client's bytes);
+videos likewise: MP4/MOV, WebM/Matroska and AVI (:mod:`.video`, each through its own demuxer only). The body is read
+within :class:`~.limits.ServeLimits` as it streams (:mod:`.upload`); each file's header is checked (format, pixel
+count; a video's frame size, duration and frame count from its header and packets) before anything is decoded, and
+decoding and preprocessing run in a pool of ``decode_workers`` threads, never on the event loop.
 
 Every error, whatever its status, is ``{"error": MESSAGE}`` (one line, never a repr of a Python object): 400 not an
-image, no file, a malformed form; 404 an unknown task or endpoint; 405 a method an endpoint does not take; 408 a body
-slower than ``body_timeout``; 413 a file, image (pixels), form or request over its limit; 415 a format outside the
+image, no file, a malformed form, a task of another type than a file (an image task asked of a video, a video task
+of an image: the message names the file, the task and its type), a video that cannot be decoded; 404 an unknown task
+or endpoint; 405 a method an endpoint does not take; 408 a body slower than ``body_timeout``; 413 a file, image
+(pixels), video (frame pixels, seconds, frames), form or request over its limit; 415 a format outside the
 allow-list, or not a multipart form; 422 a bad ``top_k``, a field given twice, an image over 100 times as long as it
 is wide; 431 headers over 16 KB; 503 too many uploads at once; 500 a bug (logged with its traceback). An answer sent
 before the request's body was read to its end closes the connection. A client that disconnects mid-upload is logged
@@ -26,6 +45,7 @@ as one line. The service keeps serving.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -34,7 +54,6 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request  # module level: FastAPI reads the handlers' annotations from here
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -50,9 +69,11 @@ from ...data.image.reading import (
 )
 from ...precision import resolve_precision
 from ..multitask import MultiTaskModel
+from ..tasktypes import Answer, MaskAnswer, MultiLabelAnswer
 from .batcher import Batcher
 from .limits import MAX_FILES, Refused, ServeLimits, clipped
 from .upload import ClientGone, multipart_boundary, read_upload
+from .video import ACCEPTED_VIDEOS, check_video, prepare_video, video_container
 
 logger = logging.getLogger(__name__)
 
@@ -106,19 +127,49 @@ class GuardHeadersAndBodies:
         await self.app(scope, receiving, sending)
 
 
-def _options(fields: dict[str, str], model: MultiTaskModel, image_tasks: list[str]) -> tuple[list[str], int]:
-    """The tasks (each once, in the order given) and the top-k a form asks for."""
+def _options(fields: dict[str, str], model: MultiTaskModel) -> tuple[list[str], int]:
+    """The tasks (each once, in the order given; none: every task that takes each file) and the top-k a form asks
+    for."""
     named = [t.strip() for t in fields.get("tasks", "").split(",") if t.strip()]
-    wanted = list(dict.fromkeys(named)) or image_tasks
+    wanted = list(dict.fromkeys(named))
     for name in wanted:
         if name not in model.tasks:
             raise Refused(404, f"unknown task {clipped(name)}; this service has {list(model.tasks)}")
-        if model.task(name).is_video:
-            raise Refused(400, f"task {name!r} classifies videos, not images")
     top_text = fields.get("top_k", "5").strip()
     if not re.fullmatch(r"[0-9]{1,9}", top_text) or int(top_text) < 1:  # ASCII digits: int() takes others too
         raise Refused(422, f"top_k must be a positive integer (ASCII digits), got {clipped(top_text)}")
     return wanted, int(top_text)
+
+
+def _file_tasks(model: MultiTaskModel, name: str, video: bool, wanted: list[str]) -> list[str]:
+    """The tasks file ``name`` (a video or an image) is asked of: ``wanted``, each checked to take that kind of file,
+    or (none named) every task that does."""
+    kind = "a video" if video else "an image"
+    for task in wanted:
+        info = model.task(task)
+        if (info.kind == "video") != video:
+            takes = "video files" if info.kind == "video" else "images"
+            raise Refused(400, f"{clipped(name)} is {kind}, but task {task!r} is a {info.kind} task: it takes {takes}")
+    tasks = wanted or [t for t in model.tasks if (model.task(t).kind == "video") == video]
+    if not tasks:
+        types = sorted({model.task(t).kind for t in model.tasks})
+        raise Refused(400, f"{clipped(name)} is {kind}; no task of this service takes one (its task types: {types})")
+    return tasks
+
+
+def _answer(answer: Answer) -> Any:
+    """One task's answer as JSON (the shapes the module docstring lists)."""
+    if isinstance(answer, MultiLabelAnswer):
+        return {"threshold": answer.threshold, "above": _top(answer.above), "top": _top(answer.top)}
+    if isinstance(answer, MaskAnswer):
+        height, width = answer.labels.shape
+        return {"mask": base64.b64encode(answer.png()).decode("ascii"), "width": width, "height": height,
+                "classes": [{"class": c, "index": j, "fraction": f} for c, j, f in answer.present]}  # fmt: skip
+    return _top(answer)
+
+
+def _top(top: list[tuple[str, int, float]]) -> list[dict[str, Any]]:
+    return [{"class": c, "index": j, "prob": p} for c, j, p in top]
 
 
 def create_app(
@@ -136,7 +187,7 @@ def create_app(
     batcher = Batcher(lambda inputs, tasks, k: model.classify_inputs(inputs, k, precision), max_batch, max_wait_ms)
     pool = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="serve-decode")
     uploads = asyncio.Semaphore(limits.max_uploads)
-    image_tasks = [t for t in model.tasks if not model.task(t).is_video]
+    videos = any(model.task(t).kind == "video" for t in model.tasks)
 
     @asynccontextmanager
     async def lifespan(app: Any):
@@ -185,18 +236,24 @@ def create_app(
     @app.api_route("/tasks", methods=["GET", "HEAD"])
     async def tasks() -> dict[str, Any]:
         return {"tasks": [{"name": i.name, "classes": i.classes, "method": i.method, "trainable_parameters":
-                           i.num_parameters, "video": i.is_video} for i in map(model.task, model.tasks)]}  # fmt: skip
+                           i.num_parameters, "video": i.is_video, "type": i.kind, "threshold": i.threshold}
+                          for i in map(model.task, model.tasks)]}  # fmt: skip
 
-    def check(data: bytes, name: str) -> None:  # the header only: format, pixel count, shape
+    def check(data: bytes, name: str) -> None:  # the header only: format, pixel count, shape; a video's packets
+        if video_container(data) is not None:
+            check_video(data, name, limits)
+            return
         with open_image(data, name=name, formats=ACCEPTED_FORMATS, max_pixels=limits.max_pixels) as image:
             width, height = image.size
         if max(width, height) > MAX_ASPECT * min(width, height):  # its shorter side scaled up to the input's
             raise Refused(422, f"{clipped(name)}: {width}x{height} pixels, more than {MAX_ASPECT} times as long as "
                                "it is wide")  # fmt: skip
 
-    def prepare(data: bytes, name: str, wanted: list[str]) -> dict[str, torch.Tensor]:
-        return model.prepare(read_image(data, name=name, formats=ACCEPTED_FORMATS, max_pixels=limits.max_pixels),
-                             wanted)  # fmt: skip
+    def prepare(data: bytes, name: str, wanted: list[str]) -> dict[str, Any]:
+        if video_container(data) is not None:
+            return prepare_video(model, data, name, _file_tasks(model, name, True, wanted))
+        tasks = _file_tasks(model, name, False, wanted)
+        return model.prepare(read_image(data, name=name, formats=ACCEPTED_FORMATS, max_pixels=limits.max_pixels), tasks)
 
     async def in_pool(work: Any, files: list[tuple[str, bytes]], *args: Any) -> list[Any]:
         """``work(data, name, *args)`` for every file in the pool; the first failure (in file order) refuses."""
@@ -207,7 +264,8 @@ def create_app(
             return [await f for f in futures]
         except ImageDecodeError as error:
             status = next(s for kind, s in _STATUS if isinstance(error, kind))
-            raise Refused(status, f"{clipped(str(error.path))}: {error.reason}") from None
+            also = f" or a video ({ACCEPTED_VIDEOS})" if status == 415 and videos else ""
+            raise Refused(status, f"{clipped(str(error.path))}: {error.reason}{also}") from None
         finally:
             for f in futures:
                 if not f.done():
@@ -227,30 +285,35 @@ def create_app(
                 uploads.release()
             raise Refused(503, f"busy: {limits.max_uploads} uploads in progress; try again")
 
-    async def read_and_prepare(request: Request) -> tuple[list[str], list[str], int, list[dict[str, torch.Tensor]]]:
-        """A request's file names, tasks, top-k and input tensors; its bytes are dropped on return."""
+    async def read_and_prepare(request: Request) -> tuple[list[str], int, list[dict[str, Any]]]:
+        """A request's file names, top-k and input tensors (each file's tasks); its bytes are dropped on return."""
         boundary = multipart_boundary(request.headers, limits)
         await admitted()
         try:
             upload = await read_upload(request.receive, boundary, limits)
             if not upload.files:
                 raise Refused(400, "no image: upload one or more files in the form field 'files'")
-            wanted, top_k = _options(upload.fields, model, image_tasks)
+            wanted, top_k = _options(upload.fields, model)
             await in_pool(check, upload.files)  # a bad file refuses the request before any is decoded
+            for i, (name, data) in enumerate(upload.files):  # so does a task of another type than a file
+                _file_tasks(model, name or f"file {i + 1}", video_container(data) is not None, wanted)
             inputs = await in_pool(prepare, upload.files, wanted)
         finally:
             uploads.release()
-        return [name for name, _ in upload.files], wanted, top_k, inputs
+        return [name for name, _ in upload.files], top_k, inputs
 
     @app.post("/classify")
     async def classify(request: Request) -> dict[str, Any]:
-        names, wanted, top_k, inputs = await read_and_prepare(request)
-        results = await batcher.submit(inputs, [wanted] * len(inputs), top_k)
-        return {"results": [
-            {"file": name, "tasks": {t: [{"class": c, "index": j, "prob": p} for c, j, p in top]
-                                     for t, top in result.items()}}
-            for name, result in zip(names, results, strict=True)
-        ]}  # fmt: skip
+        names, top_k, inputs = await read_and_prepare(request)
+        results = await batcher.submit(inputs, [list(one) for one in inputs], top_k)
+
+        def answers() -> dict[str, Any]:
+            return {"results": [{"file": name, "tasks": {t: _answer(a) for t, a in result.items()}}
+                                for name, result in zip(names, results, strict=True)]}  # fmt: skip
+
+        if any(isinstance(a, MaskAnswer) for result in results for a in result.values()):
+            return await asyncio.get_running_loop().run_in_executor(pool, answers)  # PNG encoding: off the loop
+        return answers()
 
     page = (resources.files(__package__) / "page.html").read_text()
 

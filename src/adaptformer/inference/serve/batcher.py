@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..tasktypes import top_k_of
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Batcher"]
@@ -112,6 +114,6 @@ class Batcher:
             for r in batch:
                 mine = results[start : start + len(r.images)]
                 start += len(r.images)
-                trimmed = [{task: top[: r.top_k] for task, top in one.items()} for one in mine]
+                trimmed = [{task: top_k_of(answer, r.top_k) for task, answer in one.items()} for one in mine]
                 if not r.done.done():
                     r.done.set_result(trimmed)

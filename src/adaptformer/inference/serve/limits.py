@@ -50,16 +50,20 @@ class ServeLimits:
     max_upload_mb: float = _limit(10.0, "one image file, MB")
     max_request_mb: float = _limit(100.0, "one request's whole body, MB")
     max_files: int = _limit(MAX_FILES, "images in one request")
-    max_pixels: int = _limit(DEFAULT_MAX_PIXELS, "one image's width x height, read from its header before decoding")
+    max_pixels: int = _limit(
+        DEFAULT_MAX_PIXELS, "one image's (or video frame's) width x height, read from its header before decoding"
+    )
     body_timeout: float = _limit(30.0, "seconds a request's headers, and then its body, may take to arrive")
     max_uploads: int = _limit(8, "requests reading or decoding their images at once; more wait, then 503")
     decode_workers: int = _limit(2, "threads that decode and preprocess images (full-size decodes at once)")
+    max_video_frames: int = _limit(10_000, "one video's frames (video tasks), counted from its packets before decoding")
+    max_video_seconds: float = _limit(600.0, "one video's duration, s (video tasks), read before decoding")
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_request_mb", "body_timeout"):
+        for name in ("max_upload_mb", "max_request_mb", "body_timeout", "max_video_seconds"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_files", "max_pixels", "max_uploads", "decode_workers"):
+        for name in ("max_files", "max_pixels", "max_uploads", "decode_workers", "max_video_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
