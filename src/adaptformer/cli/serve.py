@@ -1,14 +1,17 @@
-"""``adaptformer serve --adapter A --adapter B ...``: the HTTP service of :mod:`adaptformer.inference.serve` under
-uvicorn. Its limits are :class:`~adaptformer.inference.serve.ServeLimits`, one flag per field."""
+"""``adaptformer serve --adapter A --adapter NAME=B ... [--adapter-root DIR]``: the HTTP service of
+:mod:`adaptformer.inference.serve` under uvicorn. Its limits are :class:`~adaptformer.inference.serve.ServeLimits`, one
+flag per field; the dynamic adapters of ``--adapter-root`` its
+:class:`~adaptformer.inference.serve.adapters.AdapterStore`."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import fields
 from typing import Any
 
-INSTALL_HINT = "pip install 'adaptformer[serve]' (fastapi, uvicorn, python-multipart)"
+INSTALL_HINT = "pip install 'adaptformer[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -16,25 +19,58 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401  (/metrics)
         import python_multipart  # noqa: F401  (form uploads)
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise MissingDependencyError(f"serve needs {e.name}, which is not installed: {INSTALL_HINT}") from e
     from ..engine.distributed import resolve_device
     from ..inference.serve import ServeLimits
+    from ..inference.serve.adapters import AdapterStore
     from ..inference.serve.app import create_app
+    from ..inference.serve.ops import ADMIN_TOKEN_ENV
     from ..inference.serve.server import run
-    from .multitask import load_multitask, serve_precision
+    from .multitask import serve_precision
 
+    if not args.adapter and args.adapter_root is None:
+        raise ValueError("serve needs --adapter DIR (one or several) or --adapter-root DIR, or both")
     limits = ServeLimits(**{f.name: getattr(args, f.name) for f in fields(ServeLimits)})
-    model = load_multitask(args, args.max_batch)
+    model, fingerprint = _model(args)
     model = model.to(resolve_device(args.device)).eval()
+    store = AdapterStore(model, args.adapter_root, args.max_resident, args.max_cached, fingerprint)
+    token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
     app = create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits,
-                     precision=serve_precision(model, args.precision))  # fmt: skip
-    print(f"adaptformer serve: {len(model.tasks)} tasks ({', '.join(model.tasks)}) on http://{args.host}:{args.port}/"
-          " (Ctrl-C or SIGTERM stops it)", flush=True)  # fmt: skip
-    run(app, args.host, args.port, header_timeout=limits.body_timeout)
+                     precision=serve_precision(model, args.precision), store=store, admin_token=token)  # fmt: skip
+    root = f"; adapters of {args.adapter_root} on request" if args.adapter_root else ""
+    admin = "admin endpoints on" if token else f"admin endpoints off (no --admin-token or {ADMIN_TOKEN_ENV})"
+    print(f"adaptformer serve: {len(model.tasks)} tasks ({', '.join(model.tasks)}){root}; {admin}; on "
+          f"http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM stops it)", flush=True)  # fmt: skip
+    run(app, args.host, args.port, header_timeout=limits.body_timeout, grace_s=limits.deadline_s + 5)
     return 0
+
+
+def _model(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The multi-task model of every ``--adapter`` (without any: an empty one on the backbone of the first adapter
+    folder of ``--adapter-root``, alphabetically), and the backbone's fingerprint as its adapters record it."""
+    from ..inference.evaluate import check_backbone_name
+    from ..inference.multitask import MultiTaskModel
+    from ..saving import build_adapter_backbone, read_adapter_config
+    from .multitask import backbone_source, load_multitask
+
+    if args.adapter:
+        model = load_multitask(args, args.max_batch)
+        return model, model.task(model.tasks[0]).adapter.backbone_fingerprint
+    folders = sorted(p for p in args.adapter_root.iterdir() if (p / "adapter_config.json").is_file()
+                     or (p / "adapter" / "adapter_config.json").is_file())  # fmt: skip
+    if not folders:
+        raise ValueError(f"--adapter-root {args.adapter_root}: no adapter folder in it (DIR/NAME/adapter_config.json "
+                         "or DIR/NAME/adapter/adapter_config.json), and no --adapter names the backbone")  # fmt: skip
+    first = folders[0] if (folders[0] / "adapter_config.json").is_file() else folders[0] / "adapter"
+    info = read_adapter_config(first)
+    if args.backbone is not None:
+        check_backbone_name(first, info, args.backbone)
+    backbone = build_adapter_backbone(first, backbone_source(args, info), info=info)
+    return MultiTaskModel(backbone, info.spec.backbone, args.max_batch), info.backbone_fingerprint
 
 
 def _positive(text: str) -> float:
@@ -51,18 +87,33 @@ def _positive(text: str) -> float:
 def add_serve_command(sub: Any) -> None:
     """The ``serve`` subcommand."""
     from ..inference.serve import ServeLimits
-    from .args import add_adapter_arguments, at_least
+    from .args import add_adapter_arguments, at_least, folder_path
 
     parser = sub.add_parser(
         "serve", help="serve several adapters on one frozen backbone: JSON API + a web page (FastAPI, uvicorn)",
-        description="Loads every --adapter on one backbone and serves GET /health, GET /tasks, POST /classify "
-        "(multipart 'files', optional 'tasks' comma-separated and 'top_k'), and a page at /. Concurrent requests are "
+        description="Loads every --adapter on one backbone (and the adapters of --adapter-root on request) and "
+        "serves GET /health, /health/live, /health/ready, /metrics (Prometheus), /tasks, /adapters, POST /classify "
+        "(multipart 'files', optional 'tasks' comma-separated and 'top_k'), POST and DELETE /adapters/NAME (with "
+        "the admin token), and a page at /. Concurrent requests are "
         "batched into mixed-task batches of at most --max-batch samples, waiting at most --max-wait-ms for company. "
         "Accepts PNG, JPEG, WebP, BMP and GIF (first frame), judged by their bytes; every error is "
         '{"error": MESSAGE}. '
         f"Stops on Ctrl-C or SIGTERM. Needs the serve extra: {INSTALL_HINT}.",
     )  # fmt: skip
-    add_adapter_arguments(parser)
+    add_adapter_arguments(parser, required=False)
+    dynamic = parser.add_argument_group("dynamic adapters (GET /adapters, POST and DELETE /adapters/NAME)")
+    dynamic.add_argument("--adapter-root", type=folder_path, default=None, metavar="DIR",
+                         help="serve every adapter folder under DIR (DIR/NAME or DIR/NAME/adapter) as task NAME, "
+                         "loaded on its first request or by POST /adapters/NAME (default: none)")  # fmt: skip
+    dynamic.add_argument("--max-resident", type=at_least(1), default=8,
+                         help="adapters of --adapter-root on the device at most (LRU; default: 8)")  # fmt: skip
+    dynamic.add_argument("--max-cached", type=at_least(0), default=64,
+                         help="more adapters kept in host memory, re-attached without reading their folder (LRU; "
+                         "default: 64)")  # fmt: skip
+    dynamic.add_argument("--admin-token", default=None, metavar="TOKEN",
+                         help="bearer token of POST/DELETE /adapters/NAME (default: the ADAPTFORMER_ADMIN_TOKEN "
+                         "environment variable, which other users cannot read in the process list; neither: those "
+                         "endpoints answer 403)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=at_least(0), default=8000, help="port (default: 8000)")
     parser.add_argument("--max-batch", type=at_least(1), default=64, help="samples per batch at most (default: 64)")

@@ -182,11 +182,21 @@ class MultiTaskModel(nn.Module):
         """Load the adapter in ``directory`` as task ``name``; the other tasks are not touched. ``info``: its
         adapter_config.json, if already read."""
         directory = Path(directory)
+        self._check_new_name(name, directory)
+        info = info if info is not None else read_adapter_config(directory)
+        return self.add_task_model(name, self.load_task_model(directory, info), info, directory)
+
+    def _check_new_name(self, name: str, directory: Path) -> None:
         if not name or "." in name or "/" in name:
             raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
         if name in self._infos:
             raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
-        info = info if info is not None else read_adapter_config(directory)
+
+    def load_task_model(self, directory: str | Path, info: AdapterInfo) -> nn.Module:
+        """The single-task model of the adapter in ``directory`` (``info``: its adapter_config.json), checked as
+        :meth:`add_task` checks it and on this model's device, but not attached: this model is not touched, so a
+        server can load in a worker thread while batches run, then attach it with :meth:`add_task_model`."""
+        directory = Path(directory)
         registered = info.spec.registered
         method = registered.name
         if registered.batch_refusal is not None:
@@ -216,6 +226,15 @@ class MultiTaskModel(nn.Module):
         paths = classifier_paths(task_model)
         if paths != (self._head_path,):
             raise UnsupportedModelError(f"{directory}: its classifiers {list(paths)} differ from the backbone's")
+        return task_model
+
+    def add_task_model(self, name: str, task_model: nn.Module, info: AdapterInfo, directory: str | Path) -> TaskInfo:
+        """Attach ``task_model`` (from :meth:`load_task_model`, or one :meth:`remove_task` dropped: re-attaching
+        reads no file) as task ``name``; the other tasks are not touched."""
+        directory = Path(directory)
+        self._check_new_name(name, directory)
+        registered = info.spec.registered
+        method = registered.name
         self._attach(name, task_model, registered, directory)
         # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
         # trunk stops before them and the task's head starts with them

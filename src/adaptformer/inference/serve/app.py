@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -50,8 +52,11 @@ from ...data.image.reading import (
 )
 from ...precision import resolve_precision
 from ..multitask import MultiTaskModel
+from .adapters import AdapterStore
 from .batcher import Batcher
 from .limits import MAX_FILES, Refused, ServeLimits, clipped
+from .metrics import Observe, ServeMetrics
+from .ops import Readiness, add_ops_routes
 from .upload import ClientGone, multipart_boundary, read_upload
 
 logger = logging.getLogger(__name__)
@@ -106,9 +111,13 @@ class GuardHeadersAndBodies:
         await self.app(scope, receiving, sending)
 
 
+def _named(fields: dict[str, str]) -> list[str]:
+    return [t.strip() for t in fields.get("tasks", "").split(",") if t.strip()]
+
+
 def _options(fields: dict[str, str], model: MultiTaskModel, image_tasks: list[str]) -> tuple[list[str], int]:
     """The tasks (each once, in the order given) and the top-k a form asks for."""
-    named = [t.strip() for t in fields.get("tasks", "").split(",") if t.strip()]
+    named = _named(fields)
     wanted = list(dict.fromkeys(named)) or image_tasks
     for name in wanted:
         if name not in model.tasks:
@@ -127,30 +136,50 @@ def create_app(
     max_wait_ms: float = 5.0,
     limits: ServeLimits | None = None,
     precision: str = "fp32",
+    store: AdapterStore | None = None,
+    admin_token: str | None = None,
 ) -> Any:
     """The FastAPI app serving ``model`` (in eval mode, on its device) within ``limits`` (default
-    :class:`~.limits.ServeLimits`)."""
+    :class:`~.limits.ServeLimits`); ``store``: its dynamic adapters (default: none, the model's tasks only);
+    ``admin_token``: the bearer token of the admin endpoints (:mod:`.ops`; None: they answer 403)."""
     limits = limits if limits is not None else ServeLimits()
+    store = store if store is not None else AdapterStore(model, None)
     model.eval()
     precision = resolve_precision(precision, next(model.parameters()).device).name  # "auto" resolved (and logged) once
-    batcher = Batcher(lambda inputs, tasks, k: model.classify_inputs(inputs, k, precision), max_batch, max_wait_ms)
+
+    def run_batch(inputs: list[dict[str, torch.Tensor]], tasks: Any, top_k: int) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        with store.model_lock:  # adapters attach and detach between batches
+            results = model.classify_inputs(inputs, top_k, precision)
+        metrics.batch_samples.observe(sum(len(one) for one in inputs))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        return results
+
+    batcher = Batcher(run_batch, max_batch, max_wait_ms)
+    metrics = ServeMetrics(store, lambda: batcher.queued)
+    readiness = Readiness()
     pool = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="serve-decode")
     uploads = asyncio.Semaphore(limits.max_uploads)
-    image_tasks = [t for t in model.tasks if not model.task(t).is_video]
+    in_progress = 0  # classify requests accepted and not yet answered (at most limits.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: Any):
         batcher.start()
+        readiness.started = True
         yield
+        readiness.started = False
         await batcher.stop()
         pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="adaptformer serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(GuardHeadersAndBodies)
+    app.add_middleware(Observe, metrics=metrics)
+    app.state.readiness = readiness  # the server sets readiness.draining on SIGTERM
+    add_ops_routes(app, store, metrics, readiness, admin_token)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, error: Refused) -> JSONResponse:
-        return _error(error.status, error.message)
+        return _error(error.status, error.message, error.headers)
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, error: ClientGone) -> Response:
@@ -227,15 +256,45 @@ def create_app(
                 uploads.release()
             raise Refused(503, f"busy: {limits.max_uploads} uploads in progress; try again")
 
-    async def read_and_prepare(request: Request) -> tuple[list[str], list[str], int, list[dict[str, torch.Tensor]]]:
-        """A request's file names, tasks, top-k and input tensors; its bytes are dropped on return."""
+    @contextlib.asynccontextmanager
+    async def accepted() -> Any:
+        """One of ``max_queue`` places (else 429 at once, before the body is read), answered within
+        ``deadline_s`` (else 504)."""
+        nonlocal in_progress
+        if in_progress >= limits.max_queue:
+            metrics.rejected.labels("queue_full").inc()
+            s = batcher.stats
+            wait = math.ceil(s.seconds / s.batches * (1 + batcher.queued / max_batch)) if s.batches else 1
+            raise Refused(429, f"busy: {limits.max_queue} requests are queued (--max-queue); retry after {wait} s",
+                          headers={"Retry-After": str(max(1, wait))})  # fmt: skip
+        in_progress += 1
+        metrics.in_progress.inc()
+        try:
+            async with asyncio.timeout(limits.deadline_s):
+                yield
+        except TimeoutError:
+            metrics.rejected.labels("deadline").inc()
+            raise Refused(504, f"no answer within --deadline-s {limits.deadline_s:g} s (the request waited for its "
+                               "upload, an adapter load or a batch); try again") from None  # fmt: skip
+        finally:
+            in_progress -= 1
+            metrics.in_progress.dec()
+
+    async def read_and_prepare(
+        request: Request, leases: contextlib.AsyncExitStack
+    ) -> tuple[list[str], list[str], int, list[dict[str, torch.Tensor]]]:
+        """A request's file names, tasks, top-k and input tensors; its bytes are dropped on return. Its tasks are
+        loaded if they are adapters of the store, and held (not evicted) until ``leases`` closes."""
         boundary = multipart_boundary(request.headers, limits)
         await admitted()
         try:
             upload = await read_upload(request.receive, boundary, limits)
             if not upload.files:
                 raise Refused(400, "no image: upload one or more files in the form field 'files'")
+            await leases.enter_async_context(store.using(_named(upload.fields)))
+            image_tasks = [t for t in model.tasks if not model.task(t).is_video]
             wanted, top_k = _options(upload.fields, model, image_tasks)
+            request.state.tasks = wanted  # for the access log
             await in_pool(check, upload.files)  # a bad file refuses the request before any is decoded
             inputs = await in_pool(prepare, upload.files, wanted)
         finally:
@@ -244,8 +303,9 @@ def create_app(
 
     @app.post("/classify")
     async def classify(request: Request) -> dict[str, Any]:
-        names, wanted, top_k, inputs = await read_and_prepare(request)
-        results = await batcher.submit(inputs, [wanted] * len(inputs), top_k)
+        async with accepted(), contextlib.AsyncExitStack() as leases:
+            names, wanted, top_k, inputs = await read_and_prepare(request, leases)
+            results = await batcher.submit(inputs, [wanted] * len(inputs), top_k)
         return {"results": [
             {"file": name, "tasks": {t: [{"class": c, "index": j, "prob": p} for c, j, p in top]
                                      for t, top in result.items()}}

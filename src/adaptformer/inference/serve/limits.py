@@ -26,12 +26,12 @@ about 0.6 GB to decode and convert (15 bytes a pixel for an RGBA PNG; 4 for RGB)
 
 
 class Refused(Exception):
-    """A request the service refuses: HTTP ``status`` and a one-line ``message`` for the client (never a repr of a
-    Python object)."""
+    """A request the service refuses: HTTP ``status``, a one-line ``message`` for the client (never a repr of a
+    Python object) and the answer's extra ``headers`` (``Retry-After``, ``WWW-Authenticate``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def clipped(text: str, limit: int = 80) -> str:
@@ -54,12 +54,14 @@ class ServeLimits:
     body_timeout: float = _limit(30.0, "seconds a request's headers, and then its body, may take to arrive")
     max_uploads: int = _limit(8, "requests reading or decoding their images at once; more wait, then 503")
     decode_workers: int = _limit(2, "threads that decode and preprocess images (full-size decodes at once)")
+    max_queue: int = _limit(128, "classify requests accepted and not yet answered; more get 429 with Retry-After")
+    deadline_s: float = _limit(60.0, "seconds from a classify request's headers to its answer; later: 504")
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_request_mb", "body_timeout"):
+        for name in ("max_upload_mb", "max_request_mb", "body_timeout", "deadline_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_files", "max_pixels", "max_uploads", "decode_workers"):
+        for name in ("max_files", "max_pixels", "max_uploads", "decode_workers", "max_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
