@@ -124,8 +124,8 @@ def test_names_that_leave_the_root_are_refused(adapters: dict, tmp_path: Path) -
 
 
 def test_public_messages_carry_no_server_path(tmp_path: Path) -> None:
-    message = f"{tmp_path}/root/x/adapter_model.safetensors: SHA-256 differs; see /etc/other/file.json"
-    assert public_message(message, tmp_path) == "ADAPTER_ROOT/root/x/adapter_model.safetensors: SHA-256 differs; see <path>"
+    message = f"{tmp_path}/root/x/weights.bin: SHA-256 differs; see /etc/other/file.json"
+    assert public_message(message, tmp_path) == "ADAPTER_ROOT/root/x/weights.bin: SHA-256 differs; see <path>"
 
 
 # ------------------------------------------------------------------------------------------------ the real server
