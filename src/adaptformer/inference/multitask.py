@@ -168,7 +168,10 @@ class MultiTaskModel(nn.Module):
         seen: dict[str, Path] = {}
         for name, directory in zip(names, dirs, strict=True):
             if name in seen:
-                raise ValueError(f"two adapters would be task {name!r}: {seen[name]} and {directory}; name them")
+                raise ValueError(
+                    f"two adapters would be task {name!r}: {seen[name]} and {directory}; name them (--adapter "
+                    "NAME=DIR, or names=[...])"
+                )
             seen[name] = Path(directory)
         infos = list(infos) if infos is not None else [read_adapter_config(d) for d in dirs]
         if len(infos) != len(dirs):
