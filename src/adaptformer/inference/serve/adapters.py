@@ -126,7 +126,7 @@ class AdapterStore:
             raise ValueError(f"max_resident must be >= 1 and max_cached >= 0, got {max_resident}, {max_cached}")
         self.model, self.root, self.fingerprint = model, root, fingerprint
         self.max_resident, self.max_cached = max_resident, max_cached
-        self.pinned = set(model.tasks)
+        self.pinned = tuple(model.tasks)
         self.model_lock = threading.Lock()  # held by each batch; attach and detach take it between batches
         self.stats = CacheStats()
         self._resident: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first

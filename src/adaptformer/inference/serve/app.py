@@ -6,7 +6,10 @@
 - ``POST /classify``: multipart form with one or more ``files`` (images), optional ``tasks`` (comma-separated; default:
   every image task) and ``top_k`` (ASCII digits, default 5) -> ``{"results": [{"file": NAME, "tasks": {TASK:
   [{"class", "index", "prob"}, ...]}}]}``. Concurrent requests are batched together (:class:`~.batcher.Batcher`);
-- ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference.
+- ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference;
+- the operator's endpoints (``/health/live``, ``/health/ready``, ``/metrics``, ``/adapters``, ``POST`` and ``DELETE
+  /adapters/{name}``) are :mod:`.ops`'s. A task of ``/classify`` that is an adapter of the
+  :class:`~.adapters.AdapterStore` (``--adapter-root``) is loaded by that request, and kept until its batch ran.
 
 Images are accepted by their bytes, never their names: PNG, JPEG, WebP, BMP and GIF (its first frame)
 (:data:`~adaptformer.data.image.reading.ACCEPTED_FORMATS`; no other Pillow plugin ever parses a client's bytes). The
@@ -18,9 +21,12 @@ Every error, whatever its status, is ``{"error": MESSAGE}`` (one line, never a r
 image, no file, a malformed form; 404 an unknown task or endpoint; 405 a method an endpoint does not take; 408 a body
 slower than ``body_timeout``; 413 a file, image (pixels), form or request over its limit; 415 a format outside the
 allow-list, or not a multipart form; 422 a bad ``top_k``, a field given twice, an image over 100 times as long as it
-is wide; 431 headers over 16 KB; 503 too many uploads at once; 500 a bug (logged with its traceback). An answer sent
-before the request's body was read to its end closes the connection. A client that disconnects mid-upload is logged
-as one line. The service keeps serving.
+is wide, an adapter that cannot be loaded; 401 an admin call without the token, 403 admin calls with no token
+configured; 409 an adapter of another backbone, unloading a fixed or busy one; 429 over ``max_queue`` requests in
+progress (``Retry-After``); 431 headers over 16 KB; 503 too many uploads at once, every resident adapter in use; 504
+no answer within ``deadline_s``; 500 a bug (logged with its traceback). An answer sent before the request's body was
+read to its end closes the connection. A client that disconnects mid-upload is logged as one line. The service keeps
+serving. Every request is counted and timed in ``/metrics`` and logged as one JSON line (:mod:`.metrics`).
 """
 
 from __future__ import annotations

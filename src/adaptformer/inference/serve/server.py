@@ -1,7 +1,8 @@
 """Running the app under uvicorn (:func:`run`), with uvicorn's h11 protocol given two things it lacks
 (:class:`GuardedH11Protocol`): a deadline for a request's headers (uvicorn waits for a half-sent request line or
 header forever: a client could hold any number of connections by never finishing them) and the service's error shape
-for a request h11 cannot parse (uvicorn answers plain text)."""
+for a request h11 cannot parse (uvicorn answers plain text); and uvicorn's server turning the app unready on SIGTERM
+(:class:`DrainingServer`) before it stops listening and finishes the requests it accepted."""
 
 from __future__ import annotations
 
