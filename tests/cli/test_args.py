@@ -192,3 +192,13 @@ def test_two_runs_that_both_end_in_seed0_adapter_are_served_by_name(
     with pytest.raises(SystemExit):  # NAME= without a folder
         main(["eval", "--adapter", "x=", "--data.dataset", "digits"])
     assert "expected DIR or NAME=DIR, got NAME= without a folder" in capsys.readouterr().err
+
+
+def test_serve_needs_adapters_or_a_root_with_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve"]) == 2
+    assert "serve needs --adapter DIR (one or several) or --adapter-root DIR, or both" in capsys.readouterr().err
+    assert main(["serve", "--adapter-root", str(tmp_path)]) == 2
+    assert f"--adapter-root {tmp_path}: no adapter folder in it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--adapter-root", str(tmp_path / "nothing")])
+    assert "no such folder" in capsys.readouterr().err

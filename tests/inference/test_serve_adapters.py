@@ -79,7 +79,7 @@ def test_two_lru_tiers_count_hits_misses_and_evictions_and_reloads_give_the_same
     asyncio.run(main())
 
 
-def test_loads_of_one_adapter_in_flight_are_joined_and_leased_adapters_are_not_evicted(adapters: dict) -> None:
+def test_loads_run_beside_requests_are_joined_in_flight_and_leased_adapters_stay(adapters: dict) -> None:
     store = _store(adapters, max_resident=1, max_cached=0)
     read = store._read
 
@@ -90,7 +90,14 @@ def test_loads_of_one_adapter_in_flight_are_joined_and_leased_adapters_are_not_e
     store._read = slow_read  # type: ignore[method-assign]
 
     async def main() -> None:
-        assert await asyncio.gather(*(store.load("a") for _ in range(6))) == ["available"] * 6
+        loads = asyncio.gather(*(store.load("a") for _ in range(6)))
+        await asyncio.sleep(0.05)  # the load reads its folder in a worker thread: the event loop and the model are free
+        started = time.monotonic()
+        async with store.using(["pinned"]):
+            assert store.model_lock.acquire(timeout=0.05)  # a batch could run now
+            store.model_lock.release()
+        assert time.monotonic() - started < 0.1 and store.state("a") == "available"
+        assert await loads == ["available"] * 6
         assert (store.stats.misses, store.stats.joined) == (1, 5)
         async with store.using(["a"]):  # a request holds a; loading b would evict it
             with pytest.raises(Refused, match=r"all 1 resident adapters \(--max-resident\) are in use") as refusal:
