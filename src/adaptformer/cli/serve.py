@@ -6,10 +6,13 @@ flag per field; the dynamic adapters of ``--adapter-root`` its
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from dataclasses import fields
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'adaptformer[serve]' (fastapi, uvicorn, python-multipart, prometheus-client)"
 
@@ -54,19 +57,24 @@ def _model(args: argparse.Namespace) -> tuple[Any, str | None]:
     folder of ``--adapter-root``, alphabetically), and the backbone's fingerprint as its adapters record it."""
     from ..inference.evaluate import check_backbone_name
     from ..inference.multitask import MultiTaskModel
-    from ..saving import build_adapter_backbone, read_adapter_config
+    from ..saving import CONFIG_NAME, build_adapter_backbone, read_adapter_config
     from .multitask import backbone_source, load_multitask
 
     if args.adapter:
         model = load_multitask(args, args.max_batch)
         return model, model.task(model.tasks[0]).adapter.backbone_fingerprint
-    folders = sorted(p for p in args.adapter_root.iterdir() if (p / "adapter_config.json").is_file()
-                     or (p / "adapter" / "adapter_config.json").is_file())  # fmt: skip
-    if not folders:
-        raise ValueError(f"--adapter-root {args.adapter_root}: no adapter folder in it (DIR/NAME/adapter_config.json "
-                         "or DIR/NAME/adapter/adapter_config.json), and no --adapter names the backbone")  # fmt: skip
-    first = folders[0] if (folders[0] / "adapter_config.json").is_file() else folders[0] / "adapter"
-    info = read_adapter_config(first)
+    found = None
+    for candidate in sorted(args.adapter_root.iterdir()):
+        folder = candidate if (candidate / CONFIG_NAME).is_file() else candidate / "adapter"
+        try:
+            found = (folder, read_adapter_config(folder))
+            break
+        except (OSError, ValueError) as e:  # no folder, a damaged one: the next names the backbone
+            logger.warning("--adapter-root: %s does not name the backbone (%s)", candidate.name, e)
+    if found is None:
+        raise ValueError(f"--adapter-root {args.adapter_root}: no adapter folder in it (DIR/NAME/{CONFIG_NAME} or "
+                         f"DIR/NAME/adapter/{CONFIG_NAME}), and no --adapter names the backbone")  # fmt: skip
+    first, info = found
     if args.backbone is not None:
         check_backbone_name(first, info, args.backbone)
     backbone = build_adapter_backbone(first, backbone_source(args, info), info=info)
