@@ -209,6 +209,9 @@ def test_adapters_load_on_first_request_and_by_post_and_unload_by_delete(server:
     rows = {a["name"]: a for a in listing["adapters"]}
     assert [rows[n]["state"] for n in ("fixed", "b", "c")] == ["resident", "cached", "resident"]
     assert rows["fixed"]["pinned"] and rows["c"]["method"] == "adaptformer" and rows["c"]["bytes"] > 0
+    assert rows["c"]["task_type"] == "classification" and rows["c"]["classes"] == 6 and rows["c"]["in_use"] == 0
+    assert rows["fixed"]["bytes"] > 0
+    assert all(set(r) == {"name", "state"} for r in rows.values() if r["state"] == "available")  # not read yet
     assert _answer(_admin("POST", f"{server.url}/adapters/b"), 200, adapters)["was"] == "cached"
     assert _answer(_admin("DELETE", f"{server.url}/adapters/b"), 200, adapters) == {"name": "b", "state": "available",
                                                                                      "was": "resident"}  # fmt: skip

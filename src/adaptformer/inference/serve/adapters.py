@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...saving import CONFIG_NAME, AdapterInfo, read_adapter_config
+from ...saving import CONFIG_NAME, AdapterInfo, read_adapter_config, task_type
 from ..multitask import MultiTaskModel
 from .limits import Refused, clipped
 
@@ -104,6 +104,11 @@ def _own_parameters(task_model: nn.Module) -> list[nn.Parameter]:
     return [p for p in task_model.parameters() if p.requires_grad]
 
 
+def _size(task_model: nn.Module) -> int:
+    """The bytes of a task model's own tensors."""
+    return sum(p.numel() * p.element_size() for p in _own_parameters(task_model))
+
+
 def _move(task_model: nn.Module, device: torch.device) -> None:
     for p in _own_parameters(task_model):
         p.data = p.data.to(device)
@@ -157,19 +162,19 @@ class AdapterStore:
 
     def listing(self) -> list[dict[str, Any]]:
         """Every adapter: the pinned and loaded ones, then the root's other folders (at most :data:`LISTED`)."""
-        rows = [self._row(n, self.model.task(n).adapter, self.model.task(n).directory, None) for n in self.pinned]
+        rows = [self._row(n, self.model.task(n).adapter, _size(self.model.task_model(n))) for n in self.pinned]
         for tier in (self._resident, self._cached):
-            rows += [self._row(n, e.info, e.directory, e.bytes) for n, e in tier.items()]
+            rows += [self._row(n, e.info, e.bytes) for n, e in tier.items()]
         if self.root is not None and self.root.is_dir():
             known = {r["name"] for r in rows}
             names = sorted(p.name for _, p in zip(range(LISTED), self.root.iterdir(), strict=False))
             rows += [{"name": n, "state": "available"} for n in names if n not in known and NAME.fullmatch(n)]
         return rows
 
-    def _row(self, name: str, info: AdapterInfo, directory: Path, size: int | None) -> dict[str, Any]:
-        row = {"name": name, "state": self.state(name), "pinned": name in self.pinned, "method": info.spec.method,
-               "classes": info.spec.num_classes, "bytes": size}  # fmt: skip
-        return row | {"in_use": self._leases.get(name, 0)}
+    def _row(self, name: str, info: AdapterInfo, size: int) -> dict[str, Any]:
+        return {"name": name, "state": self.state(name), "pinned": name in self.pinned, "method": info.spec.method,
+                "task_type": task_type(info.task), "classes": info.spec.num_classes, "bytes": size,
+                "in_use": self._leases.get(name, 0)}  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -232,8 +237,7 @@ class AdapterStore:
                                f"(fingerprint {recorded}); this server's is {self.model.backbone_name} "
                                f"(fingerprint {self.fingerprint})")  # fmt: skip
         task_model = self.model.load_task_model(folder, info)
-        size = sum(p.numel() * p.element_size() for p in _own_parameters(task_model))
-        return _Entry(task_model, info, folder, size)
+        return _Entry(task_model, info, folder, _size(task_model))
 
     def _locked(self, change: Any, *args: Any) -> Any:
         with self.model_lock:

@@ -5,8 +5,8 @@
   what was accepted, take nothing new) (a readiness probe: send traffic only while it is 200);
 - ``GET /metrics``: Prometheus text format (:mod:`.metrics`);
 - ``GET /adapters``: every adapter, ``{"adapters": [{"name", "state": "resident" | "cached" | "available",
-  "pinned", "method", "classes", "bytes", "in_use"}], "max_resident", "max_cached"}`` (folders not loaded yet: name
-  and state only);
+  "pinned", "method", "task_type", "classes", "bytes", "in_use"}], "max_resident", "max_cached"}`` (folders not
+  loaded yet: name and state only);
 - ``POST /adapters/{name}``, ``DELETE /adapters/{name}``: load (200 ``{"name", "state": "resident", "was": STATE}``)
   or unload (200 ``{"name", "state": "available", "was": STATE}``) an adapter of ``--adapter-root``. Both need
   ``Authorization: Bearer TOKEN`` (``--admin-token`` or the ``ADAPTFORMER_ADMIN_TOKEN`` environment variable,
