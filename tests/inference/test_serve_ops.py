@@ -18,8 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from PIL import Image
+from starlette.testclient import TestClient
 from tests.servers import Server, serve_adapters, serving
+
+from adaptformer.inference.multitask import MultiTaskModel
+from adaptformer.inference.serve.app import create_app
+from adaptformer.inference.serve.server import DrainingServer
 
 MAX_QUEUE = 3
 
@@ -164,3 +170,14 @@ def test_sigterm_finishes_every_accepted_request(dirs: list[Path], tmp_path: Pat
         with pytest.raises(httpx.TransportError):  # it no longer listens
             httpx.get(f"{running.url}/health/live", timeout=2)
         assert "draining" in running.log.read_text()
+
+
+def test_sigterm_turns_the_app_unready_before_it_stops(dirs: list[Path]) -> None:
+    app = create_app(MultiTaskModel.from_adapters(dirs[1:]))
+    server = DrainingServer(uvicorn.Config(app))
+    with TestClient(app) as client:
+        assert client.get("/health/ready").json() == {"status": "ready"}
+        server.handle_exit(signal.SIGTERM, None)
+        response = client.get("/health/ready")
+        assert response.status_code == 503 and response.json() == {"error": "draining: the server is shutting down"}
+        assert client.get("/health/live").status_code == 200 and server.should_exit
