@@ -113,6 +113,15 @@ def _check_top_k(top_k: int) -> None:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
 
 
+def check_task_name(name: str, where: str) -> None:
+    """A task name is a key of the model's ModuleDicts: non-empty, without '.' or '/', and not one of their
+    attributes (``half``, ``eval``, ``forward``, ...). ``where`` names its source in the error."""
+    if not name or "." in name or "/" in name:
+        raise ValueError(f"task name {name!r} ({where}): give a non-empty name without '.' or '/'")
+    if hasattr(nn.ModuleDict, name):
+        raise ValueError(f"task name {name!r} ({where}) is reserved: an attribute of torch's nn.ModuleDict; rename it")
+
+
 def default_task_name(directory: Path) -> str:
     """A run's ``OUT/adapter`` is named after ``OUT``; any other folder after itself."""
     directory = Path(directory).resolve()
@@ -190,8 +199,7 @@ class MultiTaskModel(nn.Module):
         return self.add_task_model(name, self.load_task_model(directory, info), info, directory)
 
     def _check_new_name(self, name: str, directory: Path) -> None:
-        if not name or "." in name or "/" in name:
-            raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
+        check_task_name(name, f"adapter {directory}")
         if name in self._infos:
             raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
 

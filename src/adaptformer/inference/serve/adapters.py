@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ...saving import CONFIG_NAME, AdapterInfo, read_adapter_config, task_type
-from ..multitask import MultiTaskModel
+from ..multitask import MultiTaskModel, check_task_name
 from .limits import Refused, clipped
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ def adapter_folder(root: Path, name: str) -> Path:
     if not NAME.fullmatch(name):
         raise Refused(400, f"adapter name {clipped(name)}: expected one folder name of the adapter root (letters, "
                            "digits, '_' and '-'; no '.', '/' or '..')")  # fmt: skip
+    try:
+        check_task_name(name, "a folder of the adapter root")
+    except ValueError as error:
+        raise Refused(400, str(error)) from None
     base = root.resolve()
     for candidate in (root / name, root / name / "adapter"):
         real = candidate.resolve()
