@@ -103,7 +103,7 @@ def test_a_burst_over_the_queue_gets_429_with_retry_after(server: Server) -> Non
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda i: _classify(server.url, i), range(12)))
     statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 429} and statuses.count(429) >= 12 - 2 * MAX_QUEUE
+    assert set(statuses) == {200, 429} and statuses.count(200) >= MAX_QUEUE  # the first MAX_QUEUE are accepted
     for response in responses:
         if response.status_code == 429:
             assert int(response.headers["retry-after"]) >= 1
@@ -141,21 +141,21 @@ def test_a_client_that_leaves_while_its_request_waits_for_a_batch(server: Server
 
 
 def test_a_request_past_its_deadline_gets_504(dirs: list[Path], tmp_path: Path) -> None:
-    args = ["--adapter", str(dirs[0]), "--deadline-s", "0.3", "--max-wait-ms", "1500"]
+    args = ["--adapter", str(dirs[0]), "--deadline-s", "0.3", "--max-wait-ms", "3000"]
     with serving(args, log=tmp_path / "serve.log") as running:
         started = time.monotonic()
         response = _classify(running.url)
-        assert response.status_code == 504 and time.monotonic() - started < 1.4  # not held until the batch ran
+        assert response.status_code == 504 and time.monotonic() - started < 2.5  # not held until the batch ran
         assert response.json() == {"error": "no answer within --deadline-s 0.3 s (the request waited for its upload, "
                                             "an adapter load or a batch); try again"}  # fmt: skip
         assert _metric(running.url, 'adaptformer_rejected_total{reason="deadline"}') == 1
-        time.sleep(1.5)  # the batch that would have held it runs without it
+        time.sleep(3.0)  # the batch that would have held it runs without it
         assert httpx.get(f"{running.url}/health/ready").status_code == 200
         assert "Traceback" not in running.log.read_text()
 
 
 def test_sigterm_finishes_every_accepted_request(dirs: list[Path], tmp_path: Path) -> None:
-    args = ["--adapter", str(dirs[0]), "--adapter", str(dirs[1]), "--max-wait-ms", "1500"]
+    args = ["--adapter", str(dirs[0]), "--adapter", str(dirs[1]), "--max-wait-ms", "3000"]
     with serving(args, log=tmp_path / "serve.log") as running, ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(_classify, running.url, 10 * i) for i in range(6)]
         deadline = time.monotonic() + 10
