@@ -83,8 +83,10 @@ class DrainingServer(uvicorn.Server):
 
 
 def _json_access_log() -> None:
-    """The access log (logger ``adaptformer.access``, one JSON object a line) on stderr, without a prefix."""
+    """The access log (logger ``adaptformer.access``, one JSON object a line) on stderr, without a prefix, whatever
+    the command line's log level."""
     access = logging.getLogger("adaptformer.access")
+    access.setLevel(logging.INFO)
     if not access.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
