@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -27,10 +28,18 @@ def serve_adapters(root: Path) -> list[Path]:
     """Two adapters on the shipped tiny backbone: ``digits`` (AdaptFormer, 10 classes), ``shapes`` (linear, 4)."""
     dirs = []
     for name, method, classes in (("digits", AdaptFormerConfig(bottleneck=8), 10), ("shapes", "linear", 4)):
-        torch.manual_seed(len(dirs))
-        model = move_trainable(create_model(TINY, classes, method=method, checkpoint="timm"), 0.2)
-        dirs.append(save_adapter(model.eval(), root / name / "adapter", [f"{name}-{i}" for i in range(classes)]))
+        dirs.append(write_adapter(root / name / "adapter", len(dirs), classes, method))
     return dirs
+
+
+def write_adapter(folder: Path, seed: int, classes: int, method: Any = "adaptformer", **backbone: Any) -> Path:
+    """An adapter of ``method`` on the shipped tiny backbone (its timm weights, or ``backbone``'s create_model
+    arguments), trainable tensors moved off their init by ``seed``, saved in ``folder``."""
+    torch.manual_seed(seed)
+    method = AdaptFormerConfig(bottleneck=8) if method == "adaptformer" else method
+    model = create_model(TINY, classes, method=method, **({"checkpoint": "timm"} | backbone))
+    label = folder.parent.name if folder.name == "adapter" else folder.name
+    return save_adapter(move_trainable(model, 0.2).eval(), folder, [f"{label}-{i}" for i in range(classes)])
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class Server:
     url: str
     pid: int
     log: Path  # its stdout and stderr
+    process: subprocess.Popen[str]
 
     def peak_rss_mb(self) -> float:
         """The server process's peak resident memory so far (VmHWM), MB."""
@@ -89,7 +99,7 @@ def serving(
                     process.wait(timeout=20)
                     raise AssertionError(f"the server did not come up: {log.read_text()}")
                 time.sleep(0.2)
-            yield Server(url, process.pid, log)
+            yield Server(url, process.pid, log, process)
         finally:
             process.terminate()
             try:

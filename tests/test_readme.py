@@ -267,7 +267,7 @@ def _check_serve(outputs: list[str], work: Path) -> None:
     from tests.servers import running_server
 
     _mt_adapters(work)
-    block = next(b for b in _shell_blocks() if "adaptformer serve --adapter" in b.text)
+    block = next(b for b in _shell_blocks() if "adaptformer serve --adapter runs/" in b.text)
     command = next(c for c in block.commands if c.startswith("adaptformer serve"))
     with running_server(shlex.split(command)[2:], cwd=work) as url:
         assert [t["name"] for t in httpx.get(f"{url}/tasks").json()["tasks"]] == ["mt_digits", "mt_shapes"]
@@ -276,6 +276,31 @@ def _check_serve(outputs: list[str], work: Path) -> None:
         files = {"files": ("00007.png", buffer.getvalue(), "image/png")}
         answer = httpx.post(f"{url}/classify", files=files, data={"top_k": "2"}, timeout=60).json()
         assert {t: len(top) for t, top in answer["results"][0]["tasks"].items()} == {"mt_digits": 2, "mt_shapes": 2}
+
+
+def _check_serve_root(outputs: list[str], work: Path) -> None:
+    """The dynamic-adapter block as written (on a free port, with a token of its own): load one adapter with the token,
+    classify with both (the other loads on this first request), list them, read the metrics."""
+    import httpx
+    from tests.servers import serving
+
+    _mt_adapters(work)
+    block = next(b for b in _shell_blocks() if "adaptformer serve --adapter-root" in b.text)
+    command = next(c for c in block.commands if c.startswith("adaptformer serve"))
+    token = "readme-token"
+    env = {**os.environ, "ADAPTFORMER_ADMIN_TOKEN": token}
+    with serving(shlex.split(command)[2:], cwd=work, env=env) as server:
+        url, auth = server.url, {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{url}/adapters/mt_shapes").status_code == 401
+        assert httpx.post(f"{url}/adapters/mt_shapes", headers=auth).json()["state"] == "resident"
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "PNG")
+        files = {"files": ("00007.png", buffer.getvalue(), "image/png")}
+        answer = httpx.post(f"{url}/classify", files=files, data={"tasks": "mt_digits,mt_shapes"}, timeout=60).json()
+        assert list(answer["results"][0]["tasks"]) == ["mt_digits", "mt_shapes"]
+        states = {a["name"]: a["state"] for a in httpx.get(f"{url}/adapters").json()["adapters"]}
+        assert states == {"mt_digits": "resident", "mt_shapes": "resident"}
+        assert "\nadaptformer_adapter_misses_total 2.0\n" in httpx.get(f"{url}/metrics").text
 
 
 def _digits_files(work: Path) -> None:
@@ -425,6 +450,7 @@ FLOWS = [
         check=_check_multitask,
     ),
     Flow("adaptformer serve --adapter runs/mt_digits/adapter", check=_check_serve, run_commands=False),
+    Flow("adaptformer serve --adapter-root runs", check=_check_serve_root, run_commands=False),
     Flow(
         "adaptformer benchmark vtab --method adaptformer8",
         setup=(_vtab_files,),

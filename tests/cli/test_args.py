@@ -5,6 +5,7 @@ the new flag, two spellings with different values refused naming both, and every
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from adaptformer import AdaptFormerConfig, create_model, save_adapter
 from adaptformer.cli import build_parser, main
-from adaptformer.cli.args import BACKBONE_FLAGS, DEVICE_FLAG, BackboneFlag
+from adaptformer.cli.args import BACKBONE_FLAGS, DEVICE_FLAG, BackboneFlag, adapter_names
 from adaptformer.saving import TrainingRecord
 
 NAME = "vit_shapes_patch8_32"
@@ -161,3 +162,43 @@ def test_predict_is_the_same_under_either_spelling(
     assert [line for line in deprecated.err.splitlines() if line.startswith("warning: ")] == [
         f"warning: {o} is deprecated since 0.3; use {n}" for o, n in zip(old[::2], new[::2], strict=True)
     ]
+
+
+def test_adapter_takes_dir_or_name_equals_dir(tmp_path: Path) -> None:
+    odd = tmp_path / "a=b"  # an existing folder whose name holds '=' stays a folder
+    odd.mkdir()
+    argv = ["serve", "--adapter", "cars=/x/seed0/adapter", "--adapter", str(odd), "--adapter", "/y/run7/adapter"]
+    args = build_parser().parse_args(argv)
+    assert args.adapter == ["/x/seed0/adapter", str(odd), "/y/run7/adapter"]
+    assert adapter_names(args) == ["cars", "a=b", "run7"]
+    plain = build_parser().parse_args(["serve", "--adapter", "/y/run7/adapter"])
+    assert plain.adapter == ["/y/run7/adapter"] and adapter_names(plain) is None
+
+
+def test_two_runs_that_both_end_in_seed0_adapter_are_served_by_name(
+    adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (20, 90, 200)).save(image)
+    copies = []
+    for study in ("cifar", "pets"):  # as the study writes them: STUDY/seed0/adapter
+        copies.append(tmp_path / study / "seed0" / "adapter")
+        shutil.copytree(adapter, copies[-1])
+    assert main(["predict", "--adapter", str(copies[0]), "--adapter", str(copies[1]), str(image)]) == 2
+    assert "two adapters would be task 'seed0'" in capsys.readouterr().err
+    named = ["predict", "--adapter", f"cifar={copies[0]}", "--adapter", f"pets={copies[1]}", "--json", str(image)]
+    assert main(named) == 0
+    assert list(json.loads(capsys.readouterr().out)["tasks"]) == ["cifar", "pets"]
+    with pytest.raises(SystemExit):  # NAME= without a folder
+        main(["eval", "--adapter", "x=", "--data.dataset", "digits"])
+    assert "expected DIR or NAME=DIR, got NAME= without a folder" in capsys.readouterr().err
+
+
+def test_serve_needs_adapters_or_a_root_with_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve"]) == 2
+    assert "serve needs --adapter DIR (one or several) or --adapter-root DIR, or both" in capsys.readouterr().err
+    assert main(["serve", "--adapter-root", str(tmp_path)]) == 2
+    assert f"--adapter-root {tmp_path}: no adapter folder in it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--adapter-root", str(tmp_path / "nothing")])
+    assert "no such folder" in capsys.readouterr().err

@@ -136,6 +136,9 @@ def test_methods_that_cannot_share_a_batch_and_conflicts_are_named(adapters: dic
     assert multi.tasks == ("af8",) and all(list(r.tasks) == ["af8"] for r in multi.routers.values())
     with pytest.raises(ValueError, match=r"task name 'v1.2' .*without '\.'"):
         multi.add_task("v1.2", adapters["linear"])
+    for reserved in ("half", "eval", "forward"):  # attributes of the ModuleDicts the tasks are keys of
+        with pytest.raises(ValueError, match=rf"task name '{reserved}' .* is reserved"):
+            multi.add_task(reserved, adapters["linear"])
     with pytest.raises(ValueError, match="two adapters would be task 'adapter'"):
         MultiTaskModel.from_adapters([adapters["af8"], adapters["linear"]], ["adapter", "adapter"])
 

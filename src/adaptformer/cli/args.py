@@ -5,6 +5,7 @@ section of an adapter's evaluation."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,11 @@ def folder(text: str) -> str:
     if not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {text}")
     return text
+
+
+def folder_path(text: str) -> Path:
+    """A folder that exists, as a Path."""
+    return Path(folder(text))
 
 
 def extension(text: str) -> str:
@@ -160,12 +166,47 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, *, device: bool = Tr
         group.add_argument(flag.old, dest=flag.dest, action=Spelled, renamed_to=flag.name, **hidden)
 
 
-def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--adapter`` (one or several), the backbone group and ``--precision``: eval, predict and serve."""
+class NamedAdapter(argparse.Action):
+    """``--adapter DIR`` or ``--adapter NAME=DIR``: the folder goes to ``adapter``, the task name (None: named after
+    its run folder) to ``adapter_names``, in the same order. A value is NAME=DIR when the part before its first
+    ``=`` is a task name (no '/', no '.') and the whole value is not itself an existing folder."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        text = str(values)
+        name, _, directory = text.partition("=")
+        named = not Path(text).is_dir() and re.fullmatch(r"[A-Za-z0-9_-]+", name) is not None and "=" in text
+        if named and not directory:
+            parser.error(f"{option_string} {text!r}: expected DIR or NAME=DIR, got NAME= without a folder")
+        folders = [*(getattr(namespace, self.dest, None) or []), directory if named else text]
+        setattr(namespace, self.dest, folders)
+        names = [*(getattr(namespace, "adapter_names", None) or []), name if named else None]
+        namespace.adapter_names = names
+
+
+def adapter_names(args: argparse.Namespace) -> list[str] | None:
+    """The task names of ``--adapter`` (a NAME=DIR's NAME, else the run folder's name); None when none is given by
+    NAME=DIR (each is named after its run folder)."""
+    from ..inference.multitask import default_task_name
+
+    given = getattr(args, "adapter_names", None) or []
+    if not any(given):
+        return None
+    return [n if n is not None else default_task_name(Path(d)) for n, d in zip(given, args.adapter, strict=True)]
+
+
+def add_adapter_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--adapter`` (one or several, each DIR or NAME=DIR), the backbone group and ``--precision``: eval, predict and
+    serve."""
     parser.add_argument(
-        "--adapter", required=True, action="append",
-        help="adapter folder written by training (OUT/adapter); predict takes several (one frozen backbone, every "
-        "task's top-k per file)",
+        "--adapter", required=required, action=NamedAdapter, metavar="[NAME=]DIR",
+        help="adapter folder written by training (OUT/adapter); predict and serve take several (one frozen backbone), "
+        "each a task named after its run folder or NAME=DIR",
     )  # fmt: skip
     parser.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=f"autocast {RECORDED}")
     add_backbone_arguments(parser)

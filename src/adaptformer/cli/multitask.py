@@ -10,25 +10,37 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..factory import BackboneSource
     from ..inference.multitask import MultiTaskModel
+    from ..saving import AdapterInfo
 
 
 def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskModel:
     """The multi-task model of every ``--adapter``, each adapter_config.json read once: every adapter checked against
     ``--model.backbone`` when given, the backbone the first one records with the command line's overrides."""
-    from ..inference.evaluate import check_backbone_name, overridden_source
+    from ..inference.evaluate import check_backbone_name
     from ..inference.multitask import MultiTaskModel
     from ..saving import read_adapter_config
+    from .args import adapter_names
 
     infos = [read_adapter_config(directory) for directory in args.adapter]
     if args.backbone is not None:
         for directory, info in zip(args.adapter, infos, strict=True):
             check_backbone_name(directory, info, args.backbone)
+    source = backbone_source(args, infos[0])
+    return MultiTaskModel.from_adapters(
+        args.adapter, names=adapter_names(args), source=source, max_batch=max_batch, infos=infos
+    )
+
+
+def backbone_source(args: argparse.Namespace, info: AdapterInfo) -> BackboneSource | None:
+    """The backbone ``info`` records with the backbone group's overrides; None when no flag overrides it."""
+    from ..inference.evaluate import overridden_source
+
     overrides = {"checkpoint": args.checkpoint, "checkpoint_source": args.checkpoint_source,
                  "kwargs": args.model_kwargs, "init_seed": args.init_seed}  # fmt: skip
     given = any(v is not None for v in overrides.values())
-    source = overridden_source(infos[0], **overrides) if given else None  # None: as the first adapter records
-    return MultiTaskModel.from_adapters(args.adapter, source=source, max_batch=max_batch, infos=infos)
+    return overridden_source(info, **overrides) if given else None  # None: as the adapter records
 
 
 def _recorded_precisions(records: dict[str, Any]) -> dict[str, str]:

@@ -132,6 +132,15 @@ def _check_top_k(top_k: int) -> None:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
 
 
+def check_task_name(name: str, where: str) -> None:
+    """A task name is a key of the model's ModuleDicts: non-empty, without '.' or '/', and not one of their
+    attributes (``half``, ``eval``, ``forward``, ...). ``where`` names its source in the error."""
+    if not name or "." in name or "/" in name:
+        raise ValueError(f"task name {name!r} ({where}): give a non-empty name without '.' or '/'")
+    if hasattr(nn.ModuleDict, name):
+        raise ValueError(f"task name {name!r} ({where}) is reserved: an attribute of torch's nn.ModuleDict; rename it")
+
+
 def default_task_name(directory: Path) -> str:
     """A run's ``OUT/adapter`` is named after ``OUT``; any other folder after itself."""
     directory = Path(directory).resolve()
@@ -188,7 +197,10 @@ class MultiTaskModel(nn.Module):
         seen: dict[str, Path] = {}
         for name, directory in zip(names, dirs, strict=True):
             if name in seen:
-                raise ValueError(f"two adapters would be task {name!r}: {seen[name]} and {directory}; name them")
+                raise ValueError(
+                    f"two adapters would be task {name!r}: {seen[name]} and {directory}; name them (--adapter "
+                    "NAME=DIR, or names=[...])"
+                )
             seen[name] = Path(directory)
         infos = list(infos) if infos is not None else [read_adapter_config(d) for d in dirs]
         if len(infos) != len(dirs):
@@ -205,11 +217,20 @@ class MultiTaskModel(nn.Module):
         adapter_config.json, if already read; ``threshold``: a multi-label task's (default: :func:`default_threshold`;
         :meth:`set_threshold` changes it)."""
         directory = Path(directory)
-        if not name or "." in name or "/" in name:
-            raise ValueError(f"task name {name!r} (adapter {directory}): give a non-empty name without '.' or '/'")
+        self._check_new_name(name, directory)
+        info = info if info is not None else read_adapter_config(directory)
+        return self.add_task_model(name, self.load_task_model(directory, info), info, directory, threshold)
+
+    def _check_new_name(self, name: str, directory: Path) -> None:
+        check_task_name(name, f"adapter {directory}")
         if name in self._infos:
             raise ValueError(f"task {name!r} exists already ({self._infos[name].directory}); remove_task it first")
-        info = info if info is not None else read_adapter_config(directory)
+
+    def load_task_model(self, directory: str | Path, info: AdapterInfo) -> nn.Module:
+        """The single-task model of the adapter in ``directory`` (``info``: its adapter_config.json), checked as
+        :meth:`add_task` checks it and on this model's device, but not attached: this model is not touched, so a
+        server can load in a worker thread while batches run, then attach it with :meth:`add_task_model`."""
+        directory = Path(directory)
         registered = info.spec.registered
         method = registered.name
         if registered.batch_refusal is not None:
@@ -219,9 +240,6 @@ class MultiTaskModel(nn.Module):
             )
         if task_type(info.task) not in ("classification", "segmentation"):
             raise UnsupportedModelError(f"{directory}: a {task_type(info.task)} adapter cannot join a multi-task model")
-        if threshold is not None and not info.multi_label:
-            raise ValueError(f"task {name!r} ({directory}): a threshold applies to multi-label tasks; this one is not")
-        threshold = check_threshold(threshold, f"task {name!r}") if threshold is not None else default_threshold(info)
         if info.spec.backbone != self.backbone_name:
             raise AdapterFileError(
                 f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "
@@ -230,12 +248,28 @@ class MultiTaskModel(nn.Module):
         copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
         if task_type(info.task) == "segmentation":  # its own model: a decode head over several blocks' features
             task_model = load_segmentation_task(copy, self._plain[0], directory, info)
-            return self._add_segmentation(name, task_model, directory, info, method)
+            return task_model.eval().to(next(self.trunk.parameters()).device)
         task_model = load_adapter(copy, directory, info=info).eval()  # the fingerprint is checked there
         task_model.to(next(self.trunk.parameters()).device)  # its new modules where the shared backbone is
         paths = classifier_paths(task_model)
         if paths != (self._head_path,):
             raise UnsupportedModelError(f"{directory}: its classifiers {list(paths)} differ from the backbone's")
+        return task_model
+
+    def add_task_model(
+        self, name: str, task_model: nn.Module, info: AdapterInfo, directory: str | Path, threshold: float | None = None
+    ) -> TaskInfo:
+        """Attach ``task_model`` (from :meth:`load_task_model`, or one :meth:`remove_task` dropped: re-attaching
+        reads no file) as task ``name``; the other tasks are not touched. ``threshold``: as :meth:`add_task`'s."""
+        directory = Path(directory)
+        self._check_new_name(name, directory)
+        if threshold is not None and not info.multi_label:
+            raise ValueError(f"task {name!r} ({directory}): a threshold applies to multi-label tasks; this one is not")
+        threshold = check_threshold(threshold, f"task {name!r}") if threshold is not None else default_threshold(info)
+        registered = info.spec.registered
+        method = registered.name
+        if task_type(info.task) == "segmentation":  # its own model: a decode head over several blocks' features
+            return self._add_segmentation(name, task_model, directory, info, method)
         self._attach(name, task_model, registered, directory)
         # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
         # trunk stops before them and the task's head starts with them
@@ -255,7 +289,6 @@ class MultiTaskModel(nn.Module):
         self, name: str, task_model: nn.Module, directory: Path, info: AdapterInfo, method: str
     ) -> TaskInfo:
         """A segmentation task is its single-task model only: no router in the trunk, no head in the mixed batch."""
-        task_model = task_model.eval().to(next(self.trunk.parameters()).device)
         self._models[name] = task_model
         self._infos[name] = self._task_info(name, info, task_model, directory, method, None)
         self._alone[name] = SegmentationTask(task_model, info, self._infos[name].classes)

@@ -22,7 +22,10 @@
   A video task's answer averages its recorded test views, as ``predict`` does. Image classification rows of
   concurrent requests are batched together as mixed-task batches (:class:`~.batcher.Batcher`), video and
   segmentation tasks run on their own models in the same batch call, grouped per task;
-- ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference.
+- ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference;
+- the operator's endpoints (``/health/live``, ``/health/ready``, ``/metrics``, ``/adapters``, ``POST`` and ``DELETE
+  /adapters/{name}``) are :mod:`.ops`'s. A task of ``/classify`` that is an adapter of the
+  :class:`~.adapters.AdapterStore` (``--adapter-root``) is loaded by that request, and kept until its batch ran.
 
 Images are accepted by their bytes, never their names: PNG, JPEG, WebP, BMP and GIF (its first frame)
 (:data:`~adaptformer.data.image.reading.ACCEPTED_FORMATS`; no other Pillow plugin ever parses a client's bytes);
@@ -37,9 +40,12 @@ of an image: the message names the file, the task and its type), a video that ca
 or endpoint; 405 a method an endpoint does not take; 408 a body slower than ``body_timeout``; 413 a file, image
 (pixels), video (frame pixels, seconds, frames), form or request over its limit; 415 a format outside the
 allow-list, or not a multipart form; 422 a bad ``top_k``, a field given twice, an image over 100 times as long as it
-is wide; 431 headers over 16 KB; 503 too many uploads at once; 500 a bug (logged with its traceback). An answer sent
-before the request's body was read to its end closes the connection. A client that disconnects mid-upload is logged
-as one line. The service keeps serving.
+is wide, an adapter that cannot be loaded; 401 an admin call without the token, 403 admin calls with no token
+configured; 409 an adapter of another backbone, unloading a fixed or busy one; 429 over ``max_queue`` requests in
+progress (``Retry-After``); 431 headers over 16 KB; 503 too many uploads at once, every resident adapter in use; 504
+no answer within ``deadline_s``; 500 a bug (logged with its traceback). An answer sent before the request's body was
+read to its end closes the connection. A client that disconnects mid-upload is logged as one line. The service keeps
+serving. Every request is counted and timed in ``/metrics`` and logged as one JSON line (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -70,8 +78,11 @@ from ...data.image.reading import (
 from ...precision import resolve_precision
 from ..multitask import MultiTaskModel
 from ..tasktypes import Answer, MaskAnswer, MultiLabelAnswer
+from .adapters import AdapterStore
 from .batcher import Batcher
 from .limits import MAX_FILES, Refused, ServeLimits, clipped
+from .metrics import Observe, ServeMetrics
+from .ops import Readiness, add_ops_routes
 from .upload import ClientGone, multipart_boundary, read_upload
 from .video import ACCEPTED_VIDEOS, check_video, prepare_video, video_container
 
@@ -127,11 +138,14 @@ class GuardHeadersAndBodies:
         await self.app(scope, receiving, sending)
 
 
+def _named(fields: dict[str, str]) -> list[str]:
+    return [t.strip() for t in fields.get("tasks", "").split(",") if t.strip()]
+
+
 def _options(fields: dict[str, str], model: MultiTaskModel) -> tuple[list[str], int]:
     """The tasks (each once, in the order given; none: every task that takes each file) and the top-k a form asks
     for."""
-    named = [t.strip() for t in fields.get("tasks", "").split(",") if t.strip()]
-    wanted = list(dict.fromkeys(named))
+    wanted = list(dict.fromkeys(_named(fields)))
     for name in wanted:
         if name not in model.tasks:
             raise Refused(404, f"unknown task {clipped(name)}; this service has {list(model.tasks)}")
@@ -178,30 +192,50 @@ def create_app(
     max_wait_ms: float = 5.0,
     limits: ServeLimits | None = None,
     precision: str = "fp32",
+    store: AdapterStore | None = None,
+    admin_token: str | None = None,
 ) -> Any:
     """The FastAPI app serving ``model`` (in eval mode, on its device) within ``limits`` (default
-    :class:`~.limits.ServeLimits`)."""
+    :class:`~.limits.ServeLimits`); ``store``: its dynamic adapters (default: none, the model's tasks only);
+    ``admin_token``: the bearer token of the admin endpoints (:mod:`.ops`; None: they answer 403)."""
     limits = limits if limits is not None else ServeLimits()
+    store = store if store is not None else AdapterStore(model, None)
     model.eval()
     precision = resolve_precision(precision, next(model.parameters()).device).name  # "auto" resolved (and logged) once
-    batcher = Batcher(lambda inputs, tasks, k: model.classify_inputs(inputs, k, precision), max_batch, max_wait_ms)
+
+    def run_batch(inputs: list[dict[str, Any]], tasks: Any, top_k: int) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        with store.model_lock:  # adapters attach and detach between batches
+            results = model.classify_inputs(inputs, top_k, precision)
+        metrics.batch_samples.observe(sum(len(one) for one in inputs))
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        return results
+
+    batcher = Batcher(run_batch, max_batch, max_wait_ms)
+    metrics = ServeMetrics(store, lambda: batcher.queued)
+    readiness = Readiness()
     pool = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="serve-decode")
     uploads = asyncio.Semaphore(limits.max_uploads)
-    videos = any(model.task(t).kind == "video" for t in model.tasks)
+    in_progress = 0  # classify requests accepted and not yet answered (at most limits.max_queue)
 
     @asynccontextmanager
     async def lifespan(app: Any):
         batcher.start()
+        readiness.started = True
         yield
+        readiness.started = False
         await batcher.stop()
         pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="adaptformer serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(GuardHeadersAndBodies)
+    app.add_middleware(Observe, metrics=metrics)
+    app.state.readiness = readiness  # the server sets readiness.draining on SIGTERM
+    add_ops_routes(app, store, metrics, readiness, admin_token)
 
     @app.exception_handler(Refused)
     async def refused(request: Request, error: Refused) -> JSONResponse:
-        return _error(error.status, error.message)
+        return _error(error.status, error.message, error.headers)
 
     @app.exception_handler(ClientGone)
     async def gone(request: Request, error: ClientGone) -> Response:
@@ -264,6 +298,7 @@ def create_app(
             return [await f for f in futures]
         except ImageDecodeError as error:
             status = next(s for kind, s in _STATUS if isinstance(error, kind))
+            videos = any(model.task(t).kind == "video" for t in model.tasks)  # adapters come and go
             also = f" or a video ({ACCEPTED_VIDEOS})" if status == 415 and videos else ""
             raise Refused(status, f"{clipped(str(error.path))}: {error.reason}{also}") from None
         finally:
@@ -285,15 +320,44 @@ def create_app(
                 uploads.release()
             raise Refused(503, f"busy: {limits.max_uploads} uploads in progress; try again")
 
-    async def read_and_prepare(request: Request) -> tuple[list[str], int, list[dict[str, Any]]]:
-        """A request's file names, top-k and input tensors (each file's tasks); its bytes are dropped on return."""
+    @contextlib.asynccontextmanager
+    async def accepted() -> Any:
+        """One of ``max_queue`` places (else 429 at once, before the body is read), answered within
+        ``deadline_s`` (else 504)."""
+        nonlocal in_progress
+        if in_progress >= limits.max_queue:
+            metrics.rejected.labels("queue_full").inc()
+            s = batcher.stats
+            wait = math.ceil(s.seconds / s.batches * (1 + batcher.queued / max_batch)) if s.batches else 1
+            raise Refused(429, f"busy: {limits.max_queue} requests are queued (--max-queue); retry after {wait} s",
+                          headers={"Retry-After": str(max(1, wait))})  # fmt: skip
+        in_progress += 1
+        metrics.in_progress.inc()
+        try:
+            async with asyncio.timeout(limits.deadline_s):
+                yield
+        except TimeoutError:
+            metrics.rejected.labels("deadline").inc()
+            raise Refused(504, f"no answer within --deadline-s {limits.deadline_s:g} s (the request waited for its "
+                               "upload, an adapter load or a batch); try again") from None  # fmt: skip
+        finally:
+            in_progress -= 1
+            metrics.in_progress.dec()
+
+    async def read_and_prepare(
+        request: Request, leases: contextlib.AsyncExitStack
+    ) -> tuple[list[str], int, list[dict[str, Any]]]:
+        """A request's file names, top-k and input tensors (each file's tasks); its bytes are dropped on return. Its
+        tasks are loaded if they are adapters of the store, and held (not evicted) until ``leases`` closes."""
         boundary = multipart_boundary(request.headers, limits)
         await admitted()
         try:
             upload = await read_upload(request.receive, boundary, limits)
             if not upload.files:
                 raise Refused(400, "no image: upload one or more files in the form field 'files'")
+            await leases.enter_async_context(store.using(_named(upload.fields)))
             wanted, top_k = _options(upload.fields, model)
+            request.state.tasks = wanted  # for the access log
             await in_pool(check, upload.files)  # a bad file refuses the request before any is decoded
             for i, (name, data) in enumerate(upload.files):  # so does a task of another type than a file
                 _file_tasks(model, name or f"file {i + 1}", video_container(data) is not None, wanted)
@@ -304,8 +368,9 @@ def create_app(
 
     @app.post("/classify")
     async def classify(request: Request) -> dict[str, Any]:
-        names, top_k, inputs = await read_and_prepare(request)
-        results = await batcher.submit(inputs, [list(one) for one in inputs], top_k)
+        async with accepted(), contextlib.AsyncExitStack() as leases:
+            names, top_k, inputs = await read_and_prepare(request, leases)
+            results = await batcher.submit(inputs, [list(one) for one in inputs], top_k)
 
         def answers() -> dict[str, Any]:
             return {"results": [{"file": name, "tasks": {t: _answer(a) for t, a in result.items()}}

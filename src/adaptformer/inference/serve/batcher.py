@@ -57,6 +57,11 @@ class Batcher:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     def start(self) -> None:
         self._queue = asyncio.Queue()
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -90,7 +95,9 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._collect()
+            batch = [r for r in await self._collect() if not r.done.done()]  # a request past its deadline is gone
+            if not batch:
+                continue
             images = [image for r in batch for image in r.images]
             tasks = [t for r in batch for t in r.tasks]
             top_k = max(r.top_k for r in batch)

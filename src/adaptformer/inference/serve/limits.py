@@ -26,12 +26,12 @@ about 0.6 GB to decode and convert (15 bytes a pixel for an RGBA PNG; 4 for RGB)
 
 
 class Refused(Exception):
-    """A request the service refuses: HTTP ``status`` and a one-line ``message`` for the client (never a repr of a
-    Python object)."""
+    """A request the service refuses: HTTP ``status``, a one-line ``message`` for the client (never a repr of a
+    Python object) and the answer's extra ``headers`` (``Retry-After``, ``WWW-Authenticate``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 def clipped(text: str, limit: int = 80) -> str:
@@ -58,12 +58,14 @@ class ServeLimits:
     decode_workers: int = _limit(2, "threads that decode and preprocess images (full-size decodes at once)")
     max_video_frames: int = _limit(10_000, "one video's frames (video tasks), counted from its packets before decoding")
     max_video_seconds: float = _limit(600.0, "one video's duration, s (video tasks), read before decoding")
+    max_queue: int = _limit(128, "classify requests accepted and not yet answered; more get 429 with Retry-After")
+    deadline_s: float = _limit(60.0, "seconds from a classify request's headers to its answer; later: 504")
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_request_mb", "body_timeout", "max_video_seconds"):
+        for name in ("max_upload_mb", "max_request_mb", "body_timeout", "max_video_seconds", "deadline_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_files", "max_pixels", "max_uploads", "decode_workers", "max_video_frames"):
+        for name in ("max_files", "max_pixels", "max_uploads", "decode_workers", "max_video_frames", "max_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -1,19 +1,23 @@
 """Running the app under uvicorn (:func:`run`), with uvicorn's h11 protocol given two things it lacks
 (:class:`GuardedH11Protocol`): a deadline for a request's headers (uvicorn waits for a half-sent request line or
 header forever: a client could hold any number of connections by never finishing them) and the service's error shape
-for a request h11 cannot parse (uvicorn answers plain text)."""
+for a request h11 cannot parse (uvicorn answers plain text); and uvicorn's server turning the app unready on SIGTERM
+(:class:`DrainingServer`) before it stops listening and finishes the requests it accepted."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["GuardedH11Protocol", "run"]
+__all__ = ["DrainingServer", "GuardedH11Protocol", "run"]
+
+logger = logging.getLogger(__name__)
 
 MALFORMED = "malformed HTTP request (its request line or headers cannot be parsed, or the headers exceed 16 KB)"
 
@@ -66,7 +70,35 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def run(app: Any, host: str, port: int, header_timeout: float) -> None:
-    """Serve ``app`` on ``host:port`` until Ctrl-C or SIGTERM."""
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server; on SIGTERM or Ctrl-C the app's readiness turns to draining (``/health/ready`` answers 503)
+    before uvicorn stops listening, closes idle connections and waits for the requests it accepted."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        readiness = getattr(self.config.app.state, "readiness", None)
+        if readiness is not None:
+            readiness.draining = True
+        logger.info("signal %d: draining (no new connections; accepted requests are finished)", sig)
+        super().handle_exit(sig, frame)
+
+
+def _json_access_log() -> None:
+    """The access log (logger ``adaptformer.access``, one JSON object a line) on stderr, without a prefix, whatever
+    the command line's log level."""
+    access = logging.getLogger("adaptformer.access")
+    access.setLevel(logging.INFO)
+    if not access.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
+
+
+def run(app: Any, host: str, port: int, header_timeout: float, grace_s: float | None = None) -> None:
+    """Serve ``app`` on ``host:port`` until Ctrl-C or SIGTERM; then finish the requests it accepted, waiting at most
+    ``grace_s`` seconds (None: as long as they take)."""
     protocol = type("Protocol", (GuardedH11Protocol,), {"header_timeout": header_timeout})
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=protocol)
+    _json_access_log()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=protocol,
+                            timeout_graceful_shutdown=grace_s)  # fmt: skip
+    DrainingServer(config).run()
