@@ -159,7 +159,11 @@ class MultiTaskModel(nn.Module):
         infos = list(infos) if infos is not None else [read_adapter_config(d) for d in dirs]
         if len(infos) != len(dirs):
             raise ValueError(f"{len(infos)} adapter configs for {len(dirs)} adapter folders")
-        model = cls(build_adapter_backbone(dirs[0], source, info=infos[0]), infos[0].spec.backbone, max_batch)
+        # the shared backbone as the first task that shares it records it (a full fine-tuning folder records no
+        # pre-trained weights: its own are all in the folder)
+        base = next((i for i, info in enumerate(infos) if not info.spec.registered.own_backbone), 0)
+        backbone = build_adapter_backbone(dirs[base], source, info=infos[base])
+        model = cls(backbone, infos[base].spec.backbone, max_batch)
         for name, directory, info in zip(names, dirs, infos, strict=True):
             model.add_task(name, directory, info)
         return model
