@@ -105,7 +105,7 @@ def test_a_mixed_batch_of_every_method_equals_each_sample_through_its_own_model(
         "lora-on-blocks-adaptformer-adapts",
         "only-full",
         "no-lora-no-vpt",
-    ],  # fmt: skip
+    ],
 )
 def test_batches_holding_some_tasks_only_equal_their_models(
     adapters: dict[str, Path], singles: dict[str, torch.nn.Module], present: tuple[str, ...]
