@@ -145,6 +145,24 @@ DEVICE_FLAG = BackboneFlag("--run.device", "--device", "device", {
 RENAMED = {f.old: f.name for f in (*BACKBONE_FLAGS, DEVICE_FLAG)}  # 0.2 spelling -> the flag that replaces it
 
 
+def named_folders(values: list[str]) -> tuple[list[str | None], list[str]]:
+    """``--adapter`` values as (task names, folders): ``NAME=DIR`` names the task (NAME has no '/', '.' or '='); a
+    plain DIR (or a folder whose own path holds '=') leaves its name to the default (None)."""
+    names: list[str | None] = []
+    folders = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if sep and name and not any(c in name for c in "/.\\") and not Path(value).exists():
+            names.append(name)
+            folders.append(rest)
+        elif sep and not name:
+            raise ValueError(f"--adapter {value!r}: give NAME=DIR with a non-empty NAME, or DIR")
+        else:
+            names.append(None)
+            folders.append(value)
+    return names, folders
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
     """The backbone group of every command that rebuilds an adapter's backbone (eval, predict, inspect, export,
     serve): train's names for the same settings, and ``--run.device`` where the command runs the model. Each 0.2

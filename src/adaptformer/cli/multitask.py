@@ -13,9 +13,10 @@ if TYPE_CHECKING:
     from ..inference.multitask import MultiTaskModel
 
 
-def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskModel:
+def load_multitask(args: argparse.Namespace, max_batch: int = 64, names: list[str] | None = None) -> MultiTaskModel:
     """The multi-task model of every ``--adapter``, each adapter_config.json read once: every adapter checked against
-    ``--model.backbone`` when given, the backbone the first one records with the command line's overrides."""
+    ``--model.backbone`` when given, the backbone the first one records with the command line's overrides. ``names``:
+    the task names (default: after each folder)."""
     from ..inference.evaluate import check_backbone_name, overridden_source
     from ..inference.multitask import MultiTaskModel
     from ..saving import read_adapter_config
@@ -28,7 +29,7 @@ def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskMo
                  "kwargs": args.model_kwargs, "init_seed": args.init_seed}  # fmt: skip
     given = any(v is not None for v in overrides.values())
     source = overridden_source(infos[0], **overrides) if given else None  # None: as the first adapter records
-    return MultiTaskModel.from_adapters(args.adapter, source=source, max_batch=max_batch, infos=infos)
+    return MultiTaskModel.from_adapters(args.adapter, names, source=source, max_batch=max_batch, infos=infos)
 
 
 def _recorded_precisions(records: dict[str, Any]) -> dict[str, str]:

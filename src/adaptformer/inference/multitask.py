@@ -328,13 +328,19 @@ class MultiTaskModel(nn.Module):
                 local = torch.empty_like(task_ids).index_copy_(0, keep, torch.arange(len(keep), device=x.device))
                 shared = {n: local.index_select(0, r) for n, r in shared.items()}
                 x = x.index_select(0, keep)
-            self._rows.by_task = shared
-            try:
-                features = self.trunk(x)  # (B, F): the pooled features, every row through its task's adapters
-            finally:
-                self._rows.by_task = {}
+            features = self.trunk_features(x, shared)  # (B, F)
             out.update({name: self.heads[name](features.index_select(0, r)) for name, r in shared.items()})
         return {name: out[name] for name in rows}  # in task order
+
+    def trunk_features(self, x: torch.Tensor, rows: dict[str, torch.Tensor], traced: bool = False) -> torch.Tensor:
+        """The shared trunk's pooled features of ``x`` (B, F), each task's ``rows`` (indices into the batch) through
+        its modules. ``traced``: for a graph export, where the rows are data: every task in ``rows`` is routed, also
+        one without rows."""
+        self._rows.by_task, self._rows.traced = rows, traced
+        try:
+            return self.trunk(x)
+        finally:
+            self._rows.by_task, self._rows.traced = {}, False
 
     def task_ids(self, names: Sequence[str]) -> torch.Tensor:
         """The ids ``forward`` takes for a list of task names."""

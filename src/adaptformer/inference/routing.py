@@ -31,10 +31,11 @@ class Rows:
 
     def __init__(self) -> None:
         self.by_task: dict[str, torch.Tensor] = {}
+        self.traced = False  # in a traced graph (ONNX export) the rows are data: every task in by_task is present
 
     def present(self, tasks: nn.ModuleDict) -> TaskRows:
         """The tasks of ``tasks`` (name -> module at one site) that have rows in the batch: (module, rows) pairs."""
-        return [(tasks[n], r) for n, r in self.by_task.items() if n in tasks and r.numel()]
+        return [(tasks[n], r) for n, r in self.by_task.items() if n in tasks and (self.traced or r.numel())]
 
 
 class Router(nn.Module):

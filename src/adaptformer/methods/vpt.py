@@ -152,7 +152,7 @@ def _slot_mask(present: TaskRows, x: torch.Tensor, slots: int) -> torch.Tensor |
     used = torch.zeros(batch, dtype=torch.long, device=x.device)  # prompt slots each row fills
     for blocks, rows in present:
         used[rows] = prompt_count(blocks)
-    if bool((used == slots).all()):
+    if not torch.compiler.is_compiling() and bool((used == slots).all()):  # traced: which rows are whose is data
         return None
     position = torch.arange(length, device=x.device)  # (S + N,)
     hidden = (position[None, :] < slots) & (position[None, :] >= used[:, None])  # (B, S + N)
