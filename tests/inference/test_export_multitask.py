@@ -53,9 +53,8 @@ def test_one_graph_of_every_method_computes_each_samples_logits(tmp_path: Path, 
     tasks = [f"t_{n}" if n in ("lora", "full") else n for n in METHODS]
     assert report["tasks"] == tasks and report["max_abs_diff"] <= 1e-4 and report["onnx"] == str(out)
     meta = json.loads(out.with_name("tasks.onnx.json").read_text())
-    assert [(t["name"], t["num_classes"]) for t in meta["tasks"]] == [
-        (t, c) for t, (_, c) in zip(tasks, METHODS.values())
-    ]
+    counts = [c for _, c in METHODS.values()]
+    assert [(t["name"], t["num_classes"]) for t in meta["tasks"]] == list(zip(tasks, counts, strict=True))
     assert meta["tasks"][2]["method"] == "lora" and meta["tasks"][2]["classes"] == [f"lora{i}" for i in range(7)]
     assert meta["output"]["shape"] == ["batch", 7] and meta["task_input"]["name"] == "task"
 

@@ -9,7 +9,8 @@ trunk once, each task's modules on its rows (the rows are data in the graph: a t
 and every task's modules run, on no rows when it has none), each head on the pooled features. A full fine-tuning
 task's own backbone runs on every row of the batch and its logits are kept on its rows: the exporter cannot trace a
 whole backbone over a data-dependent number of rows (timm's head checks its row count), so each full fine-tuning task
-costs one backbone forward over the whole batch in the graph (none of it in the PyTorch model). Nothing is merged: LoRA's updates stay per task, as in the mixed batch.
+costs one backbone forward over the whole batch in the graph (none of it in the PyTorch model). Nothing is merged:
+LoRA's updates stay per task, as in the mixed batch.
 
 Every built-in method exports (AdaptFormer, Adapter+, LoRA, VPT, linear, full); what a method's route does at trace
 time is its own (VPT always masks its prompt slots in the graph, since which rows fill them is data). Video tasks are
