@@ -161,3 +161,17 @@ def test_predict_is_the_same_under_either_spelling(
     assert [line for line in deprecated.err.splitlines() if line.startswith("warning: ")] == [
         f"warning: {o} is deprecated since 0.3; use {n}" for o, n in zip(old[::2], new[::2], strict=True)
     ]
+
+
+def test_adapter_values_name_their_task_as_name_equals_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptformer.cli.args import named_folders
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a=b").mkdir()  # a folder whose own name holds '=': a folder, not NAME=DIR
+    values = ["digits=runs/d/adapter", "runs/s/adapter", "a=b", "x=../up", "runs/k=v/adapter"]
+    assert named_folders(values) == (
+        ["digits", None, None, "x", None],
+        ["runs/d/adapter", "runs/s/adapter", "a=b", "../up", "runs/k=v/adapter"],
+    )
+    with pytest.raises(ValueError, match=r"--adapter '=runs/d': give NAME=DIR with a non-empty NAME, or DIR"):
+        named_folders(["=runs/d"])
