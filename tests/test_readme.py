@@ -259,6 +259,11 @@ def _check_multitask(outputs: list[str], work: Path) -> None:
     files = ["data/digits/test/3/00007.png", "data/shapes/test/checker-0/00007.png"]
     assert [line.split(":")[0] for line in lines] == [f"{f} [{t}]" for f in files for t in ("mt_digits", "mt_shapes")]
     assert json.loads(outputs[5])["max_abs_diff"] <= 1e-4 and (work / "runs/mt_digits/model.onnx.json").is_file()
+    tasks = json.loads((work / "runs/tasks.onnx.json").read_text())["tasks"]  # the multi-task graph
+    assert json.loads(outputs[6])["max_abs_diff"] <= 1e-4 and [(t["name"], t["num_classes"]) for t in tasks] == [
+        ("digits", 10),
+        ("mt_shapes", 64),
+    ]
 
 
 def _check_serve(outputs: list[str], work: Path) -> None:

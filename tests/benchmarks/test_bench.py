@@ -188,3 +188,17 @@ def test_serve_load_benchmark_measures_each_concurrency() -> None:
     assert [r["clients"] for r in results] == [1, 4, 16]
     assert all(r["requests"] == 8 and r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results)
     assert all(1 <= r["batches"] <= 8 for r in results)
+
+
+def test_vpt_slots_benchmark_measures_masked_and_grouped_side_by_side() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "vpt_slots.py"), "--quick"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert [(r["model"], r["prompt_counts"]) for r in report["results"]] == [
+        ("tiny", [8, 10, 12]),
+        ("tiny", [1, 10, 50]),
+    ]
+    for result in report["results"]:
+        assert set(result["median_s"]) == {"masked", "grouped", "single"}
+        assert all(_positive(result[k]) for k in ("masked/single", "grouped/single", "masked/grouped"))

@@ -328,3 +328,27 @@ def test_bf16_frozen_backbone_trains_the_updates_in_fp32() -> None:
 def test_torchvision_attention_is_refused_by_name(build: Any, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match=rf"block 0's attention is {message}"):
         attach(build(), LoRAConfig())
+
+
+def test_the_mixed_batch_route_adds_each_tasks_update_to_its_rows_only() -> None:
+    from adaptformer.methods.lora import adapted_projections, route
+
+    frozen = nn.Linear(8, 12)  # a fused qkv of width 4, shared by both tasks
+    tasks = []
+    for rank, targets in ((2, ("q", "v")), (3, ("k",))):
+        linear = copy.deepcopy(frozen)
+        linear.weight, linear.bias = frozen.weight, frozen.bias  # the shared frozen tensors, as in a multi-task model
+        tasks.append(move_trainable(LoRALinear.adapt(linear, ("q", "k", "v"), targets, LoRAConfig(rank=rank)), 0.5))
+    x = torch.randn(7, 5, 8)  # (B, N, in)
+    rows = [torch.tensor([4, 0]), torch.tensor([2, 5, 6])]  # rows 1 and 3: no LoRA task
+    with torch.no_grad():
+        out = route(frozen, list(zip(tasks, rows, strict=True)), (x,))
+        torch.testing.assert_close(out[[1, 3]], frozen(x[[1, 3]]), atol=1e-6, rtol=0)
+        for linear, r in zip(tasks, rows, strict=True):
+            torch.testing.assert_close(out[r], linear(x[r]), atol=1e-6, rtol=0)
+        assert not torch.equal(tasks[0](x[rows[0]]), frozen(x[rows[0]]))  # the updates are not zero
+        merge_lora(nn.Sequential(tasks[0]))
+        with pytest.raises(RuntimeError, match="merged into the shared weight; unmerge_lora"):
+            route(frozen, [(tasks[0], rows[0])], (x,))
+    model = _vit(LoRAConfig(targets=("q", "o"), layers=(1,)))
+    assert adapted_projections(model) == ["blocks.1.attn.qkv", "blocks.1.attn.proj"]

@@ -113,3 +113,16 @@ def test_train_save_load_and_eval_a_registered_method(
     assert main(["eval", "--adapter", str(out / "adapter")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["acc1"] == json.loads((out / "test.json").read_text())["acc1"]
+
+
+def test_a_method_training_the_backbone_declares_its_own_backbone_to_share_a_batch() -> None:
+    from adaptformer.methods.linear import attach, no_modules
+
+    with pytest.raises(ValueError, match=r"method 'tuned' trains the backbone: .* only with own_backbone=True"):
+        Method("tuned", NormTuneConfig, attach, no_modules, trains_backbone=True, batch_refusal=None)
+    assert Method("tuned", NormTuneConfig, attach, no_modules, trains_backbone=True, own_backbone=True,
+                  batch_refusal=None).own_backbone  # fmt: skip
+    assert get_method("full").own_backbone and not get_method("lora").own_backbone
+    assert (
+        get_method("lora").module_sites and get_method("vpt").module_sites and get_method("lora").batch_refusal is None
+    )

@@ -1,5 +1,6 @@
 """``adaptformer export --adapter DIR --format onnx``: the adapted network as an ONNX file, checked with ONNX Runtime
-(:mod:`adaptformer.inference.export`)."""
+(:mod:`adaptformer.inference.export`); with several ``--adapter [NAME=]DIR``, one multi-task graph of them all (images
+and a task index per sample in, each sample's padded logits and class count out: :mod:`.export_multitask`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,27 @@ def _cmd_export_model(args: argparse.Namespace) -> int:
     from ..inference.export import export_onnx, require_onnx
 
     require_onnx()  # before the model is built
+    if len(args.adapter) > 1 or args.adapter_names[0] is not None:
+        return _export_multitask(args)
+    args.adapter = args.adapter[0]
     model, info = _trained_model(args)
     out = Path(args.out) if args.out else Path(args.adapter).resolve().parent / "model.onnx"
     report = export_onnx(model, out, info, opset=args.opset, tolerance=args.tolerance, overwrite=args.overwrite)
     print(json.dumps(report.to_dict()))
+    return 0
+
+
+def _export_multitask(args: argparse.Namespace) -> int:
+    from ..inference.export_multitask import export_multitask_onnx
+    from .multitask import load_multitask
+
+    if not args.out:
+        raise ValueError("several --adapter make one multi-task graph: give the file to write with --out FILE")
+    model = load_multitask(args)  # its tasks named as --adapter [NAME=]DIR names them
+    report = export_multitask_onnx(
+        model, args.out, opset=args.opset, tolerance=args.tolerance, overwrite=args.overwrite
+    )
+    print(json.dumps({**report.to_dict(), "tasks": list(model.tasks)}))
     return 0
 
 
@@ -44,7 +62,7 @@ def _trained_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def add_export_command(sub: Any) -> None:
     """The ``export`` subcommand."""
-    from .args import add_backbone_arguments, at_least
+    from .args import NamedAdapter, add_backbone_arguments, at_least
 
     parser = sub.add_parser(
         "export", help="write a trained adapter's whole network as ONNX, checked against PyTorch with ONNX Runtime",
@@ -52,9 +70,14 @@ def add_export_command(sub: Any) -> None:
         "runs the file in ONNX Runtime on random inputs of batch 2 and 3 and compares with PyTorch: the file is kept "
         "only if the max-abs logit difference is within --tolerance and the top-1 agrees (printed as max_abs_diff). "
         "Also writes FILE.json: input name and shape, preprocessing (mean, std, size, interpolation, crop), classes. "
+        "Several --adapter: one graph with inputs 'input' (images) and 'task' (a task index per sample) and outputs "
+        "'logits' (padded with -inf to the largest head) and 'num_classes', checked on random mixed batches. "
         "Needs the export extra: pip install 'adaptformer[export]'.",
     )  # fmt: skip
-    parser.add_argument("--adapter", required=True, help="adapter folder written by training (OUT/adapter)")
+    parser.add_argument("--adapter", required=True, action=NamedAdapter,
+                        help="adapter folder written by training (OUT/adapter); repeat it, each as DIR or NAME=DIR, "
+                        "for one multi-task graph of them all (task NAME, default: the run folder's name; needs "
+                        "--out; FILE.json lists the task order and class counts)")  # fmt: skip
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
     parser.add_argument("--out", default=None, help="the file to write (default: OUT/model.onnx beside the adapter)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def load_multitask(args: argparse.Namespace, max_batch: int = 64) -> MultiTaskModel:
     """The multi-task model of every ``--adapter``, each adapter_config.json read once: every adapter checked against
-    ``--model.backbone`` when given, the backbone the first one records with the command line's overrides."""
+    ``--model.backbone`` when given, the backbone the first one records with the command line's overrides; the tasks
+    named as ``--adapter [NAME=]DIR`` names them."""
     from ..inference.evaluate import check_backbone_name
     from ..inference.multitask import MultiTaskModel
     from ..saving import read_adapter_config

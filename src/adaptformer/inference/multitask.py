@@ -12,12 +12,26 @@ does and keeps that task's single-task model at hand (video tasks and ``task_mod
 copy whose adapted blocks hold :class:`Router` s over the tasks' modules and whose classifier is an identity (the
 pooled features), so switching tasks costs nothing and adding or removing a task touches no other task's modules.
 
-Methods: every method whose protocol (:mod:`adaptformer.methods.protocol`) says its tasks can share a batch
-(``Method.batch_refusal`` None): the router at each of its ``block_modules`` hands the call to the method's ``route``.
-Built in: AdaptFormer (any bottleneck, layers, form, input, scale), Adapter+ and linear probes. Modules a backbone
-trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become part of the task's
-head. A method that cannot share a batch (VPT, LoRA, full fine-tuning) is refused with the reason it declares, naming
-the adapter.
+Methods: every built-in method, each routed as its protocol (:mod:`adaptformer.methods.protocol`) declares, in its
+own module (this one names none):
+
+- a method's block children (``block_modules``: AdaptFormer in any bottleneck, layers, form, input and scale;
+  Adapter+): a :class:`~.routing.Router` at each hands the call to the method's ``route``;
+- backbone modules a method changes per task (``module_sites``): a :class:`~.routing.ModuleRouter` stands in for the
+  trunk's frozen module there and hands it to the method's route: LoRA adds each task's low-rank update to its own rows
+  of the shared projection (any rank, targets, layers per task); VPT runs the trunk's blocks with each task's prompts
+  on its rows (different prompt counts and deep/shallow tasks in one batch, unused prompt slots masked out);
+- linear probes: only their head is theirs;
+- full fine-tuning (``own_backbone``): the task loads into a backbone of its own (its own weights, counted in
+  :attr:`TaskInfo.num_parameters`) and its rows run through its own model; the trunk runs only the other rows.
+
+Where two methods' modules meet on one block: module sites compose with everything (LoRA's projections and VPT's
+block sequence leave the block's class alone, so AdaptFormer, Adapter+, LoRA and VPT tasks adapt the same blocks and
+share a batch); two methods that each make a block their own class (AdaptFormer and Adapter+ on the same block) are
+refused, naming both methods and the adapter. Modules a backbone trains with the head (``task_modules``: the video
+ViT's ``fc_norm``, applied after pooling) become part of the task's head. A method whose protocol refuses a mixed
+batch (``Method.batch_refusal``: a registered method that declares nothing) is refused with that reason, naming the
+adapter.
 
 Task types (:mod:`.tasktypes`): single- and multi-label image tasks share the mixed batch; video tasks (a video
 backbone's) and segmentation tasks run on their own single-task models (sharing the backbone's tensors, grouped per
@@ -41,7 +55,7 @@ from ..backbones.families import find_family
 from ..errors import UnsupportedModelError
 from ..factory import BackboneSource
 from ..heads import classifier_paths
-from ..methods.protocol import BlockModule
+from ..methods.protocol import ModuleSite
 from ..methods.registry import Method
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import (
@@ -52,6 +66,7 @@ from ..saving import (
     read_adapter_config,
     task_type,
 )
+from .routing import ModuleRouter, Router, Rows, install_module_router, resolve, shared_copy
 from .tasktypes import (
     Answer,
     SegmentationTask,
@@ -82,7 +97,8 @@ class UnknownTaskError(KeyError):
 @dataclass(frozen=True)
 class TaskInfo:
     """One task of a :class:`MultiTaskModel`: what its adapter folder records (``adapter``: its adapter_config.json,
-    read once when the task was added)."""
+    read once when the task was added). ``num_parameters``: the parameters the task holds beyond the shared backbone
+    (its adapter and head; a full fine-tuning task's own backbone too)."""
 
     name: str
     classes: list[str]
@@ -94,37 +110,6 @@ class TaskInfo:
     adapter: AdapterInfo
     kind: TaskKind = "single-label"  # what the task takes and answers (:mod:`.tasktypes`)
     threshold: float | None = None  # a multi-label task's: classes whose sigmoid probability reaches it are answered
-
-
-class _Rows:
-    """Which rows of the batch in flight belong to which task (shared by every router of one model)."""
-
-    def __init__(self) -> None:
-        self.by_task: dict[str, torch.Tensor] = {}
-
-
-class Router(nn.Module):
-    """Stands in for a method's module at one adapted site of the trunk (the block calls it as it calls the module):
-    each task's module (``tasks[name]``) applies to that task's rows only, as the method's protocol routes them
-    (:attr:`BlockModule.route`); rows of tasks without a module here get the plain block's result."""
-
-    def __init__(self, rows: _Rows, site: BlockModule) -> None:
-        super().__init__()
-        self.tasks = nn.ModuleDict()
-        self.site = site
-        self._rows = rows
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        present = [(self.tasks[n], r) for n, r in self._rows.by_task.items() if n in self.tasks and r.numel()]
-        return self.site.routed(present, inputs)
-
-
-def _shared_copy(model: nn.Module, own: Sequence[str] = ()) -> nn.Module:
-    """A copy of ``model``'s module tree that shares every parameter and buffer with it, except those of the modules
-    named in ``own`` (a task's own copies: loading its adapter writes into them)."""
-    private = {id(t) for name in own for t in nn.Module.state_dict(model.get_submodule(name), keep_vars=True).values()}
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in private}
-    return deepcopy(model, memo=shared)
 
 
 def _check_top_k(top_k: int) -> None:
@@ -161,8 +146,8 @@ class MultiTaskModel(nn.Module):
         self.max_batch = max_batch
         # the plain backbone every task copy shares its tensors with (not a submodule: its tensors are the trunk's)
         self._plain = (backbone.eval(),)
-        self._rows = _Rows()
-        self.trunk = _shared_copy(backbone).eval()
+        self._rows = Rows()
+        self.trunk = shared_copy(backbone).eval()
         paths = classifier_paths(self.trunk)
         if len(paths) != 1:
             raise UnsupportedModelError(f"{backbone_name} has {len(paths)} classifiers {list(paths)}; a multi-task "
@@ -170,7 +155,8 @@ class MultiTaskModel(nn.Module):
         self._head_path = paths[0]
         self.trunk.set_submodule(self._head_path, nn.Identity())
         self.heads = nn.ModuleDict()
-        self.routers = nn.ModuleDict()  # "block path/attribute" (dots as "/") -> its Router
+        self.routers = nn.ModuleDict()  # "block path/attribute" or "module path" (dots as "/") -> its router
+        self.own_models = nn.ModuleDict()  # tasks with a backbone of their own (full fine-tuning) -> their model
         self._owners: dict[str, str] = {}  # block path -> the title of the method whose class the trunk block has
         self._infos: dict[str, TaskInfo] = {}
         self._models: dict[str, nn.Module] = {}
@@ -205,7 +191,11 @@ class MultiTaskModel(nn.Module):
         infos = list(infos) if infos is not None else [read_adapter_config(d) for d in dirs]
         if len(infos) != len(dirs):
             raise ValueError(f"{len(infos)} adapter configs for {len(dirs)} adapter folders")
-        model = cls(build_adapter_backbone(dirs[0], source, info=infos[0]), infos[0].spec.backbone, max_batch)
+        # the shared backbone as the first task that shares it records it (a full fine-tuning folder records no
+        # pre-trained weights: its own are all in the folder)
+        base = next((i for i, info in enumerate(infos) if not info.spec.registered.own_backbone), 0)
+        backbone = build_adapter_backbone(dirs[base], source, info=infos[base])
+        model = cls(backbone, infos[base].spec.backbone, max_batch)
         for name, directory, info in zip(names, dirs, infos, strict=True):
             model.add_task(name, directory, info)
         return model
@@ -245,7 +235,9 @@ class MultiTaskModel(nn.Module):
                 f"{directory}: adapter was trained on {info.spec.backbone!r}, this multi-task model's backbone is "
                 f"{self.backbone_name!r}"
             )
-        copy = _shared_copy(self._plain[0], own=info.spec.extra_trainable)
+        # a task with its own backbone loads into a copy of its own; any other shares the backbone's tensors
+        own = registered.own_backbone
+        copy = deepcopy(self._plain[0]) if own else shared_copy(self._plain[0], own=info.spec.extra_trainable)
         if task_type(info.task) == "segmentation":  # its own model: a decode head over several blocks' features
             task_model = load_segmentation_task(copy, self._plain[0], directory, info)
             return task_model.eval().to(next(self.trunk.parameters()).device)
@@ -270,6 +262,14 @@ class MultiTaskModel(nn.Module):
         method = registered.name
         if task_type(info.task) == "segmentation":  # its own model: a decode head over several blocks' features
             return self._add_segmentation(name, task_model, directory, info, method)
+        if registered.own_backbone:  # its rows run through its own model: nothing of the trunk's changes
+            self.own_models[name] = task_model
+            self._models[name] = task_model
+            self._infos[name] = self._task_info(name, info, task_model, directory, method, threshold)
+            if self._infos[name].kind == "video":  # its views go through its own model
+                self._alone[name] = VideoTask(task_model, info, self._infos[name].classes)
+            logger.info("task %s: %s from %s, on its own backbone", name, method, directory)
+            return self._infos[name]
         self._attach(name, task_model, registered, directory)
         # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
         # trunk stops before them and the task's head starts with them
@@ -296,45 +296,60 @@ class MultiTaskModel(nn.Module):
         return self._infos[name]
 
     def _attach(self, name: str, task_model: nn.Module, method: Method, directory: Path) -> None:
-        """Give every router of the blocks ``task_model`` adapts the task's module there (creating the router, and
-        making the trunk's block the method's class, the first time a block is adapted). A trunk block holds one
-        method's modules: every block is checked before any router changes."""
-        if not method.block_modules:
-            return
+        """Give every router of the sites ``task_model`` adapts the task's module there (creating the router the
+        first time a site is adapted, and making the trunk's block the method's class). A trunk block holds one
+        block-class-changing method's modules: every site is checked before any router changes."""
         paths = {id(m): p for p, m in task_model.named_modules()}
+        plain = self._plain[0]
         sites = []
-        for _, block in find_family(task_model, what=method.title).blocks(task_model):
+        blocks = find_family(task_model, what=method.title).blocks(task_model) if method.block_modules else []
+        for _, block in blocks:
             path = paths[id(block)]
             for site in method.block_modules:
                 module = getattr(block, site.attribute, None)
                 if not isinstance(module, nn.Module):
                     continue
-                trunk_block = self.trunk.get_submodule(path)
-                plain = type(self._plain[0].get_submodule(path))
-                if type(trunk_block) not in (plain, type(block)):
+                trunk_block = resolve(self.trunk, path)
+                if type(trunk_block) not in (type(plain.get_submodule(path)), type(block)):
                     owner = self._owners.get(path, type(trunk_block).__name__)
                     raise UnsupportedModelError(
                         f"{directory}: block {path} holds another method's modules ({type(trunk_block).__name__}); "
                         f"{owner} and {method.title} tasks cannot adapt the same blocks"
                     )
-                sites.append((path, site, trunk_block, type(block), module))
-        for path, site, trunk_block, adapted, module in sites:
-            key = f"{path}/{site.attribute}".replace(".", "/")
+                sites.append((f"{path}/{site.attribute}", path, site, module))
+        for module_site in method.module_sites:
+            for path in module_site.find(task_model):
+                there = resolve(self.trunk, path)
+                if not isinstance(there, ModuleRouter) and type(there) is not type(plain.get_submodule(path)):
+                    raise UnsupportedModelError(
+                        f"{directory}: the {module_site.label} {path} of the trunk is {type(there).__name__}, not the "
+                        f"backbone's {type(plain.get_submodule(path)).__name__}: {self._owners.get(path, 'another')} "
+                        f"and {method.title} tasks cannot both change it"
+                    )
+                sites.append((path, path, module_site, task_model.get_submodule(path)))
+        for key, path, site, module in sites:
+            key = key.replace(".", "/")
             if key not in self.routers:
-                trunk_block.__class__ = adapted
-                trunk_block.add_module(site.attribute, Router(self._rows, site))
-                self.routers[key] = getattr(trunk_block, site.attribute)
+                if isinstance(site, ModuleSite):
+                    router: nn.Module = ModuleRouter(self._rows, site, resolve(self.trunk, path))
+                    install_module_router(self.trunk, path, router)
+                else:
+                    trunk_block = resolve(self.trunk, path)
+                    trunk_block.__class__ = type(task_model.get_submodule(path))
+                    router = Router(self._rows, site)
+                    trunk_block.add_module(site.attribute, router)
+                self.routers[key] = router
                 self._owners[path] = method.title
             self.routers[key].tasks[name] = module
 
-    @staticmethod
     def _task_info(
-        name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str, threshold: float | None
+        self, name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str, threshold: float | None
     ) -> TaskInfo:
         classes = list(info.classes) if info.classes else [str(i) for i in range(int(model.num_classes))]
-        trainable = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+        shared = {id(p) for p in self._plain[0].parameters()}
+        held = sum(p.numel() for p in model.parameters() if id(p) not in shared)  # its adapter, head, own backbone
         is_video = clip_frames(model) is not None
-        return TaskInfo(name, classes, method, trainable, directory, is_video, Preprocessing.from_model(model), info,
+        return TaskInfo(name, classes, method, held, directory, is_video, Preprocessing.from_model(model), info,
                         task_kind(info, is_video), threshold)  # fmt: skip
 
     def set_threshold(self, name: str, threshold: float) -> None:
@@ -350,7 +365,9 @@ class MultiTaskModel(nn.Module):
         for router in self.routers.values():
             if name in router.tasks:
                 del router.tasks[name]
-        if name in self.heads:  # a segmentation task has none
+        if name in self.own_models:
+            del self.own_models[name]
+        elif name in self.heads:  # a segmentation task has none
             del self.heads[name]
         self._alone.pop(name, None)
         del self._models[name], self._infos[name]
@@ -382,12 +399,27 @@ class MultiTaskModel(nn.Module):
             raise UnknownTaskError(f"task ids must be in 0..{len(names) - 1} (tasks {list(names)})")
         task_ids = task_ids.to(x.device)
         rows = {names[k]: (task_ids == k).nonzero().squeeze(1) for k in torch.unique(task_ids).tolist()}
-        self._rows.by_task = rows
+        shared = {n: r for n, r in rows.items() if n not in self.own_models}
+        out = {n: self.own_models[n](x.index_select(0, r)) for n, r in rows.items() if n in self.own_models}
+        if shared:
+            if out:  # the trunk runs only the rows of tasks that share it, renumbered 0..
+                keep = torch.cat(list(shared.values())).sort().values
+                local = torch.empty_like(task_ids).index_copy_(0, keep, torch.arange(len(keep), device=x.device))
+                shared = {n: local.index_select(0, r) for n, r in shared.items()}
+                x = x.index_select(0, keep)
+            features = self.trunk_features(x, shared)  # (B, F)
+            out.update({name: self.heads[name](features.index_select(0, r)) for name, r in shared.items()})
+        return {name: out[name] for name in rows}  # in task order
+
+    def trunk_features(self, x: torch.Tensor, rows: dict[str, torch.Tensor], traced: bool = False) -> torch.Tensor:
+        """The shared trunk's pooled features of ``x`` (B, F), each task's ``rows`` (indices into the batch) through
+        its modules. ``traced``: for a graph export, where the rows are data: every task in ``rows`` is routed, also
+        one without rows."""
+        self._rows.by_task, self._rows.traced = rows, traced
         try:
-            features = self.trunk(x)  # (B, F): the pooled features, every row through its task's adapters
+            return self.trunk(x)
         finally:
-            self._rows.by_task = {}
-        return {name: self.heads[name](features.index_select(0, r)) for name, r in rows.items()}
+            self._rows.by_task, self._rows.traced = {}, False
 
     def task_ids(self, names: Sequence[str]) -> torch.Tensor:
         """The ids ``forward`` takes for a list of task names."""

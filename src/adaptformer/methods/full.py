@@ -1,4 +1,7 @@
-"""Full fine-tuning: every parameter of the backbone trains with the head (the paper's upper-bound baseline)."""
+"""Full fine-tuning: every parameter of the backbone trains with the head (the paper's upper-bound baseline).
+
+In a multi-task model a full fine-tuning task holds its own backbone (``own_backbone``): its rows of a mixed-task batch
+run through its own model, and its parameters count as the task's."""
 
 from __future__ import annotations
 
@@ -20,5 +23,6 @@ METHOD = Method(
     modules=no_modules,
     summary="full fine-tuning: every parameter trains",
     trains_backbone=True,
-    batch_refusal="full fine-tuning has its own backbone",
+    own_backbone=True,
+    batch_refusal=None,
 )

@@ -23,6 +23,13 @@ class.
 
 :func:`merge_lora` folds ``(alpha / r) B A`` into the frozen weights for inference (no extra work per step) and
 :func:`unmerge_lora` takes it out again.
+
+In a mixed-task batch (the protocol's :class:`~adaptformer.methods.protocol.ModuleSite`, :func:`route`) the frozen
+projection runs once over the whole batch and each task's update is added to its own rows only: its rows gathered, its
+own ``A`` and ``B`` applied (a grouped matmul per task, S-LoRA/Punica's segmented form), the result added back with
+``index_add_``. A weight merge per task never happens (it would write into the weight every task shares); tasks of
+different ranks, scalings, targets and layers share one batch. LoRA changes no block class, so it composes with every
+other method's modules on the same blocks.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from ..backbones.families import family_blocks, qualified_name
 from ..backbones.video_vit import QVBiasAttention
 from ..errors import UnsupportedModelError
 from ..validation import check_block_indices, check_probability
+from .protocol import ModuleSite, TaskRows
 from .registry import Method, MethodConfig
 from .state import FINGERPRINT_ATTR, remember_fingerprint
 
@@ -271,6 +279,31 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+# ------------------------------------------------------------------------------------------------ the protocol
+
+
+def adapted_projections(model: nn.Module) -> list[str]:
+    """The paths of ``model``'s LoRA projections (a task's modules at LoRA's mixed-batch site)."""
+    return [path for path, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A mixed-task batch at one projection: the frozen Linear over every row (``frozen``, the weight every task
+    shares), plus on each task's rows that task's own updates, each added to the chunk (q, k, v or o) it targets."""
+    (x,) = inputs  # (B, ..., in)
+    out = frozen(x)  # (B, ..., chunks * width), a fresh tensor: written in place below
+    for linear, rows in present:
+        assert isinstance(linear, LoRALinear)
+        if linear.merged:  # its updates would be in the shared weight already: refuse rather than add them twice
+            raise RuntimeError("a task's LoRA updates are merged into the shared weight; unmerge_lora() it first")
+        width = linear.out_features // len(linear.chunk_names)
+        picked = x.index_select(0, rows)  # (n, ..., in): this task's rows only
+        for name, update in linear.lora.items():
+            i = linear.chunk_names.index(name)
+            out[..., i * width : (i + 1) * width].index_add_(0, rows, update(picked).to(out.dtype))
+    return out
+
+
 METHOD = Method(
     name="lora",
     config=LoRAConfig,
@@ -279,7 +312,8 @@ METHOD = Method(
     summary="LoRA: low-rank updates of the attention's q/v (k, o) projections (Hu et al., ICLR 2022)",
     group="lora",
     title="LoRA",
-    batch_refusal="LoRA changes the outputs of the frozen projections themselves, which every task shares",
+    module_sites=(ModuleSite(find=adapted_projections, route=route, label="attention projection"),),
+    batch_refusal=None,
     merge=merge_lora,
     unmerge=unmerge_lora,
 )

@@ -5,12 +5,20 @@ A :class:`~adaptformer.methods.registry.Method` may declare, beside its three ro
     block_modules    the modules it installs as children of the blocks it adapts, each a :class:`BlockModule`: what
                      the block computes without it (``bypass``), how one task's module applies to that task's rows of
                      a mixed-task batch (``route``) and what ``inspect`` measures (``measure``);
+    module_sites     the backbone modules it changes per task that are not block children, each a :class:`ModuleSite`
+                     (LoRA: the attention projections it class-swaps; VPT: the block sequence whose token count its
+                     prompts change): where they are in a task's model (``find``) and how one mixed-task batch runs
+                     through the trunk's frozen module there with each task's module on its rows (``route``);
+    own_backbone     its tasks hold a backbone of their own (full fine-tuning): in a mixed-task batch their rows run
+                     through their own model, not the shared trunk;
     batch_refusal    why its tasks cannot share a frozen backbone in one mixed-task batch (None: they can);
     merge, unmerge   folding its updates into the frozen weights before inference or export, and back.
 
 The multi-task model, the ONNX export and ``inspect`` read these and never name a method. A block's ``forward`` calls
 its module like any child (``self.adaptmlp(x, normed, h)``); in the multi-task trunk a router stands in for that module
-with the same call and hands the call's tensors to ``route``.
+with the same call and hands the call's tensors to ``route``. At a module site the router stands in for the trunk's own
+(frozen, shared) module and hands that module to the route too, which calls it for the frozen function: a module site
+composes with every other method's modules inside it (AdaptFormer's routers inside the blocks VPT's route runs).
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["BlockModule", "Measure", "Measurement", "Route", "TaskRows", "route_rows"]
+__all__ = ["BlockModule", "Measure", "Measurement", "ModuleRoute", "ModuleSite", "Route", "TaskRows", "route_rows"]
 
 # the tasks present at one site of a mixed-task batch: each task's module there and that task's rows, (n,) int64
 TaskRows = Sequence[tuple[nn.Module, torch.Tensor]]
 # (tasks present, the block's call arguments for the whole batch) -> the call's result for the whole batch
 Route = Callable[[TaskRows, tuple[torch.Tensor, ...]], torch.Tensor]
+# (the trunk's frozen module at the site, tasks present, the call's arguments for the whole batch) -> the call's result
+ModuleRoute = Callable[[nn.Module, TaskRows, tuple[torch.Tensor, ...]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -99,3 +109,24 @@ class BlockModule:
         """``route`` (always set after construction) applied to one call."""
         assert self.route is not None
         return self.route(present, inputs)
+
+
+@dataclass(frozen=True)
+class ModuleSite:
+    """Backbone modules a method changes per task where they are not children it adds to a block: a task's model holds
+    its own module at a path where the frozen backbone holds the plain one (LoRA's class-swapped projections; VPT's
+    block sequence, whose token count its prompts change). In the multi-task trunk a router stands in for the plain
+    module at each such path, with the same call.
+
+    Args:
+        find: a task's model -> the paths (in that model, the same in the backbone) of its modules at this site.
+        route: how one mixed-task batch runs there (:data:`ModuleRoute`): given the trunk's frozen module (which may
+            hold other methods' routers, and computes the frozen function for rows of other tasks), the tasks present
+            with their modules and rows, and the call's arguments. Rows of tasks absent from the site never reach it:
+            with no task present the router calls the frozen module itself.
+        label: what the site is, in errors ("attention projection", "block sequence").
+    """
+
+    find: Callable[[nn.Module], list[str]]
+    route: ModuleRoute
+    label: str = "module"

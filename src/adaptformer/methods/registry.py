@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch.nn as nn
 
 from ..validation import from_mapping, to_plain
-from .protocol import BlockModule
+from .protocol import BlockModule, ModuleSite
 
 C = TypeVar("C", bound="MethodConfig")
 
@@ -56,6 +56,11 @@ class Method:
         title: its name in prose and reports ("AdaptFormer"); default: ``name``.
         block_modules: the modules it installs as children of the blocks it adapts, and how each serves a mixed-task
             batch and ``inspect`` (:class:`~adaptformer.methods.protocol.BlockModule`); empty: none (head only).
+        module_sites: the backbone modules it changes per task outside block children, and how each serves a
+            mixed-task batch (:class:`~adaptformer.methods.protocol.ModuleSite`: LoRA's projections, VPT's blocks).
+        own_backbone: its tasks hold their own backbone (full fine-tuning): a mixed-task batch runs their rows through
+            their own model, and the multi-task model counts that backbone as theirs. Needed with ``trains_backbone``
+            for a method whose tasks join a mixed-task batch.
         batch_refusal: why its tasks cannot share a frozen backbone in one mixed-task batch, as the refusal prints it;
             None: they can (the multi-task trunk routes its ``block_modules``). The default refuses a method that has
             not said: its trained tensors might be frozen backbone tensors that every task shares.
@@ -74,6 +79,8 @@ class Method:
     weight_decay: bool = True
     title: str = ""
     block_modules: tuple[BlockModule, ...] = ()
+    module_sites: tuple[ModuleSite, ...] = ()
+    own_backbone: bool = False
     batch_refusal: str | None = "it declares no mixed-batch behaviour (Method.batch_refusal=None and block_modules)"
     merge: Callable[[nn.Module], nn.Module] | None = None
     unmerge: Callable[[nn.Module], nn.Module] | None = None
@@ -86,6 +93,14 @@ class Method:
         object.__setattr__(self, "block_modules", tuple(self.block_modules))
         if not all(isinstance(b, BlockModule) for b in self.block_modules):
             raise ValueError(f"method {self.name!r}: block_modules must be BlockModule entries: {self.block_modules!r}")
+        object.__setattr__(self, "module_sites", tuple(self.module_sites))
+        if not all(isinstance(m, ModuleSite) for m in self.module_sites):
+            raise ValueError(f"method {self.name!r}: module_sites must be ModuleSite entries: {self.module_sites!r}")
+        if self.trains_backbone and self.batch_refusal is None and not self.own_backbone:
+            raise ValueError(
+                f"method {self.name!r} trains the backbone: its tasks can join a mixed-task batch only with "
+                "own_backbone=True (each task's rows through its own model), or give a batch_refusal"
+            )
         attributes = [b.attribute for b in self.block_modules]
         if len(set(attributes)) != len(attributes):
             raise ValueError(f"method {self.name!r}: block_modules name an attribute twice: {attributes}")

@@ -5,6 +5,17 @@ prompts and strips them after the block, so the backbone's pooling (CLS token or
 prepends once before the first block and strips after the last. The three roles: :class:`VPTConfig`, :func:`attach`
 (a ``vpt`` module in each prompted block, whose class becomes :class:`PromptedViTBlock`; prompts live at
 ``blocks.{i}.vpt.tokens``, backbone names unchanged) and :func:`prompt_modules` (what trains, found by type).
+
+In a mixed-task batch (:func:`route`, the protocol's :class:`~adaptformer.methods.protocol.ModuleSite` at the block
+sequence, since prompts change the token count for every block after the first) the whole batch gets S prompt slots in
+front of its tokens, S the largest prompt count among the tasks present. Before each block, every task whose block
+prepends writes its prompts into the first P slots of its rows (VPT-deep: a block's new prompts replace the last
+block's outputs there, which is what strip-then-prepend computes; VPT-shallow: written once, carried through). Slots a
+row does not use are masked out as attention keys, so they never reach its real tokens; after the last block the slots
+are stripped. Attention is blind to token order inside a ViT block (positions are embedded before the blocks), so per
+row this is its task's own model. The mask is dropped when every row fills all S slots. Tasks with different prompt
+counts, deep and shallow, and rows of other methods' tasks (all slots masked) share the batch; the trunk's own blocks
+run in it, with other methods' modules (AdaptFormer, Adapter+, LoRA) routing their rows inside them.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from timm.models.vision_transformer import Block
 from ..backbones.families import block_width, chosen_blocks, install, qualified_name
 from ..errors import UnsupportedModelError
 from ..validation import check_probability
+from .protocol import ModuleSite, TaskRows
 from .registry import Method, MethodConfig
 
 
@@ -108,6 +120,63 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
     return model
 
 
+# ------------------------------------------------------------------------------------------------ the protocol
+
+
+def prompted_sequences(model: nn.Module) -> list[str]:
+    """The path of the ``nn.Sequential`` holding ``model``'s prompted blocks (VPT's mixed-batch site): the route runs
+    the blocks one by one, so it must hold every block of the model, in forward order."""
+    prompted = [path for path, m in model.named_modules() if isinstance(m, PromptedViTBlock)]
+    if not prompted:
+        return []
+    parent = prompted[0].rpartition(".")[0]
+    container = model.get_submodule(parent)
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    if not isinstance(container, nn.Sequential) or list(container) != blocks:
+        raise UnsupportedModelError(
+            f"VPT in a mixed-task batch runs a ViT's blocks one by one from one nn.Sequential holding them all; "
+            f"{type(model).__name__}.{parent} is {type(container).__name__}"
+        )
+    return [parent]
+
+
+def prompt_count(blocks: nn.Module) -> int:
+    """How many prompt tokens a task's prompted block sequence carries."""
+    return max(m.num_tokens for m in blocks.modules() if isinstance(m, PromptTokens))
+
+
+def _slot_mask(present: TaskRows, x: torch.Tensor, slots: int) -> torch.Tensor | None:
+    """The additive attention mask (B, 1, 1, S + N) that hides the prompt slots each row does not use (0: attend,
+    -inf: never); None when every row fills every slot."""
+    batch, length = x.shape[0], x.shape[1]
+    used = torch.zeros(batch, dtype=torch.long, device=x.device)  # prompt slots each row fills
+    for blocks, rows in present:
+        used[rows] = prompt_count(blocks)
+    if not torch.compiler.is_compiling() and bool((used == slots).all()):  # traced: which rows are whose is data
+        return None
+    position = torch.arange(length, device=x.device)  # (S + N,)
+    hidden = (position[None, :] < slots) & (position[None, :] >= used[:, None])  # (B, S + N)
+    mask = torch.zeros(batch, length, dtype=x.dtype, device=x.device).masked_fill(hidden, float("-inf"))
+    return mask[:, None, None, :]  # (B, 1, 1, S + N): every head and query of a row
+
+
+def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A mixed-task batch through the block sequence: ``frozen`` (the trunk's blocks) with each present task's prompts
+    on its rows (``present``: each task's own prompted block sequence), as the module docstring says."""
+    (x,) = inputs  # (B, N, D)
+    slots = max(prompt_count(blocks) for blocks, _ in present)
+    x = torch.cat([x.new_zeros(x.shape[0], slots, x.shape[2]), x], dim=1)  # (B, S + N, D): prompt slots first
+    mask = _slot_mask(present, x, slots)
+    for i, block in enumerate(frozen):
+        prompting = [(b[i].vpt, rows) for b, rows in present if isinstance(b[i], PromptedViTBlock) and b[i].vpt.prepend]
+        if prompting:
+            x = x.clone()  # a block's output: written in place below
+            for vpt, rows in prompting:
+                x[rows, : vpt.num_tokens] = vpt.tokens.to(x.dtype)  # (1, P, D) over (n, P, D)
+        x = block(x) if mask is None else block(x, attn_mask=mask)
+    return x[:, slots:]  # (B, N, D)
+
+
 METHOD = Method(
     name="vpt",
     config=VPTConfig,
@@ -117,5 +186,6 @@ METHOD = Method(
     group="prompts",
     weight_decay=False,
     title="VPT",
-    batch_refusal="VPT adds tokens, so the sequence length would differ per task",
+    module_sites=(ModuleSite(find=prompted_sequences, route=route, label="block sequence"),),
+    batch_refusal=None,
 )
