@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from adaptformer.inference.robustness import Scores, build_report, corruption_errors, mean_error, retention, write_report
+from adaptformer.inference.robustness import (
+    Scores,
+    build_report,
+    corruption_errors,
+    mean_error,
+    retention,
+    write_report,
+)
 from adaptformer.inference.robustness.report import check_out_dir
 
 ADAPTER = Scores(80.0, 10, {"synthetic": {"fog": {1: 70.0, 3: 50.0}, "contrast": {1: 60.0, 3: 20.0}}},
