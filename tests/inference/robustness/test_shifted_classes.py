@@ -5,6 +5,7 @@ on tiny ImageNet-R and Sketch layouts with a tiny 1000-class model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,31 @@ def test_imagenet_r_end_to_end_equals_the_argmax_among_its_200_logits(imagenet_a
     columns = [IMAGENET.index(w) for w in R]
     hits = (logits[:, columns].argmax(dim=1) == torch.tensor(dataset.targets)).float().mean().item()
     assert result == {"acc1": pytest.approx(100 * hits), "n": 6}
+
+
+def test_the_command_scores_released_sets_beside_the_synthetic_corruptions(
+    imagenet_adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adaptformer.cli import main
+
+    write_class_folders(tmp_path / "sketch", {GOLDFISH: 2, HEN: 1})
+    write_class_folders(tmp_path / "r", {SHARK: 2})
+    write_class_folders(tmp_path / "c" / "fog" / "3", {GOLDFISH: 1, SHARK: 1})
+    argv = [
+        "robustness", "--adapter", str(imagenet_adapter), "--data.dataset", "imagenet-sketch", "--data.data_dir",
+        str(tmp_path / "sketch"), "--corruptions", "fog", "--severities", "3", "--shifted",
+        f"imagenet-r={tmp_path / 'r'}", "--shifted", f"imagenet-c={tmp_path / 'c'}", "--out", str(tmp_path / "out"),
+        "--run.device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "out" / "robustness.json").read_text())["models"]["adapter"]
+    assert report["n"] == 3 and list(report["corruptions"]) == ["synthetic", "imagenet-c"]
+    assert list(report["corruptions"]["imagenet-c"]["acc1"]) == ["fog"]
+    assert (
+        report["shifted"]["imagenet-r"]["n"] == 2 and summary["imagenet-r"] == report["shifted"]["imagenet-r"]["acc1"]
+    )
+
+    argv[argv.index("--severities") + 1] = "2"  # ImageNet-C has no fog/2
+    assert main([*argv, "--overwrite"]) == 2
+    assert "imagenet-c " + str(tmp_path / "c") + " lacks the selected folders ['fog/2']" in capsys.readouterr().err

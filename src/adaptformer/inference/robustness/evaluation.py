@@ -113,11 +113,14 @@ def _predict(
         return evaluate(model.to(ctx.device), loader, chosen, ctx, progress)
 
 
-def _image_split(model: nn.Module, spec: DataSpec, split: str) -> ImageSplit:
-    if clip_frames(model) is not None or spec.is_video or spec.is_segmentation:
-        raise ValueError(
-            f"robustness evaluates image classifiers on image datasets; {spec.kind!r} with this adapter is not one"
-        )
+def _image_split(model: nn.Module, info: AdapterInfo | None, spec: DataSpec, split: str) -> ImageSplit:
+    """The split, if the model is a single-label image classifier and the dataset a single-label image dataset."""
+    if clip_frames(model) is not None or getattr(model, "adaptformer_task", None) is not None:
+        raise ValueError("robustness evaluates image classifiers; this adapter is a video or segmentation model")
+    if spec.is_video or spec.is_segmentation:
+        raise ValueError(f"robustness evaluates image classification datasets; {spec.kind!r} is not one")
+    if info is not None and info.multi_label:
+        raise ValueError("robustness scores single-label top-1 accuracy; this adapter is multi-label")
     data = load_split(spec, split)
     if not isinstance(data, ImageSplit) or data.multi_label:
         raise ValueError(f"robustness scores single-label top-1 accuracy; {spec.kind} is multi-label")
@@ -129,7 +132,7 @@ def evaluate_corruptions(
     settings: RobustnessSettings,
 ) -> tuple[dict[str, Any], dict[str, dict[int, float]]]:  # fmt: skip
     """The clean split's top-1 and n, and (``settings.synthetic``) its top-1 under every corruption and severity."""
-    data = _image_split(model, spec, split)
+    data = _image_split(model, info, spec, split)
     order = match_classes(model.num_classes, data.classes, info, f"{spec.kind} {split}")
     pre = Preprocessing.from_model(model)
     if settings.synthetic and min(pre.image_size) < MIN_SIZE:
@@ -164,7 +167,7 @@ def evaluate_shifted(
 ) -> dict[str, Any]:  # fmt: skip
     """Top-1 and n of one released shifted set (``spec``: its kind, folder and options), scored on the adapter's
     outputs as :func:`.classes.shifted_output_map` says."""
-    data = _image_split(model, spec, "test")
+    data = _image_split(model, info, spec, "test")
     dataset = _spread(data.build(model, "test"), settings.num_samples)
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     labels = [base.targets[i] for i in (dataset.indices if isinstance(dataset, Subset) else range(len(base)))]
