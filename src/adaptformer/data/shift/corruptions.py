@@ -120,7 +120,7 @@ def corrupt_image(pixels: np.ndarray, corruption: str, severity: int, seed: int)
         np.random.set_state(state)
     if out.shape != pixels.shape:  # the reference keeps the size; anything else would be silently rescaled
         raise RuntimeError(f"{corruption} at severity {severity} returned {out.shape} for an image of {pixels.shape}")
-    return out
+    return np.require(out, np.uint8, ["C", "W"])  # some come back read-only, which torch.from_numpy warns about
 
 
 @dataclass(frozen=True)
