@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -180,8 +181,6 @@ def evaluate_shifted(
 
 def _imagenet_c_folders(root: str, settings: RobustnessSettings) -> list[Condition]:
     """The selected corruption/severity folders of an ImageNet-C release; a selected one missing is an error."""
-    from pathlib import Path
-
     grid = condition_grid(settings.corruptions, settings.severities, clean=False)
     missing = [c.name for c in grid if not (Path(root) / c.name).is_dir()]
     if missing:
