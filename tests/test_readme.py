@@ -363,6 +363,17 @@ def _check_inspect(outputs: list[str], work: Path) -> None:
     assert "| block (from 0) |" in (out / "inspect.md").read_text()
 
 
+def _check_robustness(outputs: list[str], work: Path) -> None:
+    summary = json.loads(outputs[0])
+    assert summary["files"] == ["robustness.json", "robustness.png"]
+    report = json.loads((work / "runs/digits/robustness/robustness.json").read_text())
+    table = report["models"]["adapter"]["corruptions"]["synthetic"]["acc1"]
+    assert list(table) == ["gaussian_noise", "glass_blur", "fog"] and all(
+        list(r) == ["1", "3", "5"] for r in table.values()
+    )
+    assert report["models"]["adapter"]["n"] == 16
+
+
 def _c100_run(work: Path) -> None:
     """The README's CIFAR-100 run, at test size, for the flows that continue it."""
     image_data(work)
@@ -495,6 +506,12 @@ FLOWS = [
         setup=(_digits_adapter,),
         extra={"inspect": ["--num-samples", "16"]},
         check=_check_inspect,
+    ),
+    Flow(
+        "adaptformer robustness --adapter runs/digits/adapter",
+        setup=(_digits_adapter,),
+        extra={"robustness": ["--num-samples", "16"]},
+        check=_check_robustness,
     ),
 ]
 

@@ -26,8 +26,9 @@ COMMANDS: dict[str, list[str]] = {
     "inspect": ["--adapter", "A"],
     "export": ["--adapter", "A"],
     "serve": ["--adapter", "A"],
+    "robustness": ["--adapter", "A"],
 }
-RUNS_THE_MODEL = ("eval", "predict", "inspect", "serve")  # export checks on the CPU: no device flag
+RUNS_THE_MODEL = ("eval", "predict", "inspect", "serve", "robustness")  # export checks on the CPU: no device flag
 # new flag -> (text, parsed value, another text)
 VALUES: dict[str, tuple[str, Any, str]] = {
     "--model.backbone": ("vit_small_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224"),
@@ -124,6 +125,7 @@ COMMAND_LINES = {  # each command on the adapter, up to the point where it rebui
     "inspect": ["inspect", "--adapter", "{a}", "--num-samples", "2"],
     "export": ["export", "--adapter", "{a}"],
     "serve": ["serve", "--adapter", "{a}"],
+    "robustness": ["robustness", "--adapter", "{a}", "--num-samples", "2"],
 }
 
 

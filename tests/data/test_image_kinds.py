@@ -210,6 +210,7 @@ def test_skip_bad_images_is_an_error_for_kinds_without_image_files(kind: str) ->
         "multilabel-csv",
         "nuswide",
         "coco",
+        *("imagenet-v2", "imagenet-sketch", "imagenet-c", "imagenet-r", "imagenet-a"),
     }
     with pytest.raises(ValueError, match=f"{kind!r} has no image files that could be skipped"):
         build_image_dataset(kind, None, "train", None, skip_bad_images=True)
@@ -224,4 +225,5 @@ def test_every_registered_kind_is_covered() -> None:
         "coco",
         "digits-multilabel",
     }  # tests/data/test_multilabel.py
+    in_other_files |= {"imagenet-v2", "imagenet-sketch", "imagenet-c", "imagenet-r", "imagenet-a"}  # shift/
     assert set(IMAGE_DATASETS) == set(WRITERS) | {"digits", "synthetic"} | in_other_files

@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``, ``benchmark``, ``sweep``, ``export``, ``serve``, ``inspect``.
+``study``, ``benchmark``, ``sweep``, ``export``, ``serve``, ``inspect``, ``robustness``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.sections.TrainConfig` through jsonargparse
@@ -24,6 +24,7 @@ from .evaluate import add_adapter_commands
 from .export import add_export_command
 from .inspect import add_inspect_command
 from .prepare import add_prepare_command
+from .robustness import add_robustness_command
 from .serve import add_serve_command
 from .study import add_study_commands
 from .sweep import add_sweep_command
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_serve_command(sub)
     add_inspect_command(sub)
+    add_robustness_command(sub)
     return parser
 
 
@@ -105,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
         args.train_flags = after_dashes
-        if unknown and command not in ("eval", "inspect"):
+        if unknown and command not in ("eval", "inspect", "robustness"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.data_flags = unknown  # eval's and inspect's --data.* flags: the data section's, read by jsonargparse
+        args.data_flags = unknown  # eval's, inspect's, robustness' --data.* flags: the data section's (jsonargparse)
     level = logging.DEBUG if args.verbose else logging.INFO
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, the other processes only warn
         level = logging.WARNING

@@ -124,14 +124,15 @@ def eval_resize_size(pre: Preprocessing) -> int | tuple[int, int]:
 
 
 def build_image_transform(
-    pre: Preprocessing, train: bool, augment: ImageAugment | None = None
+    pre: Preprocessing, train: bool, augment: ImageAugment | None = None, *, normalize: bool = True
 ) -> Callable[[Any], torch.Tensor]:
     """The train (random crop [+ flip], ``augment``; default: the paper's) or eval (resize + centre crop, or the whole
     image resized: ``augment.resize``) transform, ending normalised; training without ``augment.random`` uses the eval
     geometry.
 
     Accepts PIL images, numpy ``(H, W[, C])`` uint8 arrays and ``([C,] H, W)`` uint8 tensors; returns a float32
-    ``(3, H, W)`` tensor with ``(H, W) = pre.image_size``.
+    ``(3, H, W)`` tensor with ``(H, W) = pre.image_size``; without ``normalize``, the uint8 ``(3, H, W)`` image at that
+    size, for a step between the geometry and :func:`normalize_transform` (a corruption at the input resolution).
     """
     if pre.input_size[0] != 3:
         raise ValueError(f"image transforms produce RGB (3 channels), but input_size is {pre.input_size}")
@@ -150,4 +151,4 @@ def build_image_transform(
             v2.Resize(eval_resize_size(pre), interpolation=interpolation, antialias=True),
             v2.CenterCrop(size),
         ]
-    return v2.Compose([ToRGBImage(), *geometry, normalize_transform(pre)])
+    return v2.Compose([ToRGBImage(), *geometry, *([normalize_transform(pre)] if normalize else [])])

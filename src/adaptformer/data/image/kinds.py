@@ -5,10 +5,12 @@ Kinds (see ``IMAGE_DATASETS``): ``cifar100`` / ``cifar10`` (the python pickle re
 ``*_32x32.mat``), ``food101``, ``imagefolder`` (``<root>/<split>/<class>/<image>``), ``digits`` (scikit-learn's
 bundled 8x8 handwritten digits, for offline runs on real data), ``synthetic`` (seeded, class-coloured images) and
 ``shapes`` (procedural shapes), the PETL benchmarks' ``vtab1k`` (:mod:`.vtab`), ``fgvc`` and ``cub200``
-(:mod:`.fgvc`), and the multi-label kinds ``multilabel-list``, ``multilabel-csv``, ``nuswide``, ``coco`` and
-``digits-multilabel`` (:mod:`.multilabel`). ``skip_bad_images`` is taken only by the kinds with one file per
-image (``food101``, ``imagefolder``, ...). The image handed to the transform is a PIL RGB image for file-based kinds
-and a uint8 ``(C, H, W)`` tensor for the others; with ``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
+(:mod:`.fgvc`), the multi-label kinds ``multilabel-list``, ``multilabel-csv``, ``nuswide``, ``coco`` and
+``digits-multilabel`` (:mod:`.multilabel`), and the shifted ImageNet test sets ``imagenet-v2``, ``imagenet-sketch``,
+``imagenet-c``, ``imagenet-r`` and ``imagenet-a`` (:mod:`adaptformer.data.shift.imagenet`). ``skip_bad_images`` is
+taken only by the kinds with one file per image (``food101``, ``imagefolder``, ...). The image handed to the
+transform is a PIL RGB image for file-based kinds and a uint8 ``(C, H, W)`` tensor for the others; with
+``transform=None`` a uint8 ``(C, H, W)`` tensor is returned.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ from adaptformer.data.image.multilabel import (
 )
 from adaptformer.data.image.vtab import VTAB_LAYOUT, build_vtab1k, locate_vtab1k
 from adaptformer.data.kinds import check_class_coverage, resolve_request, split_folder
+from adaptformer.data.shift.imagenet import (
+    build_imagenet_a,
+    build_imagenet_c,
+    build_imagenet_r,
+    build_imagenet_sketch,
+    build_imagenet_v2,
+)
 from adaptformer.data.splits import train_val_split_indices
 
 log = logging.getLogger(__name__)
@@ -338,6 +347,12 @@ IMAGE_DATASETS: dict[str, ImageDatasetKind] = {
     "digits-multilabel": ImageDatasetKind(
         build_digits_multilabel, ("train", "test"), needs_root=False, multi_label=True
     ),
+    # the shifted ImageNet test sets (:mod:`adaptformer.data.shift.imagenet`): test splits only
+    "imagenet-v2": ImageDatasetKind(build_imagenet_v2, ("test",)),
+    "imagenet-sketch": ImageDatasetKind(build_imagenet_sketch, ("test",)),
+    "imagenet-c": ImageDatasetKind(build_imagenet_c, ("test",)),
+    "imagenet-r": ImageDatasetKind(build_imagenet_r, ("test",)),
+    "imagenet-a": ImageDatasetKind(build_imagenet_a, ("test",)),
 }
 
 
