@@ -13,25 +13,12 @@ copy whose adapted blocks hold :class:`Router` s over the tasks' modules and who
 pooled features), so switching tasks costs nothing and adding or removing a task touches no other task's modules.
 
 Methods: every built-in method, each routed as its protocol (:mod:`adaptformer.methods.protocol`) declares, in its
-own module (this one names none):
-
-- a method's block children (``block_modules``: AdaptFormer in any bottleneck, layers, form, input and scale;
-  Adapter+): a :class:`~.routing.Router` at each hands the call to the method's ``route``;
-- backbone modules a method changes per task (``module_sites``): a :class:`~.routing.ModuleRouter` stands in for the
-  trunk's frozen module there and hands it to the method's route: LoRA adds each task's low-rank update to its own rows
-  of the shared projection (any rank, targets, layers per task); VPT runs the trunk's blocks with each task's prompts
-  on its rows (different prompt counts and deep/shallow tasks in one batch, unused prompt slots masked out);
-- linear probes: only their head is theirs;
-- full fine-tuning (``own_backbone``): the task loads into a backbone of its own (its own weights, counted in
-  :attr:`TaskInfo.num_parameters`) and its rows run through its own model; the trunk runs only the other rows.
-
-Where two methods' modules meet on one block: module sites compose with everything (LoRA's projections and VPT's
-block sequence leave the block's class alone, so AdaptFormer, Adapter+, LoRA and VPT tasks adapt the same blocks and
-share a batch); two methods that each make a block their own class (AdaptFormer and Adapter+ on the same block) are
-refused, naming both methods and the adapter. Modules a backbone trains with the head (``task_modules``: the video
-ViT's ``fc_norm``, applied after pooling) become part of the task's head. A method whose protocol refuses a mixed
-batch (``Method.batch_refusal``: a registered method that declares nothing) is refused with that reason, naming the
-adapter.
+own module (this one names none; :mod:`.routing` says how each kind of site is routed and where two methods' modules
+may meet); linear probes own only their head; a full fine-tuning task (``own_backbone``) loads into a backbone of its
+own (counted in :attr:`TaskInfo.num_parameters`) and its rows run through its own model, the trunk only the others'.
+Modules a backbone trains with the head (``task_modules``: the video ViT's ``fc_norm``, applied after pooling) become
+part of the task's head. A method whose protocol refuses a mixed batch (``Method.batch_refusal``: a registered method
+that declares nothing) is refused with that reason, naming the adapter.
 
 Task types (:mod:`.tasktypes`): single- and multi-label image tasks share the mixed batch; video tasks (a video
 backbone's) and segmentation tasks run on their own single-task models (sharing the backbone's tensors, grouped per
@@ -51,12 +38,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..backbones.families import find_family
 from ..errors import UnsupportedModelError
 from ..factory import BackboneSource
 from ..heads import classifier_paths
-from ..methods.protocol import ModuleSite
-from ..methods.registry import Method
 from ..preprocessing import Preprocessing, clip_frames
 from ..saving import (
     AdapterFileError,
@@ -66,7 +50,7 @@ from ..saving import (
     read_adapter_config,
     task_type,
 )
-from .routing import ModuleRouter, Router, Rows, install_module_router, resolve, shared_copy
+from .routing import Router, Rows, attach_task, shared_copy
 from .tasktypes import (
     Answer,
     SegmentationTask,
@@ -270,7 +254,8 @@ class MultiTaskModel(nn.Module):
                 self._alone[name] = VideoTask(task_model, info, self._infos[name].classes)
             logger.info("task %s: %s from %s, on its own backbone", name, method, directory)
             return self._infos[name]
-        self._attach(name, task_model, registered, directory)
+        attach_task(self.trunk, self._plain[0], self.routers, self._owners, self._rows, name, task_model, registered,
+                    directory)  # fmt: skip
         # modules trained with the head (a video ViT's fc_norm, between the pooling and the head) are the task's: the
         # trunk stops before them and the task's head starts with them
         for module_name in info.spec.extra_trainable:
@@ -294,53 +279,6 @@ class MultiTaskModel(nn.Module):
         self._alone[name] = SegmentationTask(task_model, info, self._infos[name].classes)
         logger.info("task %s: %s segmentation from %s", name, method, directory)
         return self._infos[name]
-
-    def _attach(self, name: str, task_model: nn.Module, method: Method, directory: Path) -> None:
-        """Give every router of the sites ``task_model`` adapts the task's module there (creating the router the
-        first time a site is adapted, and making the trunk's block the method's class). A trunk block holds one
-        block-class-changing method's modules: every site is checked before any router changes."""
-        paths = {id(m): p for p, m in task_model.named_modules()}
-        plain = self._plain[0]
-        sites = []
-        blocks = find_family(task_model, what=method.title).blocks(task_model) if method.block_modules else []
-        for _, block in blocks:
-            path = paths[id(block)]
-            for site in method.block_modules:
-                module = getattr(block, site.attribute, None)
-                if not isinstance(module, nn.Module):
-                    continue
-                trunk_block = resolve(self.trunk, path)
-                if type(trunk_block) not in (type(plain.get_submodule(path)), type(block)):
-                    owner = self._owners.get(path, type(trunk_block).__name__)
-                    raise UnsupportedModelError(
-                        f"{directory}: block {path} holds another method's modules ({type(trunk_block).__name__}); "
-                        f"{owner} and {method.title} tasks cannot adapt the same blocks"
-                    )
-                sites.append((f"{path}/{site.attribute}", path, site, module))
-        for module_site in method.module_sites:
-            for path in module_site.find(task_model):
-                there = resolve(self.trunk, path)
-                if not isinstance(there, ModuleRouter) and type(there) is not type(plain.get_submodule(path)):
-                    raise UnsupportedModelError(
-                        f"{directory}: the {module_site.label} {path} of the trunk is {type(there).__name__}, not the "
-                        f"backbone's {type(plain.get_submodule(path)).__name__}: {self._owners.get(path, 'another')} "
-                        f"and {method.title} tasks cannot both change it"
-                    )
-                sites.append((path, path, module_site, task_model.get_submodule(path)))
-        for key, path, site, module in sites:
-            key = key.replace(".", "/")
-            if key not in self.routers:
-                if isinstance(site, ModuleSite):
-                    router: nn.Module = ModuleRouter(self._rows, site, resolve(self.trunk, path))
-                    install_module_router(self.trunk, path, router)
-                else:
-                    trunk_block = resolve(self.trunk, path)
-                    trunk_block.__class__ = type(task_model.get_submodule(path))
-                    router = Router(self._rows, site)
-                    trunk_block.add_module(site.attribute, router)
-                self.routers[key] = router
-                self._owners[path] = method.title
-            self.routers[key].tasks[name] = module
 
     def _task_info(
         self, name: str, info: AdapterInfo, model: nn.Module, directory: Path, method: str, threshold: float | None
