@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,6 +235,54 @@ def test_the_segmentation_overlay_has_the_masks_colours(server: str, browser, fi
     assert [li.text for li in legend] == shown
     image = answer.find_element(By.CSS_SELECTOR, ".stack img")
     assert canvas.rect == image.rect  # the overlay lies exactly on the image
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else b if pb <= pc else c
+
+
+def _label_png(labels: np.ndarray, depth: int, filter_type: int, colour_type: int = 3) -> bytes:
+    """``labels`` as a PNG written by hand: rows packed at ``depth`` bits, each filtered with PNG filter
+    ``filter_type`` (Pillow picks its filters itself), palette (3) or grey (0)."""
+    height, width = labels.shape
+    per_byte = 8 // depth
+    padded = np.zeros((height, -(-width // per_byte) * per_byte), dtype=np.int64)
+    padded[:, :width] = labels
+    shifts = np.arange(per_byte - 1, -1, -1) * depth  # the first pixel in the high bits
+    rows = (padded.reshape(height, -1, per_byte) << shifts).sum(-1)  # (H, bytes a row)
+    body, previous = b"", np.zeros(rows.shape[1], dtype=np.int64)
+    for row in rows:
+        left, upper_left = np.concatenate([[0], row[:-1]]), np.concatenate([[0], previous[:-1]])
+        paeth = np.array([_paeth(*t) for t in zip(left, previous, upper_left, strict=True)])
+        predicted = [np.zeros_like(row), left, previous, (left + previous) // 2, paeth][filter_type]
+        body += bytes([filter_type]) + bytes(((row - predicted) % 256).tolist())
+        previous = row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0))
+    palette = chunk(b"PLTE", bytes(i % 256 for i in range(3 * 2**depth))) if colour_type == 3 else b""
+    return b"\x89PNG\r\n\x1a\n" + header + palette + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b"")
+
+
+def test_the_page_reads_the_class_indices_of_any_label_png(server: str, browser) -> None:
+    """The page decodes a label PNG's indices itself (a browser drawing it would apply the PNG's own palette): every
+    bit depth, every row filter, palette or grey; anything else is refused with a message."""
+    _open(browser, server)
+    read = "const [png, done] = arguments; labelMap(png).then(l => done(Array.from(l)), e => done(e.message));"
+    rng = np.random.default_rng(0)
+    for depth in (1, 2, 4, 8):
+        labels = rng.integers(0, 2**depth, (5, 11))  # 11 pixels a row: a part-filled last byte below 8 bits
+        for filter_type, colour_type in [*((f, 3) for f in range(5)), (4, 0)]:
+            png = base64.b64encode(_label_png(labels, depth, filter_type, colour_type)).decode()
+            assert browser.execute_async_script(read, png) == labels.ravel().tolist(), (depth, filter_type)
+    rgb = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(rgb, "PNG")
+    refused = browser.execute_async_script(read, base64.b64encode(rgb.getvalue()).decode())
+    assert refused == "the label PNG is not a label map (colour type 2, 8 bits)"
 
 
 @pytest.mark.parametrize(("name", "tasks"), [("text", None), ("video", None), ("image1", "broken")])
