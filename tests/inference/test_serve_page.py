@@ -299,6 +299,25 @@ def test_an_api_error_is_shown_as_its_message(server: str, browser, files: dict[
     assert not browser.find_elements(By.CSS_SELECTOR, ".result")
 
 
+def test_a_mixed_upload_shows_the_images_answers_and_the_videos_refusal(
+    server: str, browser, files: dict[str, Path]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open(browser, server)
+    _tick(browser, {"animals"})
+    _classify(browser, [files["image1"], files["video"]])  # one request a kind: the images', the video's (refused)
+    WebDriverWait(browser, WAIT_S).until(lambda d: not d.find_elements(By.CSS_SELECTOR, ".pending"))
+    refusal = _api(server, files["video"]).json()["error"]
+    assert browser.find_element(By.ID, "error").text == refusal and "'clip.mp4' is a video" in refusal
+    assert [r.get_attribute("data-file") for r in browser.find_elements(By.CSS_SELECTOR, ".result")] == ["image1.png"]
+    expected = _api(server, files["image1"], tasks="animals").json()["results"][0]["tasks"]
+    assert _bars(_answers(browser, "image1.png")["animals"]) == [
+        (c["class"], f"{c['prob']:.3f}", False) for c in expected["animals"]
+    ]
+
+
 def test_a_narrow_window_stacks_the_panels_and_never_scrolls_sideways(
     server: str, browser, files: dict[str, Path]
 ) -> None:
