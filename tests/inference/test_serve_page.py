@@ -130,6 +130,13 @@ def _answers(driver, name: str) -> dict:
     return {a.get_attribute("data-task"): a for a in result.find_elements(By.CSS_SELECTOR, ".answer")}
 
 
+def test_the_page_is_one_file_that_loads_nothing_from_elsewhere(server: str) -> None:
+    page = httpx.get(f"{server}/").text
+    assert "<script>" in page and "<style>" in page  # inline
+    for reference in ("<script src", "<link", "@import", "url(", "http://", "https://", "//cdn"):
+        assert reference not in page, reference
+
+
 def test_the_panel_lists_the_adapters_with_method_type_state_and_the_cache(
     server: str, browser, files: dict[str, Path]
 ) -> None:
