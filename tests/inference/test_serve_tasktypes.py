@@ -24,7 +24,6 @@ from adaptformer.inference.serve.video import video_container
 from adaptformer.inference.tasktypes import MaskAnswer, MultiLabelAnswer
 
 ATOL = 1e-5
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def _png(seed: int, size: tuple[int, int]) -> bytes:
@@ -185,41 +184,3 @@ def test_bad_video_requests_are_refused_and_the_server_keeps_serving(
 )
 def test_video_containers_are_judged_by_their_bytes(videos, make, container: str | None) -> None:
     assert video_container(make(videos)) == container
-
-
-def test_the_page_draws_every_image_task_type_in_headless_chromium(image_server: dict, tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    assert Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file(), "run scripts/install_browser.sh (setup.sh does)"
-    image = tmp_path / "upload.png"
-    image.write_bytes(_png(7, (40, 56)))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        driver.set_page_load_timeout(30)
-        driver.get(image_server["url"] + "/")
-        WebDriverWait(driver, 20).until(lambda d: "scene (3 classes, adaptformer, segmentation)" in d.page_source)
-        driver.find_element(By.ID, "file").send_keys(str(image))
-        driver.find_element(By.ID, "go").click()
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "table.task")) == 3)
-        tables = {t.get_attribute("data-task"): t for t in driver.find_elements(By.CSS_SELECTOR, "table.task")}
-        (expected,) = image_server["offline"].classify([Image.open(image)], None, 3)
-
-        def first_column(task: str) -> list[str]:
-            return [
-                r.find_elements(By.TAG_NAME, "td")[0].text for r in tables[task].find_elements(By.TAG_NAME, "tr")[1:]
-            ]
-
-        assert first_column("animals") == [c for c, _, _ in expected["animals"]]
-        assert first_column("tags") == [c for c, _, _ in expected["tags"].above]
-        assert first_column("scene") == [c for c, _, _ in expected["scene"].present]
-        mask = driver.find_element(By.CSS_SELECTOR, "img.mask")
-        assert base64.b64decode(mask.get_attribute("src").split(",", 1)[1]) == expected["scene"].png()
-    finally:
-        driver.quit()

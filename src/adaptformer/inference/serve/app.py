@@ -22,7 +22,9 @@
   A video task's answer averages its recorded test views, as ``predict`` does. Image classification rows of
   concurrent requests are batched together as mixed-task batches (:class:`~.batcher.Batcher`), video and
   segmentation tasks run on their own models in the same batch call, grouped per task;
-- ``GET /``: the page. There is no ``/docs`` or ``/openapi.json``: this docstring and the README are the reference;
+- ``GET /``: the page (``page.html``, self-contained: the tasks and adapters with their states and the cache's
+  counters, previews of the chosen files, the tasks to ask, each answer drawn in its type's shape). There is no
+  ``/docs`` or ``/openapi.json``: this docstring and the README are the reference;
 - the operator's endpoints (``/health/live``, ``/health/ready``, ``/metrics``, ``/adapters``, ``POST`` and ``DELETE
   /adapters/{name}``) are :mod:`.ops`'s. A task of ``/classify`` that is an adapter of the
   :class:`~.adapters.AdapterStore` (``--adapter-root``) is loaded by that request, and kept until its batch ran.
