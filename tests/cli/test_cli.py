@@ -157,7 +157,8 @@ def test_eval_rejects_a_dataset_with_another_class_count(setup: dict[str, Path],
         (
             "--data.skip_bad_images",
             "skip_bad_images applies to kinds with one file per image (food101, imagefolder, vtab1k, fgvc, cub200, "
-            "multilabel-list, multilabel-csv, nuswide, coco)",
+            "multilabel-list, multilabel-csv, nuswide, coco, imagenet-v2, imagenet-sketch, imagenet-c, imagenet-r, "
+            "imagenet-a); 'cifar100' has no image files that could be skipped",
         ),
     ],
 )
