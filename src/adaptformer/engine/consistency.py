@@ -79,8 +79,9 @@ class Consistency:
         self.sigmas = site_sigmas(model, sites, config.sigma, config.first_block)
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device)
-        self.handles = [site.register_forward_hook(self._noise_hook(s)) for site, s in zip(sites, self.sigmas,
-                                                                                            strict=True)]  # fmt: skip
+        self.sites = sites
+        self.handles: list[Any] = []
+        self.install()
         self.history: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
         if config.variant == "fast":
@@ -96,6 +97,12 @@ class Consistency:
             return output * (z * sigma + 1.0).to(output.dtype)
 
         return hook
+
+    def install(self) -> None:
+        """Put the noise hooks on the model's sites (done on construction; again after :meth:`remove`)."""
+        if not self.handles:
+            self.handles = [site.register_forward_hook(self._noise_hook(sigma))
+                            for site, sigma in zip(self.sites, self.sigmas, strict=True)]  # fmt: skip
 
     def remove(self) -> None:
         """Take the noise hooks off the model."""
