@@ -6,7 +6,8 @@ relative to plain training, measured side by side in one run.
     python benchmarks/consistency.py --quick          # a tiny model (a smoke run)
 
 Per method (AdaptFormer-8, Adapter+-8, LoRA-8) one model is built and the three losses take turns on it, step by
-step (plain, pace, fast, plain, ...), so that a machine's drifting load falls on all three alike. A step is what
+step in a rotating order (plain, pace, fast; pace, fast, plain; ...), so that a machine's drifting load and any
+effect of what ran just before fall on all three alike. A step is what
 ``train_one_epoch`` does per micro-batch: forward, loss, backward, SGD step, under the precision given. The median of
 ``--steps`` timed steps after ``--warmup`` untimed ones is kept per variant; the ratio is that median over plain's.
 """
@@ -71,7 +72,7 @@ def _steps(method: Any, args: argparse.Namespace) -> dict[str, list[float]]:
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for k in range(args.warmup + args.steps):
-        for variant in VARIANTS:
+        for variant in VARIANTS[k % 3 :] + VARIANTS[: k % 3]:  # each variant first, second and third in turn
             seconds = step(variant, k)  # epoch k: the fast variant has the previous step's logits from k >= 1
             if k >= args.warmup:
                 times[variant].append(seconds)
