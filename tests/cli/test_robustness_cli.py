@@ -181,3 +181,24 @@ def test_interpolation_refuses_vpt_and_alphas_outside_zero_one(adapters, tmp_pat
         main(["robustness", "--adapter", str(adapters[0]), "--interpolate", "0,1.5"])
     err = capsys.readouterr().err
     assert "argument --interpolate: alpha must be in [0, 1]" in err and "got [1.5]: extrapolation is refused" in err
+
+
+def test_full_fine_tuning_interpolates_towards_its_rebuilt_pre_trained_weights(
+    adapters, tmp_path: Path, capsys
+) -> None:
+    info = read_adapter_config(adapters[0])
+    torch.manual_seed(0)
+    full = move_trainable(create_model("vit_shapes_patch8_32", 10, method="full", checkpoint="timm"), 0.02).eval()
+    folder = save_adapter(full, tmp_path / "full", info.classes, info.training)
+    probe = create_model("vit_shapes_patch8_32", 10, method="linear", checkpoint="timm").eval()
+    probe.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith("head.")}, strict=False)
+    frozen = save_adapter(probe, tmp_path / "frozen", info.classes, info.training)
+    flags = [*QUICK, "--corruptions", "contrast", "--severities", "5", "--num-samples", "30"]
+    code, summary, err = _run(capsys, "--adapter", str(folder), "--interpolate", "0,1", "--out", str(tmp_path / "a"),
+                              *flags)  # fmt: skip
+    assert code == 0, err
+    code, reference, _ = _run(capsys, "--adapter", str(frozen), "--out", str(tmp_path / "b"), *flags)
+    # alpha = 0: the pre-trained weights (rebuilt as the adapter records them) with the fine-tuned head
+    assert summary["interpolation"]["alpha=0"] == {"clean_acc1": reference["clean_acc1"],
+                                                   "synthetic": reference["synthetic"]["mean_acc1"]}  # fmt: skip
+    assert summary["interpolation"]["alpha=1"]["clean_acc1"] == summary["clean_acc1"]
