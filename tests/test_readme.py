@@ -372,6 +372,14 @@ def _check_robustness(outputs: list[str], work: Path) -> None:
         list(r) == ["1", "3", "5"] for r in table.values()
     )
     assert report["models"]["adapter"]["n"] == 16
+    summary = json.loads(outputs[1])
+    assert summary["files"] == ["robustness.json", "robustness.png", "interpolation.png"]
+    curve = json.loads((work / "runs/digits/robustness_alpha/robustness.json").read_text())["interpolation"]
+    assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0] and list(summary["interpolation"]) == [
+        "alpha=0",
+        "alpha=0.5",
+        "alpha=1",
+    ]
 
 
 def _c100_run(work: Path) -> None:

@@ -138,3 +138,67 @@ def test_a_split_empty_after_skipping_bad_images_is_an_error(adapters, tmp_path:
                         str(data), "--data.skip_bad_images", "true", "--out", str(tmp_path / "o"), *QUICK)  # fmt: skip
     assert code == 2
     assert "the test split of imagefolder" in err and "has no samples: all 2 were unreadable and left out" in err
+
+
+def test_interpolation_along_alpha(adapters: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    adapter, _ = adapters
+    flags = [*QUICK, "--corruptions", "gaussian_noise,contrast", "--severities", "5"]
+    code, summary, _ = _run(capsys, "--adapter", str(adapter), "--interpolate", "0,0.5,1", "--out", str(tmp_path),
+                            *flags)  # fmt: skip
+    assert code == 0 and summary["files"] == ["robustness.json", "robustness.png", "interpolation.png"]
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    curve = report["interpolation"]
+    assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0] and curve[0]["label"] == "alpha=0"
+    assert report["models"]["alpha=1"] == report["models"]["adapter"]
+    models = report["models"]
+    for point in curve:
+        entry = models[point["label"]]
+        assert point["clean_acc1"] == entry["clean_acc1"]
+        assert point["shifted_acc1"] == {"synthetic": entry["corruptions"]["synthetic"]["mean_acc1"]}
+    assert summary["interpolation"]["alpha=0.5"]["clean_acc1"] == curve[1]["clean_acc1"]
+    # alpha = 0 is the frozen backbone with the trained head: the same scores as that model evaluated directly
+    from adaptformer.inference.evaluate import load_trained_model
+    from adaptformer.inference.robustness.interpolation import interpolated
+
+    model, _ = load_trained_model(adapter)
+    frozen = create_model("vit_shapes_patch8_32", 10, method="linear", checkpoint="timm").eval()
+    head = {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+    frozen.load_state_dict({**frozen.state_dict(), **head})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(interpolated(model, 0.0)(x), frozen(x))
+    assert (tmp_path / "interpolation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interpolation_refuses_vpt_and_alphas_outside_zero_one(adapters, tmp_path: Path, capsys) -> None:
+    info = read_adapter_config(adapters[0])
+    torch.manual_seed(0)
+    vpt = move_trainable(create_model("vit_shapes_patch8_32", 10, method="vpt", checkpoint="timm"), 0.1)
+    folder = save_adapter(vpt.eval(), tmp_path / "vpt", info.classes, info.training)
+    code, _, err = _run(capsys, "--adapter", str(folder), "--interpolate", "0,1", *QUICK)
+    assert code == 2 and "--interpolate: VPT cannot be interpolated: its prompt tokens join the attention" in err
+    with pytest.raises(SystemExit):
+        main(["robustness", "--adapter", str(adapters[0]), "--interpolate", "0,1.5"])
+    err = capsys.readouterr().err
+    assert "argument --interpolate: alpha must be in [0, 1]" in err and "got [1.5]: extrapolation is refused" in err
+
+
+def test_full_fine_tuning_interpolates_towards_its_rebuilt_pre_trained_weights(
+    adapters, tmp_path: Path, capsys
+) -> None:
+    info = read_adapter_config(adapters[0])
+    torch.manual_seed(0)
+    full = move_trainable(create_model("vit_shapes_patch8_32", 10, method="full", checkpoint="timm"), 0.02).eval()
+    folder = save_adapter(full, tmp_path / "full", info.classes, info.training)
+    probe = create_model("vit_shapes_patch8_32", 10, method="linear", checkpoint="timm").eval()
+    probe.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith("head.")}, strict=False)
+    frozen = save_adapter(probe, tmp_path / "frozen", info.classes, info.training)
+    flags = [*QUICK, "--corruptions", "contrast", "--severities", "5", "--num-samples", "30"]
+    code, summary, err = _run(capsys, "--adapter", str(folder), "--interpolate", "0,1", "--out", str(tmp_path / "a"),
+                              *flags)  # fmt: skip
+    assert code == 0, err
+    code, reference, _ = _run(capsys, "--adapter", str(frozen), "--out", str(tmp_path / "b"), *flags)
+    # alpha = 0: the pre-trained weights (rebuilt as the adapter records them) with the fine-tuned head
+    assert summary["interpolation"]["alpha=0"] == {"clean_acc1": reference["clean_acc1"],
+                                                   "synthetic": reference["synthetic"]["mean_acc1"]}  # fmt: skip
+    assert summary["interpolation"]["alpha=1"]["clean_acc1"] == summary["clean_acc1"]

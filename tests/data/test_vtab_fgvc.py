@@ -17,6 +17,7 @@ from adaptformer.data import DatasetFileError, build_image_dataset
 from adaptformer.data.image.fgvc import FGVC_DATASETS
 from adaptformer.data.image.vtab import VTAB_GROUPS, VTAB_TASKS
 from adaptformer.data.transforms import ImageAugment, build_image_transform
+from adaptformer.engine.config.consistency import ConsistencyConfig
 from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.splits import DataSpec, given_val_split, resolve_test_split
 from adaptformer.engine.train import build_model
@@ -211,7 +212,10 @@ def test_no_augmentation_and_full_resize(augment: ImageAugment, deterministic: b
 # ---------------------------------------------------------------------------------------------------------------
 # The protocol recipes (recipes/vtab_fgvc.yaml).
 
-PROTOCOL_ROWS = ("adaptformer8", "adaptformer8_ln", "adaptformer64", "lora8", "adapter_plus8")
+PROTOCOL_ROWS = (
+    "adaptformer8", "adaptformer8_ln", "adaptformer64", "lora8", "adapter_plus8", "adaptformer8_pace",
+    "adapter_plus8_pace",
+)  # fmt: skip
 PROTOCOL_RECIPES = [f"vtab_{t}_{r}" for t in VTAB_TASKS for r in PROTOCOL_ROWS] + [
     f"fgvc_{d}_{r}" for d in FGVC_DATASETS for r in PROTOCOL_ROWS
 ]
@@ -233,6 +237,8 @@ def test_protocol_recipe_is_a_valid_config(name: str) -> None:
     assert (cfg.data.augment, cfg.data.resize) == ((False, "full") if vtab else (True, "crop"))
     assert (cfg.model.drop_path, cfg.optim.min_lr) == (0.1, 1e-5)
     assert cfg.optim.label_smoothing == (0.1 if vtab else 0.0)
+    pace = ConsistencyConfig(variant="pace", weight=1.0, sigma=1.2, first_block=1)
+    assert cfg.optim.consistency == (pace if name.endswith("_pace") else ConsistencyConfig())
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0])
@@ -251,6 +257,8 @@ def test_label_smoothing_outside_0_1_is_refused(value: float) -> None:
         ("adaptformer64", 12 * (2 * 768 * 64 + 64 + 768)),
         ("lora8", 12 * 2 * 8 * (768 + 768)),
         ("adapter_plus8", 12 * (2 * 768 * 8 + 8 + 768 + 768)),
+        ("adaptformer8_pace", 12 * (2 * 768 * 8 + 8 + 768)),  # PACE adds no parameter
+        ("adapter_plus8_pace", 12 * (2 * 768 * 8 + 8 + 768 + 768)),
     ],
 )
 def test_protocol_recipe_builds_the_expected_trainable_count(row: str, adapter: int) -> None:

@@ -18,6 +18,7 @@ from tests.paths import FIXTURES, ROOT
 
 from adaptformer.backbones.shapes_vit import SHAPES_VIT_FILE
 from adaptformer.cli import main
+from adaptformer.engine.config.consistency import ConsistencyConfig
 from adaptformer.engine.config.parser import parse_mapping
 from adaptformer.engine.config.sections import DecodeConfig, SegmentationConfig
 from adaptformer.engine.splits import DataSpec
@@ -102,6 +103,7 @@ ADDED_SINCE = [
     ("optim", "poly_power", 1.0),
     ("data", "segmentation", to_plain(SegmentationConfig())),
     ("model", "decode", to_plain(DecodeConfig())),
+    ("optim", "consistency", to_plain(ConsistencyConfig())),  # 0.3: consistency regularisation (PACE), off
 ]
 
 

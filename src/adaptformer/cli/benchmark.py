@@ -66,7 +66,8 @@ def add_benchmark_command(sub: Any) -> None:
     parser.add_argument("suite", choices=("vtab", "fgvc"), help="the suite")
     parser.add_argument("--method", default=None,
                         help="a method row of the protocol recipes: adaptformer8, adaptformer8_ln, adaptformer64, "
-                        "lora8, adapter_plus8 (`adaptformer recipes` lists them as vtab_<task>_<method>)")  # fmt: skip
+                        "lora8, adapter_plus8, adaptformer8_pace, adapter_plus8_pace (`adaptformer recipes` lists "
+                        "them as vtab_<task>_<method>)")  # fmt: skip
     parser.add_argument("--data-dir", default=None, help="the folder holding the suite's task folders")
     parser.add_argument("--out", required=True, help="the benchmark's folder (shared by every worker)")
     parser.add_argument("--tasks", type=_comma_list, default=None, help="comma-separated subset (default: all)")

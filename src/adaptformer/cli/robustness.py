@@ -1,7 +1,8 @@
 """``adaptformer robustness --adapter DIR``: a trained adapter under distribution shift
 (:mod:`adaptformer.inference.robustness`): the clean test split, the split under ImageNet-C's corruptions applied on
 the fly, released shifted ImageNet sets, and (``--reference``) the mean corruption error relative to another adapter;
-writes OUT/robustness.json and robustness.png and prints a one-line summary."""
+and (``--interpolate``) the model with its method's contribution scaled by alpha; writes OUT/robustness.json and
+robustness.png (and interpolation.png) and prints a one-line summary."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def severity_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def alpha_list(text: str) -> tuple[float, ...]:
+    """``--interpolate``: comma-separated alphas, each in [0, 1]."""
+    from ..inference.robustness.interpolation import check_alphas
+
+    try:
+        return check_alphas([float(v) for v in comma_list(text)])
+    except ValueError as e:
+        message = str(e) if str(e).startswith("--interpolate") else f"expected numbers in [0, 1], got {text!r}"
+        raise argparse.ArgumentTypeError(message.removeprefix("--interpolate: ")) from None
+
+
 def shifted_set(text: str) -> tuple[str, str]:
     """``--shifted KIND=DIR``."""
     kind, _, root = text.partition("=")
@@ -53,12 +65,18 @@ def shifted_set(text: str) -> tuple[str, str]:
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from ..engine.distributed import init_distributed, shutdown
     from ..engine.splits import DataSpec
+    from ..inference.evaluate import overridden_source
     from ..inference.robustness import RobustnessSettings, ShiftedSet, build_report, evaluate_robustness, write_report
     from ..inference.robustness.evaluation import check_reference
+    from ..inference.robustness.interpolation import alpha_label, interpolated, interpolation_of, pretrained_state
     from ..inference.robustness.report import check_out_dir
     from ..saving import read_adapter_config
 
     info = read_adapter_config(args.adapter)
+    alphas = args.interpolate or ()
+    pretrained = None
+    if alphas:
+        interpolation_of(info.spec.registered)  # refused before any evaluation
     references = []
     if args.reference is not None:
         ref_info = read_adapter_config(args.reference)
@@ -79,12 +97,26 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
         for label, folder, record in [("adapter", args.adapter, info), *references]:
             model, record = trained_model(args, folder, record)
             evaluations[label] = evaluate_robustness(model, record, spec, args.split, ctx, settings, shifted)
+            if label == "adapter":
+                trained = model
+        interpolation = {alpha: alpha_label(alpha) for alpha in alphas}
+        if alphas and info.spec.registered.interpolation.pretrained:  # type: ignore[union-attr]
+            source = overridden_source(info, checkpoint=args.checkpoint, checkpoint_source=args.checkpoint_source,
+                                       kwargs=args.model_kwargs, init_seed=args.init_seed)  # fmt: skip
+            pretrained = pretrained_state(args.adapter, info, source)
+        for alpha, label in interpolation.items():
+            if alpha == 1.0:  # the trained model itself (interpolated(model, 1) computes it bit for bit)
+                evaluations[label] = evaluations["adapter"]
+                continue
+            model = interpolated(trained, alpha, pretrained)
+            evaluations[label] = evaluate_robustness(model, info, spec, args.split, ctx, settings, shifted)
     finally:
         shutdown(ctx)
     if not ctx.is_main:
         return 0
     report = build_report(
-        evaluations, "reference" if references else None, adapter=str(args.adapter), reference_adapter=args.reference,
+        evaluations, "reference" if references else None, interpolation, adapter=str(args.adapter),
+        reference_adapter=args.reference,
         dataset=spec.kind, split=args.split, seed=settings.seed, severities=list(settings.severities),
         corrupted_at="the model's input resolution: after the evaluation resize and centre crop, before normalisation",
     )  # fmt: skip
@@ -94,6 +126,9 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     for source, entry in adapter["corruptions"].items():
         summary[source] = {k: entry[k] for k in ("mean_acc1", "mean_error", "retention", "mce") if k in entry}
     summary.update({kind: entry["acc1"] for kind, entry in adapter["shifted"].items()})
+    if "interpolation" in report:
+        summary["interpolation"] = {p["label"]: {"clean_acc1": p["clean_acc1"], **p["shifted_acc1"]}
+                                    for p in report["interpolation"]}  # fmt: skip
     print(json.dumps(summary))
     return 0
 
@@ -134,6 +169,15 @@ def add_robustness_command(sub: Any) -> None:
         "--shifted", type=shifted_set, action="append", default=[], metavar="KIND=DIR",
         help=f"a released shifted test set, repeatable; KIND: {', '.join(SHIFTED_LAYOUTS)} (imagenet-c: the selected "
         "corruption/severity folders)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--interpolate", type=alpha_list, default=None, metavar="ALPHAS",
+        help="also evaluate the model with its method's contribution scaled by each alpha in [0, 1] (e.g. "
+        "0,0.25,0.5,0.75,1; outside [0, 1] is refused): AdaptFormer's and Adapter+'s output scales and LoRA's "
+        "update times alpha, full fine-tuning's weights (1 - alpha) * pre-trained + alpha * fine-tuned (the "
+        "pre-trained weights rebuilt as recorded, or --model.checkpoint), the linear probe unchanged; VPT is refused. "
+        "The head is the trained head at every alpha. Adds the clean vs shifted accuracy along alpha to the report "
+        "and interpolation.png",
     )  # fmt: skip
     parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the corruptions (default: 0)")
     parser.add_argument(

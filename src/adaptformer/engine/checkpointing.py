@@ -3,8 +3,9 @@
 One file, ``<output_dir>/checkpoint.pt``, holding the task's tensors (the trainable modules with their buffers; the
 whole model only for full fine-tuning), optimizer, schedule, gradient scaler, every process's RNG states, the
 position in the run (epoch, optimizer steps done in it, total steps), the partial statistics of the current epoch and
-the best validation result so far. Data order needs no state of its own: it is a function of (seed, epoch), and the
-sampler skips the steps already done.
+the best validation result so far, and what consistency regularisation keeps between steps (``consistency``: the
+fast variant's previous-epoch logits per training sample; absent in older files). Data order needs no state of its
+own: it is a function of (seed, epoch), and the sampler skips the steps already done.
 
 The file is written to a temporary name and renamed into place, so a crash while writing leaves the previous state
 readable. It is read with ``torch.load(weights_only=True)``: plain values and tensors only, no pickled code.

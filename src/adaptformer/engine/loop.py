@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,9 @@ from ..precision import Precision
 from .distributed import DistributedContext, all_reduce_sum, gather_variable
 from .progress import Progress
 from .schedule import WarmupCosine
+
+if TYPE_CHECKING:
+    from .consistency import Consistency
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +90,12 @@ def train_one_epoch(
     stats: EpochStats | None = None,
     progress: Progress | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
+    consistency: Consistency | None = None,
 ) -> EpochStats:
     """Train over ``loader``'s micro-batches; one optimizer step per ``accum_steps`` of them.
+
+    ``consistency`` (:class:`~adaptformer.engine.consistency.Consistency`) computes each micro-batch's loss with
+    consistency regularisation instead of ``criterion`` on one pass; None: the plain loss.
 
     Before each step the loss (mean over the step's micro-batches and all processes) is checked: a NaN/inf raises
     :class:`NonFiniteLossError` before the update is applied. ``stats`` continues a resumed epoch's statistics.
@@ -103,16 +110,19 @@ def train_one_epoch(
     micro = 0
     tick = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    for inputs, labels, *_ in loader:
+    for inputs, labels, *ids in loader:
         inputs = inputs.to(ctx.device, non_blocking=True)
         labels = labels.to(ctx.device, non_blocking=True)
         micro += 1
         last = micro % accum_steps == 0
         # Between micro-batches of one step, skip DDP's gradient all-reduce: it runs once, on the last one.
         with model.no_sync() if ddp and not last else nullcontext():  # type: ignore[operator]
-            with precision.autocast():
-                logits = model(inputs)
-            loss = criterion(logits.float(), labels)
+            if consistency is not None:
+                loss = consistency.loss(model, inputs, labels, ids[0], criterion, precision, epoch)
+            else:
+                with precision.autocast():
+                    logits = model(inputs)
+                loss = criterion(logits.float(), labels)
             scaler.scale(loss / accum_steps).backward()
         step_loss += loss.detach()
         step_samples += labels.shape[0]

@@ -80,9 +80,12 @@ def training_state(
     scaler: torch.amp.GradScaler,
     pos: RunPosition,
     rng: list[dict[str, Any]],
+    consistency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything :func:`restore_training_state` needs to continue the run exactly where it is."""
+    """Everything :func:`restore_training_state` needs to continue the run exactly where it is; ``consistency``:
+    what consistency regularisation keeps between steps (:meth:`Consistency.state_dict`)."""
     return {
+        "consistency": consistency or {},
         "config": cfg.to_dict(),
         "epoch": pos.epoch,
         "step_in_epoch": pos.step_in_epoch,

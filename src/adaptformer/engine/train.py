@@ -56,6 +56,7 @@ from ..speed import apply_speed
 from ..validation import to_plain
 from .checkpointing import STATE_FILE, save_training_state
 from .config.sections import TrainConfig
+from .consistency import Consistency
 from .curves import draw_run_curves
 from .distributed import (
     DistributedContext,
@@ -231,11 +232,24 @@ def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainR
     if segmenting:
         criterion = segmentation_loss
     ddp_model = wrap_model(model, ctx)
+    consistency = None
+    if o.consistency.enabled:
+        if o.consistency.variant == "fast" and ctx.world_size > 1:
+            raise ValueError(
+                "optim.consistency.variant 'fast' keeps each sample's previous-epoch logits in one process; run it "
+                f"on one process (this run has {ctx.world_size}) or use variant 'pace'"
+            )
+        consistency = Consistency(
+            model, o.consistency, seed=cfg.run.seed, rank=ctx.rank, num_samples=len(train_part),  # type: ignore[arg-type]
+            num_classes=len(classes),
+        )  # fmt: skip
 
     # Resume: weights, optimizer, schedule, scaler, RNG, position. Data order follows from (seed, epoch, step).
     pos = RunPosition()
     if resume_state is not None:
         pos = restore_training_state(resume_state, model, optimizer, scheduler, scaler, ctx, state_path)
+        if consistency is not None:
+            consistency.load_state_dict(resume_state.get("consistency", {}))
         logger.info("resumed from %s at epoch %d/%d, step %d", state_path, pos.epoch + 1, o.epochs, pos.step_in_epoch)
 
     # The output folder: every input checked, the run may now write (an earlier run's files go first, if asked to).
@@ -259,7 +273,8 @@ def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainR
     def save_state() -> None:
         rng = all_gather_objects(capture_rng_state(), ctx)  # every process's generators
         if ctx.is_main:
-            save_training_state(state_path, training_state(cfg, model, optimizer, scheduler, scaler, pos, rng))
+            kept = consistency.state_dict() if consistency is not None else None
+            save_training_state(state_path, training_state(cfg, model, optimizer, scheduler, scaler, pos, rng, kept))
 
     def on_step(info: StepInfo) -> None:
         pos.step_in_epoch, pos.stats = info.step_in_epoch, info.stats
@@ -286,6 +301,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainR
                 stats = train_one_epoch(
                     ddp_model, loader, criterion, optimizer, scheduler, precision, scaler, ctx, epoch=epoch,
                     accum_steps=accum, clip_grad=o.clip_grad, stats=pos.stats, progress=progress, on_step=on_step,
+                    consistency=consistency,
                 )  # fmt: skip
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": stats.lr, "train_loss": stats.loss}
             last = epoch + 1 == o.epochs
@@ -312,6 +328,8 @@ def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainR
                     scheduler.step_count)  # fmt: skip
     finally:
         metrics.close()
+        if consistency is not None:
+            consistency.remove()
     best_epoch = None if pos.best_epoch is None else pos.best_epoch + 1  # as the user reads it
     if ctx.is_main:
         draw_run_curves(cfg, metrics.read(), out)

@@ -36,7 +36,7 @@ from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViT
 
 from ..backbones.families import block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_probability
-from .protocol import BlockModule, Measurement
+from .protocol import BlockModule, Interpolation, Measurement
 from .registry import Method, MethodConfig
 
 HOULSBY_STD = 0.01  # the paper's value (Houlsby et al.'s code uses 1e-3); truncated at +-2 std
@@ -203,6 +203,20 @@ def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.T
     return Measurement(output=module.branch(y), residual=y, form="post-block")
 
 
+@torch.no_grad()
+def interpolate(model: nn.Module, alpha: float, pretrained: object = None) -> None:
+    """Every Adapter+'s contribution times ``alpha``, in place: its channel-wise scale s times alpha (alpha = 0 adds
+    exact zeros: the plain block's output)."""
+    for module in adapter_plus_modules(model):
+        assert isinstance(module, AdapterPlus)
+        module.scale.mul_(alpha)
+
+
+def noise_sites(model: nn.Module) -> list[nn.Module]:
+    """Where PACE's noise multiplies each Adapter+'s contribution: its up-projection (s is a fixed factor after it)."""
+    return [m.up_proj for m in adapter_plus_modules(model)]  # type: ignore[misc]
+
+
 METHOD = Method(
     name="adapter_plus",
     config=AdapterPlusConfig,
@@ -213,4 +227,6 @@ METHOD = Method(
     title="Adapter+",
     block_modules=(BlockModule("adapter_plus", bypass=without_adapter, measure=measure),),
     batch_refusal=None,
+    interpolation=Interpolation(interpolate, how="each adapter's channel-wise scale s times alpha"),
+    noise_sites=noise_sites,
 )

@@ -32,7 +32,7 @@ from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViT
 
 from ..backbones.families import block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_choice, check_probability
-from .protocol import BlockModule, Measurement, TaskRows
+from .protocol import BlockModule, Interpolation, Measurement, TaskRows
 from .registry import Method, MethodConfig
 
 SCALE_LEARNABLE = "learnable"
@@ -363,6 +363,28 @@ def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.T
     return Measurement(output=module.branch(read), residual=x, mlp=h, form=module.form)
 
 
+@torch.no_grad()
+def interpolate(model: nn.Module, alpha: float, pretrained: object = None) -> None:
+    """Every AdaptMLP's contribution times ``alpha``, in place: its output scale s (fixed or learnable) times alpha;
+    with the adapter LayerNorm after the scaling (layernorm "out", which normalises s away) that norm's affine weight
+    and bias instead, since they make the contribution then. alpha = 0 adds exact zeros: ``x + h``."""
+    for module in adapter_modules(model):
+        assert isinstance(module, AdaptMLP)
+        if module.layernorm == "out":
+            module.norm.weight.mul_(alpha)
+            module.norm.bias.mul_(alpha)
+        elif isinstance(module.scale, nn.Parameter):
+            module.scale.mul_(alpha)
+        else:
+            module.scale = module.scale * alpha
+
+
+def noise_sites(model: nn.Module) -> list[nn.Module]:
+    """Where PACE's noise multiplies each AdaptMLP's contribution: its up-projection (the scale s is a constant
+    factor after it), or the adapter LayerNorm after the scaling (layernorm "out")."""
+    return [m.norm if m.layernorm == "out" else m.up_proj for m in adapter_modules(model)]  # type: ignore[union-attr]
+
+
 METHOD = Method(
     name="adaptformer",
     config=AdaptFormerConfig,
@@ -373,4 +395,6 @@ METHOD = Method(
     title="AdaptFormer",
     block_modules=(BlockModule("adaptmlp", bypass=without_adapter, route=route, measure=measure),),
     batch_refusal=None,
+    interpolation=Interpolation(interpolate, how="each adapter's output scale s times alpha"),
+    noise_sites=noise_sites,
 )

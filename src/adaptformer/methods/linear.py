@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from .protocol import Interpolation
 from .registry import Method, MethodConfig
 
 
@@ -23,6 +24,11 @@ def no_modules(model: nn.Module) -> list[nn.Module]:
     return []
 
 
+def unchanged(model: nn.Module, alpha: float, pretrained: object = None) -> None:
+    """The interpolation of a linear probe: it adds nothing to the frozen backbone and the head is the trained head at
+    every alpha, so every alpha is the same model (a flat line: the frozen backbone's reference in a comparison)."""
+
+
 METHOD = Method(
     name="linear",
     config=LinearConfig,
@@ -30,4 +36,5 @@ METHOD = Method(
     modules=no_modules,
     summary="linear probe: only the task head trains",
     batch_refusal=None,  # only the head differs per task
+    interpolation=Interpolation(unchanged, how="nothing to scale: every alpha is the trained probe"),
 )

@@ -48,7 +48,7 @@ from ..backbones.families import family_blocks, qualified_name
 from ..backbones.video_vit import QVBiasAttention
 from ..errors import UnsupportedModelError
 from ..validation import check_block_indices, check_probability
-from .protocol import ModuleSite, TaskRows
+from .protocol import Interpolation, ModuleSite, TaskRows
 from .registry import Method, MethodConfig
 from .state import FINGERPRINT_ATTR, remember_fingerprint
 
@@ -304,6 +304,20 @@ def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]
     return out
 
 
+@torch.no_grad()
+def interpolate(model: nn.Module, alpha: float, pretrained: object = None) -> None:
+    """Every update ``scaling * B A`` times ``alpha``, in place (its scaling times alpha). A merged projection is
+    unmerged, scaled and merged again: its weight is then ``W + alpha * scaling * B A``, the weight interpolation
+    between the frozen and the merged weight (up to the rounding of the unmerge)."""
+    for linear in [m for m in model.modules() if isinstance(m, LoRALinear)]:
+        merged = linear.merged
+        linear.set_merged(False)
+        for update in linear.lora.values():
+            assert isinstance(update, LoRA)
+            update.scaling = update.scaling * alpha
+        linear.set_merged(merged)
+
+
 METHOD = Method(
     name="lora",
     config=LoRAConfig,
@@ -316,4 +330,6 @@ METHOD = Method(
     batch_refusal=None,
     merge=merge_lora,
     unmerge=unmerge_lora,
+    interpolation=Interpolation(interpolate, how="each low-rank update's scaling times alpha"),
+    noise_sites=lora_modules,  # each LoRA module's output is its update's contribution
 )

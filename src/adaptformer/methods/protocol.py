@@ -12,7 +12,12 @@ A :class:`~adaptformer.methods.registry.Method` may declare, beside its three ro
     own_backbone     its tasks hold a backbone of their own (full fine-tuning): in a mixed-task batch their rows run
                      through their own model, not the shared trunk;
     batch_refusal    why its tasks cannot share a frozen backbone in one mixed-task batch (None: they can);
-    merge, unmerge   folding its updates into the frozen weights before inference or export, and back.
+    merge, unmerge   folding its updates into the frozen weights before inference or export, and back;
+    interpolation    how its contribution is scaled by alpha in [0, 1] (an :class:`Interpolation`: alpha = 1 the
+                     trained model, alpha = 0 the frozen backbone with the trained head), for ``robustness
+                     --interpolate``; None refuses, with ``interpolation_refusal`` as the reason;
+    noise_sites      the modules whose output is its contribution (up to a fixed factor), where consistency
+                     regularisation (PACE) multiplies in its noise during training; None: it has none, and is refused.
 
 The multi-task model, the ONNX export and ``inspect`` read these and never name a method. A block's ``forward`` calls
 its module like any child (``self.adaptmlp(x, normed, h)``); in the multi-task trunk a router stands in for that module
@@ -23,13 +28,24 @@ composes with every other method's modules inside it (AdaptFormer's routers insi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-__all__ = ["BlockModule", "Measure", "Measurement", "ModuleRoute", "ModuleSite", "Route", "TaskRows", "route_rows"]
+__all__ = [
+    "BlockModule",
+    "Interpolation",
+    "Measure",
+    "Measurement",
+    "ModuleRoute",
+    "ModuleSite",
+    "NoiseSites",
+    "Route",
+    "TaskRows",
+    "route_rows",
+]
 
 # the tasks present at one site of a mixed-task batch: each task's module there and that task's rows, (n,) int64
 TaskRows = Sequence[tuple[nn.Module, torch.Tensor]]
@@ -130,3 +146,27 @@ class ModuleSite:
     find: Callable[[nn.Module], list[str]]
     route: ModuleRoute
     label: str = "module"
+
+
+# (a model with the method applied, alpha, the pre-trained backbone's state dict or None) -> None: scales in place
+Interpolate = Callable[[nn.Module, float, Mapping[str, torch.Tensor] | None], None]
+# a model with the method applied -> the modules whose output is the method's contribution, times a fixed factor
+NoiseSites = Callable[[nn.Module], list[nn.Module]]
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """How a method's contribution to the frozen backbone is scaled by alpha (``robustness --interpolate``).
+
+    Args:
+        apply: scales the contribution of a model (a copy the caller owns) by alpha, in place: at alpha = 1 it must
+            leave the model's function exactly as trained, at alpha = 0 exactly the frozen backbone's (the head stays
+            the trained head at every alpha).
+        pretrained: ``apply`` needs the pre-trained backbone's tensors (full fine-tuning: a weight interpolation);
+            the caller rebuilds the backbone the adapter records and passes its state dict.
+        how: one line for help texts and reports ("output scale s times alpha").
+    """
+
+    apply: Interpolate
+    pretrained: bool = False
+    how: str = ""

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch.nn as nn
 
 from ..validation import from_mapping, to_plain
-from .protocol import BlockModule, ModuleSite
+from .protocol import BlockModule, Interpolation, ModuleSite, NoiseSites
 
 C = TypeVar("C", bound="MethodConfig")
 
@@ -67,6 +67,12 @@ class Method:
         merge: ``merge(model)`` folds its updates into the frozen weights, in place, before inference or export (LoRA);
             None: nothing to merge.
         unmerge: undoes ``merge`` (training works again); given exactly when ``merge`` is.
+        interpolation: how its contribution is scaled by alpha (:class:`~adaptformer.methods.protocol.Interpolation`);
+            None: ``robustness --interpolate`` refuses it, saying ``interpolation_refusal``.
+        interpolation_refusal: why it cannot be interpolated, as the refusal prints it.
+        noise_sites: ``noise_sites(model)`` returns the modules whose output is its contribution up to a fixed
+            factor, in forward order, where consistency regularisation multiplies in its noise; None: it has no
+            adapter modules and ``--optim.consistency`` refuses it.
     """
 
     name: str
@@ -84,6 +90,9 @@ class Method:
     batch_refusal: str | None = "it declares no mixed-batch behaviour (Method.batch_refusal=None and block_modules)"
     merge: Callable[[nn.Module], nn.Module] | None = None
     unmerge: Callable[[nn.Module], nn.Module] | None = None
+    interpolation: Interpolation | None = None
+    interpolation_refusal: str = "it declares no interpolation (Method.interpolation)"
+    noise_sites: NoiseSites | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -106,6 +115,8 @@ class Method:
             raise ValueError(f"method {self.name!r}: block_modules name an attribute twice: {attributes}")
         if (self.merge is None) != (self.unmerge is None):
             raise ValueError(f"method {self.name!r}: give merge and unmerge together, or neither")
+        if self.interpolation is not None and not isinstance(self.interpolation, Interpolation):
+            raise ValueError(f"method {self.name!r}: interpolation must be an Interpolation: {self.interpolation!r}")
         if not self.title:
             object.__setattr__(self, "title", self.name)
 

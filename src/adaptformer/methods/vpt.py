@@ -188,4 +188,9 @@ METHOD = Method(
     title="VPT",
     module_sites=(ModuleSite(find=prompted_sequences, route=route, label="block sequence"),),
     batch_refusal=None,
+    # no interpolation and no noise sites: the prompts are extra tokens that attention mixes in, not an output added
+    # to the frozen function, so no factor scales their contribution (a model with scaled prompt tokens still
+    # attends to them) and no module's output is that contribution
+    interpolation_refusal="its prompt tokens join the attention as extra tokens; no factor scales their "
+    "contribution between the frozen backbone (alpha = 0) and the trained model (alpha = 1)",
 )

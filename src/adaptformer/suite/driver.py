@@ -55,7 +55,7 @@ class BenchmarkSettings:
     Args:
         suite: "vtab" or "fgvc".
         method: a row of the shipped protocol recipes (adaptformer8, adaptformer8_ln, adaptformer64, lora8,
-            adapter_plus8).
+            adapter_plus8, and with PACE adaptformer8_pace, adapter_plus8_pace).
         data_dir: the folder holding the suite's task folders.
         output_dir: the benchmark's folder (one sub-folder per task).
         tasks: the tasks to run (default: all of the suite).

@@ -33,6 +33,7 @@ from ...validation import check_choice, check_free_form, to_plain
 from ..distributed import check_device_name
 from .checks import at_least as _at_least
 from .checks import probability as _probability
+from .consistency import ConsistencyConfig, check_consistency
 from .segmentation import DecodeConfig, SegmentationConfig
 
 DATASET_KINDS = (*IMAGE_DATASETS, *VIDEO_DATASETS, *SEGMENTATION_DATASETS)
@@ -270,6 +271,7 @@ class OptimConfig:
         clip_grad: clip the gradient norm to this value; null: no clipping.
         label_smoothing: label smoothing of the training loss, in [0, 1) (the PETL suites' VTAB-1k runs use 0.1).
         precision: autocast dtype: auto (bf16 on CPU and bf16-capable GPUs, else fp16), fp32, bf16, fp16.
+        consistency: consistency regularisation (PACE): noise on the adapters' outputs and a consistency loss.
     """
 
     epochs: int = 100
@@ -289,6 +291,7 @@ class OptimConfig:
     clip_grad: float | None = None
     label_smoothing: float = 0.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    consistency: ConsistencyConfig = field(default_factory=lambda: ConsistencyConfig())
 
     def __post_init__(self) -> None:
         check_choice("optim.optimizer", self.optimizer, ("sgd", "adamw"))
@@ -391,6 +394,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_task_head()
+        check_consistency(self)
         if self.model.head == "paper" and self.optim.batch_size < 2:
             raise ValueError(
                 f"optim.batch_size {self.optim.batch_size} cannot train model.head 'paper': its BatchNorm1d needs at "

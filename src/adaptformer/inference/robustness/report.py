@@ -9,11 +9,15 @@ Definitions (Hendrycks & Dietterich 2019; errors and accuracies in percent, E = 
   backbone); mCE: the mean of CE_c over the corruptions;
 - retention: shifted top-1 / clean top-1 (1.0: nothing lost), per cell, per corruption table (its mean top-1 over
   the clean top-1) and per shifted set.
+
+With ``--interpolate`` the report also has ``interpolation``: for each alpha (the method's contribution scaled by it,
+:mod:`.interpolation`) the clean top-1 beside the mean top-1 of each corruption table and each shifted set, plotted
+in ``interpolation.png``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -22,6 +26,7 @@ from ...files import atomic_write_text, make_folder, save_figure
 from .evaluation import Scores
 
 FILES = ("robustness.json", "robustness.png")
+CURVE_FILE = "interpolation.png"
 Table = Mapping[str, Mapping[int, float]]  # corruption -> severity -> top-1 (percent)
 
 
@@ -68,10 +73,15 @@ def _table_entry(table: Table, clean: float, reference: Table | None) -> dict[st
     return entry
 
 
-def build_report(evaluations: Mapping[str, Scores], reference: str | None = None, **about: Any) -> dict[str, Any]:
+def build_report(
+    evaluations: Mapping[str, Scores],
+    reference: str | None = None,
+    interpolation: Mapping[float, str] | None = None,
+    **about: Any,
+) -> dict[str, Any]:
     """The report (JSON-ready) of ``evaluations`` by label; ``reference`` (a label among them) normalises the
-    corruption errors of every evaluation (its own mCE is 100); ``about`` goes to the top level (adapter folders,
-    dataset, seed, ...)."""
+    corruption errors of every evaluation (its own mCE is 100); ``interpolation``: alpha -> the label of its
+    evaluation, for the curve along alpha; ``about`` goes to the top level (adapter folders, dataset, seed, ...)."""
     if reference is not None and reference not in evaluations:
         raise ValueError(f"the reference {reference!r} is not among the evaluations {list(evaluations)}")
     ref = evaluations[reference] if reference is not None else None
@@ -86,7 +96,21 @@ def build_report(evaluations: Mapping[str, Scores], reference: str | None = None
             for kind, acc in scores.shifted.items()
         }
         models[label] = {"clean_acc1": scores.clean, "n": scores.n, "corruptions": tables, "shifted": shifted}
-    return {**about, "reference": reference, "models": models}
+    report = {**about, "reference": reference, "models": models}
+    if interpolation:
+        missing = [label for label in interpolation.values() if label not in models]
+        if missing:
+            raise ValueError(f"the interpolation names evaluations that are not there: {missing}")
+        report["interpolation"] = [_curve_point(alpha, label, models[label]) for alpha, label in
+                                   sorted(interpolation.items())]  # fmt: skip
+    return report
+
+
+def _curve_point(alpha: float, label: str, model: Mapping[str, Any]) -> dict[str, Any]:
+    """One alpha of the curve: clean top-1 and the mean top-1 of every corruption table and shifted set."""
+    shifted = {source: entry["mean_acc1"] for source, entry in model["corruptions"].items()}
+    shifted.update({kind: entry["acc1"] for kind, entry in model["shifted"].items()})
+    return {"alpha": alpha, "label": label, "clean_acc1": model["clean_acc1"], "shifted_acc1": shifted}
 
 
 def check_out_dir(out: Path, overwrite: bool) -> Path:
@@ -138,11 +162,38 @@ def plot_heatmaps(report: Mapping[str, Any], path: Path) -> Path:
         plt.close(fig)
 
 
+def plot_interpolation(curve: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Clean top-1 and each shifted mean top-1 (corruption tables, shifted sets) against alpha."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = [point["alpha"] for point in curve]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    try:
+        ax.plot(alphas, [point["clean_acc1"] for point in curve], "o-", color="black", label="clean")
+        for source in curve[0]["shifted_acc1"]:
+            ax.plot(alphas, [point["shifted_acc1"][source] for point in curve], "o--", label=source)
+        ax.set_xlabel("alpha (0: frozen backbone + trained head, 1: trained model)")
+        ax.set_ylabel("top-1 %")
+        ax.set_title("clean vs shifted accuracy along alpha", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        return save_figure(fig, path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
 def write_report(report: Mapping[str, Any], out: Path) -> list[Path]:
-    """``robustness.json`` and ``robustness.png`` in ``out`` (created), each written atomically."""
+    """``robustness.json`` and ``robustness.png`` in ``out`` (created), each written atomically, and with an
+    interpolation ``interpolation.png``."""
     import json
 
     make_folder(out)
     json_path = out / FILES[0]
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-    return [json_path, plot_heatmaps(report, out / FILES[1])]
+    files = [json_path, plot_heatmaps(report, out / FILES[1])]
+    if report.get("interpolation"):
+        files.append(plot_interpolation(report["interpolation"], out / CURVE_FILE))
+    return files
