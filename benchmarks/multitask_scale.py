@@ -65,7 +65,7 @@ def measure(n: int, kind: str, built: tuple, args: argparse.Namespace) -> dict[s
 
     def swap() -> None:
         for k, r in rows.items():
-            missing, unexpected = single.load_state_dict(own[k], strict=False)
+            _, unexpected = single.load_state_dict(own[k], strict=False)
             assert not unexpected, unexpected
             single(x[r])
 

@@ -108,7 +108,8 @@ def measure(n: int, resident: int, kind: str, root: Path, dirs: list[Path], args
 
         return run
 
-    cases = [Case(f"resident-{resident}", step(bounded), torch.device("cpu")), Case("all", step(every), torch.device("cpu"))]
+    cpu = torch.device("cpu")
+    cases = [Case(f"resident-{resident}", step(bounded), cpu), Case("all", step(every), cpu)]
     for case in cases:  # warm-up batches: the bounded store fills its tiers
         for _ in range(args.warmup):
             case.run()

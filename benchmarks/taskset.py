@@ -31,8 +31,10 @@ def method_config(method: str) -> MethodConfig:
     raise ValueError(f"method {method!r}: expected afN (AdaptFormer-N) or loraN (LoRA rank N)")
 
 
-def write_tasks(root: Path, backbone: str, method: str, n: int, classes: int, depth: int | None, tiny: bool) -> list[Path]:
-    """``n`` adapter folders ``root/t0000 ...`` of ``method`` on ``backbone`` (``depth``: keep only its first blocks)."""
+def write_tasks(
+    root: Path, backbone: str, method: str, n: int, classes: int, depth: int | None, tiny: bool
+) -> list[Path]:
+    """``n`` adapter folders ``root/t0000 ...`` of ``method`` on ``backbone`` (``depth``: its first blocks only)."""
     kwargs = dict(TINY) if tiny else {}
     if depth is not None:
         kwargs["depth"] = depth
