@@ -16,6 +16,7 @@ import torch
 
 from adaptformer import AdaptFormerConfig, LoRAConfig, create_model, save_adapter
 from adaptformer.methods.registry import MethodConfig
+from adaptformer.methods.state import remember_fingerprint
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 """The --quick backbone's shape (a 2-block ViT of width 64 on 32x32 images)."""
@@ -40,6 +41,7 @@ def write_tasks(
         kwargs["depth"] = depth
     model = create_model(backbone, classes, method=method_config(method), init_seed=0, **kwargs)
     trainable = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+    remember_fingerprint(model)  # the frozen tensors never change here: hash them once, not once per folder
     dirs = []
     for k in range(n):
         generator = torch.Generator().manual_seed(k)
