@@ -186,7 +186,8 @@ def test_serve_load_benchmark_measures_each_concurrency() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)["results"]
     assert [r["clients"] for r in results] == [1, 4, 16]
-    assert all(r["requests"] == 8 and r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results)
+    assert all(r["tasks"] == 2 and r["requests"] == 8 and r["requests_per_s"] > 0 for r in results)
+    assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in results)
     assert all(1 <= r["batches"] <= 8 for r in results)
 
 
@@ -202,3 +203,52 @@ def test_vpt_slots_benchmark_measures_masked_and_grouped_side_by_side() -> None:
     for result in report["results"]:
         assert set(result["median_s"]) == {"masked", "grouped", "single"}
         assert all(_positive(result[k]) for k in ("masked/single", "grouped/single", "masked/grouped"))
+
+
+def test_multitask_scale_benchmark_measures_every_strategy() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "multitask_scale.py"), "--quick"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert [(r["tasks"], r["popularity"]) for r in report["results"]] == [
+        (n, kind) for n in (1, 2) for kind in ("uniform", "zipf")
+    ]
+    for result in report["results"]:
+        assert set(result["median_s"]) == {"mixed", "subbatch", "swap", "single"}
+        assert all(_positive(result[k]) for k in ("mixed/single", "subbatch/single", "swap/single"))
+        assert 1 <= result["tasks_in_batch"] <= result["tasks"]
+    # held bytes are counted: one task is one model; a second adds its adapters and head only
+    assert report["results"][0]["held/one_model"] == pytest.approx(1.0)
+    assert 1.0 < report["results"][2]["held/one_model"] < 1.5
+
+
+def test_residency_benchmark_drives_the_adapter_store() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "residency.py"), "--quick"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert [(r["tasks"], r["max_resident"], r["popularity"]) for r in report["results"]] == [
+        (4, 2, "uniform"),
+        (4, 2, "zipf"),
+    ]
+    for result in report["results"]:
+        assert set(result["requests_per_s"]) == {"resident-2", "all"}
+        assert all(_positive(v) for v in result["requests_per_s"].values())
+        counters = result["store_counters"]
+        # every timed request's task was looked up: a hit on the device, or brought back (host) or read (miss)
+        assert counters["device_hits"] + counters["host_hits"] + counters["misses"] >= 1
+        assert counters["host_evictions"] == 0 or result["max_cached"] < result["tasks"]
+        # two of four adapters attached: the model holds less than with all four, the host cache holds the rest
+        assert result["held/one_model"] > 1.0 and result["held_mb"] < result["all_resident_held_mb"]
+        assert result["host_cache_mb"] > 0
+
+
+def test_serve_load_benchmark_measures_dynamic_adapters() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--quick", "--tasks", "3",
+               "--clients", "1,2", "--max-resident", "3"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)["results"]
+    assert [(r["tasks"], r["clients"]) for r in results] == [(3, 1), (3, 2)]
+    assert all(r["answered"] == 8 and r["refused"] == {"429": 0, "503": 0} for r in results)
+    assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in results)

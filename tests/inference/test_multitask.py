@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from tests.training_step import move_trainable
 
-from adaptformer import create_model, save_adapter
+from adaptformer import create_model, save_adapter, saving
 from adaptformer.inference.multitask import MultiTaskModel, UnknownTaskError
-from adaptformer.methods import AdapterPlusConfig, AdaptFormerConfig
+from adaptformer.methods import AdapterPlusConfig, AdaptFormerConfig, state
 from adaptformer.saving import AdapterFileError, create_model_from_adapter
 
 NAME = "vit_shapes_patch8_32"  # the shipped tiny backbone (6 blocks, width 128), weights from the package
@@ -122,6 +122,36 @@ def test_another_backbone_is_refused_naming_the_adapter(adapters: dict[str, Path
     with pytest.raises(AdapterFileError, match=rf"{other}: the backbone weights differ .*fingerprint"):
         multi.add_task("random", other)
     assert multi.tasks == ("af8",)
+
+
+def test_the_backbone_is_hashed_once_per_method_and_another_backbone_still_refused(
+    adapters: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed = []
+    original = state.backbone_fingerprint
+
+    def counting(model: torch.nn.Module) -> str | None:
+        hashed.extend([] if getattr(model, state.FINGERPRINT_ATTR, None) else [model])
+        return original(model)
+
+    monkeypatch.setattr(state, "backbone_fingerprint", counting)
+    monkeypatch.setattr(saving, "backbone_fingerprint", counting)
+    root = tmp_path / "same"
+    dirs = [_adapter(root, f"t{k}", AdaptFormerConfig(bottleneck=8), 10, k) for k in range(5)]
+    multi = MultiTaskModel.from_adapters(dirs[:4]).eval()
+    first = len(hashed)
+    multi.add_task("t4", dirs[4])
+    assert len(hashed) == first  # tasks 2.. and later ones of the same method spec reuse the first one's hash
+    # the same spec on other backbone weights (random init): still refused, against the remembered fingerprint
+    other = _adapter(tmp_path, "random", AdaptFormerConfig(bottleneck=8), 10, 5, checkpoint=None)
+    with pytest.raises(AdapterFileError, match=rf"{other}: the backbone weights differ .*fingerprint"):
+        multi.add_task("random", other)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            multi(x, multi.task_ids(["t4"] * 3))["t4"], create_model_from_adapter(dirs[4]).eval()(x),
+            atol=ATOL, rtol=0,
+        )  # fmt: skip
 
 
 def test_methods_that_make_one_block_their_own_and_bad_names_are_refused(adapters: dict[str, Path]) -> None:

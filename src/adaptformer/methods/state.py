@@ -66,11 +66,13 @@ def task_state_dict(model: nn.Module) -> dict[str, Any]:
     return state
 
 
-def remember_fingerprint(model: nn.Module) -> str | None:
+def remember_fingerprint(model: nn.Module, known: str | None = None) -> str | None:
     """Compute the backbone fingerprint now and keep it on the model, for code that is about to change the frozen
-    tensors' storage without changing what they mean (e.g. keeping the frozen backbone in bf16 for speed)."""
+    tensors' storage without changing what they mean (e.g. keeping the frozen backbone in bf16 for speed).
+    ``known``: keep this fingerprint instead of computing it (one computed before over the very same frozen tensors,
+    e.g. those a multi-task model's tasks share)."""
     setattr(model, FINGERPRINT_ATTR, None)
-    fingerprint = backbone_fingerprint(model)
+    fingerprint = known if known is not None else backbone_fingerprint(model)
     setattr(model, FINGERPRINT_ATTR, fingerprint)
     return fingerprint
 
