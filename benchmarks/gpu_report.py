@@ -97,7 +97,7 @@ def collect(out: Path, expect_cuda: bool = False) -> dict[str, Any]:
         "train_step": _train_step(train),
         "segmentation_step": _segmentation_step(segmentation),
         "multitask": multitask and {k: multitask[k] for k in ("backbone", "batch", "precision", "results")},
-        "serve_load": serve and {k: serve[k] for k in ("backbone", "tasks", "max_batch", "precision", "results")},
+        "serve_load": serve and {k: serve[k] for k in ("backbone", "max_batch", "precision", "results")},
     }
 
 
@@ -156,14 +156,14 @@ def markdown(report: dict[str, Any]) -> str:
     if serve:
         lines += [
             "",
-            f"Serving load, {serve['backbone']}, {serve['tasks']} tasks:",
+            f"Serving load, {serve['backbone']}:",
             "",
-            "| clients | requests/s | p50 (ms) | p99 (ms) | batches |",
-            "| ---: | ---: | ---: | ---: | ---: |",
+            "| tasks | clients | requests/s | p50 (ms) | p99 (ms) | batches |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in serve["results"]:
-            lines.append(f"| {r['clients']} | {_number(r['requests_per_s'], 1)} | {_number(r['p50_ms'], 1)} | "
-                         f"{_number(r['p99_ms'], 1)} | {r['batches']} |")  # fmt: skip
+            lines.append(f"| {r['tasks']} | {r['clients']} | {_number(r['requests_per_s'], 1)} | "
+                         f"{_number(r['p50_ms'], 1)} | {_number(r['p99_ms'], 1)} | {r['batches']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -208,7 +208,7 @@ def test_params_and_recipes_commands(capsys: pytest.CaptureFixture) -> None:
     assert "1,266,532" in capsys.readouterr().out  # paper: AdaptFormer-64 on CIFAR-100
     assert main(["recipes"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert len(names) == 35 + 4 + 5 + 14 + 120 + 40 and "svhn_full" in names and "hmdb51_swin_adaptformer" in names
+    assert len(names) == 35 + 4 + 5 + 14 + 120 + 48 + 40 and "svhn_full" in names and "hmdb51_swin_adaptformer" in names
     # Table 1: 30, Table 7: 5, Table 2: 4, Table 6: 5, ablations: 14; VTAB-1k / FGVC: (19 tasks + 5 datasets) x 5 rows;
     # segmentation: (ADE20K, VOC) x 4 backbones x 5 rows
     assert "nuswide_adaptformer64" in names and "ade20k_swinl_adaptformer64" in names
