@@ -230,11 +230,18 @@ def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.C
     assert "| adaptformer-4 |" in capsys.readouterr().out
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as under a terminal. A shell runs a background job (``cmd &``,
+    as a CI script may run the suite) with SIGINT ignored, and a process started with it ignored never sees Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_study_on_worker_processes_at_once_with_one_line(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "adaptformer.cli", "study", "--tasks", "digits", "--methods", "linear", "--seeds",
                "0,1,2,3,4,5,6,7", "--jobs", "2", "--quick", "--output-dir", str(tmp_path / "report"), "--runs-dir",
                str(tmp_path / "runs")]  # fmt: skip
-    study = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    study = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     seen = []
     for line in study.stderr:  # type: ignore[union-attr]
         seen.append(line)

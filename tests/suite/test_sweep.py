@@ -150,6 +150,12 @@ def test_a_damaged_run_folder_is_a_suite_error_naming_it(tmp_path: Path) -> None
         read_run(tmp_path)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as under a terminal. A shell runs a background job (``cmd &``,
+    as a CI script may run the suite) with SIGINT ignored, and a process started with it ignored never sees Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sweep_process(spec: Path, out: Path, *flags: str, **options) -> subprocess.Popen:
     command = [sys.executable, "-m", "adaptformer.cli", "sweep", str(spec), "--out", str(out), "--", *flags]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
@@ -178,7 +184,8 @@ def test_ctrl_c_stops_a_sweep_with_one_line_naming_the_run_and_the_resume_comman
     spec, out = tmp_path / "sweep.yaml", tmp_path / "out"
     spec.write_text("grid: {optim.lr: [0.01, 0.02]}\n")
     long_run = [*TINY, "--data.options", "{num_samples: 4000, image_size: 32}", "--optim.epochs", "20"]
-    worker = _sweep_process(spec, out, *long_run, start_new_session=True)  # its own process group, as a terminal's
+    worker = _sweep_process(spec, out, *long_run, start_new_session=True,  # its own process group, as a terminal's
+                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     started = time.monotonic()
     while not (out / "lr=0.01" / "config.yaml").is_file() and worker.poll() is None:  # training has begun
         assert time.monotonic() - started < 120
