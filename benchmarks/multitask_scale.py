@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Case, load_average, machine_info, median_ratio, storage_bytes, time_interleaved
-from taskset import stream, write_tasks
+from taskset import add_taskset_arguments, stream, write_tasks
 
 from adaptformer.inference.multitask import MultiTaskModel
 from adaptformer.precision import resolve_precision
@@ -111,12 +111,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="vit_base_patch16_224")
-    parser.add_argument("--depth", type=int, default=None, help="keep only the backbone's first DEPTH blocks")
-    parser.add_argument("--method", default="af16", help="af16 (AdaptFormer-16) or lora8 (LoRA rank 8, q and v)")
-    parser.add_argument("--classes", type=int, default=100, help="each task's head")
+    add_taskset_arguments(parser)
     parser.add_argument("--tasks", default="1,8,64,256,1024", help="comma-separated N (tasks registered, all resident)")
-    parser.add_argument("--popularity", default="uniform,zipf", help="comma-separated: uniform, zipf (Zipf(1.1))")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--rounds", type=int, default=3)

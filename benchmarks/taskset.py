@@ -10,6 +10,7 @@ to k^-1.1); a stream is a seeded draw of task indices.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -21,6 +22,15 @@ from adaptformer.methods.state import remember_fingerprint
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 """The --quick backbone's shape (a 2-block ViT of width 64 on 32x32 images)."""
 ZIPF_S = 1.1
+
+
+def add_taskset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the backbone and the tasks a task-set benchmark writes (multitask_scale.py, residency.py)."""
+    parser.add_argument("--backbone", default="vit_base_patch16_224")
+    parser.add_argument("--depth", type=int, default=None, help="keep only the backbone's first DEPTH blocks")
+    parser.add_argument("--method", default="af16", help="af16 (AdaptFormer-16) or lora8 (LoRA rank 8, q and v)")
+    parser.add_argument("--classes", type=int, default=100, help="each task's head")
+    parser.add_argument("--popularity", default="uniform,zipf", help="comma-separated: uniform, zipf (Zipf(1.1))")
 
 
 def method_config(method: str) -> MethodConfig:
