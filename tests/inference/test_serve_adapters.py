@@ -283,3 +283,22 @@ def test_concurrent_requests_for_one_adapter_share_its_load(server: Server, adap
         assert [c["class"] for c in answer] == [c["class"] for c in answers[0]]
         assert [c["prob"] for c in answer] == pytest.approx([c["prob"] for c in answers[0]], abs=1e-5)
     assert _metric(server.url, COUNTERS[2]) - misses == 1  # read once, whoever came first
+
+
+def test_thresholds_given_for_root_adapters_apply_when_they_load(tmp_path: Path) -> None:
+    """``serve --threshold NAME=VALUE`` for an adapter of the root: the multi-label task answers at that threshold once
+    loaded (and reloaded); asked of a task that is not multi-label, the load is refused naming it."""
+    from tests.inference.task_adapters import image_task_adapters
+
+    found = image_task_adapters(tmp_path)
+    model = MultiTaskModel.from_adapters([found["animals"]], names=["pinned"]).eval()
+    store = AdapterStore(model, tmp_path, 1, 0, model.task("pinned").adapter.backbone_fingerprint,
+                         {"tags": 0.3, "animals": 0.4})  # fmt: skip
+
+    async def main() -> None:
+        await store.load("tags")
+        assert model.task("tags").threshold == 0.3 and model.task("tags").kind == "multi-label"
+        with pytest.raises(Refused, match=r"adapter 'animals' is not multi-label: --threshold animals=0.4"):
+            await store.load("animals")
+
+    asyncio.run(main())
