@@ -16,13 +16,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness_plan(args: argparse.Namespace) -> Any:
+    """The study's :class:`~adaptformer.study.robustness.RobustnessPlan` from ``--robustness`` and its flags (None
+    without ``--robustness``; its flags without it are refused, not ignored)."""
+    from ..study.robustness import RobustnessPlan
+
+    given = {k: getattr(args, k) for k in ("corruptions", "severities", "interpolate", "alphas")}
+    if not args.robustness:
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            raise ValueError(f"{', '.join(named)} only apply with --robustness")
+        return None
+    return RobustnessPlan(**{k: tuple(v) for k, v in given.items() if v is not None})
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from ..study import StudySettings, format_table, run_study
 
     settings = StudySettings(
         tasks=tuple(args.tasks), methods=tuple(args.methods), seeds=tuple(int(s) for s in args.seeds),
         epochs=args.epochs, output_dir=args.output_dir, runs_dir=args.runs_dir, quick=args.quick,
-        pretrained=not args.random_init, jobs=args.jobs,
+        pretrained=not args.random_init, jobs=args.jobs, robustness=_robustness_plan(args),
     )  # fmt: skip
     report = run_study(settings)
     print(format_table(report.rows, settings.tasks))
@@ -33,6 +47,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def add_study_commands(sub: Any) -> None:
     """The ``demo`` and ``study`` subcommands."""
     from ..study import METHODS, StudySettings, default_tasks
+    from ..study.robustness import RobustnessPlan
+    from .robustness import alpha_list, corruption_list, severity_list
 
     defaults = StudySettings()
     demo = sub.add_parser(
@@ -69,4 +85,28 @@ def add_study_commands(sub: Any) -> None:
     )
     study.add_argument("--quick", action="store_true", help="tiny data, 1 epoch: checks the pipeline, not the claims")
     study.add_argument("--random-init", action="store_true", help="randomly initialised backbones (a control)")
+    plan = RobustnessPlan()
+    study.add_argument(
+        "--robustness", action="store_true",
+        help="after training, evaluate every run on its test split under ImageNet-C's corruptions (image "
+        "classification tasks; pip install 'adaptformer[robustness]'); adds a robustness table and robustness.png",
+    )  # fmt: skip
+    study.add_argument(
+        "--corruptions", type=corruption_list, default=None,
+        help="with --robustness: corruption names or groups common/extra/all (default: common, ImageNet-C's 15)",
+    )  # fmt: skip
+    study.add_argument(
+        "--severities", type=severity_list, default=None,
+        help=f"with --robustness: comma-separated, 1-5 (default: {','.join(map(str, plan.severities))})",
+    )  # fmt: skip
+    study.add_argument(
+        "--interpolate-methods", dest="interpolate", type=comma_list, default=None,
+        help="with --robustness: the methods whose runs are also evaluated with their contribution scaled by each "
+        f"--alphas value (default: {','.join(plan.interpolate)})",
+    )  # fmt: skip
+    alphas = ",".join(f"{a:g}" for a in plan.alphas)
+    study.add_argument(
+        "--alphas", type=alpha_list, default=None,
+        help=f"with --robustness: the interpolation's alphas in [0, 1] (default: {alphas})",
+    )  # fmt: skip
     study.set_defaults(func=_cmd_study)

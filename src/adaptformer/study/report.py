@@ -80,9 +80,11 @@ def ranking(rows: Sequence[dict[str, Any]], task: str) -> str:
     return " > ".join(f"{r['method']} {r['mean_score']:.1f}" for r in ranked)
 
 
-def write_markdown(path: Path, record: dict[str, Any], plot_name: str, inside_name: str | None = None) -> None:
+def write_markdown(
+    path: Path, record: dict[str, Any], plot_name: str, inside_name: str | None = None, extra: Sequence[str] = ()
+) -> None:
     """results.md: the command, the time it took, the table, the ablations, the rankings, the recipe of each task, the
-    plot, and what the adapters do inside (``inside_name``, when the study inspected adapters)."""
+    plot, what the adapters do inside (``inside_name``, when the study inspected adapters) and ``extra`` lines."""
     rows, settings, env = record["summary"], record["settings"], record["machine"]
     tasks = settings["tasks"]
     seeds = ", ".join(map(str, settings["seeds"]))
@@ -127,7 +129,7 @@ def write_markdown(path: Path, record: dict[str, Any], plot_name: str, inside_na
     lines += ["", f"![accuracy versus trainable parameters]({plot_name})", ""]
     if inside_name is not None:
         lines += _inside_lines(record["inside"], inside_name)
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join([*lines, *extra]))
 
 
 def _ablation_lines(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
@@ -196,7 +198,7 @@ def plot_accuracy_vs_params(
 ) -> None:
     """Test score (mean, std as error bars) versus trainable parameters (log x), one panel per task (paper Fig. 1);
     ``chance`` (the score of a guess per task) is drawn as a dashed line. Ablation variants are left out (their own
-    table)."""
+    table) and so are regularised variants (the robustness section)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -205,7 +207,7 @@ def plot_accuracy_vs_params(
     # constrained layout makes room for the (wrapped) title, the labels and the legends at any number of panels
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False, layout="constrained")
     for ax, task in zip(axes[0], tasks, strict=True):
-        task_rows = [r for r in rows if r["task"] == task and not r.get("ablation")]
+        task_rows = [r for r in rows if r["task"] == task and not r.get("ablation") and not r.get("consistency")]
         for family in dict.fromkeys([*FAMILY_STYLE, *(r["family"] for r in task_rows)]):
             label, colour, marker = FAMILY_STYLE.get(family, (family, None, "o"))
             points = sorted((r for r in task_rows if r["family"] == family), key=lambda r: r["trainable_params"])

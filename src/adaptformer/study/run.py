@@ -60,6 +60,7 @@ from ..files import atomic_write_text, make_folder
 from ..methods import get_method
 from ..segmentation import IGNORE_INDEX
 from .report import plot_accuracy_vs_params, plot_adapters_inside, write_markdown
+from .robustness import RobustnessPlan, evaluate_run, report_robustness, robustness_flags
 from .tasks import METHODS, Task, default_tasks
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class StudySettings:
     """What to run. ``epochs`` None keeps each task's own; ``jobs`` is the number of runs side by side."""
 
     tasks: tuple[str, ...] = ("digits", "motion")
-    methods: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.ablation is None)
+    methods: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.is_default)
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int | None = None
     output_dir: str = "reports/study"
@@ -85,6 +86,7 @@ class StudySettings:
     quick: bool = False
     pretrained: bool = True
     jobs: int = 2
+    robustness: RobustnessPlan | None = None  # evaluate every run under corruptions after training
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -109,6 +111,7 @@ class StudySettings:
         parts += ["--epochs", str(self.epochs)] if self.epochs is not None else []
         parts += ["--quick"] if self.quick else []
         parts += ["--random-init"] if not self.pretrained else []
+        parts += robustness_flags(self.robustness) if self.robustness is not None else []
         return " ".join(parts)
 
 
@@ -121,6 +124,7 @@ class Cell:
     seed: int
     num_classes: int
     config: dict[str, Any] = field(repr=False)
+    robustness: RobustnessPlan | None = None
 
 
 def task_recipe(task: Task, settings: StudySettings) -> dict[str, Any]:
@@ -143,18 +147,21 @@ def build_cells(settings: StudySettings) -> list[Cell]:
         base = task_recipe(task, settings)
         for method_name in settings.methods:
             method = METHODS[method_name]
-            update: dict[str, Any] = {"model": {"method": task.method_config(method)}}
+            update: dict[str, Any] = {"model": {"method": task.method_config(method)}, "optim": {}}
+            if method.consistency is not None:
+                update["optim"]["consistency"] = {"variant": method.consistency}
             scale = task.full_lr_scale if get_method(method.family).trains_backbone else 1.0
             scale *= task.lr_scales.get(method.family, 1.0)
             if scale != 1.0:
                 optim = base["optim"]
                 key = "lr" if optim.get("lr") is not None else "blr"
-                update["optim"] = {key: optim.get(key, OptimConfig.blr) * scale}
+                update["optim"][key] = optim.get(key, OptimConfig.blr) * scale
             for seed in settings.seeds:
                 out = Path(settings.runs_dir) / task_name / method_name / f"seed{seed}"
                 run = {"seed": seed, "output_dir": str(out), "overwrite": True}  # a study run again replaces its runs
                 config = merge_config(base, {**update, "run": run})
-                cells.append(Cell(task_name, method_name, seed, task.num_classes, copy.deepcopy(config)))
+                plan = settings.robustness
+                cells.append(Cell(task_name, method_name, seed, task.num_classes, copy.deepcopy(config), plan))
     return cells
 
 
@@ -177,12 +184,17 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if result.test is None:
         raise RuntimeError(f"{cell.task}/{cell.method}/seed {cell.seed}: the run stopped before its test")
     method = METHODS[cell.method]
+    evaluated = {}
+    if cell.robustness is not None:
+        interpolate = cell.method in cell.robustness.interpolate
+        evaluated["robustness"] = evaluate_run(result.output_dir, cell.robustness, interpolate)
     return {
         "task": cell.task, "method": cell.method, "family": method.family, "size": method.size,
-        "ablation": method.ablation, "seed": cell.seed, "trainable_params": trainable,
+        "ablation": method.ablation, "consistency": method.consistency, "seed": cell.seed,
+        "trainable_params": trainable,
         "metric": METRIC_LABELS[result.metric], "test_score": float(result.test[result.metric]),
         "val_score": result.best_val, "selected_epoch": result.best_epoch, "epochs": cfg.optim.epochs,
-        "seconds": round(seconds, 2), "output_dir": str(result.output_dir),
+        "seconds": round(seconds, 2), "output_dir": str(result.output_dir), **evaluated,
     }  # fmt: skip
 
 
@@ -202,7 +214,9 @@ def _stop_worker(signum: int, frame: object) -> None:
 def _cost(cell: Cell) -> float:
     """A rough relative cost, to start the slowest runs first so the pool finishes together."""
     tokens = cell.config["model"]["method"].get("num_tokens", 0)  # prompt tokens lengthen every block's sequence
-    return cell.config["optim"]["epochs"] * (1.0 + tokens / 16) * (2.0 if cell.task == "motion" else 1.0)
+    pace = 1.3 if cell.config["optim"].get("consistency", {}).get("variant") == "pace" else 1.0
+    curve = 2.0 if cell.robustness is not None and cell.method in cell.robustness.interpolate else 1.0
+    return cell.config["optim"]["epochs"] * (1.0 + tokens / 16) * (2.0 if cell.task == "motion" else 1.0) * pace * curve
 
 
 def run_cells(cells: Sequence[Cell], jobs: int) -> list[dict[str, Any]]:
@@ -243,7 +257,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         scores = [r["test_score"] for r in members]
         rows.append({
             "task": task, "method": method, "family": members[0]["family"], "size": members[0]["size"],
-            "ablation": members[0].get("ablation"), "metric": members[0]["metric"],
+            "ablation": members[0].get("ablation"), "consistency": members[0].get("consistency"),
+            "metric": members[0]["metric"],
             "trainable_params": members[0]["trainable_params"], "seeds": [r["seed"] for r in members],
             "mean_score": statistics.fmean(scores), "std_score": statistics.stdev(scores) if len(scores) > 1 else None,
             "seconds": sum(r["seconds"] for r in members),
@@ -301,8 +316,11 @@ def run_study(settings: StudySettings) -> StudyReport:
         record["inside"] = inside
         files["inside"] = out / INSIDE_FILE
         plot_adapters_inside(files["inside"], inside)
+    extra: list[str] = []
+    if settings.robustness is not None:
+        record["robustness"], files["robustness"], extra = report_robustness(runs, settings.robustness, out)
     atomic_write_text(files["json"], json.dumps(record, indent=1) + "\n")
-    write_markdown(files["markdown"], record, PLOT_FILE, INSIDE_FILE if inside else None)
+    write_markdown(files["markdown"], record, PLOT_FILE, INSIDE_FILE if inside else None, extra)
     chance = {n: chance_score(tasks[n], settings) for n in settings.tasks}
     plot_accuracy_vs_params(files["plot"], rows, settings.tasks, chance)
     logger.info("study done in %.1f min: %s", seconds / 60, ", ".join(str(p) for p in files.values()))

@@ -4,7 +4,7 @@ offline tasks, with the recipe each task runs every method on (:mod:`.run` train
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backbones.shapes_vit import SHAPES_VIT_ARGS, SHAPES_VIT_FILE
@@ -24,6 +24,7 @@ class Method:
     size: int | None = None
     fields: tuple[tuple[str, Any], ...] = ()
     ablation: str | None = None  # the ablation this point varies (a variant of adaptformer-64, reported apart)
+    consistency: str | None = None  # trained with this consistency regularisation (optim.consistency.variant)
 
     def __post_init__(self) -> None:
         get_method(self.family).config.from_dict(self.plain_fields())  # a registered family, fields of its config
@@ -39,6 +40,11 @@ class Method:
         """The nested configuration that selects this point: ``{"model": {"method": ...}}``."""
         return {"model": {"method": self.method_config()}}
 
+    @property
+    def is_default(self) -> bool:
+        """Whether a study runs this point unless told which: not an ablation, not a regularised variant."""
+        return self.ablation is None and self.consistency is None
+
 
 def _sized(family: str, field_name: str, sizes: Sequence[int], **fixed: Any) -> tuple[Method, ...]:
     """``family-N`` for every N in ``sizes``: the family's ``field_name`` set to N (and ``fixed`` set as given)."""
@@ -48,6 +54,11 @@ def _sized(family: str, field_name: str, sizes: Sequence[int], **fixed: Any) -> 
 def _ablation(kind: str, suffix: str, **fields: Any) -> tuple[Method]:
     """``adaptformer-64-<suffix>``: AdaptFormer-64 with ``fields`` changed, a point of ablation ``kind``."""
     return (Method(f"adaptformer-64-{suffix}", "adaptformer", None, (("bottleneck", 64), *fields.items()), kind),)
+
+
+def _pace_bases() -> tuple[Method, ...]:
+    return (*_sized("adaptformer", "bottleneck", (16, 64)), *_sized("lora", "rank", (8,)),
+            *_sized("adapter_plus", "bottleneck", (16,)))  # fmt: skip
 
 
 METHODS: dict[str, Method] = {
@@ -67,6 +78,9 @@ METHODS: dict[str, Method] = {
         *_ablation("blocks", "blocks4-6", layers=(3, 4, 5)),
         *_ablation("form", "sequential", form="sequential"),
         *(m for s in (0.01, 0.05, 0.2) for m in _ablation("scale", f"s{s:g}", scale=s)),
+        # the robustness question's regularised points: PACE (optim.consistency, its paper's defaults) on the methods
+        # with adapter modules, at the sizes the question asks about
+        *(replace(m, name=f"{m.name}-pace", consistency="pace") for m in _pace_bases()),
     )
 }
 
