@@ -21,13 +21,14 @@ def _robustness_plan(args: argparse.Namespace) -> Any:
     without ``--robustness``; its flags without it are refused, not ignored)."""
     from ..study.robustness import RobustnessPlan
 
-    given = {k: getattr(args, k) for k in ("corruptions", "severities", "interpolate", "alphas")}
+    given = {k: getattr(args, k) for k in ("corruptions", "severities", "interpolate", "alphas", "num_samples")}
     if not args.robustness:
-        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        flags = {"interpolate": "--interpolate-methods", "num_samples": "--robustness-samples"}
+        named = [flags.get(k, f"--{k}") for k, v in given.items() if v is not None]
         if named:
             raise ValueError(f"{', '.join(named)} only apply with --robustness")
         return None
-    return RobustnessPlan(**{k: tuple(v) for k, v in given.items() if v is not None})
+    return RobustnessPlan(**{k: v if k == "num_samples" else tuple(v) for k, v in given.items() if v is not None})
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -108,5 +109,9 @@ def add_study_commands(sub: Any) -> None:
     study.add_argument(
         "--alphas", type=alpha_list, default=None,
         help=f"with --robustness: the interpolation's alphas in [0, 1] (default: {alphas})",
+    )  # fmt: skip
+    study.add_argument(
+        "--robustness-samples", dest="num_samples", type=at_least(1), default=None,
+        help="with --robustness: test images evaluated, spread evenly over the split (default: all)",
     )  # fmt: skip
     study.set_defaults(func=_cmd_study)

@@ -38,6 +38,7 @@ class RobustnessPlan:
         interpolate: the study's methods whose runs are also evaluated along ``alphas``.
         alphas: the scales of the method's contribution, each in [0, 1].
         seed: the corruptions' seed.
+        num_samples: test images evaluated, spread evenly over the split (None: all of it).
     """
 
     corruptions: tuple[str, ...] = COMMON_CORRUPTIONS
@@ -45,6 +46,7 @@ class RobustnessPlan:
     interpolate: tuple[str, ...] = ("adaptformer-64", "full")
     alphas: tuple[float, ...] = ALPHAS
     seed: int = 0
+    num_samples: int | None = None
 
     def __post_init__(self) -> None:
         from ..inference.robustness.interpolation import check_alphas
@@ -72,7 +74,9 @@ def evaluate_run(output_dir: str | Path, plan: RobustnessPlan, interpolate: bool
         raise ValueError(f"{adapter} records no training data to corrupt")
     data = {"dataset": info.training.dataset, "options": dict(info.training.dataset_options), "num_workers": 0}
     spec = DataSpec.from_config(parse_data_cli([], data))
-    settings = RobustnessSettings(corruptions=plan.corruptions, severities=plan.severities, seed=plan.seed)
+    settings = RobustnessSettings(
+        corruptions=plan.corruptions, severities=plan.severities, seed=plan.seed, num_samples=plan.num_samples
+    )
     ctx = init_distributed("cpu")
 
     def scores_of(evaluated: Any) -> dict[str, Any]:
@@ -239,6 +243,7 @@ def robustness_flags(plan: RobustnessPlan) -> list[str]:
         "--robustness", "--corruptions", ",".join(plan.corruptions),
         "--severities", ",".join(map(str, plan.severities)), "--interpolate-methods", ",".join(plan.interpolate),
         "--alphas", ",".join(f"{a:g}" for a in plan.alphas),
+        *(["--robustness-samples", str(plan.num_samples)] if plan.num_samples is not None else []),
     ]  # fmt: skip
 
 
