@@ -1,0 +1,162 @@
+"""Building an :class:`~.model.HFBackbone` from a local ``transformers`` model folder, with no download.
+
+``hf:<folder>`` names a backbone by its folder (``config.json`` + ``model.safetensors``, what ``save_pretrained``
+writes), or by a Hub id already in the local Hugging Face cache (``hf:facebook/dinov2-small``); nothing is fetched
+(``local_files_only``). The architecture comes from ``config.json``'s ``model_type`` (one of :data:`ARCHITECTURES`);
+the weights from the same folder, or from ``checkpoint`` (another transformers folder of the same architecture, e.g.
+one fine-tuned elsewhere). transformers reads the weights (its own key renames of older files included); the keys it
+reports are then checked here: nothing may be missing (transformers would initialise it randomly and only warn), and
+only the checkpoint's own heads may be left over (``HEAD_PREFIXES``, dropped with a log line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig
+
+from ...errors import CheckpointError
+from .model import ARCHITECTURES, HFArchitecture, HFBackbone
+
+logger = logging.getLogger(__name__)
+
+HF_PREFIX = "hf:"
+HF_SOURCE = "hf"  # the checkpoint source of an hf: backbone: a transformers folder, read by transformers
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+HEAD_PREFIXES = ("pooler.", "classifier.", "fc_norm.", "distillation_classifier.", "cls_classifier.")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes in preprocessor_config.json
+
+
+def is_hf_name(name: str) -> bool:
+    """Whether backbone ``name`` names a transformers model (``hf:<folder or cached Hub id>``)."""
+    return name.startswith(HF_PREFIX)
+
+
+def canonical_name(name: str) -> str:
+    """``hf:<folder>`` with the folder made absolute (an adapter records where its backbone is, wherever it is used
+    from); other names as they are."""
+    where = name[len(HF_PREFIX) :]
+    if is_hf_name(name) and Path(where).is_dir():
+        return HF_PREFIX + str(Path(where).resolve())
+    return name
+
+
+def read_config(where: str) -> Any:
+    """The transformers config of folder (or cached Hub id) ``where``, checked to be a supported architecture."""
+    folder = Path(where)
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"hf:{where}: no config.json (expected a transformers model folder: save_pretrained)")
+    if folder.is_file():
+        raise CheckpointError(f"hf:{where}: expected a transformers model folder (config.json + model.safetensors)")
+    if not folder.exists():
+        try:
+            return _supported(where, AutoConfig.from_pretrained(where, local_files_only=True))
+        except OSError as e:
+            raise FileNotFoundError(
+                f"hf:{where}: no such folder, and not a Hub model in the local Hugging Face cache (nothing is "
+                f"downloaded; save it with save_pretrained and give its folder)"
+            ) from e
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: not a JSON object ({e})") from e
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(_unsupported(folder / "config.json", model_type))
+    return _supported(where, AutoConfig.from_pretrained(str(folder), local_files_only=True))
+
+
+def _unsupported(where: object, model_type: object) -> str:
+    return (
+        f"{where}: model_type {model_type!r} is not a supported transformers vision backbone; supported: "
+        f"{', '.join(ARCHITECTURES)}"
+    )
+
+
+def _supported(where: str, config: Any) -> Any:
+    if config.model_type not in ARCHITECTURES:
+        raise CheckpointError(_unsupported(f"hf:{where}", config.model_type))
+    return config
+
+
+def _weights_folder(where: str) -> str:
+    """``where`` itself, checked to hold weights when it is a local folder (a Hub id's cache is transformers')."""
+    folder = Path(where)
+    if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHTS_FILES):
+        raise CheckpointError(f"{folder}: no weights; expected one of {', '.join(WEIGHTS_FILES)} (save_pretrained)")
+    return where
+
+
+def _override(config: Any, kwargs: dict[str, Any]) -> None:
+    """Model kwargs as config values: ``drop_path_rate`` (0 is accepted by every model: timm's default) and any
+    attribute the config has (``num_frames``, ``image_size``, dropouts, ...); ValueError naming any other."""
+    for key, value in kwargs.items():
+        if key == "drop_path_rate" and not hasattr(config, key):
+            if value:
+                raise ValueError(f"drop_path_rate {value}: the transformers {config.model_type} has no drop path")
+            continue
+        if not hasattr(config, key):
+            raise ValueError(f"model kwarg {key!r} is not a field of the transformers {config.model_type} config")
+        setattr(config, key, value)
+
+
+def _pretrained_cfg(name: str, where: str, config: Any, architecture: HFArchitecture) -> dict[str, Any]:
+    """timm's pretrained config of the model: the input size of its config, the normalisation of the folder's
+    ``preprocessor_config.json`` (ImageNet's when it has none), the clip length of a video model."""
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    cfg: dict[str, Any] = {"architecture": name, "input_size": (3, size, size), "mean": IMAGENET_MEAN,
+                           "std": IMAGENET_STD, "interpolation": "bicubic", "crop_pct": 0.875,
+                           "classifier": "classifier"}  # fmt: skip
+    processor = Path(where) / "preprocessor_config.json"
+    if processor.is_file():
+        data = json.loads(processor.read_text())
+        cfg["mean"] = tuple(data.get("image_mean", cfg["mean"]))
+        cfg["std"] = tuple(data.get("image_std", cfg["std"]))
+        cfg["interpolation"] = _RESAMPLE.get(data.get("resample"), cfg["interpolation"])
+    else:
+        logger.info("%s: no preprocessor_config.json; normalising with ImageNet's mean and std", where)
+    if architecture.video:
+        cfg["num_frames"] = int(config.num_frames)
+    return cfg
+
+
+def build_hf_backbone(
+    name: str, num_classes: int, checkpoint: str | Path | None = None, **kwargs: Any
+) -> tuple[HFBackbone, str]:
+    """The backbone ``name`` (``hf:<folder or cached Hub id>``) with the weights of ``checkpoint`` (a transformers
+    folder; None: the named folder's own) and a head for ``num_classes``; returns it and where its weights came from.
+    ``kwargs`` set config values (:func:`_override`)."""
+    where = name[len(HF_PREFIX) :]
+    config = read_config(where)
+    _override(config, kwargs)
+    architecture = ARCHITECTURES[config.model_type]
+    weights = _weights_folder(str(checkpoint) if checkpoint is not None else where)
+    try:
+        model, info = architecture.model_class.from_pretrained(
+            weights, config=config, local_files_only=True, output_loading_info=True, **dict(architecture.model_kwargs)
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{weights}: transformers cannot load it as {architecture.model_class.__name__}: {e}")
+    _check_keys(weights, info)
+    model.eval()
+    cfg = _pretrained_cfg(name, where, config, architecture)
+    backbone = HFBackbone(model, architecture, num_classes, cfg)
+    return backbone, str(Path(weights).resolve()) if Path(weights).exists() else weights
+
+
+def _check_keys(weights: str, info: dict[str, Any]) -> None:
+    """CheckpointError unless every tensor of the model was in the file and nothing but heads was left over."""
+    missing = sorted(info.get("missing_keys", ()))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(HEAD_PREFIXES))
+    mismatched = [f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in info.get("mismatched_keys", ())]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{weights} does not fit the model its config describes: missing keys {missing[:20]} ({len(missing)}), "
+            f"unexpected keys {unexpected[:20]} ({len(unexpected)}), shape mismatches {mismatched[:20]}"
+        )
+    dropped = sorted(k for k in info.get("unexpected_keys", ()) if k.startswith(HEAD_PREFIXES))
+    if dropped:
+        logger.info("%s: dropped the checkpoint's head keys %s (a new task head is trained)", weights, dropped)
