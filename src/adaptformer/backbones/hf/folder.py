@@ -19,6 +19,7 @@ from typing import Any
 from transformers import AutoConfig
 
 from ...errors import CheckpointError
+from ..checkpoints.load import first_line
 from .model import ARCHITECTURES, HFArchitecture, HFBackbone
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ def build_hf_backbone(
             weights, config=config, local_files_only=True, output_loading_info=True, **dict(architecture.model_kwargs)
         )
     except (OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{weights}: transformers cannot load it as {architecture.model_class.__name__}: {e}")
+        loader = architecture.model_class.__name__
+        raise CheckpointError(f"{weights}: transformers cannot load it as {loader}: {first_line(e)}") from e
     _check_keys(weights, info)
     model.eval()
     cfg = _pretrained_cfg(name, where, config, architecture)
