@@ -4,8 +4,9 @@ Two steps, each explicit: ``read_state_dict`` opens the container (.safetensors,
 ``weights_only=True``, optionally wrapped as ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}``; or a
 Hugging Face model directory holding ``model.safetensors`` or ``pytorch_model.bin``); a converter chosen by name from
 the one table of sources (``CONVERTERS``: timm, MAE, transformers' ViT/DINOv2 folders (``hf``, :mod:`.hf`), and
-the video ones of :mod:`.videomae` and :mod:`.video_swin`; ``register_converter`` adds one) turns that source's keys into the backbone's own. ``load_pretrained`` then loads
-and fails, listing the keys, unless the only missing keys belong to the new task head and nothing is left over.
+the video ones of :mod:`.videomae` and :mod:`.video_swin`; ``register_converter`` adds one) turns that source's keys
+into the backbone's own. ``load_pretrained`` then loads and fails, listing the keys, unless the only missing keys
+belong to the new task head and nothing is left over.
 """
 
 from __future__ import annotations
