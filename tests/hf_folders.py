@@ -1,6 +1,7 @@
 """Tiny random-weight ``transformers`` vision models written to real local folders with ``save_pretrained``
 (``config.json`` + ``model.safetensors``): one per architecture ``hf:<folder>`` backbones support, width 16-64, two
-layers, 32 px inputs (VideoMAE: 4 frames). Shared by the hf backbone tests and the README test."""
+layers, 32 px inputs (VideoMAE: 4 frames); no dropout or drop path, so that training mode computes the same
+function. Shared by the hf backbone tests and the README test."""
 
 from __future__ import annotations
 
@@ -46,12 +47,22 @@ TINY: dict[str, tuple[type[PreTrainedModel], Any, dict[str, Any]]] = {
     ),
     "clip": (CLIPVisionModel, CLIPVisionConfig(**_BERT), {}),
     "siglip": (SiglipVisionModel, SiglipVisionConfig(**_BERT), {}),
-    "beit": (BeitModel, BeitConfig(**_BERT, use_relative_position_bias=True, layer_scale_init_value=0.1), {}),
-    "beit-abs": (BeitModel, BeitConfig(**_BERT, use_absolute_position_embeddings=True, use_mean_pooling=False), {}),
+    "beit": (
+        BeitModel,
+        BeitConfig(**_BERT, use_relative_position_bias=True, layer_scale_init_value=0.1, drop_path_rate=0.0),
+        {},
+    ),
+    "beit-abs": (
+        BeitModel,
+        BeitConfig(**_BERT, use_absolute_position_embeddings=True, use_mean_pooling=False, drop_path_rate=0.0),
+        {},
+    ),
     "videomae": (VideoMAEModel, VideoMAEConfig(**_BERT, num_frames=4, tubelet_size=2), {}),
     "swin": (
         SwinModel,
-        SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4),
+        SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, drop_path_rate=0.0
+        ),
         {},
     ),
 }

@@ -139,8 +139,8 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
             raise  # blocks that another method made its own: chosen_blocks names the block
         kinds = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
         raise UnsupportedModelError(
-            f"VPT supports timm ViT blocks ({qualified_name(Block)}) and the transformers layers of "
-            f"{', '.join(HF_FAMILIES)}; {type(model).__name__} has {kinds}"
+            f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds} (and the "
+            f"transformers layers of hf: backbones: {', '.join(HF_FAMILIES)})"
         ) from error
     refusal = prompt_refusal(family.name, model) if family.name in HF_FAMILIES else None
     if refusal is not None:

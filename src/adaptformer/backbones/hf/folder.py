@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig
 
 from ...errors import CheckpointError
@@ -134,6 +135,10 @@ def build_hf_backbone(
     config = read_config(where)
     _override(config, kwargs)
     architecture = ARCHITECTURES[config.model_type]
+    cfg = _pretrained_cfg(name, where, config, architecture)
+    if torch.empty(0).is_meta:  # shapes only (`params`, an architecture comparison): the config alone, no weights
+        model = architecture.model_class(config, **dict(architecture.model_kwargs))
+        return HFBackbone(model, architecture, num_classes, cfg), str(checkpoint or where)
     weights = _weights_folder(str(checkpoint) if checkpoint is not None else where)
     try:
         model, info = architecture.model_class.from_pretrained(
@@ -144,7 +149,6 @@ def build_hf_backbone(
         raise CheckpointError(f"{weights}: transformers cannot load it as {loader}: {first_line(e)}") from e
     _check_keys(weights, info)
     model.eval()
-    cfg = _pretrained_cfg(name, where, config, architecture)
     backbone = HFBackbone(model, architecture, num_classes, cfg)
     return backbone, str(Path(weights).resolve()) if Path(weights).exists() else weights
 

@@ -5,8 +5,9 @@ The transformers model is held unchanged under the attribute its own classificat
 ``vision_model``, ...) beside a ``classifier``, so every parameter keeps transformers' name (``vit.layers.0.mlp.fc1
 .weight``) and the layout is that of transformers' classification models. ``forward_features`` calls the model's own
 forward (its embeddings, masks and final norm, as transformers computes them) and returns its ``last_hidden_state``;
-``forward_head`` pools as the architecture's transformers classifier does (:data:`ARCHITECTURES`) and applies the
-task head. What the library reads from a timm model is here too: ``get_classifier`` / ``reset_classifier``,
+``forward_head`` pools as the architecture's transformers classification model does (``*ForImageClassification``,
+``VideoMAEForVideoClassification``; :data:`ARCHITECTURES`) and applies the task head, so that with the same head
+weights the logits are transformers' own. What the library reads from a timm model is here too: ``get_classifier`` / ``reset_classifier``,
 ``num_classes`` / ``num_features``, grad checkpointing, and a ``pretrained_cfg`` (input size, normalisation, frames).
 """
 
@@ -48,12 +49,12 @@ def _class_and_patch_mean(model: nn.Module, tokens: torch.Tensor) -> torch.Tenso
     return torch.cat([tokens[:, 0], tokens[:, first_patch:].mean(dim=1)], dim=1)  # (B, 2D)
 
 
-def _clip_pool(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    return model.post_layernorm(tokens[:, 0])  # CLIP's image feature before its projection
+def _patch_mean(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return tokens[:, 1:].mean(dim=1)  # CLIP's classifier: the patch tokens' mean (no class token, no final norm)
 
 
-def _siglip_pool(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    return model.head(tokens) if model.use_head else tokens.mean(dim=1)  # attention pooling (MAP head)
+def _token_mean(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return tokens.mean(dim=1)  # SigLIP's classifier: the mean of all tokens (its attention-pooling head unused)
 
 
 def _model_pooler(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -103,8 +104,8 @@ ARCHITECTURES: dict[str, HFArchitecture] = {
     "dinov2_with_registers": HFArchitecture(
         Dinov2WithRegistersModel, "dinov2_with_registers", _class_and_patch_mean, lambda c: 2 * c.hidden_size
     ),
-    "clip_vision_model": HFArchitecture(CLIPVisionModel, "vision_model", _clip_pool, _hidden),
-    "siglip_vision_model": HFArchitecture(SiglipVisionModel, "vision_model", _siglip_pool, _hidden),
+    "clip_vision_model": HFArchitecture(CLIPVisionModel, "vision_model", _patch_mean, _hidden),
+    "siglip_vision_model": HFArchitecture(SiglipVisionModel, "vision_model", _token_mean, _hidden),
     "beit": HFArchitecture(BeitModel, "beit", _model_pooler, _hidden),
     "videomae": HFArchitecture(VideoMAEModel, "videomae", _video_pool, _hidden, video=True),
     "swin": HFArchitecture(SwinModel, "swin", _swin_pool, lambda c: int(c.embed_dim * 2 ** (len(c.depths) - 1))),
