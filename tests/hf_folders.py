@@ -60,9 +60,8 @@ TINY: dict[str, tuple[type[PreTrainedModel], Any, dict[str, Any]]] = {
     "videomae": (VideoMAEModel, VideoMAEConfig(**_BERT, num_frames=4, tubelet_size=2), {}),
     "swin": (
         SwinModel,
-        SwinConfig(
-            image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, drop_path_rate=0.0
-        ),
+        SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4,
+                   drop_path_rate=0.0),  # fmt: skip
         {},
     ),
 }

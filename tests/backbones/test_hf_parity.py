@@ -68,8 +68,8 @@ def _transformers_classifier(kind: str, folder: Path, reference: PreTrainedModel
     """transformers' classification model of ``kind`` with the folder's weights and a random 5-class head."""
     cls = CLASSIFIERS[kind]
     if kind in ("clip", "siglip"):  # their classifiers take the two-tower config: the vision tower is loaded here
-        config = (CLIPConfig if kind == "clip" else SiglipConfig)(vision_config=reference.config.to_dict(), num_labels=5)
-        model = cls(config)
+        two_towers = CLIPConfig if kind == "clip" else SiglipConfig
+        model = cls(two_towers(vision_config=reference.config.to_dict(), num_labels=5))
         model.vision_model.load_state_dict(reference.state_dict())
         return model.eval()
     model, info = cls.from_pretrained(folder, num_labels=5, output_loading_info=True)
@@ -112,7 +112,8 @@ def test_parameter_names_stay_transformers_and_adapters_have_their_own_prefix(
     folder, reference = folders[kind]
     model = create_model(f"hf:{folder}", 5, method="adaptformer")
     attribute = model.attribute
-    backbone = {k[len(attribute) + 1 :] for k in model.state_dict() if ".adaptmlp." not in k and k.startswith(attribute)}
+    own = [k for k in model.state_dict() if ".adaptmlp." not in k and k.startswith(f"{attribute}.")]
+    backbone = {k[len(attribute) + 1 :] for k in own}
     pooler = {"pooler.dense.weight", "pooler.dense.bias"}  # ViTModel's tanh pooler, which its classifier does not use
     assert backbone == set(reference.state_dict()) - pooler  # transformers' own names, every one of them
     adapters = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("classifier", "fc_"))]

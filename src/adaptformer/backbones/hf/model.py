@@ -7,8 +7,9 @@ The transformers model is held unchanged under the attribute its own classificat
 forward (its embeddings, masks and final norm, as transformers computes them) and returns its ``last_hidden_state``;
 ``forward_head`` pools as the architecture's transformers classification model does (``*ForImageClassification``,
 ``VideoMAEForVideoClassification``; :data:`ARCHITECTURES`) and applies the task head, so that with the same head
-weights the logits are transformers' own. What the library reads from a timm model is here too: ``get_classifier`` / ``reset_classifier``,
-``num_classes`` / ``num_features``, grad checkpointing, and a ``pretrained_cfg`` (input size, normalisation, frames).
+weights the logits are transformers' own. What the library reads from a timm model is here too:
+``get_classifier`` / ``reset_classifier``, ``num_classes`` / ``num_features``, grad checkpointing, and a
+``pretrained_cfg`` (input size, normalisation, frames).
 """
 
 from __future__ import annotations
