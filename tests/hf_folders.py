@@ -33,6 +33,7 @@ from transformers import (
 
 _ENCODER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
 _BERT = {**_ENCODER, "intermediate_size": 64}
+_SWIN = {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4}
 
 # architecture id -> (model class, its config, constructor kwargs)
 TINY: dict[str, tuple[type[PreTrainedModel], Any, dict[str, Any]]] = {
@@ -60,8 +61,7 @@ TINY: dict[str, tuple[type[PreTrainedModel], Any, dict[str, Any]]] = {
     "videomae": (VideoMAEModel, VideoMAEConfig(**_BERT, num_frames=4, tubelet_size=2), {}),
     "swin": (
         SwinModel,
-        SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4,
-                   drop_path_rate=0.0),  # fmt: skip
+        SwinConfig(**_SWIN, drop_path_rate=0.0),
         {},
     ),
 }
