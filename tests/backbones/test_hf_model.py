@@ -42,7 +42,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     [
         # 2 layers of width 32, bottleneck 8: (32 * 8 + 8) + (8 * 32 + 32) = 552 each
         ("dinov2", AdaptFormerConfig(bottleneck=8), 2 * 552),
-        # Swin: stages of width 16 and 32, 2 layers each: 2 * (16 * 4 + 4 + 4 * 16 + 16) + 2 * (32 * 4 + 4 + 4 * 32 + 32)
+        # Swin: 2 layers of width 16 (4 * 16 + 4 + 16 * 4 + 16 each), 2 of width 32 (4 * 32 + 4 + 32 * 4 + 32)
         ("swin", AdaptFormerConfig(bottleneck=4), 2 * 148 + 2 * 292),
         # LoRA rank 4 on q and v of 2 layers of width 32: 2 * 2 * (4 * 32 + 32 * 4)
         ("videomae", LoRAConfig(rank=4), 2 * 2 * 256),
