@@ -1,10 +1,12 @@
 """An ``hf:<folder>`` backbone (:class:`adaptformer.backbones.hf.HFBackbone`) through the library's modes as a timm
 backbone goes through them: the parameter report, a training step that moves only what the method trains, an adapter
-saved and loaded back onto a fresh build of the folder, the command line (train, eval, predict, params, inspect,
-export to ONNX) and a multi-task model whose mixed batch gives each task its own model's logits."""
+saved and loaded back onto a fresh build of the folder, activation checkpointing, the command line (train, eval,
+predict, params, inspect, export to ONNX) and a multi-task model whose mixed batch gives each task its own model's
+logits."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tests.hf_folders import inputs, write_hf_model
-from tests.training_step import move_trainable
+from tests.training_step import FP32_TOL, assert_same_step, move_trainable, train_step
 
 from adaptformer import (
     AdaptFormerConfig,
@@ -27,6 +29,7 @@ from adaptformer import (
 )
 from adaptformer.cli import main
 from adaptformer.saving import create_model_from_adapter
+from adaptformer.speed.apply import set_grad_checkpointing
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,18 @@ def test_an_adapter_saved_and_loaded_onto_a_fresh_build_gives_the_same_logits(
         x = inputs("dinov2")
         with torch.no_grad():
             assert torch.equal(loaded(x), model(x)), method
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "swin"])
+def test_grad_checkpointing_recomputes_the_adapted_layers_with_the_same_gradients(
+    folders: dict[str, Path], kind: str
+) -> None:
+    plain = move_trainable(create_model(f"hf:{folders[kind]}", 5, method="adaptformer")).train()
+    checkpointed = copy.deepcopy(plain)
+    set_grad_checkpointing(checkpointed, True)
+    assert checkpointed.model.is_activation_checkpointing
+    x = inputs(kind, batch=4)
+    assert_same_step(train_step(plain, x), train_step(checkpointed, x), FP32_TOL, every_gradient_nonzero=True)
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture) -> str:
