@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tests.hf_folders import write_hf_model
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from adaptformer import CheckpointError, build_backbone, create_model
+from adaptformer.backbones.families import find_family
 from adaptformer.backbones.hf import ARCHITECTURES
 from adaptformer.factory import get_source
 from adaptformer.preprocessing import Preprocessing, clip_frames
@@ -67,6 +69,20 @@ def test_kwargs_set_config_fields_and_refuse_unknown_ones(dino: Path) -> None:
         build_backbone(f"hf:{dino}", 3, colour="red")
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_two_tower_folder_gives_its_vision_tower(tmp_path: Path, kind: str) -> None:
+    config_class, model_class = (CLIPConfig, CLIPModel) if kind == "clip" else (SiglipConfig, SiglipModel)
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    torch.manual_seed(0)
+    both = model_class(config_class(vision_config={**tower, "image_size": 32, "patch_size": 8}, text_config=tower))
+    both.eval().save_pretrained(tmp_path / kind)
+    ours = create_model(f"hf:{tmp_path / kind}", 3, method="adaptformer").eval()
+    assert find_family(ours).name == f"hf_{kind}"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours.forward_features(x), both.vision_model(pixel_values=x).last_hidden_state)
+
+
 def _copy(folder: Path, to: Path, drop: str | None = None) -> Path:
     to.mkdir()
     (to / "config.json").write_text((folder / "config.json").read_text())
@@ -95,6 +111,14 @@ def test_bad_folders_are_errors_naming_the_file_and_what_was_expected(dino: Path
     short = _copy(dino, tmp_path / "short", drop="encoder.layer.1.mlp.fc2.weight")
     with pytest.raises(CheckpointError, match=r"does not fit .*missing keys \['encoder.layer.1.mlp.fc2.weight'\]"):
         build_backbone(f"hf:{short}", 3)
+
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    with pytest.raises(
+        CheckpointError, match=f"{unknown}: config.json: .*no-such-architecture.*; supported: {supported}"
+    ):
+        build_backbone(f"hf:{unknown}", 3)
 
     with pytest.raises(FileNotFoundError, match="not a Hub model in the local Hugging Face cache"):
         build_backbone("hf:no-such-owner/no-such-model", 3)

@@ -2,11 +2,13 @@
 
 ``hf:<folder>`` names a backbone by its folder (``config.json`` + ``model.safetensors``, what ``save_pretrained``
 writes), or by a Hub id already in the local Hugging Face cache (``hf:facebook/dinov2-small``); nothing is fetched
-(``local_files_only``). The architecture comes from ``config.json``'s ``model_type`` (one of :data:`ARCHITECTURES`);
+(``local_files_only``). The architecture comes from ``config.json``'s ``model_type`` (one of :data:`ARCHITECTURES`; a
+two-tower ``clip`` or ``siglip`` folder gives its vision tower);
 the weights from the same folder, or from ``checkpoint`` (another transformers folder of the same architecture, e.g.
 one fine-tuned elsewhere). transformers reads the weights (its own key renames of older files included); the keys it
 reports are then checked here: nothing may be missing (transformers would initialise it randomly and only warn), and
-only the checkpoint's own heads may be left over (``HEAD_PREFIXES``, dropped with a log line).
+only the checkpoint's own heads and a two-tower model's text side may be left over (``HEAD_PREFIXES``,
+``OTHER_TOWER``; dropped with a log line).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ logger = logging.getLogger(__name__)
 HF_PREFIX = "hf:"
 HF_SOURCE = "hf"  # the checkpoint source of an hf: backbone: a transformers folder, read by transformers
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+# what a checkpoint may hold beyond the model: its task heads, and a two-tower CLIP / SigLIP's text side
 HEAD_PREFIXES = ("pooler.", "classifier.", "fc_norm.", "distillation_classifier.", "cls_classifier.")
+OTHER_TOWER = ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "logit_bias")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes in preprocessor_config.json
 
@@ -48,40 +52,27 @@ def canonical_name(name: str) -> str:
 
 
 def read_config(where: str) -> Any:
-    """The transformers config of folder (or cached Hub id) ``where``, checked to be a supported architecture."""
+    """The transformers config of folder (or cached Hub id) ``where``, checked to be a supported architecture; of a
+    two-tower CLIP or SigLIP, its vision tower's."""
     folder = Path(where)
-    if folder.exists() and not (folder / "config.json").is_file():
+    if folder.is_file() or (folder.exists() and not (folder / "config.json").is_file()):
         raise FileNotFoundError(f"hf:{where}: no config.json (expected a transformers model folder: save_pretrained)")
-    if folder.is_file():
-        raise CheckpointError(f"hf:{where}: expected a transformers model folder (config.json + model.safetensors)")
-    if not folder.exists():
-        try:
-            return _supported(where, AutoConfig.from_pretrained(where, local_files_only=True))
-        except OSError as e:
-            raise FileNotFoundError(
-                f"hf:{where}: no such folder, and not a Hub model in the local Hugging Face cache (nothing is "
-                f"downloaded; save it with save_pretrained and give its folder)"
-            ) from e
     try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise CheckpointError(f"{folder / 'config.json'}: not a JSON object ({e})") from e
-    if model_type not in ARCHITECTURES:
-        raise CheckpointError(_unsupported(folder / "config.json", model_type))
-    return _supported(where, AutoConfig.from_pretrained(str(folder), local_files_only=True))
-
-
-def _unsupported(where: object, model_type: object) -> str:
-    return (
-        f"{where}: model_type {model_type!r} is not a supported transformers vision backbone; supported: "
-        f"{', '.join(ARCHITECTURES)}"
-    )
-
-
-def _supported(where: str, config: Any) -> Any:
+        config = AutoConfig.from_pretrained(where, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"hf:{where}: no such folder, and not a Hub model in the local Hugging Face cache (nothing is downloaded; "
+            "save it with save_pretrained and give its folder)"
+        ) from e
+    except (ValueError, KeyError) as e:  # a model_type transformers itself does not know
+        raise CheckpointError(f"hf:{where}: config.json: {first_line(e)}; supported: {', '.join(ARCHITECTURES)}") from e
     if config.model_type not in ARCHITECTURES:
-        raise CheckpointError(_unsupported(f"hf:{where}", config.model_type))
-    return config
+        raise CheckpointError(
+            f"hf:{where}: model_type {config.model_type!r} is not a supported transformers vision backbone; supported: "
+            f"{', '.join(ARCHITECTURES)}"
+        )
+    tower = ARCHITECTURES[config.model_type].model_class.config_class
+    return config if isinstance(config, tower) else tower.from_pretrained(where, local_files_only=True)
 
 
 def _weights_folder(where: str) -> str:
@@ -156,13 +147,13 @@ def build_hf_backbone(
 def _check_keys(weights: str, info: dict[str, Any]) -> None:
     """CheckpointError unless every tensor of the model was in the file and nothing but heads was left over."""
     missing = sorted(info.get("missing_keys", ()))
-    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(HEAD_PREFIXES))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith((*HEAD_PREFIXES, *OTHER_TOWER)))
     mismatched = [f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in info.get("mismatched_keys", ())]
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{weights} does not fit the model its config describes: missing keys {missing[:20]} ({len(missing)}), "
             f"unexpected keys {unexpected[:20]} ({len(unexpected)}), shape mismatches {mismatched[:20]}"
         )
-    dropped = sorted(k for k in info.get("unexpected_keys", ()) if k.startswith(HEAD_PREFIXES))
+    dropped = sorted(k for k in info.get("unexpected_keys", ()) if k.startswith((*HEAD_PREFIXES, *OTHER_TOWER)))
     if dropped:
-        logger.info("%s: dropped the checkpoint's head keys %s (a new task head is trained)", weights, dropped)
+        logger.info("%s: left out %d keys of its heads or text tower: %s", weights, len(dropped), dropped[:10])

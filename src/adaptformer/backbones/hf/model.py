@@ -106,7 +106,9 @@ ARCHITECTURES: dict[str, HFArchitecture] = {
         Dinov2WithRegistersModel, "dinov2_with_registers", _class_and_patch_mean, lambda c: 2 * c.hidden_size
     ),
     "clip_vision_model": HFArchitecture(CLIPVisionModel, "vision_model", _patch_mean, _hidden),
+    "clip": HFArchitecture(CLIPVisionModel, "vision_model", _patch_mean, _hidden),  # two towers: the vision one
     "siglip_vision_model": HFArchitecture(SiglipVisionModel, "vision_model", _token_mean, _hidden),
+    "siglip": HFArchitecture(SiglipVisionModel, "vision_model", _token_mean, _hidden),
     "beit": HFArchitecture(BeitModel, "beit", _model_pooler, _hidden),
     "videomae": HFArchitecture(VideoMAEModel, "videomae", _video_pool, _hidden, video=True),
     "swin": HFArchitecture(SwinModel, "swin", _swin_pool, lambda c: int(c.embed_dim * 2 ** (len(c.depths) - 1))),
