@@ -2,7 +2,7 @@
 backbone goes through them: the parameter report, a training step that moves only what the method trains, an adapter
 saved and loaded back onto a fresh build of the folder, activation checkpointing, the command line (train, eval,
 predict, params, inspect, export to ONNX) and a multi-task model whose mixed batch gives each task its own model's
-logits."""
+logits (and its ONNX export)."""
 
 from __future__ import annotations
 
@@ -122,7 +122,9 @@ def test_the_command_line_trains_evaluates_predicts_inspects_and_exports(
     assert exported["max_abs_diff"] < 1e-4 and Path(exported["onnx"]).is_file()
 
 
-def test_a_multitask_model_gives_each_task_its_own_models_logits(folders: dict[str, Path], tmp_path: Path) -> None:
+def test_a_multitask_model_gives_each_task_its_own_models_logits(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     methods = {
         "af8": AdaptFormerConfig(bottleneck=8),
         "lora": LoRAConfig(rank=4),
@@ -140,6 +142,10 @@ def test_a_multitask_model_gives_each_task_its_own_models_logits(folders: dict[s
         for k, name in enumerate(methods):
             own = models[name](x[task_ids == k])
             torch.testing.assert_close(out[name], own, atol=1e-5, rtol=1e-5)  # batched per task: another sum order
+    adapters = [arg for name in methods for arg in ("--adapter", f"{name}={tmp_path / name}")]
+    onnx = tmp_path / "multi.onnx"
+    exported = json.loads(_cli(["export", *adapters, "--format", "onnx", "--out", str(onnx)], capsys))
+    assert exported["tasks"] == list(methods) and exported["max_abs_diff"] < 1e-4 and onnx.is_file()
 
 
 def test_vpt_in_a_mixed_task_batch_is_refused_on_transformers_layers(folders: dict[str, Path], tmp_path: Path) -> None:
