@@ -43,10 +43,12 @@ def test_preprocessing_comes_from_the_folders_preprocessor_config(dino: Path, tm
     folder = tmp_path / "with_processor"
     write_hf_model("siglip", folder)
     (folder / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2})
-    )
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+                    "do_center_crop": True, "size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}})
+    )  # fmt: skip
     pre = Preprocessing.from_model(build_backbone(f"hf:{folder}", 3))
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5) and pre.interpolation == "bilinear"
+    assert pre.crop_pct == 224 / 256  # DINOv2's processor: the short side to 256, the centre 224
 
 
 def test_a_video_model_takes_clips_of_its_config_length(tmp_path: Path) -> None:

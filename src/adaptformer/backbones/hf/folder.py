@@ -109,11 +109,23 @@ def _pretrained_cfg(name: str, where: str, config: Any, architecture: HFArchitec
         cfg["mean"] = tuple(data.get("image_mean", cfg["mean"]))
         cfg["std"] = tuple(data.get("image_std", cfg["std"]))
         cfg["interpolation"] = _RESAMPLE.get(data.get("resample"), cfg["interpolation"])
+        cfg["crop_pct"] = _crop_pct(data)
     else:
         logger.info("%s: no preprocessor_config.json; normalising with ImageNet's mean and std", where)
     if architecture.video:
         cfg["num_frames"] = int(config.num_frames)
     return cfg
+
+
+def _crop_pct(processor: dict[str, Any]) -> float:
+    """timm's ``crop_pct`` of an image processor: the centre crop over the resized short side (DINOv2's 224 of 256),
+    or 1.0 where it resizes to the input size without cropping (ViT's)."""
+    crop, size = processor.get("crop_size"), processor.get("size")
+    if not processor.get("do_center_crop") or crop is None or size is None:
+        return 1.0
+    crop_side = crop["height"] if isinstance(crop, dict) else int(crop)
+    short_side = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else int(size)
+    return min(1.0, crop_side / short_side) if short_side else 1.0
 
 
 def build_hf_backbone(
