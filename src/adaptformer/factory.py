@@ -137,7 +137,7 @@ def _build_hf(
             f"backbone {name}: its weights are a transformers folder (checkpoint source {HF_SOURCE!r}), not "
             f"checkpoint {checkpoint!r} with checkpoint source {checkpoint_source!r}"
         )
-    model, weights = build_hf_backbone(name, num_classes, checkpoint, **kwargs)
+    model, weights = build_hf_backbone(canonical_name(name), num_classes, checkpoint, **kwargs)
     setattr(model, SOURCE_ATTR, BackboneSource(dict(kwargs), weights, HF_SOURCE, None))
     return model
 

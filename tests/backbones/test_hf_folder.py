@@ -36,6 +36,7 @@ def test_the_backbone_records_its_absolute_folder_and_the_hf_source(
     assert source is not None and source.checkpoint == str(dino.resolve()) and source.checkpoint_source == "hf"
     assert model.pretrained_cfg["architecture"] == f"hf:{dino.resolve()}"
     assert model.adaptformer_spec.backbone == f"hf:{dino.resolve()}"  # an adapter finds it from anywhere
+    assert build_backbone("hf:dinov2", 3).pretrained_cfg["architecture"] == f"hf:{dino.resolve()}"  # adapt() reads it
 
 
 def test_preprocessing_comes_from_the_folders_preprocessor_config(dino: Path, tmp_path: Path) -> None:
