@@ -90,7 +90,7 @@ FAMILIES: tuple[BlockFamily, ...] = (
     BlockFamily("tv_swin", TorchvisionSwinBlock),  # torchvision Swin V1 (tv_swin_*) and Swin3D (tv_swin3d_*)
     # transformers' vision encoders (hf:<folder> backbones, adaptformer.backbones.hf): ViT, DeiT, DINOv2 (with and
     # without registers), CLIP and SigLIP vision towers, BEiT, VideoMAE, Swin
-    *(BlockFamily(name, layer, halves, projections) for name, (layer, halves, projections, _) in HF_LAYERS.items()),
+    *(BlockFamily(name, hf.layer, hf.halves, hf.projections) for name, hf in HF_LAYERS.items()),
 )
 
 HF_FAMILIES = tuple(f.name for f in FAMILIES if f.halves is not None)

@@ -19,6 +19,8 @@ Where each method attaches, per layer: AdaptFormer and Adapter+ on the MLP half 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -132,17 +134,35 @@ _BERT_ATTENTION = {
 
 _WINDOWS = "its attention runs inside windows of the patch grid, and a prompt token belongs to no window"
 
-# family name: (layer class, halves, q/k/v/o projections, why VPT cannot prompt it or None)
-LAYERS: dict[str, tuple[type[nn.Module], Any, dict[str, str], str | None]] = {
-    "hf_vit": (ViTLayer, vit_halves, _SELF_ATTENTION, None),
-    "hf_deit": (DeiTLayer, vit_halves, _SELF_ATTENTION, None),
-    "hf_dinov2": (Dinov2Layer, dinov2_halves, _SELF_ATTENTION, None),
-    "hf_dinov2_registers": (Dinov2WithRegistersLayer, dinov2_halves, _SELF_ATTENTION, None),
-    "hf_clip": (CLIPEncoderLayer, clip_halves, _CLIP_ATTENTION, None),
-    "hf_siglip": (SiglipEncoderLayer, clip_halves, _CLIP_ATTENTION, None),
-    "hf_beit": (BeitLayer, beit_halves, _SELF_ATTENTION, None),  # prompts refused per model: see prompt_refusal
-    "hf_videomae": (VideoMAELayer, videomae_halves, _BERT_ATTENTION, None),
-    "hf_swin": (SwinLayer, swin_halves, _SELF_ATTENTION, _WINDOWS),
+
+@dataclass(frozen=True)
+class HFLayer:
+    """One transformers encoder layer class as methods see it.
+
+    Args:
+        layer: the transformers class (only modules of exactly this class are the family's blocks).
+        halves: its forward split around the feed-forward branch, ``(block, *args, **kwargs) -> (x', LN(x'), h)``.
+        projections: q, k, v, o -> the path of that ``nn.Linear`` from the layer (LoRA's targets).
+        no_prompts: why VPT cannot prepend prompt tokens to it, or None.
+    """
+
+    layer: type[nn.Module]
+    halves: Callable[..., Halves]
+    projections: dict[str, str]
+    no_prompts: str | None = None
+
+
+# family name -> its layer (BEiT's prompts are refused per model, where it has relative position bias: prompt_refusal)
+LAYERS: dict[str, HFLayer] = {
+    "hf_vit": HFLayer(ViTLayer, vit_halves, _SELF_ATTENTION),
+    "hf_deit": HFLayer(DeiTLayer, vit_halves, _SELF_ATTENTION),
+    "hf_dinov2": HFLayer(Dinov2Layer, dinov2_halves, _SELF_ATTENTION),
+    "hf_dinov2_registers": HFLayer(Dinov2WithRegistersLayer, dinov2_halves, _SELF_ATTENTION),
+    "hf_clip": HFLayer(CLIPEncoderLayer, clip_halves, _CLIP_ATTENTION),
+    "hf_siglip": HFLayer(SiglipEncoderLayer, clip_halves, _CLIP_ATTENTION),
+    "hf_beit": HFLayer(BeitLayer, beit_halves, _SELF_ATTENTION),
+    "hf_videomae": HFLayer(VideoMAELayer, videomae_halves, _BERT_ATTENTION),
+    "hf_swin": HFLayer(SwinLayer, swin_halves, _SELF_ATTENTION, no_prompts=_WINDOWS),
 }
 
 TUPLE_OUTPUT = (SwinLayer,)  # layers that return (hidden_states, attention weights), the others hidden_states alone
@@ -155,4 +175,4 @@ def prompt_refusal(family: str, model: nn.Module) -> str | None:
         biased = [m for m in model.modules() if type(m).__name__ == "BeitRelativePositionBias"]
         if biased:
             return "its relative position bias is sized for the patch grid and the class token, not for extra tokens"
-    return LAYERS[family][3]
+    return LAYERS[family].no_prompts
