@@ -11,10 +11,10 @@ Each ``halves`` function computes, operation for operation, what the layer's own
 residual addition (transformers 5: ``layer(hidden_states, attention_mask, **kwargs)``); x' + h is bit for bit the
 layer's output (float addition commutes), which tests/backbones/test_hf_parity.py checks against transformers' forward.
 
-Where each method attaches, per layer: AdaptFormer and Adapter+ on the MLP half (``mlp``, or ``intermediate`` +
-``output`` in VideoMAE's BERT-style layer), LoRA on the separate q/k/v/o ``nn.Linear`` projections named in
-``PROJECTIONS``, VPT's prompt tokens where attention takes extra tokens (refused with the reason in
-``PROMPT_REFUSALS``).
+Where each method attaches, per layer (:data:`LAYERS`): AdaptFormer and Adapter+ on the MLP half (``mlp``, or
+``intermediate`` + ``output`` in VideoMAE's BERT-style layer), LoRA on the separate q/k/v/o ``nn.Linear`` projections
+(``HFLayer.projections``), VPT's prompt tokens where attention takes extra tokens (else refused, saying why:
+:func:`prompt_refusal`).
 """
 
 from __future__ import annotations
