@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests.hf_folders import inputs, write_hf_model
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTConfig, ViTForImageClassification
 
 from adaptformer import CheckpointError, build_backbone
 
@@ -24,6 +24,19 @@ def test_a_classification_models_folder_loads_with_its_head_and_gives_its_logits
     ours = build_backbone("vit_tiny_patch16_224", 5, tmp_path / "vit", "hf", keep_head=True, **TINY_TIMM).eval()
     x = inputs("vit")
     with torch.no_grad():
+        assert torch.equal(ours(x), theirs(pixel_values=x).logits)
+
+
+def test_a_distilled_deit_folder_loads_both_heads_and_gives_its_logits(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8, layer_norm_eps=1e-6, num_labels=5)  # fmt: skip
+    theirs = DeiTForImageClassificationWithTeacher(config).eval()
+    theirs.save_pretrained(tmp_path / "deit")  # distillation token, cls_classifier and distillation_classifier
+    name = "deit_tiny_distilled_patch16_224"
+    ours = build_backbone(name, 5, tmp_path / "deit", "hf", keep_head=True, **TINY_TIMM).eval()
+    x = inputs("vit")
+    with torch.no_grad():  # both: the mean of the two heads' logits
         assert torch.equal(ours(x), theirs(pixel_values=x).logits)
 
 

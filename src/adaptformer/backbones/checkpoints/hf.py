@@ -1,9 +1,10 @@
 """Checkpoint source ``hf``: a ``transformers`` model folder (``save_pretrained``'s ``model.safetensors``).
 
 For an ``hf:<folder>`` backbone transformers reads such a folder itself (:mod:`adaptformer.backbones.hf.folder`);
-:func:`convert_hf_vit` lets a timm ViT load one instead: transformers' ViT and DINOv2 (with registers) file layout,
-renamed to timm's ``VisionTransformer`` and q, k, v fused into its ``qkv`` (their rows stacked in that order, as timm's
-attention splits them). The layer norms' epsilon is the model's own: build the timm model with the file's
+:func:`convert_hf_vit` lets a timm ViT load one instead: transformers' ViT, DeiT (distilled too: timm's
+``deit_*_distilled``) and DINOv2 (with registers) file layout renamed to timm's ``VisionTransformer``, q, k and v fused
+into its ``qkv`` (their rows stacked in that order, as timm's attention splits them), a classification model's heads
+kept as timm's ``head`` (and ``head_dist``). The layer norms' epsilon is the model's own: build the timm model with the file's
 ``layer_norm_eps`` (ViT's default in transformers is 1e-12, timm's 1e-6) for the same function.
 """
 
@@ -34,12 +35,15 @@ _LAYER_NAMES = {
 _EMBEDDINGS = {
     "embeddings.cls_token": "cls_token",
     "embeddings.register_tokens": "reg_token",
+    "embeddings.distillation_token": "dist_token",  # DeiT distilled: timm's deit_*_distilled
     "embeddings.position_embeddings": "pos_embed",
     "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
 }
+# a classification model's heads -> timm's (DeiT distilled: a class-token and a distillation-token classifier)
+_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 _DROPPED = ("embeddings.mask_token", "pooler.")  # masked-image-modelling token, ViT's tanh pooler: not in timm's ViT
 
 
@@ -52,8 +56,8 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         first, _, rest = key.partition(".")
         if first in prefixes:
             out[rest] = value
-        elif first == "classifier":
-            out[f"head.{rest}"] = value
+        elif first in _HEADS:
+            out[f"{_HEADS[first]}.{rest}"] = value
         else:
             out[key] = value
     return out
