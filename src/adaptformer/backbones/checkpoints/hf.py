@@ -4,8 +4,8 @@ For an ``hf:<folder>`` backbone transformers reads such a folder itself (:mod:`a
 :func:`convert_hf_vit` lets a timm ViT load one instead: transformers' ViT, DeiT (distilled too: timm's
 ``deit_*_distilled``) and DINOv2 (with registers) file layout renamed to timm's ``VisionTransformer``, q, k and v fused
 into its ``qkv`` (their rows stacked in that order, as timm's attention splits them), a classification model's heads
-kept as timm's ``head`` (and ``head_dist``). The layer norms' epsilon is the model's own: build the timm model with the file's
-``layer_norm_eps`` (ViT's default in transformers is 1e-12, timm's 1e-6) for the same function.
+kept as timm's ``head`` (and ``head_dist``). The layer norms' epsilon is the model's own: build the timm model with
+the file's ``layer_norm_eps`` (ViT's default in transformers is 1e-12, timm's 1e-6) for the same function.
 """
 
 from __future__ import annotations
