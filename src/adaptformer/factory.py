@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .backbones.checkpoints.load import load_pretrained
 from .backbones.families import FAMILIES, block_width
-from .backbones.hf import HF_SOURCE, build_hf_backbone, canonical_name, is_hf_name
+from .backbones.hf import HF_SOURCE, canonical_name, is_hf_name
 from .errors import CheckpointError
 from .methods import MethodConfig
 from .model import ModelSpec, adapt
@@ -137,6 +137,10 @@ def _build_hf(
             f"backbone {name}: its weights are a transformers folder (checkpoint source {HF_SOURCE!r}), not "
             f"checkpoint {checkpoint!r} with checkpoint source {checkpoint_source!r}"
         )
+    try:
+        from .backbones.hf.folder import build_hf_backbone
+    except ImportError as e:  # transformers is the `hf` extra
+        raise ImportError(f"backbone {name} needs transformers >= 5.23: pip install 'adaptformer[hf]' ({e})") from e
     model, weights = build_hf_backbone(canonical_name(name), num_classes, checkpoint, **kwargs)
     setattr(model, SOURCE_ATTR, BackboneSource(dict(kwargs), weights, HF_SOURCE, None))
     return model

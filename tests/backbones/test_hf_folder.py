@@ -5,6 +5,8 @@ flags); nothing is ever downloaded."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from adaptformer import CheckpointError, build_backbone, create_model
 from adaptformer.backbones.families import find_family
-from adaptformer.backbones.hf import ARCHITECTURES
+from adaptformer.backbones.hf.model import ARCHITECTURES
 from adaptformer.factory import get_source
 from adaptformer.preprocessing import Preprocessing, clip_frames
 
@@ -132,3 +134,25 @@ def test_a_timm_checkpoint_source_or_timms_weights_are_refused_for_an_hf_backbon
         build_backbone(f"hf:{dino}", 3, checkpoint=dino, checkpoint_source="mae")
     with pytest.raises(ValueError, match="its weights are a transformers folder"):
         build_backbone(f"hf:{dino}", 3, checkpoint="timm")
+
+
+def test_without_transformers_the_library_works_and_an_hf_backbone_names_the_extra() -> None:
+    """transformers is the `hf` extra: with it missing, importing the library, its families and a timm model work,
+    and an hf: backbone is an ImportError saying what to install."""
+    code = """
+import sys
+class NoTransformers:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "transformers":
+            raise ImportError("no transformers here")
+sys.meta_path.insert(0, NoTransformers())
+import adaptformer
+from adaptformer.backbones.families import FAMILIES
+print(sorted(f.name for f in FAMILIES))
+adaptformer.create_model("vit_tiny_patch16_224", 3, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+adaptformer.create_model("hf:some/folder", 3)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "['beit', 'eva', 'swin', 'tv_swin', 'tv_vit', 'vit']" in done.stdout, done.stderr[-2000:]
+    wanted = "ImportError: backbone hf:some/folder needs transformers >= 5.23: pip install 'adaptformer[hf]'"
+    assert wanted in done.stderr

@@ -24,8 +24,12 @@ from torchvision.models.swin_transformer import SwinTransformerBlock as Torchvis
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
 from ..errors import UnsupportedModelError
-from .hf.layers import LAYERS as HF_LAYERS
-from .hf.layers import TUPLE_OUTPUT
+
+try:  # transformers' vision encoders, when transformers (the `hf` extra) is installed
+    from .hf.layers import LAYERS as HF_LAYERS
+    from .hf.layers import TUPLE_OUTPUT
+except ImportError:
+    HF_LAYERS, TUPLE_OUTPUT = {}, ()
 
 
 def block_width(block: nn.Module) -> int:
@@ -52,12 +56,15 @@ class BlockFamily:
             for timm's and torchvision's blocks, whose adapted blocks each method writes out.
         projections: where LoRA attaches when q, k, v and o are separate ``nn.Linear`` layers (transformers): target
             name -> path from the block; None: timm's fused ``attn.qkv`` and ``attn.proj``.
+        no_prompts: ``model -> why VPT cannot prepend prompt tokens to its blocks`` (None: it can, or the family
+            has no prompted block at all).
     """
 
     name: str
     block_type: type[nn.Module]
     halves: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
     projections: Mapping[str, str] | None = None
+    no_prompts: Callable[[nn.Module], str | None] | None = None
 
     def output(self, hidden_states: torch.Tensor) -> Any:
         """What the family's block returns for its output tokens: Swin's transformers layer returns (tokens, attention
@@ -90,7 +97,7 @@ FAMILIES: tuple[BlockFamily, ...] = (
     BlockFamily("tv_swin", TorchvisionSwinBlock),  # torchvision Swin V1 (tv_swin_*) and Swin3D (tv_swin3d_*)
     # transformers' vision encoders (hf:<folder> backbones, adaptformer.backbones.hf): ViT, DeiT, DINOv2 (with and
     # without registers), CLIP and SigLIP vision towers, BEiT, VideoMAE, Swin
-    *(BlockFamily(name, hf.layer, hf.halves, hf.projections) for name, hf in HF_LAYERS.items()),
+    *(BlockFamily(name, hf.layer, hf.halves, hf.projections, hf.no_prompts) for name, hf in HF_LAYERS.items()),
 )
 
 HF_FAMILIES = tuple(f.name for f in FAMILIES if f.halves is not None)

@@ -36,7 +36,6 @@ from ..backbones.families import (
     install,
     qualified_name,
 )
-from ..backbones.hf.layers import prompt_refusal
 from ..errors import UnsupportedModelError
 from ..validation import check_probability
 from .protocol import ModuleSite, TaskRows
@@ -142,7 +141,7 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
             f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds} (and the "
             f"transformers layers of hf: backbones: {', '.join(HF_FAMILIES)})"
         ) from error
-    refusal = prompt_refusal(family.name, model) if family.name in HF_FAMILIES else None
+    refusal = family.no_prompts(model) if family.no_prompts is not None else None
     if refusal is not None:
         raise UnsupportedModelError(f"VPT cannot prompt {qualified_name(family.block_type)}: {refusal}")
     last = len(blocks) - 1

@@ -1,16 +1,7 @@
-"""Hugging Face ``transformers`` vision models as backbones: ``hf:<folder>`` (:mod:`.folder`), the timm interface
-around them (:mod:`.model`) and their encoder layers as methods see them (:mod:`.layers`)."""
+"""Hugging Face ``transformers`` vision models as backbones: ``hf:<folder>`` (:mod:`.names`), built from the folder
+(:mod:`.folder`) with timm's interface around them (:mod:`.model`), their encoder layers as methods see them
+(:mod:`.layers`). Only :mod:`.names` is imported here: the other modules need transformers (the ``hf`` extra)."""
 
-from .folder import HF_PREFIX, HF_SOURCE, build_hf_backbone, canonical_name, is_hf_name
-from .model import ARCHITECTURES, HFArchitecture, HFBackbone
+from .names import HF_PREFIX, HF_SOURCE, canonical_name, is_hf_name
 
-__all__ = [
-    "ARCHITECTURES",
-    "HF_PREFIX",
-    "HF_SOURCE",
-    "HFArchitecture",
-    "HFBackbone",
-    "build_hf_backbone",
-    "canonical_name",
-    "is_hf_name",
-]
+__all__ = ["HF_PREFIX", "HF_SOURCE", "canonical_name", "is_hf_name"]

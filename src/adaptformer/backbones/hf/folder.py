@@ -24,31 +24,16 @@ from transformers import AutoConfig
 from ...errors import CheckpointError
 from ..checkpoints.load import first_line
 from .model import ARCHITECTURES, HFArchitecture, HFBackbone
+from .names import HF_PREFIX
 
 logger = logging.getLogger(__name__)
 
-HF_PREFIX = "hf:"
-HF_SOURCE = "hf"  # the checkpoint source of an hf: backbone: a transformers folder, read by transformers
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 # what a checkpoint may hold beyond the model: its task heads, and a two-tower CLIP / SigLIP's text side
 HEAD_PREFIXES = ("pooler.", "classifier.", "fc_norm.", "distillation_classifier.", "cls_classifier.")
 OTHER_TOWER = ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "logit_bias")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes in preprocessor_config.json
-
-
-def is_hf_name(name: str) -> bool:
-    """Whether backbone ``name`` names a transformers model (``hf:<folder or cached Hub id>``)."""
-    return name.startswith(HF_PREFIX)
-
-
-def canonical_name(name: str) -> str:
-    """``hf:<folder>`` with the folder made absolute (an adapter records where its backbone is, wherever it is used
-    from); other names as they are."""
-    where = name[len(HF_PREFIX) :]
-    if is_hf_name(name) and Path(where).is_dir():
-        return HF_PREFIX + str(Path(where).resolve())
-    return name
 
 
 def read_config(where: str) -> Any:

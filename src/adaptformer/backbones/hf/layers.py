@@ -14,7 +14,7 @@ layer's output (float addition commutes), which tests/backbones/test_hf_parity.p
 Where each method attaches, per layer (:data:`LAYERS`): AdaptFormer and Adapter+ on the MLP half (``mlp``, or
 ``intermediate`` + ``output`` in VideoMAE's BERT-style layer), LoRA on the separate q/k/v/o ``nn.Linear`` projections
 (``HFLayer.projections``), VPT's prompt tokens where attention takes extra tokens (else refused, saying why:
-:func:`prompt_refusal`).
+``HFLayer.no_prompts``). Importing this module needs ``transformers`` (the ``hf`` extra).
 """
 
 from __future__ import annotations
@@ -132,7 +132,16 @@ _BERT_ATTENTION = {
     "o": "attention.output.dense",
 }
 
-_WINDOWS = "its attention runs inside windows of the patch grid, and a prompt token belongs to no window"
+
+def _windows(model: nn.Module) -> str:
+    return "its attention runs inside windows of the patch grid, and a prompt token belongs to no window"
+
+
+def _relative_position_bias(model: nn.Module) -> str | None:
+    """BEiT's relative position bias (per layer or shared) is a table over exactly the patch grid and class token."""
+    if any(type(m).__name__ == "BeitRelativePositionBias" for m in model.modules()):
+        return "its relative position bias is sized for the patch grid and the class token, not for extra tokens"
+    return None
 
 
 @dataclass(frozen=True)
@@ -143,16 +152,16 @@ class HFLayer:
         layer: the transformers class (only modules of exactly this class are the family's blocks).
         halves: its forward split around the feed-forward branch, ``(block, *args, **kwargs) -> (x', LN(x'), h)``.
         projections: q, k, v, o -> the path of that ``nn.Linear`` from the layer (LoRA's targets).
-        no_prompts: why VPT cannot prepend prompt tokens to it, or None.
+        no_prompts: ``model -> why VPT cannot prepend prompt tokens to its layers`` (None: it can).
     """
 
     layer: type[nn.Module]
     halves: Callable[..., Halves]
     projections: dict[str, str]
-    no_prompts: str | None = None
+    no_prompts: Callable[[nn.Module], str | None] | None = None
 
 
-# family name -> its layer (BEiT's prompts are refused per model, where it has relative position bias: prompt_refusal)
+# family name -> its layer
 LAYERS: dict[str, HFLayer] = {
     "hf_vit": HFLayer(ViTLayer, vit_halves, _SELF_ATTENTION),
     "hf_deit": HFLayer(DeiTLayer, vit_halves, _SELF_ATTENTION),
@@ -160,19 +169,9 @@ LAYERS: dict[str, HFLayer] = {
     "hf_dinov2_registers": HFLayer(Dinov2WithRegistersLayer, dinov2_halves, _SELF_ATTENTION),
     "hf_clip": HFLayer(CLIPEncoderLayer, clip_halves, _CLIP_ATTENTION),
     "hf_siglip": HFLayer(SiglipEncoderLayer, clip_halves, _CLIP_ATTENTION),
-    "hf_beit": HFLayer(BeitLayer, beit_halves, _SELF_ATTENTION),
+    "hf_beit": HFLayer(BeitLayer, beit_halves, _SELF_ATTENTION, no_prompts=_relative_position_bias),
     "hf_videomae": HFLayer(VideoMAELayer, videomae_halves, _BERT_ATTENTION),
-    "hf_swin": HFLayer(SwinLayer, swin_halves, _SELF_ATTENTION, no_prompts=_WINDOWS),
+    "hf_swin": HFLayer(SwinLayer, swin_halves, _SELF_ATTENTION, no_prompts=_windows),
 }
 
 TUPLE_OUTPUT = (SwinLayer,)  # layers that return (hidden_states, attention weights), the others hidden_states alone
-
-
-def prompt_refusal(family: str, model: nn.Module) -> str | None:
-    """Why VPT cannot prepend prompt tokens to ``model``'s layers of ``family`` (None: it can). BEiT's relative
-    position bias (per layer or shared) is a table over exactly the patch grid and the class token."""
-    if family == "hf_beit":
-        biased = [m for m in model.modules() if type(m).__name__ == "BeitRelativePositionBias"]
-        if biased:
-            return "its relative position bias is sized for the patch grid and the class token, not for extra tokens"
-    return LAYERS[family].no_prompts
