@@ -1,8 +1,8 @@
 """An ``hf:<folder>`` backbone (:class:`adaptformer.backbones.hf.model.HFBackbone`) through the library's modes as a
-timm backbone goes through them: the parameter report, a training step that moves only what the method trains, an adapter
-saved and loaded back onto a fresh build of the folder, activation checkpointing, the command line (train, eval,
-predict, params, inspect, export to ONNX) and a multi-task model whose mixed batch gives each task its own model's
-logits (and its ONNX export)."""
+timm backbone goes through them: the parameter report, a training step that moves only what the method trains, an
+adapter saved and loaded back onto a fresh build of the folder, activation checkpointing, the command line (train,
+eval, predict, params, inspect, export to ONNX) and a multi-task model whose mixed batch gives each task its own
+model's logits (and its ONNX export)."""
 
 from __future__ import annotations
 
