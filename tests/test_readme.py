@@ -441,6 +441,26 @@ def _check_segmentation_recipes(outputs: list[str], work: Path) -> None:
         assert f"recipe: {recipe}" in (work / "runs" / run_dir / "config.yaml").read_text()
 
 
+def _hf_files(work: Path) -> None:
+    """The digits image folder and a tiny random DINOv2 written by transformers' save_pretrained to the folder the
+    block names (32 px inputs, width 32, two layers)."""
+    from tests.hf_folders import write_hf_model
+
+    _digits_files(work)
+    write_hf_model("dinov2", work / "models/dinov2-small")
+
+
+def _check_hf(outputs: list[str], work: Path) -> None:
+    """params counts LoRA on the folder's layers (rank 8 on q and v of 2 layers of width 32), train writes an adapter
+    that records the folder, and eval reproduces the run's test score from it."""
+    assert "lora" in outputs[0] and "2,048" in outputs[0]
+    config = json.loads((work / "runs/digits_dinov2/adapter/adapter_config.json").read_text())
+    assert config["backbone"] == f"hf:{(work / 'models/dinov2-small').resolve()}"
+    test = json.loads((work / "runs/digits_dinov2/test.json").read_text())
+    scores = json.loads(outputs[2].strip().splitlines()[-1])
+    assert scores["n"] == test["n"] == 359 and abs(scores["acc1"] - test["acc1"]) < 1e-9
+
+
 FLOWS = [
     Flow("bash setup.sh demo", check=_check_setup, run_commands=False),
     Flow("# scikit-learn's real 8x8 digits as an image folder", check=_check_digits),
@@ -508,6 +528,12 @@ FLOWS = [
         setup=(_segmentation_files,),
         check=_check_segmentation_recipes,
         run_commands=False,
+    ),
+    Flow(
+        "adaptformer params --model.backbone hf:models/dinov2-small",
+        setup=(_hf_files,),
+        extra={"train": ["--optim.epochs", "1", "--optim.warmup_epochs", "0"]},
+        check=_check_hf,
     ),
     Flow(
         "adaptformer inspect --adapter runs/digits/adapter",

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .backbones.checkpoints.load import load_pretrained
 from .backbones.families import FAMILIES, block_width
+from .backbones.hf import HF_SOURCE, canonical_name, is_hf_name
 from .errors import CheckpointError
 from .methods import MethodConfig
 from .model import ModelSpec, adapt
@@ -88,6 +89,8 @@ def build_backbone(
     use_timm = checkpoint == TIMM_PRETRAINED
     if init_seed is not None:
         torch.manual_seed(init_seed)
+    if is_hf_name(name):
+        return _build_hf(name, num_classes, checkpoint, checkpoint_source, timm_kwargs)
     try:
         model = timm.create_model(name, pretrained=use_timm, num_classes=num_classes, **timm_kwargs)
     except RuntimeError as e:
@@ -120,6 +123,26 @@ def build_backbone(
     source = BackboneSource(dict(timm_kwargs), None if checkpoint is None else str(checkpoint), checkpoint_source,
                             init_seed if checkpoint is None else None)  # fmt: skip
     setattr(model, SOURCE_ATTR, source)
+    return model
+
+
+def _build_hf(
+    name: str, num_classes: int, checkpoint: str | Path | None, checkpoint_source: str, kwargs: dict[str, Any]
+) -> nn.Module:
+    """A transformers backbone (``hf:<folder>``): its weights are a transformers folder, the named one or
+    ``checkpoint``, read by transformers (checkpoint source ``hf``; ``timm``, the default, names the same: the
+    backbone's own layout)."""
+    if checkpoint_source not in (HF_SOURCE, TIMM_PRETRAINED) or checkpoint == TIMM_PRETRAINED:
+        raise ValueError(
+            f"backbone {name}: its weights are a transformers folder (checkpoint source {HF_SOURCE!r}), not "
+            f"checkpoint {checkpoint!r} with checkpoint source {checkpoint_source!r}"
+        )
+    try:
+        from .backbones.hf.folder import build_hf_backbone
+    except ImportError as e:  # transformers is the `hf` extra
+        raise ImportError(f"backbone {name} needs transformers >= 5.23: pip install 'adaptformer[hf]' ({e})") from e
+    model, weights = build_hf_backbone(canonical_name(name), num_classes, checkpoint, **kwargs)
+    setattr(model, SOURCE_ATTR, BackboneSource(dict(kwargs), weights, HF_SOURCE, None))
     return model
 
 
@@ -192,7 +215,9 @@ def create_model(
 
     Args:
         name: a timm model name, e.g. "vit_base_patch16_224" or "vit_base_patch16_224.mae" (the pretrained tag sets
-            the input normalisation), or an adaptformer-registered one.
+            the input normalisation), an adaptformer-registered one, or ``hf:<folder>`` for a transformers vision
+            model saved with ``save_pretrained`` (or ``hf:<Hub id>`` in the local Hugging Face cache; nothing is
+            downloaded): ViT, DeiT, DINOv2 (with registers), CLIP/SigLIP vision towers, BEiT, VideoMAE, Swin.
         num_classes: classes of the task.
         method: a method config, e.g. ``AdaptFormerConfig(bottleneck=64)`` or ``VPTConfig(num_tokens=4)``, or a
             registered method name for its defaults ("adaptformer", "linear", "full", "vpt", ...).
@@ -209,6 +234,7 @@ def create_model(
             f"create_model() takes the method's config as method=..., e.g. method=AdaptFormerConfig(...) or "
             f"method=VPTConfig(...), not {stale} (adaptformer 0.1's keywords)"
         )
+    name = canonical_name(name)  # hf:<folder> recorded absolute
     ModelSpec.for_method(name, method, num_classes=num_classes, head=head)  # a bad method fails before the slow build
     model = build_backbone(
         name, num_classes, checkpoint, checkpoint_source, keep_head=head == "linear", init_seed=init_seed, **timm_kwargs

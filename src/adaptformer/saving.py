@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .backbones.hf import is_hf_name
 from .factory import BackboneSource, architecture_difference, build_backbone, get_source, missing_checkpoint
 from .files import atomic_write_files, make_folder
 from .methods.state import backbone_fingerprint, get_spec, get_task, task_state_dict
@@ -111,7 +112,8 @@ class AdapterInfo:
 
 
 def _architecture(name: str) -> str:
-    return name.split(".", 1)[0]
+    """A backbone name without its pretrained tag (``vit_base_patch16_224.mae``); an ``hf:`` folder as it is."""
+    return name if is_hf_name(name) else name.split(".", 1)[0]
 
 
 def _model_backbone_name(model: nn.Module) -> str:

@@ -9,9 +9,12 @@ adapted block class for it (e.g. :data:`adaptformer.methods.adaptformer.ADAPTED_
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from weakref import WeakSet
 
+import torch
 import torch.nn as nn
 from timm.models.beit import Block as BeitBlock
 from timm.models.eva import EvaBlock
@@ -22,13 +25,21 @@ from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViT
 
 from ..errors import UnsupportedModelError
 
+try:  # transformers' vision encoders, when transformers (the `hf` extra) is installed
+    from .hf.layers import LAYERS as HF_LAYERS
+    from .hf.layers import TUPLE_OUTPUT
+except ImportError:
+    HF_LAYERS, TUPLE_OUTPUT = {}, ()
+
 
 def block_width(block: nn.Module) -> int:
     """The channel count a block's feed-forward branch reads (and an adapter beside it): the input width of the
-    first Linear of its ``mlp`` (``fc1`` of timm's Mlp, ``fc1_g`` of its SwiGLU, ``mlp[0]`` of torchvision's MLP)."""
-    first = next((m for m in block.mlp.modules() if isinstance(m, nn.Linear)), None)
+    first Linear of its ``mlp`` (``fc1`` of timm's Mlp, ``fc1_g`` of its SwiGLU, ``mlp[0]`` of torchvision's MLP), or
+    of its ``intermediate`` (the BERT-style layers of transformers, VideoMAE's)."""
+    mlp = block.mlp if hasattr(block, "mlp") else getattr(block, "intermediate", None)
+    first = next((m for m in mlp.modules() if isinstance(m, nn.Linear)), None) if mlp is not None else None
     if first is None:
-        raise UnsupportedModelError(f"{type(block).__name__}.mlp has no Linear layer to read the block width from")
+        raise UnsupportedModelError(f"{type(block).__name__} has no MLP Linear layer to read the block width from")
     return first.in_features
 
 
@@ -40,10 +51,25 @@ class BlockFamily:
         name: the family's short name ("vit", "swin", "eva", ...), what methods key their adapted blocks by.
         block_type: the library's block class; only modules of exactly this class are the family's blocks (a subclass
             computes something else: torchvision's Swin V2 block subclasses the V1 block).
+        halves: for a transformers layer, its forward split around the feed-forward branch, ``(block, *args,
+            **kwargs) -> (x', LN(x'), h)`` (:mod:`.hf.layers`), from which methods build their adapted layer; None
+            for timm's and torchvision's blocks, whose adapted blocks each method writes out.
+        projections: where LoRA attaches when q, k, v and o are separate ``nn.Linear`` layers (transformers): target
+            name -> path from the block; None: timm's fused ``attn.qkv`` and ``attn.proj``.
+        no_prompts: ``model -> why VPT cannot prepend prompt tokens to its blocks`` (None: it can, or the family
+            has no prompted block at all).
     """
 
     name: str
     block_type: type[nn.Module]
+    halves: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    projections: Mapping[str, str] | None = None
+    no_prompts: Callable[[nn.Module], str | None] | None = None
+
+    def output(self, hidden_states: torch.Tensor) -> Any:
+        """What the family's block returns for its output tokens: Swin's transformers layer returns (tokens, attention
+        weights), and an adapted layer gives None for the weights (transformers reads them only when asked to)."""
+        return (hidden_states, None) if issubclass(self.block_type, TUPLE_OUTPUT) else hidden_states
 
     def is_block(self, module: nn.Module) -> bool:
         """Whether ``module`` is a plain block of this family, or one a method already adapted (its class is a
@@ -69,7 +95,19 @@ FAMILIES: tuple[BlockFamily, ...] = (
     BlockFamily("beit", BeitBlock),  # timm BEiT, BEiT v2
     BlockFamily("tv_vit", TorchvisionViTBlock),  # torchvision ViT (tv_vit_*)
     BlockFamily("tv_swin", TorchvisionSwinBlock),  # torchvision Swin V1 (tv_swin_*) and Swin3D (tv_swin3d_*)
+    # transformers' vision encoders (hf:<folder> backbones, adaptformer.backbones.hf): ViT, DeiT, DINOv2 (with and
+    # without registers), CLIP and SigLIP vision towers, BEiT, VideoMAE, Swin
+    *(BlockFamily(name, hf.layer, hf.halves, hf.projections, hf.no_prompts) for name, hf in HF_LAYERS.items()),
 )
+
+HF_FAMILIES = tuple(f.name for f in FAMILIES if f.halves is not None)
+
+
+def adapted_class(family: BlockFamily, prefix: str, forward: Callable[..., Any], module: str) -> type[nn.Module]:
+    """A method's adapted subclass ``<prefix><block class>`` of ``family``'s block class with ``forward``, defined for
+    the families described by their ``halves`` (one forward serves them all), ``module`` being the method's."""
+    name = f"{prefix}{family.block_type.__name__}"
+    return type(name, (family.block_type,), {"forward": forward, "__module__": module, "__qualname__": name})
 
 
 def qualified_name(cls: type) -> str:

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..backbones.hf import is_hf_name
 from ..data import train_val_split
 from ..factory import create_model, require_checkpoint
 from ..files import atomic_write_text
@@ -113,7 +114,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     backbone can be built again from the seed alone (``adaptformer eval`` does, for such an adapter).
     """
     m = cfg.model
-    if m.checkpoint is None and not method_of(m.method).trains_backbone:
+    if m.checkpoint is None and not method_of(m.method).trains_backbone and not is_hf_name(m.backbone):
         logger.warning("no model.checkpoint: the frozen backbone is randomly initialised (seed %d)", cfg.run.seed)
     if cfg.data.is_segmentation:
         return create_segmentation_model(

@@ -34,7 +34,7 @@ from timm.models.vision_transformer import Block
 from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
-from ..backbones.families import block_width, chosen_blocks, install
+from ..backbones.families import FAMILIES, BlockFamily, adapted_class, block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_probability
 from .protocol import BlockModule, Interpolation, Measurement
 from .registry import Method, MethodConfig
@@ -154,6 +154,18 @@ class AdapterPlusTorchvisionSwinBlock(TorchvisionSwinBlock):
         return self.adapter_plus(super().forward(x))
 
 
+def _adapter_plus_layer(family: BlockFamily) -> type[nn.Module]:
+    """A transformers encoder layer (:mod:`adaptformer.backbones.hf.layers`) followed by its Adapter+: the layer's
+    output tokens x' + h through ``self.adapter_plus``."""
+    assert family.halves is not None
+
+    def forward(self: nn.Module, *args: object, **kwargs: object) -> object:
+        x, _, h = family.halves(self, *args, **kwargs)
+        return family.output(self.adapter_plus(x + h))
+
+    return adapted_class(family, "AdapterPlus", forward, __name__)
+
+
 # backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the
 # family's block)
 ADAPTER_PLUS_BLOCKS: dict[str, type[nn.Module]] = {
@@ -163,6 +175,7 @@ ADAPTER_PLUS_BLOCKS: dict[str, type[nn.Module]] = {
     "beit": AdapterPlusBeitBlock,
     "tv_vit": AdapterPlusTorchvisionViTBlock,
     "tv_swin": AdapterPlusTorchvisionSwinBlock,
+    **{f.name: _adapter_plus_layer(f) for f in FAMILIES if f.halves is not None},
 }
 
 

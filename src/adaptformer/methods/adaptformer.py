@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block
 from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
-from ..backbones.families import block_width, chosen_blocks, install
+from ..backbones.families import FAMILIES, BlockFamily, adapted_class, block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_choice, check_probability
 from .protocol import BlockModule, Interpolation, Measurement, TaskRows
 from .registry import Method, MethodConfig
@@ -294,6 +294,17 @@ class AdaptedTorchvisionSwinBlock(TorchvisionSwinBlock):
         return self.adaptmlp(x, normed, self.stochastic_depth(self.mlp(normed)))
 
 
+def _adapted_layer(family: BlockFamily) -> type[nn.Module]:
+    """A transformers encoder layer with an AdaptMLP beside its MLP: the layer's own computation split by its family
+    (:mod:`adaptformer.backbones.hf.layers`), the feed-forward half put together by ``self.adaptmlp``."""
+    assert family.halves is not None
+
+    def forward(self: nn.Module, *args: object, **kwargs: object) -> object:
+        return family.output(self.adaptmlp(*family.halves(self, *args, **kwargs)))
+
+    return adapted_class(family, "Adapted", forward, __name__)
+
+
 # backbone family name (backbones.families.FAMILIES) -> its adapted block class (a subclass of the family's block)
 ADAPTED_BLOCKS: dict[str, type[nn.Module]] = {
     "vit": AdaptedViTBlock,
@@ -302,6 +313,7 @@ ADAPTED_BLOCKS: dict[str, type[nn.Module]] = {
     "beit": AdaptedBeitBlock,
     "tv_vit": AdaptedTorchvisionViTBlock,
     "tv_swin": AdaptedTorchvisionSwinBlock,
+    **{f.name: _adapted_layer(f) for f in FAMILIES if f.halves is not None},
 }
 
 

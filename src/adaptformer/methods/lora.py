@@ -16,6 +16,10 @@ that owns its updates as a child ``lora`` ModuleDict keyed by target (``blocks.0
 - torch.compile, deepcopy and pickling see ordinary module classes defined at module level (no hooks, no
   parametrizations, which would rename the weight to ``parametrizations.weight.original``).
 
+The layers of transformers' vision models (``hf:`` backbones) have q, k, v and o as separate ``nn.Linear`` layers,
+which their family names (:attr:`~adaptformer.backbones.families.BlockFamily.projections`); each target's Linear
+becomes a LoRALinear of one chunk (``vit.layers.0.attention.q_proj.lora.q.A``).
+
 Only attentions whose forward calls those Linears are supported (``SUPPORTED_ATTENTION``; VideoMAE's q/v-bias
 attention calls its qkv Linear once it is adapted): an attention that reads ``qkv.weight`` itself (BEiT, EVA) or
 torchvision's ``MultiheadAttention`` would bypass the update, and is refused with UnsupportedModelError naming its
@@ -225,11 +229,17 @@ def attach(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """
     if lora_modules(model):
         raise ValueError(f"{type(model).__name__} already has LoRA updates; attach them only once")
-    _, blocks = family_blocks(model, what="LoRA")
+    family, blocks = family_blocks(model, what="LoRA")
     wanted = range(len(blocks)) if config.layers is None else config.layers
     missing = [i for i in wanted if i >= len(blocks)]
     if missing:
         raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
+    if family.projections is not None:  # q, k, v and o are separate Linears (transformers): one update each
+        linears = [{t: blocks[i][1].get_submodule(family.projections[t]) for t in config.targets} for i in wanted]
+        for chosen in linears:
+            for target, linear in chosen.items():
+                LoRALinear.adapt(linear, (target,), (target,), config)
+        return model
     qkv_targets = tuple(t for t in config.targets if t in QKV_TARGETS)
     for index in wanted:
         attn = _attention_of(blocks[index][1])

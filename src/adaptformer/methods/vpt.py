@@ -26,7 +26,16 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from ..backbones.families import block_width, chosen_blocks, install, qualified_name
+from ..backbones.families import (
+    FAMILIES,
+    HF_FAMILIES,
+    BlockFamily,
+    adapted_class,
+    block_width,
+    chosen_blocks,
+    install,
+    qualified_name,
+)
 from ..errors import UnsupportedModelError
 from ..validation import check_probability
 from .protocol import ModuleSite, TaskRows
@@ -95,20 +104,46 @@ def prompt_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, PromptTokens)]
 
 
+def _prompted_layer(family: BlockFamily) -> type[nn.Module]:
+    """A transformers encoder layer (:mod:`adaptformer.backbones.hf.layers`) that prepends its prompts before and/or
+    strips them after itself (the layer's own forward in between)."""
+
+    def forward(self: nn.Module, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if self.vpt.prepend:
+            hidden_states = self.vpt(hidden_states)  # (B, P + N, D)
+        x, _, h = family.halves(self, hidden_states, *args, **kwargs)  # type: ignore[misc]
+        out = x + h
+        return family.output(out[:, self.vpt.num_tokens :] if self.vpt.strip else out)  # (B, N, D)
+
+    return adapted_class(family, "Prompted", forward, __name__)
+
+
+# family name -> its prompted block class: timm's ViT and transformers' layers whose attention takes extra tokens
+PROMPTED_BLOCKS: dict[str, type[nn.Module]] = {
+    "vit": PromptedViTBlock,
+    **{f.name: _prompted_layer(f) for f in FAMILIES if f.name in HF_FAMILIES},
+}
+
+
 def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
-    """Attach VPT prompts to a ViT-family model in place (UnsupportedModelError for other block families, or for ViT
-    blocks another method adapted already)."""
+    """Attach VPT prompts to a model of a family in ``PROMPTED_BLOCKS`` in place (UnsupportedModelError for other
+    block families, for a transformers layer whose attention cannot take prompt tokens, saying why, or for blocks
+    another method adapted already)."""
     if prompt_modules(model):
         raise ValueError(f"{type(model).__name__} already has prompts")
     try:
-        _, blocks, _ = chosen_blocks(model, ("vit",), None, what="VPT")
+        family, blocks, _ = chosen_blocks(model, tuple(PROMPTED_BLOCKS), None, what="VPT")
     except UnsupportedModelError as error:
-        if any(isinstance(m, Block) for m in model.modules()):
-            raise  # ViT blocks that another method made its own: chosen_blocks names the block
+        if any(f.is_block(m) for f in FAMILIES if f.name in PROMPTED_BLOCKS for m in model.modules()):
+            raise  # blocks that another method made its own: chosen_blocks names the block
         kinds = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
         raise UnsupportedModelError(
-            f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds}"
+            f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds} (and the "
+            f"transformers layers of hf: backbones: {', '.join(HF_FAMILIES)})"
         ) from error
+    refusal = family.no_prompts(model) if family.no_prompts is not None else None
+    if refusal is not None:
+        raise UnsupportedModelError(f"VPT cannot prompt {qualified_name(family.block_type)}: {refusal}")
     last = len(blocks) - 1
     for i, (_, block) in enumerate(blocks):
         prepend = config.deep or i == 0
@@ -116,7 +151,7 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
         if not (prepend or strip):
             continue
         tokens = PromptTokens(block_width(block), config.num_tokens, prepend, strip, config.dropout)
-        install(block, "vpt", tokens, PromptedViTBlock)
+        install(block, "vpt", tokens, PROMPTED_BLOCKS[family.name])
     return model
 
 
@@ -126,13 +161,13 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
 def prompted_sequences(model: nn.Module) -> list[str]:
     """The path of the ``nn.Sequential`` holding ``model``'s prompted blocks (VPT's mixed-batch site): the route runs
     the blocks one by one, so it must hold every block of the model, in forward order."""
-    prompted = [path for path, m in model.named_modules() if isinstance(m, PromptedViTBlock)]
+    prompted = [path for path, m in model.named_modules() if isinstance(getattr(m, "vpt", None), PromptTokens)]
     if not prompted:
         return []
     parent = prompted[0].rpartition(".")[0]
     container = model.get_submodule(parent)
     blocks = [m for m in model.modules() if isinstance(m, Block)]
-    if not isinstance(container, nn.Sequential) or list(container) != blocks:
+    if not isinstance(container, nn.Sequential) or list(container) != blocks:  # transformers: an nn.ModuleList
         raise UnsupportedModelError(
             f"VPT in a mixed-task batch runs a ViT's blocks one by one from one nn.Sequential holding them all; "
             f"{type(model).__name__}.{parent} is {type(container).__name__}"

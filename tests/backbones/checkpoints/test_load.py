@@ -148,7 +148,7 @@ def test_one_converter_table_lists_every_source() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     sources, video_module_sees_table = done.stdout.splitlines()
-    expected = ["hf-videomae", "inflate-image", "inflate-image-swin", "mae", "swin", "timm", "torchvision"]
+    expected = ["hf", "hf-videomae", "inflate-image", "inflate-image-swin", "mae", "swin", "timm", "torchvision"]
     assert sources == str([*expected, "video-swin", "videomae"])
     assert video_module_sees_table == "False"
 

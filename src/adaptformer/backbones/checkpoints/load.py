@@ -3,9 +3,10 @@
 Two steps, each explicit: ``read_state_dict`` opens the container (.safetensors, or a torch pickle read with
 ``weights_only=True``, optionally wrapped as ``{"model": ...}`` / ``{"module": ...}`` / ``{"state_dict": ...}``; or a
 Hugging Face model directory holding ``model.safetensors`` or ``pytorch_model.bin``); a converter chosen by name from
-the one table of sources (``CONVERTERS``: timm, MAE, and the video ones of :mod:`.videomae` and :mod:`.video_swin`;
-``register_converter`` adds one) turns that source's keys into the backbone's own. ``load_pretrained`` then loads and
-fails, listing the keys, unless the only missing keys belong to the new task head and nothing is left over.
+the one table of sources (``CONVERTERS``: timm, MAE, transformers' ViT/DINOv2 folders (``hf``, :mod:`.hf`), and
+the video ones of :mod:`.videomae` and :mod:`.video_swin`; ``register_converter`` adds one) turns that source's keys
+into the backbone's own. ``load_pretrained`` then loads and fails, listing the keys, unless the only missing keys
+belong to the new task head and nothing is left over.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from timm.layers import resample_abs_pos_embed
 
 from ...errors import CheckpointError
 from ...heads import classifier_paths
+from .hf import convert_hf_vit
 from .video_swin import convert_inflate_image_swin, convert_video_swin
 from .videomae import convert_hf_videomae, convert_image_to_video, convert_videomae
 
@@ -129,6 +131,7 @@ CONVERTERS: dict[str, Converter] = {
     "mae": convert_mae,
     "videomae": convert_videomae,
     "hf-videomae": convert_hf_videomae,
+    "hf": convert_hf_vit,  # a transformers ViT / DINOv2 folder into a timm ViT; an hf: backbone's own source
     "inflate-image": convert_image_to_video,
     "video-swin": convert_video_swin,
     "inflate-image-swin": convert_inflate_image_swin,

@@ -53,12 +53,13 @@ class ModelConfig:
     """The backbone, its pre-trained weights, the task head and the adaptation method.
 
     Args:
-        backbone: timm model name; a pretrained tag (e.g. .mae) sets the input normalisation.
+        backbone: timm model name; a pretrained tag (e.g. .mae) sets the input normalisation; or hf:<folder>, a
+            transformers vision model saved with save_pretrained (its weights come with it; nothing is downloaded).
         kwargs: extra timm.create_model kwargs, e.g. {img_size: 32, patch_size: 8} (YAML: a space after each ':').
         checkpoint: pre-trained backbone weights: a local file, 'timm' (timm's own), or null (random init from the
             run's seed, recorded so the adapter can be evaluated later).
         checkpoint_source: key layout of the checkpoint file (timm, torchvision, swin, mae, videomae, hf-videomae,
-            inflate-image, video-swin, inflate-image-swin).
+            hf, inflate-image, video-swin, inflate-image-swin).
         head: task head: classification: paper (BatchNorm1d without affine + Linear, MAE's) or linear; segmentation:
             linear (BatchNorm + 1x1 conv over patch features) or upernet (UPerNet; ViTDet's simple pyramid on a ViT);
             null: the task's first (paper, or linear for a segmentation dataset).
