@@ -37,7 +37,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     settings = StudySettings(
         tasks=tuple(args.tasks), methods=tuple(args.methods), seeds=tuple(int(s) for s in args.seeds),
         epochs=args.epochs, output_dir=args.output_dir, runs_dir=args.runs_dir, quick=args.quick,
-        pretrained=not args.random_init, jobs=args.jobs, robustness=_robustness_plan(args),
+        pretrained=not args.random_init, jobs=args.jobs, robustness=_robustness_plan(args), resume=args.resume,
     )  # fmt: skip
     report = run_study(settings)
     print(format_table(report.rows, settings.tasks))
@@ -86,6 +86,12 @@ def add_study_commands(sub: Any) -> None:
     )
     study.add_argument("--quick", action="store_true", help="tiny data, 1 epoch: checks the pipeline, not the claims")
     study.add_argument("--random-init", action="store_true", help="randomly initialised backbones (a control)")
+    study.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted study: each run folder under --runs-dir goes on from its last checkpoint (a "
+        "finished run is only tested again; with --robustness, an evaluation it saved for the same plan is reused) "
+        "instead of being replaced; a run whose recorded configuration differs is refused",
+    )  # fmt: skip
     plan = RobustnessPlan()
     study.add_argument(
         "--robustness", action="store_true",

@@ -13,6 +13,8 @@ reference), and the curves along alpha; :func:`plot_robustness` draws them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,9 +23,10 @@ from typing import Any
 
 from ..data.shift import COMMON_CORRUPTIONS
 from ..data.shift.corruptions import check_corruptions, check_severities
-from ..files import save_figure
+from ..files import atomic_write_text, save_figure
 
 ROBUSTNESS_FILE = "robustness.png"
+EVALUATION_FILE = "study_robustness.json"  # a run's evaluation, in its run folder
 REFERENCE = "linear"  # the method whose errors normalise the mCE: the frozen backbone's own robustness
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -59,7 +62,30 @@ class RobustnessPlan:
 
 def evaluate_run(output_dir: str | Path, plan: RobustnessPlan, interpolate: bool) -> dict[str, Any]:
     """One trained run (``output_dir``/adapter) under the plan's corruptions: clean top-1, top-1 per corruption and
-    severity, their mean; with ``interpolate``, the clean and mean corrupted top-1 at each alpha."""
+    severity, their mean; with ``interpolate``, the clean and mean corrupted top-1 at each alpha.
+
+    The result is also saved in the run folder (``EVALUATION_FILE``) with the plan and the adapter's weights
+    fingerprint, and reused when asked again for the same plan and weights (a resumed study)."""
+    saved = Path(output_dir) / EVALUATION_FILE
+    key = {"plan": asdict(plan), "interpolate": interpolate, "weights": _weights_digest(Path(output_dir) / "adapter")}
+    if saved.is_file():
+        record = json.loads(saved.read_text())
+        if record.get("key") == json.loads(json.dumps(key)):
+            return record["result"]
+    result = _evaluate(output_dir, plan, interpolate)
+    atomic_write_text(saved, json.dumps({"key": key, "result": result}) + "\n")
+    return json.loads(json.dumps(result))  # as a reused one reads (severities as strings)
+
+
+def _weights_digest(adapter: Path) -> str:
+    """A digest of the adapter folder's weight files: a retrained run never reuses an older evaluation."""
+    digest = hashlib.sha256()
+    for path in sorted(adapter.glob("*.safetensors")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _evaluate(output_dir: str | Path, plan: RobustnessPlan, interpolate: bool) -> dict[str, Any]:
     from ..engine.config.parser import parse_data_cli
     from ..engine.distributed import init_distributed
     from ..engine.splits import DataSpec

@@ -87,6 +87,7 @@ class StudySettings:
     pretrained: bool = True
     jobs: int = 2
     robustness: RobustnessPlan | None = None  # evaluate every run under corruptions after training
+    resume: bool = False  # continue the runs of an earlier invocation instead of replacing them
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -112,6 +113,7 @@ class StudySettings:
         parts += ["--quick"] if self.quick else []
         parts += ["--random-init"] if not self.pretrained else []
         parts += robustness_flags(self.robustness) if self.robustness is not None else []
+        parts += ["--resume"] if self.resume else []
         return " ".join(parts)
 
 
@@ -158,7 +160,9 @@ def build_cells(settings: StudySettings) -> list[Cell]:
                 update["optim"][key] = optim.get(key, OptimConfig.blr) * scale
             for seed in settings.seeds:
                 out = Path(settings.runs_dir) / task_name / method_name / f"seed{seed}"
-                run = {"seed": seed, "output_dir": str(out), "overwrite": True}  # a study run again replaces its runs
+                # a study run again replaces its runs, or (resume) continues each where it stopped: a finished run
+                # is only tested again, an interrupted one goes on from its last checkpoint
+                run = {"seed": seed, "output_dir": str(out), "resume" if settings.resume else "overwrite": True}
                 config = merge_config(base, {**update, "run": run})
                 plan = settings.robustness
                 cells.append(Cell(task_name, method_name, seed, task.num_classes, copy.deepcopy(config), plan))
