@@ -178,7 +178,7 @@ def test_two_nodes_train_and_evaluate_as_one_process(reference: tuple[Path, Path
     _assert_same_run(tmp_path / "two", one)
 
 
-@pytest.mark.slow  # about 35 s on 2 cores: two two-node launches (each ~15 s, mostly start-up) and a one-process resume
+@pytest.mark.slow  # 37-78 s on 2 shared cores: two two-node launches (~15 s each, mostly start-up), a 1-process resume
 def test_a_node_lost_mid_training_resumes_from_its_last_checkpoint(
     reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
