@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import types
@@ -102,6 +103,20 @@ def run(command: str, work: Path, extra: dict[str, list[str]], paths: dict[str, 
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
         return done.stdout
     raise AssertionError(f"no way to run README command {command!r}")
+
+
+def run_script(text: str, work: Path) -> str:
+    """Run a README block as one bash script in ``work`` (torchrun and the package as this checkout has them); the
+    rendezvous port 29400 becomes a free one, so that test runs side by side never meet. Returns its stdout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    script = "set -e -o pipefail\n" + text.replace(":29400", f":{port}")
+    done = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{text}\n{done.stderr[-3000:]}"
+    return done.stdout
 
 
 # ------------------------------------------------------------------------------------ the files the commands name
@@ -194,6 +209,7 @@ class Flow:
     check: Callable[[list[str], Path], None] | None = None
     paths: dict[str, str] = field(default_factory=dict)  # absolute path prefix in the README -> folder in work
     run_commands: bool = True  # False: the commands are checked by ``check`` instead (they are what CI runs)
+    whole: bool = False  # True: the block is one bash script (a loop, background jobs), run by :func:`run_script`
 
 
 def _check_digits(outputs: list[str], work: Path) -> None:
@@ -211,6 +227,14 @@ def _check_digits(outputs: list[str], work: Path) -> None:
 def _check_predicted_every_file(outputs: list[str], work: Path) -> None:
     lines = outputs[-1].strip().splitlines()
     assert lines and all(re.match(r"^\S+: \S+ \d\.\d{3}", line) for line in lines), lines
+
+
+def _check_two_nodes(outputs: list[str], work: Path) -> None:
+    """Two one-process "machines" trained one run: one summary (global rank 0's), every test image counted once."""
+    (summary,) = [json.loads(line) for line in outputs[0].splitlines() if line.startswith("{")]
+    test = json.loads((work / "runs/digits_2nodes/test.json").read_text())
+    assert summary["test"] == test and test["n"] == 359, test
+    assert test["epoch"] == 1 and not list((work / "runs/digits_2nodes").glob(".*.tmp"))
 
 
 def _check_setup(outputs: list[str], work: Path) -> None:
@@ -488,6 +512,7 @@ FLOWS = [
         extra={"torchrun": [*IMAGE_RUN, "--optim.effective_batch", "4"]},  # 2 processes x 2
     ),
     Flow("--run.resume true", setup=(_c100_run,)),
+    Flow("--rdzv_id digits_2nodes", whole=True, check=_check_two_nodes),
     Flow(
         "adaptformer prepare shapes --out data/shapes",
         extra={"train": ["--optim.epochs", "1"]},
@@ -577,9 +602,11 @@ def test_readme_shell_block(block: Block, tmp_path: Path) -> None:
         (tmp_path / "digits_af16.yaml").write_text(next(b.text for b in readme_blocks() if b.lang == "yaml"))
     for setup in flow.setup:
         setup(tmp_path)
-    outputs = (
-        [run(command, tmp_path, flow.extra, flow.paths) for command in block.commands] if flow.run_commands else []
-    )
+    if flow.whole:
+        outputs = [run_script(block.text, tmp_path)]
+    else:
+        commands = block.commands if flow.run_commands else []
+        outputs = [run(command, tmp_path, flow.extra, flow.paths) for command in commands]
     if flow.check is not None:
         flow.check(outputs, tmp_path)
 

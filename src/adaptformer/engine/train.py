@@ -69,7 +69,7 @@ from .distributed import (
     wrap_model,
 )
 from .loaders import TrainBatchSampler, eval_loader, read_undrawn, resolve_num_workers, train_loader
-from .loop import StepInfo, train_one_epoch
+from .loop import NonFiniteLossError, StepInfo, train_one_epoch
 from .optim import build_optimizer, scaled_lr
 from .progress import Progress, RunEta
 from .records import TEST_FILE, MetricsLog, peak_memory, write_json
@@ -78,6 +78,7 @@ from .rng import capture_rng_state, derive_seed, seed_everything
 from .run_folder import ADAPTER_DIR, CONFIG_FILE, check_run_folder, prepare_run_folder, run_folder_lock
 from .schedule import WarmupCosine
 from .segmentation import segmentation_loss
+from .shared_folder import check_shared_folder
 from .splits import DataSpec, SegmentationSplit, check_same_classes, given_val_split, load_split
 
 logger = logging.getLogger(__name__)
@@ -144,12 +145,23 @@ def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
     return cfg.optim.effective_batch // per_step
 
 
+_LOST_PEER = (
+    "process %d of %d stopped (%s: %s). If a process or node of this run was lost, start the run again on every node "
+    "with --run.resume true added: it continues from %s, saved every epoch and every --run.save_every_steps steps"
+)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Run the training that ``cfg`` describes (one process, or one rank of a ``torchrun`` job)."""
     ctx = init_distributed(cfg.run.device)
     try:
         with ExitStack() as held:  # the run folder, held by the main process while it trains
             return _train(cfg, ctx, held)
+    except RuntimeError as e:  # under torchrun: also what every process's collectives raise when a peer is lost
+        if ctx.enabled and not isinstance(e, NonFiniteLossError):
+            logger.error(_LOST_PEER, ctx.rank, ctx.world_size, e.__class__.__name__, str(e).split("\n", 1)[0][:200],
+                         Path(cfg.run.output_dir) / STATE_FILE)  # fmt: skip
+        raise
     finally:
         shutdown(ctx)
 
@@ -260,6 +272,7 @@ def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainR
         prepare_run_folder(out, earlier)
         saved_run = replace(cfg.run, resume=False, overwrite=False, stop_after_steps=None)
         atomic_write_text(out / CONFIG_FILE, replace(cfg, run=saved_run).to_yaml())
+    check_shared_folder(out, ctx)  # several machines: each must read the state and adapter the main process writes
     metrics = MetricsLog(out, enabled=ctx.is_main, tensorboard=cfg.run.tensorboard)
     metrics.keep_finished(pos.epoch)
     evaluation = TrainingRecord(
