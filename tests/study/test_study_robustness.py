@@ -13,7 +13,7 @@ from adaptformer.cli import main
 from adaptformer.cli.main import build_parser
 from adaptformer.cli.study import _robustness_plan
 from adaptformer.study import METHODS, StudySettings, build_cells
-from adaptformer.study.robustness import RobustnessPlan, robustness_lines, summarise_robustness
+from adaptformer.study.robustness import EVALUATION_FILE, RobustnessPlan, robustness_lines, summarise_robustness
 
 
 def test_pace_points_train_their_family_with_consistency_and_are_not_run_by_default() -> None:
@@ -106,3 +106,16 @@ def test_toy_study_evaluates_every_run_under_corruptions_and_along_alpha(tmp_pat
     markdown = (out / "results.md").read_text()
     assert "## Robustness" in markdown and "| alpha | clean top-1 | corrupted top-1 |" in markdown
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --resume: the finished runs are tested again, not retrained, and their saved evaluations are reused
+    saved = {m: Path(r["output_dir"]) / EVALUATION_FILE for m, r in zip(runs, record["runs"], strict=True)}
+
+    def stamps() -> dict[str, tuple[int, int]]:
+        return {m: (p.stat().st_mtime_ns, (p.parent / "checkpoint.pt").stat().st_mtime_ns) for m, p in saved.items()}
+
+    before = stamps()
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [r["robustness"] for r in again["runs"]] == [r["robustness"] for r in record["runs"]]
+    assert [r["test_score"] for r in again["runs"]] == [r["test_score"] for r in record["runs"]]
+    assert stamps() == before
