@@ -8,6 +8,9 @@
                                      the SHA-256 of the weights file; for a task other than classification, its
                                      record ("task": {"type": "segmentation", the decode head, ...})
     <dir>/adapter_model.safetensors  adapters + head (+ prompts, + task norms); the whole model for method "full"
+    <dir>/README.md                  a model card with the Hub's metadata (:mod:`.cards`), documentation only: never
+                                     read, so a folder cloned from a Hub repository (with its .gitattributes, its
+                                     card, other files) loads as it is; nothing else in the folder is read or run
 
 Each file is written to a temporary name and renamed into place, weights first, so a crash leaves the previous pair
 readable; the weights' SHA-256 recorded in the config detects a weights file that does not belong to it. Folders
@@ -29,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .cards import CARD_NAME, model_card, read_test_metrics
 from .factory import BackboneSource, architecture_difference, build_backbone, get_source, missing_checkpoint
 from .files import atomic_write_files, make_folder
 from .methods.state import backbone_fingerprint, get_spec, get_task, task_state_dict
@@ -162,8 +166,9 @@ def save_adapter(
     if get_task(model) is not None:
         config["task"] = get_task(model)
     described = (json.dumps(config, indent=2) + "\n").encode()
-    # both files or neither: a full disk leaves the previous save whole
-    atomic_write_files({directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described})
+    card = model_card(config, read_test_metrics(directory)).encode()
+    files = {directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described, directory / CARD_NAME: card}
+    atomic_write_files(files)  # all or none: a full disk leaves the previous save whole
     return directory
 
 

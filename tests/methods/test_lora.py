@@ -318,6 +318,9 @@ def test_command_line_trains_saves_and_reports_lora(tmp_path: Path, capsys: pyte
     assert main(args) == 0
     info = read_adapter_config(out / "adapter")
     assert info.spec.method == "lora" and info.spec.method_config == LoRAConfig(rank=4, targets=("q", "v", "o"))
+    card = (out / "adapter" / "README.md").read_text()  # the model card, rewritten once test.json was measured
+    test_acc1 = json.loads((out / "test.json").read_text())["acc1"]
+    assert "library_name: adaptformer" in card and "- lora" in card and f"| acc1 | {test_acc1:.6g} |" in card
     capsys.readouterr()
     assert main(["eval", "--adapter", str(out / "adapter")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
