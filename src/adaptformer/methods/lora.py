@@ -4,9 +4,8 @@ A frozen projection ``W`` (out x in) computes ``W x + (alpha / r) B A x`` instea
 kaiming-uniform) and ``B`` (out x r, zeros): ``B A = 0`` at init, so an adapted model computes exactly the frozen
 backbone's function until the first step. timm's ViT and Swin attention compute q, k and v with ONE fused ``qkv``
 Linear (d -> 3d); LoRA on q and v (the paper's default) adds low-rank updates to the q and v thirds of its output only,
-each with its own ``A``. Target ``qkv`` instead gives the fused Linear ONE update of its whole output, ``A`` (r x d)
-shared by q, k and v and ``B`` (3d x r): the form PEFT's LoRA takes on such a Linear (``target_modules=["qkv"]``), so
-that PEFT adapters move in and out exactly (:mod:`.peft_lora`).
+each with its own ``A``. Target ``qkv`` gives it ONE update instead, ``A`` (r x d) shared by q, k, v and ``B`` (3d x r):
+PEFT's LoRA on such a Linear, so that PEFT adapters move in and out exactly (:mod:`.peft_lora`).
 
 Where the update lives: the ``qkv`` (and, for target "o", the ``proj``) Linear of each chosen attention becomes a
 :class:`LoRALinear`, an ``nn.Linear`` subclass (its class is swapped in place, as AdaptFormer swaps block classes)
@@ -300,7 +299,14 @@ def attach(model: nn.Module, config: LoRAConfig) -> nn.Module:
     missing = [i for i in wanted if i >= count]
     if missing:
         raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {count} blocks (0..)")
-    for projection in (p for p in found if p.block in wanted):
+    chosen = [p for p in found if p.block in wanted]
+    offered = {t for p in chosen for t in (*p.chunks, p.whole)}
+    absent = [t for t in config.targets if t not in offered]
+    if absent:  # e.g. qkv on an attention with separate q, k, v Linears: refused, never silently left out
+        raise UnsupportedModelError(
+            f"LoRA targets {absent}: {type(model).__name__}'s attention projections offer {sorted(offered)}"
+        )
+    for projection in chosen:
         targets = tuple(t for t in config.targets if t in projection.chunks or t == projection.whole)
         if targets:
             linear = model.get_submodule(projection.path)
