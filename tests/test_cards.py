@@ -18,7 +18,7 @@ from tests.training_step import move_trainable
 from adaptformer import LoRAConfig, create_model, load_adapter, read_adapter_config, save_adapter
 from adaptformer.cards import CARD_NAME, model_card, write_model_card
 from adaptformer.inference.multitask import MultiTaskModel
-from adaptformer.saving import TrainingRecord, create_model_from_adapter
+from adaptformer.saving import AdapterFileError, TrainingRecord, create_model_from_adapter
 
 
 def _front_matter(path: Path) -> dict:
@@ -94,3 +94,12 @@ def test_a_local_clone_of_a_hub_repository_loads_with_its_other_files_ignored(tm
         torch.testing.assert_close(first, expected[:1], rtol=0, atol=1e-5)
         torch.testing.assert_close(second, expected[1:], rtol=0, atol=1e-5)
     assert not marker.exists() and plain is not None
+
+
+def test_a_clone_made_without_git_lfs_says_so(tmp_path: Path, adapter: Path) -> None:
+    clone = tmp_path / "clone"
+    shutil.copytree(adapter, clone)
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 4242\n"
+    (clone / "adapter_model.safetensors").write_text(pointer)
+    with pytest.raises(AdapterFileError, match="a Git LFS pointer, not the weights; run `git lfs pull`"):
+        create_model_from_adapter(clone)

@@ -8,9 +8,7 @@
                                      the SHA-256 of the weights file; for a task other than classification, its
                                      record ("task": {"type": "segmentation", the decode head, ...})
     <dir>/adapter_model.safetensors  adapters + head (+ prompts, + task norms); the whole model for method "full"
-    <dir>/README.md                  a model card with the Hub's metadata (:mod:`.cards`), documentation only: never
-                                     read, so a folder cloned from a Hub repository (with its .gitattributes, its
-                                     card, other files) loads as it is; nothing else in the folder is read or run
+    <dir>/README.md                  its model card (:mod:`.cards`), never read: like a Hub clone's other files
 
 Each file is written to a temporary name and renamed into place, weights first, so a crash leaves the previous pair
 readable; the weights' SHA-256 recorded in the config detects a weights file that does not belong to it. Folders
@@ -328,6 +326,8 @@ def _read_weights(directory: Path, info: AdapterInfo) -> dict[str, torch.Tensor]
             f"adapter weights missing: {weights_path} does not exist (expected next to {CONFIG_NAME})"
         )
     blob = weights_path.read_bytes()
+    if blob.startswith(b"version https://git-lfs"):  # a Hub clone made without git-lfs holds the pointer only
+        raise AdapterFileError(f"{weights_path}: a Git LFS pointer, not the weights; run `git lfs pull` in the clone")
     if info.weights_sha256 is not None and hashlib.sha256(blob).hexdigest() != info.weights_sha256:
         raise AdapterFileError(f"{weights_path}: SHA-256 differs from the one in {CONFIG_NAME} (corrupt or mixed up)")
     try:

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..heads import classifier_paths
 from .lora import LoRA, LoRAConfig, LoRALinear, Projection, projections
-from .state import get_spec, trainable_groups
+from .state import get_spec, get_task, trainable_groups
 
 __all__ = ["PREFIX", "PeftConversionError", "from_peft", "to_peft"]
 
@@ -257,6 +257,8 @@ def to_peft(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             f"head {spec.head!r}: PEFT's model keeps the backbone's plain Linear head; the paper head's BatchNorm "
             "statistics would have to be folded into that Linear, which is not exact (train with --model.head linear)"
         )
+    if get_task(model) is not None:
+        raise PeftConversionError(f"task {get_task(model)['type']!r}: PEFT's base model here is a timm classifier")
     if spec.extra_trainable:
         raise PeftConversionError(f"extra_trainable {list(spec.extra_trainable)}: modules new for the task, which "
                                   "PEFT's base model does not have")  # fmt: skip
