@@ -241,3 +241,14 @@ def test_what_peft_cannot_hold_is_not_exported(
     assert main(["export", "--adapter", str(tmp_path / "adapter"), "--format", "peft"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "peft").exists()
+
+
+def test_an_import_without_the_base_model_s_weights_is_refused(tmp_path: Path, base: Path, capsys) -> None:
+    _peft_model(base, target_modules=["qkv"]).save_pretrained(tmp_path / "peft")
+    args = ["import-peft", str(tmp_path / "peft"), "--out", str(tmp_path / "ours"), "--model.backbone", NAME]
+    assert main(args) == 2
+    assert "give the base model's weights (--model.checkpoint PATH, or timm) or its --model.init_seed" in (
+        capsys.readouterr().err
+    )
+    assert _import(tmp_path / "peft", tmp_path / "ours", tmp_path / "missing.safetensors") == 2
+    assert "--model.checkpoint" in capsys.readouterr().err and not (tmp_path / "ours").exists()

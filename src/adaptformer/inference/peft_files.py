@@ -86,6 +86,8 @@ def import_peft(
     if (out / CONFIG_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out / CONFIG_NAME} exists; pass --overwrite to replace it, or choose another --out")
     require_checkpoint(source.checkpoint)
+    if source.checkpoint is None and source.init_seed is None:  # an unseeded backbone could never be built again
+        raise ValueError("give the base model's weights (--model.checkpoint PATH, or timm) or its --model.init_seed")
     config, tensors = read_peft_folder(directory)
     try:
         check_peft_config(config)  # first: a folder of another PEFT type is named as such
