@@ -127,6 +127,13 @@ def test_our_adapter_exports_to_a_folder_peft_loads_to_our_logits(
     assert written["r"] == rank and written["target_modules"] == target_modules
     assert written["lora_alpha"] / written["r"] == config.scaling and written["modules_to_save"] == ["head"]
     assert written["lora_dropout"] == config.dropout
+    assert _import(folder, tmp_path / "back", base) == 0  # and read back: a qkv (and o) LoRA of rank r, same function
+    back = read_adapter_config(tmp_path / "back").spec.method_config
+    assert back.rank == rank and back.targets == tuple(t for t in ("qkv", "o") if t == "qkv" or t in config.targets)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            create_model_from_adapter(tmp_path / "back").eval()(_x()), model(_x()), rtol=0, atol=ATOL
+        )
 
 
 def test_qkv_adapter_round_trips_to_the_same_files(tmp_path: Path, base: Path) -> None:
