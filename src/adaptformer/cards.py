@@ -18,7 +18,7 @@ import yaml
 
 from .files import atomic_write_bytes
 
-__all__ = ["CARD_NAME", "TEST_NAME", "model_card", "read_test_metrics", "write_model_card"]
+__all__ = ["CARD_NAME", "TEST_NAME", "model_card", "peft_card", "read_test_metrics", "write_model_card"]
 
 CARD_NAME = "README.md"
 DESCRIBED = "adapter_config.json"  # the file the card is written from (saving.CONFIG_NAME)
@@ -118,3 +118,17 @@ def write_model_card(directory: str | Path) -> Path:
     card = model_card(json.loads((directory / DESCRIBED).read_text()), read_test_metrics(directory))
     atomic_write_bytes(directory / CARD_NAME, card.encode())
     return directory / CARD_NAME
+
+
+def peft_card(peft_config: Mapping[str, Any]) -> str:
+    """``README.md`` for a PEFT LoRA folder written by ``adaptformer export --format peft``."""
+    meta = {"library_name": "peft", "base_model": peft_config.get("base_model_name_or_path"),
+            "tags": ["lora", "adaptformer", "image-classification"]}  # fmt: skip
+    return "\n".join([
+        "---", yaml.safe_dump(meta, sort_keys=False).rstrip("\n"), "license:  # fill in", "---", "",
+        f"# LoRA for {meta['base_model']} (PEFT)", "",
+        "A PEFT LoRA adapter exported by `adaptformer export --format peft`: load it with "
+        f"`PeftModel.from_pretrained(timm.create_model({meta['base_model']!r}, num_classes=...), folder)` onto the "
+        f"same pre-trained weights; r = {peft_config.get('r')}, lora_alpha = {peft_config.get('lora_alpha')}, "
+        f"target_modules = {peft_config.get('target_modules')}, the head in modules_to_save.", "",
+    ])  # fmt: skip

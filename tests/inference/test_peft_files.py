@@ -127,6 +127,7 @@ def test_our_adapter_exports_to_a_folder_peft_loads_to_our_logits(
     assert written["r"] == rank and written["target_modules"] == target_modules
     assert written["lora_alpha"] / written["r"] == config.scaling and written["modules_to_save"] == ["head"]
     assert written["lora_dropout"] == config.dropout
+    assert "library_name: peft" in (folder / "README.md").read_text()  # a card, as PEFT's save_pretrained writes
     assert _import(folder, tmp_path / "back", base) == 0  # and read back: a qkv (and o) LoRA of rank r, same function
     back = read_adapter_config(tmp_path / "back").spec.method_config
     assert back.rank == rank and back.targets == tuple(t for t in ("qkv", "o") if t == "qkv" or t in config.targets)

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ..cards import CARD_NAME, peft_card
 from ..factory import BackboneSource, build_backbone, create_model, require_checkpoint
 from ..files import atomic_write_files, make_folder
 from ..heads import classifier_paths
@@ -121,6 +122,9 @@ def export_peft(model: nn.Module, out: str | Path, overwrite: bool = False) -> P
         raise FileExistsError(f"{out} holds a PEFT adapter already; pass --overwrite to replace it")
     make_folder(out)
     blob = save_safetensors(tensors, metadata={"format": "pt"})  # PEFT's own metadata
-    atomic_write_files({out / PEFT_WEIGHTS: blob, out / PEFT_CONFIG: (json.dumps(config, indent=2) + "\n").encode()})
+    described = (json.dumps(config, indent=2) + "\n").encode()
+    atomic_write_files(
+        {out / PEFT_WEIGHTS: blob, out / PEFT_CONFIG: described, out / CARD_NAME: peft_card(config).encode()}
+    )
     logger.info("wrote the PEFT LoRA adapter %s (r=%d, target_modules %s)", out, config["r"], config["target_modules"])
     return out
