@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("backbones", "data"),  # backbone families, models, checkpoint converters; datasets, sampling, decoding, transforms
     ("methods",),  # the registry and one module per method
     ("model",),  # spec, freezing, parameter report
-    ("factory", "saving"),  # building a model; the adapter file
+    ("factory", "saving", "cards"),  # building a model; the adapter file and its model card
     ("segmentation",),  # an adapted backbone's patch features, decode heads, the segmentation model
     ("speed",),  # options installed from outside
     ("engine",),  # training: config, splits, loaders, loop, optim, schedule, run folders
@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 LAYER_OF = {room: level for level, rooms in enumerate(LAYERS) for room in rooms}
 TOP_LEVEL_MODULES = {"__init__", "errors", "validation", "files", "version", "precision", "preprocessing", "heads",
-                     "model", "factory", "saving"}  # fmt: skip
+                     "model", "factory", "saving", "cards"}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -387,6 +387,38 @@ def _check_inspect(outputs: list[str], work: Path) -> None:
     assert "| block (from 0) |" in (out / "inspect.md").read_text()
 
 
+def _peft_lora(work: Path) -> None:
+    """peft_lora: a real PEFT LoRA folder (fused qkv, the head saved) of the shipped tiny ViT, every trained tensor
+    random and non-zero; and the photos to predict."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv"], modules_to_save=["head"])
+    model = peft.get_peft_model(build_backbone("vit_shapes_patch8_32", 10, "timm"), config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(work / "peft_lora")
+    photos(work)
+
+
+def _check_peft(outputs: list[str], work: Path) -> None:
+    """PEFT's own model from the first folder and from the exported one, and the imported adapter: the same logits."""
+    from peft import PeftModel
+
+    from adaptformer.saving import create_model_from_adapter
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = create_model_from_adapter(work / "runs/from_peft/adapter").eval()(x)
+        for folder in ("peft_lora", "peft_lora_again"):
+            base = build_backbone("vit_shapes_patch8_32", 10, "timm")
+            theirs = PeftModel.from_pretrained(base, str(work / folder)).eval()(x)
+            torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    assert json.loads(outputs[0])["method_config"]["targets"] == ["qkv"]
+    assert "photo1.jpg" in outputs[1] and "photo2.png" in outputs[1]
+
+
 def _check_robustness(outputs: list[str], work: Path) -> None:
     summary = json.loads(outputs[0])
     assert summary["files"] == ["robustness.json", "robustness.png"]
@@ -566,6 +598,7 @@ FLOWS = [
         extra={"inspect": ["--num-samples", "16"]},
         check=_check_inspect,
     ),
+    Flow("adaptformer import-peft peft_lora", setup=(_peft_lora,), check=_check_peft),
     Flow(
         "adaptformer robustness --adapter runs/digits/adapter",
         setup=(_digits_adapter,),

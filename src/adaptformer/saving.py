@@ -8,6 +8,7 @@
                                      the SHA-256 of the weights file; for a task other than classification, its
                                      record ("task": {"type": "segmentation", the decode head, ...})
     <dir>/adapter_model.safetensors  adapters + head (+ prompts, + task norms); the whole model for method "full"
+    <dir>/README.md                  its model card (:mod:`.cards`), never read: like a Hub clone's other files
 
 Each file is written to a temporary name and renamed into place, weights first, so a crash leaves the previous pair
 readable; the weights' SHA-256 recorded in the config detects a weights file that does not belong to it. Folders
@@ -30,6 +31,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .backbones.hf import is_hf_name
+from .cards import CARD_NAME, model_card, read_test_metrics
 from .factory import BackboneSource, architecture_difference, build_backbone, get_source, missing_checkpoint
 from .files import atomic_write_files, make_folder
 from .methods.state import backbone_fingerprint, get_spec, get_task, task_state_dict
@@ -164,8 +166,9 @@ def save_adapter(
     if get_task(model) is not None:
         config["task"] = get_task(model)
     described = (json.dumps(config, indent=2) + "\n").encode()
-    # both files or neither: a full disk leaves the previous save whole
-    atomic_write_files({directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described})
+    card = model_card(config, read_test_metrics(directory)).encode()
+    files = {directory / WEIGHTS_NAME: blob, directory / CONFIG_NAME: described, directory / CARD_NAME: card}
+    atomic_write_files(files)  # all or none: a full disk leaves the previous save whole
     return directory
 
 
@@ -325,6 +328,8 @@ def _read_weights(directory: Path, info: AdapterInfo) -> dict[str, torch.Tensor]
             f"adapter weights missing: {weights_path} does not exist (expected next to {CONFIG_NAME})"
         )
     blob = weights_path.read_bytes()
+    if blob.startswith(b"version https://git-lfs"):  # a Hub clone made without git-lfs holds the pointer only
+        raise AdapterFileError(f"{weights_path}: a Git LFS pointer, not the weights; run `git lfs pull` in the clone")
     if info.weights_sha256 is not None and hashlib.sha256(blob).hexdigest() != info.weights_sha256:
         raise AdapterFileError(f"{weights_path}: SHA-256 differs from the one in {CONFIG_NAME} (corrupt or mixed up)")
     try:

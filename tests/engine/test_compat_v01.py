@@ -105,7 +105,8 @@ def test_removed_or_unknown_v01_keys_say_what_to_change() -> None:
 def test_resaving_a_v01_adapter_writes_one_v2_description(tmp_path: Path) -> None:
     model, info = load_trained_model(V01 / "adaptformer_digits", checkpoint=str(SHAPES_VIT_FILE))
     save_adapter(model, tmp_path / "v2", classes=info.classes, training=info.training)
-    assert sorted(p.name for p in (tmp_path / "v2").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    names = sorted(p.name for p in (tmp_path / "v2").iterdir())
+    assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors"]  # one description + its card
     again = read_adapter_config(tmp_path / "v2")
     assert again.format_version == 2 and again.spec == info.spec and again.classes == info.classes
     assert again.source.checkpoint == str(SHAPES_VIT_FILE.resolve())

@@ -39,8 +39,16 @@ def _adapter(tmp_path: Path, method, name: str = NAME, classes: int = 6, **kwarg
 
 @pytest.mark.parametrize(
     "method",
-    ["adaptformer", "linear", "vpt", LoRAConfig(targets=("q", "v", "o")), AdapterPlusConfig(bottleneck=4), "full"],
-    ids=["adaptformer", "linear", "vpt", "lora", "adapter_plus", "full"],
+    [
+        "adaptformer",
+        "linear",
+        "vpt",
+        LoRAConfig(targets=("q", "v", "o")),
+        LoRAConfig(targets=("qkv",)),
+        AdapterPlusConfig(bottleneck=4),
+        "full",
+    ],
+    ids=["adaptformer", "linear", "vpt", "lora", "lora_fused_qkv", "adapter_plus", "full"],
 )
 def test_the_onnx_file_computes_pytorchs_logits_without_adaptformer(tmp_path: Path, method, capsys) -> None:
     adapter = _adapter(tmp_path, method)

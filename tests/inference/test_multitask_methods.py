@@ -28,6 +28,7 @@ METHODS = {
     "aplus": (AdapterPlusConfig(bottleneck=4, layers=(3, 4, 5)), 6),
     "lora_qv2": (LoRAConfig(rank=2), 4),
     "lora_qkvo4": (LoRAConfig(rank=4, alpha=6, targets=("q", "k", "v", "o"), layers=(1, 3)), 5),
+    "lora_fused3": (LoRAConfig(rank=3, targets=("qkv", "o"), layers=(1, 2)), 6),  # one A shared by q, k and v
     "vpt_deep2": (VPTConfig(num_tokens=2), 7),
     "vpt_deep1": (VPTConfig(num_tokens=1), 2),
     "vpt_shallow5": (VPTConfig(num_tokens=5, deep=False), 8),
@@ -37,7 +38,7 @@ METHODS = {
 GROUPS = {
     "adaptformer": ("af_par", "af_seq"),
     "adapter_plus": ("aplus", "linear"),
-    "lora": ("lora_qv2", "lora_qkvo4"),
+    "lora": ("lora_qv2", "lora_qkvo4", "lora_fused3"),
     "vpt": ("vpt_deep2", "vpt_deep1", "vpt_shallow5"),
     "linear": ("linear",),
     "full": ("full", "linear"),

@@ -51,6 +51,7 @@ def _vit(config: LoRAConfig | str = "lora", seed: int = 1) -> nn.Module:
     [
         (LoRAConfig(), 12 * 2 * (2 * 8 * 768)),  # q, v at rank 8 in 12 blocks: 294,912
         (LoRAConfig(rank=4, targets=("q", "k", "v", "proj"), layers=(10, 11)), 2 * 4 * (2 * 4 * 768)),  # 49,152
+        (LoRAConfig(targets=("qkv",)), 12 * 8 * (768 + 3 * 768)),  # one A (8 x 768), one B (2304 x 8): 294,912
     ],
 )
 def test_trainable_count_vit_b16_by_hand(config: LoRAConfig, lora_params: int) -> None:
@@ -63,31 +64,35 @@ def test_trainable_count_vit_b16_by_hand(config: LoRAConfig, lora_params: int) -
 
 @pytest.mark.parametrize(
     "name, kwargs, config, widths",
-    [  # widths: the block width of every adapted block; each target adds 2 * rank * width
+    [  # widths: the block width d of every adapted block; q, k, v, o each add r (d + d), qkv adds r (d + 3d)
         (VIT, TINY_VIT, LoRAConfig(), [32, 32]),
         (VIT, TINY_VIT, LoRAConfig(rank=3, targets=("k", "o"), layers=(1,)), [32]),
         (SWIN, tiny_kwargs(SWIN), LoRAConfig(rank=2, targets=("q", "v", "o")), [32, 32, 64, 64]),
+        (VIT, TINY_VIT, LoRAConfig(rank=3, targets=("qkv",)), [32, 32]),
+        (SWIN, tiny_kwargs(SWIN), LoRAConfig(rank=2, targets=("qkv", "o"), layers=(0, 3)), [32, 64]),
     ],
 )
-def test_trainable_count_is_two_r_d_per_projection(name: str, kwargs: dict, config: LoRAConfig, widths: list) -> None:
+def test_trainable_count_is_r_in_plus_out_per_update(name: str, kwargs: dict, config: LoRAConfig, widths: list) -> None:
     model = create_model(name, 5, method=config, **kwargs)
-    expected = sum(2 * config.rank * d * len(config.targets) for d in widths)
+    outputs = {"q": 1, "k": 1, "v": 1, "o": 1, "qkv": 3}  # an update's output width, in block widths
+    expected = sum(config.rank * d * (1 + outputs[t]) for d in widths for t in config.targets)
     assert parameter_report(model).to_dict()["groups"]["lora"]["trainable"] == expected
     assert all(not p.requires_grad for n, p in model.named_parameters() if ".lora." not in n and "head" not in n)
 
 
-def test_backbone_names_are_kept_and_updates_sit_under_lora() -> None:
+@pytest.mark.parametrize("targets, qkv_updates", [(("q", "v", "o"), ("q", "v")), (("qkv", "o"), ("qkv",))])
+def test_backbone_names_are_kept_and_updates_sit_under_lora(targets: tuple, qkv_updates: tuple) -> None:
     plain = _vit("linear")  # the backbone with the same task head
-    model = _vit(LoRAConfig(targets=("q", "v", "o")))
+    model = _vit(LoRAConfig(targets=targets))
     extra = set(model.state_dict()) - set(plain.state_dict())
     assert set(plain.state_dict()) <= set(model.state_dict())  # blocks.0.attn.qkv.weight etc. unchanged
     assert extra == {f"blocks.{i}.attn.{lin}.lora.{t}.{ab}" for i in (0, 1) for lin, ts in
-                     (("qkv", "qv"), ("proj", "o")) for t in ts for ab in "AB"}  # fmt: skip
+                     (("qkv", qkv_updates), ("proj", ("o",))) for t in ts for ab in "AB"}  # fmt: skip
     assert type(model.blocks[0].attn.qkv) is LoRALinear and model.blocks[0].attn.qkv.chunk_names == ("q", "k", "v")
     assert {n for n, p in model.named_parameters() if p.requires_grad} == extra | {"head.1.weight", "head.1.bias"}
 
 
-@pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v", "o"), ("proj",)])
+@pytest.mark.parametrize("targets", [("q", "v"), ("q", "k", "v", "o"), ("proj",), ("qkv",), ("qkv", "o")])
 def test_function_is_exactly_the_backbones_at_init(targets: tuple[str, ...]) -> None:
     plain = timm.create_model(VIT, num_classes=5, **TINY_VIT)
     torch.manual_seed(3)  # the same head init for both (LoRA draws its A after the head)
@@ -113,6 +118,20 @@ def test_updates_reach_exactly_their_third_of_qkv() -> None:
     torch.testing.assert_close(out[:, 8:16], ref[:, 8:16] + delta)
 
 
+def test_a_qkv_update_adds_one_shared_a_to_every_third() -> None:
+    linear = nn.Linear(8, 24)
+    frozen = copy.deepcopy(linear)
+    adapted = LoRALinear.adapt(linear, ("q", "k", "v"), ("qkv",), LoRAConfig(rank=2, alpha=3.0, targets=("qkv",)))
+    update = adapted.lora["qkv"]
+    assert update.A.shape == (2, 8) and update.B.shape == (24, 2) and adapted.span("qkv") == (0, 24)
+    nn.init.normal_(update.B)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        expected = frozen(x) + 1.5 * (x @ update.A.T) @ update.B.T  # alpha / rank = 1.5
+        torch.testing.assert_close(adapted(x), expected)
+        assert (adapted(x) - frozen(x))[:, :8].abs().min() > 0 and (adapted(x) - frozen(x))[:, 16:].abs().min() > 0
+
+
 @pytest.mark.parametrize(
     "attention",
     [lambda: Attention(32, num_heads=2, qkv_bias=True), lambda: WindowAttention(32, num_heads=2, window_size=1)],
@@ -133,8 +152,9 @@ def test_q_k_v_are_the_thirds_the_attention_reads_as_q_k_v(attention: Any) -> No
         assert (out - expected).abs().max().item() > 1e-3 if changes else torch.allclose(out, expected, atol=1e-6)
 
 
-def test_merge_keeps_the_function_and_unmerge_restores_training() -> None:
-    model = move_trainable(_vit(LoRAConfig(targets=("q", "k", "v", "o"), alpha=16.0)), 0.3).eval()
+@pytest.mark.parametrize("targets", [("q", "k", "v", "o"), ("qkv", "o")])
+def test_merge_keeps_the_function_and_unmerge_restores_training(targets: tuple[str, ...]) -> None:
+    model = move_trainable(_vit(LoRAConfig(targets=targets, alpha=16.0)), 0.3).eval()
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -145,7 +165,7 @@ def test_merge_keeps_the_function_and_unmerge_restores_training() -> None:
     moved = [n for n, p in model.named_parameters() if not p.requires_grad and not torch.equal(p, weights[n])]
     assert sorted(moved) == sorted(f"blocks.{i}.attn.{lin}.weight" for i in (0, 1) for lin in ("qkv", "proj"))
     with torch.no_grad():  # while merged, the factors are not added a second time
-        b = model.blocks[0].attn.qkv.lora["q"].B
+        b = model.blocks[0].attn.qkv.lora[targets[0]].B
         kept = b.clone()
         b.zero_()
         assert torch.equal(model(x), merged)
@@ -160,10 +180,11 @@ def test_merge_keeps_the_function_and_unmerge_restores_training() -> None:
         torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5)
 
 
-def test_adapter_saved_merged_or_not_reloads_to_the_same_logits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("targets", [("q", "v", "o"), ("qkv",)])
+def test_adapter_saved_merged_or_not_reloads_to_the_same_logits(tmp_path: Path, targets: tuple[str, ...]) -> None:
     backbone = tmp_path / "backbone.safetensors"
     save_file(build_backbone(VIT, 5, init_seed=7, **TINY_VIT).state_dict(), str(backbone))
-    config = LoRAConfig(rank=4, targets=("q", "v", "o"))
+    config = LoRAConfig(rank=4, targets=targets)
     model = move_trainable(create_model(VIT, 5, method=config, checkpoint=str(backbone), **TINY_VIT)).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -257,6 +278,7 @@ def test_attention_that_bypasses_its_projections_is_refused(name: str, kwargs: d
         ({"alpha": 0}, "alpha must be a finite number > 0"),
         ({"targets": ("q", "x")}, r"targets must be some of .*\(\['x'\] unknown\)"),
         ({"targets": ("o", "proj")}, "names a projection twice"),
+        ({"targets": ("q", "qkv")}, r"qkv \(one update of the whole fused projection, A shared\) and \['q'\]"),
         ({"targets": ()}, "non-empty list"),
         ({"dropout": 1.0}, r"dropout must be a probability in \[0, 1\)"),
         ({"layers": [1, 1]}, "duplicate block indices"),
@@ -270,6 +292,7 @@ def test_config_errors_name_the_knob(kwargs: dict, message: str) -> None:
 def test_config_normalises_and_scales() -> None:
     config = LoRAConfig(rank=4, alpha=8, targets=["v", "proj", "q"], layers=[3, 1])
     assert config.targets == ("q", "v", "o") and config.layers == (1, 3) and config.scaling == 2.0
+    assert LoRAConfig(targets=["proj", "qkv"]).targets == ("qkv", "o")
     assert LoRAConfig(rank=16).scaling == 1.0 and LoRAConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"layers \[5\] out of range"):
         _vit(LoRAConfig(layers=(5,)))
@@ -295,6 +318,9 @@ def test_command_line_trains_saves_and_reports_lora(tmp_path: Path, capsys: pyte
     assert main(args) == 0
     info = read_adapter_config(out / "adapter")
     assert info.spec.method == "lora" and info.spec.method_config == LoRAConfig(rank=4, targets=("q", "v", "o"))
+    card = (out / "adapter" / "README.md").read_text()  # the model card, rewritten once test.json was measured
+    test_acc1 = json.loads((out / "test.json").read_text())["acc1"]
+    assert "library_name: adaptformer" in card and "- lora" in card and f"| acc1 | {test_acc1:.6g} |" in card
     capsys.readouterr()
     assert main(["eval", "--adapter", str(out / "adapter")]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -335,12 +361,12 @@ def test_the_mixed_batch_route_adds_each_tasks_update_to_its_rows_only() -> None
 
     frozen = nn.Linear(8, 12)  # a fused qkv of width 4, shared by both tasks
     tasks = []
-    for rank, targets in ((2, ("q", "v")), (3, ("k",))):
+    for rank, targets in ((2, ("q", "v")), (3, ("k",)), (2, ("qkv",))):
         linear = copy.deepcopy(frozen)
         linear.weight, linear.bias = frozen.weight, frozen.bias  # the shared frozen tensors, as in a multi-task model
         tasks.append(move_trainable(LoRALinear.adapt(linear, ("q", "k", "v"), targets, LoRAConfig(rank=rank)), 0.5))
     x = torch.randn(7, 5, 8)  # (B, N, in)
-    rows = [torch.tensor([4, 0]), torch.tensor([2, 5, 6])]  # rows 1 and 3: no LoRA task
+    rows = [torch.tensor([4, 0]), torch.tensor([2, 5]), torch.tensor([6])]  # rows 1 and 3: no LoRA task
     with torch.no_grad():
         out = route(frozen, list(zip(tasks, rows, strict=True)), (x,))
         torch.testing.assert_close(out[[1, 3]], frozen(x[[1, 3]]), atol=1e-6, rtol=0)
@@ -350,5 +376,6 @@ def test_the_mixed_batch_route_adds_each_tasks_update_to_its_rows_only() -> None
         merge_lora(nn.Sequential(tasks[0]))
         with pytest.raises(RuntimeError, match="merged into the shared weight; unmerge_lora"):
             route(frozen, [(tasks[0], rows[0])], (x,))
-    model = _vit(LoRAConfig(targets=("q", "o"), layers=(1,)))
-    assert adapted_projections(model) == ["blocks.1.attn.qkv", "blocks.1.attn.proj"]
+    for targets in (("q", "o"), ("qkv", "o")):
+        model = _vit(LoRAConfig(targets=targets, layers=(1,)))
+        assert adapted_projections(model) == ["blocks.1.attn.qkv", "blocks.1.attn.proj"]

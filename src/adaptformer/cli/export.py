@@ -1,6 +1,7 @@
 """``adaptformer export --adapter DIR --format onnx``: the adapted network as an ONNX file, checked with ONNX Runtime
 (:mod:`adaptformer.inference.export`); with several ``--adapter [NAME=]DIR``, one multi-task graph of them all (images
-and a task index per sample in, each sample's padded logits and class count out: :mod:`.export_multitask`)."""
+and a task index per sample in, each sample's padded logits and class count out: :mod:`.export_multitask`).
+``--format peft``: a LoRA adapter as a PEFT LoRA folder (:mod:`adaptformer.inference.peft_files`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 def _cmd_export_model(args: argparse.Namespace) -> int:
     from ..inference.export import export_onnx, require_onnx
 
+    if args.format == "peft":
+        return _export_peft(args)
     require_onnx()  # before the model is built
     if len(args.adapter) > 1 or args.adapter_names[0] is not None:
         return _export_multitask(args)
@@ -21,6 +24,19 @@ def _cmd_export_model(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.adapter).resolve().parent / "model.onnx"
     report = export_onnx(model, out, info, opset=args.opset, tolerance=args.tolerance, overwrite=args.overwrite)
     print(json.dumps(report.to_dict()))
+    return 0
+
+
+def _export_peft(args: argparse.Namespace) -> int:
+    from ..inference.peft_files import export_peft
+
+    if len(args.adapter) > 1:
+        raise ValueError("--format peft writes one adapter: give one --adapter")
+    args.adapter = args.adapter[0]
+    model, _ = _trained_model(args)
+    out = Path(args.out) if args.out else Path(args.adapter).resolve().parent / "peft"
+    export_peft(model, out, overwrite=args.overwrite)
+    print(json.dumps({"peft": str(out), "files": ["adapter_config.json", "adapter_model.safetensors"]}))
     return 0
 
 
@@ -72,14 +88,20 @@ def add_export_command(sub: Any) -> None:
         "Also writes FILE.json: input name and shape, preprocessing (mean, std, size, interpolation, crop), classes. "
         "Several --adapter: one graph with inputs 'input' (images) and 'task' (a task index per sample) and outputs "
         "'logits' (padded with -inf to the largest head) and 'num_classes', checked on random mixed batches. "
-        "Needs the export extra: pip install 'adaptformer[export]'.",
+        "Needs the export extra: pip install 'adaptformer[export]'. --format peft writes a LoRA adapter (head linear) "
+        "as a PEFT LoRA folder (adapter_config.json, adapter_model.safetensors; default OUT/peft) that "
+        "PeftModel.from_pretrained loads onto the plain timm backbone; per-third q/k/v updates become one update of "
+        "the fused qkv Linear with a block-diagonal B (the same function).",
     )  # fmt: skip
     parser.add_argument("--adapter", required=True, action=NamedAdapter,
                         help="adapter folder written by training (OUT/adapter); repeat it, each as DIR or NAME=DIR, "
                         "for one multi-task graph of them all (task NAME, default: the run folder's name; needs "
                         "--out; FILE.json lists the task order and class counts)")  # fmt: skip
-    parser.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default: onnx)")
-    parser.add_argument("--out", default=None, help="the file to write (default: OUT/model.onnx beside the adapter)")
+    parser.add_argument("--format", choices=("onnx", "peft"), default="onnx",
+                        help="onnx (a file) or peft (a PEFT LoRA folder) (default: onnx)")  # fmt: skip
+    parser.add_argument("--out", default=None,
+                        help="the file (onnx) or folder (peft) to write (default: OUT/model.onnx, OUT/peft beside the "
+                        "adapter)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     parser.add_argument("--opset", type=at_least(7), default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--tolerance", type=float, default=1e-4,

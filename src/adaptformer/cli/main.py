@@ -1,5 +1,5 @@
 """The ``adaptformer`` command line: ``train``, ``eval``, ``predict``, ``prepare``, ``recipes``, ``params``, ``demo``,
-``study``, ``benchmark``, ``sweep``, ``export``, ``serve``, ``inspect``, ``robustness``.
+``study``, ``benchmark``, ``sweep``, ``export``, ``import-peft``, ``serve``, ``inspect``, ``robustness``.
 
 Flags are turned into typed objects here, at the edge, and nothing below sees an argparse namespace. ``train`` and
 ``params`` read the nested :class:`~adaptformer.engine.config.sections.TrainConfig` through jsonargparse
@@ -23,6 +23,7 @@ from .benchmark import add_benchmark_command
 from .evaluate import add_adapter_commands
 from .export import add_export_command
 from .inspect import add_inspect_command
+from .peft import add_import_peft_command
 from .prepare import add_prepare_command
 from .robustness import add_robustness_command
 from .serve import add_serve_command
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_command(sub)
     add_sweep_command(sub)
     add_export_command(sub)
+    add_import_peft_command(sub)
     add_serve_command(sub)
     add_inspect_command(sub)
     add_robustness_command(sub)

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..cards import CARD_NAME
 from ..files import leftover_temporaries, make_folder, writing
 from ..saving import CONFIG_NAME, WEIGHTS_NAME
 from .checkpointing import STATE_FILE
@@ -56,7 +57,7 @@ def _written_by_a_run(path: Path) -> bool:
     if path.name == CONFIG_FILE:
         return path.is_file() and run_config_folder(path) is not None
     if path.name == ADAPTER_DIR:
-        allowed = {WEIGHTS_NAME, CONFIG_NAME}
+        allowed = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME}
         stale = set(stale_temporaries(path.parent))
         return path.is_dir() and all(p.name in allowed or p in stale for p in path.iterdir())
     if path.name == TENSORBOARD_DIR:

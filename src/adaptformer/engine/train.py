@@ -45,6 +45,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..backbones.hf import is_hf_name
+from ..cards import write_model_card
 from ..data import train_val_split
 from ..factory import create_model, require_checkpoint
 from ..files import atomic_write_text
@@ -371,5 +372,6 @@ def _train(cfg: TrainConfig, ctx: DistributedContext, held: ExitStack) -> TrainR
     }
     if ctx.is_main:
         write_json(out / TEST_FILE, report)
+        write_model_card(out / ADAPTER_DIR)  # the card's metrics: the test numbers
         logger.info("test (adapter of epoch %d, selected by %s): %s", selected_epoch, cfg.run.select, test)
     return TrainResult(out, report, best_epoch, pos.best_val, False, ctx.is_main, primary)

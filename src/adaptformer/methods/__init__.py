@@ -7,6 +7,9 @@
     lora         low-rank updates of the attention projections (:mod:`.lora`)
     adapter_plus Adapter+ bottlenecks after every block (:mod:`.adapter_plus`)
 
+:mod:`.peft_lora` converts a PEFT LoRA to this library's LoRA and back (pure functions, for ``import-peft`` and
+``export --format peft``).
+
 ``register_method(Method(...))`` adds a method defined anywhere; see :mod:`.registry`, and :mod:`.protocol` for how a
 method declares its behaviour in a mixed-task batch, before export and under ``inspect``.
 """

@@ -3,11 +3,14 @@
 A frozen projection ``W`` (out x in) computes ``W x + (alpha / r) B A x`` instead, with trainable ``A`` (r x in,
 kaiming-uniform) and ``B`` (out x r, zeros): ``B A = 0`` at init, so an adapted model computes exactly the frozen
 backbone's function until the first step. timm's ViT and Swin attention compute q, k and v with ONE fused ``qkv``
-Linear (d -> 3d); LoRA on q and v (the paper's default) adds low-rank updates to the q and v thirds of its output only.
+Linear (d -> 3d); LoRA on q and v (the paper's default) adds low-rank updates to the q and v thirds of its output only,
+each with its own ``A``. Target ``qkv`` gives it ONE update instead, ``A`` (r x d) shared by q, k, v and ``B`` (3d x r):
+PEFT's LoRA on such a Linear, so that PEFT adapters move in and out exactly (:mod:`.peft_lora`).
 
 Where the update lives: the ``qkv`` (and, for target "o", the ``proj``) Linear of each chosen attention becomes a
 :class:`LoRALinear`, an ``nn.Linear`` subclass (its class is swapped in place, as AdaptFormer swaps block classes)
-that owns its updates as a child ``lora`` ModuleDict keyed by target (``blocks.0.attn.qkv.lora.q.A``). Why this way:
+that owns its updates as a child ``lora`` ModuleDict keyed by target (``blocks.0.attn.qkv.lora.q.A``; the whole-output
+update of target qkv is ``blocks.0.attn.qkv.lora.qkv.A``). Why this way:
 
 - names: the Linear stays where it was with its own ``weight`` and ``bias`` (``blocks.0.attn.qkv.weight``), so
   checkpoints load unchanged; the updates have their own prefix (``.lora.``) and are found again by type;
@@ -59,8 +62,10 @@ from .state import FINGERPRINT_ATTR, remember_fingerprint
 logger = logging.getLogger(__name__)
 
 QKV_TARGETS = ("q", "k", "v")  # the three thirds of a fused qkv projection's output, in timm's order
+FUSED_TARGET = "qkv"  # one update of the fused projection's whole output (A shared by q, k and v): PEFT's form
 OUTPUT_TARGET = "o"  # the output projection (``proj``)
 TARGET_ALIASES = {"proj": OUTPUT_TARGET}
+TARGET_ORDER = (*QKV_TARGETS, FUSED_TARGET, OUTPUT_TARGET)
 # attention classes whose forward computes ``self.qkv(x)`` (q, k, v thirds) and ``self.proj(x)``
 SUPPORTED_ATTENTION: tuple[type[nn.Module], ...] = (Attention, WindowAttention, QVBiasAttention)
 
@@ -72,8 +77,9 @@ class LoRAConfig(MethodConfig):
     Args:
         rank: the rank r of every update B A.
         alpha: the update is scaled by alpha / rank; null: alpha = rank (scale 1).
-        targets: the projections that get an update: q, k, v (thirds of the fused qkv Linear) and o (or proj: the
-            attention's output projection).
+        targets: the projections that get an update: q, k, v (thirds of the fused qkv Linear, each its own A), or
+            qkv (one update of the whole fused Linear, A shared by q, k and v: PEFT's LoRA on a qkv Linear; not with
+            q, k, v), and o (or proj: the attention's output projection).
         dropout: dropout probability on the input of each update (the frozen projection sees the input as it is).
         layers: the blocks whose attention gets updates, as block indices in forward order (e.g. [10, 11] for the
             last two of a 12-block ViT); null: every block.
@@ -94,16 +100,21 @@ class LoRAConfig(MethodConfig):
                 raise ValueError(f"alpha must be a finite number > 0 (0 scales every update away) or null, got {a!r}")
             object.__setattr__(self, "alpha", float(self.alpha))
         if isinstance(self.targets, str) or not isinstance(self.targets, list | tuple) or not self.targets:
-            raise ValueError(f"targets must be a non-empty list of q, k, v, o (or proj), got {self.targets!r}")
-        known = (*QKV_TARGETS, OUTPUT_TARGET, *TARGET_ALIASES)
+            raise ValueError(f"targets must be a non-empty list of q, k, v, qkv, o (or proj), got {self.targets!r}")
+        known = (*TARGET_ORDER, *TARGET_ALIASES)
         unknown = [t for t in self.targets if t not in known]
         if unknown:
             raise ValueError(f"targets must be some of {list(known)}, got {list(self.targets)} ({unknown} unknown)")
         targets = tuple(TARGET_ALIASES.get(t, t) for t in self.targets)
         if len(set(targets)) != len(targets):
             raise ValueError(f"targets names a projection twice: {list(self.targets)} (proj is o)")
-        order = (*QKV_TARGETS, OUTPUT_TARGET)
-        object.__setattr__(self, "targets", tuple(sorted(targets, key=order.index)))
+        thirds = [t for t in targets if t in QKV_TARGETS]
+        if FUSED_TARGET in targets and thirds:
+            raise ValueError(
+                f"targets {list(self.targets)}: qkv (one update of the whole fused projection, A shared) and {thirds} "
+                "(an update per third) adapt the same Linear; give one form"
+            )
+        object.__setattr__(self, "targets", tuple(sorted(targets, key=TARGET_ORDER.index)))
         check_probability("dropout", self.dropout)
         object.__setattr__(self, "dropout", float(self.dropout))
         object.__setattr__(self, "layers", check_block_indices("layers", self.layers))
@@ -144,7 +155,8 @@ class LoRA(nn.Module):
 
 class LoRALinear(nn.Linear):
     """An ``nn.Linear`` whose output, read as equal chunks named ``chunk_names`` (q, k, v for a fused qkv; o for an
-    output projection), gets the low-rank update ``lora[name]`` added to the chunks it names.
+    output projection), gets the low-rank update ``lora[name]`` added to the chunk it names; an update named by all
+    chunk names joined (``qkv``; ``o`` for a one-chunk Linear) spans the whole output (:meth:`span`).
 
     Made from an existing Linear by :meth:`adapt` (class swap: ``weight`` and ``bias`` keep their names and values).
     While ``merged`` (:func:`merge_lora`), the updates are inside ``weight`` and ``forward`` is the plain Linear's.
@@ -165,9 +177,14 @@ class LoRALinear(nn.Linear):
             raise UnsupportedModelError(
                 f"a Linear with {linear.out_features} outputs does not split into {len(chunk_names)} equal chunks"
             )
+        whole = "".join(chunk_names)
+        unknown = [t for t in targets if t not in chunk_names and t != whole]
+        if unknown:
+            raise ValueError(f"LoRA targets {unknown} are neither a chunk of {list(chunk_names)} nor {whole!r}")
         width = linear.out_features // len(chunk_names)
+        outputs = {t: linear.out_features if t == whole else width for t in targets}
         updates = {
-            t: LoRA(linear.in_features, width, config.rank, config.scaling, config.dropout) for t in targets
+            t: LoRA(linear.in_features, out, config.rank, config.scaling, config.dropout) for t, out in outputs.items()
         }  # fp32 even over a low-precision backbone: they are the trained weights
         linear.add_module("lora", nn.ModuleDict(updates).to(device=linear.weight.device))
         linear.__class__ = cls
@@ -175,14 +192,29 @@ class LoRALinear(nn.Linear):
         linear.chunk_names, linear.merged = chunk_names, False
         return linear
 
+    @property
+    def whole(self) -> str:
+        """The name of an update of the whole output: the chunk names joined ("qkv"; "o" for an output projection)."""
+        return "".join(self.chunk_names)
+
+    def span(self, name: str) -> tuple[int, int]:
+        """The output rows ``[start, stop)`` that update ``name`` adds to: its chunk, or all for :attr:`whole`."""
+        if name == self.whole:
+            return 0, self.out_features
+        width = self.out_features // len(self.chunk_names)
+        i = self.chunk_names.index(name)
+        return i * width, (i + 1) * width
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)  # (..., chunks * width)
         if self.merged:
             if self.training and torch.is_grad_enabled():
                 raise RuntimeError("LoRA updates are merged into the weights (merge_lora); unmerge_lora() to train")
             return out
-        if len(self.chunk_names) == 1:
-            return out + self.lora[self.chunk_names[0]](x)
+        if self.whole in self.lora:  # (..., chunks * width): one update of the whole output (q, k, v share its A)
+            out = out + self.lora[self.whole](x)
+        if len(self.chunk_names) == 1 or not any(n in self.lora for n in self.chunk_names):
+            return out
         chunks = out.chunk(len(self.chunk_names), dim=-1)  # q, k, v: (..., width) each
         return torch.cat(
             [c + self.lora[n](x) if n in self.lora else c for n, c in zip(self.chunk_names, chunks, strict=True)], -1
@@ -190,15 +222,13 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def set_merged(self, merged: bool) -> None:
-        """Add (``merged``) or subtract each update's ``scaling * B A`` to / from its chunk of ``weight``."""
+        """Add (``merged``) or subtract each update's ``scaling * B A`` to / from its rows of ``weight``."""
         if merged == self.merged:
             return
-        width = self.out_features // len(self.chunk_names)
         for name, update in self.lora.items():
-            i = self.chunk_names.index(name)
-            delta = update.delta_weight().to(self.weight.dtype)  # (width, in)
-            rows = self.weight[i * width : (i + 1) * width]
-            rows.add_(delta if merged else -delta)
+            start, stop = self.span(name)
+            delta = update.delta_weight().to(self.weight.dtype)  # (stop - start, in)
+            self.weight[start:stop].add_(delta if merged else -delta)
         self.merged = merged
 
     def extra_repr(self) -> str:
@@ -221,6 +251,48 @@ def _attention_of(block: nn.Module) -> nn.Module:
     return found
 
 
+@dataclass(frozen=True)
+class Projection:
+    """A Linear of an attention that LoRA can adapt: its block, its path in the model and the chunks its output is
+    read as (q, k, v for a fused qkv; o for the output projection). An update of the whole Linear is target
+    ``"".join(chunks)`` (qkv, o): the form PEFT's LoRA gives any Linear it targets."""
+
+    block: int
+    path: str
+    chunks: tuple[str, ...]
+
+    @property
+    def whole(self) -> str:
+        return "".join(self.chunks)
+
+
+def projections(model: nn.Module) -> list[Projection]:
+    """Every projection LoRA can adapt in ``model``, block by block in forward order (qkv, then proj).
+
+    A backbone family that names its attention's projections otherwise (separate q, k, v Linears) adds them here:
+    attach and the PEFT conversion (:mod:`.peft_lora`) both read this list. Raises UnsupportedModelError for a block
+    whose attention is not in ``SUPPORTED_ATTENTION`` (naming its class).
+    """
+    family, blocks = family_blocks(model, what="LoRA")
+    paths = {id(m): n for n, m in model.named_modules()}
+    found = []
+    for index, (_, block) in enumerate(blocks):
+        if family.projections is not None:  # q, k, v and o are separate Linears (transformers): one update each
+            found += [Projection(index, paths[id(block.get_submodule(family.projections[t]))], (t,))
+                      for t in ("q", "k", "v", OUTPUT_TARGET) if t in family.projections]  # fmt: skip
+            continue
+        attn = _attention_of(block)
+        if type(attn) not in SUPPORTED_ATTENTION:
+            names = ", ".join(qualified_name(c) for c in SUPPORTED_ATTENTION)
+            raise UnsupportedModelError(
+                f"LoRA supports the attention classes {names} (their forward calls qkv and proj); block {index}'s "
+                f"attention is {qualified_name(type(attn))}"
+            )
+        found.append(Projection(index, paths[id(attn.qkv)], QKV_TARGETS))
+        found.append(Projection(index, paths[id(attn.proj)], (OUTPUT_TARGET,)))
+    return found
+
+
 def attach(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Give the attention projections of ``model``'s chosen blocks LoRA updates, in place; returns the model.
 
@@ -229,30 +301,24 @@ def attach(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """
     if lora_modules(model):
         raise ValueError(f"{type(model).__name__} already has LoRA updates; attach them only once")
-    family, blocks = family_blocks(model, what="LoRA")
-    wanted = range(len(blocks)) if config.layers is None else config.layers
-    missing = [i for i in wanted if i >= len(blocks)]
+    found = projections(model)
+    count = 1 + max((p.block for p in found), default=-1)
+    wanted = range(count) if config.layers is None else config.layers
+    missing = [i for i in wanted if i >= count]
     if missing:
-        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {len(blocks)} blocks (0..)")
-    if family.projections is not None:  # q, k, v and o are separate Linears (transformers): one update each
-        linears = [{t: blocks[i][1].get_submodule(family.projections[t]) for t in config.targets} for i in wanted]
-        for chosen in linears:
-            for target, linear in chosen.items():
-                LoRALinear.adapt(linear, (target,), (target,), config)
-        return model
-    qkv_targets = tuple(t for t in config.targets if t in QKV_TARGETS)
-    for index in wanted:
-        attn = _attention_of(blocks[index][1])
-        if type(attn) not in SUPPORTED_ATTENTION:
-            names = ", ".join(qualified_name(c) for c in SUPPORTED_ATTENTION)
-            raise UnsupportedModelError(
-                f"LoRA supports the attention classes {names} (their forward calls qkv and proj); block {index}'s "
-                f"attention is {qualified_name(type(attn))}"
-            )
-        if qkv_targets:
-            LoRALinear.adapt(attn.qkv, QKV_TARGETS, qkv_targets, config)
-        if OUTPUT_TARGET in config.targets:
-            LoRALinear.adapt(attn.proj, (OUTPUT_TARGET,), (OUTPUT_TARGET,), config)
+        raise ValueError(f"layers {missing} out of range: {type(model).__name__} has {count} blocks (0..)")
+    chosen = [p for p in found if p.block in wanted]
+    offered = {t for p in chosen for t in (*p.chunks, p.whole)}
+    absent = [t for t in config.targets if t not in offered]
+    if absent:  # e.g. qkv on an attention with separate q, k, v Linears: refused, never silently left out
+        raise UnsupportedModelError(
+            f"LoRA targets {absent}: {type(model).__name__}'s attention projections offer {sorted(offered)}"
+        )
+    for projection in chosen:
+        targets = tuple(t for t in config.targets if t in projection.chunks or t == projection.whole)
+        if targets:
+            linear = model.get_submodule(projection.path)
+            LoRALinear.adapt(linear, projection.chunks, targets, config)  # type: ignore[arg-type]
     return model
 
 
@@ -306,11 +372,10 @@ def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]
         assert isinstance(linear, LoRALinear)
         if linear.merged:  # its updates would be in the shared weight already: refuse rather than add them twice
             raise RuntimeError("a task's LoRA updates are merged into the shared weight; unmerge_lora() it first")
-        width = linear.out_features // len(linear.chunk_names)
         picked = x.index_select(0, rows)  # (n, ..., in): this task's rows only
         for name, update in linear.lora.items():
-            i = linear.chunk_names.index(name)
-            out[..., i * width : (i + 1) * width].index_add_(0, rows, update(picked).to(out.dtype))
+            start, stop = linear.span(name)  # its chunk (q, k, v, o) or the whole output (qkv)
+            out[..., start:stop].index_add_(0, rows, update(picked).to(out.dtype))
     return out
 
 
@@ -333,7 +398,7 @@ METHOD = Method(
     config=LoRAConfig,
     attach=attach,
     modules=lora_modules,
-    summary="LoRA: low-rank updates of the attention's q/v (k, o) projections (Hu et al., ICLR 2022)",
+    summary="LoRA: low-rank updates of the attention's q/v (k, o; or the fused qkv) projections (Hu et al., 2022)",
     group="lora",
     title="LoRA",
     module_sites=(ModuleSite(find=adapted_projections, route=route, label="attention projection"),),

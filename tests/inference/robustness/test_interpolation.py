@@ -23,6 +23,7 @@ METHODS = {
     "adaptformer_out_norm": AdaptFormerConfig(bottleneck=8, layernorm="out", scale="learnable"),
     "adapter_plus": AdapterPlusConfig(bottleneck=4),
     "lora": LoRAConfig(rank=4, targets=("q", "v", "o")),
+    "lora_fused_qkv": LoRAConfig(rank=4, targets=("qkv",)),
     "full": "full",
     "linear": "linear",
 }
