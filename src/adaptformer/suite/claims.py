@@ -24,9 +24,10 @@ from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLAIM_FILE", "Claim", "default_worker_name", "try_claim"]
+__all__ = ["CLAIM_FILE", "HEARTBEAT_S", "Claim", "default_worker_name", "try_claim"]
 
 CLAIM_FILE = "claim.json"
+HEARTBEAT_S = 30.0
 LOCK_STALE_S = 60.0  # a takeover takes milliseconds; a lock this old was left by a worker that died in one
 
 
@@ -60,9 +61,14 @@ class Claim:
         except (FileNotFoundError, json.JSONDecodeError):
             return False
 
-    def release(self) -> None:
+    def stop(self) -> None:
+        """Stop the heartbeat, leaving the file: what a scheduler's job does with the claim its driver holds (it keeps
+        the claim fresh while it runs, so a driver that died leaves a running job's unit to it, not to another)."""
         self._stop.set()
         self._thread.join()
+
+    def release(self) -> None:
+        self.stop()
         if self.still_held():
             self.path.unlink()
 
@@ -84,7 +90,7 @@ def _create(path: Path, worker: str) -> bool:
 
 
 def try_claim(
-    folder: Path, worker: str, stale_after_s: float, heartbeat_s: float = 30.0, name: str = CLAIM_FILE
+    folder: Path, worker: str, stale_after_s: float, heartbeat_s: float = HEARTBEAT_S, name: str = CLAIM_FILE
 ) -> Claim | None:
     """Claim the task whose claim file is ``folder / name`` for ``worker``; None if another live worker holds it.
 

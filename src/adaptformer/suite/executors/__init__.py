@@ -1,0 +1,121 @@
+"""Where the units of ``adaptformer benchmark`` (tasks) and ``adaptformer sweep`` (points) run.
+
+An executor takes units, each a picklable :class:`UnitRun` (the unit's work, a function of its name that returns
+None when it finished or the error that stopped it), runs them and reports each one's end:
+
+* ``local`` (:mod:`.local`): in this process, one after another; workers sharing an output folder split the units
+  between them through file claims (:mod:`..claims`), the fallback where there is no scheduler;
+* ``slurm`` (:mod:`.slurm`): one submitit job per unit, submitted together as a Slurm job array, requeued by
+  submitit when Slurm preempts it or its time runs out;
+* ``ray`` (:mod:`.ray`): one Ray task per unit with its CPU / GPU request, retried by Ray when its worker dies.
+
+Every unit is an ordinary run folder that resumes, so a job that was killed (by the scheduler, a lost node, a
+preemption) resumes where it stopped when it runs again: in the same invocation (a requeued job, a retried task) or
+at the next one. The driver stays the only writer of the report; the libraries are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ...errors import MissingDependencyError
+from ..claims import HEARTBEAT_S, Claim
+from ..stages import SuiteError
+from .settings import EXECUTORS, ExecutorSettings, RaySettings, SlurmSettings, load_executor_settings
+
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "ExecutorSettings", "Job", "RaySettings", "SlurmSettings",
+           "UnitRun", "Work", "load_executor_settings", "open_executor"]  # fmt: skip
+
+Work = Callable[[str], "str | None"]  # runs the unit of that name; None when it finished, else the error
+EXTRAS = {"slurm": ("submitit", "slurm"), "ray": ("ray", "ray")}  # executor -> (module it needs, the extra)
+
+
+class ExecutorError(SuiteError):
+    """A scheduler that cannot be reached or used (named), found before any unit starts."""
+
+
+@dataclass(frozen=True)
+class UnitRun:
+    """One unit as it runs wherever the executor puts it: its work and, on that machine, a heartbeat on the claim
+    its driver holds (so that a driver that dies leaves a unit whose job still runs to that job)."""
+
+    name: str
+    work: Work
+    claim: Path
+    worker: str
+
+    def __call__(self) -> str | None:
+        beat = Claim(self.claim, self.worker, HEARTBEAT_S) if self.claim.is_file() else None
+        try:
+            return self.work(self.name)
+        finally:
+            if beat is not None:
+                beat.stop()
+
+
+@dataclass
+class Job:
+    """A submitted unit: its name, what the report records of it (executor, job id, log files) and the library's
+    handle."""
+
+    name: str
+    record: dict[str, Any] = field(default_factory=dict)
+    handle: Any = None
+
+
+class Executor(Protocol):
+    """Runs units; built by :func:`open_executor`, which fails there, before any unit, if the scheduler is out of
+    reach."""
+
+    name: str
+    one_at_a_time: bool  # True: the driver claims a unit, runs it, then claims the next (the local executor)
+
+    def submit(self, runs: list[UnitRun]) -> list[Job]:
+        """Start the units (a scheduler queues them); one job per unit, in order."""
+
+    def wait(self, jobs: list[Job]) -> Iterator[tuple[Job, str | None]]:
+        """Each job as it ends, with None (finished) or the error (the unit's own, or why its job died)."""
+
+    def cancel(self, jobs: list[Job]) -> None:
+        """Stop jobs that have not ended (the driver was interrupted)."""
+
+    def close(self) -> None:
+        """Disconnect (a Ray cluster this executor started is stopped)."""
+
+
+def require(name: str) -> None:
+    """A MissingDependencyError naming the extra when executor ``name``'s library is not installed."""
+    if name in EXTRAS and importlib.util.find_spec(EXTRAS[name][0]) is None:
+        module, extra = EXTRAS[name]
+        raise MissingDependencyError(f"--executor {name} needs {module}, which is not installed: "
+                                     f"pip install 'adaptformer[{extra}]'")  # fmt: skip
+
+
+@contextmanager
+def open_executor(settings: ExecutorSettings, output_dir: Path) -> Iterator[Executor]:
+    """The executor ``settings`` name, connected and checked (a missing library, an unknown Slurm partition, an
+    unreachable Ray address: an error here); closed when the block ends."""
+    require(settings.name)
+    executor: Executor
+    if settings.name == "slurm":
+        from .slurm import SlurmExecutor
+
+        log_dir = Path(settings.slurm.log_dir) if settings.slurm.log_dir else output_dir / "logs" / "submitit"
+        executor = SlurmExecutor(settings.slurm, log_dir)
+    elif settings.name == "ray":
+        from .ray import RayExecutor
+
+        executor = RayExecutor(settings.ray)
+    else:
+        from .local import LocalExecutor
+
+        executor = LocalExecutor()
+    try:
+        yield executor
+    finally:
+        executor.close()
