@@ -16,8 +16,17 @@ from typing import Any
 
 import pytest
 import ray
-from tests.suite.executors.runs import (KILL, POINTS, SWEEP_FLAGS, TASKS, benchmark, signal_when_training,
-                                        stable_report, sweep, write_sweep)  # fmt: skip
+from tests.suite.executors.runs import (
+    KILL,
+    POINTS,
+    SWEEP_FLAGS,
+    TASKS,
+    benchmark,
+    signal_when_training,
+    stable_report,  # fmt: skip
+    sweep,
+    write_sweep,
+)
 
 RAY = ("--executor", "ray")
 

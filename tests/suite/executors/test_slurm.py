@@ -11,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.suite.executors.runs import (KILL, POINTS, PREEMPT, TASKS, benchmark, signal_when_training, stable_report,
-                                        sweep, write_sweep)  # fmt: skip
+from tests.suite.executors.runs import (
+    KILL,
+    POINTS,
+    PREEMPT,
+    TASKS,
+    benchmark,
+    signal_when_training,
+    stable_report,
+    sweep,  # fmt: skip
+    write_sweep,
+)
 
 SUBMITIT_LOCAL = ("--executor", "slurm", "--slurm.cluster", "local", "--slurm.cpus_per_task", "1")
 

@@ -16,7 +16,7 @@ at the next one. The driver stays the only writer of the report; the libraries a
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,10 +90,14 @@ class Executor(Protocol):
 
 def require(name: str) -> None:
     """A MissingDependencyError naming the extra when executor ``name``'s library is not installed."""
-    if name in EXTRAS and importlib.util.find_spec(EXTRAS[name][0]) is None:
-        module, extra = EXTRAS[name]
+    if name not in EXTRAS:
+        return
+    module, extra = EXTRAS[name]
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
         raise MissingDependencyError(f"--executor {name} needs {module}, which is not installed: "
-                                     f"pip install 'adaptformer[{extra}]'")  # fmt: skip
+                                     f"pip install 'adaptformer[{extra}]'") from error  # fmt: skip
 
 
 @contextmanager
