@@ -17,75 +17,18 @@ at the next one. The driver stays the only writer of the report; the libraries a
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from ...errors import MissingDependencyError
-from ..claims import HEARTBEAT_S, Claim
-from ..stages import SuiteError
+from .base import Executor, ExecutorError, Job, UnitRun, Work
 from .settings import EXECUTORS, ExecutorSettings, RaySettings, SlurmSettings, load_executor_settings
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "ExecutorSettings", "Job", "RaySettings", "SlurmSettings",
            "UnitRun", "Work", "load_executor_settings", "open_executor"]  # fmt: skip
 
-Work = Callable[[str], "str | None"]  # runs the unit of that name; None when it finished, else the error
 EXTRAS = {"slurm": ("submitit", "slurm"), "ray": ("ray", "ray")}  # executor -> (module it needs, the extra)
-
-
-class ExecutorError(SuiteError):
-    """A scheduler that cannot be reached or used (named), found before any unit starts."""
-
-
-@dataclass(frozen=True)
-class UnitRun:
-    """One unit as it runs wherever the executor puts it: its work and, on that machine, a heartbeat on the claim
-    its driver holds (so that a driver that dies leaves a unit whose job still runs to that job)."""
-
-    name: str
-    work: Work
-    claim: Path
-    worker: str
-
-    def __call__(self) -> str | None:
-        beat = Claim(self.claim, self.worker, HEARTBEAT_S) if self.claim.is_file() else None
-        try:
-            return self.work(self.name)
-        finally:
-            if beat is not None:
-                beat.stop()
-
-
-@dataclass
-class Job:
-    """A submitted unit: its name, what the report records of it (executor, job id, log files) and the library's
-    handle."""
-
-    name: str
-    record: dict[str, Any] = field(default_factory=dict)
-    handle: Any = None
-
-
-class Executor(Protocol):
-    """Runs units; built by :func:`open_executor`, which fails there, before any unit, if the scheduler is out of
-    reach."""
-
-    name: str
-    one_at_a_time: bool  # True: the driver claims a unit, runs it, then claims the next (the local executor)
-
-    def submit(self, runs: list[UnitRun]) -> list[Job]:
-        """Start the units (a scheduler queues them); one job per unit, in order."""
-
-    def wait(self, jobs: list[Job]) -> Iterator[tuple[Job, str | None]]:
-        """Each job as it ends, with None (finished) or the error (the unit's own, or why its job died)."""
-
-    def cancel(self, jobs: list[Job]) -> None:
-        """Stop jobs that have not ended (the driver was interrupted)."""
-
-    def close(self) -> None:
-        """Disconnect (a Ray cluster this executor started is stopped)."""
 
 
 def require(name: str) -> None:

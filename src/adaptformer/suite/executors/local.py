@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from . import Job, UnitRun
+from .base import Job, UnitRun
 
 __all__ = ["LocalExecutor"]
 

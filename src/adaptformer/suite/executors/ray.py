@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import ray
 
-from . import ExecutorError, Job, UnitRun
+from .base import ExecutorError, Job, UnitRun
 from .settings import RaySettings
 
 logger = logging.getLogger(__name__)

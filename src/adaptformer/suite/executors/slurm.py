@@ -21,7 +21,7 @@ from pathlib import Path
 
 import submitit
 
-from . import ExecutorError, Job, UnitRun
+from .base import ExecutorError, Job, UnitRun
 from .settings import SlurmSettings
 
 logger = logging.getLogger(__name__)
