@@ -96,7 +96,7 @@ def _claim(unit: Unit, worker: str, stale_after_s: float, started: float, summar
 def _run(executor: Executor, claimed: dict[str, tuple[Unit, Claim]], work: Work, worker: str, summary: Summary) -> None:
     """Submit the claimed units, record their jobs, and note each end (releasing its claim); Ctrl-C (or any error)
     cancels the jobs still running."""
-    runs = [UnitRun(name, work, unit.claim, worker) for name, (unit, _) in claimed.items()]
+    runs = [UnitRun(name, work, unit.claim, worker, Path.cwd()) for name, (unit, _) in claimed.items()]
     jobs = executor.submit(runs)
     for job in jobs:
         _record_job(claimed[job.name][0], job)

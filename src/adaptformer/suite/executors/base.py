@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +23,19 @@ class ExecutorError(SuiteError):
 
 @dataclass(frozen=True)
 class UnitRun:
-    """One unit as it runs wherever the executor puts it: its work and, on that machine, a heartbeat on the claim
-    its driver holds (so that a driver that dies leaves a unit whose job still runs to that job)."""
+    """One unit as it runs wherever the executor puts it: its work, in the driver's working folder (relative paths
+    of the command line, ``OUT`` and train flags alike, mean there what they mean to the driver; a Ray worker starts
+    elsewhere), with a heartbeat on the claim its driver holds (so that a driver that dies leaves a unit whose job
+    still runs to that job)."""
 
     name: str
     work: Work
     claim: Path
     worker: str
+    cwd: Path
 
     def __call__(self) -> str | None:
+        os.chdir(self.cwd)
         beat = Claim(self.claim, self.worker, HEARTBEAT_S) if self.claim.is_file() else None
         try:
             return self.work(self.name)
