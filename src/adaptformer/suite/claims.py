@@ -1,5 +1,6 @@
 """Atomic task claims in a shared folder, so that independent workers (one per GPU, array jobs of a cluster
-scheduler, several machines on a shared file system) split a suite between them with no scheduler of their own.
+scheduler, several machines on a shared file system) split a suite between them with no scheduler of their own, and
+so that drivers on a scheduler (:mod:`.dispatch`: Slurm jobs, Ray tasks) never run a unit another one holds.
 
 A worker owns a task while its claim file (``<task>/claim.json``; a sweep's points: ``OUT/logs/<point>.claim.json``,
 outside the run folder) is its own: created with ``O_CREAT | O_EXCL`` (atomic on local file
@@ -7,7 +8,9 @@ systems and on NFS v3+), kept fresh by a heartbeat (its modification time, touch
 when the task ends. A claim whose heartbeat is older than ``stale_after_s`` belongs to a worker that died: another
 worker takes it over under an exclusive takeover lock (one takeover at a time, and a claim created meanwhile is never
 removed), and the training run it left behind resumes from its last state. A worker that is alive but stalled longer
-than ``stale_after`` can lose its claim this way: choose ``stale_after`` well above the heartbeat.
+than ``stale_after`` can lose its claim this way: choose ``stale_after`` well above the heartbeat. A scheduler's job
+beats on its driver's claim too (:meth:`Claim.stop` ends its beat without removing the file), so a unit stays held
+while its job runs, even after its driver died.
 """
 
 from __future__ import annotations
