@@ -33,10 +33,11 @@ class UnitRun:
     claim: Path
     worker: str
     cwd: Path
+    heartbeat_s: float = HEARTBEAT_S
 
     def __call__(self) -> str | None:
         os.chdir(self.cwd)
-        beat = Claim(self.claim, self.worker, HEARTBEAT_S) if self.claim.is_file() else None
+        beat = Claim(self.claim, self.worker, self.heartbeat_s) if self.claim.is_file() else None
         try:
             return self.work(self.name)
         finally:
