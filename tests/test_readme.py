@@ -265,6 +265,14 @@ def _check_benchmark(outputs: list[str], work: Path) -> None:
     assert (work / "runs/vtab_af8/results.png").is_file()
 
 
+def _check_executors(outputs: list[str], work: Path) -> None:
+    """The task ran as a submitit job, whose id and log files the report records."""
+    report = json.loads((work / "runs/vtab_af8/results.json").read_text())
+    job = report["jobs"][BENCH_TASKS[0]]
+    assert report["missing"] == [] and job["executor"] == "slurm" and job["cluster"] == "local"
+    assert Path(job["stdout"]).is_file() and job["job_id"] in job["stdout"]
+
+
 def _mt_adapters(work: Path) -> None:
     """runs/mt_digits/adapter (AdaptFormer-16, 10 classes) and runs/mt_shapes/adapter (linear, 64 classes) on the
     shipped backbone, as the multi-task block's training would leave them (weights moved off their init)."""
@@ -553,13 +561,22 @@ FLOWS = [
     Flow("adaptformer serve --adapter runs/mt_digits/adapter", check=_check_serve, run_commands=False),
     Flow("adaptformer serve --adapter-root runs", check=_check_serve_root, run_commands=False),
     Flow(
-        "adaptformer benchmark vtab --method adaptformer8",
+        "adaptformer benchmark vtab --out runs/vtab_af8 --report-only",
         setup=(_vtab_files,),
         extra={
             "benchmark": ["--tasks", ",".join(BENCH_TASKS)],
             "--": [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE)],
         },
         check=_check_benchmark,
+    ),
+    Flow(
+        "--executor slurm --slurm.cluster local",
+        setup=(_vtab_files,),
+        extra={
+            "benchmark": ["--tasks", BENCH_TASKS[0]],  # one task: one submitit job
+            "--": [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE)],
+        },
+        check=_check_executors,
     ),
     Flow(
         "adaptformer eval --adapter runs/c100_af64/adapter",

@@ -5,8 +5,10 @@ section of an adapter's evaluation."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,3 +261,37 @@ def adapter_data(args: argparse.Namespace, info: AdapterInfo) -> Any:
         if record.segmentation:
             defaults["segmentation"] = record.segmentation
     return parse_data_cli(flags, defaults)
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--executor``, ``--executor-config`` and one flag per field of each scheduler's section (``--slurm.partition``,
+    ``--ray.address``, ...; their help is the dataclass field's): benchmark and sweep, whose ``unit`` s ("task",
+    "point") run on the chosen executor."""
+    from ..suite.executors.settings import EXECUTORS, SECTIONS
+
+    group = parser.add_argument_group(
+        "executor", f"where each {unit} runs: local (this process), slurm (submitit jobs), ray (Ray tasks); the flags "
+        "of a section override --executor-config's",
+    )  # fmt: skip
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help=f"what runs each {unit} (default: local; slurm needs adaptformer[slurm], ray "
+                       "adaptformer[ray])")  # fmt: skip
+    group.add_argument("--executor-config", metavar="YAML", default=None,
+                       help="a YAML file with the sections slurm: and ray: (the keys of their flags, e.g. "
+                       "'slurm: {partition: gpu, gpus_per_node: 1}')")  # fmt: skip
+    for section, settings in SECTIONS.items():
+        hints = typing.get_type_hints(settings)
+        for f in dataclasses.fields(settings):
+            kind = next(t for t in (int, float, str) if t in typing.get_args(hints[f.name]) or t is hints[f.name])
+            group.add_argument(f"--{section}.{f.name}", dest=f"{section}__{f.name}", type=kind, default=None,
+                               metavar=kind.__name__.upper(), help=f.metadata["help"])  # fmt: skip
+
+
+def executor_settings(args: argparse.Namespace) -> Any:
+    """The :class:`~adaptformer.suite.executors.ExecutorSettings` of ``add_executor_arguments``' flags."""
+    from ..suite.executors.settings import SECTIONS, load_executor_settings
+
+    flags = {section: {k.split("__", 1)[1]: v for k, v in vars(args).items() if k.startswith(f"{section}__")}
+             for section in SECTIONS}  # fmt: skip
+    config = Path(args.executor_config) if args.executor_config else None
+    return load_executor_settings(args.executor, config, flags)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import add_worker_arguments
+from .args import add_executor_arguments, add_worker_arguments, executor_settings
 
 DESCRIPTION = (
     "Run every task of a PETL benchmark suite with a shipped protocol recipe (recipes/vtab_fgvc.yaml): per task, "
@@ -18,8 +18,11 @@ DESCRIPTION = (
     "each task, OUT/results.md, results.json and results.png (per-task test top-1, the mean over tasks, for VTAB-1k "
     "the mean of the three group means, validation numbers, trainable parameters, train time, peak memory). "
     "Resumable: run the same command again and finished tasks and stages are skipped, an interrupted one resumes. "
-    "Several workers may share OUT (one per GPU, or array jobs on a cluster): each claims an unfinished task "
-    "atomically. Train flags for every stage go after --, e.g. -- --model.checkpoint vit_b16_in21k.pth."
+    "Tasks run in this process (--executor local), as submitit jobs on Slurm (--executor slurm) or as Ray tasks "
+    "(--executor ray); a task whose job was killed resumes when it runs again. Several workers or drivers may share "
+    "OUT (one per GPU, array jobs on a cluster, drivers on different executors): each claims an unfinished task "
+    "atomically, so every task runs once. Train flags for every stage go after --, e.g. -- --model.checkpoint "
+    "vit_b16_in21k.pth."
 )
 
 
@@ -40,7 +43,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         launcher=split_launcher(args.launcher), worker=args.worker or default_worker_name(),
         stale_after_s=args.stale_after * 60,
     )  # fmt: skip
-    summary = run_benchmark(settings)
+    summary = run_benchmark(settings, executor_settings(args))
     files = write_report(out)
     print(files["markdown"].read_text(), end="")
     print(json.dumps({"ran": summary.ran, "already_done": summary.already_done,
@@ -84,5 +87,6 @@ def add_benchmark_command(sub: Any) -> None:
         "'torchrun --nproc_per_node 8' to train each task on 8 GPUs",
     )  # fmt: skip
     add_worker_arguments(parser, "task")
+    add_executor_arguments(parser, "task")
     parser.add_argument("--report-only", action="store_true", help="only (re)write OUT's table and plot")
     parser.set_defaults(func=_cmd_benchmark)

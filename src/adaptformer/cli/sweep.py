@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import add_worker_arguments
+from .args import add_executor_arguments, add_worker_arguments, executor_settings
 
 DESCRIPTION = (
     "Run a set of `adaptformer train` runs that differ by a few settings, then write one table and one plot. SWEEP is "
@@ -20,7 +20,9 @@ DESCRIPTION = (
     "table is OUT/results.md and results.json (settings, trainable parameters, validation and test metric, selected "
     "epoch, train minutes, the paper's number for a shipped recipe), the plot OUT/results.png. Resumable: run the "
     "same command again and finished points are skipped, an interrupted one resumes; OUT/sweep.json refuses other "
-    "settings. Several workers may share OUT (one per GPU, or array jobs on a cluster): each claims an unfinished "
+    "settings. Points run in this process (--executor local), as submitit jobs on Slurm (--executor slurm) or as "
+    "Ray tasks (--executor ray); a point whose job was killed resumes when it runs again. Several workers or drivers "
+    "may share OUT (one per GPU, array jobs on a cluster, drivers on different executors): each claims an unfinished "
     "point atomically, so every point is trained once. Train flags for every point go after --, e.g. "
     "-- --data.data_dir DATA --model.checkpoint ckpt.pth."
 )
@@ -50,7 +52,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         launcher=split_launcher(args.launcher), worker=args.worker or default_worker_name(),
         stale_after_s=args.stale_after * 60,
     )  # fmt: skip
-    summary = run_sweep(settings)
+    summary = run_sweep(settings, executor_settings(args))
     files = write_sweep_report(out)
     print(files["markdown"].read_text(), end="")
     print(json.dumps({"ran": summary.ran, "already_done": summary.already_done,
@@ -78,5 +80,6 @@ def add_sweep_command(sub: Any) -> None:
         "'torchrun --nproc_per_node 8'",
     )  # fmt: skip
     add_worker_arguments(parser, "point")
+    add_executor_arguments(parser, "point")
     parser.add_argument("--report-only", action="store_true", help="only (re)write OUT's table and plot")
     parser.set_defaults(func=_cmd_sweep)

@@ -1,5 +1,6 @@
 """Atomic task claims in a shared folder, so that independent workers (one per GPU, array jobs of a cluster
-scheduler, several machines on a shared file system) split a suite between them with no scheduler of their own.
+scheduler, several machines on a shared file system) split a suite between them with no scheduler of their own, and
+so that drivers on a scheduler (:mod:`.dispatch`: Slurm jobs, Ray tasks) never run a unit another one holds.
 
 A worker owns a task while its claim file (``<task>/claim.json``; a sweep's points: ``OUT/logs/<point>.claim.json``,
 outside the run folder) is its own: created with ``O_CREAT | O_EXCL`` (atomic on local file
@@ -7,7 +8,9 @@ systems and on NFS v3+), kept fresh by a heartbeat (its modification time, touch
 when the task ends. A claim whose heartbeat is older than ``stale_after_s`` belongs to a worker that died: another
 worker takes it over under an exclusive takeover lock (one takeover at a time, and a claim created meanwhile is never
 removed), and the training run it left behind resumes from its last state. A worker that is alive but stalled longer
-than ``stale_after`` can lose its claim this way: choose ``stale_after`` well above the heartbeat.
+than ``stale_after`` can lose its claim this way: choose ``stale_after`` well above the heartbeat. A scheduler's job
+beats on its driver's claim too (:meth:`Claim.stop` ends its beat without removing the file), so a unit stays held
+while its job runs, even after its driver died.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLAIM_FILE", "Claim", "default_worker_name", "try_claim"]
+__all__ = ["CLAIM_FILE", "HEARTBEAT_S", "Claim", "default_worker_name", "try_claim"]
 
 CLAIM_FILE = "claim.json"
+HEARTBEAT_S = 30.0
 LOCK_STALE_S = 60.0  # a takeover takes milliseconds; a lock this old was left by a worker that died in one
 
 
@@ -60,9 +64,14 @@ class Claim:
         except (FileNotFoundError, json.JSONDecodeError):
             return False
 
-    def release(self) -> None:
+    def stop(self) -> None:
+        """Stop the heartbeat, leaving the file: what a scheduler's job does with the claim its driver holds (it keeps
+        the claim fresh while it runs, so a driver that died leaves a running job's unit to it, not to another)."""
         self._stop.set()
         self._thread.join()
+
+    def release(self) -> None:
+        self.stop()
         if self.still_held():
             self.path.unlink()
 
@@ -84,7 +93,7 @@ def _create(path: Path, worker: str) -> bool:
 
 
 def try_claim(
-    folder: Path, worker: str, stale_after_s: float, heartbeat_s: float = 30.0, name: str = CLAIM_FILE
+    folder: Path, worker: str, stale_after_s: float, heartbeat_s: float = HEARTBEAT_S, name: str = CLAIM_FILE
 ) -> Claim | None:
     """Claim the task whose claim file is ``folder / name`` for ``worker``; None if another live worker holds it.
 

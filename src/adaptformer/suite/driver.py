@@ -12,13 +12,15 @@ Each stage is one run folder (``tune-<k>/``, ``final/``) of ``adaptformer train`
 ``<suite>_<task>_<method>``, the user's train flags and the stage's ``data.options``, started with ``--launcher``
 (``python`` by default; ``torchrun --nproc_per_node 8`` runs the task on 8 GPUs). A stage whose ``test.json`` exists
 is done and skipped; an unfinished one resumes (``--run.resume true``). A task is done when ``result.json`` is
-written; workers sharing ``OUT`` claim tasks atomically (:mod:`.claims`), and a task one of them saw fail is not
-tried again by the others in the same round. ``OUT/benchmark.json`` records the settings, so every later worker or
-re-run must use the same ones.
+written (by the task itself, wherever it ran). Tasks run on an executor (:mod:`.executors`: in this process, as
+submitit jobs on Slurm, or as Ray tasks); drivers and workers sharing ``OUT`` claim tasks atomically
+(:mod:`.dispatch`, :mod:`.claims`), and a task one of them saw fail is not tried again by the others in the same
+round. ``OUT/benchmark.json`` records the settings, so every later worker or re-run must use the same ones.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.records import write_json
-from .claims import default_worker_name, try_claim
-from .stages import SuiteError, failed_since, grid_points, overrides_flags, pin_settings, run_stage, train_command
+from .claims import CLAIM_FILE, default_worker_name
+from .dispatch import Summary, Unit, dispatch
+from .executors import ExecutorSettings, open_executor
+from .stages import SuiteError, grid_points, overrides_flags, pin_settings, run_stage, train_command
 from .tasks import Suite, get_suite
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ __all__ = ["RESULT_FILE", "SETTINGS_FILE", "BenchmarkError", "BenchmarkSettings"
 
 RESULT_FILE = "result.json"
 FAILED_FILE = "failed.json"
+JOB_FILE = "job.json"  # the scheduler's job of the task (executor, job id, log files)
 SETTINGS_FILE = "benchmark.json"
 # The driver sets these per stage; a train flag naming one would silently fight it.
 OWNED_FLAGS = ("--data.dataset", "--data.data_dir", "--data.options", "--run.output_dir", "--run.resume",
@@ -173,51 +178,37 @@ def run_task(settings: BenchmarkSettings, suite: Suite, task: str) -> dict[str, 
     }  # fmt: skip
 
 
-@dataclass
-class WorkerSummary:
-    """What one worker did."""
-
-    ran: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)
-    held_elsewhere: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+WorkerSummary = Summary  # what one worker (driver) did: ran, already_done, held_elsewhere, failed
 
 
-def run_benchmark(settings: BenchmarkSettings) -> WorkerSummary:
-    """Work through the suite's unfinished tasks this worker can claim (see the module docstring)."""
+def run_benchmark(settings: BenchmarkSettings, executor: ExecutorSettings | None = None) -> Summary:
+    """Work through the suite's unfinished tasks this worker can claim, on ``executor`` (default: in this process;
+    see the module docstring)."""
     suite, tasks = check_settings(settings)
-    record_settings(settings, tasks)
-    started = time.time()
-    summary = WorkerSummary()
-    for task in tasks:
-        folder = settings.output_dir / task
-        if (folder / RESULT_FILE).is_file():
-            summary.already_done.append(task)
-            continue
-        claim = try_claim(folder, settings.worker, settings.stale_after_s)
-        if claim is None:
-            summary.held_elsewhere.append(task)
-            continue
-        with claim:
-            if (folder / RESULT_FILE).is_file():  # finished by another worker between our look and our claim
-                summary.already_done.append(task)
-                continue
-            tried = failed_since(folder / FAILED_FILE, started)
-            if tried is not None:  # another worker of this round saw it fail; the next run of the command retries it
-                summary.failed[task] = tried
-                continue
-            (folder / FAILED_FILE).unlink(missing_ok=True)
-            logger.info("%s %s: task %s (worker %s)", suite.name, settings.method, task, settings.worker)
-            try:
-                result = run_task(settings, suite, task)
-            except BenchmarkError as error:
-                logger.error("%s", error)
-                summary.failed[task] = str(error)
-                write_json(folder / FAILED_FILE, {"worker": settings.worker, "error": str(error)})
-                continue
-            write_json(folder / RESULT_FILE, _finite(result))
-            summary.ran.append(task)
-    return summary
+    with open_executor(executor or ExecutorSettings(), settings.output_dir) as running:
+        record_settings(settings, tasks)
+        units = [task_unit(settings.output_dir, task) for task in tasks]
+        logger.info("%s %s: %d task(s) on the %s executor (worker %s)", suite.name, settings.method, len(tasks),
+                    running.name, settings.worker)  # fmt: skip
+        return dispatch(units, functools.partial(execute_task, settings), running, settings.worker,
+                        settings.stale_after_s)  # fmt: skip
+
+
+def task_unit(output_dir: Path, task: str) -> Unit:
+    folder = output_dir / task
+    return Unit(task, folder / RESULT_FILE, folder / CLAIM_FILE, folder / FAILED_FILE, folder / JOB_FILE)
+
+
+def execute_task(settings: BenchmarkSettings, task: str) -> str | None:
+    """Both stages of ``task`` and its ``result.json``, wherever the executor runs it; the error if it failed."""
+    suite = get_suite(settings.suite)
+    logger.info("%s %s: task %s", suite.name, settings.method, task)
+    try:
+        result = run_task(settings, suite, task)
+    except BenchmarkError as error:
+        return str(error)
+    write_json(settings.output_dir / task / RESULT_FILE, _finite(result))
+    return None
 
 
 def _finite(result: dict[str, Any]) -> dict[str, Any]:

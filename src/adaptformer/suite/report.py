@@ -11,12 +11,12 @@ from __future__ import annotations
 import fcntl
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_bytes, save_figure, writing
-from .driver import RESULT_FILE, SETTINGS_FILE, BenchmarkError
+from .driver import JOB_FILE, RESULT_FILE, SETTINGS_FILE, BenchmarkError
 from .tasks import Suite, get_suite
 
 __all__ = ["BenchmarkReport", "read_report", "write_report"]
@@ -30,6 +30,7 @@ class BenchmarkReport:
     method: str
     tasks: tuple[str, ...]
     results: dict[str, dict[str, Any]]  # finished tasks only
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # tasks run by a scheduler: job id, log files
 
     @property
     def missing(self) -> list[str]:
@@ -60,7 +61,7 @@ class BenchmarkReport:
             "suite": self.suite.name, "method": self.method, "tasks": list(self.tasks), "missing": self.missing,
             "mean": self.task_mean(), "group_means": self.group_means(),
             "mean_of_group_means": self.mean_of_group_means(),
-            "results": [self.results[t] for t in self.tasks if t in self.results],
+            "results": [self.results[t] for t in self.tasks if t in self.results], "jobs": self.jobs,
         }  # fmt: skip
 
 
@@ -72,12 +73,14 @@ def read_report(output_dir: Path) -> BenchmarkReport:
     settings = json.loads(path.read_text())
     suite = get_suite(settings["suite"])
     tasks = tuple(settings["tasks"])
-    results = {}
+    results, jobs = {}, {}
     for task in tasks:
-        file = output_dir / task / RESULT_FILE
+        file, job = output_dir / task / RESULT_FILE, output_dir / task / JOB_FILE
         if file.is_file():
             results[task] = json.loads(file.read_text())
-    return BenchmarkReport(suite, settings["method"], tasks, results)
+        if job.is_file():
+            jobs[task] = json.loads(job.read_text())
+    return BenchmarkReport(suite, settings["method"], tasks, results, jobs)
 
 
 def _pct(value: float | None) -> str:

@@ -15,11 +15,12 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..engine.records import METRICS_FILE, TEST_FILE, write_json
 
@@ -65,7 +66,7 @@ def run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
         with log.open("a") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()
-            code = _wait(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), folder, log)
+            code = _wait(_start(command, out), folder, log)
         if code != 0 or not (folder / TEST_FILE).is_file():
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise SuiteError(f"{folder}: the training run failed (exit {code}); its log {log} ends:\n{tail}")
@@ -76,18 +77,42 @@ def run_stage(command: list[str], folder: Path, log: Path) -> dict[str, Any]:
             "train_seconds": sum(r.get("seconds") or 0.0 for r in epochs), "epochs": len(epochs)}  # fmt: skip
 
 
+def _start(command: list[str], out: IO[str]) -> subprocess.Popen:
+    """Start a training run with the preemption signal blocked: on a cluster the scheduler's warning (SIGUSR2, which
+    Slurm sends to every process of a job) is for the submitit job that runs this stage to act on (it stops the run
+    with SIGINT, saving its state, and requeues itself); by its default action it would kill the run mid-epoch."""
+    preempt = getattr(signal, "SIGUSR2", None)
+    if preempt is None:  # not a POSIX system: no scheduler sends it
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {preempt})  # the child inherits the mask, then exec keeps it
+    try:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _wait(process: subprocess.Popen, folder: Path, log: Path) -> int:
     """The exit status of a training run; on Ctrl-C, the run is stopped (it saw the Ctrl-C too, or is terminated
-    after :data:`STOP_GRACE_S`) and a ``KeyboardInterrupt`` naming it is raised (its last saved state is kept)."""
+    after :data:`STOP_GRACE_S`) and a ``KeyboardInterrupt`` naming it is raised (its last saved state is kept). A job
+    that exits meanwhile (submitit requeueing a preempted job exits it from its signal handler) first stops the run
+    as Ctrl-C would, so that the requeued job resumes the run folder instead of racing a run left behind."""
     try:
         return process.wait()
     except KeyboardInterrupt:
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            process.wait()
+        _stop(process)
         raise KeyboardInterrupt(f"while training {folder} (its log: {log})") from None
+    except SystemExit:
+        process.send_signal(signal.SIGINT)
+        _stop(process)
+        raise
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait()
 
 
 def failed_since(path: Path, started: float) -> str | None:

@@ -15,10 +15,12 @@ bad sweep stops before any run starts. A point whose ``test.json`` exists is don
 resumes (``--run.resume true``); a failed one is logged (``OUT/logs/<point>.log``, ``<point>.failed.json``) while
 the others go on. ``OUT/sweep.json`` pins the sweep and the train flags: a re-run with others is refused.
 
-Several ``adaptformer sweep`` processes may share ``OUT`` (one per GPU, array jobs of a cluster): each point is
-claimed atomically (``OUT/logs/<point>.claim.json``, :mod:`.claims`, as the benchmark's tasks are), so each is trained
-by one of them, and a point one of them saw fail is not tried again by the others in the same round. The table is
-rewritten by each process as it ends, under a lock; the last one to end writes the complete table.
+Points run on an executor (:mod:`.executors`: in this process, as submitit jobs on Slurm, or as Ray tasks; a job's
+id and log files in ``OUT/logs/<point>.job.json``). Several ``adaptformer sweep`` drivers may share ``OUT`` (one per
+GPU, array jobs of a cluster, drivers on different executors): each point is claimed atomically
+(``OUT/logs/<point>.claim.json``, :mod:`.dispatch`, as the benchmark's tasks are), so each is trained by one of them,
+and a point one of them saw fail is not tried again by the others in the same round. The table is rewritten by each
+driver as it ends, under a lock; the last one to end writes the complete table.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,9 +35,11 @@ from typing import Any
 
 import yaml
 
-from ..engine.records import TEST_FILE, write_json
-from .claims import default_worker_name, try_claim
-from .stages import SuiteError, failed_since, grid_points, overrides_flags, pin_settings, run_stage, train_command
+from ..engine.records import TEST_FILE
+from .claims import default_worker_name
+from .dispatch import Summary, Unit, dispatch
+from .executors import ExecutorSettings, open_executor
+from .stages import SuiteError, grid_points, overrides_flags, pin_settings, run_stage, train_command
 
 __all__ = ["SWEEP_FILE", "Sweep", "SweepPoint", "SweepSettings", "load_sweep", "run_sweep", "shipped_sweeps"]
 
@@ -247,56 +250,42 @@ def _has(config: dict[str, Any], key: str) -> bool:
     return True
 
 
-@dataclass
-class SweepSummary:
-    """What one ``run_sweep`` did."""
-
-    ran: list[str] = field(default_factory=list)
-    already_done: list[str] = field(default_factory=list)
-    held_elsewhere: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+SweepSummary = Summary  # what one driver did: ran, already_done, held_elsewhere, failed
 
 
 def failed_file(output_dir: Path, name: str) -> Path:
     return output_dir / LOG_DIR / f"{name}.failed.json"
 
 
-def run_sweep(settings: SweepSettings) -> SweepSummary:
-    """Every unfinished point of the sweep that this worker can claim (see the module docstring)."""
+def job_file(output_dir: Path, name: str) -> Path:
+    """The scheduler's job of a point (executor, job id, log files)."""
+    return output_dir / LOG_DIR / f"{name}.job.json"
+
+
+def point_unit(output_dir: Path, name: str) -> Unit:
+    logs = output_dir / LOG_DIR
+    return Unit(name, output_dir / name / TEST_FILE, logs / f"{name}.claim.json", failed_file(output_dir, name),
+                job_file(output_dir, name))  # fmt: skip
+
+
+def run_sweep(settings: SweepSettings, executor: ExecutorSettings | None = None) -> Summary:
+    """Every unfinished point of the sweep that this driver can claim, on ``executor`` (default: in this process; see
+    the module docstring)."""
     check_sweep(settings)
-    pin_settings(settings.output_dir / SWEEP_FILE, settings.recorded(), "sweep")
-    started = time.time()
-    summary = SweepSummary()
-    for point in settings.sweep.points:
-        if (settings.output_dir / point.name / TEST_FILE).is_file():
-            summary.already_done.append(point.name)
-            continue
-        logs = settings.output_dir / LOG_DIR
-        claim = try_claim(logs, settings.worker, settings.stale_after_s, name=f"{point.name}.claim.json")
-        if claim is None:
-            summary.held_elsewhere.append(point.name)
-            continue
-        with claim:
-            _run_point(settings, point, started, summary)
-    return summary
+    with open_executor(executor or ExecutorSettings(), settings.output_dir) as running:
+        pin_settings(settings.output_dir / SWEEP_FILE, settings.recorded(), "sweep")
+        units = [point_unit(settings.output_dir, point.name) for point in settings.sweep.points]
+        return dispatch(units, functools.partial(execute_point, settings), running, settings.worker,
+                        settings.stale_after_s)  # fmt: skip
 
 
-def _run_point(settings: SweepSettings, point: SweepPoint, started: float, summary: SweepSummary) -> None:
-    """Train one claimed point, unless it finished or failed (another worker's try) since this worker started."""
-    folder, failed = settings.output_dir / point.name, failed_file(settings.output_dir, point.name)
-    if (folder / TEST_FILE).is_file():  # finished by another worker between our look and our claim
-        summary.already_done.append(point.name)
-        return
-    error = failed_since(failed, started)
-    if error is not None:
-        summary.failed[point.name] = error
-        return
+def execute_point(settings: SweepSettings, name: str) -> str | None:
+    """Train point ``name`` (or resume it), wherever the executor runs it; the error if it failed."""
+    point = next(p for p in settings.sweep.points if p.name == name)
+    folder = settings.output_dir / point.name
     command = train_command(settings.launcher, train_arguments(settings, point), folder)
     try:
         run_stage(command, folder, settings.output_dir / LOG_DIR / f"{point.name}.log")
     except SuiteError as error:
-        summary.failed[point.name] = str(error)
-        write_json(failed, {"worker": settings.worker, "error": str(error)})
-        return
-    failed.unlink(missing_ok=True)
-    summary.ran.append(point.name)
+        return str(error)
+    return None

@@ -17,7 +17,7 @@ from ..engine.metrics import LABELS, PRIMARY
 from ..engine.records import TEST_FILE
 from ..files import atomic_write_bytes, save_figure, writing
 from .stages import SuiteError, read_run
-from .sweep import SWEEP_FILE, Sweep, SweepPoint, dotted, failed_file
+from .sweep import SWEEP_FILE, Sweep, SweepPoint, dotted, failed_file, job_file
 
 __all__ = ["read_sweep_results", "write_sweep_report"]
 
@@ -47,6 +47,9 @@ def _row(sweep: Sweep, point: SweepPoint, output_dir: Path) -> dict[str, Any]:
     folder = output_dir / point.name
     row: dict[str, Any] = {"name": point.name, "recipe": point.recipe, "overrides": point.overrides,
                            "paper": _paper(point)}  # fmt: skip
+    job = job_file(output_dir, point.name)
+    if job.is_file():  # run by a scheduler: its job id and log files
+        row["job"] = json.loads(job.read_text())
     if not (folder / TEST_FILE).is_file():
         failed = failed_file(output_dir, point.name)
         row["status"] = "failed" if failed.is_file() else "not finished"
