@@ -25,11 +25,13 @@ class.
 :func:`unmerge_lora` takes it out again.
 
 In a mixed-task batch (the protocol's :class:`~adaptformer.methods.protocol.ModuleSite`, :func:`route`) the frozen
-projection runs once over the whole batch and each task's update is added to its own rows only: its rows gathered, its
-own ``A`` and ``B`` applied (a grouped matmul per task, S-LoRA/Punica's segmented form), the result added back with
-``index_add_``. A weight merge per task never happens (it would write into the weight every task shares); tasks of
-different ranks, scalings, targets and layers share one batch. LoRA changes no block class, so it composes with every
-other method's modules on the same blocks.
+projection runs once over the whole batch and each task's update is added to its own rows only: the present tasks'
+``A`` and ``B`` stacked, each row gathering its task's (S-LoRA/Punica's gathered form), one batched matmul per factor
+for every row and target at once, each target's update added to its chunk of the output in one pass (adding per task
+into a column slice of the fused output made the CPU copy the whole output per task: 3.5x a single-task forward at
+N = 64, BENCHMARKS.md). A weight merge per task never happens (it would write into the weight every task shares);
+tasks of different ranks, scalings, targets and layers share one batch. LoRA changes no block class, so it composes
+with every other method's modules on the same blocks.
 """
 
 from __future__ import annotations
@@ -287,20 +289,69 @@ def adapted_projections(model: nn.Module) -> list[str]:
     return [path for path, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
+def _stacked(linears: list[LoRALinear], names: list[str], rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every present task's updates at one projection as stacked tensors, one slot per task plus a last all-zero slot
+    (rows of no task here): ``A`` (P + 1, C * rank, in), ``B`` (P + 1, C, width, rank) and the scalings
+    (P + 1, C), C = len(names). A task's update of rank < ``rank`` is zero-padded; a target it does not have
+    is all zeros (both add exact zeros)."""
+    first = linears[0]
+    width = first.out_features // len(first.chunk_names)
+    like = next(u.A for u in first.lora.values() if isinstance(u, LoRA))  # the updates' dtype and device
+    zero_a, zero_b = like.new_zeros((rank, first.in_features)), like.new_zeros((width, rank))
+    a, b, scale = [], [], []
+    for linear in (*linears, None):
+        for name in names:
+            update = linear.lora[name] if linear is not None and name in linear.lora else None
+            if update is None:
+                a.append(zero_a), b.append(zero_b), scale.append(0.0)
+                continue
+            assert isinstance(update, LoRA)
+            pad = rank - update.A.shape[0]
+            a.append(F.pad(update.A, (0, 0, 0, pad)) if pad else update.A)
+            b.append(F.pad(update.B, (0, pad)) if pad else update.B)
+            scale.append(update.scaling)
+    slots, count = len(linears) + 1, len(names)
+    return (
+        torch.stack(a).view(slots, count * rank, -1),
+        torch.stack(b).view(slots, count, width, rank),
+        torch.tensor(scale, dtype=torch.float32, device=like.device).view(slots, count),
+    )
+
+
 def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """A mixed-task batch at one projection: the frozen Linear over every row (``frozen``, the weight every task
-    shares), plus on each task's rows that task's own updates, each added to the chunk (q, k, v or o) it targets."""
+    shares), plus on each task's rows that task's own updates, each added to the chunk (q, k, v or o) it targets.
+
+    Batched over rows, not looped over tasks (S-LoRA/Punica's gathered form): the present tasks' ``A`` and ``B`` are
+    stacked, each row gathers its task's (a zero slot for rows of no task here), one batched matmul per factor gives
+    every row's update of every target at once, and each target's update is added to its chunk of the output in one
+    elementwise add. No step depends on which rows are whose (a traced graph holds it all)."""
     (x,) = inputs  # (B, ..., in)
     out = frozen(x)  # (B, ..., chunks * width), a fresh tensor: written in place below
-    for linear, rows in present:
+    linears = [linear for linear, _ in present]
+    for linear in linears:
         assert isinstance(linear, LoRALinear)
         if linear.merged:  # its updates would be in the shared weight already: refuse rather than add them twice
             raise RuntimeError("a task's LoRA updates are merged into the shared weight; unmerge_lora() it first")
-        width = linear.out_features // len(linear.chunk_names)
-        picked = x.index_select(0, rows)  # (n, ..., in): this task's rows only
-        for name, update in linear.lora.items():
-            i = linear.chunk_names.index(name)
-            out[..., i * width : (i + 1) * width].index_add_(0, rows, update(picked).to(out.dtype))
+        if any(u.dropout.training and u.dropout.p > 0 for u in linear.lora.values() if isinstance(u, LoRA)):
+            raise RuntimeError("the mixed-batch LoRA route runs no dropout: eval() the tasks' modules first")
+    chunk_names = linears[0].chunk_names
+    names = [n for n in chunk_names if any(n in linear.lora for linear in linears)]
+    rank = max(int(u.A.shape[0]) for linear in linears for u in linear.lora.values() if isinstance(u, LoRA))
+    a, b, scale = _stacked(linears, names, rank)
+    slot = torch.full((x.shape[0],), len(linears), dtype=torch.long, device=x.device)  # the zero slot
+    for k, (_, rows) in enumerate(present):
+        slot.index_fill_(0, rows, k)
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, in)
+    h = torch.bmm(flat, a.index_select(0, slot).transpose(1, 2))  # (B, T, C * rank): every target's A x
+    h = (h * scale.index_select(0, slot).repeat_interleave(rank, 1)[:, None, :]).to(h.dtype)  # its scaling: small
+    b = b.index_select(0, slot)  # (B, C, width, rank)
+    width = b.shape[2]
+    grid = out.view(out.shape[0], -1, out.shape[-1])  # (B, T, chunks * width), a view: added to in place
+    for j, name in enumerate(names):
+        i = chunk_names.index(name)
+        delta = torch.bmm(h[..., j * rank : (j + 1) * rank], b[:, j].transpose(1, 2))  # (B, T, width): B A x
+        grid[..., i * width : (i + 1) * width].add_(delta.to(out.dtype))  # one pass, no copy of the output
     return out
 
 
