@@ -82,6 +82,7 @@ def measure(n: int, kind: str, built: tuple, args: argparse.Namespace) -> dict[s
         Case("swap", forward(swap), torch.device("cpu")),
         Case("single", forward(lambda: single(x)), torch.device("cpu")),
     ]
+    cases = [c for c in cases if c.name in args.cases]
     time_interleaved(cases, args.rounds, args.warmup)
     by = {c.name: c for c in cases}
     held, one = unique_bytes(multi), unique_bytes(single)
@@ -90,7 +91,7 @@ def measure(n: int, kind: str, built: tuple, args: argparse.Namespace) -> dict[s
         "popularity": kind,
         "tasks_in_batch": len(present),
         "median_s": {c.name: sorted(c.times)[len(c.times) // 2] for c in cases},
-        **{f"{c}/single": median_ratio(by[c], by["single"]) for c in CASES[:3]},
+        **{f"{c}/single": median_ratio(by[c], by["single"]) for c in CASES[:3] if c in by},
         "held_mb": held / 2**20,
         "one_model_mb": one / 2**20,
         "held/one_model": held / one,
@@ -103,8 +104,9 @@ def markdown(report: dict[str, Any]) -> str:
              "| single-task forward s | model held / one model |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in report["results"]:
-        lines.append(f"| {r['tasks']} | {r['popularity']} | {r['tasks_in_batch']} | {r['mixed/single']:.3f} | "
-                     f"{r['subbatch/single']:.3f} | {r['swap/single']:.3f} | {r['median_s']['single']:.3f} | "
+        ratio = {c: f"{r[f'{c}/single']:.3f}" if f"{c}/single" in r else "-" for c in CASES[:3]}
+        lines.append(f"| {r['tasks']} | {r['popularity']} | {r['tasks_in_batch']} | {ratio['mixed']} | "
+                     f"{ratio['subbatch']} | {ratio['swap']} | {r['median_s']['single']:.3f} | "
                      f"{r['held/one_model']:.3f} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -118,10 +120,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="of the batch's task draw")
+    parser.add_argument("--cases", default=",".join(CASES[:3]),
+                        help="comma-separated strategies timed beside single: mixed, subbatch, swap")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a tiny backbone, N = 1, 2, batch 8: checks it runs")
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--markdown", action="store_true", help="print the table")
     args = parser.parse_args()
+    args.cases = [*args.cases.split(","), "single"]
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown:
+        parser.error(f"--cases: {unknown} unknown; expected some of {list(CASES[:3])}")
     if args.quick:
         args.tasks, args.batch, args.rounds, args.warmup, args.precision = "1,2", 8, 2, 0, "fp32"
     results, build_s = [], {}

@@ -222,6 +222,20 @@ def test_multitask_scale_benchmark_measures_every_strategy() -> None:
     assert 1.0 < report["results"][2]["held/one_model"] < 1.5
 
 
+def test_multitask_scale_times_only_the_cases_asked_for() -> None:
+    script = str(ROOT / "benchmarks" / "multitask_scale.py")
+    done = subprocess.run([sys.executable, script, "--quick", "--tasks", "2", "--popularity", "zipf", "--cases",
+                           "mixed", "--markdown"], capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = done.stdout.strip().splitlines()[-1].split(" | ")
+    assert row[:2] == ["| 2", "zipf"] and _positive(float(row[3])) and row[4:6] == ["-", "-"]  # subbatch, swap
+    bad = subprocess.run([sys.executable, script, "--quick", "--cases", "mixed,merged"], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert bad.returncode == 2 and "--cases: ['merged'] unknown; expected some of ['mixed', 'subbatch', 'swap']" in (
+        bad.stderr
+    )
+
+
 def test_residency_benchmark_drives_the_adapter_store() -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "residency.py"), "--quick"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)

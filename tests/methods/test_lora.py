@@ -357,7 +357,8 @@ def test_torchvision_attention_is_refused_by_name(build: Any, message: str) -> N
 
 
 def test_the_mixed_batch_route_adds_each_tasks_update_to_its_rows_only() -> None:
-    from adaptformer.methods.lora import adapted_projections, route
+    from adaptformer.methods.lora import adapted_projections
+    from adaptformer.methods.lora_layer import route
 
     frozen = nn.Linear(8, 12)  # a fused qkv of width 4, shared by both tasks
     tasks = []
@@ -369,10 +370,17 @@ def test_the_mixed_batch_route_adds_each_tasks_update_to_its_rows_only() -> None
     rows = [torch.tensor([4, 0]), torch.tensor([2, 5]), torch.tensor([6])]  # rows 1 and 3: no LoRA task
     with torch.no_grad():
         out = route(frozen, list(zip(tasks, rows, strict=True)), (x,))
-        torch.testing.assert_close(out[[1, 3]], frozen(x[[1, 3]]), atol=1e-6, rtol=0)
-        for linear, r in zip(tasks, rows, strict=True):
-            torch.testing.assert_close(out[r], linear(x[r]), atol=1e-6, rtol=0)
+        assert torch.equal(out[[1, 3]], frozen(x)[[1, 3]])  # rows of no task: exact zeros added
+        for linear, r in zip(tasks, rows, strict=True):  # ranks 2 and 3, targets q+v and k, in one batched product
+            torch.testing.assert_close(out[r], linear(x[r]), atol=1e-5, rtol=0)  # batched products round apart
         assert not torch.equal(tasks[0](x[rows[0]]), frozen(x[rows[0]]))  # the updates are not zero
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations, fp32 updates: as the server runs
+            low = route(frozen, list(zip(tasks, rows, strict=True)), (x,))
+            assert low.dtype == torch.bfloat16
+            torch.testing.assert_close(low[rows[1]].float(), tasks[1](x[rows[1]]).float(), atol=0.1, rtol=0.02)
+        tasks[1].lora["k"].dropout.p = 0.5  # in training mode: the batched route runs no dropout, so it refuses
+        with pytest.raises(RuntimeError, match="runs no dropout: eval"):
+            route(frozen, list(zip(tasks, rows, strict=True)), (x,))
         merge_lora(nn.Sequential(tasks[0]))
         with pytest.raises(RuntimeError, match="merged into the shared weight; unmerge_lora"):
             route(frozen, [(tasks[0], rows[0])], (x,))

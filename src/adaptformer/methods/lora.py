@@ -32,11 +32,13 @@ class.
 :func:`unmerge_lora` takes it out again.
 
 In a mixed-task batch (the protocol's :class:`~adaptformer.methods.protocol.ModuleSite`, :func:`route`) the frozen
-projection runs once over the whole batch and each task's update is added to its own rows only: its rows gathered, its
-own ``A`` and ``B`` applied (a grouped matmul per task, S-LoRA/Punica's segmented form), the result added back with
-``index_add_``. A weight merge per task never happens (it would write into the weight every task shares); tasks of
-different ranks, scalings, targets and layers share one batch. LoRA changes no block class, so it composes with every
-other method's modules on the same blocks.
+projection runs once over the whole batch and each task's update is added to its own rows only: the present tasks'
+``A`` and ``B`` stacked, each row gathering its task's (S-LoRA/Punica's gathered form), one batched matmul per factor
+for every row and target at once, each target's update added to its chunk of the output in one pass (adding per task
+into a column slice of the fused output made the CPU copy the whole output per task: 3.5x a single-task forward at
+N = 64, BENCHMARKS.md). A weight merge per task never happens (it would write into the weight every task shares);
+tasks of different ranks, scalings, targets and layers share one batch. LoRA changes no block class, so it composes
+with every other method's modules on the same blocks.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers.attention import Attention
 from timm.models.swin_transformer import WindowAttention
 
@@ -55,7 +56,8 @@ from ..backbones.families import family_blocks, qualified_name
 from ..backbones.video_vit import QVBiasAttention
 from ..errors import UnsupportedModelError
 from ..validation import check_block_indices, check_probability
-from .protocol import Interpolation, ModuleSite, TaskRows
+from .lora_layer import LoRA, LoRALinear, route
+from .protocol import Interpolation, ModuleSite
 from .registry import Method, MethodConfig
 from .state import FINGERPRINT_ATTR, remember_fingerprint
 
@@ -123,116 +125,6 @@ class LoRAConfig(MethodConfig):
     def scaling(self) -> float:
         """alpha / rank, the factor of every update."""
         return (self.rank if self.alpha is None else self.alpha) / self.rank
-
-
-class LoRA(nn.Module):
-    """One low-rank update ``scaling * B A`` of an (out x in) weight: ``forward(x)`` returns its contribution
-    ``scaling * B A dropout(x)``, (..., in) -> (..., out)."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, scaling: float, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.scaling = scaling
-        self.dropout = nn.Dropout(dropout)
-        self.A = nn.Parameter(torch.empty(rank, in_features))
-        self.B = nn.Parameter(torch.empty(out_features, rank))
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # nn.Linear's init, as in the authors' loralib
-        nn.init.zeros_(self.B)  # B A = 0: the adapted projection computes the frozen one exactly
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(self.dropout(x), self.A), self.B) * self.scaling  # (..., in) -> (..., r) -> (..., out)
-
-    def delta_weight(self) -> torch.Tensor:
-        """``scaling * B A``, (out, in): what :func:`merge_lora` adds to the frozen weight."""
-        return (self.B @ self.A) * self.scaling
-
-    def extra_repr(self) -> str:
-        return f"in={self.A.shape[1]}, out={self.B.shape[0]}, rank={self.A.shape[0]}, scaling={self.scaling:g}"
-
-
-class LoRALinear(nn.Linear):
-    """An ``nn.Linear`` whose output, read as equal chunks named ``chunk_names`` (q, k, v for a fused qkv; o for an
-    output projection), gets the low-rank update ``lora[name]`` added to the chunk it names; an update named by all
-    chunk names joined (``qkv``; ``o`` for a one-chunk Linear) spans the whole output (:meth:`span`).
-
-    Made from an existing Linear by :meth:`adapt` (class swap: ``weight`` and ``bias`` keep their names and values).
-    While ``merged`` (:func:`merge_lora`), the updates are inside ``weight`` and ``forward`` is the plain Linear's.
-    """
-
-    lora: nn.ModuleDict
-    chunk_names: tuple[str, ...]
-    merged: bool
-
-    @classmethod
-    def adapt(
-        cls, linear: nn.Linear, chunk_names: tuple[str, ...], targets: tuple[str, ...], config: LoRAConfig
-    ) -> LoRALinear:
-        """Turn ``linear`` into a LoRALinear in place with an update for each of ``targets`` (among ``chunk_names``)."""
-        if type(linear) is not nn.Linear:
-            raise UnsupportedModelError(f"LoRA adapts plain nn.Linear projections, got {qualified_name(type(linear))}")
-        if linear.out_features % len(chunk_names):
-            raise UnsupportedModelError(
-                f"a Linear with {linear.out_features} outputs does not split into {len(chunk_names)} equal chunks"
-            )
-        whole = "".join(chunk_names)
-        unknown = [t for t in targets if t not in chunk_names and t != whole]
-        if unknown:
-            raise ValueError(f"LoRA targets {unknown} are neither a chunk of {list(chunk_names)} nor {whole!r}")
-        width = linear.out_features // len(chunk_names)
-        outputs = {t: linear.out_features if t == whole else width for t in targets}
-        updates = {
-            t: LoRA(linear.in_features, out, config.rank, config.scaling, config.dropout) for t, out in outputs.items()
-        }  # fp32 even over a low-precision backbone: they are the trained weights
-        linear.add_module("lora", nn.ModuleDict(updates).to(device=linear.weight.device))
-        linear.__class__ = cls
-        assert isinstance(linear, LoRALinear)
-        linear.chunk_names, linear.merged = chunk_names, False
-        return linear
-
-    @property
-    def whole(self) -> str:
-        """The name of an update of the whole output: the chunk names joined ("qkv"; "o" for an output projection)."""
-        return "".join(self.chunk_names)
-
-    def span(self, name: str) -> tuple[int, int]:
-        """The output rows ``[start, stop)`` that update ``name`` adds to: its chunk, or all for :attr:`whole`."""
-        if name == self.whole:
-            return 0, self.out_features
-        width = self.out_features // len(self.chunk_names)
-        i = self.chunk_names.index(name)
-        return i * width, (i + 1) * width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)  # (..., chunks * width)
-        if self.merged:
-            if self.training and torch.is_grad_enabled():
-                raise RuntimeError("LoRA updates are merged into the weights (merge_lora); unmerge_lora() to train")
-            return out
-        if self.whole in self.lora:  # (..., chunks * width): one update of the whole output (q, k, v share its A)
-            out = out + self.lora[self.whole](x)
-        if len(self.chunk_names) == 1 or not any(n in self.lora for n in self.chunk_names):
-            return out
-        chunks = out.chunk(len(self.chunk_names), dim=-1)  # q, k, v: (..., width) each
-        return torch.cat(
-            [c + self.lora[n](x) if n in self.lora else c for n, c in zip(self.chunk_names, chunks, strict=True)], -1
-        )
-
-    @torch.no_grad()
-    def set_merged(self, merged: bool) -> None:
-        """Add (``merged``) or subtract each update's ``scaling * B A`` to / from its rows of ``weight``."""
-        if merged == self.merged:
-            return
-        for name, update in self.lora.items():
-            start, stop = self.span(name)
-            delta = update.delta_weight().to(self.weight.dtype)  # (stop - start, in)
-            self.weight[start:stop].add_(delta if merged else -delta)
-        self.merged = merged
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, chunks={list(self.chunk_names)}, merged={self.merged}"
 
 
 def lora_modules(model: nn.Module) -> list[nn.Module]:
@@ -361,22 +253,6 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 def adapted_projections(model: nn.Module) -> list[str]:
     """The paths of ``model``'s LoRA projections (a task's modules at LoRA's mixed-batch site)."""
     return [path for path, m in model.named_modules() if isinstance(m, LoRALinear)]
-
-
-def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """A mixed-task batch at one projection: the frozen Linear over every row (``frozen``, the weight every task
-    shares), plus on each task's rows that task's own updates, each added to the chunk (q, k, v or o) it targets."""
-    (x,) = inputs  # (B, ..., in)
-    out = frozen(x)  # (B, ..., chunks * width), a fresh tensor: written in place below
-    for linear, rows in present:
-        assert isinstance(linear, LoRALinear)
-        if linear.merged:  # its updates would be in the shared weight already: refuse rather than add them twice
-            raise RuntimeError("a task's LoRA updates are merged into the shared weight; unmerge_lora() it first")
-        picked = x.index_select(0, rows)  # (n, ..., in): this task's rows only
-        for name, update in linear.lora.items():
-            start, stop = linear.span(name)  # its chunk (q, k, v, o) or the whole output (qkv)
-            out[..., start:stop].index_add_(0, rows, update(picked).to(out.dtype))
-    return out
 
 
 @torch.no_grad()
