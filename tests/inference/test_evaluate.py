@@ -46,7 +46,9 @@ def test_a_classes_file_in_another_order_gives_the_original_metrics(
     (tmp_path / "food" / "food-101" / "meta" / "classes.txt").write_text("sushi\napple_pie\n")  # the labels swap
     with caplog.at_level(logging.INFO, logger="adaptformer.inference.evaluate"):
         code, permuted, _ = _eval(capsys, adapter, tmp_path / "food")
-    assert code == 0 and permuted == original
+    # the same predictions and labels; the loss sums the same terms in another order (columns permuted), so it may
+    # differ in its last bits
+    assert code == 0 and permuted == {**original, "loss": pytest.approx(original["loss"], rel=1e-6)}
     assert "food101 test lists the adapter's classes in another order: labels are matched to them by name" in (
         caplog.text
     )
