@@ -119,3 +119,11 @@ def test_toy_study_evaluates_every_run_under_corruptions_and_along_alpha(tmp_pat
     assert [r["robustness"] for r in again["runs"]] == [r["robustness"] for r in record["runs"]]
     assert [r["test_score"] for r in again["runs"]] == [r["test_score"] for r in record["runs"]]
     assert stamps() == before
+
+
+def test_retention_is_not_averaged_over_the_seeds_that_scored_something_only() -> None:
+    runs = [_run("full", 0, {"fog": {1: 0.0}}, 0.0), _run("full", 1, {"fog": {1: 40.0}}, 80.0)]
+    (row,) = summarise_robustness(runs)
+    assert row["retention"] is None  # seed 0 had nothing to retain: no mean of seed 1 alone
+    (row,) = summarise_robustness(runs[1:])
+    assert row["retention"]["mean"] == pytest.approx(0.5)

@@ -130,6 +130,15 @@ def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
+def _retention(scores: Sequence[dict[str, Any]]) -> dict[str, float | None] | None:
+    """Mean and std over seeds of corrupted / clean top-1 (:func:`~adaptformer.inference.robustness.report.retention`);
+    None when a seed scored 0 clean (nothing to retain): never a mean over the other seeds only."""
+    from ..inference.robustness.report import retention
+
+    ratios = [retention(s["corrupted_acc1"], s["clean_acc1"]) for s in scores]
+    return None if any(r is None for r in ratios) else _mean_std(ratios)  # type: ignore[arg-type]
+
+
 def summarise_robustness(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (task, method) over seeds: clean and mean corrupted top-1, retention, mCE against the linear probe of the
     same task and seed (when the study ran it), mean top-1 per corruption and the interpolation curve."""
@@ -149,7 +158,7 @@ def summarise_robustness(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             "seeds": [m["seed"] for m in members],
             "clean_acc1": _mean_std([s["clean_acc1"] for s in scores]),
             "corrupted_acc1": _mean_std([s["corrupted_acc1"] for s in scores]),
-            "retention": _mean_std([s["corrupted_acc1"] / s["clean_acc1"] for s in scores if s["clean_acc1"] > 0]),
+            "retention": _retention(scores),
             "by_corruption": {
                 c: statistics.fmean(statistics.fmean(s["acc1"][c].values()) for s in scores) for c in scores[0]["acc1"]
             },
