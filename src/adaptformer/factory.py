@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .backbones.checkpoints.load import load_pretrained
-from .backbones.families import FAMILIES, block_width
+from .backbones.families import block_width, families
 from .backbones.hf import HF_SOURCE, canonical_name, is_hf_name
 from .errors import CheckpointError
 from .methods import MethodConfig
@@ -167,7 +167,7 @@ def _shape(sizes: str) -> tuple[int, ...]:
 
 def _outline(model: nn.Module) -> str:
     """The block count, widths and heads of a backbone's transformer blocks, as a reader compares them."""
-    blocks = [block for family in FAMILIES for _, block in family.blocks(model)]
+    blocks = [block for family in families() for _, block in family.blocks(model)]
     widths = sorted({block_width(b) for b in blocks})
     heads = sorted({m.num_heads for b in blocks for m in b.modules() if isinstance(getattr(m, "num_heads", None), int)})
     return f"{len(blocks)} blocks of width {'/'.join(map(str, widths))} with {'/'.join(map(str, heads)) or '?'} heads"

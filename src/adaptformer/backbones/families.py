@@ -1,15 +1,20 @@
 """Backbone families: which transformer blocks a model is built of, in forward order, with their stage index.
 
-Methods attach to blocks found here. A family is one :class:`BlockFamily` entry in ``FAMILIES``: a name and the block
-class of the library that defines it. Its blocks are the modules of exactly that class, in registration order (the
+Methods attach to blocks found here. A family is one :class:`BlockFamily` entry of :func:`families`: a name and the
+block class of the library that defines it. Its blocks are the modules of exactly that class, in registration order (the
 forward order of every supported model); a block's stage counts how often the block width changed before it (0 for an
 isotropic ViT, one stage per resolution for a hierarchical Swin). A method that supports the family adds its own
 adapted block class for it (e.g. :data:`adaptformer.methods.adaptformer.ADAPTED_BLOCKS`).
+
+The families of transformers' encoder layers (:mod:`.hf.layers`) join once transformers has been imported: a model
+cannot hold transformers layers before, and importing their modeling modules costs every process that never uses them
+(`import adaptformer` in 4.4 s instead of 6.4 s here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakSet
@@ -24,12 +29,6 @@ from torchvision.models.swin_transformer import SwinTransformerBlock as Torchvis
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
 from ..errors import UnsupportedModelError
-
-try:  # transformers' vision encoders, when transformers (the `hf` extra) is installed
-    from .hf.layers import LAYERS as HF_LAYERS
-    from .hf.layers import TUPLE_OUTPUT
-except ImportError:
-    HF_LAYERS, TUPLE_OUTPUT = {}, ()
 
 
 def block_width(block: nn.Module) -> int:
@@ -58,6 +57,8 @@ class BlockFamily:
             name -> path from the block; None: timm's fused ``attn.qkv`` and ``attn.proj``.
         no_prompts: ``model -> why VPT cannot prepend prompt tokens to its blocks`` (None: it can, or the family
             has no prompted block at all).
+        tuple_output: whether the block returns ``(tokens, attention weights)`` (transformers' Swin layer) instead of
+            the tokens alone.
     """
 
     name: str
@@ -65,11 +66,12 @@ class BlockFamily:
     halves: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
     projections: Mapping[str, str] | None = None
     no_prompts: Callable[[nn.Module], str | None] | None = None
+    tuple_output: bool = False
 
     def output(self, hidden_states: torch.Tensor) -> Any:
         """What the family's block returns for its output tokens: Swin's transformers layer returns (tokens, attention
         weights), and an adapted layer gives None for the weights (transformers reads them only when asked to)."""
-        return (hidden_states, None) if issubclass(self.block_type, TUPLE_OUTPUT) else hidden_states
+        return (hidden_states, None) if self.tuple_output else hidden_states
 
     def is_block(self, module: nn.Module) -> bool:
         """Whether ``module`` is a plain block of this family, or one a method already adapted (its class is a
@@ -88,19 +90,69 @@ class BlockFamily:
         return found
 
 
-FAMILIES: tuple[BlockFamily, ...] = (
+BUILTIN_FAMILIES: tuple[BlockFamily, ...] = (
     BlockFamily("vit", Block),  # timm ViT, DeiT, MAE; adaptformer's VideoMAE video ViT and shapes ViT
     BlockFamily("swin", SwinTransformerBlock),  # timm Swin
     BlockFamily("eva", EvaBlock),  # timm EVA, EVA-02, the RoPE ViTs (vit_*_rope_*)
     BlockFamily("beit", BeitBlock),  # timm BEiT, BEiT v2
     BlockFamily("tv_vit", TorchvisionViTBlock),  # torchvision ViT (tv_vit_*)
     BlockFamily("tv_swin", TorchvisionSwinBlock),  # torchvision Swin V1 (tv_swin_*) and Swin3D (tv_swin3d_*)
-    # transformers' vision encoders (hf:<folder> backbones, adaptformer.backbones.hf): ViT, DeiT, DINOv2 (with and
-    # without registers), CLIP and SigLIP vision towers, BEiT, VideoMAE, Swin
-    *(BlockFamily(name, hf.layer, hf.halves, hf.projections, hf.no_prompts) for name, hf in HF_LAYERS.items()),
 )
 
-HF_FAMILIES = tuple(f.name for f in FAMILIES if f.halves is not None)
+_hf_families: tuple[BlockFamily, ...] | None = None
+
+
+def hf_families() -> tuple[BlockFamily, ...]:
+    """transformers' vision encoder layers (``hf:<folder>`` backbones, :mod:`.hf`): ViT, DeiT, DINOv2 (with and without
+    registers), CLIP and SigLIP vision towers, BEiT, VideoMAE, Swin. Empty until transformers has been imported (or
+    when it is not installed); read from :mod:`.hf.layers` on the first call after."""
+    global _hf_families
+    if _hf_families is None:
+        if "transformers" not in sys.modules:
+            return ()
+        try:
+            from .hf.layers import LAYERS
+        except ImportError:  # a transformers without these models: no hf: backbone can be built either
+            _hf_families = ()
+            return _hf_families
+        _hf_families = tuple(
+            BlockFamily(name, hf.layer, hf.halves, hf.projections, hf.no_prompts, hf.tuple_output)
+            for name, hf in LAYERS.items()
+        )
+    return _hf_families
+
+
+def families() -> tuple[BlockFamily, ...]:
+    """Every family methods can attach to: timm's and torchvision's, then transformers' (:func:`hf_families`)."""
+    return BUILTIN_FAMILIES + hf_families()
+
+
+class BlockClasses(Mapping[str, type[nn.Module]]):
+    """A method's block class per family name: the classes it writes out (timm's and torchvision's blocks), and for
+    each transformers family one that ``build`` makes from the family's ``halves`` when first looked up (the families
+    join once transformers is imported: :func:`hf_families`). Iterating gives the names supported right now."""
+
+    def __init__(self, written: Mapping[str, type[nn.Module]], build: Callable[[BlockFamily], type[nn.Module]]):
+        self._written = dict(written)
+        self._build = build
+        self._built: dict[str, type[nn.Module]] = {}
+
+    def __getitem__(self, name: str) -> type[nn.Module]:
+        if name in self._written:
+            return self._written[name]
+        if name not in self._built:
+            family = next((f for f in hf_families() if f.name == name), None)
+            if family is None:
+                raise KeyError(name)
+            self._built[name] = self._build(family)
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._written
+        yield from (f.name for f in hf_families())
+
+    def __len__(self) -> int:
+        return len(self._written) + len(hf_families())
 
 
 def adapted_class(family: BlockFamily, prefix: str, forward: Callable[..., Any], module: str) -> type[nn.Module]:
@@ -118,7 +170,7 @@ def qualified_name(cls: type) -> str:
 def find_family(model: nn.Module, supported: tuple[str, ...] | None = None, what: str = "a method") -> BlockFamily:
     """The family whose blocks ``model`` is built of (among ``supported`` names, default all); an
     :class:`UnsupportedModelError` naming its block types and ``what`` could not be attached otherwise."""
-    candidates = [f for f in FAMILIES if supported is None or f.name in supported]
+    candidates = [f for f in families() if supported is None or f.name in supported]
     for family in candidates:
         if any(family.is_block(m) for m in model.modules()):
             return family

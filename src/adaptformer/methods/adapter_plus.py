@@ -34,7 +34,7 @@ from timm.models.vision_transformer import Block
 from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
-from ..backbones.families import FAMILIES, BlockFamily, adapted_class, block_width, chosen_blocks, install
+from ..backbones.families import BlockClasses, BlockFamily, adapted_class, block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_probability
 from .protocol import BlockModule, Interpolation, Measurement
 from .registry import Method, MethodConfig
@@ -166,17 +166,19 @@ def _adapter_plus_layer(family: BlockFamily) -> type[nn.Module]:
     return adapted_class(family, "AdapterPlus", forward, __name__)
 
 
-# backbone family name (adaptformer.backbones.families.FAMILIES) -> its Adapter+ block class (a subclass of the
+# backbone family name (adaptformer.backbones.families.families()) -> its Adapter+ block class (a subclass of the
 # family's block)
-ADAPTER_PLUS_BLOCKS: dict[str, type[nn.Module]] = {
-    "vit": AdapterPlusViTBlock,
-    "swin": AdapterPlusSwinBlock,
-    "eva": AdapterPlusEvaBlock,
-    "beit": AdapterPlusBeitBlock,
-    "tv_vit": AdapterPlusTorchvisionViTBlock,
-    "tv_swin": AdapterPlusTorchvisionSwinBlock,
-    **{f.name: _adapter_plus_layer(f) for f in FAMILIES if f.halves is not None},
-}
+ADAPTER_PLUS_BLOCKS = BlockClasses(
+    {
+        "vit": AdapterPlusViTBlock,
+        "swin": AdapterPlusSwinBlock,
+        "eva": AdapterPlusEvaBlock,
+        "beit": AdapterPlusBeitBlock,
+        "tv_vit": AdapterPlusTorchvisionViTBlock,
+        "tv_swin": AdapterPlusTorchvisionSwinBlock,
+    },
+    _adapter_plus_layer,
+)
 
 
 def adapter_plus_modules(model: nn.Module) -> list[nn.Module]:

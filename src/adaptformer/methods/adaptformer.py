@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block
 from torchvision.models.swin_transformer import SwinTransformerBlock as TorchvisionSwinBlock
 from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViTBlock
 
-from ..backbones.families import FAMILIES, BlockFamily, adapted_class, block_width, chosen_blocks, install
+from ..backbones.families import BlockClasses, BlockFamily, adapted_class, block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_choice, check_probability
 from .protocol import BlockModule, Interpolation, Measurement, TaskRows
 from .registry import Method, MethodConfig
@@ -305,16 +305,18 @@ def _adapted_layer(family: BlockFamily) -> type[nn.Module]:
     return adapted_class(family, "Adapted", forward, __name__)
 
 
-# backbone family name (backbones.families.FAMILIES) -> its adapted block class (a subclass of the family's block)
-ADAPTED_BLOCKS: dict[str, type[nn.Module]] = {
-    "vit": AdaptedViTBlock,
-    "swin": AdaptedSwinBlock,
-    "eva": AdaptedEvaBlock,
-    "beit": AdaptedBeitBlock,
-    "tv_vit": AdaptedTorchvisionViTBlock,
-    "tv_swin": AdaptedTorchvisionSwinBlock,
-    **{f.name: _adapted_layer(f) for f in FAMILIES if f.halves is not None},
-}
+# backbone family name (backbones.families.families()) -> its adapted block class (a subclass of the family's block)
+ADAPTED_BLOCKS = BlockClasses(
+    {
+        "vit": AdaptedViTBlock,
+        "swin": AdaptedSwinBlock,
+        "eva": AdaptedEvaBlock,
+        "beit": AdaptedBeitBlock,
+        "tv_vit": AdaptedTorchvisionViTBlock,
+        "tv_swin": AdaptedTorchvisionSwinBlock,
+    },
+    _adapted_layer,
+)
 
 
 def adapter_modules(model: nn.Module) -> list[nn.Module]:

@@ -27,15 +27,16 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 
 from ..backbones.families import (
-    FAMILIES,
-    HF_FAMILIES,
+    BlockClasses,
     BlockFamily,
     adapted_class,
     block_width,
     chosen_blocks,
+    families,
     install,
     qualified_name,
 )
+from ..backbones.hf.names import HF_FAMILY_NAMES
 from ..errors import UnsupportedModelError
 from ..validation import check_probability
 from .protocol import ModuleSite, TaskRows
@@ -119,10 +120,7 @@ def _prompted_layer(family: BlockFamily) -> type[nn.Module]:
 
 
 # family name -> its prompted block class: timm's ViT and transformers' layers whose attention takes extra tokens
-PROMPTED_BLOCKS: dict[str, type[nn.Module]] = {
-    "vit": PromptedViTBlock,
-    **{f.name: _prompted_layer(f) for f in FAMILIES if f.name in HF_FAMILIES},
-}
+PROMPTED_BLOCKS = BlockClasses({"vit": PromptedViTBlock}, _prompted_layer)
 
 
 def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
@@ -134,12 +132,12 @@ def attach(model: nn.Module, config: VPTConfig) -> nn.Module:
     try:
         family, blocks, _ = chosen_blocks(model, tuple(PROMPTED_BLOCKS), None, what="VPT")
     except UnsupportedModelError as error:
-        if any(f.is_block(m) for f in FAMILIES if f.name in PROMPTED_BLOCKS for m in model.modules()):
+        if any(f.is_block(m) for f in families() if f.name in PROMPTED_BLOCKS for m in model.modules()):
             raise  # blocks that another method made its own: chosen_blocks names the block
         kinds = sorted({qualified_name(type(m)) for m in model.modules() if "block" in type(m).__name__.lower()})
         raise UnsupportedModelError(
             f"VPT supports timm ViT blocks ({qualified_name(Block)}); {type(model).__name__} has {kinds} (and the "
-            f"transformers layers of hf: backbones: {', '.join(HF_FAMILIES)})"
+            f"transformers layers of hf: backbones: {', '.join(HF_FAMILY_NAMES)})"
         ) from error
     refusal = family.no_prompts(model) if family.no_prompts is not None else None
     if refusal is not None:

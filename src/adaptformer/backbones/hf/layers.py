@@ -153,12 +153,14 @@ class HFLayer:
         halves: its forward split around the feed-forward branch, ``(block, *args, **kwargs) -> (x', LN(x'), h)``.
         projections: q, k, v, o -> the path of that ``nn.Linear`` from the layer (LoRA's targets).
         no_prompts: ``model -> why VPT cannot prepend prompt tokens to its layers`` (None: it can).
+        tuple_output: whether the layer returns ``(hidden_states, attention weights)`` (Swin) instead of the states.
     """
 
     layer: type[nn.Module]
     halves: Callable[..., Halves]
     projections: dict[str, str]
     no_prompts: Callable[[nn.Module], str | None] | None = None
+    tuple_output: bool = False
 
 
 # family name -> its layer
@@ -171,7 +173,5 @@ LAYERS: dict[str, HFLayer] = {
     "hf_siglip": HFLayer(SiglipEncoderLayer, clip_halves, _CLIP_ATTENTION),
     "hf_beit": HFLayer(BeitLayer, beit_halves, _SELF_ATTENTION, no_prompts=_relative_position_bias),
     "hf_videomae": HFLayer(VideoMAELayer, videomae_halves, _BERT_ATTENTION),
-    "hf_swin": HFLayer(SwinLayer, swin_halves, _SELF_ATTENTION, no_prompts=_windows),
+    "hf_swin": HFLayer(SwinLayer, swin_halves, _SELF_ATTENTION, no_prompts=_windows, tuple_output=True),
 }
-
-TUPLE_OUTPUT = (SwinLayer,)  # layers that return (hidden_states, attention weights), the others hidden_states alone

@@ -7,6 +7,18 @@ from pathlib import Path
 
 HF_PREFIX = "hf:"
 HF_SOURCE = "hf"  # the checkpoint source of an hf: backbone: a transformers folder, read by transformers
+# the block families of transformers' encoder layers (adaptformer.backbones.hf.layers.LAYERS, in that order)
+HF_FAMILY_NAMES = (
+    "hf_vit",
+    "hf_deit",
+    "hf_dinov2",
+    "hf_dinov2_registers",
+    "hf_clip",
+    "hf_siglip",
+    "hf_beit",
+    "hf_videomae",
+    "hf_swin",
+)
 
 
 def is_hf_name(name: str) -> bool:
