@@ -34,7 +34,8 @@ def add_import_peft_command(sub: Any) -> None:
         description="Reads PEFT's adapter_config.json (peft_type LORA) and adapter_model.safetensors (LoRA factors "
         "and the modules_to_save head) and writes this library's adapter folder for the backbone given here, built "
         "as PEFT's base model was (the same timm kwargs and weights: the folder records the backbone's fingerprint). "
-        "LoRA on timm's fused attn.qkv becomes target qkv (one A shared by q, k and v), on attn.proj target o. "
+        "LoRA on timm's fused attn.qkv becomes target qkv (one A shared by q, k and v), on attn.proj target o; "
+        "on a transformers layer's q_proj, k_proj, v_proj, o_proj targets q, k, v, o. "
         "Refused, naming the key: another peft_type, rank_pattern/alpha_pattern, use_rslora, use_dora, bias other "
         "than none, target_modules that name nothing in the model or modules this library does not adapt.",
     )  # fmt: skip
@@ -42,7 +43,8 @@ def add_import_peft_command(sub: Any) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the adapter folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     parser.add_argument("--model.backbone", dest="backbone", required=True, metavar="NAME",
-                        help="the timm name of PEFT's base model, e.g. vit_base_patch16_224")  # fmt: skip
+                        help="PEFT's base model: a timm name (vit_base_patch16_224) or hf:<folder>, a "
+                        "transformers folder (its weights are the folder's)")  # fmt: skip
     parser.add_argument("--model.kwargs", dest="model_kwargs", type=yaml_mapping, default=None, metavar="YAML",
                         help="timm kwargs the base model was built with, e.g. '{img_size: 32}'")  # fmt: skip
     parser.add_argument("--model.checkpoint", dest="checkpoint", default=None, metavar="PATH",

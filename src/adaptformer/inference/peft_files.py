@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ..backbones.hf import is_hf_name
 from ..cards import CARD_NAME, peft_card
 from ..factory import BackboneSource, build_backbone, create_model, require_checkpoint
 from ..files import atomic_write_files, make_folder
@@ -87,7 +88,8 @@ def import_peft(
     if (out / CONFIG_NAME).exists() and not overwrite:
         raise FileExistsError(f"{out / CONFIG_NAME} exists; pass --overwrite to replace it, or choose another --out")
     require_checkpoint(source.checkpoint)
-    if source.checkpoint is None and source.init_seed is None:  # an unseeded backbone could never be built again
+    # an unseeded backbone could never be built again (an hf: backbone's weights are its folder's)
+    if source.checkpoint is None and source.init_seed is None and not is_hf_name(backbone):
         raise ValueError("give the base model's weights (--model.checkpoint PATH, or timm) or its --model.init_seed")
     config, tensors = read_peft_folder(directory)
     try:
