@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import glob
 import io
+import json
 import os
 import secrets
 from collections.abc import Iterator, Mapping
@@ -187,3 +188,15 @@ def append_text(path: Path, text: str) -> None:
                 raise
         finally:
             os.close(fd)
+
+
+def read_json_object(path: Path, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` (a ValueError subclass, the caller's file error) naming the file when it
+    is not valid JSON or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e}); expected a JSON object (truncated or corrupt?)") from e
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

@@ -33,7 +33,7 @@ from safetensors.torch import save as save_safetensors
 from .backbones.hf import is_hf_name
 from .cards import CARD_NAME, model_card, read_test_metrics
 from .factory import BackboneSource, architecture_difference, build_backbone, get_source, missing_checkpoint
-from .files import atomic_write_files, make_folder
+from .files import atomic_write_files, make_folder, read_json_object
 from .methods.state import backbone_fingerprint, get_spec, get_task, task_state_dict
 from .model import ModelSpec, apply_method, task_tensor_mismatch
 from .preprocessing import Preprocessing
@@ -174,13 +174,7 @@ def save_adapter(
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; AdapterFileError naming the file for anything else."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFileError(f"{path}: not valid JSON ({e}); expected a JSON object (truncated or corrupt?)") from e
-    if not isinstance(data, dict):
-        raise AdapterFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+    return read_json_object(path, AdapterFileError)
 
 
 def _v01_task(directory: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 from ..backbones.hf import is_hf_name
 from ..cards import CARD_NAME, peft_card
 from ..factory import BackboneSource, build_backbone, create_model, require_checkpoint
-from ..files import atomic_write_files, make_folder
+from ..files import atomic_write_files, make_folder, read_json_object
 from ..heads import classifier_paths
 from ..methods.peft_lora import PREFIX, PeftConversionError, check_peft_config, from_peft, to_peft
 from ..methods.state import task_state_dict
@@ -46,12 +46,7 @@ def read_peft_folder(directory: str | Path) -> tuple[dict[str, Any], dict[str, t
     config_path, weights_path = directory / PEFT_CONFIG, directory / PEFT_WEIGHTS
     if not config_path.is_file():
         raise FileNotFoundError(f"no PEFT adapter here: {config_path} does not exist (PEFT's save_pretrained folder)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PeftConversionError(f"{config_path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise PeftConversionError(f"{config_path}: expected a JSON object, found {type(config).__name__}")
+    config = read_json_object(config_path, PeftConversionError)
     if not weights_path.is_file():
         pickled = " (adapter_model.bin is a pickle, never loaded: save with safe_serialization=True)"
         raise FileNotFoundError(f"{weights_path} does not exist{pickled if (directory / PEFT_PICKLE).exists() else ''}")
