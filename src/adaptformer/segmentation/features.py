@@ -1,7 +1,8 @@
 """Dense feature maps of an adapted backbone: the outputs of chosen blocks (ViT family) or stages (Swin), as
 (B, C, H / stride, W / stride) maps, computed through the method's adapted blocks.
 
-Plain ViTs (timm ViT/DeiT/DINOv2/EVA/BEiT, torchvision ViT) keep one token sequence at the patch stride. Every prefix
+Plain ViTs (timm ViT/DeiT/DINOv2/EVA/BEiT, torchvision ViT, transformers' ViT/DeiT/DINOv2/CLIP/SigLIP/BEiT) keep one
+token sequence at the patch stride. Every prefix
 token (class, register and distillation tokens, and VPT's prompts, which are prepended in front of those) sits before
 the patch tokens, so a block's patch tokens are always its last (H / p) * (W / p) tokens; they are reshaped into a
 map. Swin's stage outputs are maps already (timm and torchvision keep them NHWC; they become NCHW).
@@ -10,7 +11,8 @@ timm's ``forward_intermediates`` computes them where the model has it: it runs t
 ones: a method swaps each block's class, or its projections, in place) as ``forward_features`` does, and stops after
 the last block asked for. It strips ``num_prefix_tokens`` itself, which leaves VPT-shallow's prompts (inside every
 block but the last) in front of the patches: taking the last tokens handles those too. A backbone without it
-(torchvision's models) is read with forward hooks on the same blocks during its ``forward_features``.
+(torchvision's and transformers' models) is read with forward hooks on the same blocks during its
+``forward_features``; transformers' Swin layers give their stage's grid as tokens, reshaped here.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from ..preprocessing import clip_frames
 __all__ = ["FeatureLayout", "check_input_size", "feature_layout", "patch_features"]
 
 # block families whose blocks keep one token sequence at the patch stride; the others (Swin) are hierarchical
-TOKEN_FAMILIES = ("vit", "eva", "beit", "tv_vit")
-STAGE_FAMILIES = ("swin", "tv_swin")
+TOKEN_FAMILIES = (
+    "vit", "eva", "beit", "tv_vit",
+    "hf_vit", "hf_deit", "hf_dinov2", "hf_dinov2_registers", "hf_clip", "hf_siglip", "hf_beit",
+)  # fmt: skip
+STAGE_FAMILIES = ("swin", "tv_swin", "hf_swin")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,9 @@ def _fixed_size(backbone: nn.Module) -> tuple[int, int] | None:
     embed = getattr(backbone, "patch_embed", None)
     if embed is not None and getattr(embed, "strict_img_size", False):
         return to_2tuple(embed.img_size)
+    fixed = getattr(backbone, "fixed_image_size", None)  # a transformers backbone says (HFBackbone)
+    if fixed is not None or hasattr(backbone, "fixed_image_size"):
+        return fixed
     size = getattr(backbone, "image_size", None)  # torchvision's ViT: its position table fits one size only
     return to_2tuple(size) if isinstance(size, int) else None
 
@@ -125,7 +133,8 @@ def check_input_size(x: torch.Tensor, layout: FeatureLayout) -> None:
         fh, fw = layout.fixed_size
         raise ValueError(
             f"the backbone takes {fh}x{fw} inputs only, got {height}x{width}; build it with dynamic_img_size=True "
-            "(timm ViT, EVA) or strict_img_size=False (timm Swin) to take other multiples of the patch size"
+            "(timm ViT, EVA) or strict_img_size=False (timm Swin) to take other multiples of the patch size (a "
+            "transformers backbone other than DINOv2 and Swin: the image_size of its config)"
         )
 
 
@@ -148,9 +157,24 @@ def _hooked(backbone: nn.Module, x: torch.Tensor, wanted: list[int], layout: Fea
     finally:
         for handle in handles:
             handle.remove()
-    if layout.hierarchical:
-        return [taken[i].permute(0, 3, 1, 2) for i in wanted]  # (B, h, w, C) -> (B, C, h, w)
-    return [taken[i] for i in wanted]
+    return [_hooked_map(taken[i], i, x, layout) for i in wanted]
+
+
+def _hooked_map(
+    output: torch.Tensor | tuple[torch.Tensor, ...], index: int, x: torch.Tensor, layout: FeatureLayout
+) -> torch.Tensor:
+    """A hooked block's output as the features of map ``index``: tokens (B, N, C) of a plain ViT as they are; a stage
+    map as (B, C, h, w), from timm's and torchvision's NHWC maps or transformers' Swin tokens (B, h * w, C), which its
+    layer returns with its attention weights."""
+    if isinstance(output, tuple):
+        output = output[0]
+    if not layout.hierarchical:
+        return output
+    if output.dim() == 3:  # transformers' Swin: the stage's grid as a token sequence, row by row
+        sh, sw = layout.stride(index)
+        grid = (x.shape[-2] // sh, x.shape[-1] // sw)
+        return output.transpose(1, 2).reshape(output.shape[0], output.shape[2], *grid)
+    return output.permute(0, 3, 1, 2)  # (B, h, w, C) -> (B, C, h, w)
 
 
 def patch_features(

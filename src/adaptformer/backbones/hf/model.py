@@ -83,6 +83,9 @@ class HFArchitecture:
         width: the pooled feature's width from the config (hidden size, twice it for DINOv2, Swin's last stage).
         model_kwargs: constructor arguments of ``model_class`` (no pooler where the classifier does not use it).
         video: the model takes clips (B, T, C, H, W) rather than images.
+        any_size: the model takes any multiple of its patch size (DINOv2 interpolates its position table, Swin pads
+            to whole windows); the others take the config's ``image_size`` only (transformers refuses other sizes
+            unless asked to interpolate, which tracing for export would not reproduce exactly).
     """
 
     model_class: type[PreTrainedModel]
@@ -91,6 +94,7 @@ class HFArchitecture:
     width: Callable[[Any], int]
     model_kwargs: tuple[tuple[str, Any], ...] = ()
     video: bool = False
+    any_size: bool = False
 
 
 def _hidden(config: Any) -> int:
@@ -101,9 +105,13 @@ def _hidden(config: Any) -> int:
 ARCHITECTURES: dict[str, HFArchitecture] = {
     "vit": HFArchitecture(ViTModel, "vit", _class_token, _hidden, (("add_pooling_layer", False),)),
     "deit": HFArchitecture(DeiTModel, "deit", _class_token, _hidden, (("add_pooling_layer", False),)),
-    "dinov2": HFArchitecture(Dinov2Model, "dinov2", _class_and_patch_mean, lambda c: 2 * c.hidden_size),
+    "dinov2": HFArchitecture(Dinov2Model, "dinov2", _class_and_patch_mean, lambda c: 2 * c.hidden_size, any_size=True),
     "dinov2_with_registers": HFArchitecture(
-        Dinov2WithRegistersModel, "dinov2_with_registers", _class_and_patch_mean, lambda c: 2 * c.hidden_size
+        Dinov2WithRegistersModel,
+        "dinov2_with_registers",
+        _class_and_patch_mean,
+        lambda c: 2 * c.hidden_size,
+        any_size=True,
     ),
     "clip_vision_model": HFArchitecture(CLIPVisionModel, "vision_model", _patch_mean, _hidden),
     "clip": HFArchitecture(CLIPVisionModel, "vision_model", _patch_mean, _hidden),  # two towers: the vision one
@@ -111,7 +119,9 @@ ARCHITECTURES: dict[str, HFArchitecture] = {
     "siglip": HFArchitecture(SiglipVisionModel, "vision_model", _token_mean, _hidden),
     "beit": HFArchitecture(BeitModel, "beit", _model_pooler, _hidden),
     "videomae": HFArchitecture(VideoMAEModel, "videomae", _video_pool, _hidden, video=True),
-    "swin": HFArchitecture(SwinModel, "swin", _swin_pool, lambda c: int(c.embed_dim * 2 ** (len(c.depths) - 1))),
+    "swin": HFArchitecture(
+        SwinModel, "swin", _swin_pool, lambda c: int(c.embed_dim * 2 ** (len(c.depths) - 1)), any_size=True
+    ),
 }
 
 
@@ -139,6 +149,15 @@ class HFBackbone(nn.Module):
     def model(self) -> nn.Module:
         """The transformers model."""
         return self.get_submodule(self.attribute)
+
+    @property
+    def fixed_image_size(self) -> tuple[int, int] | None:
+        """The only (height, width) the model takes, or None when it takes any multiple of its patch size
+        (:attr:`HFArchitecture.any_size`)."""
+        if self.architecture.any_size:
+            return None
+        size = self.model.config.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
