@@ -23,6 +23,7 @@ from adaptformer import (
     LoRAConfig,
     MultiTaskModel,
     UnsupportedModelError,
+    VPTConfig,
     create_model,
     parameter_report,
     save_adapter,
@@ -148,7 +149,37 @@ def test_a_multitask_model_gives_each_task_its_own_models_logits(
     assert exported["tasks"] == list(methods) and exported["max_abs_diff"] < 1e-4 and onnx.is_file()
 
 
-def test_vpt_in_a_mixed_task_batch_is_refused_on_transformers_layers(folders: dict[str, Path], tmp_path: Path) -> None:
-    save_adapter(create_model(f"hf:{folders['dinov2']}", 3, method="vpt"), tmp_path / "vpt")
-    with pytest.raises(UnsupportedModelError, match="from one nn.Sequential holding them all; .* is ModuleList"):
+@pytest.mark.parametrize("kind", ["dinov2", "clip"])
+def test_vpt_tasks_share_a_mixed_batch_on_transformers_layers(tmp_path: Path, kind: str) -> None:
+    """Deep and shallow prompts of different counts beside LoRA, AdaptFormer and a probe: each sample's logits are its
+    own model's (the prompt slots a row does not use masked in every layer's attention)."""
+    write_hf_model(kind, tmp_path / kind)
+    methods = {
+        "deep2": VPTConfig(num_tokens=2),
+        "shallow3": VPTConfig(num_tokens=3, deep=False),
+        "lora": LoRAConfig(rank=4),
+        "af8": AdaptFormerConfig(bottleneck=8),
+        "probe": "linear",
+    }
+    models = {}
+    for seed, (name, method) in enumerate(methods.items()):
+        torch.manual_seed(seed)
+        models[name] = move_trainable(create_model(f"hf:{tmp_path / kind}", 3, method=method), 0.3).eval()
+        save_adapter(models[name], tmp_path / name)
+    multi = MultiTaskModel.from_adapters([tmp_path / n for n in methods]).eval()
+    task_ids = torch.tensor([0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 1])
+    x = inputs(kind, batch=len(task_ids))
+    with torch.no_grad():
+        out = multi(x, task_ids)
+        for k, name in enumerate(methods):
+            torch.testing.assert_close(out[name], models[name](x[task_ids == k]), atol=1e-5, rtol=0)
+        alone = multi(x[:1], task_ids[:1])["deep2"]  # one task filling every slot: no mask
+        torch.testing.assert_close(alone, models["deep2"](x[:1]), atol=1e-5, rtol=0)
+
+
+def test_vpt_in_a_mixed_batch_is_refused_on_a_layer_without_an_attention_mask(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    save_adapter(create_model(f"hf:{folders['videomae']}", 3, method="vpt"), tmp_path / "vpt")
+    with pytest.raises(UnsupportedModelError, match="VideoMAELayer takes no attention mask"):
         MultiTaskModel.from_adapters([tmp_path / "vpt"])

@@ -16,11 +16,18 @@ are stripped. Attention is blind to token order inside a ViT block (positions ar
 row this is its task's own model. The mask is dropped when every row fills all S slots. Tasks with different prompt
 counts, deep and shallow, and rows of other methods' tasks (all slots masked) share the batch; the trunk's own blocks
 run in it, with other methods' modules (AdaptFormer, Adapter+, LoRA) routing their rows inside them.
+
+On a transformers backbone (``hf:<folder>``) the layers sit in an ``nn.ModuleList`` that the transformers model's own
+forward loops over, so the site is that model (:func:`prompted_models`): :func:`route_layers` runs its forward with
+hooks on its layers that do the same (slots, prompts, the mask as each layer's ``attention_mask``, the strip).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,6 +40,8 @@ from ..backbones.families import (
     block_width,
     chosen_blocks,
     families,
+    family_blocks,
+    find_family,
     install,
     qualified_name,
 )
@@ -160,7 +169,7 @@ def prompted_sequences(model: nn.Module) -> list[str]:
     """The path of the ``nn.Sequential`` holding ``model``'s prompted blocks (VPT's mixed-batch site): the route runs
     the blocks one by one, so it must hold every block of the model, in forward order."""
     prompted = [path for path, m in model.named_modules() if isinstance(getattr(m, "vpt", None), PromptTokens)]
-    if not prompted:
+    if not prompted or find_family(model, what="VPT").halves is not None:  # transformers' layers: prompted_models
         return []
     parent = prompted[0].rpartition(".")[0]
     container = model.get_submodule(parent)
@@ -171,6 +180,26 @@ def prompted_sequences(model: nn.Module) -> list[str]:
             f"{type(model).__name__}.{parent} is {type(container).__name__}"
         )
     return [parent]
+
+
+def prompted_models(model: nn.Module) -> list[str]:
+    """The path of the transformers model whose layers hold prompts (VPT's mixed-batch site on an ``hf:`` backbone):
+    :func:`route_layers` runs that model's own forward (its embeddings, masks and final norm) with the routing done
+    around each of its layers. UnsupportedModelError for a layer that takes no attention mask (VideoMAE's)."""
+    if not prompt_modules(model):
+        return []
+    family = find_family(model, what="VPT")
+    if family.halves is None:  # timm's blocks: prompted_sequences
+        return []
+    if "attention_mask" not in inspect.signature(family.block_type.forward).parameters:
+        raise UnsupportedModelError(
+            f"VPT in a mixed-task batch masks the prompt slots a row does not use in every layer's attention; "
+            f"{qualified_name(family.block_type)} takes no attention mask"
+        )
+    attribute = getattr(model, "attribute", None)  # HFBackbone: the transformers model's attribute
+    if not isinstance(attribute, str):
+        raise UnsupportedModelError(f"VPT in a mixed-task batch: {type(model).__name__} is not an hf: backbone")
+    return [attribute]
 
 
 def prompt_count(blocks: nn.Module) -> int:
@@ -210,6 +239,60 @@ def route(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]
     return x[:, slots:]  # (B, N, D)
 
 
+def _with_mask(args: tuple[Any, ...], kwargs: dict[str, Any], x: torch.Tensor, mask: torch.Tensor | None) -> tuple:
+    """A transformers layer's call ``(hidden_states, attention_mask, ...)`` with ``x`` and the slot mask instead."""
+    given = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+    if given is not None:
+        raise UnsupportedModelError("VPT in a mixed-task batch: the layer was given an attention mask of its own")
+    if len(args) > 1:
+        return (x, mask, *args[2:]), kwargs
+    if mask is not None:
+        kwargs = {**kwargs, "attention_mask": mask}
+    return (x, *args[1:]), kwargs
+
+
+def route_layers(frozen: nn.Module, present: TaskRows, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """A mixed-task batch through a transformers model (``frozen``, the trunk's) whose layers take prompts: its own
+    forward runs, with hooks on its layers doing what :func:`route` does between timm's blocks (the slots prepended
+    before the first layer, each task's prompts written on its rows before each of its prompting layers, the slot
+    mask as every layer's attention mask, the slots stripped after the last layer)."""
+    _, layers = family_blocks(frozen, what="VPT")
+    tasks = [([layer for _, layer in family_blocks(model, what="VPT")[1]], rows) for model, rows in present]
+    slots = max(prompt_count(model) for model, _ in present)
+    state: dict[str, torch.Tensor | None] = {}
+
+    def before(index: int) -> Callable[..., tuple]:
+        def hook(layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
+            x = args[0]  # (B, N, D), (B, S + N, D) after the first layer
+            if index == 0:
+                x = torch.cat([x.new_zeros(x.shape[0], slots, x.shape[2]), x], dim=1)  # prompt slots first
+                state["mask"] = _slot_mask(present, x, slots)
+            writing = [(own[index].vpt, rows) for own, rows in tasks if _prepends(own[index])]
+            if writing:
+                x = x.clone()  # a layer's output: written in place below
+                for vpt, rows in writing:
+                    x[rows, : vpt.num_tokens] = vpt.tokens.to(x.dtype)  # (1, P, D) over (n, P, D)
+            return _with_mask(args, kwargs, x, state["mask"])
+
+        return hook
+
+    def strip(layer: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        return output[:, slots:]  # (B, N, D)
+
+    handles = [layer.register_forward_pre_hook(before(i), with_kwargs=True) for i, (_, layer) in enumerate(layers)]
+    handles.append(layers[-1][1].register_forward_hook(strip))
+    try:
+        return frozen(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _prepends(layer: nn.Module) -> bool:
+    vpt = getattr(layer, "vpt", None)
+    return isinstance(vpt, PromptTokens) and vpt.prepend
+
+
 METHOD = Method(
     name="vpt",
     config=VPTConfig,
@@ -219,7 +302,10 @@ METHOD = Method(
     group="prompts",
     weight_decay=False,
     title="VPT",
-    module_sites=(ModuleSite(find=prompted_sequences, route=route, label="block sequence"),),
+    module_sites=(
+        ModuleSite(find=prompted_sequences, route=route, label="block sequence"),
+        ModuleSite(find=prompted_models, route=route_layers, label="transformers model"),
+    ),
     batch_refusal=None,
     # no interpolation and no noise sites: the prompts are extra tokens that attention mixes in, not an output added
     # to the frozen function, so no factor scales their contribution (a model with scaled prompt tokens still

@@ -147,8 +147,9 @@ class HFBackbone(nn.Module):
 
     @property
     def model(self) -> nn.Module:
-        """The transformers model."""
-        return self.get_submodule(self.attribute)
+        """The transformers model (the one a multi-task router stands in front of: its config, its pooler)."""
+        module = self.get_submodule(self.attribute)
+        return getattr(module, "frozen", module)  # a multi-task router (inference.routing) holds it as ``frozen``
 
     @property
     def fixed_image_size(self) -> tuple[int, int] | None:
@@ -181,7 +182,8 @@ class HFBackbone(nn.Module):
         ``last_hidden_state``)."""
         if self.architecture.video:
             x = x.transpose(1, 2)  # (B, C, T, H, W) -> (B, T, C, H, W), transformers' video layout
-        return self.model(pixel_values=x).last_hidden_state
+        encoder = self.get_submodule(self.attribute)  # the model, or a multi-task router in its place
+        return encoder(x).last_hidden_state  # pixel_values, positionally: a router takes no keywords
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, N, D) tokens -> the pooled feature (B, F), or (B, num_classes) logits."""
