@@ -25,6 +25,9 @@ ATOL = 1e-5  # fp32: only the batched products' rounding (and the masked attenti
 METHODS = {
     "af_par": (AdaptFormerConfig(bottleneck=8, layers=(0, 1, 2)), 10),
     "af_seq": (AdaptFormerConfig(bottleneck=4, form="sequential", layers=(0, 2)), 3),
+    # parallel adapters share one batched pass per block (another bottleneck, a learnable scale, LN(x') read)
+    "af_par4": (AdaptFormerConfig(bottleneck=4, scale="learnable", layers=(0, 1)), 4),
+    "af_normed": (AdaptFormerConfig(bottleneck=6, input="normed", layers=(1, 2)), 5),
     "aplus": (AdapterPlusConfig(bottleneck=4, layers=(3, 4, 5)), 6),
     "lora_qv2": (LoRAConfig(rank=2), 4),
     "lora_qkvo4": (LoRAConfig(rank=4, alpha=6, targets=("q", "k", "v", "o"), layers=(1, 3)), 5),
@@ -36,7 +39,7 @@ METHODS = {
     "full": ("full", 3),
 }
 GROUPS = {
-    "adaptformer": ("af_par", "af_seq"),
+    "adaptformer": ("af_par", "af_seq", "af_par4", "af_normed"),
     "adapter_plus": ("aplus", "linear"),
     "lora": ("lora_qv2", "lora_qkvo4", "lora_fused3"),
     "vpt": ("vpt_deep2", "vpt_deep1", "vpt_shallow5"),

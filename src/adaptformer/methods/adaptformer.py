@@ -32,7 +32,8 @@ from torchvision.models.vision_transformer import EncoderBlock as TorchvisionViT
 
 from ..backbones.families import BlockClasses, BlockFamily, adapted_class, block_width, chosen_blocks, install
 from ..validation import check_block_indices, check_choice, check_probability
-from .protocol import BlockModule, Interpolation, Measurement, TaskRows
+from .adaptformer_route import route, without_adapter
+from .protocol import BlockModule, Interpolation, Measurement
 from .registry import Method, MethodConfig
 
 SCALE_LEARNABLE = "learnable"
@@ -348,25 +349,6 @@ def attach(model: nn.Module, config: AdaptFormerConfig) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ the protocol
-
-
-def without_adapter(x: torch.Tensor, normed: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """The feed-forward half of the plain block, from the arguments an adapted block gives its AdaptMLP."""
-    return x + h
-
-
-def route(present: TaskRows, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """A mixed-task batch at one block: ``x + h`` for every row, plus on each task's rows its adapter's contribution.
-    A parallel adapter gathers only what it reads and adds its branch in place (the generic route would gather x,
-    normed and h and recompute ``x + h`` per task: 10% more time for one task on ViT-B/16 here, BENCHMARKS.md)."""
-    x, normed, h = inputs  # (B, ..., C) each
-    out = x + h  # a fresh tensor: written in place below
-    for module, rows in present:
-        if module.form == "parallel":
-            out.index_add_(0, rows, module.branch(module.reads(x, normed).index_select(0, rows)).to(out.dtype))
-        else:  # sequential: x + (h + s * A(h)), in that order
-            out.index_copy_(0, rows, module(*(t.index_select(0, rows) for t in inputs)).to(out.dtype))
-    return out
 
 
 def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> Measurement:
