@@ -4,7 +4,8 @@ installed by setup.sh): one real server on loopback with three fixed tasks (sing
 multi-label adapter and a ``broken`` one. The page lists the adapters with their method, type and state, previews
 the chosen files, sends only the ticked tasks, draws each answer as the JSON API gives it (bars; a segmentation mask
 as a canvas overlay whose pixels are the label PNG's classes in the legend's colours), shows an API error as its
-message, and fits a 360 px window. One server and one browser for the module."""
+message, and fits a 360 px window; a second server, of video tasks, draws a video's answers. One image server and one
+browser for the module."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from tests.inference.task_adapters import image_task_adapters
+from tests.inference.task_adapters import image_task_adapters, video_task_adapters
 from tests.servers import running_server
 from tests.video_files import write_video
 
@@ -342,3 +343,27 @@ def test_a_narrow_window_stacks_the_panels_and_never_scrolls_sideways(
         assert panel["y"] + panel["height"] <= upload["y"]  # stacked, not side by side
     finally:
         browser.set_window_size(1200, 900)
+
+
+def test_a_video_server_draws_each_video_tasks_answer_as_the_api_gives_it(
+    tmp_path_factory: pytest.TempPathFactory, browser, files: dict[str, Path]
+) -> None:
+    """A second server, of the tiny video ViT's tasks (single-label ``motion``, multi-label ``labels``): an MP4 is
+    previewed as a video and answered by both tasks, bars and chips equal to the JSON API's."""
+    dirs = video_task_adapters(tmp_path_factory.mktemp("serve-page-video"))
+    args = [*(a for name, d in dirs.items() for a in ("--adapter", f"{name}={d}")), "--precision", "fp32",
+            "--threshold", "labels=0.4"]  # fmt: skip
+    with running_server(args) as url:
+        _open(browser, url)
+        _classify(browser, [files["video"]], top_k=2)
+        expected = _api(url, files["video"], top_k="2").json()["results"][0]["tasks"]
+        answers = _answers(browser, "clip.mp4")
+        assert list(answers) == list(expected) == ["motion", "labels"]
+        assert _bars(answers["motion"]) == [(c["class"], f"{c['prob']:.3f}", False) for c in expected["motion"]]
+        labels = expected["labels"]
+        above = {c["class"] for c in labels["above"]}
+        assert _bars(answers["labels"]) == [
+            (c["class"], f"{c['prob']:.3f}", c["class"] in above) for c in labels["top"]
+        ]
+        chips = answers["labels"].find_elements("css selector", ".chip")
+        assert [c.text for c in chips] == [c["class"] for c in labels["above"]]
