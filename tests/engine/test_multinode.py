@@ -241,13 +241,13 @@ def test_a_rendezvous_that_cannot_form_fails_within_its_timeouts(case: str, tmp_
     """torchrun's own bounds (``--rdzv_conf read_timeout=`` for reaching the store, ``join_timeout=`` for the other
     nodes to arrive) end a launch that can never start, instead of leaving it waiting."""
     port = _free_port()
-    launcher = _launcher(port, "lonely", "read_timeout=5,join_timeout=5")
+    launcher = _launcher(port, "lonely", "read_timeout=2,join_timeout=2")
     if case == "endpoint unreachable":  # a node that does not host the store, and nothing listens at the endpoint
         launcher[launcher.index("--rdzv_conf") + 1] += ",is_host=false"
     started = time.monotonic()
     done = subprocess.run([*launcher, "--help"], env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and time.monotonic() - started < 60
     if case == "endpoint unreachable":
-        assert f"timed out after 5000ms while trying to connect to (127.0.0.1, {port})" in done.stderr, done.stderr
+        assert f"timed out after 2000ms while trying to connect to (127.0.0.1, {port})" in done.stderr, done.stderr
     else:
         assert "RendezvousTimeoutError" in done.stderr, done.stderr

@@ -206,7 +206,7 @@ def _random_init_flag() -> list[str]:
 def test_quick_study_writes_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
     argv = ["study", "--quick", "--seeds", "0,1", "--methods", ",".join(QUICK_METHODS), "--output-dir", str(out),
-            "--runs-dir", str(tmp_path / "runs"), *_random_init_flag()]  # fmt: skip
+            "--runs-dir", str(tmp_path / "runs"), "--jobs", "1", *_random_init_flag()]  # fmt: skip
     assert main(argv) == 0
 
     record = json.loads((out / "results.json").read_text())
@@ -293,7 +293,7 @@ def test_the_library_never_imports_the_study_or_matplotlib() -> None:
 
 @pytest.mark.skipif(not SHAPES_VIT_FILE.is_file(), reason="the shipped shapes ViT weights are not built yet")
 def test_demo_quick_prints_table_params_plot_and_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--jobs", "1", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     for method in ("linear", "adaptformer-16", "full"):
         assert f"| {method} |" in printed
@@ -334,7 +334,8 @@ def test_quick_study_scores_multilabel_by_map_shows_ablations_and_looks_inside(t
     out = tmp_path / "report"
     methods = ("linear", "adaptformer-64", "adaptformer-64-blocks1-3")
     argv = ["study", "--quick", "--tasks", "digits,digits-multilabel", "--seeds", "0", "--methods", ",".join(methods),
-            "--output-dir", str(out), "--runs-dir", str(tmp_path / "runs"), *_random_init_flag()]  # fmt: skip
+            "--output-dir", str(out), "--runs-dir", str(tmp_path / "runs"), "--jobs", "1",
+            *_random_init_flag()]  # fmt: skip
     assert main(argv) == 0
     record = json.loads((out / "results.json").read_text())
     metrics = {(r["task"], r["metric"]) for r in record["runs"]}
