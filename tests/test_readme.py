@@ -261,7 +261,7 @@ def _vtab_files(work: Path) -> None:
 
 def _check_benchmark(outputs: list[str], work: Path) -> None:
     table = (work / "runs/vtab_af8/results.md").read_text()
-    assert all(f"| {task} |" in table for task in BENCH_TASKS) and "**mean of 2 tasks**" in table
+    assert f"| {BENCH_TASKS[0]} |" in table and "**mean of 1 task" in table
     assert (work / "runs/vtab_af8/results.png").is_file()
 
 
@@ -564,7 +564,7 @@ FLOWS = [
         "adaptformer benchmark vtab --out runs/vtab_af8 --report-only",
         setup=(_vtab_files,),
         extra={
-            "benchmark": ["--tasks", ",".join(BENCH_TASKS)],
+            "benchmark": ["--tasks", BENCH_TASKS[0]],  # one task, tuned then tested (two: tests/suite)
             "--": [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE)],
         },
         check=_check_benchmark,

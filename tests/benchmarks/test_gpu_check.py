@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tests.paths import ROOT
 
 
@@ -28,11 +29,33 @@ def test_quick_run_writes_one_json_and_one_table(tmp_path: Path) -> None:
     seg = report["segmentation_step"]
     assert set(seg["methods"]) == {"full", "linear", "adaptformer-64"} and seg["adaptformer_vs_full"]["memory"] > 0
     assert seg["gemm_floor"] > 0 and seg["sliding_eval_images_per_s"] > 0
-    assert [r["tasks"] for r in report["multitask"]["results"]] == [1, 2]
-    assert [r["clients"] for r in report["serve_load"]["results"]] == [1, 4, 16]
+    _check_multitask(report["multitask"])
+    _check_serve_load(report["serve_load"])
     table = (out / "gpu_check.md").read_text()
     assert table == done.stdout and "| serve_load | ok |" in table and "adaptformer-64 / full: time" in table
     assert "| segmentation_step | ok |" in table and "Segmentation training step" in table
+
+
+def _check_multitask(report: dict) -> None:
+    """benchmarks/multitask.py --quick: every case timed for 1 and 2 tasks; memory counted, not timed."""
+    assert [r["tasks"] for r in report["results"]] == [1, 2]
+    for result in report["results"]:
+        assert set(result["median_s"]) == {"mixed", "separate", "switching", "single"}
+        assert all(result[k] > 0 for k in ("mixed/single", "separate/single", "switching/single"))
+    one, two = report["results"]
+    # a second task adds only its adapters and head; a second model a whole backbone
+    assert one["multitask/one_single_memory"] == pytest.approx(1.0)
+    assert 1.0 < two["multitask/one_single_memory"] < 1.5
+    assert two["memory_mb"]["n_singles"] == pytest.approx(2 * two["memory_mb"]["one_single"])
+
+
+def _check_serve_load(report: dict) -> None:
+    """benchmarks/serve_load.py --quick: 8 requests over 2 tasks at each concurrency, latencies ordered."""
+    results = report["results"]
+    assert [r["clients"] for r in results] == [1, 4, 16]
+    assert all(r["tasks"] == 2 and r["requests"] == 8 and r["requests_per_s"] > 0 for r in results)
+    assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in results)
+    assert all(1 <= r["batches"] <= 8 for r in results)
 
 
 def test_a_failed_and_a_timed_out_step_are_reported_and_fail_the_check(tmp_path: Path) -> None:
