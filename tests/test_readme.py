@@ -573,7 +573,7 @@ FLOWS = [
         "--executor slurm --slurm.cluster local",
         setup=(_vtab_files,),
         extra={
-            "benchmark": ["--tasks", BENCH_TASKS[0]],  # one task: one submitit job
+            "benchmark": ["--tasks", BENCH_TASKS[0], "--no-tune"],  # one task, final stage only: one submitit job
             "--": [*SMALL_RUN, "--model.kwargs", json.dumps(VIDEO_SIZE)],
         },
         check=_check_executors,

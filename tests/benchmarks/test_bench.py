@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,24 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 
 def _positive(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _in_process(script: str, argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """``python benchmarks/SCRIPT ARGV`` run in this process (a second interpreter would spend ~4 s importing torch,
+    torchvision and timm before a quick run of well under a second): exit code, stdout, stderr. The torch thread
+    count a script sets is put back."""
+    path = ROOT / "benchmarks" / script
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def test_report_has_every_method_and_precision(quick_run: tuple[dict, str]) -> None:
@@ -65,42 +84,32 @@ def test_report_describes_machine_command_and_targets(quick_run: tuple[dict, str
     assert "| adaptformer-64 |" in markdown and "AdaptFormer step <= 0.5x full fine-tuning step" in markdown
 
 
-def test_speed_option_groups_run() -> None:
+def test_speed_option_groups_run(capsys, monkeypatch) -> None:
     """--options measures every speed option side by side (quick: tiny models), so the groups cannot rot either."""
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bench.py"),
-        "--quick",
-        "--only",
-        "image",
-        "--options",
-        "--markdown",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, stdout, stderr = _in_process("bench.py", ["--quick", "--only", "image", "--options", "--markdown"], capsys,
+                                       monkeypatch)  # fmt: skip
+    assert code == 0, stderr[-3000:]
     groups = ("all options: plain vs auto", "frozen_dtype", "attention", "frozen_backward", "class_token_tail")
     for group in (*groups, "grad_checkpointing"):
-        assert f"### Option: {group}" in done.stdout, group
+        assert f"### Option: {group}" in stdout, group
 
 
-def test_gemm_floor_script_runs() -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--quick"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+def test_gemm_floor_script_runs(capsys, monkeypatch) -> None:
+    code, stdout, stderr = _in_process("floor.py", ["--quick"], capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout)
     # the ratios are measurements (BENCHMARKS.md), not properties: a test only checks that they were measured (a bound
     # on them failed at 1.81 on a machine busy with other work)
     assert _positive(report["adaptformer/full"]) and _positive(report["adaptformer/forward"])
     assert set(report["median_s"]) == {"adaptformer GEMMs", "full GEMMs", "forward GEMMs"}
 
 
-def test_repeat_reports_the_median_over_groups(tmp_path: Path) -> None:
+def test_repeat_reports_the_median_over_groups(tmp_path: Path, capsys, monkeypatch) -> None:
     """--repeat N measures each suite N times and reports, per ratio and target, the median over the N groups."""
     out = tmp_path / "repeat.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "image"]
-    command += ["--precisions", "bf16", "--repeat", "3", "--json", str(out), "--markdown"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    argv = ["--quick", "--only", "image", "--precisions", "bf16", "--repeat", "3", "--json", str(out), "--markdown"]
+    code, stdout, stderr = _in_process("bench.py", argv, capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
     (suite,) = json.loads(out.read_text())["suites"]
     assert suite["repeats"] == 3
     for key, ratio in suite["ratios"].items():
@@ -111,31 +120,32 @@ def test_repeat_reports_the_median_over_groups(tmp_path: Path) -> None:
     first = targets["rows"][0]
     assert first["value"] == sorted(first["per_repeat"])[1]
     assert first["met"] == (first["value"] <= first["limit"])
-    assert "over 3 groups" in done.stdout and "3 groups of 2 interleaved rounds" in done.stdout
+    assert "over 3 groups" in stdout and "3 groups of 2 interleaved rounds" in stdout
 
 
 @pytest.mark.skipif(
     not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
     reason="oneDNN bf16 is not available on this CPU",
 )
-def test_profile_step_script_runs() -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "profile_step.py"), "--quick", "--steps", "1", "--top", "5"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+def test_profile_step_script_runs(capsys, monkeypatch) -> None:
+    code, stdout, stderr = _in_process(
+        "profile_step.py", ["--quick", "--steps", "1", "--top", "5"], capsys, monkeypatch
+    )
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout)
     assert report["case"].startswith("adaptformer-64 training step") and _positive(report["ms_per_step"])
     shares = [op["share"] for op in report["operators"].values()]
     assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0
 
 
-def test_groups_measure_only_the_named_option_groups(tmp_path: Path) -> None:
+def test_groups_measure_only_the_named_option_groups(tmp_path: Path, capsys, monkeypatch) -> None:
     """--groups restricts --options to the named groups, in the harness's order; --skip-suites leaves out the
     per-method suites, so only those groups run (each with its rounds, load average and every round's ratio)."""
     out = tmp_path / "groups.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--only", "image", "--skip-suites"]
-    command += ["--groups", "class_token_tail,frozen_dtype", "--json", str(out), "--markdown"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    argv = ["--quick", "--only", "image", "--skip-suites", "--groups", "class_token_tail,frozen_dtype", "--json",
+            str(out), "--markdown"]  # fmt: skip
+    code, stdout, stderr = _in_process("bench.py", argv, capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["suites"] == [] and report["targets"] == []
     assert [g["name"] for g in report["options"]] == ["frozen_dtype", "class_token_tail"]
@@ -143,7 +153,7 @@ def test_groups_measure_only_the_named_option_groups(tmp_path: Path) -> None:
         assert group["rounds"] == 2 and len(group["load_average"]["before"]) == 3
         for key, ratio in group["ratios"].items():
             assert len(ratio["time_per_round"]) == 2 and all(map(_positive, ratio["time_per_round"])), key
-    assert "### Option: frozen_dtype" in done.stdout and "### Option: frozen_backward" not in done.stdout
+    assert "### Option: frozen_dtype" in stdout and "### Option: frozen_backward" not in stdout
 
 
 @pytest.mark.parametrize(
@@ -173,11 +183,10 @@ def test_bad_group_arguments_are_refused(arguments: list[str], error: str, capsy
 # writes (tests/benchmarks/test_gpu_check.py), which runs both scripts as they are
 
 
-def test_vpt_slots_benchmark_measures_masked_and_grouped_side_by_side() -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "vpt_slots.py"), "--quick"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+def test_vpt_slots_benchmark_measures_masked_and_grouped_side_by_side(capsys, monkeypatch) -> None:
+    code, stdout, stderr = _in_process("vpt_slots.py", ["--quick"], capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout)
     assert [(r["model"], r["prompt_counts"]) for r in report["results"]] == [
         ("tiny", [8, 10, 12]),
         ("tiny", [1, 10, 50]),
@@ -187,11 +196,10 @@ def test_vpt_slots_benchmark_measures_masked_and_grouped_side_by_side() -> None:
         assert all(_positive(result[k]) for k in ("masked/single", "grouped/single", "masked/grouped"))
 
 
-def test_multitask_scale_benchmark_measures_every_strategy() -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "multitask_scale.py"), "--quick"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+def test_multitask_scale_benchmark_measures_every_strategy(capsys, monkeypatch) -> None:
+    code, stdout, stderr = _in_process("multitask_scale.py", ["--quick"], capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout)
     assert [(r["tasks"], r["popularity"]) for r in report["results"]] == [
         (n, kind) for n in (1, 2) for kind in ("uniform", "zipf")
     ]
@@ -204,25 +212,20 @@ def test_multitask_scale_benchmark_measures_every_strategy() -> None:
     assert 1.0 < report["results"][2]["held/one_model"] < 1.5
 
 
-def test_multitask_scale_times_only_the_cases_asked_for() -> None:
-    script = str(ROOT / "benchmarks" / "multitask_scale.py")
-    done = subprocess.run([sys.executable, script, "--quick", "--tasks", "2", "--popularity", "zipf", "--cases",
-                           "mixed", "--markdown"], capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    row = done.stdout.strip().splitlines()[-1].split(" | ")
+def test_multitask_scale_times_only_the_cases_asked_for(capsys, monkeypatch) -> None:
+    argv = ["--quick", "--tasks", "2", "--popularity", "zipf", "--cases", "mixed", "--markdown"]
+    code, stdout, stderr = _in_process("multitask_scale.py", argv, capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
+    row = stdout.strip().splitlines()[-1].split(" | ")
     assert row[:2] == ["| 2", "zipf"] and _positive(float(row[3])) and row[4:6] == ["-", "-"]  # subbatch, swap
-    bad = subprocess.run([sys.executable, script, "--quick", "--cases", "mixed,merged"], capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)  # fmt: skip
-    assert bad.returncode == 2 and "--cases: ['merged'] unknown; expected some of ['mixed', 'subbatch', 'swap']" in (
-        bad.stderr
-    )
+    code, _, stderr = _in_process("multitask_scale.py", ["--quick", "--cases", "mixed,merged"], capsys, monkeypatch)
+    assert code == 2 and "--cases: ['merged'] unknown; expected some of ['mixed', 'subbatch', 'swap']" in stderr
 
 
-def test_residency_benchmark_drives_the_adapter_store() -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "residency.py"), "--quick"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
+def test_residency_benchmark_drives_the_adapter_store(capsys, monkeypatch) -> None:
+    code, stdout, stderr = _in_process("residency.py", ["--quick"], capsys, monkeypatch)
+    assert code == 0, stderr[-3000:]
+    report = json.loads(stdout)
     assert [(r["tasks"], r["max_resident"], r["popularity"]) for r in report["results"]] == [
         (4, 2, "uniform"),
         (4, 2, "zipf"),
