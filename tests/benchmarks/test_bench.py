@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import re
 import runpy
@@ -38,11 +39,14 @@ def _positive(value: object) -> bool:
 
 def _in_process(script: str, argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
     """``python benchmarks/SCRIPT ARGV`` run in this process (a second interpreter would spend ~4 s importing torch,
-    torchvision and timm before a quick run of well under a second): exit code, stdout, stderr. The torch thread
-    count a script sets is put back."""
+    torchvision and timm before a quick run of well under a second): exit code, stdout, stderr. What a script sets
+    for its whole process is put back: torch's thread count, the root logger's handlers and level, and the library
+    logger's level (bench.py quietens it to WARNING; a later test of this worker reads its INFO lines)."""
     path = ROOT / "benchmarks" / script
     monkeypatch.setattr(sys, "argv", [str(path), *argv])
     threads = torch.get_num_threads()
+    root, library = logging.getLogger(), logging.getLogger("adaptformer")
+    handlers, root_level, library_level = list(root.handlers), root.level, library.level
     try:
         runpy.run_path(str(path), run_name="__main__")
         code = 0
@@ -50,6 +54,9 @@ def _in_process(script: str, argv: list[str], capsys: pytest.CaptureFixture, mon
         code = e.code if isinstance(e.code, int) else 1
     finally:
         torch.set_num_threads(threads)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        library.setLevel(library_level)
     out = capsys.readouterr()
     return code, out.out, out.err
 

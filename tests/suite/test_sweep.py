@@ -161,23 +161,9 @@ def _sweep_process(spec: Path, out: Path, *flags: str, **options) -> subprocess.
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
 
 
-def test_two_sweep_processes_on_one_folder_train_each_point_once(tmp_path: Path) -> None:
-    spec, out = tmp_path / "sweep.yaml", tmp_path / "out"
-    spec.write_text("grid: {model.method.bottleneck: [2, 4]}\n")
-    points = ["bottleneck=2", "bottleneck=4"]
-    workers = [_sweep_process(spec, out, *TINY) for _ in range(2)]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
-    summaries = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
-    assert sorted(p for s in summaries for p in s["ran"]) == points  # every point by exactly one of the two
-    for summary in summaries:  # what one did not train, the other held or had finished
-        assert sorted(summary["ran"] + summary["held_by_other_workers"] + summary["already_done"]) == points
-    for point in points:
-        assert (out / "logs" / f"{point}.log").read_text().count("$ ") == 1  # one training command started
-        assert len((out / point / "metrics.jsonl").read_text().splitlines()) == 1  # one epoch, recorded once
-    assert not list((out / "logs").glob("*.claim.json"))
-    # the process that ended last wrote the table with both points
-    assert [r["status"] for r in json.loads((out / "results.json").read_text())["points"]] == ["done", "done"]
+# Two drivers on one sweep folder, each point trained once: tests/suite/executors/test_ray.py (a driver on Ray and a
+# local one, the same claim files and dispatcher as two local drivers); two local workers on one benchmark:
+# tests/suite/test_benchmark_suite.py.
 
 
 def test_ctrl_c_stops_a_sweep_with_one_line_naming_the_run_and_the_resume_command(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ def test_a_ray_driver_and_a_local_worker_share_a_sweep_each_point_once(tmp_path:
     for point in POINTS:  # one training command each
         assert (out / "logs" / f"{point}.log").read_text().count("$ ") == 1
     assert (out / "logs" / f"{POINTS[1]}.job.json").is_file() and not (out / "logs" / f"{POINTS[0]}.job.json").exists()
+    assert not list((out / "logs").glob("*.claim.json"))  # every claim released
+    # the driver that ended last wrote the table with both points
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["points"]] == ["done", "done"]
 
 
 def test_a_request_no_node_meets_is_refused_before_anything_starts(tmp_path: Path) -> None:
