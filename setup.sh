@@ -11,6 +11,5 @@ case "${1:-demo}" in
   *) echo "usage: bash setup.sh [demo|test]" >&2; exit 2 ;;
 esac
 [ -x .venv/bin/python ] || python3 -m venv .venv
-# --no-compile: no bytecode for the thousands of modules never imported (Python writes it for those that are)
-.venv/bin/python -m pip install --quiet --no-compile -c constraints.txt -e "$target"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e "$target"
 "${then_run[@]}"
