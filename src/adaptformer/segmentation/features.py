@@ -90,9 +90,8 @@ def _fixed_size(backbone: nn.Module) -> tuple[int, int] | None:
     embed = getattr(backbone, "patch_embed", None)
     if embed is not None and getattr(embed, "strict_img_size", False):
         return to_2tuple(embed.img_size)
-    fixed = getattr(backbone, "fixed_image_size", None)  # a transformers backbone says (HFBackbone)
-    if fixed is not None or hasattr(backbone, "fixed_image_size"):
-        return fixed
+    if hasattr(backbone, "fixed_image_size"):  # a transformers backbone says (HFBackbone; None: any multiple)
+        return backbone.fixed_image_size
     size = getattr(backbone, "image_size", None)  # torchvision's ViT: its position table fits one size only
     return to_2tuple(size) if isinstance(size, int) else None
 
